@@ -1,0 +1,131 @@
+"""Orbax checkpoints with automatic resume, SIGTERM saves, and fallback past a corrupt latest step.
+
+A checkpoint holds the TrainState (params, optimizer state, step, RNG), the data-iterator state and the
+run config (JSON). Restoring takes an abstract TrainState whose leaves carry the target shardings, so a
+run saved on one mesh restores onto another.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from dmx_jax.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def _as_tree(state: TrainState) -> dict:
+    return {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+
+
+class Checkpointer:
+    """CheckpointManager wrapper: save every `save_every` steps (and when forced), keep the last `keep`."""
+
+    def __init__(self, directory: str | Path, *, save_every: int = 100, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self.save_every = save_every
+        self._mngr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
+                                                 enable_async_checkpointing=async_save, create=True))
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._mngr.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: TrainState, *, data_state: Any = None, config: Any = None,
+             force: bool = False) -> bool:
+        """Save when `step` is on the interval or `force`; returns whether a save started."""
+        if not force and (self.save_every <= 0 or step % self.save_every):
+            return False
+        if step in self._mngr.all_steps():
+            return False
+        args = {"state": ocp.args.StandardSave(_as_tree(state)),
+                "extra": ocp.args.JsonSave({"data_state": data_state, "config": config, "step": int(step)})}
+        self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
+        return True
+
+    def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, Any, int] | None:
+        """Restore `step` (default: the newest that restores cleanly); None when there is no checkpoint.
+
+        A step that fails to restore (half-written, truncated, corrupt files) is skipped with a warning
+        and the previous one is tried.
+        """
+        steps = [step] if step is not None else list(reversed(self.all_steps()))
+        target = _as_tree(abstract_state)
+        for s in steps:
+            try:
+                r = self._mngr.restore(s, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+                if step is not None:
+                    raise RuntimeError(f"checkpoint step {s} in {self.directory} could not be restored: {e}") from e
+                log.warning("checkpoint step %d in %s is unreadable (%s: %s); falling back to an earlier step",
+                            s, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                continue
+            tree = r["state"]
+            state = TrainState(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"])
+            extra = r["extra"] or {}
+            return state, extra.get("data_state"), s
+        return None
+
+    def read_config(self, step: int | None = None) -> Any:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        return self._mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"].get("config")
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+
+def abstract_like(state: TrainState, shardings: TrainState | None = None) -> TrainState:
+    """ShapeDtypeStructs of `state` (optionally with target shardings) for `Checkpointer.restore`."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+@dataclasses.dataclass
+class PreemptionGuard:
+    """Turns SIGTERM (sent by preemptible TPU/GPU schedulers) and SIGINT into a flag the loop polls.
+
+    The loop checks `guard.stop_requested` after each step, saves a checkpoint and exits cleanly.
+    """
+
+    signals: tuple[int, ...] = (signal.SIGTERM,)
+    stop_requested: bool = False
+    received: int | None = None
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        self.stop_requested = True
+        self.received = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.getsignal(s) for s in self.signals}
+        for s in self.signals:
+            signal.signal(s, self._handle)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

@@ -1,0 +1,109 @@
+"""The training loop shared by every stage: resume, step, NaN guard, metrics, checkpoints, SIGTERM.
+
+The data iterator yields `(arrays, meta)`: `arrays` is the jit-ready batch dict, `meta` holds host-side
+facts such as `example_ids` (named in errors). It exposes `get_state()` / `set_state(state)` (grain
+iterators do) so a resumed run continues with exactly the batches an uninterrupted run would see.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import numpy as np
+
+from dmx_jax.sharding.distributed import is_main_process
+from dmx_jax.training.checkpoint import Checkpointer, PreemptionGuard
+from dmx_jax.training.state import TrainState
+
+
+class StatefulIterator(Protocol):
+    def __next__(self) -> tuple[dict, dict]: ...
+    def get_state(self) -> Any: ...
+    def set_state(self, state: Any) -> None: ...
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a step produces a NaN/inf loss or gradient norm."""
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to `path` (main process only)."""
+
+    def __init__(self, path: str | Path | None, stage: str = ""):
+        self.path = Path(path) if path else None
+        self.stage = stage
+        if self.path and is_main_process():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        if not self.path or not is_main_process():
+            return
+        rec = {"stage": self.stage, "time": time.time(), **{k: _to_py(v) for k, v in record.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def _to_py(v):
+    if isinstance(v, (jax.Array, np.ndarray, np.generic)):
+        v = np.asarray(v)
+        return v.item() if v.size == 1 else v.tolist()
+    return v
+
+
+def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
+               data: StatefulIterator, *, num_steps: int, checkpointer: Checkpointer | None = None,
+               writer: MetricsWriter | None = None, config: Any = None, log_every: int = 1,
+               place_batch: Callable[[dict], dict] = lambda b: b, progress: bool = True,
+               stage: str = "train", on_step: Callable[[int, dict], None] | None = None,
+               guard: PreemptionGuard | None = None) -> tuple[TrainState, dict]:
+    """Run `step_fn` until `state.step == num_steps`, resuming from `state` as given.
+
+    Returns the final state and a summary {'steps_run', 'preempted', 'last_metrics'}.
+    """
+    guard = guard or PreemptionGuard()
+    start = int(state.step)
+    last: dict = {}
+    bar = None
+    if progress and is_main_process() and num_steps > start:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=num_steps, initial=start, desc=stage, dynamic_ncols=True, leave=False)
+    preempted = False
+    with guard.installed():
+        step = start
+        while step < num_steps:
+            arrays, meta = next(data)
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, place_batch(arrays))
+            step += 1
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss) or not math.isfinite(float(metrics.get("grad_norm", 0.0))):
+                good = checkpointer.latest_step() if checkpointer else None
+                ids = list(meta.get("example_ids", []))[:16]
+                raise NonFiniteLossError(
+                    f"[{stage}] non-finite loss {loss} at step {step} (grad_norm {float(metrics.get('grad_norm', 0.0))}); "
+                    f"batch example_ids {ids}; last good checkpoint: "
+                    f"{f'step {good} in {checkpointer.directory}' if good is not None else 'none'}")
+            last = {k: _to_py(v) for k, v in metrics.items()}
+            last["step_time_s"] = time.perf_counter() - t0
+            if writer and (step % log_every == 0 or step == num_steps):
+                writer.write({"step": step, **last})
+            if on_step:
+                on_step(step, last)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if checkpointer:
+                checkpointer.save(step, state, data_state=data.get_state(), config=config,
+                                  force=step == num_steps or guard.stop_requested)
+            if guard.stop_requested:
+                preempted = True
+                break
+    if checkpointer:
+        checkpointer.wait()
+    if bar is not None:
+        bar.close()
+    return state, {"steps_run": step - start, "preempted": preempted, "last_metrics": last}

@@ -1,0 +1,89 @@
+"""The jitted train step: micro-batch gradient accumulation, clipping, AdamW, donated state.
+
+`loss_fn(model, batch, rng) -> (loss_sum, weight_count, aux)` returns sums, not means, so micro-batches
+combine exactly: the step divides by the total count once. Every leaf of `batch` has the batch as its
+leading axis (so it splits into micro-batches and shards over (data, fsdp)).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from dmx_jax.sharding import rules as sharding_rules
+from dmx_jax.training.state import TrainState, cast_floating
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, jax.Array, dict]]
+
+
+def _split_micro(batch: dict, k: int) -> dict:
+    def one(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum={k}")
+        return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+    return jax.tree.map(one, batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, *,
+                    grad_accum: int = 1, compute_dtype=None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The pure step function (not jitted; see `jit_train_step`)."""
+
+    def loss_on_params(params, batch, rng):
+        model = nnx.merge(graphdef, cast_floating(params, compute_dtype))
+        loss_sum, count, aux = loss_fn(model, batch, rng)
+        return loss_sum, (count, aux)
+
+    grad_fn = jax.value_and_grad(loss_on_params, has_aux=True)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.wrap_key_data(state.rng)
+        rng, step_rng = jax.random.split(rng)
+        if grad_accum == 1:
+            (loss_sum, (count, aux)), grads = grad_fn(state.params, batch, step_rng)
+        else:
+            micro = _split_micro(batch, grad_accum)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+            def body(carry, xs):
+                g_acc, l_acc, c_acc = carry
+                mb, r = xs
+                (l, (c, aux)), g = grad_fn(state.params, mb, r)
+                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, c_acc + c), aux
+
+            rngs = jax.random.split(step_rng, grad_accum)
+            (grads, loss_sum, count), aux = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), (micro, rngs))
+            aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
+        denom = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+                                  rng=jax.random.key_data(rng))
+        metrics = {"loss": loss_sum / denom, "tokens": count, "grad_norm": grad_norm, **aux}
+        return new_state, metrics
+
+    return step
+
+
+def state_shardings(state: TrainState, mesh: Mesh, rules=sharding_rules.TRAIN_RULES) -> TrainState:
+    """NamedShardings for every leaf of a (possibly abstract) TrainState, from the one rule table."""
+    replicated = NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return TrainState(
+        params=sharding_rules.tree_shardings(state.params, mesh, rules),
+        opt_state=sharding_rules.shardings_like_params(state.opt_state, state.params, mesh, rules),
+        step=replicated, rng=replicated)
+
+
+def batch_shardings(batch: dict, mesh: Mesh, rules=sharding_rules.TRAIN_RULES) -> dict:
+    return jax.tree.map(lambda x: NamedSharding(mesh, sharding_rules.batch_spec(x.ndim, rules)), batch)
+
+
+def jit_train_step(step_fn, state_sharding: TrainState, batch_sharding: dict):
+    """jit with explicit in/out shardings and the state donated (updated in place)."""
+    return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, None), donate_argnums=(0,))
