@@ -1,0 +1,108 @@
+"""Model FLOPs of Qwen2.5-VL, vision encoder and projector counted (most VLM MFU figures leave them out).
+
+Formula (matmul FLOPs only; a multiply-add = 2 FLOPs; norms, rotary, softmax and activations ignored):
+
+text, per layer and token:   2·D·(N·H + 2·K·H) [q,k,v]  + 2·N·H·D [o]  + 6·D·F [SwiGLU]
+                             + 4·N·H·C  [scores + weighted sum over C attended keys]
+text head, per token:        2·D·V
+vision, per patch and block: 2·Dv·3·Dv [qkv] + 2·Dv·Dv [proj] + 6·Dv·Fv [SwiGLU] + 4·Dv·C_v
+                             with C_v = tokens in the patch's window (window blocks) or image (full blocks)
+patch embed, per patch:      2·(C·T·P·P)·Dv
+merger, per merged token:    2·(Dv·m²)² + 2·(Dv·m²)·D
+
+For causal text attention C is the mean number of attended keys, (T+1)/2 for a full row of T tokens.
+Training counts forward + backward = 3 × forward (no remat recompute: MFU counts model FLOPs only).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+# Dense bf16 peak per device (FLOP/s), from vendor datasheets.
+PEAK_BF16 = {
+    "h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12,
+    "tpu v5p": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopCount:
+    text: float
+    lm_head: float
+    vision: float
+    merger: float
+
+    @property
+    def total(self) -> float:
+        return self.text + self.lm_head + self.vision + self.merger
+
+    def scaled(self, k: float) -> "FlopCount":
+        return FlopCount(self.text * k, self.lm_head * k, self.vision * k, self.merger * k)
+
+
+def _window_sizes(grid_thw: Sequence[int], vcfg) -> list[int]:
+    """Patch counts of the attention windows of one image (in patches, not merged tokens)."""
+    t, h, w = (int(x) for x in grid_thw)
+    m = vcfg.spatial_merge_size
+    win = max(vcfg.window_size // m // vcfg.patch_size, 1)  # merged tokens per window side
+    gh, gw = h // m, w // m
+    sizes = []
+    for i in range(0, gh, win):
+        for j in range(0, gw, win):
+            sizes.append(min(win, gh - i) * min(win, gw - j) * m * m)
+    return sizes * t
+
+
+def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_grids: Sequence[Sequence[int]] = (),
+                  lm_head_tokens: int | None = None) -> FlopCount:
+    """Forward FLOPs for `text_tokens` decoder positions (image tokens included) and the given images.
+
+    seq_len: the row length for causal attention (default: text_tokens, one sequence).
+    lm_head_tokens: positions whose logits are computed (default: all).
+    """
+    t = cfg.text
+    d, n, k, f, v = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.intermediate_size, t.vocab_size
+    h = d // n if getattr(t, "head_dim", None) in (None, 0) else t.head_dim
+    seq_len = seq_len or text_tokens
+    ctx = (seq_len + 1) / 2
+    per_tok = 2 * d * (n * h + 2 * k * h) + 2 * n * h * d + 6 * d * f + 4 * n * h * ctx
+    text = per_tok * t.num_hidden_layers * text_tokens
+    head = 2 * d * v * (text_tokens if lm_head_tokens is None else lm_head_tokens)
+    vis = merger = 0.0
+    if image_grids:
+        vc = cfg.vision
+        dv, fv, m = vc.hidden_size, vc.intermediate_size, vc.spatial_merge_size
+        patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+        full = set(vc.fullatt_block_indexes)
+        for grid in image_grids:
+            patches = int(np.prod(grid))
+            windows = _window_sizes(grid, vc)
+            dense = 2 * dv * 3 * dv + 2 * dv * dv + 6 * dv * fv
+            attn_window = sum(4 * dv * s * s for s in windows)      # sum over patches of 4·Dv·window
+            attn_full = 4 * dv * patches * patches
+            for blk in range(vc.depth):
+                vis += dense * patches + (attn_full if blk in full else attn_window)
+            vis += 2 * patch_dim * dv * patches
+            dm = dv * m * m
+            merger += (2 * dm * dm + 2 * dm * vc.out_hidden_size) * patches / (m * m)
+    return FlopCount(text=float(text), lm_head=float(head), vision=float(vis), merger=float(merger))
+
+
+def train_flops(cfg, **kw) -> FlopCount:
+    return forward_flops(cfg, **kw).scaled(3.0)
+
+
+def peak_flops_per_device(device_kind: str) -> float | None:
+    kind = device_kind.lower()
+    for name, peak in sorted(PEAK_BF16.items(), key=lambda kv: -len(kv[0])):
+        if name in kind:
+            return peak
+    return None
+
+
+def mfu(flops_per_step: float, step_time_s: float, num_devices: int, peak_per_device: float | None) -> float | None:
+    if not peak_per_device or step_time_s <= 0:
+        return None
+    return flops_per_step / step_time_s / (num_devices * peak_per_device)

@@ -1,0 +1,112 @@
+"""Experiment configs as Python presets: `tiny` (CPU default), `qwen2_5_vl_3b`, `qwen2_5_vl_7b`.
+
+Plain frozen dataclasses (big_vision style: one function per preset, no framework). Every field can be
+overridden from the command line with `--set section.field=value`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from dmx_jax.sharding import MeshConfig
+from dmx_jax.training.grpo_loss import GRPOConfig
+from dmx_jax.training.optim import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"           # "synthetic" | an adapter name (mimic_cxr, chexpert, vindr, ms_cxr, ...)
+    root: str | None = None             # dataset root for real adapters
+    image_size: int = 128               # synthetic render size
+    max_pixels: int = 128 * 128         # processor cap (paper checkpoint: 262144)
+    min_pixels: int = 56 * 56
+    max_seq_len: int = 256
+    train_examples: int = 2048
+    eval_examples: int = 64
+    vocab_size: int = 512               # tiny SentencePiece vocabulary (ignored with an HF tokenizer)
+    tokenizer: str | None = None        # path to a Qwen2.5-VL tokenizer.json for real checkpoints
+    num_workers: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    steps: int = 100
+    batch_size: int = 8
+    optim: OptimConfig = OptimConfig()
+    save_every: int = 50
+    eval_every: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """OpenAI-compatible endpoint for cold-start synthesis on real data (key read from the environment)."""
+
+    base_url: str | None = None
+    model: str = ""
+    api_key_env: str = "DMX_TEACHER_API_KEY"
+    max_retries: int = 4
+    timeout_s: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    steps: int = 30
+    prompts_per_step: int = 4
+    optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant")
+    algo: GRPOConfig = GRPOConfig()
+    reward_preset: str = "grounded"     # "paper" | "grounded"
+    save_every: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    examples: int = 64
+    max_new_tokens: int = 96
+    arena_judges: tuple[str, ...] = ("rubric",)
+    bootstrap: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "tiny"
+    seed: int = 0
+    model: str = "tiny"                 # a dmx_jax.model preset name
+    hf_checkpoint: str | None = None    # start from a Hugging Face Qwen2.5-VL folder instead
+    dtype: str = "float32"              # compute dtype; params stay float32
+    mesh: MeshConfig = MeshConfig()
+    data: DataConfig = DataConfig()
+    sft: StageConfig = StageConfig()
+    cold_start: StageConfig = StageConfig(steps=60)
+    teacher: TeacherConfig = TeacherConfig()
+    rl: RLConfig = RLConfig()
+    eval: EvalConfig = EvalConfig()
+    export_hf: bool = True
+
+
+def tiny() -> ExperimentConfig:
+    """The CPU default: finishes on 2 cores in minutes."""
+    return ExperimentConfig()
+
+
+def qwen2_5_vl_3b() -> ExperimentConfig:
+    return ExperimentConfig(
+        name="qwen2_5_vl_3b", model="qwen2_5_vl_3b", dtype="bfloat16",
+        mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
+        data=DataConfig(source="mimic_cxr", image_size=512, max_pixels=262144, max_seq_len=2048,
+                        train_examples=351_500, eval_examples=1000, num_workers=8),
+        sft=StageConfig(steps=10_000, batch_size=128, optim=OptimConfig(learning_rate=1e-5, warmup_steps=200,
+                                                                          total_steps=10_000, weight_decay=0.01)),
+        cold_start=StageConfig(steps=300, batch_size=64, optim=OptimConfig(learning_rate=1e-5, warmup_steps=20,
+                                                                             total_steps=300)),
+        rl=RLConfig(steps=500, prompts_per_step=64, algo=GRPOConfig(group_size=5, max_new_tokens=1024),
+                    optim=OptimConfig(learning_rate=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.01)),
+        eval=EvalConfig(examples=2000, max_new_tokens=1024),
+    )
+
+
+def qwen2_5_vl_7b() -> ExperimentConfig:
+    base = qwen2_5_vl_3b()
+    return dataclasses.replace(base, name="qwen2_5_vl_7b", model="qwen2_5_vl_7b",
+                               mesh=MeshConfig(data=-1, fsdp=8, tensor=1))
+
+
+PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}

@@ -1,0 +1,72 @@
+"""`--set a.b.c=value` overrides on nested frozen dataclasses, with errors that name the key."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A malformed config or override; the message names the offending key."""
+
+
+def _coerce(value: str, current: Any, type_hint: Any, key: str) -> Any:
+    origin = typing.get_origin(type_hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(type_hint) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        type_hint = args[0] if args else str
+        origin = typing.get_origin(type_hint)
+    try:
+        if type_hint is bool or isinstance(current, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if type_hint is int or (isinstance(current, int) and not isinstance(current, bool)):
+            return int(value)
+        if type_hint is float or isinstance(current, float):
+            return float(value)
+        if type_hint is str or isinstance(current, str):
+            return value
+        if origin is tuple or isinstance(current, tuple):
+            parsed = ast.literal_eval(value)
+            return tuple(parsed) if isinstance(parsed, (list, tuple)) else (parsed,)
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError) as e:
+        raise ConfigError(f"--set {key}={value}: cannot parse {value!r} as {getattr(type_hint, '__name__', type_hint)}") from e
+
+
+def apply_override(cfg: Any, key: str, value: str) -> Any:
+    """Return a copy of `cfg` with the dotted field `key` set from the string `value`."""
+    head, _, rest = key.partition(".")
+    if not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"--set {key}: {type(cfg).__name__} has no fields")
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    if head not in fields:
+        raise ConfigError(f"--set {key}: unknown field {head!r} in {type(cfg).__name__}; "
+                          f"known: {', '.join(sorted(fields))}")
+    current = getattr(cfg, head)
+    if rest:
+        return dataclasses.replace(cfg, **{head: apply_override(current, rest, value)})
+    hints = typing.get_type_hints(type(cfg))
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"--set {key}: {head!r} is a section; set one of its fields, e.g. {key}.<field>=...")
+    return dataclasses.replace(cfg, **{head: _coerce(value, current, hints.get(head, type(current)), key)})
+
+
+def apply_overrides(cfg: Any, assignments: list[str]) -> Any:
+    for a in assignments:
+        key, sep, value = a.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {a!r}")
+        cfg = apply_override(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,30 @@
+"""--set overrides: nested fields, type coercion, and errors that name the key."""
+import pytest
+
+from experiments.configs import PRESETS, tiny
+from experiments.overrides import ConfigError, apply_overrides
+
+
+def test_nested_overrides_coerce_types():
+    cfg = apply_overrides(tiny(), ["rl.algo.group_size=8", "sft.optim.learning_rate=3e-4", "export_hf=false",
+                                   "data.root=/data/mimic", "hf_checkpoint=none", "eval.arena_judges=('rubric','llm')"])
+    assert cfg.rl.algo.group_size == 8 and cfg.sft.optim.learning_rate == 3e-4 and cfg.export_hf is False
+    assert cfg.data.root == "/data/mimic" and cfg.hf_checkpoint is None
+    assert cfg.eval.arena_judges == ("rubric", "llm")
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("sft.optim.lr=1", "unknown field 'lr'"),
+    ("rl.algo.group_size=many", "cannot parse 'many'"),
+    ("sft=3", "is a section"),
+    ("novalue", "expects key=value"),
+    ("rl.algo.kl_estimator=k9", "kl_estimator"),
+])
+def test_bad_overrides_name_the_key(assignment, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        apply_overrides(tiny(), [assignment])
+
+
+def test_presets_build():
+    for name, make in PRESETS.items():
+        assert make().model == name
