@@ -1,0 +1,198 @@
+"""Arena judges: an OpenAI-compatible chat endpoint (stdlib HTTP only) and an offline rubric judge."""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import logging
+import os
+import socket
+import string
+import time
+import urllib.error
+import urllib.request
+from importlib import resources
+from typing import Callable, Sequence
+
+import numpy as np
+
+from dmx_jax.eval.arena.records import JudgeRequest, JudgeResponse, Report, parse_verdict
+from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS, chexpert_labels, extract_mentions
+from dmx_jax.eval.grounding import grounding_sample_scores
+
+log = logging.getLogger(__name__)
+PROMPT_FILE = "judge_prompt.txt"
+_SPLIT = "---USER---"
+
+
+def load_prompt_template(path: str | os.PathLike | None = None) -> tuple[string.Template, string.Template]:
+    """(system, user) templates with ${reference}, ${report_a}, ${report_b}; default: the packaged file."""
+    text = (open(path, encoding="utf-8").read() if path is not None
+            else resources.files("dmx_jax.eval.arena").joinpath(PROMPT_FILE).read_text(encoding="utf-8"))
+    if _SPLIT not in text:
+        raise ValueError(f"{path or PROMPT_FILE}: missing the {_SPLIT} line between system and user parts")
+    system, user = text.split(_SPLIT, 1)
+    return string.Template(system.strip()), string.Template(user.strip())
+
+
+def _sha256(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class OpenAICompatibleJudge:
+    """POST {base_url}/chat/completions per request; retries timeouts, connection errors, 429 and 5xx with
+    exponential backoff (Retry-After honoured, capped). The API key is read from `api_key_env` at call time,
+    sent only in the Authorization header, and never logged or cached."""
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "DMX_JUDGE_API_KEY", concurrency: int = 4,
+                 timeout: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
+                 temperature: float = 0.0, max_tokens: int = 512, prompt_path: str | os.PathLike | None = None,
+                 label: str | None = None, sleep: Callable[[float], None] = time.sleep):
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise ValueError("OpenAICompatibleJudge: need concurrency >= 1, max_retries >= 0, timeout > 0")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.api_key_env = model, api_key_env
+        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.temperature, self.max_tokens = temperature, max_tokens
+        self.system_template, self.user_template = load_prompt_template(prompt_path)
+        self.judge_id = f"openai-compatible:{model}@{base_url.rstrip('/')}"
+        self.label = label or f"LLM judge {model}"
+        self._sleep = sleep
+
+    def payload(self, request: JudgeRequest) -> dict:
+        fields = {"reference": request.reference.render(), "report_a": request.report_a.render(),
+                  "report_b": request.report_b.render()}
+        return {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "messages": [{"role": "system", "content": self.system_template.safe_substitute(fields)},
+                             {"role": "user", "content": self.user_template.safe_substitute(fields)}]}
+
+    def prompt_hash(self, request: JudgeRequest) -> str:
+        return _sha256(self.payload(request))
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeResponse]:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        delay = self.backoff_s * (2 ** attempt)
+        if retry_after:
+            try:
+                delay = max(delay, float(retry_after))
+            except ValueError:
+                pass
+        return min(delay, self.max_backoff_s)
+
+    def _one(self, request: JudgeRequest) -> JudgeResponse:
+        body = json.dumps(self.payload(request)).encode()
+        problem = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                req = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return _response_from_body(resp.read())
+            except urllib.error.HTTPError as e:
+                problem = f"HTTP {e.code}"
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if e.code != 429 and e.code < 500:
+                    log.warning("judge %s study %s: %s, not retried", self.judge_id, request.study_id, problem)
+                    return JudgeResponse(None, "", error=problem)
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                    http.client.HTTPException) as e:
+                reason = getattr(e, "reason", e)
+                problem = f"{type(e).__name__}: {reason}"
+            if attempt < self.max_retries:
+                delay = self._backoff(attempt, retry_after)
+                log.warning("judge %s study %s: %s; retry %d/%d in %.2fs", self.judge_id, request.study_id,
+                            problem, attempt + 1, self.max_retries, delay)
+                self._sleep(delay)
+        log.error("judge %s study %s: giving up after %d attempts (%s)", self.judge_id, request.study_id,
+                  self.max_retries + 1, problem)
+        return JudgeResponse(None, "", error=f"{problem} after {self.max_retries + 1} attempts")
+
+
+def _response_from_body(body: bytes) -> JudgeResponse:
+    """Verdict from a chat-completions body; any malformed body is an unparseable answer, not a crash."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        content = json.loads(text)["choices"][0]["message"]["content"]
+        if not isinstance(content, str):
+            raise TypeError("content is not a string")
+    except (ValueError, KeyError, IndexError, TypeError):
+        return JudgeResponse(None, text[:2000])
+    return JudgeResponse(parse_verdict(content), content)
+
+
+# ------------------------------------------------------------------------------------------ rubric judge
+
+_SIDES = {"left": "left", "right": "right", "bilateral": "bilateral", "bibasilar": "bilateral", "both": "bilateral"}
+
+
+def _finding_sides(text: str) -> set[tuple[str, str]]:
+    """(class, side) of positive / uncertain mentions whose clause names a side."""
+    out = set()
+    for m in extract_mentions(text):
+        if m.value == 0.0:
+            continue
+        sides = {_SIDES[w] for w in m.clause.replace("-", " ").split() if w in _SIDES}
+        if {"left", "right"} <= sides:
+            sides = {"bilateral"}
+        out |= {(m.label, s) for s in sides}
+    return out
+
+
+def _set_f1(a: set, b: set) -> float:
+    return 1.0 if not a and not b else 2 * len(a & b) / (len(a) + len(b))
+
+
+class RubricJudge:
+    """Offline, deterministic judge: agreement of each report with the reference on rule-based CheXpert labels,
+    finding sides and boxes; the higher weighted score wins unless within `tie_margin`."""
+
+    label = "offline rubric judge"
+
+    def __init__(self, label_weight: float = 0.6, side_weight: float = 0.2, box_weight: float = 0.2,
+                 tie_margin: float = 0.02):
+        self.weights = {"labels": label_weight, "sides": side_weight, "boxes": box_weight}
+        self.tie_margin = tie_margin
+        self.judge_id = f"rubric-v1:{label_weight:g}/{side_weight:g}/{box_weight:g}/{tie_margin:g}"
+
+    def components(self, candidate: Report, reference: Report) -> dict[str, float]:
+        """{labels, sides?, boxes?, total}: sides only when either report names a side of a finding, boxes
+        only when the reference has boxes; total is the weighted mean of the components present."""
+        ref_l, cand_l = chexpert_labels([reference.text, candidate.text])
+        present = lambda v: v == 1.0 or v == -1.0  # noqa: E731
+        union = [k for k in range(len(CHEXPERT_LABELS)) if present(ref_l[k]) or present(cand_l[k])]
+        agree = [1.0 if ref_l[k] == cand_l[k] else 0.5 if present(ref_l[k]) and present(cand_l[k]) else 0.0
+                 for k in union]
+        parts = {"labels": float(np.mean(agree)) if agree else 1.0}
+        ref_sides, cand_sides = _finding_sides(reference.text), _finding_sides(candidate.text)
+        if ref_sides or cand_sides:
+            parts["sides"] = _set_f1(ref_sides, cand_sides)
+        if reference.boxes:
+            parts["boxes"] = grounding_sample_scores(list(candidate.boxes), list(reference.boxes))["miou"]
+        weight = sum(self.weights[k] for k in parts)
+        parts["total"] = sum(self.weights[k] * v for k, v in parts.items()) / weight
+        return parts
+
+    def prompt_hash(self, request: JudgeRequest) -> str:
+        return _sha256([self.judge_id, request.reference.render(), request.report_a.render(),
+                        request.report_b.render()])
+
+    def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeResponse]:
+        out = []
+        for r in requests:
+            a = self.components(r.report_a, r.reference)["total"]
+            b = self.components(r.report_b, r.reference)["total"]
+            verdict = "TIE" if abs(a - b) <= self.tie_margin else ("A" if a > b else "B")
+            out.append(JudgeResponse(verdict, f"{self.label}: A {a:.4f}, B {b:.4f}\nVERDICT: {verdict}"))
+        return out
