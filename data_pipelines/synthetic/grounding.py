@@ -1,0 +1,84 @@
+"""Grounding (phrase -> box) and referring (box -> finding) items of a rendered study.
+
+Boxes are the exact tight pixel boxes of the finding masks in the stored image; studies without findings
+ground normal anatomy (heart, right lung, left lung) instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from data_pipelines.boxes import format_box_text, format_boxes_text
+from data_pipelines.synthetic.reasoning import Step, describe, lungs_step
+
+GROUNDING_PROMPTS = (
+    "Locate the following finding in the chest X-ray and give its bounding box: {phrase}",
+    "Where is the {phrase}? Answer with its bounding box.",
+    "Give the bounding box of the {phrase} in this image.",
+)
+REFERRING_PROMPTS = (
+    "What finding is shown in the region {box} of this chest X-ray?",
+    "What is in the region {box}?",
+    "Name the abnormality inside {box}.",
+)
+ANATOMY = ("heart", "right lung", "left lung")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroundingItem:
+    prompt: str
+    target: str
+    phrase: str
+    boxes: tuple[tuple[int, int, int, int], ...]
+    steps: tuple[Step, ...]
+    answer_is_box: bool
+
+
+def group_phrase(group: Sequence) -> str:
+    """'lung nodule in the right upper zone', 'right pleural effusion', 'pulmonary edema', 'pacemaker'."""
+    f = group[0]
+    if len(group) == 1 and f.zone and f.side in ("right", "left"):
+        return f"{f.phrase} in the {f.location}"
+    if f.side in ("right", "left"):
+        return f"{f.side} {f.phrase}"
+    return f.phrase
+
+
+def finding_groups(findings: Sequence) -> list[list]:
+    """Findings grouped by (name, kind, side), in order of appearance."""
+    groups: dict[tuple, list] = {}
+    for f in findings:
+        groups.setdefault((f.name, f.kind, f.side), []).append(f)
+    return list(groups.values())
+
+
+def grounding_item(study, rng: np.random.Generator) -> GroundingItem:
+    groups = finding_groups(study.findings)
+    template = GROUNDING_PROMPTS[int(rng.integers(len(GROUNDING_PROMPTS)))]
+    if not groups:
+        name = ANATOMY[int(rng.integers(len(ANATOMY)))]
+        box = study.anatomy_boxes[name]
+        steps = (lungs_step(study), Step(f"the {name} is outlined by {{0}}", (box,)))
+        return GroundingItem(template.format(phrase=name), format_box_text(box), name, (box,), steps, True)
+    group = groups[int(rng.integers(len(groups)))]
+    phrase = group_phrase(group)
+    boxes = tuple(f.bbox for f in group)
+    steps = (lungs_step(study),) + tuple(Step(f"{describe(f)} at {{0}} matches the {phrase}", (f.bbox,))
+                                         for f in group)
+    return GroundingItem(template.format(phrase=phrase), format_boxes_text(boxes), phrase, boxes, steps, True)
+
+
+def referring_item(study, rng: np.random.Generator) -> GroundingItem:
+    template = REFERRING_PROMPTS[int(rng.integers(len(REFERRING_PROMPTS)))]
+    if not study.findings:
+        name = ANATOMY[int(rng.integers(len(ANATOMY)))]
+        box = study.anatomy_boxes[name]
+        steps = (Step("the region {0} is a normal structure without focal abnormality", (box,)),)
+        return GroundingItem(template.format(box=format_box_text(box)), name, name, (box,), steps, False)
+    f = study.findings[int(rng.integers(len(study.findings)))]
+    where = f.where or (" over the heart" if f.name == "Cardiomegaly" else " in the mediastinum")
+    steps = (Step(f"the region {{0}} lies{where}", (f.bbox,)),
+             Step(f"it contains {describe(f)} {{0}}", (f.bbox,)))
+    return GroundingItem(template.format(box=format_box_text(f.bbox)), f.phrase, f.phrase, (f.bbox,), steps, False)

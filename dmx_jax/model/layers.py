@@ -1,0 +1,84 @@
+"""Building blocks as pure functions over arrays, and a module that holds a nested dict of Params."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NEG_INF = -1e30
+
+
+class ParamTree(nnx.Module):
+    """Holds nnx.Params at the attribute paths of a nested dict of arrays (paths = the sharding table's)."""
+
+    def __init__(self, tree: dict):
+        for name, value in tree.items():
+            setattr(self, name, ParamTree(value) if isinstance(value, dict) else nnx.Param(value))
+
+
+def values(module: nnx.Module) -> dict:
+    """The module's parameters as a nested dict of arrays (traceable inside jit)."""
+    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """Qwen2 RMSNorm: normalise in fp32, cast back, then scale."""
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale.astype(dtype) * x32.astype(dtype)
+
+
+def activation(name: str):
+    if name == "silu":
+        return jax.nn.silu
+    if name in ("gelu", "gelu_pytorch_tanh"):
+        return lambda x: jax.nn.gelu(x, approximate=name.endswith("tanh"))
+    if name == "quick_gelu":
+        return lambda x: x * jax.nn.sigmoid(1.702 * x)
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+def swiglu(x, p: dict, act) -> jax.Array:
+    """down(act(gate(x)) * up(x)); biases used when present."""
+    g = x @ p["gate"]["kernel"].astype(x.dtype)
+    u = x @ p["up"]["kernel"].astype(x.dtype)
+    if "bias" in p["gate"]:
+        g, u = g + p["gate"]["bias"].astype(x.dtype), u + p["up"]["bias"].astype(x.dtype)
+    y = (act(g) * u) @ p["down"]["kernel"].astype(x.dtype)
+    if "bias" in p["down"]:
+        y = y + p["down"]["bias"].astype(x.dtype)
+    return y
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    h = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [..., heads, hd] with cos/sin broadcast to [..., 1, hd]; math in fp32."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
+
+
+def attention(q, k, v, allowed) -> jax.Array:
+    """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], allowed [B,T,S] bool -> [B,T,N,H]."""
+    b, t, n, h = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, n // kh, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k).astype(jnp.float32) * (h ** -0.5)
+    scores = jnp.where(allowed[:, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+def remat_policy(name: str):
+    if name == "none":
+        return None
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if name == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    raise ValueError(f"unknown remat policy {name!r}")

@@ -1,0 +1,101 @@
+"""The joint Qwen2.5-VL model: vision encoder, image features scattered into image-token slots, decoder, head."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dmx_jax.model.config import ModelConfig
+from dmx_jax.model.layers import ParamTree
+from dmx_jax.model.text import TextDecoder, init_cache
+from dmx_jax.model.vision import VisionEncoder, vision_inputs
+
+
+def merge_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int) -> jax.Array:
+    """Place features[k] at the k-th image token of the (flattened) batch. embeds [B,T,D], features [N,D]."""
+    is_img = (input_ids == image_token_id).reshape(-1)
+    idx = jnp.clip(jnp.cumsum(is_img) - 1, 0, max(features.shape[0] - 1, 0))
+    flat = jnp.where(is_img[:, None], features[idx].astype(embeds.dtype), embeds.reshape(-1, embeds.shape[-1]))
+    return flat.reshape(embeds.shape)
+
+
+def merge_image_features_rowwise(embeds, input_ids, features, image_token_id):
+    """Row b's k-th image token takes features[b, k]. features [B, N, D] (per-example images)."""
+    is_img = input_ids == image_token_id
+    idx = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, features.shape[1] - 1)
+    gathered = jnp.take_along_axis(features, idx[..., None], axis=1)
+    return jnp.where(is_img[..., None], gathered.astype(embeds.dtype), embeds)
+
+
+class Qwen25VL(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        rngs = rngs or nnx.Rngs(0)
+        self.cfg = cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.vision = VisionEncoder(cfg.vision, rngs, pdt)
+        self.text = TextDecoder(cfg.text, rngs, pdt)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = ParamTree({"kernel": (jax.random.normal(rngs.params(), (cfg.text.hidden_size, cfg.text.vocab_size)) * 0.02).astype(pdt)})
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.cfg.dtype)
+
+    def head_kernel(self) -> jax.Array:
+        if self.cfg.tie_word_embeddings:
+            return self.text.embed.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def encode_images(self, pixel_values: jax.Array, vin: dict) -> jax.Array:
+        return self.vision(pixel_values, vin, self.dtype, self.cfg.remat)
+
+    def embed(self, input_ids, image_features=None):
+        x = self.text.embed_tokens(input_ids, self.dtype)
+        if image_features is not None:
+            x = merge_image_features(x, input_ids, image_features, self.cfg.image_token_id)
+        return x
+
+    def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
+                      cache=None, key_mask=None):
+        feats = None if pixel_values is None else self.encode_images(pixel_values, vision_inputs)
+        x = self.embed(input_ids, feats)
+        key_mask = attention_mask if key_mask is None else key_mask
+        return self.text(x, positions, key_mask, cache, self.cfg.remat)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        return jnp.einsum("btd,dv->btv", hidden, self.head_kernel().astype(hidden.dtype))
+
+    def forward(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None, cache=None,
+                key_mask=None):
+        h, cache = self.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs, cache, key_mask)
+        return self.logits(h), cache
+
+    def __call__(self, input_ids, *, pixel_values=None, image_grid_thw=None, attention_mask=None, position_ids=None,
+                 pixel_values_videos=None, video_grid_thw=None):
+        """Same inputs as transformers' Qwen2_5_VLForConditionalGeneration (images only) -> logits [B,T,V]."""
+        if pixel_values_videos is not None or video_grid_thw is not None:
+            raise NotImplementedError("dmx-jax handles images only; video inputs are not supported")
+        if (pixel_values is None) != (image_grid_thw is None):
+            raise ValueError("pixel_values and image_grid_thw must be given together")
+        ids = np.asarray(input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        vin = None
+        if image_grid_thw is not None:
+            vin = vision_inputs(np.asarray(image_grid_thw), self.cfg.vision)
+            n_tokens = int((ids == self.cfg.image_token_id).sum())
+            n_feats = int(np.prod(np.asarray(image_grid_thw), axis=-1).sum()) // self.cfg.vision.spatial_merge_size ** 2
+            if n_tokens != n_feats:
+                raise ValueError(f"input_ids hold {n_tokens} image tokens but the images give {n_feats} features")
+        if position_ids is None:
+            from dmx_jax.model.positions import rope_index
+            position_ids, _ = rope_index(ids, image_grid_thw, mask, spatial_merge_size=self.cfg.vision.spatial_merge_size,
+                                         image_token_id=self.cfg.image_token_id)
+        logits, _ = self.forward(jnp.asarray(ids), jnp.asarray(position_ids), jnp.asarray(mask),
+                                 None if pixel_values is None else jnp.asarray(pixel_values),
+                                 None if vin is None else jax.tree.map(jnp.asarray, vin))
+        return logits
+
+
+def init_model_cache(model: Qwen25VL, batch: int, max_len: int, dtype=None) -> dict:
+    return init_cache(model.cfg.text, batch, max_len, dtype or model.dtype)

@@ -1,0 +1,94 @@
+"""Qwen2 text decoder with M-RoPE (mrope_section over t/h/w position ids) and an optional KV cache.
+
+KV cache: {"k", "v": [L, B, S, K, H], "index": int32 scalar (next slot to write)}. A call with T tokens
+writes slots [index, index+T) and attends causally over slots <= its own, restricted by `key_mask`
+[B, S] (1 = real key). Prefill and single-token decode are the same code path with static shapes.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dmx_jax.model.config import TextConfig
+from dmx_jax.model.layers import ParamTree, activation, apply_rotary, attention, remat_policy, rms_norm, swiglu, values
+
+
+def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
+    """positions [3, B, T] -> cos, sin [B, T, hd] with mrope_section picking t/h/w per frequency band."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))     # [hd/2]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq                             # [3, B, T, hd/2]
+    axis_of_band = jnp.concatenate([jnp.full((s,), i % 3) for i, s in enumerate(cfg.mrope_section)])
+    freqs = jnp.moveaxis(freqs, 0, -1)[..., jnp.arange(hd // 2), axis_of_band]             # [B, T, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.zeros((), jnp.int32)}
+
+
+def _layer(x, p, cos, sin, allowed, kv, index, cfg: TextConfig):
+    h = rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps)
+    a = p["attn"]
+    q = jnp.einsum("btd,dnh->btnh", h, a["q"]["kernel"].astype(h.dtype)) + a["q"]["bias"].astype(h.dtype)
+    k = jnp.einsum("btd,dkh->btkh", h, a["k"]["kernel"].astype(h.dtype)) + a["k"]["bias"].astype(h.dtype)
+    v = jnp.einsum("btd,dkh->btkh", h, a["v"]["kernel"].astype(h.dtype)) + a["v"]["bias"].astype(h.dtype)
+    q, k = apply_rotary(q, cos[:, :, None], sin[:, :, None]), apply_rotary(k, cos[:, :, None], sin[:, :, None])
+    if kv is not None:
+        k_cache = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
+        k, v, kv = k_cache.astype(h.dtype), v_cache.astype(h.dtype), (k_cache, v_cache)
+    o = attention(q, k, v, allowed)
+    x = x + jnp.einsum("btnh,nhd->btd", o, a["o"]["kernel"].astype(o.dtype))
+    x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act))
+    return x, kv
+
+
+class TextDecoder(nnx.Module):
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.cfg = cfg
+        d, f, n, k, hd, L = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
+                             cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers)
+        init = lambda *shape, scale=0.02: (jax.random.normal(rngs.params(), shape) * scale).astype(param_dtype)
+        zeros = lambda *shape: jnp.zeros(shape, param_dtype)
+        self.embed = ParamTree({"embedding": init(cfg.vocab_size, d)})
+        self.layers = ParamTree({
+            "input_norm": {"scale": jnp.ones((L, d), param_dtype)}, "post_attn_norm": {"scale": jnp.ones((L, d), param_dtype)},
+            "attn": {"q": {"kernel": init(L, d, n, hd), "bias": zeros(L, n, hd)},
+                     "k": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
+                     "v": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
+                     "o": {"kernel": init(L, n, hd, d)}},
+            "mlp": {"gate": {"kernel": init(L, d, f)}, "up": {"kernel": init(L, d, f)}, "down": {"kernel": init(L, f, d)}},
+        })
+        self.norm = ParamTree({"scale": jnp.ones((d,), param_dtype)})
+
+    def embed_tokens(self, input_ids: jax.Array, dtype=jnp.float32) -> jax.Array:
+        return self.embed.embedding[...].astype(dtype)[input_ids]
+
+    def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: dict | None = None,
+                 remat: str = "none") -> tuple[jax.Array, dict | None]:
+        """x [B,T,D], positions [3,B,T], key_mask [B,S] (S = T without cache) -> (hidden [B,T,D], cache)."""
+        cfg = self.cfg
+        b, t, _ = x.shape
+        cos, sin = mrope_cos_sin(positions, cfg)
+        index = jnp.zeros((), jnp.int32) if cache is None else cache["index"]
+        s = t if cache is None else cache["k"].shape[2]
+        q_slot = index + jnp.arange(t)
+        allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & (key_mask[:, None, :] > 0)   # [B, T, S]
+        layers = jax.tree.map(lambda a: a.astype(x.dtype), values(self.layers))
+
+        def body(h, xs):
+            p, kv = xs
+            h, kv = _layer(h, p, cos, sin, allowed, kv, index, cfg)
+            return h, kv
+
+        policy = remat_policy(remat)
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy)
+        kv_in = None if cache is None else (cache["k"], cache["v"])
+        x, kv_out = jax.lax.scan(body, x, (layers, kv_in))
+        new_cache = None if cache is None else {"k": kv_out[0], "v": kv_out[1], "index": index + t}
+        return rms_norm(x, self.norm.scale[...].astype(x.dtype), cfg.rms_norm_eps), new_cache
