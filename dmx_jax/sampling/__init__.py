@@ -1,0 +1,3 @@
+"""KV-cache sampling with images."""
+from dmx_jax.sampling.generate import completion_positions, generate, prepare_prompts
+from dmx_jax.sampling.select import filter_logits, select_tokens

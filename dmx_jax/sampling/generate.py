@@ -1,0 +1,121 @@
+"""KV-cache sampler: one jitted prefill over text and images, then a jitted decode loop.
+
+Static shapes throughout: the cache holds prompt + max_new_tokens slots; generated token j sits in slot
+T + j, and its M-RoPE position is (slot + delta) on all three axes, exactly as transformers continues
+decoding after a left-padded multimodal prefill. Rows stop independently at a stop token (later slots
+get pad tokens, log-prob 0 and completion_mask 0). Log-probs are under the untruncated model
+distribution (what the trainer recomputes), so GRPO's pi_old comes straight from the sampler.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dmx_jax.model.batched import forward_logits
+from dmx_jax.model.positions import rope_index
+from dmx_jax.model.text import init_cache
+from dmx_jax.model.vision import vision_inputs as make_vision_inputs
+from dmx_jax.sampling.select import select_tokens
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "stop_token_ids", "pad_id", "cache_dtype"))
+def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, *,
+              max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop_token_ids: tuple[int, ...],
+              pad_id: int, cache_dtype=None):
+    model = nnx.merge(graphdef, params)
+    b, t = input_ids.shape
+    cache = init_cache(model.cfg.text, b, t + max_new_tokens, cache_dtype or model.dtype)
+    key_mask = jnp.concatenate([attention_mask.astype(jnp.int32), jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
+    logits, cache = forward_logits(model, input_ids, positions, attention_mask, pixel_values, vision_inputs,
+                                   cache=cache, key_mask=key_mask)
+    stops = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
+
+    def pick(logits_last, key):
+        return select_tokens(logits_last, key, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    tok, lp = pick(logits[:, -1], jax.random.fold_in(rng, 0))
+    tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+    logps = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(lp)
+    cmask = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(1)
+    done = jnp.isin(tok, stops)
+
+    def body(j, carry):
+        tokens, logps, cmask, done, cache = carry
+        prev = tokens[:, j - 1]
+        pos = jnp.broadcast_to((t + j - 1 + deltas[:, 0])[None, :, None], (3, b, 1)).astype(jnp.int32)
+        logits, cache = forward_logits(model, prev[:, None], pos, key_mask, cache=cache, key_mask=key_mask)
+        tok, lp = pick(logits[:, -1], jax.random.fold_in(rng, j))
+        tok = jnp.where(done, pad_id, tok)
+        lp = jnp.where(done, 0.0, lp)
+        cmask = cmask.at[:, j].set((~done).astype(jnp.int32))
+        done = done | jnp.isin(tok, stops)
+        return tokens.at[:, j].set(tok), logps.at[:, j].set(lp), cmask, done, cache
+
+    tokens, logps, cmask, done, _ = jax.lax.fori_loop(1, max_new_tokens, body, (tokens, logps, cmask, done, cache))
+    return tokens, logps, cmask
+
+
+def prepare_prompts(model_cfg, input_ids, attention_mask=None, image_grid_thw=None, positions=None, deltas=None,
+                    pad_patches_to: int | None = None):
+    """Host side: M-RoPE positions + deltas and vision inputs for a left-padded prompt batch."""
+    ids = np.asarray(input_ids)
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    if np.any(mask[:, -1] == 0):
+        raise ValueError("prompts must be left-padded: the last position of every row must be a real token")
+    vin = None
+    if image_grid_thw is not None and np.asarray(image_grid_thw).ndim == 2:
+        vin = make_vision_inputs(np.asarray(image_grid_thw), model_cfg.vision, pad_to=pad_patches_to)
+    if positions is None:
+        positions, deltas = rope_index(ids, image_grid_thw if vin is not None else None, mask,
+                                       spatial_merge_size=model_cfg.vision.spatial_merge_size,
+                                       image_token_id=model_cfg.image_token_id)
+    return ids, mask, positions, deltas, vin
+
+
+def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attention_mask=None, max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, rng=None,
+             stop_token_ids: Sequence[int] = (), pad_id: int | None = None, return_logprobs: bool = False,
+             positions=None, deltas=None, vision_inputs=None):
+    """Generate up to `max_new_tokens` per row -> tokens int32 [B, max_new_tokens] (+ (logprobs, mask)).
+
+    Inputs are laid out as for the model's forward (transformers layout: left-padded input_ids, flat
+    pixel_values [P, C*T*p*p] with image_grid_thw [N, 3]); batched per-example images with precomputed
+    `positions`/`deltas`/`vision_inputs` (the data pipeline's layout) are accepted too.
+    """
+    cfg = model.cfg
+    if vision_inputs is None:
+        ids, mask, positions, deltas, vin = prepare_prompts(cfg, input_ids, attention_mask, image_grid_thw, positions, deltas)
+    else:
+        ids = np.asarray(input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        vin = vision_inputs
+    positions = jnp.asarray(positions)
+    if positions.shape[0] != 3:
+        positions = jnp.swapaxes(positions, 0, 1)
+    if temperature > 0 and rng is None:
+        raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(...)")
+    graphdef, params = nnx.split(model)
+    tokens, logps, cmask = _generate(
+        graphdef, params, jnp.asarray(ids, jnp.int32), positions.astype(jnp.int32), jnp.asarray(mask, jnp.int32),
+        jnp.asarray(deltas, jnp.int32).reshape(-1, 1), None if pixel_values is None else jnp.asarray(pixel_values),
+        None if vin is None else jax.tree.map(jnp.asarray, vin), rng if rng is not None else jax.random.key(0),
+        max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+        stop_token_ids=tuple(int(s) for s in stop_token_ids), pad_id=int(cfg.pad_token_id if pad_id is None else pad_id))
+    return (tokens, (logps, cmask)) if return_logprobs else tokens
+
+
+def completion_positions(prompt_positions, deltas, num_new: int):
+    """M-RoPE positions [3, B, T + num_new] for prompt + completion, continuing as the sampler does
+    (completion token j at slot T + j has position T + j + delta on every axis). The trainer uses this
+    so its recomputed log-probs are those of the sampled sequence."""
+    prompt_positions = jnp.asarray(prompt_positions)
+    _, b, t = prompt_positions.shape
+    comp = (t + jnp.arange(num_new))[None, :] + jnp.asarray(deltas).reshape(-1, 1)
+    comp = jnp.broadcast_to(comp[None], (3, b, num_new)).astype(prompt_positions.dtype)
+    return jnp.concatenate([prompt_positions, comp], axis=2)
