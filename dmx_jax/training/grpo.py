@@ -68,7 +68,7 @@ class GRPOLearner:
         cmask = jnp.asarray(cmask, jnp.float32)
         if cfg.dynamic_sampling:  # static shapes: zero-signal groups are masked out, not dropped
             cmask = cmask * group_has_signal(overall, cfg.group_size)[:, None]
-        batch = {**{k: jnp.asarray(v) for k, v in rep.items()}, "completion": jnp.asarray(tokens),
+        batch = {**jax.tree.map(jnp.asarray, rep), "completion": jnp.asarray(tokens),
                  "completion_mask": cmask, "old_logp": jnp.asarray(sampler_logp), "advantages": adv}
         trainer_logp = self._logp(params, batch)
         drift = jnp.abs(trainer_logp - batch["old_logp"]) * cmask

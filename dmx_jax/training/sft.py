@@ -1,0 +1,23 @@
+"""Supervised fine-tuning objective (stages 1 and 2): next-token loss on answer tokens only.
+
+Batch (all leaves batch-major, from data_pipelines.pipeline): input_ids, attention_mask, loss_mask [B, T],
+positions [B, 3, T], optional pixel_values [B, P, C*T*p*p] + vision_inputs (leading B).
+"""
+from __future__ import annotations
+
+import functools
+
+from dmx_jax.model.batched import forward_hidden
+from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
+
+
+def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0):  # noqa: ARG001 - deterministic
+    hidden, _ = forward_hidden(model, batch["input_ids"], batch["positions"], batch["attention_mask"],
+                               batch.get("pixel_values"), batch.get("vision_inputs"))
+    targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
+    loss_sum, count = cross_entropy_from_hidden(hidden, model.head_kernel(), targets, weights, chunk_size=chunk_size)
+    return loss_sum, count, {}
+
+
+def make_sft_loss(chunk_size: int = 0):
+    return functools.partial(sft_loss, chunk_size=chunk_size)
