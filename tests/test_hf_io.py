@@ -106,3 +106,126 @@ def test_error_is_one_clear_line_from_a_fresh_process(hf_folder, tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_pretrained(path)
     assert info.value.__cause__ is None and "\n" not in str(info.value)
+
+
+def test_tied_checkpoint_with_a_stored_head_loads(tmp_path):
+    """Some exports of tied models still write lm_head.weight; it is the embedding, not an error."""
+    ref = R.make_reference("b", seed=2)
+    ref.save_pretrained(tmp_path)
+    sd = load_file(str(tmp_path / "model.safetensors"))
+    assert "lm_head.weight" not in sd
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].copy()
+    save_file(sd, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model, cfg = load_pretrained(tmp_path)
+    assert cfg.tie_word_embeddings and not hasattr(model, "lm_head")
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+# The hub config.json of Qwen/Qwen2.5-VL-7B-Instruct (transformers 4.x flat layout, rope_scaling + rope_theta).
+HUB_7B_FLAT = {
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
+    "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 18944, "max_position_embeddings": 128000,
+    "max_window_layers": 28, "model_type": "qwen2_5_vl", "num_attention_heads": 28, "num_hidden_layers": 28,
+    "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": True,
+    "use_sliding_window": False,
+    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                      "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14,
+                      "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064,
+}
+
+
+def test_config_layouts_agree_with_transformers():
+    """Old flat hub layout, transformers' own parse of it, and our transformers-5 export all give one config."""
+    from transformers import Qwen2_5_VLConfig
+    from dmx_jax.model import ModelConfig, qwen2_5_vl_7b
+    flat = ModelConfig.from_hf_config(HUB_7B_FLAT)
+    parsed_by_hf = ModelConfig.from_hf_config(Qwen2_5_VLConfig(**HUB_7B_FLAT).to_dict())
+    assert flat == parsed_by_hf == qwen2_5_vl_7b()
+    assert ModelConfig.from_hf_config({**HUB_7B_FLAT, "eos_token_id": [151645, 151643]}).eos_token_id == 151645
+    exported = Qwen2_5_VLConfig(**qwen2_5_vl_7b().to_hf_config())
+    assert exported.text_config.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert exported.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
+    assert ModelConfig.from_hf_config(exported.to_dict()) == qwen2_5_vl_7b()
+
+
+@pytest.mark.parametrize("preset", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
+def test_full_size_presets_match_transformers_tensor_names_and_shapes(preset):
+    """Every on-disk tensor of the real architectures (built on torch's meta device) is produced by the
+    name table from our abstract parameters, with the same shape, and nothing else is."""
+    import jax
+    from flax import nnx
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from dmx_jax.hf import mapping
+    from dmx_jax.model import PRESETS, Qwen25VL
+    cfg = PRESETS[preset]()
+    with torch.device("meta"):
+        hf = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**cfg.to_hf_config()))
+    want = {mapping.canonical(k): tuple(v.shape) for k, v in hf.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        want.pop("lm_head.weight")
+    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Qwen25VL(cfg, nnx.Rngs(0))), nnx.Param))
+    got = {}
+    for param_path, template, _, to_hf in mapping.rows(cfg):
+        value = params
+        for k in param_path.split("."):
+            value = value[k]
+        stacked = mapping.num_layers(param_path, cfg) is not None
+        one = jax.ShapeDtypeStruct(value.shape[1:] if stacked else value.shape, value.dtype)
+        shape = tuple(jax.eval_shape(lambda a: to_hf(a, cfg), one).shape)
+        for name in mapping.hf_names(template, cfg, param_path):
+            got[name] = shape
+    assert got == want
+
+
+def test_non_qwen_config_dict_is_rejected():
+    from dmx_jax.model import ModelConfig
+    with pytest.raises(ValueError, match="model_type is 'qwen2_vl', expected 'qwen2_5_vl'"):
+        ModelConfig.from_hf_config({**HUB_7B_FLAT, "model_type": "qwen2_vl"})
+
+
+def test_import_without_torch_or_transformers(tmp_path):
+    """dmx_jax.model and dmx_jax.hf import, build, save and load with torch/transformers unimportable."""
+    import os
+    import subprocess
+    import sys
+    code = f"""
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Blocker())
+import dmx_jax.model, dmx_jax.hf
+from dmx_jax.model import Qwen25VL, tiny
+m = Qwen25VL(tiny())
+dmx_jax.hf.save_pretrained(m, {str(tmp_path)!r})
+m2, cfg = dmx_jax.hf.load_pretrained({str(tmp_path)!r})
+assert cfg == tiny()
+assert not any(k.split(".")[0] in ("torch", "transformers") for k in sys.modules)
+print("ok")
+"""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_bfloat16_export_equals_torch_cast(hf_folder, tmp_path):
+    """load_pretrained(dtype=bfloat16) -> save_pretrained: tensors equal torch's own fp32 -> bf16 cast."""
+    ref, src = hf_folder
+    model, cfg = load_pretrained(src, dtype="bfloat16")
+    assert cfg.param_dtype == "bfloat16"
+    save_pretrained(model, tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    from safetensors.torch import load_file as load_torch
+    got = load_torch(str(tmp_path / "bf16" / "model.safetensors"))
+    want = {k: v.to(torch.bfloat16) for k, v in load_torch(str(src / "model.safetensors")).items()}
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]), k

@@ -149,6 +149,8 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = N
         value = value.astype(pdt)
         sharding = param_sharding(tuple(param_path.split(".")), value.shape) if param_sharding else None
         _set(target, param_path, jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value))
+    if cfg.tie_word_embeddings:  # some exports write the tied head anyway; the embedding is the head
+        expected.add("lm_head.weight")
     unexpected = sorted(set(index) - expected)
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "

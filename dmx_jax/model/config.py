@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -73,9 +75,35 @@ class ModelConfig:
             raise ValueError(f"vision.out_hidden_size {self.vision.out_hidden_size} != text.hidden_size {self.text.hidden_size}")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
+        t, v = self.text, self.vision
+        if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
+            raise ValueError(f"text: hidden_size {t.hidden_size}, heads {t.num_attention_heads} and kv heads "
+                             f"{t.num_key_value_heads} do not divide")
+        if len(t.mrope_section) != 3:
+            raise ValueError(f"mrope_section {t.mrope_section} must have 3 entries (t, h, w)")
+        if v.hidden_size % v.num_heads or v.head_dim % 4:
+            raise ValueError(f"vision: hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head_dim "
+                             f"divisible by 4 (2-D rotary)")
+        if v.window_size // v.spatial_merge_size // v.patch_size < 1:
+            raise ValueError(f"vision.window_size {v.window_size} is smaller than one merged patch")
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+            if not 0 <= getattr(self, name) < t.vocab_size:
+                raise ValueError(f"{name}={getattr(self, name)} is outside the vocabulary (size {t.vocab_size})")
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+        """From a transformers config dict (transformers-5 nested or older flat layout)."""
+        return from_hf_config(hf, source)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """A transformers-5 config.json dict."""
+        return to_hf_config(self)
 
 
 def tiny() -> ModelConfig:
@@ -124,6 +152,8 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     section = rp.get("mrope_section")
     if section is None:
         raise ValueError(f"{source}: no mrope_section in rope_parameters/rope_scaling")
+    if tc.get("use_sliding_window"):
+        raise ValueError(f"{source}: use_sliding_window=true is not supported")
     if rp.get("rope_type", rp.get("type", "default")) not in ("default", "mrope"):
         raise ValueError(f"{source}: rope_type {rp.get('rope_type')!r} is not supported")
     try:
@@ -150,6 +180,8 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     ids = {k: hf.get(k, tc.get(k)) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
                                               "vision_end_token_id", "bos_token_id", "eos_token_id", "pad_token_id")}
     defaults = ModelConfig()
+    if isinstance(ids["eos_token_id"], list) and ids["eos_token_id"]:  # hub configs may list several
+        ids["eos_token_id"] = ids["eos_token_id"][0]
     ids = {k: (v if isinstance(v, int) else getattr(defaults, k)) for k, v in ids.items()}
     return ModelConfig(text=text, vision=vision, tie_word_embeddings=bool(tie), **ids)
 
@@ -164,11 +196,12 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
                 rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)},
                 bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
                 tie_word_embeddings=cfg.tie_word_embeddings, use_cache=True, dtype=cfg.param_dtype)
-    vision = dict(model_type="qwen2_5_vl", depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+    vision = dict(model_type="qwen2_5_vl_vision", depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
                   num_heads=v.num_heads, in_channels=v.in_channels, patch_size=v.patch_size,
                   spatial_merge_size=v.spatial_merge_size, temporal_patch_size=v.temporal_patch_size,
                   window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes),
-                  out_hidden_size=v.out_hidden_size, hidden_act=v.hidden_act, tokens_per_second=v.tokens_per_second)
+                  out_hidden_size=v.out_hidden_size, hidden_act=v.hidden_act, tokens_per_second=v.tokens_per_second,
+                  rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta}, dtype=cfg.param_dtype)
     return dict(architectures=["Qwen2_5_VLForConditionalGeneration"], model_type="qwen2_5_vl",
                 text_config=text, vision_config=vision, image_token_id=cfg.image_token_id,
                 video_token_id=cfg.video_token_id, vision_start_token_id=cfg.vision_start_token_id,

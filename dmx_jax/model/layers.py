@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dmx_jax.model.rotary import apply_rotary, rotate_half  # noqa: F401  (re-exported)
+
 NEG_INF = -1e30
 
 
@@ -51,23 +53,12 @@ def swiglu(x, p: dict, act) -> jax.Array:
     return y
 
 
-def rotate_half(x: jax.Array) -> jax.Array:
-    h = x.shape[-1] // 2
-    return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
-
-
-def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """x [..., heads, hd] with cos/sin broadcast to [..., 1, hd]; math in fp32."""
-    x32 = x.astype(jnp.float32)
-    return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
-
-
 def attention(q, k, v, allowed) -> jax.Array:
     """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], allowed [B,T,S] bool -> [B,T,N,H]."""
     b, t, n, h = q.shape
     kh = k.shape[2]
     qg = q.reshape(b, t, kh, n // kh, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k).astype(jnp.float32) * (h ** -0.5)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * (h ** -0.5)
     scores = jnp.where(allowed[:, None, None], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v)

@@ -8,6 +8,7 @@ from flax import nnx
 
 from dmx_jax.model.config import ModelConfig
 from dmx_jax.model.layers import ParamTree
+from dmx_jax.model.positions import rope_index
 from dmx_jax.model.text import TextDecoder, init_cache
 from dmx_jax.model.vision import VisionEncoder, vision_inputs
 
@@ -29,6 +30,13 @@ def merge_image_features_rowwise(embeds, input_ids, features, image_token_id):
 
 
 class Qwen25VL(nnx.Module):
+    """Qwen2.5-VL: `vision` (window/full attention ViT + merger), `text` (M-RoPE Qwen2 decoder), `lm_head`.
+
+    Jit-friendly pieces: encode_images -> embed -> hidden_states -> logits (forward chains them). The KV cache
+    ({"k", "v": [L, B, S, K, H], "index"}) is written at slots [index, index + T); with a cache, `key_mask`
+    (default: `attention_mask`) is [B, S] over cache slots, else [B, T].
+    """
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
         rngs = rngs or nnx.Rngs(0)
         self.cfg = cfg
@@ -48,9 +56,12 @@ class Qwen25VL(nnx.Module):
         return self.lm_head.kernel[...]
 
     def encode_images(self, pixel_values: jax.Array, vin: dict) -> jax.Array:
+        """pixel_values [P, C*T*p*p] (processor order), vin = vision_inputs(...) -> merged features [P/m^2, D]
+        in processor order, padded units last. Attention is dense [P, P] with segment masks."""
         return self.vision(pixel_values, vin, self.dtype, self.cfg.remat)
 
     def embed(self, input_ids, image_features=None):
+        """input_ids [B, T] -> [B, T, D]; the k-th image token (row-major over the batch) gets feature k."""
         x = self.text.embed_tokens(input_ids, self.dtype)
         if image_features is not None:
             x = merge_image_features(x, input_ids, image_features, self.cfg.image_token_id)
@@ -58,16 +69,20 @@ class Qwen25VL(nnx.Module):
 
     def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
                       cache=None, key_mask=None):
+        """-> (final-norm hidden [B, T, D], new cache or None); positions [3, B, T]."""
         feats = None if pixel_values is None else self.encode_images(pixel_values, vision_inputs)
         x = self.embed(input_ids, feats)
         key_mask = attention_mask if key_mask is None else key_mask
         return self.text(x, positions, key_mask, cache, self.cfg.remat)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        return jnp.einsum("btd,dv->btv", hidden, self.head_kernel().astype(hidden.dtype))
+        """hidden [B, T, D] -> logits [B, T, V] in fp32 (accumulated in fp32 whatever the compute dtype)."""
+        return jnp.einsum("btd,dv->btv", hidden, self.head_kernel().astype(hidden.dtype),
+                          preferred_element_type=jnp.float32)
 
     def forward(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None, cache=None,
                 key_mask=None):
+        """-> (logits [B, T, V] fp32, new cache or None)."""
         h, cache = self.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs, cache, key_mask)
         return self.logits(h), cache
 
@@ -88,7 +103,6 @@ class Qwen25VL(nnx.Module):
             if n_tokens != n_feats:
                 raise ValueError(f"input_ids hold {n_tokens} image tokens but the images give {n_feats} features")
         if position_ids is None:
-            from dmx_jax.model.positions import rope_index
             position_ids, _ = rope_index(ids, image_grid_thw, mask, spatial_merge_size=self.cfg.vision.spatial_merge_size,
                                          image_token_id=self.cfg.image_token_id)
         logits, _ = self.forward(jnp.asarray(ids), jnp.asarray(position_ids), jnp.asarray(mask),

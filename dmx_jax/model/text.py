@@ -10,19 +10,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dmx_jax.model import rotary
 from dmx_jax.model.config import TextConfig
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, attention, remat_policy, rms_norm, swiglu, values
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
     """positions [3, B, T] -> cos, sin [B, T, hd] with mrope_section picking t/h/w per frequency band."""
-    hd = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))     # [hd/2]
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq                             # [3, B, T, hd/2]
-    axis_of_band = jnp.concatenate([jnp.full((s,), i % 3) for i, s in enumerate(cfg.mrope_section)])
-    freqs = jnp.moveaxis(freqs, 0, -1)[..., jnp.arange(hd // 2), axis_of_band]             # [B, T, hd/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
+    return rotary.mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
 
 
 def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> dict:
@@ -66,7 +61,7 @@ class TextDecoder(nnx.Module):
         self.norm = ParamTree({"scale": jnp.ones((d,), param_dtype)})
 
     def embed_tokens(self, input_ids: jax.Array, dtype=jnp.float32) -> jax.Array:
-        return self.embed.embedding[...].astype(dtype)[input_ids]
+        return self.embed.embedding[...][input_ids].astype(dtype)
 
     def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: dict | None = None,
                  remat: str = "none") -> tuple[jax.Array, dict | None]:

@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from dmx_jax.model.config import VisionConfig
+from dmx_jax.model.rotary import vision_cos_sin
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, attention, remat_policy, rms_norm, swiglu, values
 
 
@@ -111,12 +112,7 @@ class VisionEncoder(nnx.Module):
                                  "fc2": {"kernel": init(d * m2, cfg.out_hidden_size), "bias": zeros(cfg.out_hidden_size)}})
 
     def rotary(self, rot_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
-        cfg = self.cfg
-        spatial = cfg.head_dim // 2
-        inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, spatial, 2, dtype=jnp.float32) / spatial))
-        freqs = (rot_hw.astype(jnp.float32)[..., None] * inv_freq).reshape(rot_hw.shape[0], -1)  # [P, hd/2]
-        emb = jnp.concatenate([freqs, freqs], axis=-1)
-        return jnp.cos(emb), jnp.sin(emb)
+        return vision_cos_sin(rot_hw, self.cfg.head_dim, self.cfg.rope_theta)
 
     def __call__(self, pixel_values: jax.Array, vin: dict, dtype=jnp.float32, remat: str = "none") -> jax.Array:
         """pixel_values [P, C*T*p*p] in merge-window order -> merged features [P/m^2, D] in the same order."""
