@@ -19,10 +19,14 @@ class DataConfig:
     image_size: int = 128               # synthetic render size
     max_pixels: int = 128 * 128         # processor cap (paper checkpoint: 262144)
     min_pixels: int = 56 * 56
-    max_seq_len: int = 256
+    max_seq_len: int = 128              # plain SFT rows (prompt + answer), tokens
+    reasoning_seq_len: int = 448        # cold-start rows: prompt + reasoning suffix + <think> trace + answer
+    prompt_len: int = 128               # left-padded plain prompts for evaluation
+    reasoning_prompt_len: int = 256     # left-padded reasoning prompts (RL rollouts, evaluation)
+    reasoning_tasks: tuple[str, ...] = ("vqa", "grounding", "referring")  # tasks trained/evaluated with <think>
     train_examples: int = 2048
     eval_examples: int = 64
-    vocab_size: int = 512               # tiny SentencePiece vocabulary (ignored with an HF tokenizer)
+    vocab_size: int = 2048              # tiny SentencePiece vocabulary (ignored with an HF tokenizer)
     tokenizer: str | None = None        # path to a Qwen2.5-VL tokenizer.json for real checkpoints
     num_workers: int = 0
 
@@ -52,7 +56,7 @@ class RLConfig:
     steps: int = 30
     prompts_per_step: int = 4
     optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant")
-    algo: GRPOConfig = GRPOConfig()
+    algo: GRPOConfig = GRPOConfig(max_new_tokens=256)
     reward_preset: str = "grounded"     # "paper" | "grounded"
     save_every: int = 10
 
@@ -60,7 +64,8 @@ class RLConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     examples: int = 64
-    max_new_tokens: int = 96
+    max_new_tokens: int = 80            # plain answers (reports need ~70 tokens at vocab 2048)
+    reasoning_max_new_tokens: int = 256 # <think> trace + boxed answer
     arena_judges: tuple[str, ...] = ("rubric",)
     bootstrap: int = 1000
 

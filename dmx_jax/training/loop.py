@@ -90,7 +90,7 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
             last = {k: _to_py(v) for k, v in metrics.items()}
             last["step_time_s"] = time.perf_counter() - t0
             if writer and (step % log_every == 0 or step == num_steps):
-                writer.write({"step": step, **last})
+                writer.write({"step": step, "train_stage": stage, **last})
             if on_step:
                 on_step(step, last)
             if bar is not None:

@@ -1,0 +1,162 @@
+"""Run outputs: Report Arena among the stages, plots, grounded gallery, HF export and summary.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+STAGE_ORDER = ("sft", "cold_start", "grpo")
+
+
+def _summary_cell(s) -> str:
+    if not isinstance(s, dict) or "mean" not in s:
+        return "–"
+    lo, hi = s.get("ci", [np.nan, np.nan])
+    return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def stage_table(results: dict) -> str:
+    rows = ["| stage | VQA score [95% CI] | grounding mIoU [95% CI] | Acc@0.5 | report ROUGE-L | BLEU-4 | "
+            "rule-CheXpert micro-F1 (14) | grounded-format rate |", "|---|---|---|---|---|---|---|---|"]
+    for st in STAGE_ORDER:
+        if st not in results:
+            continue
+        m = results[st]
+        g = m.get("grounding", {})
+        nlg = m.get("report_nlg", {})
+        lf = m.get("report_label_f1", {})
+        micro = next((v for k, v in lf.items() if "micro" in k and "14" in k), None)
+        rows.append(f"| {st} | {_summary_cell(m.get('vqa_score'))} | {_summary_cell(g.get('miou'))} | "
+                    f"{_summary_cell(g.get('acc_at_0_5'))} | {nlg.get('rouge_l', float('nan')):.3f} | "
+                    f"{nlg.get('bleu_4', float('nan')):.3f} | {micro if micro is None else f'{micro:.3f}'} | "
+                    f"{m.get('grounded_format_rate', float('nan')):.2f} |")
+    return "\n".join(rows)
+
+
+def run_stage_arena(outputs: dict, run_dir: Path) -> dict | None:
+    from dmx_jax.eval.arena import RubricJudge, run_arena
+    from dmx_jax.eval.arena.records import Report
+    systems = {}
+    refs = {}
+    for st in STAGE_ORDER:
+        if st not in outputs:
+            continue
+        recs = [r for r in outputs[st] if r["task"] in ("findings", "impression")]
+        systems[st] = {r["example_id"]: Report(r["answer"] or "(empty)") for r in recs}
+        for r in recs:
+            refs[r["example_id"]] = Report(r["target"], tuple(tuple(b) for b in r["boxes_true"]))
+    if len(systems) < 2 or not refs:
+        return None
+    result = run_arena(refs, systems, [RubricJudge()], cache=run_dir / "arena_cache", n_bootstrap=200)
+    (run_dir / "eval" / "arena.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def plots(run_dir: Path, results: dict, arena: dict | None) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for st in ("sft", "cold_start"):
+        pts = [(r["step"], r["loss"]) for r in recs if r.get("train_stage") == st and "loss" in r]
+        if pts:
+            axes[0].plot(*zip(*pts), label=st)
+    axes[0].set(title="SFT losses", xlabel="step", ylabel="loss"), axes[0].legend()
+    pts = [(r["step"], r["reward/overall"]) for r in recs if r.get("train_stage") == "grpo" and "reward/overall" in r]
+    if pts:
+        axes[1].plot(*zip(*pts), color="C2")
+    axes[1].set(title="GRPO mean reward", xlabel="step", ylabel="reward")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    written.append("plots/curves.png")
+    names = [s for s in STAGE_ORDER if s in results]
+    metrics = [("VQA score", lambda m: m.get("vqa_score")), ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou"))]
+    fig, axes = plt.subplots(1, len(metrics) + (1 if arena else 0), figsize=(4.2 * (len(metrics) + 1), 3.4))
+    for ax, (title, get) in zip(axes, metrics):
+        vals = [get(results[n]) or {"mean": 0, "ci": [0, 0]} for n in names]
+        mean = [v["mean"] for v in vals]
+        err = np.array([[v["mean"] - v["ci"][0], v["ci"][1] - v["mean"]] for v in vals]).T
+        ax.bar(names, mean, yerr=err, capsize=4, color=["C0", "C1", "C2"][:len(names)])
+        ax.set(title=title + " (95% CI)", ylim=(0, 1))
+    if arena:
+        ax = axes[-1]
+        table = arena["combined"]["ratings"]
+        bt = [table[n]["bt_elo_scale"] for n in names if n in table]
+        ci = np.array([table[n]["bt_elo_scale_ci"] for n in names if n in table])
+        ax.bar([n for n in names if n in table], bt, yerr=np.abs(ci.T - np.array(bt)), capsize=4, color="C4")
+        ax.set(title="Report Arena (BT, Elo scale)")
+    fig.tight_layout()
+    fig.savefig(out / "stages.png", dpi=110)
+    plt.close(fig)
+    written.append("plots/stages.png")
+    return written
+
+
+def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str]:
+    """One figure per stage: held-out grounded questions, truth boxes green, the model's cited boxes red."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from experiments.evaluate import boxes_in
+    out = run_dir / "gallery"
+    out.mkdir(exist_ok=True)
+    by_id = {e.example_id: e for e in test_ex}
+    written = []
+    for stage in [s for s in STAGE_ORDER if s in outputs]:
+        recs = [r for r in outputs[stage] if r["task"] in ("grounding", "vqa") and r["boxes_true"]][:n]
+        if not recs:
+            continue
+        fig, axes = plt.subplots(1, len(recs), figsize=(3.2 * len(recs), 3.9), squeeze=False)
+        for ax, rec in zip(axes[0], recs):
+            ex = by_id[rec["example_id"]]
+            mw, mh = rec["image_size"]                    # model-input frame of all boxes
+            ax.imshow(np.clip(np.asarray(ex.images[-1]), 0, 1), cmap="gray", extent=(0, mw, mh, 0))
+            for b in rec["boxes_true"]:
+                ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="lime", lw=1.5))
+            for k, b in enumerate(boxes_in(rec["output"])[:4]):
+                ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.2, ls="--"))
+                ax.text(b[0] + 1, b[1] + 5, str(k + 1), color="red", fontsize=7)
+            ax.set_title(f"{_wrap(ex.prompt, 38)}\npred: {rec['answer'][:28]!s}\ntruth: {rec['target'][:28]}", fontsize=7)
+            ax.set_xlim(0, mw), ax.set_ylim(mh, 0), ax.axis("off")
+        fig.suptitle(f"{stage}: truth boxes green, cited boxes red (dashed)", fontsize=9)
+        fig.tight_layout()
+        name = f"gallery/{stage}.png"
+        fig.savefig(run_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width)[:2])
+
+
+def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, outputs: dict, test_ex: list, *,
+                  export: bool) -> str:
+    arena = run_stage_arena(outputs, run_dir) if outputs else None
+    figs = plots(run_dir, results, arena) if results else []
+    gal = gallery(run_dir, outputs, test_ex)
+    export_note = ""
+    if export:
+        from dmx_jax.hf import save_pretrained
+        save_pretrained(nnx.merge(graphdef, params), run_dir / "hf_export", config=mcfg)
+        export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
+    lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results), "",
+             "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "
+             "Grounding: predicted box = first box in the answer, model-input pixels. CIs: 95% bootstrap over examples.", ""]
+    if arena:
+        ranking = arena["combined"].get("ranking", [])
+        lines += [f"Report Arena ({', '.join(arena['combined'].get('judges', []))}): ranking {' > '.join(ranking)}", ""]
+    lines += [f"![{f}]({f})" for f in figs] + [""] + [f"![{g}]({g})" for g in gal[-1:]] + ["", export_note]
+    text = "\n".join(lines)
+    (run_dir / "summary.md").write_text(text)
+    return text

@@ -1,0 +1,57 @@
+"""python -m experiments.run [--config tiny] [--set key=value ...] [--run-dir DIR]
+
+Data -> stage 1 SFT -> stage 2 cold-start reasoning SFT -> stage 3 GRPO -> evaluation of every stage ->
+Report Arena among the stages -> Hugging Face export. Every stage checkpoints; rerunning the same command
+on the same run directory resumes where it stopped and skips finished stages.
+Outputs: DIR/summary.md, DIR/metrics.jsonl, DIR/eval/*.json, DIR/plots/*.png, DIR/gallery/*.png, DIR/hf_export/.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from absl import flags as _absl_flags
+
+_absl_flags.FLAGS.mark_as_parsed()
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="tiny", help="preset: tiny | qwen2_5_vl_3b | qwen2_5_vl_7b")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set sft.steps=50 (repeatable)")
+    ap.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    ap.add_argument("--stages", default="sft,cold_start,grpo", help="comma-separated subset of sft,cold_start,grpo")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from experiments.configs import PRESETS
+    from experiments.overrides import ConfigError, apply_overrides
+    if args.config not in PRESETS:
+        print(f"error: unknown --config {args.config!r}; choose from {sorted(PRESETS)}", file=sys.stderr)
+        return 2
+    try:
+        cfg = apply_overrides(PRESETS[args.config](), args.overrides)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from experiments.pipeline import run_pipeline
+    t0 = time.time()
+    summary = run_pipeline(cfg, run_dir, stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()))
+    print(summary)
+    print(f"\nrun directory: {run_dir}  ({time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
