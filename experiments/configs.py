@@ -19,7 +19,9 @@ class DataConfig:
     image_size: int = 128               # synthetic render size
     max_pixels: int = 128 * 128         # processor cap (paper checkpoint: 262144)
     min_pixels: int = 56 * 56
-    max_seq_len: int = 128              # plain SFT rows (prompt + answer), tokens
+    max_seq_len: int = 160              # plain SFT rows (prompt + answer), tokens
+    patch_budget: int | None = None     # static patch rows per example (None: derived from the images / max_pixels)
+    on_too_long: str = "error"          # "error" | "skip" (skipped examples are counted and printed)
     reasoning_seq_len: int = 448        # cold-start rows: prompt + reasoning suffix + <think> trace + answer
     prompt_len: int = 128               # left-padded plain prompts for evaluation
     reasoning_prompt_len: int = 256     # left-padded reasoning prompts (RL rollouts, evaluation)
@@ -27,7 +29,8 @@ class DataConfig:
     train_examples: int = 2048
     eval_examples: int = 64
     vocab_size: int = 2048              # tiny SentencePiece vocabulary (ignored with an HF tokenizer)
-    tokenizer: str | None = None        # path to a Qwen2.5-VL tokenizer.json for real checkpoints
+    tokenizer: str | None = None        # path to a Qwen2.5-VL tokenizer.json (default: hf_checkpoint's)
+    cold_start_file: str | None = None  # JSONL of teacher reasoning traces (python -m data_pipelines.cold_start)
     num_workers: int = 0
 
 
@@ -88,8 +91,16 @@ class ExperimentConfig:
 
 
 def tiny() -> ExperimentConfig:
-    """The CPU default: finishes on 2 cores in minutes."""
-    return ExperimentConfig()
+    """The CPU default: a from-scratch tiny model on the synthetic benchmark, minutes on 2 cores."""
+    return ExperimentConfig(
+        model="small",
+        data=DataConfig(on_too_long="skip"),
+        sft=StageConfig(steps=600, save_every=200, optim=OptimConfig(learning_rate=2e-3, warmup_steps=20, total_steps=600)),
+        cold_start=StageConfig(steps=150, save_every=50,
+                               optim=OptimConfig(learning_rate=1e-3, warmup_steps=10, total_steps=150)),
+        eval=EvalConfig(examples=160),
+        rl=RLConfig(optim=OptimConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant")),
+    )
 
 
 def qwen2_5_vl_3b() -> ExperimentConfig:

@@ -9,7 +9,8 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines.formatting import parse_answer
-from dmx_jax.eval import grounding_scores, nlg_scores, rule_chexpert_f1, vqa_scores
+from dmx_jax.eval import (bootstrap_ci, chexpert_f1, chexpert_labels, grounding_scores, nlg_sample_scores,
+                          nlg_scores, vqa_scores)
 from dmx_jax.sampling.generate import _generate
 
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
@@ -32,6 +33,36 @@ def generate_texts(graphdef, params, arrays: dict, tokenizer, *, max_new_tokens:
             ids = [int(t) for t, m in zip(toks[r], cmask[r]) if m and t != tokenizer.im_end_id]
             out.append(tokenizer.decode(ids))
     return out
+
+
+def report_text_scores(preds: list[str], refs: list[str], n_bootstrap: int) -> dict:
+    """Corpus BLEU-1..4 / ROUGE-L / CIDEr-D, with 95% bootstrap CIs (corpus metrics recomputed per resample)."""
+    corpus = nlg_scores(preds, refs, meteor=False)
+    per = nlg_sample_scores(preds, refs, meteor=False)
+    out = {k: {"mean": v} for k, v in corpus.items()}
+    out["rouge_l"]["ci"] = list(bootstrap_ci(per["rouge_l"], n=n_bootstrap))          # ROUGE-L is a sample mean
+    idx = np.arange(len(preds))
+    lo_hi = bootstrap_ci(idx, lambda i: nlg_scores([preds[j] for j in i], [refs[j] for j in i], meteor=False)["bleu_4"],
+                         n=min(n_bootstrap, 200))
+    out["bleu_4"]["ci"] = list(lo_hi)
+    return out
+
+
+def report_label_scores(preds: list[str], refs: list[str], n_bootstrap: int) -> dict:
+    """rule-CheXpert micro/macro F1 (14 and 5 labels) with 95% bootstrap CIs over reports."""
+    p, r = chexpert_labels(preds), chexpert_labels(refs)
+    full = chexpert_f1(p, r)
+    out = {}
+    for key in ("micro_f1_14", "macro_f1_14", "micro_f1_5", "macro_f1_5"):
+        out[key] = {"mean": full[key], "ci": list(bootstrap_ci((p, r), lambda a, b, k=key: chexpert_f1(a, b)[k],
+                                                                n=min(n_bootstrap, 500)))}
+    out["labeler"] = "rule-CheXpert (dmx_jax.eval.chexpert_labeler), not CheXbert"
+    return out
+
+
+def printable(text: str) -> str:
+    """Text safe for plot titles: control characters (untrained models emit them) shown as '?'."""
+    return "".join(c if c.isprintable() or c == "\n" else "?" for c in text)
 
 
 def boxes_in(text: str) -> list[tuple[float, ...]]:
@@ -66,9 +97,8 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
     if rep:
         preds = [answers[i].lower() or "empty" for i in rep]
         refs = [rows[i]["target"].lower() for i in rep]
-        metrics["report_nlg"] = nlg_scores(preds, refs, meteor=False)
-        f1 = rule_chexpert_f1(preds, refs)
-        metrics["report_label_f1"] = {k: v for k, v in f1.items() if isinstance(v, (int, float))}
+        metrics["report_nlg"] = report_text_scores(preds, refs, n_bootstrap)
+        metrics["report_label_f1"] = report_label_scores(preds, refs, n_bootstrap)
     # grounded reasoning: share of outputs in the think-then-boxed format that cite at least one box
     fmt = [bool(re.search(r"<think>.*\[\d+, \d+, \d+, \d+\].*</think>.*\\boxed\{", t, re.S)) for t in texts]
     metrics["grounded_format_rate"] = float(np.mean(fmt))

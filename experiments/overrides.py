@@ -41,9 +41,10 @@ def _coerce(value: str, current: Any, type_hint: Any, key: str) -> Any:
         raise ConfigError(f"--set {key}={value}: cannot parse {value!r} as {getattr(type_hint, '__name__', type_hint)}") from e
 
 
-def apply_override(cfg: Any, key: str, value: str) -> Any:
+def apply_override(cfg: Any, key: str, value: str, full_key: str | None = None) -> Any:
     """Return a copy of `cfg` with the dotted field `key` set from the string `value`."""
     head, _, rest = key.partition(".")
+    key = full_key or key
     if not dataclasses.is_dataclass(cfg):
         raise ConfigError(f"--set {key}: {type(cfg).__name__} has no fields")
     fields = {f.name: f for f in dataclasses.fields(cfg)}
@@ -52,7 +53,7 @@ def apply_override(cfg: Any, key: str, value: str) -> Any:
                           f"known: {', '.join(sorted(fields))}")
     current = getattr(cfg, head)
     if rest:
-        return dataclasses.replace(cfg, **{head: apply_override(current, rest, value)})
+        return dataclasses.replace(cfg, **{head: apply_override(current, rest, value, key)})
     hints = typing.get_type_hints(type(cfg))
     if dataclasses.is_dataclass(current):
         raise ConfigError(f"--set {key}: {head!r} is a section; set one of its fields, e.g. {key}.<field>=...")
@@ -70,3 +71,22 @@ def apply_overrides(cfg: Any, assignments: list[str]) -> Any:
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def config_from_dict(base: Any, data: dict, prefix: str = "") -> Any:
+    """Rebuild a config saved as JSON (a run's config.json) on top of `base`; unknown keys raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(base)}
+    changes = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix + key!r}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = config_from_dict(current, value, f"{prefix}{key}.")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(base, **changes)

@@ -5,87 +5,47 @@ import dataclasses
 import json
 from pathlib import Path
 
-import jax
-import numpy as np
 from flax import nnx
 
-from data_pipelines.tokenizer import train_sentencepiece
-from dmx_jax.model import Qwen25VL, preset
+from dmx_jax.model import Qwen25VL
 from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.loop import MetricsWriter
-from experiments.data import encode
+from experiments.datasets import model_config_for, real_data, synthetic_data
 from experiments.evaluate import evaluate_stage
 from experiments.stages import load_stage_params, run_grpo, run_supervised, stage_done
 
-TRAIN_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "classification")
+__all__ = ["model_config_for", "run_pipeline"]
 
 
-def _examples(split: str, n: int, image_size: int, seed: int):
-    from data_pipelines.synthetic import SyntheticConfig, examples
-    scfg = SyntheticConfig(image_size=image_size, seed=seed)
-    return [examples(split, i, scfg) for i in range(n)]
-
-
-def build_tokenizer(train_examples, vocab_size: int, cache_dir: Path):
-    corpus = []
-    for e in train_examples:
-        corpus += [e.prompt, e.target, e.meta.get("reasoning", "")]
-    from data_pipelines.formatting import SYSTEM_PROMPT, reasoning_suffix
-    corpus += [SYSTEM_PROMPT, reasoning_suffix(), "system\n", "user\n", "assistant\n"]
-    return train_sentencepiece(corpus, vocab_size, cache_dir)
-
-
-def model_config_for(cfg, tok):
-    """The preset with the tokenizer's vocabulary and special ids (tiny run); real checkpoints keep theirs."""
-    mcfg = preset(cfg.model)
-    if cfg.hf_checkpoint is None and cfg.model == "tiny":
-        text = dataclasses.replace(mcfg.text, vocab_size=tok.vocab_size)
-        mcfg = dataclasses.replace(mcfg, text=text, image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
-                                   vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
-                                   bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
-    return dataclasses.replace(mcfg, dtype=cfg.dtype)
-
-
-def _encode_all(examples, tok, mcfg, cfg, seq_len: int, **kw):
-    d = cfg.data
-    return [encode(e, tok, mcfg, seq_len=seq_len, patch_budget=_patch_budget(cfg), min_pixels=d.min_pixels,
-                   max_pixels=d.max_pixels, **kw) for e in examples]
-
-
-def _patch_budget(cfg) -> int:
-    side = int(np.sqrt(cfg.data.max_pixels)) // 28 * 28 + 28
-    return (side // 14) ** 2
+def initial_model(cfg, mesh, run_dir: Path):
+    """(graphdef, params, RunData): pretrained weights placed on the mesh, or a from-scratch model."""
+    if cfg.hf_checkpoint:
+        from dmx_jax.hf import load_pretrained
+        print(f"[model] loading {cfg.hf_checkpoint} onto mesh {dict(mesh.shape)}", flush=True)
+        model, mcfg = load_pretrained(cfg.hf_checkpoint, mesh=mesh, config=None)
+        mcfg = dataclasses.replace(mcfg, dtype=cfg.dtype)
+        data = real_data(cfg, run_dir, mcfg) if cfg.data.source != "synthetic" else synthetic_data(cfg, run_dir)
+    else:
+        data = synthetic_data(cfg, run_dir) if cfg.data.source == "synthetic" else None
+        if data is None:
+            from experiments.overrides import ConfigError
+            raise ConfigError(f"data.source={cfg.data.source!r} needs hf_checkpoint (a Qwen2.5-VL folder with "
+                              f"tokenizer.json); from-scratch models train on the synthetic benchmark only")
+        mcfg = data.model_cfg
+        model = Qwen25VL(mcfg, nnx.Rngs(cfg.seed))
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state), data, mcfg
 
 
 def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> str:
     cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     (run_dir / "config.json").write_text(json.dumps(cfg_json, indent=2))
-    writer = MetricsWriter(run_dir / "metrics.jsonl")
+    writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
     mesh = make_mesh(MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
-    if cfg.data.source != "synthetic":
-        raise NotImplementedError("this driver builds the synthetic benchmark; real-data runs use "
-                                  "data_pipelines.adapters (see README) once the grain pipeline lands")
-    print(f"[data] rendering {cfg.data.train_examples} train + {cfg.eval.examples} test synthetic studies", flush=True)
-    train_ex = [e for e in _examples("train", cfg.data.train_examples, cfg.data.image_size, cfg.seed) if e.task in TRAIN_TASKS]
-    test_ex = [e for e in _examples("test", cfg.eval.examples, cfg.data.image_size, cfg.seed) if e.task in TRAIN_TASKS]
-    tok = build_tokenizer(train_ex, cfg.data.vocab_size, run_dir / "tokenizer")
-    mcfg = model_config_for(cfg, tok)
-    d = cfg.data
-    reasoning_train = [e for e in train_ex if e.task in d.reasoning_tasks]
-    sft_rows = _encode_all(train_ex, tok, mcfg, cfg, d.max_seq_len, reasoning=False)
-    cold_rows = _encode_all(reasoning_train, tok, mcfg, cfg, d.reasoning_seq_len, reasoning=True)
-    rl_rows = _encode_all(reasoning_train, tok, mcfg, cfg, d.reasoning_prompt_len, reasoning=True, prompt_only=True)
-    # evaluation: every test task with the plain prompt; the reasoning tasks also with the <think> suffix
-    eval_plain = _encode_all(test_ex, tok, mcfg, cfg, d.prompt_len, reasoning=False, prompt_only=True)
-    test_reasoning = [e for e in test_ex if e.task in d.reasoning_tasks]
-    eval_reason = _encode_all(test_reasoning, tok, mcfg, cfg, d.reasoning_prompt_len, reasoning=True, prompt_only=True)
-    print(f"[data] {len(sft_rows)} SFT rows, {len(cold_rows)} reasoning rows, {len(rl_rows)} RL prompts, "
-          f"{len(eval_plain)} eval prompts; vocab {tok.vocab_size}, seq {d.max_seq_len}/{d.reasoning_seq_len}, "
-          f"patch budget {_patch_budget(cfg)}", flush=True)
-
-    model = Qwen25VL(mcfg, nnx.Rngs(cfg.seed))
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
+    graphdef, params, data, mcfg = initial_model(cfg, mesh, run_dir)
+    tok, d = data.tokenizer, cfg.data
+    sft_rows, cold_rows, rl_rows = data.sft, data.cold_start, data.rl
+    eval_plain, eval_reason, test_ex = data.eval_plain, data.eval_reason, data.test_examples
     results, outputs = {}, {}
 
     def arrays_of(rows):
@@ -127,6 +87,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
         eval_file.parent.mkdir(exist_ok=True)
         eval_file.write_text(json.dumps({"metrics": metrics, "records": records}, indent=1, default=float))
         writer.write({"step": 0, "eval_stage": name, **_flat(metrics)})
+    writer.close()
     from experiments.report import write_outputs
     return write_outputs(cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf)
 

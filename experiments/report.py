@@ -18,20 +18,19 @@ def _summary_cell(s) -> str:
 
 
 def stage_table(results: dict) -> str:
-    rows = ["| stage | VQA score [95% CI] | grounding mIoU [95% CI] | Acc@0.5 | report ROUGE-L | BLEU-4 | "
+    rows = ["| stage | VQA score | grounding mIoU | grounding Acc@0.5 | report ROUGE-L | report BLEU-4 | "
             "rule-CheXpert micro-F1 (14) | grounded-format rate |", "|---|---|---|---|---|---|---|---|"]
     for st in STAGE_ORDER:
         if st not in results:
             continue
         m = results[st]
-        g = m.get("grounding", {})
-        nlg = m.get("report_nlg", {})
-        lf = m.get("report_label_f1", {})
-        micro = next((v for k, v in lf.items() if "micro" in k and "14" in k), None)
-        rows.append(f"| {st} | {_summary_cell(m.get('vqa_score'))} | {_summary_cell(g.get('miou'))} | "
-                    f"{_summary_cell(g.get('acc_at_0_5'))} | {nlg.get('rouge_l', float('nan')):.3f} | "
-                    f"{nlg.get('bleu_4', float('nan')):.3f} | {micro if micro is None else f'{micro:.3f}'} | "
-                    f"{m.get('grounded_format_rate', float('nan')):.2f} |")
+        g, nlg, lf = m.get("grounding", {}), m.get("report_nlg", {}), m.get("report_label_f1", {})
+        cells = [m.get("vqa_score"), g.get("miou"), g.get("acc_at_0_5"), nlg.get("rouge_l"), nlg.get("bleu_4"),
+                 lf.get("micro_f1_14")]
+        rows.append(f"| {st} | " + " | ".join(_summary_cell(c) for c in cells) +
+                    f" | {m.get('grounded_format_rate', float('nan')):.2f} |")
+    rows.append("")
+    rows.append("Cells: value [95% bootstrap CI over held-out examples].")
     return "\n".join(rows)
 
 
@@ -77,10 +76,11 @@ def plots(run_dir: Path, results: dict, arena: dict | None) -> list[str]:
     plt.close(fig)
     written.append("plots/curves.png")
     names = [s for s in STAGE_ORDER if s in results]
-    metrics = [("VQA score", lambda m: m.get("vqa_score")), ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou"))]
+    metrics = [("VQA score", lambda m: m.get("vqa_score")), ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
+               ("report rule-CheXpert micro-F1", lambda m: m.get("report_label_f1", {}).get("micro_f1_14"))]
     fig, axes = plt.subplots(1, len(metrics) + (1 if arena else 0), figsize=(4.2 * (len(metrics) + 1), 3.4))
     for ax, (title, get) in zip(axes, metrics):
-        vals = [get(results[n]) or {"mean": 0, "ci": [0, 0]} for n in names]
+        vals = [get(results[n]) or {"mean": 0.0, "ci": [0.0, 0.0]} for n in names]
         mean = [v["mean"] for v in vals]
         err = np.array([[v["mean"] - v["ci"][0], v["ci"][1] - v["mean"]] for v in vals]).T
         ax.bar(names, mean, yerr=err, capsize=4, color=["C0", "C1", "C2"][:len(names)])
@@ -105,7 +105,7 @@ def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-    from experiments.evaluate import boxes_in
+    from experiments.evaluate import boxes_in, printable
     out = run_dir / "gallery"
     out.mkdir(exist_ok=True)
     by_id = {e.example_id: e for e in test_ex}
@@ -124,7 +124,7 @@ def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str
             for k, b in enumerate(boxes_in(rec["output"])[:4]):
                 ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.2, ls="--"))
                 ax.text(b[0] + 1, b[1] + 5, str(k + 1), color="red", fontsize=7)
-            ax.set_title(f"{_wrap(ex.prompt, 38)}\npred: {rec['answer'][:28]!s}\ntruth: {rec['target'][:28]}", fontsize=7)
+            ax.set_title(printable(f"{_wrap(ex.prompt, 38)}\npred: {rec['answer'][:28]!s}\ntruth: {rec['target'][:28]}"), fontsize=7)
             ax.set_xlim(0, mw), ax.set_ylim(mh, 0), ax.axis("off")
         fig.suptitle(f"{stage}: truth boxes green, cited boxes red (dashed)", fontsize=9)
         fig.tight_layout()
@@ -140,8 +140,23 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)[:2])
 
 
+def metrics_csv(run_dir: Path) -> None:
+    """metrics.jsonl -> metrics.csv (one column per key seen, blanks where a record lacks it)."""
+    import csv
+    src = run_dir / "metrics.jsonl"
+    if not src.is_file():
+        return
+    records = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    keys = list(dict.fromkeys(k for r in records for k, v in r.items() if not isinstance(v, (list, dict))))
+    with (run_dir / "metrics.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(records)
+
+
 def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, outputs: dict, test_ex: list, *,
                   export: bool) -> str:
+    metrics_csv(run_dir)
     arena = run_stage_arena(outputs, run_dir) if outputs else None
     figs = plots(run_dir, results, arena) if results else []
     gal = gallery(run_dir, outputs, test_ex)
@@ -149,6 +164,8 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
     if export:
         from dmx_jax.hf import save_pretrained
         save_pretrained(nnx.merge(graphdef, params), run_dir / "hf_export", config=mcfg)
+        for model_file in sorted((run_dir / "tokenizer").glob("*.model"))[-1:]:   # tiny run: its SentencePiece
+            (run_dir / "hf_export" / "dmx_tokenizer.model").write_bytes(model_file.read_bytes())
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
     lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results), "",
              "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "

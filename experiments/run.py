@@ -26,6 +26,9 @@ def parse_args(argv=None):
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set sft.steps=50 (repeatable)")
     ap.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    ap.add_argument("--distributed", default="env", choices=("env", "auto", "off"),
+                    help="multi-host start-up: env = DMX_COORDINATOR/DMX_NUM_PROCESSES/DMX_PROCESS_ID when set; "
+                         "auto = jax.distributed.initialize() discovery (Cloud TPU pods, SLURM); off = one process")
     ap.add_argument("--stages", default="sft,cold_start,grpo", help="comma-separated subset of sft,cold_start,grpo")
     return ap.parse_args(argv)
 
@@ -42,6 +45,9 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.distributed != "off":
+        from dmx_jax.sharding import DistributedConfig, initialize
+        initialize(DistributedConfig(auto=args.distributed == "auto"))
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

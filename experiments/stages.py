@@ -20,7 +20,7 @@ from dmx_jax.training.rl_vlm import completion_logprobs, make_sample_fn
 from dmx_jax.training.sft import make_sft_loss
 from dmx_jax.training.state import init_train_state
 from dmx_jax.training.step import make_train_step, state_shardings
-from experiments.data import EncodedBatches
+from experiments.data import batches
 
 DONE = "DONE.json"
 
@@ -51,19 +51,31 @@ def load_stage_params(stage_dir: Path, params_like, mesh):
         return loader.restore((stage_dir / "final_params").absolute(), target)
 
 
-def run_supervised(stage: str, stage_dir: Path, graphdef, params, rows: list[dict], cfg_stage, *, seed: int, mesh,
+def place_batch(arrays: dict, mesh) -> dict:
+    """A host batch (identical on every process) -> global arrays sharded over the mesh's batch axes.
+
+    Each process contributes only its own rows (process_slice), so the same code runs on one CPU and on a
+    multi-host TPU pod.
+    """
+    from dmx_jax.sharding import global_array, process_slice
+    from dmx_jax.sharding.rules import batch_spec
+    rows = process_slice(len(arrays["input_ids"]))
+    return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
+
+
+def run_supervised(stage: str, stage_dir: Path, graphdef, params, rows, cfg_stage, *, seed: int, mesh,
                    writer: MetricsWriter, config_json: dict):
     stage_dir.mkdir(parents=True, exist_ok=True)
     tx = make_optimizer(cfg_stage.optim)
     state = init_train_state(params, tx, seed=seed)
     sh = state_shardings(state, mesh)
     ck = Checkpointer(stage_dir / "ckpt", save_every=cfg_stage.save_every, keep=2)
-    data = EncodedBatches(rows, cfg_stage.batch_size, seed=seed)
+    data = batches(rows, cfg_stage.batch_size, seed=seed)
     state, start = start_or_resume(state, sh, ck, data)
     step = jax.jit(make_train_step(graphdef, make_sft_loss(), tx), donate_argnums=(0,))
 
     def strip(arrays):
-        return jax.tree.map(jnp.asarray, {k: v for k, v in arrays.items() if k != "deltas"})
+        return place_batch({k: v for k, v in arrays.items() if k != "deltas"}, mesh)
 
     state, summary = train_loop(step, state, data, num_steps=cfg_stage.steps, checkpointer=ck, writer=writer,
                                 config=config_json, place_batch=strip, stage=stage)
@@ -100,7 +112,7 @@ def grounded_reward(texts: list[str], rows: list[dict]) -> dict[str, np.ndarray]
     return {"overall": 0.1 * fmt + 0.7 * acc + 0.2 * iou, "format": fmt, "accuracy": acc, "box_iou": iou}
 
 
-def run_grpo(stage_dir: Path, graphdef, params, prompt_rows: list[dict], rl_cfg, tokenizer, *, seed: int, mesh,
+def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, *, seed: int, mesh,
              writer: MetricsWriter, config_json: dict):
     stage_dir.mkdir(parents=True, exist_ok=True)
     algo = rl_cfg.algo
@@ -108,7 +120,7 @@ def run_grpo(stage_dir: Path, graphdef, params, prompt_rows: list[dict], rl_cfg,
     state = init_train_state(params, tx, seed=seed)
     sh = state_shardings(state, mesh)
     ck = Checkpointer(stage_dir / "ckpt", save_every=rl_cfg.save_every, keep=2)
-    data = EncodedBatches(prompt_rows, rl_cfg.prompts_per_step, seed=seed)
+    data = batches(prompt_rows, rl_cfg.prompts_per_step, seed=seed)
     state, start = start_or_resume(state, sh, ck, data)
     current_rows: list[dict] = []
 

@@ -118,6 +118,18 @@ def tiny() -> ModelConfig:
         bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
+def small() -> ModelConfig:
+    """The CPU experiment size (`python -m experiments.run` default): 4+4 layers, ~2M parameters."""
+    return ModelConfig(
+        text=TextConfig(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, mrope_section=(4, 6, 6),
+                        max_position_embeddings=4096),
+        vision=VisionConfig(depth=4, hidden_size=64, intermediate_size=192, num_heads=2, window_size=56,
+                            fullatt_block_indexes=(1, 3), out_hidden_size=128),
+        image_token_id=2045, video_token_id=2046, vision_start_token_id=2043, vision_end_token_id=2044,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
 def qwen2_5_vl_7b() -> ModelConfig:
     return ModelConfig()
 
@@ -129,7 +141,7 @@ def qwen2_5_vl_3b() -> ModelConfig:
         vision=VisionConfig(out_hidden_size=2048), tie_word_embeddings=True)
 
 
-PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
+PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
 
 
 def _rope(d: dict, key_theta: str = "rope_theta") -> tuple[float | None, dict]:

@@ -45,8 +45,8 @@ def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pi
     cmask = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(1)
     done = jnp.isin(tok, stops)
 
-    def body(j, carry):
-        tokens, logps, cmask, done, cache = carry
+    def body(carry):
+        j, tokens, logps, cmask, done, cache = carry
         prev = tokens[:, j - 1]
         pos = jnp.broadcast_to((t + j - 1 + deltas[:, 0])[None, :, None], (3, b, 1)).astype(jnp.int32)
         logits, cache = forward_logits(model, prev[:, None], pos, key_mask, cache=cache, key_mask=key_mask)
@@ -55,9 +55,12 @@ def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pi
         lp = jnp.where(done, 0.0, lp)
         cmask = cmask.at[:, j].set((~done).astype(jnp.int32))
         done = done | jnp.isin(tok, stops)
-        return tokens.at[:, j].set(tok), logps.at[:, j].set(lp), cmask, done, cache
+        return j + 1, tokens.at[:, j].set(tok), logps.at[:, j].set(lp), cmask, done, cache
 
-    tokens, logps, cmask, done, _ = jax.lax.fori_loop(1, max_new_tokens, body, (tokens, logps, cmask, done, cache))
+    def unfinished(carry):  # stop early once every row has emitted a stop token (rest stays padded)
+        return (carry[0] < max_new_tokens) & ~jnp.all(carry[4])
+
+    _, tokens, logps, cmask, done, _ = jax.lax.while_loop(unfinished, body, (1, tokens, logps, cmask, done, cache))
     return tokens, logps, cmask
 
 

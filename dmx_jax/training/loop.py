@@ -31,13 +31,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to `path` (main process only)."""
+    """Appends one JSON object per line to `path` and, when `tensorboard_dir` is given, the numeric fields as
+    TensorBoard scalars tagged `<train_stage>/<key>` (main process only)."""
 
-    def __init__(self, path: str | Path | None, stage: str = ""):
+    def __init__(self, path: str | Path | None, stage: str = "", tensorboard_dir: str | Path | None = None):
         self.path = Path(path) if path else None
         self.stage = stage
+        self._tb = None
         if self.path and is_main_process():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if tensorboard_dir and is_main_process():
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=10)
 
     def write(self, record: dict) -> None:
         if not self.path or not is_main_process():
@@ -45,6 +50,17 @@ class MetricsWriter:
         rec = {"stage": self.stage, "time": time.time(), **{k: _to_py(v) for k, v in record.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
+        if self._tb is not None:
+            prefix = rec.get("train_stage") or rec.get("eval_stage") or self.stage or "run"
+            step = int(rec.get("step", 0) or 0)
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time"):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def _to_py(v):

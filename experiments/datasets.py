@@ -1,0 +1,163 @@
+"""What each stage trains and is evaluated on: the synthetic benchmark (default) or a real dataset adapter.
+
+Both builders return a RunData: the tokenizer, the model config, and per stage either encoded rows (small,
+in memory) or an (examples, encode_fn, skip_too_long) triple encoded batch by batch (real data: images are
+read when a batch is drawn). Evaluation prompts are encoded up front (a few hundred examples).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments.data import ExampleTooLong, encode
+
+TRAIN_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "classification")
+
+
+@dataclasses.dataclass
+class RunData:
+    tokenizer: Any
+    model_cfg: Any
+    sft: Any                    # encoded rows, or (examples, encode_fn, skip_too_long)
+    cold_start: Any
+    rl: Any
+    eval_plain: list[dict]      # left-padded plain prompts of every test example
+    eval_reason: list[dict]     # left-padded reasoning prompts of the reasoning tasks
+    test_examples: list
+
+
+def patch_budget(cfg) -> int:
+    """Static patch rows per example: data.patch_budget, else for the synthetic benchmark exactly what its
+    square images need, else the most any aspect ratio can emit under data.max_pixels."""
+    d = cfg.data
+    if d.patch_budget:
+        return d.patch_budget
+    if d.source == "synthetic":
+        from dmx_jax.processing import smart_resize
+        h, w = smart_resize(d.image_size, d.image_size, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+        return (h // 14) * (w // 14)
+    side = int(np.sqrt(d.max_pixels)) // 28 * 28 + 28
+    return (side // 14) ** 2
+
+
+def _encoder(cfg, tok, mcfg, seq_len: int, **kw):
+    d = cfg.data
+    return functools.partial(encode, tokenizer=tok, model_cfg=mcfg, seq_len=seq_len, patch_budget=patch_budget(cfg),
+                             min_pixels=d.min_pixels, max_pixels=d.max_pixels, **kw)
+
+
+def encode_all(examples, tok, mcfg, cfg, seq_len: int, image_cache: dict | None = None, **kw) -> list[dict]:
+    """Encode to fixed shapes; too long raises, or with data.on_too_long="skip" is dropped and counted.
+    Rows of one example encoded with the same `image_cache` share their pixel array."""
+    fn = _encoder(cfg, tok, mcfg, seq_len, image_cache=image_cache, **kw)
+    rows, skipped = [], []
+    for e in examples:
+        try:
+            rows.append(fn(e))
+        except ExampleTooLong as err:
+            if cfg.data.on_too_long != "skip":
+                raise ExampleTooLong(f"{err} (raise data.max_seq_len / data.reasoning_seq_len, or "
+                                     f"--set data.on_too_long=skip)") from None
+            skipped.append(e.example_id)
+    if skipped:
+        print(f"[data] skipped {len(skipped)} of {len(examples)} examples longer than {seq_len} tokens "
+              f"(data.on_too_long=skip), e.g. {skipped[0]}", flush=True)
+    return rows
+
+
+def _eval_rows(test_ex, tok, mcfg, cfg):
+    d, cache = cfg.data, {}
+    plain = encode_all(test_ex, tok, mcfg, cfg, d.prompt_len, cache, reasoning=False, prompt_only=True)
+    reason = encode_all([e for e in test_ex if e.task in d.reasoning_tasks], tok, mcfg, cfg, d.reasoning_prompt_len,
+                        cache, reasoning=True, prompt_only=True)
+    return plain, reason
+
+
+def build_tokenizer(train_examples, vocab_size: int, cache_dir: Path):
+    from data_pipelines.formatting import SYSTEM_PROMPT, reasoning_suffix
+    from data_pipelines.tokenizer import train_sentencepiece
+    corpus = []
+    for e in train_examples:
+        corpus += [e.prompt, e.target, e.meta.get("reasoning", "")]
+    corpus += [SYSTEM_PROMPT, reasoning_suffix(), "system\n", "user\n", "assistant\n"]
+    return train_sentencepiece(corpus, vocab_size, cache_dir)
+
+
+def model_config_for(cfg, tok):
+    """The preset with the tokenizer's vocabulary and special ids (from-scratch runs); checkpoints keep theirs."""
+    from dmx_jax.model import preset
+    mcfg = preset(cfg.model)
+    if cfg.hf_checkpoint is None and cfg.model in ("tiny", "small"):
+        text = dataclasses.replace(mcfg.text, vocab_size=tok.vocab_size)
+        mcfg = dataclasses.replace(mcfg, text=text, image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
+                                   vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
+                                   bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+    return dataclasses.replace(mcfg, dtype=cfg.dtype)
+
+
+def synthetic_data(cfg, run_dir: Path) -> RunData:
+    from data_pipelines.synthetic import SyntheticConfig, examples
+    d = cfg.data
+    scfg = SyntheticConfig(image_size=d.image_size, seed=cfg.seed)
+    print(f"[data] rendering {d.train_examples} train + {cfg.eval.examples} test synthetic studies", flush=True)
+    train_ex = [e for e in (examples("train", i, scfg) for i in range(d.train_examples)) if e.task in TRAIN_TASKS]
+    test_ex = [e for e in (examples("test", i, scfg) for i in range(cfg.eval.examples)) if e.task in TRAIN_TASKS]
+    tok = build_tokenizer(train_ex, d.vocab_size, run_dir / "tokenizer")
+    mcfg = model_config_for(cfg, tok)
+    reasoning_train = [e for e in train_ex if e.task in d.reasoning_tasks]
+    cache: dict = {}
+    sft = encode_all(train_ex, tok, mcfg, cfg, d.max_seq_len, cache, reasoning=False)
+    cold = encode_all(reasoning_train, tok, mcfg, cfg, d.reasoning_seq_len, cache, reasoning=True)
+    rl = encode_all(reasoning_train, tok, mcfg, cfg, d.reasoning_prompt_len, cache, reasoning=True, prompt_only=True)
+    plain, reason = _eval_rows(test_ex, tok, mcfg, cfg)
+    print(f"[data] {len(sft)} SFT rows, {len(cold)} reasoning rows, {len(rl)} RL prompts, {len(plain)} eval prompts; "
+          f"vocab {tok.vocab_size}, seq {d.max_seq_len}/{d.reasoning_seq_len}, patch budget {patch_budget(cfg)}",
+          flush=True)
+    return RunData(tok, mcfg, sft, cold, rl, plain, reason, test_ex)
+
+
+def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
+    """An adapter's train split (lazy), its test split (eval), and the checkpoint's tokenizer.
+
+    Cold start reads `data.cold_start_file` (JSONL written by `python -m data_pipelines.cold_start`, teacher
+    traces checked against the ground truth); without it the cold-start stage teaches the output format only.
+    """
+    from data_pipelines.adapters import load_dataset
+    from data_pipelines.tokenizer import HFTokenizer
+    from experiments.overrides import ConfigError
+    d = cfg.data
+    if d.root is None:
+        raise ConfigError(f"data.root must point at the {d.source} dataset (data.source={d.source!r})")
+    tok_path = d.tokenizer or (Path(cfg.hf_checkpoint) / "tokenizer.json" if cfg.hf_checkpoint else None)
+    if tok_path is None or not Path(tok_path).is_file():
+        raise ConfigError(f"data.tokenizer: no tokenizer.json at {tok_path} (needed for real data; give the "
+                          f"checkpoint's tokenizer.json)")
+    tok = HFTokenizer.from_file(tok_path)
+    if tok.image_pad_id != model_cfg.image_token_id:
+        raise ConfigError(f"data.tokenizer {tok_path}: <|image_pad|> is id {tok.image_pad_id} but the model's "
+                          f"image_token_id is {model_cfg.image_token_id}; tokenizer and checkpoint do not match")
+    print(f"[data] reading {d.source} from {d.root}", flush=True)
+    train_ex = list(itertools.islice(load_dataset(d.source, d.root, split="train"), d.train_examples))
+    test_ex = list(itertools.islice(load_dataset(d.source, d.root, split="test"), cfg.eval.examples))
+    if not train_ex or not test_ex:
+        raise ConfigError(f"data.source={d.source!r} at {d.root}: {len(train_ex)} train / {len(test_ex)} test examples")
+    skip = d.on_too_long == "skip"
+    reasoning_train = [e for e in train_ex if e.task in d.reasoning_tasks]
+    cold_ex = reasoning_train
+    if d.cold_start_file:
+        cold_ex = list(load_dataset("generic", d.cold_start_file, split="train"))
+        print(f"[data] cold start: {len(cold_ex)} teacher traces from {d.cold_start_file}", flush=True)
+    else:
+        print("[data] cold start: no data.cold_start_file; training the <think>/\\boxed{} format on the answers only",
+              flush=True)
+    sft = (train_ex, _encoder(cfg, tok, model_cfg, d.max_seq_len, reasoning=False), skip)
+    cold = (cold_ex, _encoder(cfg, tok, model_cfg, d.reasoning_seq_len, reasoning=True), skip)
+    rl = (reasoning_train, _encoder(cfg, tok, model_cfg, d.reasoning_prompt_len, reasoning=True, prompt_only=True), skip)
+    plain, reason = _eval_rows(test_ex, tok, model_cfg, cfg)
+    print(f"[data] {len(train_ex)} train examples ({len(reasoning_train)} for RL), {len(plain)} eval prompts", flush=True)
+    return RunData(tok, model_cfg, sft, cold, rl, plain, reason, test_ex)
