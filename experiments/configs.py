@@ -95,11 +95,12 @@ def tiny() -> ExperimentConfig:
     return ExperimentConfig(
         model="small",
         data=DataConfig(on_too_long="skip"),
-        sft=StageConfig(steps=600, save_every=200, optim=OptimConfig(learning_rate=2e-3, warmup_steps=20, total_steps=600)),
-        cold_start=StageConfig(steps=150, save_every=50,
-                               optim=OptimConfig(learning_rate=1e-3, warmup_steps=10, total_steps=150)),
-        eval=EvalConfig(examples=160),
-        rl=RLConfig(optim=OptimConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant")),
+        sft=StageConfig(steps=500, save_every=250, optim=OptimConfig(learning_rate=2e-3, warmup_steps=20, total_steps=500)),
+        cold_start=StageConfig(steps=100, save_every=50,
+                               optim=OptimConfig(learning_rate=1e-3, warmup_steps=10, total_steps=100)),
+        eval=EvalConfig(examples=160, reasoning_max_new_tokens=192),
+        rl=RLConfig(steps=24, save_every=12, algo=GRPOConfig(max_new_tokens=192),
+                    optim=OptimConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant")),
     )
 
 

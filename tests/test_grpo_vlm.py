@@ -45,7 +45,7 @@ def test_vlm_grpo_drift_and_reward():
     def reward_fn(tokens, mask, prompts):  # dense toy reward: share of tokens from the lowest 1/8 of the vocab
         return {"overall": jnp.mean((tokens < cfg.text.vocab_size // 8).astype(jnp.float32) * mask, axis=1)}
 
-    tx = optax.adam(3e-2)
+    tx = optax.adam(6e-2)
     learner = GRPOLearner(graphdef, algo, tx, sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0),
                           reward_fn=reward_fn, logprob_fn=completion_logprobs, seed=0)
     st = init_train_state(params, tx)

@@ -56,7 +56,11 @@ def test_logprobs_equal_trainer_recomputation_and_stops(setup):
     full = np.concatenate([ids, tokens], axis=1)
     full_mask = np.concatenate([mask, np.ones_like(tokens)], axis=1)
     prompt_pos, deltas = rope_index(ids, grid, mask, image_token_id=R.IMAGE)
-    pos = completion_positions(prompt_pos, deltas, NEW)
+    pos = completion_positions(prompt_pos, deltas, NEW, mask)
+    # the continuation positions are those of the full sequence as the model would index it from scratch
+    # (left padding shifts slots, not positions)
+    full_pos, _ = rope_index(full, grid, full_mask, image_token_id=R.IMAGE)
+    np.testing.assert_array_equal(np.asarray(pos), full_pos)
     vin = jax.tree.map(jnp.asarray, vision_inputs(grid, cfg.vision))
     logits, _ = forward_logits(model, jnp.asarray(full), jnp.asarray(pos), jnp.asarray(full_mask), jnp.asarray(pv), vin)
     lp = jax.nn.log_softmax(np.asarray(logits)[:, ids.shape[1] - 1:-1], axis=-1)

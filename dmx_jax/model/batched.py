@@ -13,24 +13,30 @@ import jax.numpy as jnp
 from dmx_jax.model.qwen2_5_vl import merge_image_features, merge_image_features_rowwise
 
 
-def embed_inputs(model, input_ids: jax.Array, pixel_values: jax.Array | None = None, vision_inputs: dict | None = None) -> jax.Array:
-    """Token embeddings with image features placed at image-token positions -> [B, T, D]."""
+def embed_inputs(model, input_ids: jax.Array, pixel_values: jax.Array | None = None, vision_inputs: dict | None = None,
+                 merge_ids: jax.Array | None = None) -> jax.Array:
+    """Token embeddings with image features placed at image-token positions -> [B, T, D].
+
+    merge_ids: ids that decide where image features go (default input_ids); a completion that samples the
+    image-pad token is embedded as a plain token, as the sampler's decode step does.
+    """
     x = model.text.embed_tokens(input_ids, model.dtype)
     if pixel_values is None:
         return x
     image_token_id = model.cfg.image_token_id
+    where = input_ids if merge_ids is None else merge_ids
     if pixel_values.ndim == 3:
         feats = jax.vmap(model.encode_images)(pixel_values, vision_inputs)          # [B, N, D]
-        return merge_image_features_rowwise(x, input_ids, feats, image_token_id)
-    return merge_image_features(x, input_ids, model.encode_images(pixel_values, vision_inputs), image_token_id)
+        return merge_image_features_rowwise(x, where, feats, image_token_id)
+    return merge_image_features(x, where, model.encode_images(pixel_values, vision_inputs), image_token_id)
 
 
 def forward_hidden(model, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
-                   cache=None, key_mask=None):
+                   cache=None, key_mask=None, merge_ids=None):
     """Final hidden states [B, T, D] (and the updated cache). positions [3, B, T] or [B, 3, T]."""
     if positions.shape[0] != 3 and positions.shape[1] == 3:
         positions = jnp.swapaxes(positions, 0, 1)
-    x = embed_inputs(model, input_ids, pixel_values, vision_inputs)
+    x = embed_inputs(model, input_ids, pixel_values, vision_inputs, merge_ids)
     key_mask = attention_mask if key_mask is None else key_mask
     return model.text(x, positions, key_mask, cache, model.cfg.remat)
 

@@ -141,8 +141,9 @@ def _states_after(byte_class: jax.Array) -> jax.Array:
     return prefix[..., 0].astype(jnp.int32)
 
 
-def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8) -> dict:
-    """Boxes cited in the first think block, as the published coordinate reward finds them.
+def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, *, whole_text: bool = False) -> dict:
+    """Boxes cited in the first think block, as the published coordinate reward finds them (whole_text=True:
+    anywhere in the text, e.g. a grounding answer's box inside \\boxed{}).
 
     Returns dict(boxes float32 [B, N, 4] (the first N in order, zero padded), box_valid bool [B, N],
     box_over_512 bool [B, N], count int32 [B] (all matches, also past N), over_count int32 [B]).
@@ -151,7 +152,10 @@ def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8) -> dic
     (tested on CPU), within a few ulp otherwise, inf beyond the float32 range.
     """
     batch, length = text.shape
-    start, end, _ = think_block_span(text, text_len)
+    if whole_text:
+        start, end = jnp.zeros_like(text_len), text_len
+    else:
+        start, end, _ = think_block_span(text, text_len)
     idx = positions(text)
     inside = (idx >= start[:, None]) & (idx < end[:, None])
     cls = _byte_class(text, inside)

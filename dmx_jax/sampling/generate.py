@@ -35,6 +35,7 @@ def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pi
     logits, cache = forward_logits(model, input_ids, positions, attention_mask, pixel_values, vision_inputs,
                                    cache=cache, key_mask=key_mask)
     stops = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
+    offset = next_position_offset(deltas, attention_mask)          # [B, 1]: slot t + j -> position t + j + offset
 
     def pick(logits_last, key):
         return select_tokens(logits_last, key, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -48,7 +49,7 @@ def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pi
     def body(carry):
         j, tokens, logps, cmask, done, cache = carry
         prev = tokens[:, j - 1]
-        pos = jnp.broadcast_to((t + j - 1 + deltas[:, 0])[None, :, None], (3, b, 1)).astype(jnp.int32)
+        pos = jnp.broadcast_to((t + j - 1 + offset[:, 0])[None, :, None], (3, b, 1)).astype(jnp.int32)
         logits, cache = forward_logits(model, prev[:, None], pos, key_mask, cache=cache, key_mask=key_mask)
         tok, lp = pick(logits[:, -1], jax.random.fold_in(rng, j))
         tok = jnp.where(done, pad_id, tok)
@@ -113,12 +114,23 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
     return (tokens, (logps, cmask)) if return_logprobs else tokens
 
 
-def completion_positions(prompt_positions, deltas, num_new: int):
+def next_position_offset(deltas, attention_mask):
+    """[B, 1] offset such that the token at slot T + j (j >= 0) after a left-padded prompt of length T sits at
+    M-RoPE position T + j + offset = last prompt position + 1 + j, as in transformers' generate: its
+    rope delta is relative to the row's valid length n (max + 1 - n), so offset = delta + n - T."""
+    mask = jnp.asarray(attention_mask)
+    valid = jnp.sum(mask, axis=1, keepdims=True, dtype=jnp.int32)
+    return jnp.asarray(deltas).reshape(-1, 1).astype(jnp.int32) + valid - mask.shape[1]
+
+
+def completion_positions(prompt_positions, deltas, num_new: int, attention_mask=None):
     """M-RoPE positions [3, B, T + num_new] for prompt + completion, continuing as the sampler does
-    (completion token j at slot T + j has position T + j + delta on every axis). The trainer uses this
-    so its recomputed log-probs are those of the sampled sequence."""
+    (completion token j at slot T + j has position last prompt position + 1 + j on every axis). The trainer
+    uses this so its recomputed log-probs are those of the sampled sequence. attention_mask: the prompt's
+    [B, T] mask (left padding); None means no padding."""
     prompt_positions = jnp.asarray(prompt_positions)
     _, b, t = prompt_positions.shape
-    comp = (t + jnp.arange(num_new))[None, :] + jnp.asarray(deltas).reshape(-1, 1)
+    mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else attention_mask
+    comp = (t + jnp.arange(num_new))[None, :] + next_position_offset(deltas, mask)
     comp = jnp.broadcast_to(comp[None], (3, b, num_new)).astype(prompt_positions.dtype)
     return jnp.concatenate([prompt_positions, comp], axis=2)

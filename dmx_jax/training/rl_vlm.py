@@ -1,7 +1,7 @@
 """The vision-language pieces GRPO needs: sampler-backed rollout and completion log-probs.
 
 Both use the same model graph and the same positions (completion token j at slot T + j has position
-T + j + delta), so the sampler's log-probs and the trainer's agree to fp32 round-off; the drift metric
+last prompt position + 1 + j, as transformers generates), so the sampler's log-probs and the trainer's agree to fp32 round-off; the drift metric
 measures exactly that.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from dmx_jax.model.batched import forward_hidden
-from dmx_jax.sampling.generate import _generate
+from dmx_jax.sampling.generate import _generate, completion_positions
 from dmx_jax.training.grpo_loss import GRPOConfig
 
 
@@ -38,12 +38,13 @@ def completion_logprobs(model, batch: dict) -> jax.Array:
     ids, comp = batch["input_ids"], batch["completion"]
     n, t = ids.shape
     tn = comp.shape[1]
-    prompt_pos = _positions_3bt(batch["positions"])
-    comp_pos = (t + jnp.arange(tn))[None, :] + batch["deltas"].reshape(-1, 1)
-    positions = jnp.concatenate([prompt_pos, jnp.broadcast_to(comp_pos[None], (3, n, tn)).astype(prompt_pos.dtype)], axis=2)
+    positions = completion_positions(_positions_3bt(batch["positions"]), batch["deltas"], tn, batch["attention_mask"])
     full = jnp.concatenate([ids, comp], axis=1)
     mask = jnp.concatenate([batch["attention_mask"], jnp.ones_like(comp)], axis=1)
-    hidden, _ = forward_hidden(model, full, positions, mask, batch.get("pixel_values"), batch.get("vision_inputs"))
+    # image features go to the prompt's image tokens only (a sampled image-pad token is a plain token)
+    merge_ids = jnp.concatenate([ids, jnp.full_like(comp, -1)], axis=1)
+    hidden, _ = forward_hidden(model, full, positions, mask, batch.get("pixel_values"), batch.get("vision_inputs"),
+                               merge_ids=merge_ids)
     logits = model.logits(hidden[:, t - 1:-1]).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(logp, comp[..., None], axis=-1)[..., 0]
