@@ -60,7 +60,7 @@ class RLConfig:
     prompts_per_step: int = 4
     optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant")
     algo: GRPOConfig = GRPOConfig(max_new_tokens=256)
-    reward_preset: str = "grounded"     # "paper" | "grounded"
+    reward_preset: str = "grounded"     # dmx_jax.rewards.combine.PRESETS: "paper" (published) | "grounded"
     save_every: int = 10
 
 

@@ -6,9 +6,14 @@ The iterator is deterministic in (seed, position) and exposes get_state/set_stat
 """
 from __future__ import annotations
 
+import dataclasses
+import os
+from typing import Any
+
 import numpy as np
 
 from data_pipelines.formatting import render
+from data_pipelines.image_io import load_image
 from data_pipelines.schema import Example
 from dmx_jax.model import rope_index, vision_inputs
 from dmx_jax.processing import num_image_tokens, preprocess_images
@@ -24,7 +29,8 @@ def _images(example: Example, patch_budget: int, min_pixels: int, max_pixels: in
     key = (example.example_id, patch_budget, min_pixels, max_pixels)
     if cache is not None and key in cache:
         return cache[key]
-    images = [np.asarray(im, np.float32) for im in example.images]
+    images = [load_image(im) if isinstance(im, (str, os.PathLike)) else np.asarray(im, np.float32)
+              for im in example.images]
     proc = preprocess_images(images, min_pixels=min_pixels, max_pixels=max_pixels)
     grid, pv = proc["image_grid_thw"], proc["pixel_values"]
     if pv.shape[0] > patch_budget:
@@ -104,35 +110,53 @@ class EncodedBatches:
         self.position = int(state["position"])
 
 
-class LazyBatches(EncodedBatches):
-    """EncodedBatches over Examples encoded when drawn (real datasets: images are read per batch).
+class GrainBatches:
+    """Batches of a real dataset from the grain pipeline (data_pipelines.pipeline): this process's shard,
+    seeded shuffle reshuffled each epoch, images read and encoded per batch (optionally in worker processes),
+    one static shape. Rows are per process (`per_process`): the step assembles the global batch."""
 
-    Examples that do not fit (ExampleTooLong) are skipped and counted when skip_too_long, else raise.
-    State = number of examples consumed (exact resume: the seeded order is recomputed).
-    """
+    per_process = True
 
-    def __init__(self, examples: list, encode_fn, batch_size: int, seed: int = 0, skip_too_long: bool = False):
-        super().__init__(examples, batch_size, seed)
-        self.encode_fn, self.skip_too_long, self.skipped = encode_fn, skip_too_long, 0
+    def __init__(self, source: "GrainSource", batch_size: int, seed: int):
+        import jax
+        from data_pipelines.pipeline import make_dataset
+        if batch_size % jax.process_count():
+            raise ValueError(f"batch size {batch_size} is not divisible by {jax.process_count()} processes")
+        ds = make_dataset(source.examples, batch_size=batch_size // jax.process_count(),
+                          buckets=[(source.seq_len, source.patch_budget)], encode_fn=source.encode_fn,
+                          does_not_fit=(ExampleTooLong,), seed=seed, num_epochs=None,
+                          shard_index=jax.process_index(), shard_count=jax.process_count(),
+                          worker_count=source.workers, too_long="skip" if source.skip_too_long else "raise")
+        self._it = iter(ds)
+
+    def __iter__(self):
+        return self
 
     def __next__(self):
-        n, rows = len(self.rows), []
-        while len(rows) < self.batch_size:
-            p = self.position
-            example = self.rows[self._order(p // n)[p % n]]
-            self.position += 1
-            try:
-                rows.append(self.encode_fn(example))
-            except ExampleTooLong:
-                if not self.skip_too_long:
-                    raise
-                self.skipped += 1
-        return collate(rows)
+        arrays, meta = next(self._it)
+        return arrays, {"example_ids": meta["example_ids"], "rows": meta["rows"]}
+
+    def get_state(self):
+        return self._it.get_state()
+
+    def set_state(self, state):
+        self._it.set_state(state)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrainSource:
+    """What a stage reads from a real dataset: Examples (images as paths) and how to encode them."""
+
+    examples: list
+    encode_fn: Any              # encode_fn(example, seq_len=, patch_budget=) -> row
+    seq_len: int
+    patch_budget: int
+    skip_too_long: bool = False
+    workers: int = 0
 
 
 def batches(source, batch_size: int, seed: int):
-    """A list of encoded rows -> EncodedBatches; a (examples, encode_fn, skip) triple -> LazyBatches."""
-    if isinstance(source, tuple):
-        examples, encode_fn, skip = source
-        return LazyBatches(examples, encode_fn, batch_size, seed, skip_too_long=skip)
+    """Encoded rows (synthetic, in memory) -> EncodedBatches; a GrainSource (real data) -> GrainBatches."""
+    if isinstance(source, GrainSource):
+        return GrainBatches(source, batch_size, seed)
     return EncodedBatches(source, batch_size, seed)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.data import ExampleTooLong, encode
+from experiments.data import ExampleTooLong, GrainSource, encode
 
 TRAIN_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "classification")
 
@@ -23,7 +23,7 @@ TRAIN_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "class
 class RunData:
     tokenizer: Any
     model_cfg: Any
-    sft: Any                    # encoded rows, or (examples, encode_fn, skip_too_long)
+    sft: Any                    # encoded rows (synthetic), or a GrainSource (real data, encoded per batch)
     cold_start: Any
     rl: Any
     eval_plain: list[dict]      # left-padded plain prompts of every test example
@@ -45,10 +45,16 @@ def patch_budget(cfg) -> int:
     return (side // 14) ** 2
 
 
-def _encoder(cfg, tok, mcfg, seq_len: int, **kw):
+def _encoder(cfg, tok, mcfg, seq_len: int | None = None, **kw):
     d = cfg.data
-    return functools.partial(encode, tokenizer=tok, model_cfg=mcfg, seq_len=seq_len, patch_budget=patch_budget(cfg),
-                             min_pixels=d.min_pixels, max_pixels=d.max_pixels, **kw)
+    fixed = {} if seq_len is None else {"seq_len": seq_len, "patch_budget": patch_budget(cfg)}
+    return functools.partial(encode, tokenizer=tok, model_cfg=mcfg, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                             **fixed, **kw)
+
+
+def _grain(cfg, tok, mcfg, examples, seq_len: int, **kw) -> GrainSource:
+    return GrainSource(examples, _encoder(cfg, tok, mcfg, **kw), seq_len, patch_budget(cfg),
+                       skip_too_long=cfg.data.on_too_long == "skip", workers=cfg.data.num_workers)
 
 
 def encode_all(examples, tok, mcfg, cfg, seq_len: int, image_cache: dict | None = None, **kw) -> list[dict]:
@@ -73,8 +79,10 @@ def encode_all(examples, tok, mcfg, cfg, seq_len: int, image_cache: dict | None 
 def _eval_rows(test_ex, tok, mcfg, cfg):
     d, cache = cfg.data, {}
     plain = encode_all(test_ex, tok, mcfg, cfg, d.prompt_len, cache, reasoning=False, prompt_only=True)
-    reason = encode_all([e for e in test_ex if e.task in d.reasoning_tasks], tok, mcfg, cfg, d.reasoning_prompt_len,
-                        cache, reasoning=True, prompt_only=True)
+    reasoning_test = [e for e in test_ex if e.task in d.reasoning_tasks]
+    if d.source != "synthetic" and not reasoning_test:
+        reasoning_test = test_ex              # a report-only dataset: the reasoning stages answer with <think>
+    reason = encode_all(reasoning_test, tok, mcfg, cfg, d.reasoning_prompt_len, cache, reasoning=True, prompt_only=True)
     return plain, reason
 
 
@@ -146,8 +154,10 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
     test_ex = list(itertools.islice(load_dataset(d.source, d.root, split="test"), cfg.eval.examples))
     if not train_ex or not test_ex:
         raise ConfigError(f"data.source={d.source!r} at {d.root}: {len(train_ex)} train / {len(test_ex)} test examples")
-    skip = d.on_too_long == "skip"
     reasoning_train = [e for e in train_ex if e.task in d.reasoning_tasks]
+    if not reasoning_train:
+        print(f"[data] no {d.reasoning_tasks} examples in {d.source}; cold start and RL use every task", flush=True)
+        reasoning_train = train_ex
     cold_ex = reasoning_train
     if d.cold_start_file:
         cold_ex = list(load_dataset("generic", d.cold_start_file, split="train"))
@@ -155,9 +165,9 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
     else:
         print("[data] cold start: no data.cold_start_file; training the <think>/\\boxed{} format on the answers only",
               flush=True)
-    sft = (train_ex, _encoder(cfg, tok, model_cfg, d.max_seq_len, reasoning=False), skip)
-    cold = (cold_ex, _encoder(cfg, tok, model_cfg, d.reasoning_seq_len, reasoning=True), skip)
-    rl = (reasoning_train, _encoder(cfg, tok, model_cfg, d.reasoning_prompt_len, reasoning=True, prompt_only=True), skip)
+    sft = _grain(cfg, tok, model_cfg, train_ex, d.max_seq_len, reasoning=False)
+    cold = _grain(cfg, tok, model_cfg, cold_ex, d.reasoning_seq_len, reasoning=True)
+    rl = _grain(cfg, tok, model_cfg, reasoning_train, d.reasoning_prompt_len, reasoning=True, prompt_only=True)
     plain, reason = _eval_rows(test_ex, tok, model_cfg, cfg)
     print(f"[data] {len(train_ex)} train examples ({len(reasoning_train)} for RL), {len(plain)} eval prompts", flush=True)
     return RunData(tok, model_cfg, sft, cold, rl, plain, reason, test_ex)

@@ -55,10 +55,10 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
 
     plain_group = (*arrays_of(eval_plain), cfg.eval.max_new_tokens)
     # stages trained to reason answer the reasoning tasks with <think>; reports and labels keep the plain prompt
-    plain_only = [r for r in eval_plain if r["meta"]["task"] not in d.reasoning_tasks]
-    reasoning_groups = [(*arrays_of(eval_reason), cfg.eval.reasoning_max_new_tokens)]
-    if plain_only:
-        reasoning_groups.append((*arrays_of(plain_only), cfg.eval.max_new_tokens))
+    reasoning_ids = {r["meta"]["example_id"] for r in eval_reason}
+    plain_only = [r for r in eval_plain if r["meta"]["example_id"] not in reasoning_ids]
+    reasoning_groups = [(*arrays_of(rows), n) for rows, n in ((eval_reason, cfg.eval.reasoning_max_new_tokens),
+                                                              (plain_only, cfg.eval.max_new_tokens)) if rows]
     plan = [("sft", sft_rows, cfg.sft, False), ("cold_start", cold_rows, cfg.cold_start, True), ("grpo", rl_rows, cfg.rl, True)]
     for name, rows, scfg, reasoning in plan:
         if name not in stages:
@@ -70,7 +70,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
         elif name == "grpo":
             print(f"[grpo] {scfg.steps} steps x {scfg.prompts_per_step} prompts x G={scfg.algo.group_size}", flush=True)
             params = run_grpo(sdir, graphdef, params, rows, scfg, tok, seed=cfg.seed, mesh=mesh, writer=writer,
-                              config_json=cfg_json)
+                              config_json=cfg_json, vocab_size=mcfg.text.vocab_size)
         else:
             print(f"[{name}] {scfg.steps} steps, batch {scfg.batch_size}", flush=True)
             params = run_supervised(name, sdir, graphdef, params, rows, scfg, seed=cfg.seed, mesh=mesh, writer=writer,

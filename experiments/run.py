@@ -53,10 +53,23 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from experiments.pipeline import run_pipeline
     t0 = time.time()
-    summary = run_pipeline(cfg, run_dir, stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()))
+    try:
+        summary = run_pipeline(cfg, run_dir, stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()))
+    except _user_errors() as e:            # bad input: one line naming the file / field, no traceback
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
     print(summary)
     print(f"\nrun directory: {run_dir}  ({time.time() - t0:.0f} s)")
     return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from data_pipelines.adapters import MissingColumnError
+    from data_pipelines.image_io import ImageReadError
+    from dmx_jax.hf.load import CheckpointError
+    from experiments.data import ExampleTooLong
+    from experiments.overrides import ConfigError
+    return (ConfigError, CheckpointError, ImageReadError, ExampleTooLong, MissingColumnError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from data_pipelines.formatting import parse_answer
-from dmx_jax.eval import box_iou
+from dmx_jax.rewards.combine import PRESETS as REWARD_PRESETS
+from dmx_jax.rewards.combine import ground_truth_arrays, make_reward_fn
+from dmx_jax.rewards.text_bytes import token_bytes_table
 from dmx_jax.training.checkpoint import Checkpointer
 from dmx_jax.training.grpo import GRPOLearner
 from dmx_jax.training.loop import MetricsWriter, train_loop
@@ -51,15 +52,13 @@ def load_stage_params(stage_dir: Path, params_like, mesh):
         return loader.restore((stage_dir / "final_params").absolute(), target)
 
 
-def place_batch(arrays: dict, mesh) -> dict:
-    """A host batch (identical on every process) -> global arrays sharded over the mesh's batch axes.
-
-    Each process contributes only its own rows (process_slice), so the same code runs on one CPU and on a
-    multi-host TPU pod.
-    """
+def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
+    """A host batch -> global arrays sharded over the mesh's batch axes. per_process=False: the batch is
+    identical on every process and each contributes its slice of rows; True: each process holds only its
+    own rows (the grain pipeline's shards). The same code runs on one CPU and on a multi-host TPU pod."""
     from dmx_jax.sharding import global_array, process_slice
     from dmx_jax.sharding.rules import batch_spec
-    rows = process_slice(len(arrays["input_ids"]))
+    rows = slice(None) if per_process else process_slice(len(arrays["input_ids"]))
     return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
 
 
@@ -75,7 +74,8 @@ def run_supervised(stage: str, stage_dir: Path, graphdef, params, rows, cfg_stag
     step = jax.jit(make_train_step(graphdef, make_sft_loss(), tx), donate_argnums=(0,))
 
     def strip(arrays):
-        return place_batch({k: v for k, v in arrays.items() if k != "deltas"}, mesh)
+        return place_batch({k: v for k, v in arrays.items() if k != "deltas"}, mesh,
+                           per_process=getattr(data, "per_process", False))
 
     state, summary = train_loop(step, state, data, num_steps=cfg_stage.steps, checkpointer=ck, writer=writer,
                                 config=config_json, place_batch=strip, stage=stage)
@@ -87,33 +87,9 @@ def run_supervised(stage: str, stage_dir: Path, graphdef, params, rows, cfg_stag
     return state.params
 
 
-def grounded_reward(texts: list[str], rows: list[dict]) -> dict[str, np.ndarray]:
-    """Host reward for the tiny run: format (think + box cited + boxed answer), answer match, box IoU."""
-    fmt, acc, iou = [], [], []
-    for text, r in zip(texts, rows):
-        has_think = "<think>" in text and "</think>" in text and "\\boxed{" in text
-        answer = parse_answer(text).strip().lower()
-        target = str(r["target"]).strip().lower()
-        if "|" in target:
-            a, t = {x.strip() for x in answer.split("|")}, {x.strip() for x in target.split("|")}
-            inter = len(a & t)
-            acc.append(0.0 if not inter else 2 * inter / (len(a) + len(t)))
-        else:
-            acc.append(float(answer == target))
-        from experiments.evaluate import boxes_in
-        cited = boxes_in(text.split("</think>")[0]) if "<think>" in text else []
-        if r["boxes"] and cited:
-            m = np.asarray([[box_iou(c, g) for g in r["boxes"]] for c in cited])
-            iou.append(float(m.max(axis=0).mean()))
-        else:
-            iou.append(0.0)
-        fmt.append(float(has_think and bool(cited)))
-    fmt, acc, iou = map(np.asarray, (fmt, acc, iou))
-    return {"overall": 0.1 * fmt + 0.7 * acc + 0.2 * iou, "format": fmt, "accuracy": acc, "box_iou": iou}
-
-
 def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, *, seed: int, mesh,
-             writer: MetricsWriter, config_json: dict):
+             writer: MetricsWriter, config_json: dict, vocab_size: int | None = None):
+    """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     algo = rl_cfg.algo
     tx = make_optimizer(rl_cfg.optim)
@@ -122,14 +98,11 @@ def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, 
     ck = Checkpointer(stage_dir / "ckpt", save_every=rl_cfg.save_every, keep=2)
     data = batches(prompt_rows, rl_cfg.prompts_per_step, seed=seed)
     state, start = start_or_resume(state, sh, ck, data)
-    current_rows: list[dict] = []
+    reward_cfg = REWARD_PRESETS[rl_cfg.reward_preset]
+    jitted_reward = make_reward_fn(reward_cfg, token_bytes_table(tokenizer, vocab_size or tokenizer.vocab_size))
 
-    def reward_fn(tokens, cmask, rep):
-        toks, m = np.asarray(tokens), np.asarray(cmask)
-        texts = [tokenizer.decode([int(t) for t, k in zip(toks[i], m[i]) if k and t != tokenizer.im_end_id])
-                 for i in range(toks.shape[0])]
-        rows = [r for r in current_rows for _ in range(algo.group_size)]
-        return {k: jnp.asarray(v, jnp.float32) for k, v in grounded_reward(texts, rows).items()}
+    def reward_fn(tokens, cmask, rep):          # all on device: ids -> bytes -> parse -> scores
+        return jitted_reward(tokens, cmask, rep["reward_truth"])
 
     learner = GRPOLearner(graphdef, algo, tx,
                           sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(tokenizer.im_end_id,),
@@ -139,8 +112,9 @@ def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, 
     class PromptData:
         def __next__(self):
             arrays, meta = next(data)
-            current_rows[:] = meta["rows"]
-            return {k: v for k, v in arrays.items() if k not in ("loss_mask",)}, meta
+            truth = ground_truth_arrays([r["target"] for r in meta["rows"]], [r["boxes"] for r in meta["rows"]],
+                                        reward_cfg)
+            return {**{k: v for k, v in arrays.items() if k not in ("loss_mask",)}, "reward_truth": truth}, meta
 
         get_state, set_state = data.get_state, data.set_state
 

@@ -1,0 +1,9 @@
+"""Grain pipelines that feed static-shape batches: encode to (seq_len, patch_budget) buckets, batch per bucket.
+
+Imports flow downward only: this package uses dmx_jax.model / dmx_jax.processing, never training code.
+"""
+from data_pipelines.pipeline.batching import (BucketBatchIterDataset, BucketBatchIterator, Encoded,  # noqa: F401
+                                              collate)
+from data_pipelines.pipeline.dataset import EncodeToBucket, as_example, make_dataset  # noqa: F401
+from data_pipelines.pipeline.encode import (DoesNotFit, EncodingConfig, check_buckets, encode_example,  # noqa: F401
+                                            encode_to_bucket, image_array)

@@ -1,0 +1,133 @@
+"""Same-bucket batching over a random-access stream of encoded rows, with exactly resumable state.
+
+Input: a grain MapDataset whose element k is `Encoded` (bucket index + row, or a skipped example id).
+Rows are read in index order (threaded prefetch) and held in one buffer per bucket; a buffer that reaches
+batch_size is emitted at once, so every batch has one bucket's fixed shapes. At the end of a finite stream
+the partial buffers are dropped (remainder='drop') or filled to batch_size by repeating their last row with
+a zero loss mask and meta['valid'] False (remainder='pad').
+
+State (JSON): {'parent': the row reader's state, 'position': rows read, 'pending': [[bucket, position], ...]
+buffered rows in arrival order, 'skipped': count}. Restoring re-reads the buffered rows by position
+(deterministic), so a restored iterator yields exactly the batches the original would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from data_pipelines.pipeline.encode import Bucket
+
+REMAINDERS = ("drop", "pad")
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """One stream element: bucket >= 0 with its row, or bucket -1 for a skipped (too long) example."""
+
+    bucket: int
+    example_id: str
+    row: dict | None = None
+
+
+def collate(rows: Sequence[dict], bucket: Bucket, valid: Sequence[bool], skipped: Sequence[str]) -> tuple[dict, dict]:
+    """Rows of one bucket -> (arrays [B, ...] incl. vision_inputs, host meta)."""
+    arrays = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in ("meta", "vision_inputs")}
+    arrays["vision_inputs"] = {k: np.stack([r["vision_inputs"][k] for r in rows]) for k in rows[0]["vision_inputs"]}
+    meta = {"example_ids": [r["meta"]["example_id"] for r in rows], "rows": [r["meta"] for r in rows],
+            "bucket": tuple(bucket), "valid": list(valid), "skipped": list(skipped)}
+    return arrays, meta
+
+
+def _pad_row(row: dict) -> dict:
+    return {**row, "loss_mask": np.zeros_like(row["loss_mask"])}
+
+
+class BucketBatchIterDataset(grain.IterDataset):
+    """Batches of batch_size same-bucket rows from a MapDataset of `Encoded` elements."""
+
+    def __init__(self, rows: grain.MapDataset, *, buckets: Sequence[Bucket], batch_size: int,
+                 remainder: str = "drop", read_options: grain.ReadOptions | None = None):
+        super().__init__(rows)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if remainder not in REMAINDERS:
+            raise ValueError(f"remainder must be one of {REMAINDERS}, got {remainder!r}")
+        self.buckets, self.batch_size, self.remainder = tuple(buckets), int(batch_size), remainder
+        self.read_options = read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size)
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        """Grain worker slicing (mp_prefetch): worker w reads rows w::workers of this process's stream."""
+        if sequential_slice:
+            raise NotImplementedError("BucketBatchIterDataset supports only interleaved worker slices")
+        self._parents = (self._parent.slice(sl),)
+
+    def __iter__(self) -> "BucketBatchIterator":
+        return BucketBatchIterator(self)
+
+    def __str__(self) -> str:
+        return f"BucketBatchIterDataset(buckets={self.buckets}, batch_size={self.batch_size}, {self.remainder})"
+
+
+class BucketBatchIterator(grain.DatasetIterator):
+    def __init__(self, ds: BucketBatchIterDataset):
+        self._rows: grain.MapDataset = ds._parent
+        super().__init__(self._rows.to_iter_dataset(ds.read_options).__iter__())
+        self._ds = ds
+        self._position = 0
+        self._pending: list[tuple[int, int, dict]] = []  # (bucket, position, row) in arrival order
+        self._skipped = 0
+        self._skipped_ids: list[str] = []  # since the last emitted batch
+        self._exhausted = False
+
+    def _emit(self, bucket: int) -> tuple[dict, dict]:
+        take = [p for p in self._pending if p[0] == bucket][: self._ds.batch_size]
+        taken = {p[1] for p in take}
+        self._pending = [p for p in self._pending if p[1] not in taken]
+        rows = [p[2] for p in take]
+        valid = [True] * len(rows) + [False] * (self._ds.batch_size - len(rows))
+        rows += [_pad_row(rows[-1])] * (self._ds.batch_size - len(rows))
+        skipped, self._skipped_ids = self._skipped_ids, []
+        return collate(rows, self._ds.buckets[bucket], valid, skipped)
+
+    def __next__(self) -> tuple[dict, dict]:
+        while not self._exhausted:
+            try:
+                item: Encoded = next(self._parent)
+            except StopIteration:
+                self._exhausted = True
+                break
+            self._position += 1
+            if item.bucket < 0:
+                self._skipped += 1
+                self._skipped_ids.append(item.example_id)
+                continue
+            self._pending.append((item.bucket, self._position - 1, item.row))
+            if sum(p[0] == item.bucket for p in self._pending) == self._ds.batch_size:
+                return self._emit(item.bucket)
+        if self._ds.remainder == "pad" and self._pending:
+            return self._emit(min(p[0] for p in self._pending))
+        raise StopIteration
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent": self._parent.get_state(), "position": self._position,
+                "pending": [[b, pos] for b, pos, _ in self._pending], "skipped": self._skipped,
+                "skipped_ids": list(self._skipped_ids)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self._position, self._skipped = int(state["position"]), int(state["skipped"])
+        self._skipped_ids = list(state["skipped_ids"])
+        self._exhausted = False
+        self._pending = []
+        for b, pos in state["pending"]:
+            item: Encoded = self._rows[int(pos)]
+            if item.bucket != int(b):
+                raise ValueError(f"restored state: row {pos} is now in bucket {item.bucket}, was {b} "
+                                 f"(the source, tokenizer or encoding changed since the state was saved)")
+            self._pending.append((int(b), int(pos), item.row))
+
+    def __str__(self) -> str:
+        return f"BucketBatchIterator(position={self._position}, pending={len(self._pending)})"

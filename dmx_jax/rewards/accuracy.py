@@ -1,0 +1,204 @@
+"""The published accuracy reward as array operations over byte strings (uint8 [B, L] + int32 lengths).
+
+Branches by the ground truth's kind (decided on the host, `text_bytes.encode_ground_truth`):
+- list (`|`): F1 of stripped, lower-cased items, set intersection over list lengths;
+- short (<= 2 words): 1 when the lower-cased answer equals the lower-cased ground truth;
+- long: mean of character BLEU-1, character BLEU-4 (nltk sentence_bleu, smoothing method2) and ROUGE-1 F.
+Each is scaled by 1.5. Character n-grams (n <= 4 bytes) are packed exactly into uint32, so BLEU is exact;
+list items and words are compared by two independent 32-bit polynomial hashes plus their length.
+ROUGE-1 here is word-level without stemming (words = maximal [a-z0-9]+ runs after ASCII lower-casing);
+the published reward stems with Porter (host reference `paper.rouge1_stemmed`); BUILD_NOTES.md reports how
+closely the two rank completions. `bleu="word"` swaps character for word n-grams (a config option).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dmx_jax.rewards.paper import KIND_LIST, KIND_LONG, KIND_SHORT
+from dmx_jax.rewards.text_bytes import WHITESPACE_BYTES, byte_in
+
+_P1, _P2 = np.uint32(1_000_003), np.uint32(2_654_435_761)   # odd: invertible modulo 2**32
+
+
+def lower(text: jax.Array) -> jax.Array:
+    upper = (text >= ord("A")) & (text <= ord("Z"))
+    return jnp.where(upper, text + 32, text).astype(jnp.uint8)
+
+
+def _valid(text, length):
+    return jnp.arange(text.shape[-1])[None, :] < length[:, None]
+
+
+def _pow_table(p: np.uint32, n: int) -> np.ndarray:
+    out = np.ones(n + 1, np.uint32)
+    for i in range(1, n + 1):
+        out[i] = np.uint32((int(out[i - 1]) * int(p)) % 2 ** 32)
+    return out
+
+
+def _span_hash(text, start, end, p: np.uint32):
+    """Polynomial hash (mod 2**32) of text[b, start:end] for every (b, k): start/end int32 [B, K]."""
+    n = text.shape[1]
+    pw = jnp.asarray(_pow_table(p, n))
+    inv = jnp.asarray(_pow_table(np.uint32(pow(int(p), -1, 2 ** 32)), n))
+    terms = text.astype(jnp.uint32) * pw[None, :n]
+    prefix = jnp.concatenate([jnp.zeros_like(terms[:, :1]), jnp.cumsum(terms, axis=1, dtype=jnp.uint32)], axis=1)
+    diff = jnp.take_along_axis(prefix, end, axis=1) - jnp.take_along_axis(prefix, start, axis=1)
+    return diff * inv[jnp.clip(start, 0, n)]
+
+
+def _clipped_overlap(hyp_id, hyp_ok, ref_id, ref_ok):
+    """Sum over distinct hypothesis items of min(count in hyp, count in ref); items compared by all id parts.
+    hyp_id: tuple of [B, H] arrays, hyp_ok bool [B, H]; ref likewise [B, R]."""
+    eq_hh = hyp_ok[:, :, None] & hyp_ok[:, None, :]
+    eq_hr = hyp_ok[:, :, None] & ref_ok[:, None, :]
+    for h, r in zip(hyp_id, ref_id):
+        eq_hh = eq_hh & (h[:, :, None] == h[:, None, :])
+        eq_hr = eq_hr & (h[:, :, None] == r[:, None, :])
+    c_h = jnp.sum(eq_hh, axis=2)
+    c_r = jnp.sum(eq_hr, axis=2)
+    idx = jnp.arange(eq_hh.shape[1])
+    first = hyp_ok & ~jnp.any(eq_hh & (idx[None, None, :] < idx[None, :, None]), axis=2)
+    return jnp.sum(jnp.where(first, jnp.minimum(c_h, c_r), 0), axis=1)
+
+
+def _char_ngrams(text, length, n):
+    """Exact uint32 codes of the character n-grams (n <= 4) starting at each position, and their validity."""
+    t = text.astype(jnp.uint32)
+    code = jnp.zeros_like(t)
+    for k in range(n):
+        code = (code << 8) | jnp.pad(t[:, k:], ((0, 0), (0, k)))
+    ok = jnp.arange(text.shape[1])[None, :] + n <= length[:, None]
+    return (code,), ok
+
+
+def _words(text, length):
+    """Word ids (two hashes + length) at each word's last byte; words = maximal [a-z0-9]+ runs of lower(text)."""
+    t = lower(text)
+    is_word = (((t >= ord("a")) & (t <= ord("z"))) | ((t >= ord("0")) & (t <= ord("9")))) & _valid(text, length)
+    pos = jnp.arange(text.shape[1])[None, :]
+    start = jax.lax.cummax(jnp.where(~is_word, pos + 1, 0), axis=1)          # first byte of the current run
+    nxt = jnp.pad(is_word[:, 1:], ((0, 0), (0, 1)))
+    end_here = is_word & ~nxt
+    start_i = start.astype(jnp.int32)
+    end_i = jnp.broadcast_to(pos + 1, start.shape).astype(jnp.int32)
+    ids = (_span_hash(t, start_i, end_i, _P1), _span_hash(t, start_i, end_i, _P2), end_i - start_i)
+    return ids, end_here
+
+
+def _precision(overlap, total, smooth):
+    total = jnp.maximum(total, 1)
+    return jnp.where(smooth, (overlap + 1) / (total + 1), overlap / total)
+
+
+def _bleu(gram_fn, hyp, hyp_len, ref, ref_len, unit_hyp, unit_ref, weights):
+    """nltk sentence_bleu([ref], hyp, weights, method2) over the units gram_fn yields (chars or words)."""
+    logs = []
+    first_match = None
+    for n, w in enumerate(weights, start=1):
+        (h_id, h_ok), (r_id, r_ok) = gram_fn(hyp, hyp_len, n), gram_fn(ref, ref_len, n)
+        overlap = _clipped_overlap(h_id, h_ok, r_id, r_ok)
+        total = jnp.sum(h_ok, axis=1)
+        if n == 1:
+            first_match = overlap
+        p = _precision(overlap, total, n > 1)
+        logs.append(w * jnp.log(jnp.maximum(p, 1e-30)))
+    bp = jnp.where(unit_hyp > unit_ref, 1.0, jnp.where(unit_hyp == 0, 0.0,
+                                                          jnp.exp(1.0 - unit_ref / jnp.maximum(unit_hyp, 1))))
+    return jnp.where(first_match > 0, bp * jnp.exp(sum(logs)), 0.0)
+
+
+def char_bleu(hyp, hyp_len, ref, ref_len, weights=(0.25, 0.25, 0.25, 0.25)) -> jax.Array:
+    """Character-level BLEU exactly as the published reward computes it (raw strings into nltk)."""
+    return _bleu(_char_ngrams, hyp, hyp_len, ref, ref_len, hyp_len, ref_len, weights)
+
+
+def _word_ngrams(text, length, n):
+    """Word n-gram ids starting at each word index (words compacted to the front) and their validity."""
+    ids, ends = _words(text, length)
+    batch, width = ends.shape
+    slot = jnp.where(ends, jnp.cumsum(ends, axis=1) - 1, width)
+    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], ends.shape)
+    table = [jnp.zeros_like(i).at[rows, slot].set(i, mode="drop") for i in ids]
+    parts = tuple(jnp.pad(t[:, k:], ((0, 0), (0, k))) for k in range(n) for t in table)
+    ok = jnp.arange(width)[None, :] + n <= jnp.sum(ends, axis=1)[:, None]
+    return parts, ok
+
+
+def word_bleu(hyp, hyp_len, ref, ref_len, weights=(0.25, 0.25, 0.25, 0.25)) -> jax.Array:
+    """BLEU over words ([a-z0-9]+ runs, lower-cased) with the same smoothing as the published reward."""
+    n_h = jnp.sum(_words(hyp, hyp_len)[1], axis=1)
+    n_r = jnp.sum(_words(ref, ref_len)[1], axis=1)
+    return _bleu(_word_ngrams, hyp, hyp_len, ref, ref_len, n_h, n_r, weights)
+
+
+def rouge1_words(hyp, hyp_len, ref, ref_len) -> jax.Array:
+    """ROUGE-1 F over words ([a-z0-9]+ runs of the lower-cased text), no stemming."""
+    h_id, h_ok = _words(hyp, hyp_len)
+    r_id, r_ok = _words(ref, ref_len)
+    overlap = _clipped_overlap(h_id, h_ok, r_id, r_ok).astype(jnp.float32)
+    n_h, n_r = jnp.sum(h_ok, axis=1), jnp.sum(r_ok, axis=1)
+    p, r = overlap / jnp.maximum(n_h, 1), overlap / jnp.maximum(n_r, 1)
+    return jnp.where(p + r > 0, 2 * p * r / jnp.maximum(p + r, 1e-30), 0.0)
+
+
+def _items(text, length, max_items):
+    """Ids of the `|`-separated items (whitespace-trimmed, lower-cased), validity, and the item count."""
+    t = lower(text)
+    valid = _valid(text, length)
+    pipe = (t == ord("|")) & valid
+    item = jnp.cumsum(pipe, axis=1) - pipe                      # item index of each byte (pipes close an item)
+    content = valid & ~pipe & ~byte_in(t, WHITESPACE_BYTES)
+    pos = jnp.arange(text.shape[1])[None, :]
+    seg = jnp.where(content & (item < max_items), item, max_items)
+    big = text.shape[1]
+    start = jax.vmap(lambda p, s: jax.ops.segment_min(p, s, num_segments=max_items + 1))(
+        jnp.broadcast_to(pos, t.shape), seg)[:, :max_items]
+    end = jax.vmap(lambda p, s: jax.ops.segment_max(p, s, num_segments=max_items + 1))(
+        jnp.broadcast_to(pos, t.shape), seg)[:, :max_items] + 1
+    empty = start >= big                                        # an item with no content is the empty string
+    start, end = jnp.where(empty, 0, start), jnp.where(empty, 0, end)
+    count = jnp.sum(pipe, axis=1) + 1
+    ok = jnp.arange(max_items)[None, :] < jnp.minimum(count, max_items)[:, None]
+    ids = (_span_hash(t, start, end, _P1), _span_hash(t, start, end, _P2), end - start)
+    return ids, ok, count
+
+
+def list_f1(answer, answer_len, gt, gt_len, max_items: int = 32) -> jax.Array:
+    """F1 of items: |distinct answer items also in the ground truth| over the list lengths."""
+    a_id, a_ok, n_a = _items(answer, answer_len, max_items)
+    g_id, g_ok, n_g = _items(gt, gt_len, max_items)
+    eq_ag = a_ok[:, :, None] & g_ok[:, None, :]
+    eq_aa = a_ok[:, :, None] & a_ok[:, None, :]
+    for a, g in zip(a_id, g_id):
+        eq_ag = eq_ag & (a[:, :, None] == g[:, None, :])
+        eq_aa = eq_aa & (a[:, :, None] == a[:, None, :])
+    idx = jnp.arange(max_items)
+    first = a_ok & ~jnp.any(eq_aa & (idx[None, None, :] < idx[None, :, None]), axis=2)
+    common = jnp.sum(first & jnp.any(eq_ag, axis=2), axis=1).astype(jnp.float32)
+    p, r = common / n_a, common / n_g
+    return jnp.where(p + r > 0, 2 * p * r / jnp.maximum(p + r, 1e-30), 0.0)
+
+
+def short_exact(answer, answer_len, gt, gt_len) -> jax.Array:
+    """1.0 when lower(answer) == lower(ground truth) byte for byte."""
+    la, lg = answer.shape[1], gt.shape[1]
+    width = max(la, lg)
+    a = jnp.pad(lower(answer), ((0, 0), (0, width - la)))
+    g = jnp.pad(lower(gt), ((0, 0), (0, width - lg)))
+    a = jnp.where(_valid(a, answer_len), a, 0)
+    g = jnp.where(_valid(g, gt_len), g, 0)
+    return ((answer_len == gt_len) & jnp.all(a == g, axis=1)).astype(jnp.float32)
+
+
+def accuracy_score(answer, answer_len, gt, gt_len, gt_kind, *, bleu: str = "char") -> jax.Array:
+    """1.5 x the branch score of each row (float32 [B]); bleu: "char" (published) or "word"."""
+    bleu_fn = char_bleu if bleu == "char" else word_bleu
+    long = (bleu_fn(answer, answer_len, gt, gt_len, (1.0, 0.0, 0.0, 0.0))
+            + bleu_fn(answer, answer_len, gt, gt_len, (0.25, 0.25, 0.25, 0.25))
+            + rouge1_words(answer, answer_len, gt, gt_len)) / 3.0
+    score = jnp.where(gt_kind == KIND_LIST, list_f1(answer, answer_len, gt, gt_len),
+                      jnp.where(gt_kind == KIND_SHORT, short_exact(answer, answer_len, gt, gt_len), long))
+    return (1.5 * jnp.where(gt_kind == KIND_LONG, long, score)).astype(jnp.float32)

@@ -1,0 +1,93 @@
+"""The jitted reward on token ids == the string-level references on fuzzed completions.
+
+paper preset: equals `paper_reward` exactly in format / coordinate and to float32 round-off in accuracy /
+overall, once ROUGE-1 uses the array definition (words, no stemming); grounded preset: its box terms equal the
+evaluation's greedy matching on the boxes a regex finds in the whole completion.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from data_pipelines.tokenizer import train_sentencepiece
+from dmx_jax.eval.grounding import box_iou as eval_iou
+from dmx_jax.eval.grounding import greedy_match
+from dmx_jax.rewards import paper
+from dmx_jax.rewards.combine import PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn
+from dmx_jax.rewards.text_bytes import token_bytes_table
+from tests.helpers import reward_fuzz as F
+from tests.test_rewards_accuracy import rouge1_words_ref
+
+N, T = 160, 160
+BOX = re.compile(r"\[([-+]?\d*\.?\d+(?:,\s*[-+]?\d*\.?\d+){3})\]")
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    rng = random.Random(7)
+    texts = [F.completion(rng, max_pieces=14) for _ in range(N)]
+    gts = [F.ground_truth(rng) for _ in range(N)]
+    gts = [g if len(g.encode()) <= 256 else g[:200] for g in gts]
+    tok = train_sentencepiece(texts + gts + list(F.WORDS) * 3, 400, tmp_path_factory.mktemp("spm"))
+    ids = np.zeros((N, T), np.int32)
+    mask = np.zeros((N, T), np.int32)
+    kept = []
+    for i, t in enumerate(texts):
+        enc = tok.encode(t)[:T]
+        ids[i, :len(enc)], mask[i, :len(enc)] = enc, 1
+        kept.append(tok.decode(enc))
+    truth_boxes = [[[rng.uniform(0, 60), rng.uniform(0, 60), rng.uniform(40, 140), rng.uniform(40, 140)]
+                    for _ in range(rng.randint(0, 3))] for _ in range(N)]
+    return tok, ids, mask, kept, gts, truth_boxes
+
+
+def test_paper_preset_equals_string_reward(batch, monkeypatch):
+    tok, ids, mask, texts, gts, boxes = batch
+    cfg = RewardConfig(max_text_bytes=1024, max_answer_bytes=256)
+    fn = make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))
+    got = jax.tree.map(np.asarray, fn(ids, mask, ground_truth_arrays(gts, boxes, cfg)))
+    monkeypatch.setattr(paper, "rouge1_stemmed", rouge1_words_ref)     # the array definition of ROUGE-1
+    want = [paper.paper_reward(t, g) for t, g in zip(texts, gts)]
+    for key in ("format", "coordinate"):
+        np.testing.assert_allclose(got[key], [w[key] for w in want], atol=1e-7, err_msg=key)
+    for key in ("accuracy", "overall"):
+        np.testing.assert_allclose(got[key], [w[key] for w in want], atol=3e-6, err_msg=key)
+    assert got["format"].sum() > 5 and (got["coordinate"] != 0).sum() > 5 and (got["accuracy"] > 0).sum() > 5
+
+
+def test_grounded_preset_box_terms_equal_greedy_matching(batch):
+    tok, ids, mask, texts, gts, boxes = batch
+    cfg = PRESETS["grounded"]
+    cfg = RewardConfig(**{**cfg.__dict__, "max_text_bytes": 1024, "max_answer_bytes": 256})
+    got = jax.tree.map(np.asarray, make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))(
+        ids, mask, ground_truth_arrays(gts, boxes, cfg)))
+    for i, (t, truth) in enumerate(zip(texts, boxes)):
+        cited = [[float(v) for v in m.split(",")] for m in BOX.findall(paper.normalise_tags(t))][:cfg.max_boxes]
+        if not cited and not truth:
+            f1 = miou = 1.0
+        elif not cited or not truth:
+            f1 = miou = 0.0
+        else:
+            pairs = greedy_match(eval_iou(np.float32(cited), np.float32(truth)))
+            hits = sum(v >= 0.5 for _, _, v in pairs)
+            p, r = hits / len(cited), hits / len(truth)
+            f1 = 0.0 if p + r == 0 else 2 * p * r / (p + r)
+            miou = sum(v for _, _, v in pairs) / max(len(cited), len(truth))
+        assert abs(got["grounding_f1"][i] - f1) < 1e-6 and abs(got["grounding_iou"][i] - miou) < 1e-5, (i, t, truth)
+    assert (got["grounding_iou"] > 0).sum() >= 3
+    expect = 0.9 * got["accuracy"] + 0.1 * got["format"] + got["coordinate"] + 0.25 * (got["grounding_f1"] +
+                                                                                      got["grounding_iou"])
+    np.testing.assert_allclose(got["overall"], expect, atol=1e-6)
+
+
+def test_host_reference_mode_is_the_string_reward(batch):
+    tok, ids, mask, texts, gts, boxes = batch
+    cfg = RewardConfig(host_reference=True, max_text_bytes=1024, max_answer_bytes=256)
+    got = make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))(ids[:8], mask[:8],
+                                                                      ground_truth_arrays(gts[:8], boxes[:8], cfg))
+    want = [paper.paper_reward(t, g)["overall"] for t, g in zip(texts[:8], gts[:8])]
+    np.testing.assert_allclose(np.asarray(got["overall"]), want, atol=1e-6)

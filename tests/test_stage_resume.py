@@ -1,0 +1,95 @@
+"""Every stage (SFT, cold start, GRPO) stopped by SIGTERM mid-run and rerun resumes exactly: the same
+per-step losses / rewards and the same final parameters as an uninterrupted run (SIGKILL of the same
+machinery is covered by test_kill_resume)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from dmx_jax.model import Qwen25VL
+from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.training.loop import MetricsWriter
+from experiments import stages
+from experiments.configs import DataConfig, ExperimentConfig, RLConfig, StageConfig
+from experiments.datasets import build_tokenizer, encode_all, model_config_for
+from dmx_jax.training.grpo_loss import GRPOConfig
+from dmx_jax.training.optim import OptimConfig
+
+STEPS, STOP_AT = 5, 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from data_pipelines.synthetic import SyntheticConfig, examples
+    cfg = ExperimentConfig(model="tiny", data=DataConfig(image_size=64, max_pixels=64 * 64, min_pixels=28 * 28,
+                                                         reasoning_seq_len=512, on_too_long="skip"))
+    scfg = SyntheticConfig(image_size=64, seed=0)
+    ex = [examples("train", i, scfg, task="referring") for i in range(12)]
+    corpus = [examples("train", i, scfg) for i in range(300)]
+    tok = build_tokenizer(corpus, 2048, tmp_path_factory.mktemp("tok"))
+    mcfg = model_config_for(cfg, tok)
+    rows = {"sft": encode_all(ex, tok, mcfg, cfg, 160, reasoning=False),
+            "cold_start": encode_all(ex, tok, mcfg, cfg, 512, reasoning=True),
+            "grpo": encode_all(ex, tok, mcfg, cfg, 256, reasoning=True, prompt_only=True)}
+    graphdef, state = nnx.split(Qwen25VL(mcfg, nnx.Rngs(0)))
+    return graphdef, nnx.to_pure_dict(state), rows, tok
+
+
+def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
+    graphdef, params, rows, tok = setup
+    params = jax.tree.map(np.array, params)         # fresh buffers: the train step donates its state
+    mesh = make_mesh(MeshConfig(2, 1, 1), devices=jax.devices()[:2])   # batch split over 2 devices
+    writer = MetricsWriter(run_dir / "metrics.jsonl")
+    if stop_at is not None:                      # a preemption notice arrives while batch `stop_at` is drawn
+        real = stages.batches
+
+        def batches_with_sigterm(*a, **k):
+            it = real(*a, **k)
+            nxt = type(it).__next__
+
+            class Stopping(type(it)):
+                def __next__(self):
+                    if self.position // max(self.batch_size, 1) == stop_at:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    return nxt(self)
+            it.__class__ = Stopping
+            return it
+        monkeypatch.setattr(stages, "batches", batches_with_sigterm)
+    optim = OptimConfig(learning_rate=3e-3, warmup_steps=0, schedule="constant")
+    if stage == "grpo":
+        rl = RLConfig(steps=STEPS, prompts_per_step=2, save_every=2, optim=optim,
+                      algo=GRPOConfig(group_size=2, max_new_tokens=8, kl_coef=0.02))
+        return stages.run_grpo(run_dir, graphdef, params, rows["grpo"], rl, tok, seed=0, mesh=mesh, writer=writer,
+                               config_json={})
+    sc = StageConfig(steps=STEPS, batch_size=2, save_every=2, optim=optim)
+    return stages.run_supervised(stage, run_dir, graphdef, params, rows[stage], sc, seed=0, mesh=mesh,
+                                 writer=writer, config_json={})
+
+
+def _per_step(run_dir, key):
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in recs if key in r}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "cold_start", "grpo"])
+def test_stage_sigterm_then_rerun_is_exact(stage, setup, tmp_path, monkeypatch):
+    final_ref = _run(stage, tmp_path / "ref", setup)
+    with pytest.raises(SystemExit, match="stopped by signal"):
+        _run(stage, tmp_path / "cut", setup, stop_at=STOP_AT, monkeypatch=monkeypatch)
+    assert not (tmp_path / "cut" / "DONE.json").exists()
+    monkeypatch.undo()
+    final_cut = _run(stage, tmp_path / "cut", setup)
+    key = "reward/overall" if stage == "grpo" else "loss"
+    ref, cut = _per_step(tmp_path / "ref", key), _per_step(tmp_path / "cut", key)
+    assert sorted(ref) == list(range(1, STEPS + 1)) and set(cut) == set(ref)
+    assert cut == ref
+    if stage == "grpo":
+        assert _per_step(tmp_path / "cut", "loss") == _per_step(tmp_path / "ref", "loss")
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), final_cut, final_ref)
