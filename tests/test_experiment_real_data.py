@@ -55,8 +55,9 @@ def test_run_on_mimic_format_with_hf_checkpoint(tmp_path, capsys):
             "--set", "sft.steps=2", "--set", "sft.batch_size=8", "--set", "cold_start.steps=2",
             "--set", "cold_start.batch_size=8", "--set", "rl.steps=1", "--set", "rl.prompts_per_step=2",
             "--set", "rl.algo.max_new_tokens=8", "--set", "eval.max_new_tokens=8",
-            "--set", "eval.reasoning_max_new_tokens=8", "--set", "data.max_seq_len=256",
-            "--set", "data.reasoning_seq_len=384", "--set", "data.reasoning_prompt_len=256"]
+            "--set", "eval.reasoning_max_new_tokens=8", "--set", "data.max_seq_len=512",
+            "--set", "data.reasoning_seq_len=640", "--set", "data.reasoning_prompt_len=512", "--set", "data.prompt_len=256",
+            "--set", "data.on_too_long=error"]
     assert run.main(args) == 0
     out = capsys.readouterr().out
     assert "reading mimic_cxr" in out and "| sft |" in out and "| grpo |" in out

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from data_pipelines.pipeline.encode import Bucket
+from data_pipelines.pipeline.encode import Bucket, DoesNotFit
 
 REMAINDERS = ("drop", "pad")
 
@@ -71,6 +71,9 @@ class BucketBatchIterDataset(grain.IterDataset):
         return f"BucketBatchIterDataset(buckets={self.buckets}, batch_size={self.batch_size}, {self.remainder})"
 
 
+MAX_SKIPS_IN_A_ROW = 10_000   # skipped examples without a batch in between before giving up
+
+
 class BucketBatchIterator(grain.DatasetIterator):
     def __init__(self, ds: BucketBatchIterDataset):
         self._rows: grain.MapDataset = ds._parent
@@ -103,6 +106,10 @@ class BucketBatchIterator(grain.DatasetIterator):
             if item.bucket < 0:
                 self._skipped += 1
                 self._skipped_ids.append(item.example_id)
+                if len(self._skipped_ids) >= MAX_SKIPS_IN_A_ROW:   # e.g. an endless stream where nothing fits
+                    raise DoesNotFit(f"{len(self._skipped_ids)} examples in a row fit no bucket "
+                                     f"{list(self._ds.buckets)} (last: {item.example_id}); raise the sequence / "
+                                     f"patch budgets")
                 continue
             self._pending.append((item.bucket, self._position - 1, item.row))
             if sum(p[0] == item.bucket for p in self._pending) == self._ds.batch_size:

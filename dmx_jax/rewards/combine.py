@@ -34,7 +34,7 @@ class RewardConfig:
     grounding_f1_weight: float = 0.0      # F1 at IoU 0.5 of the completion's boxes vs the truth boxes
     grounding_iou_weight: float = 0.0     # mean IoU of greedily matched boxes
     max_text_bytes: int = 2048            # decoded completion, bytes (longer completions are cut)
-    max_answer_bytes: int = 512           # ground-truth answers longer than this raise
+    max_answer_bytes: int = 1024          # ground-truth answers longer than this raise (reports: raise it)
     max_boxes: int = 8
     host_reference: bool = False
 
