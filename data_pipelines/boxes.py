@@ -15,7 +15,6 @@ Conventions:
 """
 from __future__ import annotations
 
-import math
 import re
 from typing import Sequence
 
@@ -109,26 +108,9 @@ def format_chexinstruct_box(bins: Sequence[int], ref: str | None = None) -> str:
 
 def smart_resize(height: int, width: int, *, factor: int = QWEN_FACTOR, min_pixels: int = QWEN_MIN_PIXELS,
                  max_pixels: int = QWEN_MAX_PIXELS) -> tuple[int, int]:
-    """(resized_height, resized_width) as Qwen2.5-VL's image processor computes it.
-
-    Kept local so data_pipelines stays independent of the model package; dmx_jax.processing.smart_resize is
-    the canonical one and tests check the two agree (and agree with transformers).
-    """
-    if min(height, width) <= 0:
-        raise ValueError(f"image sides must be positive, got height={height} width={width}")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio must be at most 200, got {max(height, width) / min(height, width):.1f}")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
+    """(resized_height, resized_width) as Qwen2.5-VL's image processor computes it (dmx_jax.processing's)."""
+    from dmx_jax.processing import smart_resize as resize
+    return resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def qwen_input_size(size: Size, *, factor: int = QWEN_FACTOR, min_pixels: int = QWEN_MIN_PIXELS,

@@ -67,9 +67,9 @@ def test_grounded_preset_box_terms_equal_greedy_matching(batch):
         ids, mask, ground_truth_arrays(gts, boxes, cfg)))
     for i, (t, truth) in enumerate(zip(texts, boxes)):
         cited = [[float(v) for v in m.split(",")] for m in BOX.findall(paper.normalise_tags(t))][:cfg.max_boxes]
-        if not cited and not truth:
-            f1 = miou = 1.0
-        elif not cited or not truth:
+        if not truth:
+            f1 = miou = 0.0                      # prompts without truth boxes are not scored on boxes
+        elif not cited:
             f1 = miou = 0.0
         else:
             pairs = greedy_match(eval_iou(np.float32(cited), np.float32(truth)))

@@ -5,6 +5,7 @@ import csv
 import functools
 import gzip
 import io
+import logging
 import math
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from data_pipelines.image_io import ImageReadError, image_size
 from data_pipelines.schema import CHEXPERT_LABELS, TASKS
 
 PathLike = str | os.PathLike
+log = logging.getLogger("data_pipelines.adapters")
 
 # Default instructions per task (plain questions; chat templates and reasoning suffixes are added later).
 FINDINGS_PROMPT = "Generate the FINDINGS section of the radiology report for this chest X-ray."
@@ -170,6 +172,8 @@ def sized_image(path: Path, missing_images: str, known_size: tuple[int, int] | N
             return str(path), known_size
         return str(path), image_size(path)
     if missing_images == "skip":
+        log.warning("skipping an example: image not found: %s%s (missing_images='skip')", path,
+                    f" (listed in {source})" if source else "")
         raise SkipExample(str(path))
     if missing_images == "allow":
         return str(path), known_size or (0, 0)
@@ -192,6 +196,24 @@ def parse_label_value(text: str, path: PathLike = "", column: str = "") -> float
     if value not in (1.0, 0.0, -1.0):
         raise ValueError(f"{path}: column {column!r} has label value {value}, expected 1, 0, -1 or empty")
     return value
+
+
+def boxes_outside_image(xyxy: Any, size: tuple[int, int]) -> tuple[int, ...]:
+    """Indices of [N, 4] pixel xyxy boxes reaching outside [0, width] x [0, height]; () when size is unknown."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        return ()
+    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    outside = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > width) | (b[:, 3] > height)
+    return tuple(int(i) for i in np.flatnonzero(outside))
+
+
+def check_xywh(path: PathLike, where: str, xywh: Any) -> None:
+    """ValueError naming the file and record when an (x, y, w, h) box has a negative width or height."""
+    b = np.asarray(xywh, dtype=np.float64).reshape(-1, 4)
+    bad = np.flatnonzero((b[:, 2] < 0) | (b[:, 3] < 0))
+    if bad.size:
+        raise ValueError(f"{path}: {where}: box (x, y, w, h) {b[bad[0]].tolist()} has a negative width or height")
 
 
 def chexpert_vector(row: dict[str, str], path: PathLike = "") -> np.ndarray:

@@ -7,6 +7,8 @@ per value: `OriginalImage[Width]`, `OriginalImage[Height]`, `Bbox [x]`, ... Boxe
 1024^2 PNG; the BBox label `Infiltrate` is renamed `Infiltration` (the Data_Entry spelling).
 Images: images/<Image Index> or images_NNN/images/<Image Index>. Splits from train_val_list.txt
 (-> 'train') and test_list.txt (-> 'test'); without these lists every image is 'train'.
+Bad boxes: a negative w or h raises ValueError naming the file and image; boxes reaching outside the image
+are kept as given and their indices listed in meta['boxes_outside_image'].
 """
 from __future__ import annotations
 
@@ -126,11 +128,14 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
                 continue
             label = LABEL_SPELLING.get(source_label, source_label)
             try:
-                xyxy = xywh_to_xyxy([[float(r[f"Bbox [{k}]"]) for k in "xywh"] for r in rows])
+                xywh = [[float(r[f"Bbox [{k}]"]) for k in "xywh"] for r in rows]
             except ValueError as e:
                 raise ValueError(f"{path}: image {name}: non-numeric box: {e}") from None
+            c.check_xywh(path, f"image {name} label {source_label!r}", xywh)
+            xyxy = xywh_to_xyxy(xywh)
             boxes = tuple(Box(*map(float, b), label=label) for b in xyxy)
             yield Example(example_id=f"{DATASET}/{name}/grounding/{label}", dataset=DATASET, task="grounding",
                           images=(image_path,), image_sizes=(size,), prompt=c.GROUNDING_PROMPT.format(phrase=label),
                           target=format_boxes_text(xyxy), boxes=boxes, split=split_name,
-                          meta={"source_label": source_label})
+                          meta={"source_label": source_label,
+                                "boxes_outside_image": c.boxes_outside_image(xyxy, size)})

@@ -50,7 +50,7 @@ def load_chexpert(root: c.PathLike, *, split: str | None = None, tasks: Sequence
                 image_path, size = c.sized_image(image, missing_images, source=str(path))
             except c.SkipExample:
                 continue
-            labels = c.chexpert_vector(row, path)
+            labels = c.chexpert_vector(row, f"{path}: row Path={row['Path']!r}")
             yield Example(example_id=f"chexpert/{row['Path']}", dataset="chexpert", task="classification",
                           images=(image_path,), image_sizes=(size,), prompt=c.CLASSIFICATION_PROMPT,
                           target=c.positive_findings(labels), labels=labels, split=split_name,

@@ -62,7 +62,8 @@ def read_labels(root: c.PathLike, labeler: str) -> dict[tuple[str, str], object]
     path = find_mimic_table(root, labeler)
     labels = {}
     for row in c.read_csv(path, ("subject_id", "study_id", *CHEXPERT_LABELS)):
-        labels[(str(int(row["subject_id"])), str(int(row["study_id"])))] = c.chexpert_vector(row, path)
+        labels[(str(int(row["subject_id"])), str(int(row["study_id"])))] = c.chexpert_vector(
+            row, f"{path}: subject_id {row['subject_id']} study_id {row['study_id']}")
     return labels
 
 
@@ -77,6 +78,8 @@ def load_mimic_cxr(root: c.PathLike, *, split: str | None = None,
     labeler: 'chexpert' or 'negbio' label table for the classification task. views: keep only these
     ViewPosition values (e.g. ('PA', 'AP')). A study without a FINDINGS (IMPRESSION) section yields no
     findings (impression) example; a study without a label row yields no classification example.
+A missing or empty (whitespace-only) report file raises FileNotFoundError naming it, unless
+skip_missing_reports=True, which skips the study's report tasks with one logged warning per study.
     """
     tasks = c.check_tasks(tasks, SUPPORTED_TASKS, "load_mimic_cxr")
     c.check_policy(missing_images)
@@ -120,16 +123,21 @@ def load_mimic_cxr(root: c.PathLike, *, split: str | None = None,
 
         if "findings" in tasks or "impression" in tasks:
             report_path = study_dir(reports_files, subject_id, study_id).with_suffix(".txt")
-            if report_path.is_file():
-                sections = parse_report_sections(report_path.read_text(encoding="utf-8"))
+            report_text = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
+            if report_text.strip():
+                sections = parse_report_sections(report_text)
                 for task, text, prompt in (("findings", sections.findings, c.FINDINGS_PROMPT),
                                            ("impression", sections.impression, c.IMPRESSION_PROMPT)):
                     if task in tasks and text:
                         yield Example(example_id=f"{DATASET}/s{study_id}/{task}", task=task, prompt=prompt,
                                       target=text, meta={**meta, "report_path": str(report_path)}, **base)
             elif not skip_missing_reports:
-                raise FileNotFoundError(f"report not found: {report_path} (study {study_id}); set reports_root "
+                problem = "is empty" if report_path.is_file() else "not found"
+                raise FileNotFoundError(f"report {problem}: {report_path} (study {study_id}); set reports_root "
                                         "to the MIMIC-CXR report tree or skip_missing_reports=True")
+            else:
+                c.log.warning("skipping the report tasks of study %s: report %s: %s (skip_missing_reports=True)",
+                              study_id, "is empty" if report_path.is_file() else "not found", report_path)
         if "classification" in tasks:
             vector = labels.get((subject_id, study_id))
             if vector is not None:

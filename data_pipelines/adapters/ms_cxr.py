@@ -4,6 +4,8 @@
 label_text, path, x, y, w, h, image_width, image_height, split: one row per (phrase, box), box in x, y, w, h
 original MIMIC-CXR-JPG pixels. Rows are grouped by (dicom_id, label_text). `path` is relative to the
 MIMIC-CXR-JPG root (`mimic_root`, default `root`).
+Bad boxes: a negative w or h raises ValueError naming the file, dicom_id and phrase; boxes reaching outside
+(image_width, image_height) are kept as given and their indices listed in meta['boxes_outside_image'].
 """
 from __future__ import annotations
 
@@ -61,13 +63,16 @@ def load_ms_cxr(root: c.PathLike, *, split: str | None = None, tasks: Sequence[s
         except c.SkipExample:
             continue
         try:
-            xyxy = xywh_to_xyxy([[float(r[k]) for k in ("x", "y", "w", "h")] for r in rows])
+            xywh = [[float(r[k]) for k in ("x", "y", "w", "h")] for r in rows]
         except ValueError as e:
             raise ValueError(f"{path}: dicom_id {dicom_id}: non-numeric box: {e}") from None
+        c.check_xywh(path, f"dicom_id {dicom_id} phrase {phrase!r}", xywh)
+        xyxy = xywh_to_xyxy(xywh)
         boxes = tuple(Box(*map(float, b), label=r["category_name"]) for b, r in zip(xyxy, rows))
         box_text = format_boxes_text(xyxy)
         base = dict(dataset=DATASET, images=(image_path,), image_sizes=(size,), boxes=boxes, split=split_name,
                     meta={"dicom_id": dicom_id, "category": first["category_name"],
+                          "boxes_outside_image": c.boxes_outside_image(xyxy, size),
                           "subject_id": first.get("subject_id", ""), "study_id": first.get("study_id", "")})
         if "grounding" in tasks:
             yield Example(example_id=f"{DATASET}/{dicom_id}/{index}/grounding", task="grounding",

@@ -9,6 +9,8 @@ Two layouts under `root`:
 Boxes are x_min..y_max in original DICOM pixels (canonical). Every reader's box is kept: Box.label is the
 class name and meta['box_rad_ids'] gives the reader of each box. "No finding" rows carry no box.
 Classification target: classes found by any reader ('|'-joined, source vocabulary order), or "No finding".
+Bad boxes: x_max < x_min or y_max < y_min (or a partly empty box) raises ValueError naming the file, image and
+reader; boxes reaching outside the image are kept as given and listed in meta['boxes_outside_image'].
 """
 from __future__ import annotations
 
@@ -126,4 +128,6 @@ def load_vindr(root: c.PathLike, *, split: str | None = None, tasks: Sequence[st
                     yield Example(example_id=f"{DATASET}/{image_id}/grounding/{name}", task="grounding",
                                   prompt=c.GROUNDING_PROMPT.format(phrase=name),
                                   target=format_boxes_text([b.as_tuple() for b in boxes]), boxes=boxes,
-                                  meta={"image_id": image_id, "box_rad_ids": tuple(r for r, _ in items)}, **base)
+                                  meta={"image_id": image_id, "box_rad_ids": tuple(r for r, _ in items),
+                                        "boxes_outside_image": c.boxes_outside_image([x for _, x in items], size)},
+                                  **base)

@@ -2,6 +2,7 @@
 
     overall = (1 - format_weight) * accuracy + format_weight * format + coordinate
               + grounding_f1_weight * F1@0.5(cited boxes, truth) + grounding_iou_weight * mean matched IoU
+    (the two box terms only for prompts that have truth boxes)
 
 `paper` reproduces the published reward (character BLEU, the +0.05 / -0.2 box-mention term); `grounded`
 adds the box-vs-truth terms and scores long answers with word BLEU. Everything runs on device over padded
@@ -72,8 +73,12 @@ def score_bytes(text, text_len, truth: dict, cfg: RewardConfig) -> dict:
     if cfg.grounding_f1_weight or cfg.grounding_iou_weight:
         every = cited_boxes(p["text"], p["text_len"], cfg.max_boxes, whole_text=True)
         g = grounding_reward(every["boxes"], every["box_valid"], truth["boxes"], truth["box_valid"])
-        out["grounding_f1"], out["grounding_iou"] = g["f1"], g["mean_iou"]
-        overall = overall + cfg.grounding_f1_weight * g["f1"] + cfg.grounding_iou_weight * g["mean_iou"]
+        # only prompts with truth boxes are scored on boxes: elsewhere "no box" would earn a free 1.0 and teach
+        # the policy to stop citing regions (seen in the first tiny runs)
+        has_truth = jnp.any(truth["box_valid"], axis=1)
+        out["grounding_f1"] = jnp.where(has_truth, g["f1"], 0.0)
+        out["grounding_iou"] = jnp.where(has_truth, g["mean_iou"], 0.0)
+        overall = overall + cfg.grounding_f1_weight * out["grounding_f1"] + cfg.grounding_iou_weight * out["grounding_iou"]
     out["overall"] = overall.astype(jnp.float32)
     return out
 
