@@ -51,17 +51,32 @@ def _span_hash(text, start, end, p: np.uint32):
 
 def _clipped_overlap(hyp_id, hyp_ok, ref_id, ref_ok):
     """Sum over distinct hypothesis items of min(count in hyp, count in ref); items compared by all id parts.
-    hyp_id: tuple of [B, H] arrays, hyp_ok bool [B, H]; ref likewise [B, R]."""
-    eq_hh = hyp_ok[:, :, None] & hyp_ok[:, None, :]
-    eq_hr = hyp_ok[:, :, None] & ref_ok[:, None, :]
-    for h, r in zip(hyp_id, ref_id):
-        eq_hh = eq_hh & (h[:, :, None] == h[:, None, :])
-        eq_hr = eq_hr & (h[:, :, None] == r[:, None, :])
-    c_h = jnp.sum(eq_hh, axis=2)
-    c_r = jnp.sum(eq_hr, axis=2)
-    idx = jnp.arange(eq_hh.shape[1])
-    first = hyp_ok & ~jnp.any(eq_hh & (idx[None, None, :] < idx[None, :, None]), axis=2)
-    return jnp.sum(jnp.where(first, jnp.minimum(c_h, c_r), 0), axis=1)
+    hyp_id: tuple of [B, H] arrays, hyp_ok bool [B, H]; ref likewise [B, R].
+
+    Sort-based, O(L log L) time and O(L) memory per row: hypothesis and reference items are sorted together
+    (invalid ones last), then the k-th copy of an item in the hypothesis counts when the reference holds
+    more than k copies.
+    """
+    keys = [jnp.concatenate([h, r], axis=1) for h, r in zip(hyp_id, ref_id)]
+    tag = jnp.concatenate([jnp.where(hyp_ok, 1, 3), jnp.where(ref_ok, 2, 3)], axis=1).astype(jnp.int32)
+    invalid = (tag == 3).astype(jnp.int32)
+    invalid, *keys, tag = jax.lax.sort((invalid, *keys, tag), dimension=1, num_keys=1 + len(keys))
+    n = tag.shape[1]
+    idx = jnp.arange(n)[None, :]
+    differs = invalid[:, 1:] != invalid[:, :-1]
+    for k in keys:
+        differs = differs | (k[:, 1:] != k[:, :-1])
+    first = jnp.pad(differs, ((0, 0), (1, 0)), constant_values=True)          # first element of its run
+    last = jnp.pad(differs, ((0, 0), (0, 1)), constant_values=True)           # last element of its run
+    run_start = jax.lax.cummax(jnp.where(first, idx, 0), axis=1)
+    run_end = jax.lax.cummin(jnp.where(last, idx, n - 1), axis=1, reverse=True)
+    is_hyp, is_ref = tag == 1, tag == 2
+    hyp_before = jnp.cumsum(is_hyp, axis=1) - is_hyp                          # exclusive prefix counts
+    ref_before = jnp.cumsum(is_ref, axis=1) - is_ref
+    rank = hyp_before - jnp.take_along_axis(hyp_before, run_start, axis=1)    # k-th copy in the hypothesis
+    ref_count = (jnp.take_along_axis(ref_before + is_ref, run_end, axis=1)
+                 - jnp.take_along_axis(ref_before, run_start, axis=1))
+    return jnp.sum(is_hyp & (rank < ref_count), axis=1)
 
 
 def _char_ngrams(text, length, n):
