@@ -17,6 +17,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dmx_jax.perf.flops import mfu, peak_flops_per_device  # noqa: E402
 from bench.common import append_notes, markdown_table, peak_rss_gb, timed  # noqa: E402
 
 SHAPES = {
@@ -43,6 +44,14 @@ def hf_config(name):
         image_token_id=t["vocab_size"] - 3, video_token_id=t["vocab_size"] - 4, vision_start_token_id=t["vocab_size"] - 2,
         vision_end_token_id=t["vocab_size"] - 1, tie_word_embeddings=False)
     return cfg
+
+
+def step_flops(hf_cfg, ids, grid) -> float:
+    """Model FLOPs of one train step (dmx_jax.perf.flops: decoder, head, vision tower and merger)."""
+    from dmx_jax.model.config import ModelConfig
+    from dmx_jax.perf.flops import train_flops
+    mcfg = ModelConfig.from_hf_config(hf_cfg.to_dict())
+    return train_flops(mcfg, text_tokens=ids.size, seq_len=ids.shape[1], image_grids=np.asarray(grid).tolist()).total
 
 
 def make_batch(cfg, batch, seq, image_hw=(224, 224)):
@@ -133,12 +142,16 @@ def main():
         s_eager = bench_torch(cfg, ids, mask, pv, grid, "eager")
         s_sdpa = bench_torch(cfg, ids, mask, pv, grid, "sdpa")
         r2 = peak_rss_gb()
+        flops = step_flops(cfg, ids, grid)
+        util = mfu(flops, s_jax, jax.device_count(), peak_flops_per_device(jax.devices()[0].device_kind))
         rows.append([name, f"{args.batch}x{args.seq}", f"{toks - n_img}+{n_img}", f"{toks / s_jax:,.0f}",
                      f"{toks / s_eager:,.0f}", f"{toks / s_sdpa:,.0f}", f"{s_eager / s_jax:.2f}x / {s_sdpa / s_jax:.2f}x",
+                     f"{flops / s_jax / 1e12:.3f}" + ("" if util is None else f" ({util:.1%} MFU)"),
                      f"{r1 - r0:.2f} / {r2 - r1:.2f}"])
         print(rows[-1], flush=True)
     table = markdown_table(["config", "batch", "text+image tokens", "dmx-jax tok/s", "torch eager tok/s",
-                            "torch sdpa tok/s", "speed-up vs eager / sdpa", "peak RSS growth GB (jax / torch)"], rows)
+                            "torch sdpa tok/s", "speed-up vs eager / sdpa",
+                            "dmx-jax model TFLOP/s (vision counted)", "peak RSS growth GB (jax / torch)"], rows)
     print(table)
     if not args.no_notes:
         append_notes("Benchmark: SFT train step, dmx-jax vs transformers+torch (fp32, AdamW, CPU)", table +

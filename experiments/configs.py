@@ -31,6 +31,8 @@ class DataConfig:
     vocab_size: int = 2048              # tiny SentencePiece vocabulary (ignored with an HF tokenizer)
     tokenizer: str | None = None        # path to a Qwen2.5-VL tokenizer.json (default: hf_checkpoint's)
     cold_start_file: str | None = None  # JSONL of teacher reasoning traces (python -m data_pipelines.cold_start)
+    cold_start_replay: float = 0.25     # plain rows of the other tasks (reports) mixed into cold start, as a
+                                        # fraction of its reasoning rows, so the reasoning stages keep them
     num_workers: int = 0
 
 
@@ -96,11 +98,11 @@ def tiny() -> ExperimentConfig:
         model="small",
         data=DataConfig(on_too_long="skip"),
         sft=StageConfig(steps=500, save_every=250, optim=OptimConfig(learning_rate=2e-3, warmup_steps=20, total_steps=500)),
-        cold_start=StageConfig(steps=100, save_every=50,
-                               optim=OptimConfig(learning_rate=1e-3, warmup_steps=10, total_steps=100)),
+        cold_start=StageConfig(steps=300, save_every=150,
+                               optim=OptimConfig(learning_rate=1e-3, warmup_steps=10, total_steps=300)),
         eval=EvalConfig(examples=160, reasoning_max_new_tokens=192),
         rl=RLConfig(steps=24, save_every=12, algo=GRPOConfig(max_new_tokens=192),
-                    optim=OptimConfig(learning_rate=1e-4, warmup_steps=0, schedule="constant")),
+                    optim=OptimConfig(learning_rate=3e-5, warmup_steps=0, schedule="constant")),
     )
 
 

@@ -52,6 +52,26 @@ def _encoder(cfg, tok, mcfg, seq_len: int | None = None, **kw):
                              **fixed, **kw)
 
 
+@dataclasses.dataclass(frozen=True)
+class MixedEncoder:
+    """Cold start with replay: examples whose id is in `plain_ids` are encoded as plain rows (no <think>),
+    the rest as reasoning rows; both at the cold-start sequence length. Picklable for grain workers."""
+    reasoning_fn: Any
+    plain_fn: Any
+    plain_ids: frozenset
+
+    def __call__(self, example, **kw):
+        return (self.plain_fn if example.example_id in self.plain_ids else self.reasoning_fn)(example, **kw)
+
+
+def replay_examples(cfg, train_ex: list, n_reasoning: int) -> list:
+    """round(data.cold_start_replay x n_reasoning) examples of the non-reasoning tasks, chosen by the seed."""
+    others = [e for e in train_ex if e.task not in cfg.data.reasoning_tasks]
+    n = min(len(others), round(cfg.data.cold_start_replay * n_reasoning))
+    pick = np.random.default_rng(cfg.seed).permutation(len(others))[:n]
+    return [others[i] for i in sorted(pick)]
+
+
 def _grain(cfg, tok, mcfg, examples, seq_len: int, **kw) -> GrainSource:
     return GrainSource(examples, _encoder(cfg, tok, mcfg, **kw), seq_len, patch_budget(cfg),
                        skip_too_long=cfg.data.on_too_long == "skip", workers=cfg.data.num_workers)
@@ -121,6 +141,8 @@ def synthetic_data(cfg, run_dir: Path) -> RunData:
     cache: dict = {}
     sft = encode_all(train_ex, tok, mcfg, cfg, d.max_seq_len, cache, reasoning=False)
     cold = encode_all(reasoning_train, tok, mcfg, cfg, d.reasoning_seq_len, cache, reasoning=True)
+    cold += encode_all(replay_examples(cfg, train_ex, len(cold)), tok, mcfg, cfg, d.reasoning_seq_len, cache,
+                       reasoning=False)
     rl = encode_all(reasoning_train, tok, mcfg, cfg, d.reasoning_prompt_len, cache, reasoning=True, prompt_only=True)
     plain, reason = _eval_rows(test_ex, tok, mcfg, cfg)
     print(f"[data] {len(sft)} SFT rows, {len(cold)} reasoning rows, {len(rl)} RL prompts, {len(plain)} eval prompts; "
@@ -166,7 +188,12 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
         print("[data] cold start: no data.cold_start_file; training the <think>/\\boxed{} format on the answers only",
               flush=True)
     sft = _grain(cfg, tok, model_cfg, train_ex, d.max_seq_len, reasoning=False)
-    cold = _grain(cfg, tok, model_cfg, cold_ex, d.reasoning_seq_len, reasoning=True)
+    replay = [] if cold_ex is train_ex else replay_examples(cfg, train_ex, len(cold_ex))
+    cold = _grain(cfg, tok, model_cfg, cold_ex + replay, d.reasoning_seq_len, reasoning=True)
+    if replay:
+        cold = dataclasses.replace(cold, encode_fn=MixedEncoder(
+            cold.encode_fn, _encoder(cfg, tok, model_cfg, reasoning=False), frozenset(e.example_id for e in replay)))
+        print(f"[data] cold start: {len(replay)} plain rows of other tasks replayed (data.cold_start_replay)", flush=True)
     rl = _grain(cfg, tok, model_cfg, reasoning_train, d.reasoning_prompt_len, reasoning=True, prompt_only=True)
     plain, reason = _eval_rows(test_ex, tok, model_cfg, cfg)
     print(f"[data] {len(train_ex)} train examples ({len(reasoning_train)} for RL), {len(plain)} eval prompts", flush=True)

@@ -69,10 +69,13 @@ def boxes_in(text: str) -> list[tuple[float, ...]]:
     return [tuple(float(v) for v in m.groups()) for m in _BOX.finditer(text)]
 
 
-def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200) -> tuple[dict, list[dict]]:
+def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200,
+                   format_ids: set | None = None) -> tuple[dict, list[dict]]:
     """groups: [(prompt arrays, rows, max_new_tokens)] (one compiled shape each) -> (metrics, per-example records).
 
     Answers are the last \\boxed{} (else the text after </think>, else the whole output).
+    format_ids: example ids of the reasoning tasks; the grounded-format rate is taken over their outputs
+    (report prompts are answered in plain text by design), over every output when None.
     """
     texts, rows = [], []
     for arrays, group_rows, max_new_tokens in groups:
@@ -100,6 +103,7 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
         metrics["report_nlg"] = report_text_scores(preds, refs, n_bootstrap)
         metrics["report_label_f1"] = report_label_scores(preds, refs, n_bootstrap)
     # grounded reasoning: share of outputs in the think-then-boxed format that cite at least one box
-    fmt = [bool(re.search(r"<think>.*\[\d+, \d+, \d+, \d+\].*</think>.*\\boxed\{", t, re.S)) for t in texts]
-    metrics["grounded_format_rate"] = float(np.mean(fmt))
+    fmt = [bool(re.search(r"<think>.*\[\d+, \d+, \d+, \d+\].*</think>.*\\boxed\{", t, re.S))
+           for t, r in zip(texts, rows) if format_ids is None or r["example_id"] in format_ids]
+    metrics["grounded_format_rate"] = float(np.mean(fmt)) if fmt else 0.0
     return metrics, records

@@ -74,7 +74,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
         else:
             print(f"[{name}] {scfg.steps} steps, batch {scfg.batch_size}", flush=True)
             params = run_supervised(name, sdir, graphdef, params, rows, scfg, seed=cfg.seed, mesh=mesh, writer=writer,
-                                    config_json=cfg_json)
+                                    config_json=cfg_json, model_cfg=mcfg)
         eval_file = run_dir / "eval" / f"{name}.json"
         if eval_file.is_file():
             saved = json.loads(eval_file.read_text())
@@ -82,7 +82,8 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
             continue
         groups = reasoning_groups if reasoning else [plain_group]
         print(f"[{name}] evaluating on {sum(len(g[1]) for g in groups)} held-out prompts", flush=True)
-        metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=cfg.eval.bootstrap)
+        metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=cfg.eval.bootstrap,
+                                          format_ids=reasoning_ids)
         results[name], outputs[name] = metrics, records
         eval_file.parent.mkdir(exist_ok=True)
         eval_file.write_text(json.dumps({"metrics": metrics, "records": records}, indent=1, default=float))

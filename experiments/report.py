@@ -169,7 +169,9 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
     lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results), "",
              "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "
-             "Grounding: predicted box = first box in the answer, model-input pixels. CIs: 95% bootstrap over examples.", ""]
+             "Grounding: predicted box = first box in the answer, model-input pixels. "
+             "Grounded-format rate: share of the reasoning-task prompts (VQA, grounding, referring) answered as "
+             "<think> steps citing a box, then \\boxed{}. CIs: 95% bootstrap over examples.", ""]
     if arena:
         ranking = arena["combined"].get("ranking", [])
         lines += [f"Report Arena ({', '.join(arena['combined'].get('judges', []))}): ranking {' > '.join(ranking)}", ""]

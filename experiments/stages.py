@@ -1,6 +1,7 @@
 """Stage runners for the experiment driver: SFT-style stages and GRPO, each checkpointed and resumable."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dmx_jax.perf.flops import batch_train_flops
 from dmx_jax.rewards.combine import PRESETS as REWARD_PRESETS
 from dmx_jax.rewards.combine import ground_truth_arrays, make_reward_fn
 from dmx_jax.rewards.text_bytes import token_bytes_table
@@ -63,7 +65,7 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
 
 
 def run_supervised(stage: str, stage_dir: Path, graphdef, params, rows, cfg_stage, *, seed: int, mesh,
-                   writer: MetricsWriter, config_json: dict):
+                   writer: MetricsWriter, config_json: dict, model_cfg=None):
     stage_dir.mkdir(parents=True, exist_ok=True)
     tx = make_optimizer(cfg_stage.optim)
     state = init_train_state(params, tx, seed=seed)
@@ -78,7 +80,8 @@ def run_supervised(stage: str, stage_dir: Path, graphdef, params, rows, cfg_stag
                            per_process=getattr(data, "per_process", False))
 
     state, summary = train_loop(step, state, data, num_steps=cfg_stage.steps, checkpointer=ck, writer=writer,
-                                config=config_json, place_batch=strip, stage=stage)
+                                config=config_json, place_batch=strip, stage=stage,
+                                flops_fn=None if model_cfg is None else functools.partial(batch_train_flops, model_cfg))
     if summary["preempted"]:
         ck.close()
         raise SystemExit(f"[{stage}] stopped by signal at step {int(state.step)}; rerun the same command to resume")

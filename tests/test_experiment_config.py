@@ -31,3 +31,29 @@ def test_presets_build():
     for name, make in PRESETS.items():
         assert make().name == name and make().model == expected_model[name]
         preset(make().model)                      # every experiment names a real model preset
+
+
+def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain():
+    import pickle
+    from types import SimpleNamespace
+
+    from experiments.datasets import MixedEncoder, replay_examples
+    cfg = apply_overrides(tiny(), ["data.cold_start_replay=0.5"])
+    train = [SimpleNamespace(example_id=f"e{i}", task=t)
+             for i, t in enumerate(["vqa", "findings", "grounding", "impression", "classification", "vqa"] * 5)]
+    picked = replay_examples(cfg, train, n_reasoning=10)
+    assert len(picked) == 5 and {e.task for e in picked} <= {"findings", "impression", "classification"}
+    assert [e.example_id for e in picked] == [e.example_id for e in replay_examples(cfg, train, 10)]  # seeded
+    assert replay_examples(apply_overrides(tiny(), ["data.cold_start_replay=0"]), train, 10) == []
+    enc = MixedEncoder(_tag_fn("reason"), _tag_fn("plain"), frozenset({"e1"}))
+    enc = pickle.loads(pickle.dumps(enc))                      # grain workers receive it pickled
+    assert enc(train[1]) == ("plain", "e1") and enc(train[0]) == ("reason", "e0")
+
+
+def _tag_fn(tag):
+    import functools
+    return functools.partial(_tagged, tag)
+
+
+def _tagged(tag, example, **kw):
+    return tag, example.example_id

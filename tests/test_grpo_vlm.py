@@ -55,5 +55,7 @@ def test_vlm_grpo_drift_and_reward():
         st, m = learner.step(st, prompts)
         hist.append(m)
     assert max(h["drift/logp_abs_max"] for h in hist) < 1e-4
+    phases = ("rollout", "reward", "logprob", "update")
+    assert all(h[f"time/{p}_s"] > 0 for h in hist for p in phases)       # the step's time breakdown is logged
     rewards = [h["reward/overall"] for h in hist]
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.1, rewards

@@ -12,6 +12,10 @@ merger, per merged token:    2·(Dv·m²)² + 2·(Dv·m²)·D
 
 For causal text attention C is the mean number of attended keys, (T+1)/2 for a full row of T tokens.
 Training counts forward + backward = 3 × forward (no remat recompute: MFU counts model FLOPs only).
+
+`attention="executed"` counts what a masked dense implementation (this one) runs instead: C = T for text
+rows and C = all patches of the sequence for every vision block. Executed FLOPs are what
+tests/test_flops.py checks, exactly, against the dot products in the jitted forward's jaxpr.
 """
 from __future__ import annotations
 
@@ -56,17 +60,22 @@ def _window_sizes(grid_thw: Sequence[int], vcfg) -> list[int]:
 
 
 def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_grids: Sequence[Sequence[int]] = (),
-                  lm_head_tokens: int | None = None) -> FlopCount:
+                  lm_head_tokens: int | None = None, attention: str = "model",
+                  vision_patches: int | None = None) -> FlopCount:
     """Forward FLOPs for `text_tokens` decoder positions (image tokens included) and the given images.
 
     seq_len: the row length for causal attention (default: text_tokens, one sequence).
     lm_head_tokens: positions whose logits are computed (default: all).
+    attention: "model" (causal / windowed: the useful work) or "executed" (dense masked, as computed here).
+    vision_patches: executed only: the padded length of the packed patch sequence (default: sum of grids).
     """
+    if attention not in ("model", "executed"):
+        raise ValueError(f"forward_flops: attention must be 'model' or 'executed', got {attention!r}")
     t = cfg.text
     d, n, k, f, v = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.intermediate_size, t.vocab_size
     h = d // n if getattr(t, "head_dim", None) in (None, 0) else t.head_dim
     seq_len = seq_len or text_tokens
-    ctx = (seq_len + 1) / 2
+    ctx = (seq_len + 1) / 2 if attention == "model" else seq_len
     per_tok = 2 * d * (n * h + 2 * k * h) + 2 * n * h * d + 6 * d * f + 4 * n * h * ctx
     text = per_tok * t.num_hidden_layers * text_tokens
     head = 2 * d * v * (text_tokens if lm_head_tokens is None else lm_head_tokens)
@@ -76,12 +85,15 @@ def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_gr
         dv, fv, m = vc.hidden_size, vc.intermediate_size, vc.spatial_merge_size
         patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
         full = set(vc.fullatt_block_indexes)
+        packed = vision_patches or sum(int(np.prod(g)) for g in image_grids)
         for grid in image_grids:
             patches = int(np.prod(grid))
             windows = _window_sizes(grid, vc)
             dense = 2 * dv * 3 * dv + 2 * dv * dv + 6 * dv * fv
             attn_window = sum(4 * dv * s * s for s in windows)      # sum over patches of 4·Dv·window
             attn_full = 4 * dv * patches * patches
+            if attention == "executed":                             # every patch attends the packed sequence
+                attn_window = attn_full = 4 * dv * patches * packed
             for blk in range(vc.depth):
                 vis += dense * patches + (attn_full if blk in full else attn_window)
             vis += 2 * patch_dim * dv * patches
@@ -92,6 +104,26 @@ def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_gr
 
 def train_flops(cfg, **kw) -> FlopCount:
     return forward_flops(cfg, **kw).scaled(3.0)
+
+
+def batch_train_flops(cfg, arrays: dict) -> float:
+    """Model FLOPs of one training step on a model-input batch: real tokens (attention_mask), its row length,
+    and the images: `image_grid_thw` rows when the batch has them (all-zero padding rows skipped), otherwise
+    one grid per row rebuilt from its image-pad token count (exact for the dense terms; window sizes assume
+    the most square grid with that many merged tokens)."""
+    ids = np.asarray(arrays["input_ids"])
+    mask = arrays.get("attention_mask")
+    tokens = int(np.asarray(mask).sum()) if mask is not None else ids.size
+    if "image_grid_thw" in arrays:
+        grids = [g for g in np.asarray(arrays["image_grid_thw"]).reshape(-1, 3).tolist() if int(np.prod(g)) > 0]
+    else:
+        m = cfg.vision.spatial_merge_size
+        grids = []
+        for n in (ids.reshape(-1, ids.shape[-1]) == cfg.image_token_id).sum(axis=1).tolist():
+            if n:
+                side = max(d for d in range(1, int(np.sqrt(n)) + 1) if n % d == 0)
+                grids.append([1, m * side, m * (n // side)])
+    return train_flops(cfg, text_tokens=tokens, seq_len=ids.shape[-1], image_grids=grids).total
 
 
 def peak_flops_per_device(device_kind: str) -> float | None:

@@ -9,9 +9,12 @@ The learner is model-agnostic; it receives three functions:
   reference model and the drift measurement, so sampler and trainer are compared on the same numbers).
 Each rollout batch is a pytree of static-shape arrays; π_old is the sampler's log-probs (temperature 1,
 untruncated), so the first inner iteration's importance ratio measures sampler-trainer drift.
+Every step logs its wall-clock breakdown: time/rollout_s, time/reward_s, time/logprob_s (trainer + reference)
+and time/update_s (all inner iterations), each phase synchronised before the clock is read.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import jax
@@ -61,8 +64,11 @@ class GRPOLearner:
     def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[dict, dict]:
         cfg = self.cfg
         rep = repeat_prompts(prompts, cfg.group_size)
-        tokens, sampler_logp, cmask = self.sample_fn(params, rep, rng)
-        rewards = self.reward_fn(tokens, cmask, rep)
+        t0 = time.perf_counter()
+        tokens, sampler_logp, cmask = jax.block_until_ready(self.sample_fn(params, rep, rng))
+        t1 = time.perf_counter()
+        rewards = jax.block_until_ready(self.reward_fn(tokens, cmask, rep))
+        t2 = time.perf_counter()
         overall = jnp.asarray(rewards["overall"], jnp.float32)
         adv = group_advantages(overall, cfg.group_size, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps)
         cmask = jnp.asarray(cmask, jnp.float32)
@@ -75,12 +81,15 @@ class GRPOLearner:
         n_tok = jnp.maximum(cmask.sum(), 1.0)
         if self.ref_params is not None and cfg.kl_coef:
             batch["ref_logp"] = self._logp(self.ref_params, batch)
+        jax.block_until_ready((trainer_logp, batch.get("ref_logp")))
+        t3 = time.perf_counter()
         metrics = {f"reward/{k}": float(jnp.mean(jnp.asarray(v))) for k, v in rewards.items()}
         metrics.update({
             "reward/std_within_group": float(jnp.mean(jnp.std(overall.reshape(-1, cfg.group_size), axis=1))),
             "frac_zero_std_groups": float(1.0 - jnp.mean(group_has_signal(overall, cfg.group_size))),
             "drift/logp_abs_mean": float(drift.sum() / n_tok), "drift/logp_abs_max": float(drift.max()),
             "completion_len_mean": float(jnp.asarray(tokens.shape[1] if cmask is None else cmask.sum(1)).mean()),
+            "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/logprob_s": t3 - t2,
         })
         return batch, metrics
 
@@ -88,8 +97,11 @@ class GRPOLearner:
         """One GRPO iteration: sample with the current policy, then num_iterations updates."""
         rng = jax.random.fold_in(jax.random.key(self.seed), int(state.step))
         batch, metrics = self.rollout(state.params, prompts, rng)
+        t0 = time.perf_counter()
         for _ in range(self.cfg.num_iterations):
             state, m = self._update(state, batch)
+        jax.block_until_ready(m)
+        metrics["time/update_s"] = time.perf_counter() - t0
         tokens = jnp.maximum(m.pop("tokens"), 1.0)
         for k in list(m):
             if k.endswith("_sum"):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Protocol
 import jax
 import numpy as np
 
+from dmx_jax.perf.flops import mfu, peak_flops_per_device
 from dmx_jax.sharding.distributed import is_main_process
 from dmx_jax.training.checkpoint import Checkpointer, PreemptionGuard
 from dmx_jax.training.state import TrainState
@@ -70,13 +71,25 @@ def _to_py(v):
     return v
 
 
+def _throughput(flops: float, seconds: float) -> dict:
+    out = {"tflops_per_s": flops / max(seconds, 1e-9) / 1e12}
+    util = mfu(flops, seconds, jax.device_count(), peak_flops_per_device(jax.devices()[0].device_kind))
+    if util is not None:
+        out["mfu"] = util
+    return out
+
+
 def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
                data: StatefulIterator, *, num_steps: int, checkpointer: Checkpointer | None = None,
                writer: MetricsWriter | None = None, config: Any = None, log_every: int = 1,
                place_batch: Callable[[dict], dict] = lambda b: b, progress: bool = True,
                stage: str = "train", on_step: Callable[[int, dict], None] | None = None,
-               guard: PreemptionGuard | None = None) -> tuple[TrainState, dict]:
+               guard: PreemptionGuard | None = None,
+               flops_fn: Callable[[dict], float] | None = None) -> tuple[TrainState, dict]:
     """Run `step_fn` until `state.step == num_steps`, resuming from `state` as given.
+
+    flops_fn(arrays) -> model FLOPs of the step (dmx_jax.perf.flops.batch_train_flops); when given, every
+    logged step carries `tflops_per_s` and, on devices with a known bf16 peak, `mfu`.
 
     Returns the final state and a summary {'steps_run', 'preempted', 'last_metrics'}.
     """
@@ -105,6 +118,8 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
                     f"{f'step {good} in {checkpointer.directory}' if good is not None else 'none'}")
             last = {k: _to_py(v) for k, v in metrics.items()}
             last["step_time_s"] = time.perf_counter() - t0
+            if flops_fn is not None:
+                last.update(_throughput(flops_fn(arrays), last["step_time_s"]))
             if writer and (step % log_every == 0 or step == num_steps):
                 writer.write({"step": step, "train_stage": stage, **last})
             if on_step:
