@@ -73,6 +73,8 @@ class EvalConfig:
     reasoning_max_new_tokens: int = 256 # <think> trace + boxed answer
     arena_judges: tuple[str, ...] = ("rubric",)
     bootstrap: int = 1000
+    image_control: bool = True          # also answer VQA/grounding with each prompt's image swapped for another
+                                        # prompt's: scores that do not drop mean the model is not looking
 
 
 @dataclasses.dataclass(frozen=True)

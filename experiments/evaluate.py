@@ -69,13 +69,50 @@ def boxes_in(text: str) -> list[tuple[float, ...]]:
     return [tuple(float(v) for v in m.groups()) for m in _BOX.finditer(text)]
 
 
+IMAGE_TASKS = ("vqa", "difference", "referring", "classification", "grounding")
+
+
+def _rolled_images(arrays: dict, idx: np.ndarray) -> dict:
+    """Rows `idx` of a prompt batch with each row's image moved to the next row (one compiled shape)."""
+    sub = jax.tree.map(lambda x: np.asarray(x)[idx], arrays)
+    for key in ("pixel_values", "vision_inputs"):
+        sub[key] = jax.tree.map(lambda x: np.roll(x, 1, axis=0), sub[key])
+    return sub
+
+
+def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> dict:
+    """VQA score and grounding mIoU with every image-dependent prompt given another prompt's image.
+
+    Scores near the real-image ones mean the answers come from the text alone (priors of the question)."""
+    texts, rows = [], []
+    for arrays, group_rows, max_new_tokens in groups:
+        idx = np.array([i for i, r in enumerate(group_rows) if r["task"] in IMAGE_TASKS])
+        if len(idx) < 2:
+            continue
+        texts += generate_texts(graphdef, params, _rolled_images(arrays, idx), tokenizer, max_new_tokens=max_new_tokens)
+        rows += [group_rows[i] for i in idx]
+    answers = [parse_answer(t) for t in texts]
+    out: dict = {}
+    vqa = [i for i, r in enumerate(rows) if r["task"] != "grounding"]
+    if vqa:
+        out["vqa_score"] = vqa_scores([answers[i] for i in vqa], [rows[i]["target"] for i in vqa],
+                                      question_types=[rows[i]["question_type"] for i in vqa],
+                                      n_bootstrap=n_bootstrap)["overall"]
+    grd = [i for i, r in enumerate(rows) if r["task"] == "grounding"]
+    if grd:
+        pred = [boxes_in(answers[i])[:1] or [(0.0, 0.0, 0.0, 0.0)] for i in grd]
+        out["grounding"] = grounding_scores(pred, [rows[i]["boxes"] for i in grd], n_bootstrap=n_bootstrap)["overall"]
+    return out
+
+
 def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200,
-                   format_ids: set | None = None) -> tuple[dict, list[dict]]:
+                   format_ids: set | None = None, control: bool = False) -> tuple[dict, list[dict]]:
     """groups: [(prompt arrays, rows, max_new_tokens)] (one compiled shape each) -> (metrics, per-example records).
 
     Answers are the last \\boxed{} (else the text after </think>, else the whole output).
     format_ids: example ids of the reasoning tasks; the grounded-format rate is taken over their outputs
     (report prompts are answered in plain text by design), over every output when None.
+    control: add metrics["image_control"], the VQA and grounding scores with images swapped between prompts.
     """
     texts, rows = [], []
     for arrays, group_rows, max_new_tokens in groups:
@@ -106,4 +143,6 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
     fmt = [bool(re.search(r"<think>.*\[\d+, \d+, \d+, \d+\].*</think>.*\\boxed\{", t, re.S))
            for t, r in zip(texts, rows) if format_ids is None or r["example_id"] in format_ids]
     metrics["grounded_format_rate"] = float(np.mean(fmt)) if fmt else 0.0
+    if control:
+        metrics["image_control"] = image_control(graphdef, params, groups, tokenizer, n_bootstrap=n_bootstrap)
     return metrics, records

@@ -83,7 +83,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
         groups = reasoning_groups if reasoning else [plain_group]
         print(f"[{name}] evaluating on {sum(len(g[1]) for g in groups)} held-out prompts", flush=True)
         metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=cfg.eval.bootstrap,
-                                          format_ids=reasoning_ids)
+                                          format_ids=reasoning_ids, control=cfg.eval.image_control)
         results[name], outputs[name] = metrics, records
         eval_file.parent.mkdir(exist_ok=True)
         eval_file.write_text(json.dumps({"metrics": metrics, "records": records}, indent=1, default=float))

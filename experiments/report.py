@@ -19,7 +19,8 @@ def _summary_cell(s) -> str:
 
 def stage_table(results: dict) -> str:
     rows = ["| stage | VQA score | grounding mIoU | grounding Acc@0.5 | report ROUGE-L | report BLEU-4 | "
-            "rule-CheXpert micro-F1 (14) | grounded-format rate |", "|---|---|---|---|---|---|---|---|"]
+            "rule-CheXpert micro-F1 (14) | grounded-format rate | VQA / mIoU, images swapped |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for st in STAGE_ORDER:
         if st not in results:
             continue
@@ -27,8 +28,11 @@ def stage_table(results: dict) -> str:
         g, nlg, lf = m.get("grounding", {}), m.get("report_nlg", {}), m.get("report_label_f1", {})
         cells = [m.get("vqa_score"), g.get("miou"), g.get("acc_at_0_5"), nlg.get("rouge_l"), nlg.get("bleu_4"),
                  lf.get("micro_f1_14")]
+        ctrl = m.get("image_control", {})
+        swapped = (f"{ctrl['vqa_score']['mean']:.3f} / {ctrl.get('grounding', {}).get('miou', {}).get('mean', float('nan')):.3f}"
+                   if "vqa_score" in ctrl else "–")
         rows.append(f"| {st} | " + " | ".join(_summary_cell(c) for c in cells) +
-                    f" | {m.get('grounded_format_rate', float('nan')):.2f} |")
+                    f" | {m.get('grounded_format_rate', float('nan')):.2f} | {swapped} |")
     rows.append("")
     rows.append("Cells: value [95% bootstrap CI over held-out examples].")
     return "\n".join(rows)
@@ -171,7 +175,9 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
              "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "
              "Grounding: predicted box = first box in the answer, model-input pixels. "
              "Grounded-format rate: share of the reasoning-task prompts (VQA, grounding, referring) answered as "
-             "<think> steps citing a box, then \\boxed{}. CIs: 95% bootstrap over examples.", ""]
+             "<think> steps citing a box, then \\boxed{}. Images swapped: the same VQA and grounding prompts, "
+             "each given another prompt's image; scores that do not drop mean the answers come from the text. "
+             "CIs: 95% bootstrap over examples.", ""]
     if arena:
         ranking = arena["combined"].get("ranking", [])
         lines += [f"Report Arena ({', '.join(arena['combined'].get('judges', []))}): ranking {' > '.join(ranking)}", ""]

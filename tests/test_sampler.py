@@ -38,6 +38,16 @@ def test_greedy_equals_transformers_generate(setup):
     want = out[:, ids.shape[1]:].numpy()
     got = np.asarray(generate(model, ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask, max_new_tokens=NEW))
     np.testing.assert_array_equal(got, want)
+    # one row with both images, one with none: per-row image packing (rowwise_images) keeps the tokens
+    rows2 = [R.prompt_ids(R.image_tokens(grid), [[1, 7], [8], [9, 10]]), [1, 5, 6, 7, 8]]
+    ids2, mask2 = R.left_pad(rows2)
+    ids2_t = torch.as_tensor(ids2)
+    with torch.no_grad():
+        out2 = ref.generate(input_ids=ids2_t, attention_mask=torch.as_tensor(mask2), pixel_values=torch.as_tensor(pv),
+                            image_grid_thw=torch.as_tensor(grid), mm_token_type_ids=(ids2_t == R.IMAGE).int(),
+                            max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
+    got2 = generate(model, ids2, pixel_values=pv, image_grid_thw=grid, attention_mask=mask2, max_new_tokens=NEW)
+    np.testing.assert_array_equal(np.asarray(got2), out2[:, ids2.shape[1]:].numpy())
     # text-only prompts too
     tids, tmask = R.left_pad([[1, 5, 6, 7], [1, 9]])
     with torch.no_grad():

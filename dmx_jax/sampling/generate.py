@@ -95,6 +95,8 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
     cfg = model.cfg
     if vision_inputs is None:
         ids, mask, positions, deltas, vin = prepare_prompts(cfg, input_ids, attention_mask, image_grid_thw, positions, deltas)
+        if pixel_values is not None and np.ndim(pixel_values) == 2 and ids.shape[0] > 1:
+            pixel_values, vin = rowwise_images(cfg, ids, pixel_values, image_grid_thw)
     else:
         ids = np.asarray(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
@@ -112,6 +114,44 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
         max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
         stop_token_ids=tuple(int(s) for s in stop_token_ids), pad_id=int(cfg.pad_token_id if pad_id is None else pad_id))
     return (tokens, (logps, cmask)) if return_logprobs else tokens
+
+
+def rowwise_images(model_cfg, input_ids, pixel_values, image_grid_thw):
+    """Flat transformers layout (all images' patches in one sequence) -> per-row layout: pixel_values
+    [B, P_max, F] zero-padded and batch-major vision inputs, row b holding the images whose tokens it has.
+
+    The vision tower attends within a masked packed sequence, so packing B rows' images costs O((sum P)^2);
+    per row it is O(B * P_row^2) (at batch 8 with one 224 px image each: prefill 195 ms -> see BUILD_NOTES)."""
+    ids = np.asarray(input_ids)
+    grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
+    unit = model_cfg.vision.spatial_merge_size ** 2
+    tokens_per_image = grid.prod(axis=1) // unit
+    starts = np.concatenate([[0], np.cumsum(grid.prod(axis=1))])
+    pv = np.asarray(pixel_values)
+    spans, row_grids, img = [], [], 0                      # spans: row b's patches are pv[first:last]
+    for b in range(ids.shape[0]):
+        need, first = int((ids[b] == model_cfg.image_token_id).sum()), img
+        while need > 0 and img < len(grid):
+            need -= int(tokens_per_image[img])
+            img += 1
+        if need != 0:
+            raise ValueError(f"row {b}: its image tokens do not match whole images of image_grid_thw")
+        spans.append((starts[first], starts[img]))
+        row_grids.append(grid[first:img])
+    if img != len(grid):
+        raise ValueError(f"image_grid_thw has {len(grid)} images but the rows' image tokens cover {img}")
+    p_max = int(max(last - first for first, last in spans))
+    pixels = np.zeros((ids.shape[0], p_max, pv.shape[1]), pv.dtype)
+    for b, (first, last) in enumerate(spans):
+        pixels[b, :last - first] = pv[first:last]
+    vins = [_row_vision_inputs(tuple(map(tuple, g.tolist())), model_cfg.vision, p_max) for g in row_grids]
+    return pixels, {k: np.stack([v[k] for v in vins]) for k in vins[0]}
+
+
+@functools.lru_cache(maxsize=256)
+def _row_vision_inputs(grids: tuple, vision_cfg, pad_to: int) -> dict:
+    """vision_inputs of one row's images, memoised: rows of a batch (and batches) mostly share image sizes."""
+    return make_vision_inputs(np.asarray(grids, np.int64).reshape(-1, 3), vision_cfg, pad_to=pad_to)
 
 
 def next_position_offset(deltas, attention_mask):
