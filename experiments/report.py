@@ -38,6 +38,22 @@ def stage_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def arena_line(arena: dict) -> str:
+    """One summary line: Bradley-Terry ratings (Elo scale) with CIs, and whether any stage separated."""
+    comb = arena["combined"]
+    ratings = comb.get("ratings", {})
+    order = comb.get("ranking", list(ratings))
+    cells = [f"{st} {ratings[st]['bt_elo_scale']:.0f} [{ratings[st]['bt_elo_scale_ci'][0]:.0f}, "
+             f"{ratings[st]['bt_elo_scale_ci'][1]:.0f}]" for st in order if st in ratings]
+    cis = [ratings[st]["bt_elo_scale_ci"] for st in order if st in ratings]
+    separated = any(a[0] > b[1] or b[0] > a[1] for i, a in enumerate(cis) for b in cis[i + 1:])
+    judges = ", ".join(j.get("label", j.get("id", "?")) for j in arena.get("judges", []))
+    verdict = ("some stages separate (non-overlapping 95% CIs)" if separated
+               else "no stage separates from another (95% CIs overlap)")
+    return (f"Report Arena ({judges}; {arena.get('n_studies', '?')} studies, {comb.get('n_comparisons', '?')} "
+            f"pairs): Bradley-Terry ratings on the Elo scale {', '.join(cells)}; {verdict}.")
+
+
 def run_stage_arena(outputs: dict, run_dir: Path) -> dict | None:
     from dmx_jax.eval.arena import RubricJudge, run_arena
     from dmx_jax.eval.arena.records import Report
@@ -179,8 +195,7 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
              "each given another prompt's image; scores that do not drop mean the answers come from the text. "
              "CIs: 95% bootstrap over examples.", ""]
     if arena:
-        ranking = arena["combined"].get("ranking", [])
-        lines += [f"Report Arena ({', '.join(arena['combined'].get('judges', []))}): ranking {' > '.join(ranking)}", ""]
+        lines += [arena_line(arena), ""]
     lines += [f"![{f}]({f})" for f in figs] + [""] + [f"![{g}]({g})" for g in gal[-1:]] + ["", export_note]
     text = "\n".join(lines)
     (run_dir / "summary.md").write_text(text)
