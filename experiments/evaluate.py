@@ -72,11 +72,17 @@ def boxes_in(text: str) -> list[tuple[float, ...]]:
 IMAGE_TASKS = ("vqa", "difference", "referring", "classification", "grounding")
 
 
-def _rolled_images(arrays: dict, idx: np.ndarray) -> dict:
-    """Rows `idx` of a prompt batch with each row's image moved to the next row (one compiled shape)."""
+def _rolled_images(arrays: dict, idx: np.ndarray, image_token_id: int) -> dict:
+    """Rows `idx` of a prompt batch, each row given the images of the next row with as many image tokens
+    (so a two-image difference question gets another two-image pair); same shapes, one compiled program."""
     sub = jax.tree.map(lambda x: np.asarray(x)[idx], arrays)
+    counts = (sub["input_ids"] == image_token_id).sum(axis=1)
+    source = np.arange(len(idx))
+    for c in np.unique(counts):
+        same = np.flatnonzero(counts == c)
+        source[same] = np.roll(same, 1)
     for key in ("pixel_values", "vision_inputs"):
-        sub[key] = jax.tree.map(lambda x: np.roll(x, 1, axis=0), sub[key])
+        sub[key] = jax.tree.map(lambda x: x[source], sub[key])
     return sub
 
 
@@ -89,7 +95,8 @@ def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> d
         idx = np.array([i for i, r in enumerate(group_rows) if r["task"] in IMAGE_TASKS])
         if len(idx) < 2:
             continue
-        texts += generate_texts(graphdef, params, _rolled_images(arrays, idx), tokenizer, max_new_tokens=max_new_tokens)
+        texts += generate_texts(graphdef, params, _rolled_images(arrays, idx, tokenizer.image_pad_id), tokenizer,
+                                max_new_tokens=max_new_tokens)
         rows += [group_rows[i] for i in idx]
     answers = [parse_answer(t) for t in texts]
     out: dict = {}
