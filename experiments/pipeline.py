@@ -61,9 +61,12 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
                                                               (plain_only, cfg.eval.max_new_tokens)) if rows]
     plan = [("sft", sft_rows, cfg.sft, False), ("cold_start", cold_rows, cfg.cold_start, True), ("grpo", rl_rows, cfg.rl, True)]
     for name, rows, scfg, reasoning in plan:
-        if name not in stages:
-            continue
         sdir = run_dir / name
+        if name not in stages:
+            if stage_done(sdir):         # later selected stages continue from it, as in a full run
+                print(f"[{name}] not selected; later stages start from its final parameters", flush=True)
+                params = load_stage_params(sdir, params, mesh)
+            continue
         if stage_done(sdir):
             print(f"[{name}] finished earlier; loading its final parameters", flush=True)
             params = load_stage_params(sdir, params, mesh)

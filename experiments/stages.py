@@ -100,6 +100,11 @@ def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, 
     sh = state_shardings(state, mesh)
     ck = Checkpointer(stage_dir / "ckpt", save_every=rl_cfg.save_every, keep=2)
     data = batches(prompt_rows, rl_cfg.prompts_per_step, seed=seed)
+    if jax.process_count() > 1 and getattr(data, "per_process", False):
+        raise NotImplementedError(
+            f"[grpo] {jax.process_count()} processes with per-process prompt shards: the rollout runs on each "
+            "process's own prompt rows against one global policy, so the processes would disagree. Run stage 3 "
+            "on a single host (`--stages grpo` on the same run directory) until multi-host rollouts land.")
     state, start = start_or_resume(state, sh, ck, data)
     reward_cfg = REWARD_PRESETS[rl_cfg.reward_preset]
     jitted_reward = make_reward_fn(reward_cfg, token_bytes_table(tokenizer, vocab_size or tokenizer.vocab_size))

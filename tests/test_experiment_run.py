@@ -51,6 +51,15 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_records
     assert "evaluating" in first
 
+    # rerunning one stage alone starts it from the earlier stages' final parameters
+    import shutil
+    shutil.rmtree(run_dir / "grpo")
+    (run_dir / "eval" / "grpo.json").unlink()
+    assert run.main(["--run-dir", str(run_dir), "--stages", "grpo", *MINI]) == 0
+    third = capsys.readouterr().out
+    assert "[cold_start] not selected; later stages start from its final parameters" in third, third
+    assert (run_dir / "grpo" / "DONE.json").is_file()
+
 
 def test_bad_override_is_one_line_error(tmp_path, capsys):
     assert run.main(["--run-dir", str(tmp_path), "--set", "sft.stepz=3"]) == 2
