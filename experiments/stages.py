@@ -100,11 +100,11 @@ def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, 
     sh = state_shardings(state, mesh)
     ck = Checkpointer(stage_dir / "ckpt", save_every=rl_cfg.save_every, keep=2)
     data = batches(prompt_rows, rl_cfg.prompts_per_step, seed=seed)
-    if jax.process_count() > 1 and getattr(data, "per_process", False):
-        raise NotImplementedError(
-            f"[grpo] {jax.process_count()} processes with per-process prompt shards: the rollout runs on each "
-            "process's own prompt rows against one global policy, so the processes would disagree. Run stage 3 "
-            "on a single host (`--stages grpo` on the same run directory) until multi-host rollouts land.")
+    n_rollouts, shards = rl_cfg.prompts_per_step * algo.group_size, mesh.shape["data"] * mesh.shape["fsdp"]
+    if n_rollouts % shards:
+        from experiments.overrides import ConfigError
+        raise ConfigError(f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
+                          f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)")
     state, start = start_or_resume(state, sh, ck, data)
     reward_cfg = REWARD_PRESETS[rl_cfg.reward_preset]
     jitted_reward = make_reward_fn(reward_cfg, token_bytes_table(tokenizer, vocab_size or tokenizer.vocab_size))
@@ -115,7 +115,8 @@ def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, 
     learner = GRPOLearner(graphdef, algo, tx,
                           sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(tokenizer.im_end_id,),
                                                    pad_id=tokenizer.pad_id),
-                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=params, seed=seed)
+                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=params, seed=seed,
+                          place=lambda rep: place_batch(rep, mesh, per_process=getattr(data, "per_process", False)))
 
     class PromptData:
         def __next__(self):

@@ -9,8 +9,11 @@ The learner is model-agnostic; it receives three functions:
   reference model and the drift measurement, so sampler and trainer are compared on the same numbers).
 Each rollout batch is a pytree of static-shape arrays; π_old is the sampler's log-probs (temperature 1,
 untruncated), so the first inner iteration's importance ratio measures sampler-trainer drift.
-Every step logs its wall-clock breakdown: time/rollout_s, time/reward_s, time/logprob_s (trainer + reference)
-and time/update_s (all inner iterations), each phase synchronised before the clock is read.
+With `place` (e.g. experiments.stages.place_batch) the repeated prompt batch becomes global arrays sharded
+over the mesh's batch axes, so sampling, rewards, log-probs and the update run data-parallel, on one host
+or many (each process may hold only its own prompt rows). Every step logs its wall-clock breakdown:
+time/rollout_s, time/reward_s, time/logprob_s (trainer + reference) and time/update_s (all inner
+iterations), each phase synchronised before the clock is read.
 """
 from __future__ import annotations
 
@@ -51,8 +54,10 @@ class GRPOLearner:
 
     def __init__(self, graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation, *,
                  sample_fn: Callable, reward_fn: Callable, logprob_fn: Callable, ref_params: Any = None,
-                 seed: int = 0, grad_accum: int = 1, compute_dtype=None):
+                 seed: int = 0, grad_accum: int = 1, compute_dtype=None,
+                 place: Callable[[dict], dict] | None = None):
         self.cfg, self.graphdef = cfg, graphdef
+        self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
         self.sample_fn, self.reward_fn = sample_fn, reward_fn
         # own copy: the policy's buffers are donated to the update step
         self.ref_params = None if ref_params is None else jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
@@ -64,6 +69,8 @@ class GRPOLearner:
     def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[dict, dict]:
         cfg = self.cfg
         rep = repeat_prompts(prompts, cfg.group_size)
+        if self.place is not None:      # sharded over the mesh's batch axes: rollouts are data-parallel
+            rep = self.place(rep)
         t0 = time.perf_counter()
         tokens, sampler_logp, cmask = jax.block_until_ready(self.sample_fn(params, rep, rng))
         t1 = time.perf_counter()
