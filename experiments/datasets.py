@@ -188,6 +188,7 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
         print("[data] cold start: no data.cold_start_file; training the <think>/\\boxed{} format on the answers only",
               flush=True)
     sft = _grain(cfg, tok, model_cfg, train_ex, d.max_seq_len, reasoning=False)
+    # no replay when cold start already trains on every example (a dataset without reasoning tasks)
     replay = [] if cold_ex is train_ex else replay_examples(cfg, train_ex, len(cold_ex))
     cold = _grain(cfg, tok, model_cfg, cold_ex + replay, d.reasoning_seq_len, reasoning=True)
     if replay:

@@ -69,7 +69,24 @@ def boxes_in(text: str) -> list[tuple[float, ...]]:
     return [tuple(float(v) for v in m.groups()) for m in _BOX.finditer(text)]
 
 
-IMAGE_TASKS = ("vqa", "difference", "referring", "classification", "grounding")
+VQA_TASKS = ("vqa", "difference", "referring", "classification")
+IMAGE_TASKS = VQA_TASKS + ("grounding",)
+
+
+def vqa_grounding_metrics(answers: list[str], rows: list[dict], n_bootstrap: int) -> dict:
+    """{'vqa_score', 'grounding'} (each present when the rows hold such tasks): VQA scores over VQA_TASKS,
+    grounding IoU of the answer's first box (none cited: an empty box) against the truth boxes."""
+    out: dict = {}
+    vqa = [i for i, r in enumerate(rows) if r["task"] in VQA_TASKS]
+    if vqa:
+        out["vqa_score"] = vqa_scores([answers[i] for i in vqa], [rows[i]["target"] for i in vqa],
+                                      question_types=[rows[i]["question_type"] for i in vqa],
+                                      n_bootstrap=n_bootstrap)["overall"]
+    grd = [i for i, r in enumerate(rows) if r["task"] == "grounding"]
+    if grd:
+        pred = [boxes_in(answers[i])[:1] or [(0.0, 0.0, 0.0, 0.0)] for i in grd]
+        out["grounding"] = grounding_scores(pred, [rows[i]["boxes"] for i in grd], n_bootstrap=n_bootstrap)["overall"]
+    return out
 
 
 def _rolled_images(arrays: dict, idx: np.ndarray, image_token_id: int) -> dict:
@@ -98,18 +115,7 @@ def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> d
         texts += generate_texts(graphdef, params, _rolled_images(arrays, idx, tokenizer.image_pad_id), tokenizer,
                                 max_new_tokens=max_new_tokens)
         rows += [group_rows[i] for i in idx]
-    answers = [parse_answer(t) for t in texts]
-    out: dict = {}
-    vqa = [i for i, r in enumerate(rows) if r["task"] != "grounding"]
-    if vqa:
-        out["vqa_score"] = vqa_scores([answers[i] for i in vqa], [rows[i]["target"] for i in vqa],
-                                      question_types=[rows[i]["question_type"] for i in vqa],
-                                      n_bootstrap=n_bootstrap)["overall"]
-    grd = [i for i, r in enumerate(rows) if r["task"] == "grounding"]
-    if grd:
-        pred = [boxes_in(answers[i])[:1] or [(0.0, 0.0, 0.0, 0.0)] for i in grd]
-        out["grounding"] = grounding_scores(pred, [rows[i]["boxes"] for i in grd], n_bootstrap=n_bootstrap)["overall"]
-    return out
+    return vqa_grounding_metrics([parse_answer(t) for t in texts], rows, n_bootstrap)
 
 
 def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200,
@@ -129,17 +135,7 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
     records = [{"example_id": r["example_id"], "task": r["task"], "question_type": r["question_type"], "output": t,
                 "answer": a, "target": r["target"], "boxes_true": r["boxes"], "image_size": r["image_size"]}
                for r, t, a in zip(rows, texts, answers)]
-    metrics: dict = {}
-    vqa = [i for i, r in enumerate(rows) if r["task"] in ("vqa", "difference", "referring", "classification")]
-    if vqa:
-        s = vqa_scores([answers[i] for i in vqa], [rows[i]["target"] for i in vqa],
-                       question_types=[rows[i]["question_type"] for i in vqa], n_bootstrap=n_bootstrap)
-        metrics["vqa_score"] = s["overall"]
-    grd = [i for i, r in enumerate(rows) if r["task"] == "grounding"]
-    if grd:
-        pred = [boxes_in(answers[i])[:1] or [(0.0, 0.0, 0.0, 0.0)] for i in grd]
-        s = grounding_scores(pred, [rows[i]["boxes"] for i in grd], n_bootstrap=n_bootstrap)
-        metrics["grounding"] = s["overall"]
+    metrics = vqa_grounding_metrics(answers, rows, n_bootstrap)
     rep = [i for i, r in enumerate(rows) if r["task"] in ("findings", "impression")]
     if rep:
         preds = [answers[i].lower() or "empty" for i in rep]

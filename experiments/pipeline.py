@@ -61,20 +61,19 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
                                                               (plain_only, cfg.eval.max_new_tokens)) if rows]
     plan = [("sft", sft_rows, cfg.sft, False), ("cold_start", cold_rows, cfg.cold_start, True), ("grpo", rl_rows, cfg.rl, True)]
     for name, rows, scfg, reasoning in plan:
-        sdir = run_dir / name
-        if name not in stages:
-            if stage_done(sdir):         # later selected stages continue from it, as in a full run
-                print(f"[{name}] not selected; later stages start from its final parameters", flush=True)
-                params = load_stage_params(sdir, params, mesh)
-            continue
-        if stage_done(sdir):
-            print(f"[{name}] finished earlier; loading its final parameters", flush=True)
+        sdir, selected = run_dir / name, name in stages
+        done = stage_done(sdir)
+        if done:                         # selected or not, later stages continue from it, as in a full run
+            print(f"[{name}] " + ("finished earlier; loading its final parameters" if selected
+                                  else "not selected; later stages start from its final parameters"), flush=True)
             params = load_stage_params(sdir, params, mesh)
-        elif name == "grpo":
+        if not selected:
+            continue
+        if not done and name == "grpo":
             print(f"[grpo] {scfg.steps} steps x {scfg.prompts_per_step} prompts x G={scfg.algo.group_size}", flush=True)
             params = run_grpo(sdir, graphdef, params, rows, scfg, tok, seed=cfg.seed, mesh=mesh, writer=writer,
                               config_json=cfg_json, vocab_size=mcfg.text.vocab_size)
-        else:
+        elif not done:
             print(f"[{name}] {scfg.steps} steps, batch {scfg.batch_size}", flush=True)
             params = run_supervised(name, sdir, graphdef, params, rows, scfg, seed=cfg.seed, mesh=mesh, writer=writer,
                                     config_json=cfg_json, model_cfg=mcfg)

@@ -14,6 +14,7 @@ def test_arena_line_says_when_stages_separate():
     assert "no stage separates" in tied and "grpo 1000 [990, 1010]" in tied and "40 studies, 120 pairs" in tied
     apart = arena_line(_arena({"grpo": (1040, 1080), "sft": (920, 960)}))
     assert "some stages separate" in apart and apart.index("grpo") < apart.index("sft")
+    assert "some stages separate" in arena_line(_arena({"sft": (920, 960), "grpo": (1040, 1080)}))  # lower first
 
 
 def test_images_swapped_only_between_rows_with_as_many_image_tokens():

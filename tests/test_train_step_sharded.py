@@ -1,17 +1,12 @@
 """Sharded train steps equal one device; gradient accumulation equals one big batch; 2 CPU processes agree."""
 import json
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import jax.experimental.multihost_utils  # noqa: F401  (used by train_common)
 import numpy as np
 import pytest
 
+from tests.helpers.processes import run_workers
 from tests.helpers.train_common import run_steps
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mesh_2x2x2_equals_one_device_and_grad_accum_equals_big_batch():
@@ -36,19 +31,12 @@ def _on_one_device():
         tc.make_mesh = orig
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path):
-    port, out = _free_port(), tmp_path / "losses.json"
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests/helpers/multihost_worker.py"), str(i), "2", str(port), str(out)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    logs = [p.communicate(timeout=240)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(l[-2000:] for l in logs)
+    out = tmp_path / "losses.json"
+    run_workers("tests/helpers/multihost_worker.py", 2, out, timeout=240)
     got = json.loads(out.read_text())
     ref = _on_one_device()
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-5)

@@ -71,9 +71,9 @@ def _to_py(v):
     return v
 
 
-def _throughput(flops: float, seconds: float) -> dict:
+def _throughput(flops: float, seconds: float, peak_per_device: float | None) -> dict:
     out = {"tflops_per_s": flops / max(seconds, 1e-9) / 1e12}
-    util = mfu(flops, seconds, jax.device_count(), peak_flops_per_device(jax.devices()[0].device_kind))
+    util = mfu(flops, seconds, jax.device_count(), peak_per_device)
     if util is not None:
         out["mfu"] = util
     return out
@@ -94,6 +94,7 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
     Returns the final state and a summary {'steps_run', 'preempted', 'last_metrics'}.
     """
     guard = guard or PreemptionGuard()
+    peak = peak_flops_per_device(jax.devices()[0].device_kind) if flops_fn is not None else None
     start = int(state.step)
     last: dict = {}
     bar = None
@@ -119,7 +120,7 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
             last = {k: _to_py(v) for k, v in metrics.items()}
             last["step_time_s"] = time.perf_counter() - t0
             if flops_fn is not None:
-                last.update(_throughput(flops_fn(arrays), last["step_time_s"]))
+                last.update(_throughput(flops_fn(arrays), last["step_time_s"], peak))
             if writer and (step % log_every == 0 or step == num_steps):
                 writer.write({"step": step, "train_stage": stage, **last})
             if on_step:
