@@ -7,14 +7,14 @@ read when a batch is drawn). Evaluation prompts are encoded up front (a few hund
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from experiments.data import ExampleTooLong, GrainSource, encode
+from data_pipelines.pipeline import DoesNotFit, EncodingConfig, RowEncoder
+from experiments.data import GrainSource
 
 TRAIN_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "classification")
 
@@ -45,23 +45,13 @@ def patch_budget(cfg) -> int:
     return (side // 14) ** 2
 
 
-def _encoder(cfg, tok, mcfg, seq_len: int | None = None, **kw):
+def row_encoder(cfg, tok, mcfg, *, reasoning: bool, prompt_only: bool = False,
+                plain_ids: frozenset = frozenset()) -> RowEncoder:
+    """The project's one encoder (data_pipelines.pipeline.encode) set up for this run's model and pixel limits."""
     d = cfg.data
-    fixed = {} if seq_len is None else {"seq_len": seq_len, "patch_budget": patch_budget(cfg)}
-    return functools.partial(encode, tokenizer=tok, model_cfg=mcfg, min_pixels=d.min_pixels, max_pixels=d.max_pixels,
-                             **fixed, **kw)
-
-
-@dataclasses.dataclass(frozen=True)
-class MixedEncoder:
-    """Cold start with replay: examples whose id is in `plain_ids` are encoded as plain rows (no <think>),
-    the rest as reasoning rows; both at the cold-start sequence length. Picklable for grain workers."""
-    reasoning_fn: Any
-    plain_fn: Any
-    plain_ids: frozenset
-
-    def __call__(self, example, **kw):
-        return (self.plain_fn if example.example_id in self.plain_ids else self.reasoning_fn)(example, **kw)
+    enc = EncodingConfig(vision=mcfg.vision, min_pixels=d.min_pixels, max_pixels=d.max_pixels, reasoning=reasoning,
+                         prompt_only=prompt_only)
+    return RowEncoder(tok, enc, plain_ids)
 
 
 def replay_examples(cfg, train_ex: list, n_reasoning: int) -> list:
@@ -73,22 +63,22 @@ def replay_examples(cfg, train_ex: list, n_reasoning: int) -> list:
 
 
 def _grain(cfg, tok, mcfg, examples, seq_len: int, **kw) -> GrainSource:
-    return GrainSource(examples, _encoder(cfg, tok, mcfg, **kw), seq_len, patch_budget(cfg),
+    return GrainSource(examples, row_encoder(cfg, tok, mcfg, **kw), seq_len, patch_budget(cfg),
                        skip_too_long=cfg.data.on_too_long == "skip", workers=cfg.data.num_workers)
 
 
 def encode_all(examples, tok, mcfg, cfg, seq_len: int, image_cache: dict | None = None, **kw) -> list[dict]:
     """Encode to fixed shapes; too long raises, or with data.on_too_long="skip" is dropped and counted.
     Rows of one example encoded with the same `image_cache` share their pixel array."""
-    fn = _encoder(cfg, tok, mcfg, seq_len, image_cache=image_cache, **kw)
+    encoder, budget = row_encoder(cfg, tok, mcfg, **kw), patch_budget(cfg)
     rows, skipped = [], []
     for e in examples:
         try:
-            rows.append(fn(e))
-        except ExampleTooLong as err:
+            rows.append(encoder(e, seq_len=seq_len, patch_budget=budget, image_cache=image_cache))
+        except DoesNotFit as err:
             if cfg.data.on_too_long != "skip":
-                raise ExampleTooLong(f"{err} (raise data.max_seq_len / data.reasoning_seq_len, or "
-                                     f"--set data.on_too_long=skip)") from None
+                raise DoesNotFit(f"{err} (raise data.max_seq_len / data.reasoning_seq_len, or "
+                                 f"--set data.on_too_long=skip)") from None
             skipped.append(e.example_id)
     if skipped:
         print(f"[data] skipped {len(skipped)} of {len(examples)} examples longer than {seq_len} tokens "
@@ -190,10 +180,9 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
     sft = _grain(cfg, tok, model_cfg, train_ex, d.max_seq_len, reasoning=False)
     # no replay when cold start already trains on every example (a dataset without reasoning tasks)
     replay = [] if cold_ex is train_ex else replay_examples(cfg, train_ex, len(cold_ex))
-    cold = _grain(cfg, tok, model_cfg, cold_ex + replay, d.reasoning_seq_len, reasoning=True)
+    cold = _grain(cfg, tok, model_cfg, cold_ex + replay, d.reasoning_seq_len, reasoning=True,
+                  plain_ids=frozenset(e.example_id for e in replay))
     if replay:
-        cold = dataclasses.replace(cold, encode_fn=MixedEncoder(
-            cold.encode_fn, _encoder(cfg, tok, model_cfg, reasoning=False), frozenset(e.example_id for e in replay)))
         print(f"[data] cold start: {len(replay)} plain rows of other tasks replayed (data.cold_start_replay)", flush=True)
     rl = _grain(cfg, tok, model_cfg, reasoning_train, d.reasoning_prompt_len, reasoning=True, prompt_only=True)
     plain, reason = _eval_rows(test_ex, tok, model_cfg, cfg)

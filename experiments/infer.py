@@ -85,22 +85,20 @@ def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
 
 def answer(graphdef, params, mcfg, tok, images: list[np.ndarray], prompt: str, *, task: str, reasoning: bool,
            max_new_tokens: int, max_pixels: int, min_pixels: int) -> dict:
+    from data_pipelines.formatting import parse_answer
+    from data_pipelines.pipeline import EncodingConfig, encode_example, measure, stack_rows
     from data_pipelines.schema import Example
-    from dmx_jax.processing import num_image_tokens, preprocess_images
-    from experiments.data import collate, encode
     from experiments.evaluate import generate_texts
-    from data_pipelines.formatting import parse_answer, render
     sizes = tuple((im.shape[1], im.shape[0]) for im in images)
     ex = Example("cli/0", "cli", task, tuple(images), sizes, prompt, "")
-    grid = preprocess_images(images, min_pixels=min_pixels, max_pixels=max_pixels)["image_grid_thw"]
-    n_patches = int(np.prod(grid, axis=1).sum())
-    resized = [(int(g[2]) * 14, int(g[1]) * 14) for g in grid]
-    length = len(render(ex, tok, list(num_image_tokens(grid)), resized, reasoning=reasoning, with_answer=False)["input_ids"])
-    row = encode(ex, tok, mcfg, seq_len=length, patch_budget=n_patches, min_pixels=min_pixels, max_pixels=max_pixels,
-                 reasoning=reasoning, prompt_only=True)
-    arrays, _ = collate([row])
+    enc = EncodingConfig(vision=mcfg.vision, min_pixels=min_pixels, max_pixels=max_pixels, reasoning=reasoning,
+                         prompt_only=True)
+    cache: dict = {}
+    seq_len, patch_budget = measure(ex, tok, enc, cache)                              # one exact-fit row
+    row = encode_example(ex, tok, enc, seq_len=seq_len, patch_budget=patch_budget, image_cache=cache)
+    arrays, _ = stack_rows([row])
     text = generate_texts(graphdef, params, arrays, tok, max_new_tokens=max_new_tokens, batch_size=1)[0]
-    return {"output": text, "answer": parse_answer(text), "model_size": resized[-1]}
+    return {"output": text, "answer": parse_answer(text), "model_size": tuple(row["meta"]["image_size"])}
 
 
 def draw_boxes(image: np.ndarray, model_size: tuple[int, int], text: str, out: Path, title: str) -> int:

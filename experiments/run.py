@@ -66,10 +66,10 @@ def main(argv=None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from data_pipelines.adapters import MissingColumnError
     from data_pipelines.image_io import ImageReadError
+    from data_pipelines.pipeline import DoesNotFit
     from dmx_jax.hf.load import CheckpointError
-    from experiments.data import ExampleTooLong
     from experiments.overrides import ConfigError
-    return (ConfigError, CheckpointError, ImageReadError, ExampleTooLong, MissingColumnError, FileNotFoundError)
+    return (ConfigError, CheckpointError, ImageReadError, DoesNotFit, MissingColumnError, FileNotFoundError)
 
 
 if __name__ == "__main__":

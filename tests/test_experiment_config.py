@@ -33,11 +33,11 @@ def test_presets_build():
         preset(make().model)                      # every experiment names a real model preset
 
 
-def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain():
+def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain(monkeypatch):
     import pickle
     from types import SimpleNamespace
 
-    from experiments.datasets import MixedEncoder, replay_examples
+    from experiments.datasets import replay_examples, row_encoder
     cfg = apply_overrides(tiny(), ["data.cold_start_replay=0.5"])
     train = [SimpleNamespace(example_id=f"e{i}", task=t)
              for i, t in enumerate(["vqa", "findings", "grounding", "impression", "classification", "vqa"] * 5)]
@@ -45,15 +45,12 @@ def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain():
     assert len(picked) == 5 and {e.task for e in picked} <= {"findings", "impression", "classification"}
     assert [e.example_id for e in picked] == [e.example_id for e in replay_examples(cfg, train, 10)]  # seeded
     assert replay_examples(apply_overrides(tiny(), ["data.cold_start_replay=0"]), train, 10) == []
-    enc = MixedEncoder(_tag_fn("reason"), _tag_fn("plain"), frozenset({"e1"}))
+    from dmx_jax.model import preset
+    enc = row_encoder(cfg, None, preset("tiny"), reasoning=True, plain_ids=frozenset({"e1"}))
     enc = pickle.loads(pickle.dumps(enc))                      # grain workers receive it pickled
-    assert enc(train[1]) == ("plain", "e1") and enc(train[0]) == ("reason", "e0")
-
-
-def _tag_fn(tag):
-    import functools
-    return functools.partial(_tagged, tag)
-
-
-def _tagged(tag, example, **kw):
-    return tag, example.example_id
+    seen = []
+    import data_pipelines.pipeline.encode as encode_module
+    monkeypatch.setattr(encode_module, "encode_example", lambda ex, tok, c, **kw: seen.append((ex.example_id, c.reasoning)))
+    enc(train[1], seq_len=8, patch_budget=8)
+    enc(train[0], seq_len=8, patch_budget=8)
+    assert seen == [("e1", False), ("e0", True)]

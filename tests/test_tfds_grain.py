@@ -16,13 +16,13 @@ import tensorflow_datasets as tfds
 
 from data_pipelines.adapters import load_dataset
 from data_pipelines.image_io import load_image
-from data_pipelines.pipeline import DoesNotFit, EncodingConfig, check_buckets, encode_example, make_dataset
+from data_pipelines.pipeline import (DoesNotFit, EncodingConfig, RowEncoder, check_buckets, encode_example,
+                                     make_dataset, measure)
 from data_pipelines.synthetic import SyntheticConfig, examples
 from data_pipelines.tfds import (DmxAdapter, DmxSynthetic, adapter_config, build, decode_meta, encode_meta,
                                  encode_png, record_to_example, synthetic_config)
 from data_pipelines.tokenizer import train_sentencepiece
 from dmx_jax.model.config import tiny
-from experiments.data import ExampleTooLong, encode as driver_encode  # the reference encoder
 from helpers import real_formats as rf
 
 SYN = dict(seed=5, image_size=64, train_size=12, val_size=3, test_size=2, heldout_size=2)
@@ -214,8 +214,8 @@ def encoding(**kw) -> EncodingConfig:
 
 
 def reference_row(example, tok, bucket, enc: EncodingConfig) -> dict:
-    return driver_encode(example, tok, MODEL, seq_len=bucket[0], patch_budget=bucket[1], min_pixels=enc.min_pixels,
-                         max_pixels=enc.max_pixels, reasoning=enc.reasoning, prompt_only=enc.prompt_only)
+    """The row the one encoder gives this example on its own, padded to `bucket` (no grain, no batching)."""
+    return encode_example(example, tok, enc, seq_len=bucket[0], patch_budget=bucket[1])
 
 
 def assert_row_matches_reference(arrays: dict, meta_row: dict, i: int, want: dict):
@@ -246,21 +246,35 @@ def check_batches_against_reference(batches, by_id, tok, enc, buckets):
                 want = {**want, "loss_mask": np.zeros_like(want["loss_mask"])}
             assert_row_matches_reference(arrays, meta["rows"][i], i, want)
             for earlier in order[: order.index(meta["bucket"])]:  # the first bucket that fits was chosen
-                with pytest.raises(ExampleTooLong):
+                with pytest.raises(DoesNotFit):
                     reference_row(by_id[eid], tok, earlier, enc)
 
 
 @pytest.mark.parametrize("reasoning,prompt_only", [(False, False), (True, False), (False, True)])
-def test_encode_example_matches_driver_encoder(pool, tok, reasoning, prompt_only):
+def test_experiment_rows_come_from_the_one_encoder(pool, tok, reasoning, prompt_only):
+    """The experiment driver's encode_all (synthetic default, eval and RL prompts) gives encode_example's rows, one
+    pixel array per example through the shared image cache, and the driver's skip / raise rules on DoesNotFit."""
+    from experiments.configs import tiny as tiny_experiment
+    from experiments.datasets import encode_all
+    from experiments.overrides import apply_overrides
     enc = encoding(reasoning=reasoning, prompt_only=prompt_only)
-    for ex in pool[:4] + pool[-1:]:
-        got = encode_example(ex, tok, enc, seq_len=1500, patch_budget=40)
-        want = reference_row(ex, tok, (1500, 40), enc)
+    cfg = apply_overrides(tiny_experiment(), [f"data.min_pixels={MIN_PIXELS}", f"data.max_pixels={MAX_PIXELS}",
+                                              "data.patch_budget=40", "data.on_too_long=error"])
+    examples_ = pool[:4] + pool[-1:]
+    cache: dict = {}
+    rows = encode_all(examples_, tok, MODEL, cfg, 1500, cache, reasoning=reasoning, prompt_only=prompt_only)
+    again = encode_all(examples_, tok, MODEL, cfg, 1500, cache, reasoning=not reasoning, prompt_only=prompt_only)
+    for ex, got, other in zip(examples_, rows, again):
+        want = encode_example(ex, tok, enc, seq_len=1500, patch_budget=40)
         batched = {k: (v[None] if k not in ("meta", "vision_inputs") else v) for k, v in got.items()}
         batched["vision_inputs"] = {k: v[None] for k, v in got["vision_inputs"].items()}
         assert_row_matches_reference(batched, got["meta"], 0, want)
+        assert got["meta"]["image"] is other["meta"]["image"]           # decoded once, shared through the cache
+        assert measure(ex, tok, enc)[0] == int(got["attention_mask"].sum())
     with pytest.raises(DoesNotFit, match=pool[0].example_id):
-        encode_example(pool[0], tok, enc, seq_len=8, patch_budget=40)
+        encode_all(pool[:1], tok, MODEL, cfg, 8, reasoning=reasoning, prompt_only=prompt_only)
+    skip = apply_overrides(cfg, ["data.on_too_long=skip"])
+    assert encode_all(pool[:2], tok, MODEL, skip, 8, reasoning=reasoning, prompt_only=prompt_only) == []
 
 
 @pytest.mark.parametrize("remainder", ["pad", "drop"])
@@ -367,18 +381,14 @@ def test_too_long_raise_or_skip(pool, tok):
     assert skipped and it.get_state()["skipped"] == len(skipped)
     assert sorted(kept + skipped) == sorted(e.example_id for e in pool)
     for eid in skipped:
-        with pytest.raises(ExampleTooLong):
+        with pytest.raises(DoesNotFit):
             reference_row(next(e for e in pool if e.example_id == eid), tok, buckets[0], encoding())
 
 
 def test_custom_encode_fn_gives_the_same_batches(pool, tok):
-    import functools
-
     enc = encoding()
-    fn = functools.partial(driver_encode, tokenizer=tok, model_cfg=MODEL, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
-                           reasoning=False)
     kw = dict(batch_size=2, buckets=BUCKETS, seed=5, remainder="pad")
-    custom = list(iter(make_dataset(pool, encode_fn=fn, does_not_fit=(ExampleTooLong,), **kw)))
+    custom = list(iter(make_dataset(pool, encode_fn=RowEncoder(tok, enc), **kw)))
     builtin = list(iter(make_dataset(pool, tokenizer=tok, encoding=enc, **kw)))
     same_batches(custom, builtin)
 

@@ -32,13 +32,17 @@ class Encoded:
     row: dict | None = None
 
 
-def collate(rows: Sequence[dict], bucket: Bucket, valid: Sequence[bool], skipped: Sequence[str]) -> tuple[dict, dict]:
-    """Rows of one bucket -> (arrays [B, ...] incl. vision_inputs, host meta)."""
+def stack_rows(rows: Sequence[dict]) -> tuple[dict, dict]:
+    """Encoded rows of one shape -> (arrays [B, ...] incl. vision_inputs, host meta with example ids and rows)."""
     arrays = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in ("meta", "vision_inputs")}
     arrays["vision_inputs"] = {k: np.stack([r["vision_inputs"][k] for r in rows]) for k in rows[0]["vision_inputs"]}
-    meta = {"example_ids": [r["meta"]["example_id"] for r in rows], "rows": [r["meta"] for r in rows],
-            "bucket": tuple(bucket), "valid": list(valid), "skipped": list(skipped)}
-    return arrays, meta
+    return arrays, {"example_ids": [r["meta"]["example_id"] for r in rows], "rows": [r["meta"] for r in rows]}
+
+
+def collate(rows: Sequence[dict], bucket: Bucket, valid: Sequence[bool], skipped: Sequence[str]) -> tuple[dict, dict]:
+    """Rows of one bucket -> stack_rows plus the bucket, which rows are real and which examples were skipped."""
+    arrays, meta = stack_rows(rows)
+    return arrays, {**meta, "bucket": tuple(bucket), "valid": list(valid), "skipped": list(skipped)}
 
 
 def _pad_row(row: dict) -> dict:

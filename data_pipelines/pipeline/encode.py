@@ -1,9 +1,10 @@
 """One Example -> fixed-shape arrays padded to the smallest (seq_len, patch_budget) bucket that fits.
 
-The per-example arrays are those of the experiment driver's encoder (experiments/data.py `encode`, checked
-against it in tests/test_tfds_grain.py): training rows right-padded with an answer-only loss mask, prompt
-rows (prompt_only) left-padded with a zero loss mask; M-RoPE positions and the vision metadata are padded to
-the bucket too, and host-side fields travel in row['meta'].
+The project's only row encoder: the synthetic default, the real-data grain pipeline, evaluation prompts, RL
+prompts and the inference CLI all call it. Training rows are right-padded with an answer-only loss mask,
+prompt rows (prompt_only) left-padded with a zero loss mask; M-RoPE positions and the vision metadata are
+padded to the bucket too, and host-side fields travel in row['meta']. An `image_cache` dict shares one
+decoded, preprocessed pixel array between the rows of one example (its SFT, reasoning and prompt rows).
 """
 from __future__ import annotations
 
@@ -61,17 +62,30 @@ def image_array(image: Any, name: str) -> np.ndarray:
     return np.asarray(image, np.float32)
 
 
-def _measure(example: Example, tokenizer, cfg: EncodingConfig) -> tuple:
-    """(images, grid [N,3], pixel_values [P, D] unpadded, rendered tokens, resized (w, h) per image)."""
+def _pixels(example: Example, cfg: EncodingConfig, cache: dict | None) -> tuple:
+    """(images, grid [N, 3], pixel_values [P, D]) of an example, looked up in / stored to `cache` by example id."""
     v = cfg.vision
+    key = (example.example_id, cfg.min_pixels, cfg.max_pixels, v.patch_size, v.temporal_patch_size,
+           v.spatial_merge_size)
+    if cache is not None and key in cache:
+        return cache[key]
     images = [image_array(im, f"{example.example_id} image {k}") for k, im in enumerate(example.images)]
     proc = preprocess_images(images, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=v.patch_size,
                              temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
-    grid = proc["image_grid_thw"]
+    out = (images, proc["image_grid_thw"], proc["pixel_values"])
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+def _measure(example: Example, tokenizer, cfg: EncodingConfig, cache: dict | None = None) -> tuple:
+    """(images, grid [N,3], pixel_values [P, D] unpadded, rendered tokens, resized (w, h) per image)."""
+    v = cfg.vision
+    images, grid, pixel_values = _pixels(example, cfg, cache)
     resized = [(int(g[2]) * v.patch_size, int(g[1]) * v.patch_size) for g in grid]
     r = render(example, tokenizer, list(num_image_tokens(grid, v.spatial_merge_size)), resized,
                reasoning=cfg.reasoning, with_answer=not cfg.prompt_only)
-    return images, grid, proc["pixel_values"], r, resized
+    return images, grid, pixel_values, r, resized
 
 
 def _pad(example: Example, tokenizer, cfg: EncodingConfig, measured: tuple, bucket: Bucket) -> dict:
@@ -102,10 +116,17 @@ def _pad(example: Example, tokenizer, cfg: EncodingConfig, measured: tuple, buck
                      "reference_trace": example.meta.get("reasoning", ""), "bucket": bucket}}
 
 
-def encode_to_bucket(example: Example, tokenizer, cfg: EncodingConfig, buckets: Sequence[Bucket]) -> tuple[int, dict]:
+def measure(example: Example, tokenizer, cfg: EncodingConfig, image_cache: dict | None = None) -> tuple[int, int]:
+    """(tokens, image patches) of the example's row before padding: the smallest (seq_len, patch_budget)."""
+    measured = _measure(example, tokenizer, cfg, image_cache)
+    return len(measured[3]["input_ids"]), measured[2].shape[0]
+
+
+def encode_to_bucket(example: Example, tokenizer, cfg: EncodingConfig, buckets: Sequence[Bucket],
+                     image_cache: dict | None = None) -> tuple[int, dict]:
     """(index into buckets, row) for the first bucket (in the given order) holding the example's tokens and
     patches; DoesNotFit when none does."""
-    measured = _measure(example, tokenizer, cfg)
+    measured = _measure(example, tokenizer, cfg, image_cache)
     tokens, patches = len(measured[3]["input_ids"]), measured[2].shape[0]
     for k, (seq_len, patch_budget) in enumerate(buckets):
         if tokens <= seq_len and patches <= patch_budget:
@@ -114,6 +135,23 @@ def encode_to_bucket(example: Example, tokenizer, cfg: EncodingConfig, buckets: 
                      f"(seq_len, patch_budget) in {list(buckets)}")
 
 
-def encode_example(example: Example, tokenizer, cfg: EncodingConfig, *, seq_len: int, patch_budget: int) -> dict:
+def encode_example(example: Example, tokenizer, cfg: EncodingConfig, *, seq_len: int, patch_budget: int,
+                   image_cache: dict | None = None) -> dict:
     """One example padded to exactly (seq_len, patch_budget); DoesNotFit when it is longer."""
-    return encode_to_bucket(example, tokenizer, cfg, [(seq_len, patch_budget)])[1]
+    return encode_to_bucket(example, tokenizer, cfg, [(seq_len, patch_budget)], image_cache)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowEncoder:
+    """encode_example with its tokenizer and config bound: row = encoder(example, seq_len=, patch_budget=).
+    Picklable (grain workers) when the tokenizer is; `plain_ids` lists examples encoded without the reasoning
+    format even when `cfg.reasoning` is set (cold-start replay of report rows)."""
+
+    tokenizer: Any
+    cfg: EncodingConfig
+    plain_ids: frozenset = frozenset()
+
+    def __call__(self, example: Example, *, seq_len: int, patch_budget: int, image_cache: dict | None = None) -> dict:
+        cfg = dataclasses.replace(self.cfg, reasoning=False) if example.example_id in self.plain_ids else self.cfg
+        return encode_example(example, self.tokenizer, cfg, seq_len=seq_len, patch_budget=patch_budget,
+                              image_cache=image_cache)
