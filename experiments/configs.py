@@ -6,6 +6,7 @@ overridden from the command line with `--set section.field=value`.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from dmx_jax.sharding import MeshConfig
 from dmx_jax.training.grpo_loss import GRPOConfig
@@ -78,6 +79,41 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+    """Memory controls, copied into the model config and the step builders by the stage runner.
+
+    Choose them with `python -m experiments.aot` (per-chip peak of every step on a TPU slice, compiled on CPU).
+    """
+
+    remat: Literal["none", "dots", "full", "offload"] = "none"         # text decoder layers
+    vision_remat: Literal["none", "dots", "full", "offload"] = "none"  # vision blocks
+    attention: Literal["xla", "chunked", "cudnn", "splash"] = "xla"    # dmx_jax.model.attention
+    attention_block: int = 512          # key block of chunked / splash attention
+    loss_chunk: int = 0                 # sequence positions per vocab-projection chunk of the loss (0: all at once)
+    kv_cache_dtype: str | None = None   # rollout KV cache dtype (None: the compute dtype)
+    ref_dtype: str | None = None        # GRPO reference-model parameter dtype (None: as the policy's params)
+    ref_offload: bool = False           # keep the reference parameters in host memory between uses
+
+    def __post_init__(self):
+        from dmx_jax.model.config import ATTENTION_CHOICES, DTYPES, REMAT_CHOICES
+        for name, allowed in (("remat", REMAT_CHOICES), ("vision_remat", REMAT_CHOICES),
+                              ("attention", ATTENTION_CHOICES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"memory.{name}={getattr(self, name)!r}; expected one of {allowed}")
+        for name in ("kv_cache_dtype", "ref_dtype"):
+            if getattr(self, name) not in (None,) + DTYPES:
+                raise ValueError(f"memory.{name}={getattr(self, name)!r}; expected None or one of {DTYPES}")
+        if self.attention_block < 1 or self.loss_chunk < 0:
+            raise ValueError(f"memory.attention_block={self.attention_block} must be >= 1 and "
+                             f"memory.loss_chunk={self.loss_chunk} >= 0")
+
+    def model_overrides(self) -> dict:
+        """The ModelConfig fields these settings set: `model_cfg.replace(**memory.model_overrides())`."""
+        return dict(remat=self.remat, vision_remat=self.vision_remat, attention=self.attention,
+                    attention_block=self.attention_block)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "tiny"
     seed: int = 0
@@ -85,6 +121,7 @@ class ExperimentConfig:
     hf_checkpoint: str | None = None    # start from a Hugging Face Qwen2.5-VL folder instead
     dtype: str = "float32"              # compute dtype; params stay float32
     mesh: MeshConfig = MeshConfig()
+    memory: MemoryConfig = MemoryConfig()
     data: DataConfig = DataConfig()
     sft: StageConfig = StageConfig()
     cold_start: StageConfig = StageConfig(steps=60)

@@ -196,3 +196,16 @@ def test_remat_policies_and_bf16_compute(pair):
     rel = float(np.abs(low - base).max() / np.abs(base).max())
     print(f"bf16 compute vs fp32: max relative |dlogits| {rel:.2e}")
     assert rel < 0.05
+
+
+def test_chunked_attention_keeps_transformers_parity(pair):
+    """attention="chunked" (online softmax over key blocks of 8) against transformers: images, left padding."""
+    name, ref, model, cfg = pair
+    from dmx_jax.model import Qwen25VL
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen25VL(cfg.replace(attention="chunked", attention_block=8),
+                                                             nnx.Rngs(0))))
+    chunked = nnx.merge(graphdef, nnx.state(model))
+    pv, grid, n = _images(cfg, [(168, 224), (112, 56), (84, 140)], 2)
+    ids, mask = R.left_pad([R.prompt_ids(n[:2], [[1, 10], [30, 31], [40, 41, 42]]),
+                            R.prompt_ids(n[2:], [[1], [50, 51]])])
+    _compare(f"{name} chunked attention, two images, left-padded", ref, chunked, ids, mask, pv, grid)

@@ -38,7 +38,8 @@ def forward_hidden(model, input_ids, positions, attention_mask, pixel_values=Non
         positions = jnp.swapaxes(positions, 0, 1)
     x = embed_inputs(model, input_ids, pixel_values, vision_inputs, merge_ids)
     key_mask = attention_mask if key_mask is None else key_mask
-    return model.text(x, positions, key_mask, cache, model.cfg.remat)
+    c = model.cfg
+    return model.text(x, positions, key_mask, cache, c.remat, c.attention, c.attention_block)
 
 
 def forward_logits(model, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,

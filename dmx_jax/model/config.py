@@ -5,6 +5,8 @@ import dataclasses
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT_CHOICES = ("none", "dots", "full", "offload")
+ATTENTION_CHOICES = ("xla", "chunked", "cudnn", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +68,25 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     dtype: str = "float32"          # compute dtype
     param_dtype: str = "float32"
-    remat: str = "none"             # "none" | "full" | "dots"
+    remat: str = "none"             # text tower: "none" | "dots" | "full" | "offload" (saved dots in host memory)
+    vision_remat: str = "none"      # vision tower, same choices
+    attention: str = "xla"          # "xla" (dense) | "chunked" (online softmax) | "cudnn" (GPU) | "splash" (TPU)
+    attention_block: int = 512      # key block of "chunked" / "splash"
 
     def __post_init__(self):
         if sum(self.text.mrope_section) * 2 != self.text.head_dim:
             raise ValueError(f"mrope_section {self.text.mrope_section} must sum to head_dim/2 = {self.text.head_dim // 2}")
         if self.vision.out_hidden_size != self.text.hidden_size:
             raise ValueError(f"vision.out_hidden_size {self.vision.out_hidden_size} != text.hidden_size {self.text.hidden_size}")
-        if self.remat not in ("none", "full", "dots"):
-            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        for name in ("remat", "vision_remat"):
+            if getattr(self, name) not in REMAT_CHOICES:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {REMAT_CHOICES}")
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"ModelConfig.attention={self.attention!r}; expected one of {ATTENTION_CHOICES}")
+        if self.attention_block < 1:
+            raise ValueError(f"ModelConfig.attention_block={self.attention_block} must be >= 1")
+        if self.attention == "splash" and self.attention_block % 128:
+            raise ValueError(f"attention='splash' needs attention_block as a multiple of 128, got {self.attention_block}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")

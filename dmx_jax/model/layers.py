@@ -54,7 +54,7 @@ def swiglu(x, p: dict, act) -> jax.Array:
 
 
 def attention(q, k, v, allowed) -> jax.Array:
-    """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], allowed [B,T,S] bool -> [B,T,N,H]."""
+    """Dense grouped-query attention with a materialised mask. q [B,T,N,H], k/v [B,S,K,H], allowed [B,T,S]."""
     b, t, n, h = q.shape
     kh = k.shape[2]
     qg = q.reshape(b, t, kh, n // kh, h)
@@ -65,6 +65,9 @@ def attention(q, k, v, allowed) -> jax.Array:
     return out.reshape(b, t, n, h)
 
 
+REMAT_POLICIES = ("none", "dots", "full", "offload")
+
+
 def remat_policy(name: str):
     if name == "none":
         return None
@@ -72,4 +75,6 @@ def remat_policy(name: str):
         return jax.checkpoint_policies.nothing_saveable
     if name == "dots":
         return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    if name == "offload":   # save matmul outputs, but in host memory (TPU/GPU with pinned host memory)
+        return jax.checkpoint_policies.offload_dot_with_no_batch_dims(offload_src="device", offload_dst="pinned_host")
     raise ValueError(f"unknown remat policy {name!r}")

@@ -57,8 +57,9 @@ class Qwen25VL(nnx.Module):
 
     def encode_images(self, pixel_values: jax.Array, vin: dict) -> jax.Array:
         """pixel_values [P, C*T*p*p] (processor order), vin = vision_inputs(...) -> merged features [P/m^2, D]
-        in processor order, padded units last. Attention is dense [P, P] with segment masks."""
-        return self.vision(pixel_values, vin, self.dtype, self.cfg.remat)
+        in processor order, padded units last. Attention within window / image segments (cfg.attention)."""
+        c = self.cfg
+        return self.vision(pixel_values, vin, self.dtype, c.vision_remat, c.attention, c.attention_block)
 
     def embed(self, input_ids, image_features=None):
         """input_ids [B, T] -> [B, T, D]; the k-th image token (row-major over the batch) gets feature k."""
@@ -73,7 +74,8 @@ class Qwen25VL(nnx.Module):
         feats = None if pixel_values is None else self.encode_images(pixel_values, vision_inputs)
         x = self.embed(input_ids, feats)
         key_mask = attention_mask if key_mask is None else key_mask
-        return self.text(x, positions, key_mask, cache, self.cfg.remat)
+        c = self.cfg
+        return self.text(x, positions, key_mask, cache, c.remat, c.attention, c.attention_block)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [B, T, D] -> logits [B, T, V] in fp32 (accumulated in fp32 whatever the compute dtype)."""

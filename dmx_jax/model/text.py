@@ -12,7 +12,8 @@ from flax import nnx
 
 from dmx_jax.model import rotary
 from dmx_jax.model.config import TextConfig
-from dmx_jax.model.layers import ParamTree, activation, apply_rotary, attention, remat_policy, rms_norm, swiglu, values
+from dmx_jax.model.attention import attention, causal_mask
+from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -25,7 +26,7 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> 
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.zeros((), jnp.int32)}
 
 
-def _layer(x, p, cos, sin, allowed, kv, index, cfg: TextConfig):
+def _layer(x, p, cos, sin, mask, kv, index, cfg: TextConfig, impl: str = "xla", block: int = 512):
     h = rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps)
     a = p["attn"]
     q = jnp.einsum("btd,dnh->btnh", h, a["q"]["kernel"].astype(h.dtype)) + a["q"]["bias"].astype(h.dtype)
@@ -36,7 +37,7 @@ def _layer(x, p, cos, sin, allowed, kv, index, cfg: TextConfig):
         k_cache = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
         k, v, kv = k_cache.astype(h.dtype), v_cache.astype(h.dtype), (k_cache, v_cache)
-    o = attention(q, k, v, allowed)
+    o = attention(q, k, v, mask, impl, block)
     x = x + jnp.einsum("btnh,nhd->btd", o, a["o"]["kernel"].astype(o.dtype))
     x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act))
     return x, kv
@@ -64,20 +65,20 @@ class TextDecoder(nnx.Module):
         return self.embed.embedding[...][input_ids].astype(dtype)
 
     def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: dict | None = None,
-                 remat: str = "none") -> tuple[jax.Array, dict | None]:
-        """x [B,T,D], positions [3,B,T], key_mask [B,S] (S = T without cache) -> (hidden [B,T,D], cache)."""
+                 remat: str = "none", attention: str = "xla", attention_block: int = 512) -> tuple[jax.Array, dict | None]:
+        """x [B,T,D], positions [3,B,T], key_mask [B,S] (S = T without cache) -> (hidden [B,T,D], cache).
+
+        attention: "xla" | "chunked" | "cudnn" | "splash" (dmx_jax.model.attention); masks stay structural."""
         cfg = self.cfg
         b, t, _ = x.shape
         cos, sin = mrope_cos_sin(positions, cfg)
         index = jnp.zeros((), jnp.int32) if cache is None else cache["index"]
-        s = t if cache is None else cache["k"].shape[2]
-        q_slot = index + jnp.arange(t)
-        allowed = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & (key_mask[:, None, :] > 0)   # [B, T, S]
+        mask = causal_mask(key_mask, index, t)                      # queries at slots index.., keys [B, S]
         layers = jax.tree.map(lambda a: a.astype(x.dtype), values(self.layers))
 
         def body(h, xs):
             p, kv = xs
-            h, kv = _layer(h, p, cos, sin, allowed, kv, index, cfg)
+            h, kv = _layer(h, p, cos, sin, mask, kv, index, cfg, attention, attention_block)
             return h, kv
 
         policy = remat_policy(remat)

@@ -14,7 +14,8 @@ from flax import nnx
 
 from dmx_jax.model.config import VisionConfig
 from dmx_jax.model.rotary import vision_cos_sin
-from dmx_jax.model.layers import ParamTree, activation, apply_rotary, attention, remat_policy, rms_norm, swiglu, values
+from dmx_jax.model.attention import attention, segment_mask
+from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
 
 
 def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -80,13 +81,13 @@ def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) 
     }
 
 
-def _block(x, p, is_full, cos, sin, masks, cfg: VisionConfig):
+def _block(x, p, is_full, cos, sin, segs, cfg: VisionConfig, impl: str = "xla", block: int = 512):
     h = rms_norm(x, p["norm1"]["scale"], 1e-6)
     qkv = jnp.einsum("pd,dcnh->pcnh", h, p["attn"]["qkv"]["kernel"].astype(h.dtype)) + p["attn"]["qkv"]["bias"].astype(h.dtype)
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]                       # [P, n, hd]
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
-    allowed = jnp.where(is_full, masks[1], masks[0])                 # [P, P]
-    o = attention(q[None], k[None], v[None], allowed[None])[0]       # [P, n, hd]
+    seg = jnp.where(is_full, segs[1], segs[0])                       # [P]: one segment per window / image
+    o = attention(q[None], k[None], v[None], segment_mask(seg), impl, block)[0]       # [P, n, hd]
     o = jnp.einsum("pnh,nhd->pd", o, p["attn"]["proj"]["kernel"].astype(o.dtype)) + p["attn"]["proj"]["bias"].astype(o.dtype)
     x = x + o
     return x + swiglu(rms_norm(x, p["norm2"]["scale"], 1e-6), p["mlp"], activation(cfg.hidden_act))
@@ -114,8 +115,11 @@ class VisionEncoder(nnx.Module):
     def rotary(self, rot_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
         return vision_cos_sin(rot_hw, self.cfg.head_dim, self.cfg.rope_theta)
 
-    def __call__(self, pixel_values: jax.Array, vin: dict, dtype=jnp.float32, remat: str = "none") -> jax.Array:
-        """pixel_values [P, C*T*p*p] in merge-window order -> merged features [P/m^2, D] in the same order."""
+    def __call__(self, pixel_values: jax.Array, vin: dict, dtype=jnp.float32, remat: str = "none",
+                 attention: str = "xla", attention_block: int = 512) -> jax.Array:
+        """pixel_values [P, C*T*p*p] in merge-window order -> merged features [P/m^2, D] in the same order.
+
+        attention "splash" runs "chunked" here (the tower is vmapped over rows; segments, not causal)."""
         cfg = self.cfg
         unit = cfg.spatial_merge_size ** 2
         p_embed = values(self.patch_embed)
@@ -123,14 +127,14 @@ class VisionEncoder(nnx.Module):
         P = x.shape[0]
         x = x.reshape(P // unit, unit, -1)[vin["window_index"]].reshape(P, -1)      # window order
         cos, sin = self.rotary(vin["rot_hw"])
-        masks = (vin["window_seg"][:, None] == vin["window_seg"][None, :],
-                 vin["full_seg"][:, None] == vin["full_seg"][None, :])
+        segs = (vin["window_seg"], vin["full_seg"])
+        impl = "chunked" if attention == "splash" else attention
         full = np.zeros(cfg.depth, bool)
         full[[i for i in cfg.fullatt_block_indexes if i < cfg.depth]] = True
 
         def body(h, xs):
             p, is_full = xs
-            return _block(h, p, is_full, cos, sin, masks, cfg), None
+            return _block(h, p, is_full, cos, sin, segs, cfg, impl, attention_block), None
 
         policy = remat_policy(remat)
         if policy is not None:
