@@ -56,7 +56,8 @@ def test_policy_loss_and_grad_match_hand_computation(mode):
     mask = [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]
     rewards = jnp.array([1.0, 0.2, 0.0, 1.5])
     adv = np.asarray(group_advantages(rewards, 2))
-    cfg = GRPOConfig(group_size=2, eps_low=0.2, eps_high=0.28, kl_coef=0.05, loss_agg=mode)
+    cfg = GRPOConfig(group_size=2, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_dual=0, kl_coef=0.05,
+                     loss_agg=mode)
 
     def f(lp):
         num, den, _ = policy_loss(lp, jnp.array(old), jnp.array(ref), jnp.asarray(adv), jnp.array(mask), cfg)

@@ -2,9 +2,11 @@
 
 Static shapes throughout: the cache holds prompt + max_new_tokens slots; generated token j sits in slot
 T + j, and its M-RoPE position is (slot + delta) on all three axes, exactly as transformers continues
-decoding after a left-padded multimodal prefill. Rows stop independently at a stop token (later slots
-get pad tokens, log-prob 0 and completion_mask 0). Log-probs are under the untruncated model
-distribution (what the trainer recomputes), so GRPO's pi_old comes straight from the sampler.
+decoding after a left-padded multimodal prefill. Rows stop independently at any of the stop tokens (later
+slots get pad tokens, log-prob 0 and completion_mask 0). Log-probs are of the untruncated distribution at the
+sampling temperature, softmax(logits / T) (what the trainer recomputes; see select.py for top-p/top-k).
+With group_size G the prompts are prefilled once (vision tower and prompt forward run once per prompt) and
+the KV cache is broadcast to the G samples; prefill computes logits at the last position only.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dmx_jax.model.batched import forward_logits
+from dmx_jax.model.batched import forward_hidden, forward_logits
 from dmx_jax.model.positions import rope_index
 from dmx_jax.model.text import init_cache
 from dmx_jax.model.vision import vision_inputs as make_vision_inputs
@@ -24,23 +26,72 @@ from dmx_jax.sampling.select import select_tokens
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "stop_token_ids", "pad_id", "cache_dtype"))
+                                             "stop_token_ids", "pad_id", "cache_dtype", "group_size",
+                                             "micro_batches"))
 def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop_token_ids: tuple[int, ...],
-              pad_id: int, cache_dtype=None):
+              pad_id: int, cache_dtype=None, group_size: int = 1, micro_batches: int = 1):
+    """P prompt rows -> (tokens, logps, completion_mask) [P * group_size, max_new_tokens], groups contiguous.
+
+    micro_batches > 1 decodes the batch as that many sequential slices (row i in slice i % k, so a batch
+    sharded in contiguous blocks stays local), each with its own random stream."""
     model = nnx.merge(graphdef, params)
-    b, t = input_ids.shape
-    cache = init_cache(model.cfg.text, b, t + max_new_tokens, cache_dtype or model.dtype)
-    key_mask = jnp.concatenate([attention_mask.astype(jnp.int32), jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
-    logits, cache = forward_logits(model, input_ids, positions, attention_mask, pixel_values, vision_inputs,
+    if micro_batches == 1:
+        return _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng,
+                       max_new_tokens, temperature, top_k, top_p, stop_token_ids, pad_id, cache_dtype, group_size)
+    k = micro_batches
+    split = lambda x: None if x is None else jax.tree.map(lambda a: _strided_split(a, k, 0), x)  # noqa: E731
+    xs = (split(input_ids), _strided_split(positions, k, 1), split(attention_mask), split(deltas),
+          split(pixel_values), split(vision_inputs), jax.random.split(rng, k))
+
+    def one(args):
+        ids, pos, mask, dl, pv, vin, key = args
+        return _decode(model, ids, pos, mask, dl, pv, vin, key, max_new_tokens, temperature, top_k, top_p,
+                       stop_token_ids, pad_id, cache_dtype, group_size)
+
+    outs = jax.lax.map(one, xs)
+    return tuple(_strided_join(o, group_size) for o in outs)
+
+
+def _strided_split(x, k: int, axis: int):
+    """[.., B, ..] -> [k, .., B/k, ..]: row i goes to slice i % k (axis = the batch axis of x)."""
+    b = x.shape[axis]
+    if b % k:
+        raise ValueError(f"batch of {b} rows does not split into {k} micro-batches")
+    x = x.reshape(x.shape[:axis] + (b // k, k) + x.shape[axis + 1:])
+    return jnp.moveaxis(x, axis + 1, 0)
+
+
+def _strided_join(x, group_size: int):
+    """Inverse of _strided_split for outputs [k, (B/k) * G, ...] whose rows are groups of G per prompt."""
+    k, n = x.shape[:2]
+    x = x.reshape((k, n // group_size, group_size) + x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape((k * n,) + x.shape[3:])
+
+
+def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, max_new_tokens,
+            temperature, top_k, top_p, stop_token_ids, pad_id, cache_dtype, group_size):
+    """Prefill P prompts once (vision tower included), logits at the last position only, then broadcast the
+    KV cache to the G samples of each group and decode P * G rows."""
+    p, t = input_ids.shape
+    b = p * group_size
+    cache = init_cache(model.cfg.text, p, t + max_new_tokens, cache_dtype or model.dtype)
+    key_mask = jnp.concatenate([attention_mask.astype(jnp.int32), jnp.ones((p, max_new_tokens), jnp.int32)], axis=1)
+    hidden, cache = forward_hidden(model, input_ids, positions, attention_mask, pixel_values, vision_inputs,
                                    cache=cache, key_mask=key_mask)
+    last = model.logits(hidden[:, -1:])[:, 0]                        # [P, V]: never [P, T, V]
+    offset = next_position_offset(deltas, attention_mask)            # [P, 1]: slot t + j -> position t + j + offset
+    if group_size > 1:                                               # the G samples share the prefilled cache
+        rep = lambda x: jnp.repeat(x, group_size, axis=0)            # noqa: E731
+        cache = {"k": jnp.repeat(cache["k"], group_size, axis=1), "v": jnp.repeat(cache["v"], group_size, axis=1),
+                 "index": cache["index"]}
+        last, offset, key_mask = rep(last), rep(offset), rep(key_mask)
     stops = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
-    offset = next_position_offset(deltas, attention_mask)          # [B, 1]: slot t + j -> position t + j + offset
 
     def pick(logits_last, key):
         return select_tokens(logits_last, key, temperature=temperature, top_k=top_k, top_p=top_p)
 
-    tok, lp = pick(logits[:, -1], jax.random.fold_in(rng, 0))
+    tok, lp = pick(last, jax.random.fold_in(rng, 0))
     tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
     logps = jnp.zeros((b, max_new_tokens), jnp.float32).at[:, 0].set(lp)
     cmask = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(1)
@@ -63,6 +114,37 @@ def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pi
 
     _, tokens, logps, cmask, done, _ = jax.lax.while_loop(unfinished, body, (1, tokens, logps, cmask, done, cache))
     return tokens, logps, cmask
+
+
+def stop_token_ids(tokenizer=None, generation_config=None, extra=()) -> tuple[int, ...]:
+    """Every id that ends a completion: the tokenizer's <|im_end|> and <|endoftext|> / eos, and the
+    checkpoint's generation_config eos_token_id (an int or a list; a dict or an object with that field)."""
+    ids: list[int] = []
+
+    def add(v):
+        if v is None:
+            return
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if x is not None and int(x) >= 0 and int(x) not in ids:
+                ids.append(int(x))
+
+    if tokenizer is not None:
+        for name in ("im_end_id", "eos_id", "eos_token_id", "endoftext_id"):
+            add(getattr(tokenizer, name, None))
+        convert = getattr(tokenizer, "convert_tokens_to_ids", None) or getattr(tokenizer, "token_to_id", None)
+        if convert is not None:
+            for tok in ("<|im_end|>", "<|endoftext|>"):
+                try:
+                    v = convert(tok)
+                except Exception:  # noqa: BLE001 - tokenizers without the token
+                    v = None
+                unk = getattr(tokenizer, "unk_token_id", None)
+                add(None if v == unk else v)
+    if generation_config is not None:
+        add(generation_config.get("eos_token_id") if isinstance(generation_config, dict)
+            else getattr(generation_config, "eos_token_id", None))
+    add(list(extra))
+    return tuple(ids)
 
 
 def prepare_prompts(model_cfg, input_ids, attention_mask=None, image_grid_thw=None, positions=None, deltas=None,

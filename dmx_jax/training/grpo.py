@@ -1,19 +1,35 @@
-"""GRPO learner: rollout -> rewards -> group advantages -> mu clipped-policy updates, with drift logging.
+"""GRPO learner: rollout -> rewards -> group advantages -> PPO epochs x mini-batches of clipped updates.
 
 The learner is model-agnostic; it receives three functions:
 - `sample_fn(params, prompts, rng) -> (tokens [N, Tn], sampler_logp [N, Tn], completion_mask [N, Tn])`
-  for N = prompts x G rows (prompts already repeated G times, groups contiguous);
-- `reward_fn(tokens, completion_mask, prompts) -> dict of [N] arrays` with key 'overall';
-- `logprob_fn(model, batch) -> [N, Tn]` per-token log-probs of the completion under `model`, where
-  `batch` is the prompt arrays plus 'completion' and 'completion_mask' (used by the trainer's loss, the
-  reference model and the drift measurement, so sampler and trainer are compared on the same numbers).
-Each rollout batch is a pytree of static-shape arrays; π_old is the sampler's log-probs (temperature 1,
-untruncated), so the first inner iteration's importance ratio measures sampler-trainer drift.
-With `place` (e.g. experiments.stages.place_batch) the repeated prompt batch becomes global arrays sharded
-over the mesh's batch axes, so sampling, rewards, log-probs and the update run data-parallel, on one host
-or many (each process may hold only its own prompt rows). Every step logs its wall-clock breakdown:
-time/rollout_s, time/reward_s, time/logprob_s (trainer + reference) and time/update_s (all inner
-iterations), each phase synchronised before the clock is read.
+  for N = prompts x G rows, groups contiguous. If `sample_fn.group_size == G` (rl_vlm.make_sample_fn with
+  shared_prefill) it receives the P prompts once and expands each into its G samples after one shared prefill;
+  otherwise it receives the prompts already repeated G times;
+- `reward_fn(tokens, completion_mask, prompts) -> dict of [N] arrays` with key 'overall' (prompts repeated);
+- `logprob_fn(model, batch) -> [N, Tn]` per-token log-probs of the completion under `model` at the sampling
+  temperature (rl_vlm.make_logprob_fn), where `batch` is the prompt arrays plus 'completion' and
+  'completion_mask'; with `logprob_fn.supports_entropy` it also accepts return_entropy=True -> (logp, entropy).
+
+pi_old is the trainer's recomputation with the rollout's weights (EasyR1/verl), so the first ratio is exactly 1
+whatever the sampler's numerics; `GRPOConfig.old_logp="sampler"` reuses the sampler's log-probs instead. Either
+way drift |log pi_sampler - log pi_trainer| is logged. Each rollout batch is a pytree of static-shape arrays.
+
+Updates: `num_iterations` (= ppo_epochs) passes over the batch, each split into mini-batches of
+`ppo_mini_batch_size` prompt groups (group-strided, so a batch sharded in blocks stays local); each mini-batch
+is one optimizer update, normalised exactly by its own (sum, count) and micro-batched by grad_accum.
+`state.step` counts rollout steps (the loop's step), not optimizer updates, so checkpoints and a resumed run
+see the same step numbers and the same random streams whatever num_iterations and mini-batches are; the
+optimizer's own update count lives in its state.
+
+DAPO: dynamic sampling keeps the groups whose rewards differ and refills from further prompt batches
+(`refill()`, up to dynamic_sampling_max_tries rollouts); the batch keeps its static P * G rows, groups without
+signal filling the remainder with completion_mask 0. Overlong filtering zeroes the loss mask of truncated rows;
+the soft overlong penalty is added to 'overall' before advantages.
+
+With `place` (e.g. experiments.stages.place_batch) prompt batches become global arrays sharded over the mesh's
+batch axes, so sampling, rewards, log-probs and the update run data-parallel. With `sample_shardings` (see
+`sampling_shardings`) the weights are re-laid out once per rollout phase for decoding (no FSDP gather per
+token). Every step logs time/rollout_s, time/reward_s, time/logprob_s (trainer + reference) and time/update_s.
 """
 from __future__ import annotations
 
@@ -26,8 +42,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dmx_jax.training.grpo_loss import GRPOConfig, group_advantages, group_has_signal, policy_loss
-from dmx_jax.training.state import TrainState
+from dmx_jax.training.grpo_loss import (GRPOConfig, group_advantages, group_has_signal, mini_batch_rows,
+                                        overlong_penalty, policy_loss, truncated_rows)
+from dmx_jax.training.state import TrainState, cast_floating
 from dmx_jax.training.step import make_train_step
 
 
@@ -36,82 +53,229 @@ def repeat_prompts(prompts: dict, group_size: int) -> dict:
     return jax.tree.map(lambda x: np.repeat(np.asarray(x), group_size, axis=0), prompts)
 
 
+def sampling_shardings(params: Any, mesh) -> Any:
+    """Decoding layout of the weights from the rule table (SAMPLE_RULES: no FSDP on weights)."""
+    from dmx_jax.sharding import rules
+    return rules.tree_shardings(params, mesh, rules.SAMPLE_RULES)
+
+
+def group_strided_split(tree: Any, k: int, group_size: int) -> Any:
+    """[N, ...] -> [k, N/k, ...]: group g goes to slice g % k (groups kept whole, block-sharded rows stay local)."""
+    def one(x):
+        n = x.shape[0]
+        if n % (k * group_size):
+            raise ValueError(f"{n} rows do not split into {k} slices of whole groups of {group_size}")
+        x = x.reshape((n // (k * group_size), k, group_size) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1).reshape((k, n // k) + x.shape[3:])
+    return jax.tree.map(one, tree)
+
+
+def group_strided_join(x: jax.Array, group_size: int) -> jax.Array:
+    """Inverse of group_strided_split for one array [k, N/k, ...] -> [N, ...]."""
+    k, m = x.shape[:2]
+    x = x.reshape((k, m // group_size, group_size) + x.shape[2:])
+    return jnp.swapaxes(x, 0, 1).reshape((k * m,) + x.shape[3:])
+
+
 def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
                        logprob_fn: Callable, *, grad_accum: int = 1, compute_dtype=None):
-    """Pure update step(state, rollout) -> (state, metrics) minimising the GRPO objective."""
+    """Pure update step(state, mini_batch) -> (state, metrics) minimising the GRPO objective (one optimizer update)."""
 
     def loss_fn(model, batch, rng):  # noqa: ARG001 - deterministic objective
         logp = logprob_fn(model, batch)
-        num, den, m = policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
-                                  batch["completion_mask"], cfg)
-        return num, den, m
+        return policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
+                           batch["loss_mask"] if "loss_mask" in batch else batch["completion_mask"], cfg)
 
     return make_train_step(graphdef, loss_fn, tx, grad_accum=grad_accum, compute_dtype=compute_dtype)
 
 
+def _device_to_host(tree: Any) -> tuple[Any, Any]:
+    """(host copy, shardings) of a device tree; host memory kind when the backend has one, else numpy."""
+    shardings = jax.tree.map(lambda x: x.sharding, tree)
+    try:
+        host = jax.device_put(tree, jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), shardings))
+    except Exception:  # noqa: BLE001 - backends without host memory spaces
+        if not all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
+            return tree, None                        # multi-process without host memory kinds: stay on device
+        host = jax.device_get(tree)
+    return host, shardings
+
+
 class GRPOLearner:
-    """Host orchestration of one GRPO iteration per call; each piece inside is jitted."""
+    """Host orchestration of one GRPO iteration per call; each piece inside is jitted.
+
+    ref_dtype: dtype of the frozen reference copy (e.g. "bfloat16"; None keeps the policy's dtype);
+    ref_offload: keep the reference in host memory between uses; refill: () -> another prompt batch of the same
+    shape, for dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings)."""
 
     def __init__(self, graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation, *,
                  sample_fn: Callable, reward_fn: Callable, logprob_fn: Callable, ref_params: Any = None,
                  seed: int = 0, grad_accum: int = 1, compute_dtype=None,
-                 place: Callable[[dict], dict] | None = None):
+                 place: Callable[[dict], dict] | None = None, ref_dtype=None, ref_offload: bool = False,
+                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None):
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
-        self.sample_fn, self.reward_fn = sample_fn, reward_fn
-        # own copy: the policy's buffers are donated to the update step
-        self.ref_params = None if ref_params is None else jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
+        self.sample_fn, self.reward_fn, self.refill = sample_fn, reward_fn, refill
+        self.sample_shardings = sample_shardings
+        self.shared_prefill = getattr(sample_fn, "group_size", 1) == cfg.group_size
+        self.stop_token_ids = tuple(getattr(sample_fn, "stop_token_ids", ()))
+        self.ref_params, self._ref_shardings = None, None
+        if ref_params is not None and cfg.kl_coef:
+            # own copy (the policy's buffers are donated to the update step), in ref_dtype
+            ref = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
+            ref = cast_floating(ref, None if ref_dtype is None else jnp.dtype(ref_dtype))
+            self.ref_params, self._ref_shardings = _device_to_host(ref) if ref_offload else (ref, None)
         self.seed = seed
         self._update = jax.jit(make_policy_update(graphdef, cfg, tx, logprob_fn, grad_accum=grad_accum,
                                                   compute_dtype=compute_dtype), donate_argnums=(0,))
-        self._logp = jax.jit(lambda params, batch: logprob_fn(nnx.merge(graphdef, params), batch))
+        entropy = bool(getattr(logprob_fn, "supports_entropy", False))
+        k = cfg.logprob_micro_batches
 
-    def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[dict, dict]:
+        def logp(params, batch, with_entropy):
+            model = nnx.merge(graphdef, cast_floating(params, compute_dtype))
+            run = ((lambda b: logprob_fn(model, b, return_entropy=True)) if with_entropy
+                   else (lambda b: (logprob_fn(model, b), jnp.zeros(b["completion"].shape, jnp.float32))))
+            if k == 1:
+                return run(batch)
+            out = jax.lax.map(run, group_strided_split(batch, k, 1))
+            return tuple(group_strided_join(o, 1) for o in out)
+
+        self._logp_policy = jax.jit(lambda p, b: logp(p, b, entropy))
+        self._logp_ref = jax.jit(lambda p, b: logp(p, b, False)[0])
+        self._split = jax.jit(group_strided_split, static_argnums=(1, 2))
+        self._rewind = jax.jit(lambda s, d: s.replace(step=s.step - d), donate_argnums=(0,))
+
+    # -- rollout ---------------------------------------------------------------------------------------------
+    def _sample_and_score(self, params, prompts: dict, rng: jax.Array) -> tuple[dict, dict, float, float]:
         cfg = self.cfg
         rep = repeat_prompts(prompts, cfg.group_size)
         if self.place is not None:      # sharded over the mesh's batch axes: rollouts are data-parallel
             rep = self.place(rep)
+        src = rep
+        if self.shared_prefill:
+            src = self.place(dict(prompts)) if self.place is not None else prompts
         t0 = time.perf_counter()
-        tokens, sampler_logp, cmask = jax.block_until_ready(self.sample_fn(params, rep, rng))
+        tokens, sampler_logp, cmask = jax.block_until_ready(self.sample_fn(params, src, rng))
         t1 = time.perf_counter()
-        rewards = jax.block_until_ready(self.reward_fn(tokens, cmask, rep))
+        rewards = dict(jax.block_until_ready(self.reward_fn(tokens, cmask, rep)))
         t2 = time.perf_counter()
-        overall = jnp.asarray(rewards["overall"], jnp.float32)
-        adv = group_advantages(overall, cfg.group_size, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps)
         cmask = jnp.asarray(cmask, jnp.float32)
-        if cfg.dynamic_sampling:  # static shapes: zero-signal groups are masked out, not dropped
-            cmask = cmask * group_has_signal(overall, cfg.group_size)[:, None]
-        batch = {**jax.tree.map(jnp.asarray, rep), "completion": jnp.asarray(tokens),
-                 "completion_mask": cmask, "old_logp": jnp.asarray(sampler_logp), "advantages": adv}
-        trainer_logp = self._logp(params, batch)
-        drift = jnp.abs(trainer_logp - batch["old_logp"]) * cmask
-        n_tok = jnp.maximum(cmask.sum(), 1.0)
-        if self.ref_params is not None and cfg.kl_coef:
-            batch["ref_logp"] = self._logp(self.ref_params, batch)
-        jax.block_until_ready((trainer_logp, batch.get("ref_logp")))
+        lengths = cmask.sum(axis=1)
+        overall = jnp.asarray(rewards["overall"], jnp.float32)
+        if cfg.overlong_buffer_len:
+            pen = overlong_penalty(lengths, tokens.shape[1], cfg.overlong_buffer_len, cfg.overlong_penalty_factor)
+            rewards["overlong_penalty"] = pen
+            overall = overall + pen
+        rewards["overall"] = overall
+        trunc = truncated_rows(jnp.asarray(tokens), cmask, self.stop_token_ids)
+        out = {**jax.tree.map(jnp.asarray, rep), "completion": jnp.asarray(tokens), "completion_mask": cmask,
+               "sampler_logp": jnp.asarray(sampler_logp),
+               "advantages": group_advantages(overall, cfg.group_size, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps),
+               "_overall": overall, "_truncated": trunc.astype(jnp.float32)}
+        return out, rewards, t1 - t0, t2 - t1
+
+    def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[dict, dict]:
+        cfg = self.cfg
+        sample_params = params if self.sample_shardings is None else jax.device_put(params, self.sample_shardings)
+        n_groups = len(np.asarray(jax.tree.leaves(prompts)[0]))
+        parts, t_roll, t_rew, kept = [], 0.0, 0.0, 0
+        for attempt in range(cfg.dynamic_sampling_max_tries if cfg.dynamic_sampling else 1):
+            if attempt and self.refill is None:
+                break
+            src = prompts if attempt == 0 else self.refill()
+            part, rewards, tr, tw = self._sample_and_score(sample_params, src, rng if attempt == 0
+                                                           else jax.random.fold_in(rng, attempt))
+            t_roll, t_rew = t_roll + tr, t_rew + tw
+            if attempt == 0:
+                first, first_rewards = part, rewards
+            signal = np.asarray(group_has_signal(part["_overall"], cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
+            parts.append((part, signal))
+            kept += int(signal.sum())
+            if kept >= n_groups:
+                break
+        del sample_params
+        t2 = time.perf_counter()
+        batch = self._select_groups(parts, n_groups) if cfg.dynamic_sampling else dict(first)
+        cmask = batch["completion_mask"]
+        loss_mask = cmask
+        if cfg.dynamic_sampling:    # static shapes: groups without signal stay, with no loss
+            loss_mask = loss_mask * group_has_signal(batch["_overall"], cfg.group_size)[:, None]
+        if cfg.overlong_filtering:
+            loss_mask = loss_mask * (1.0 - batch["_truncated"])[:, None]
+        batch["loss_mask"] = loss_mask
+        trainer_logp, entropy = self._logp_policy(params, batch)
+        sampler_logp = batch.pop("sampler_logp")
+        batch["old_logp"] = trainer_logp if cfg.old_logp == "trainer" else sampler_logp
+        if self.ref_params is not None:
+            ref = self.ref_params if self._ref_shardings is None else jax.device_put(self.ref_params, self._ref_shardings)
+            batch["ref_logp"] = self._logp_ref(ref, batch)
+            del ref
+        jax.block_until_ready((batch["old_logp"], batch.get("ref_logp")))
         t3 = time.perf_counter()
-        metrics = {f"reward/{k}": float(jnp.mean(jnp.asarray(v))) for k, v in rewards.items()}
+        drift = jnp.abs(trainer_logp - sampler_logp) * cmask
+        n_tok = jnp.maximum(cmask.sum(), 1.0)
+        for k in ("_overall", "_truncated"):
+            batch.pop(k)
+        # metrics of the first rollout batch, before any dynamic-sampling or overlong mask
+        lengths = first["completion_mask"].sum(axis=1)
+        overall = first_rewards["overall"]
+        metrics = {f"reward/{k}": float(jnp.mean(jnp.asarray(v, jnp.float32))) for k, v in first_rewards.items()}
         metrics.update({
             "reward/std_within_group": float(jnp.mean(jnp.std(overall.reshape(-1, cfg.group_size), axis=1))),
             "frac_zero_std_groups": float(1.0 - jnp.mean(group_has_signal(overall, cfg.group_size))),
+            "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
+            "truncation_rate": float(first["_truncated"].mean()),
+            "advantages_abs_mean": float(jnp.mean(jnp.abs(first["advantages"]))),
             "drift/logp_abs_mean": float(drift.sum() / n_tok), "drift/logp_abs_max": float(drift.max()),
-            "completion_len_mean": float(jnp.asarray(tokens.shape[1] if cmask is None else cmask.sum(1)).mean()),
-            "time/rollout_s": t1 - t0, "time/reward_s": t2 - t1, "time/logprob_s": t3 - t2,
+            "entropy": float((entropy * cmask).sum() / n_tok),
+            "loss_tokens_frac": float(loss_mask.sum() / n_tok),
+            "time/rollout_s": t_roll, "time/reward_s": t_rew, "time/logprob_s": t3 - t2,
         })
+        if cfg.dynamic_sampling:
+            metrics.update({"dynamic_sampling/rollouts": float(len(parts)),
+                            "dynamic_sampling/groups_with_signal": float(min(kept, n_groups)) / n_groups})
         return batch, metrics
 
+    @staticmethod
+    def _select_groups(parts: list, n_groups: int) -> dict:
+        """The first n_groups groups with signal across the rollout batches, then groups without signal from the
+        first batch to keep the static size (the caller masks their loss)."""
+        if len(parts) == 1:
+            return dict(parts[0][0])
+        g = len(parts[0][0]["completion"]) // n_groups
+        order = [(i, j) for i, (_, s) in enumerate(parts) for j in np.flatnonzero(s)][:n_groups]
+        order += [(0, j) for j in np.flatnonzero(~parts[0][1])][:n_groups - len(order)]
+        idx = jnp.asarray(np.concatenate([np.arange(g) + (i * n_groups + j) * g for i, j in order]))
+        return jax.tree.map(lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *[p for p, _ in parts])
+
+    # -- update ----------------------------------------------------------------------------------------------
     def step(self, state: TrainState, prompts: dict) -> tuple[TrainState, dict]:
-        """One GRPO iteration: sample with the current policy, then num_iterations updates."""
+        """One GRPO iteration: sample with the current policy, then num_iterations x mini-batches updates.
+        state.step advances by exactly 1 (see module docstring)."""
+        cfg = self.cfg
         rng = jax.random.fold_in(jax.random.key(self.seed), int(state.step))
         batch, metrics = self.rollout(state.params, prompts, rng)
         t0 = time.perf_counter()
-        for _ in range(self.cfg.num_iterations):
-            state, m = self._update(state, batch)
-        jax.block_until_ready(m)
+        n_rows = batch["completion"].shape[0]
+        n_mb = n_rows // mini_batch_rows(n_rows, cfg)
+        stacked = self._split(batch, n_mb, cfg.group_size) if n_mb > 1 else None
+        sums: dict[str, float] = {}
+        updates = 0
+        for _ in range(cfg.num_iterations):
+            for i in range(n_mb):
+                mb = batch if stacked is None else jax.tree.map(lambda x: x[i], stacked)  # noqa: B023
+                state, m = self._update(state, mb)
+                updates += 1
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        if updates > 1:
+            state = self._rewind(state, updates - 1)
+        jax.block_until_ready(state.step)
         metrics["time/update_s"] = time.perf_counter() - t0
-        tokens = jnp.maximum(m.pop("tokens"), 1.0)
-        for k in list(m):
+        tokens = max(float(sums.pop("tokens")), 1.0)
+        for k in list(sums):
             if k.endswith("_sum"):
-                metrics[k[:-4]] = float(m.pop(k) / tokens)
-        metrics.update({k: float(v) for k, v in m.items()})
+                metrics[k[:-4]] = float(sums.pop(k)) / tokens
+        metrics.update({k: float(v) / updates for k, v in sums.items()})
+        metrics["updates"] = float(updates)
         return state, metrics

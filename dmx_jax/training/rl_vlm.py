@@ -1,10 +1,14 @@
 """The vision-language pieces GRPO needs: sampler-backed rollout and completion log-probs.
 
 Both use the same model graph and the same positions (completion token j at slot T + j has position
-last prompt position + 1 + j, as transformers generates), so the sampler's log-probs and the trainer's agree to fp32 round-off; the drift metric
-measures exactly that.
+last prompt position + 1 + j, as transformers generates), and both take log-probs of softmax(logits / T) at the
+sampling temperature T, so the sampler's log-probs and the trainer's agree to fp32 round-off; the drift metric
+measures exactly that. Completion log-probs are computed in chunks of positions under a rematerialised scan:
+peak logits memory is [N, chunk, V] in the forward and the backward pass, never [N, Tn, V].
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +22,17 @@ def _positions_3bt(positions):
     return positions if positions.shape[0] == 3 else jnp.swapaxes(positions, 0, 1)
 
 
-def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...], pad_id: int):
+def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...], pad_id: int,
+                   shared_prefill: bool = True, cache_dtype=None):
     """sample_fn(params, prompts, rng) for GRPOLearner; prompts carry input_ids, attention_mask,
-    positions [N, 3, T], deltas [N, 1] and optionally pixel_values [N, P, F] + vision_inputs."""
+    positions [N, 3, T], deltas [N, 1] and optionally pixel_values [N, P, F] + vision_inputs.
+
+    shared_prefill: prompts arrive once per group (P rows) and the sampler returns P * G rows, the G samples
+    sharing one prefill (the learner reads `sample_fn.group_size`); False: prompts arrive repeated G times.
+    stop_token_ids: any number of ids (see dmx_jax.sampling.generate.stop_token_ids).
+    cache_dtype: KV-cache dtype (None = the model's compute dtype)."""
+    stops = tuple(int(s) for s in stop_token_ids)
+    group = algo.group_size if shared_prefill else 1
 
     def sample_fn(params, prompts, rng):
         return _generate(graphdef, params, jnp.asarray(prompts["input_ids"]), _positions_3bt(jnp.asarray(prompts["positions"])),
@@ -28,13 +40,49 @@ def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...
                          None if "pixel_values" not in prompts else jnp.asarray(prompts["pixel_values"]),
                          None if "vision_inputs" not in prompts else jax.tree.map(jnp.asarray, prompts["vision_inputs"]),
                          rng, max_new_tokens=algo.max_new_tokens, temperature=algo.temperature, top_k=algo.top_k,
-                         top_p=algo.top_p, stop_token_ids=tuple(stop_token_ids), pad_id=pad_id)
+                         top_p=algo.top_p, stop_token_ids=stops, pad_id=pad_id, group_size=group,
+                         micro_batches=algo.rollout_micro_batches,
+                         cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
 
+    sample_fn.group_size = group
+    sample_fn.stop_token_ids = stops
     return sample_fn
 
 
-def completion_logprobs(model, batch: dict) -> jax.Array:
-    """Per-token log-probs [N, Tn] of batch['completion'] given the prompt (and its images)."""
+def _chunked_token_logprobs(hidden, head, targets, temperature: float, chunk: int, with_entropy: bool):
+    """hidden [N, T, D], head [D, V], targets [N, T] -> log softmax(h @ head / temperature)[target] [N, T]
+    (and the entropy [N, T]), chunk positions at a time under jax.checkpoint."""
+    n, t, d = hidden.shape
+
+    def one(h, tg):
+        logits = jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype), preferred_element_type=jnp.float32)
+        logits = logits / temperature if temperature != 1.0 else logits
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        lp = jnp.take_along_axis(logits, tg[..., None], axis=-1)[..., 0] - lse
+        if not with_entropy:
+            return lp, jnp.zeros_like(lp)
+        p = jnp.exp(logits - lse[..., None])
+        return lp, lse - jnp.sum(p * logits, axis=-1)
+
+    if chunk <= 0 or chunk >= t:
+        return one(hidden, targets)
+    n_chunks = -(-t // chunk)
+    pad = n_chunks * chunk - t
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    h_c = hidden.reshape(n, n_chunks, chunk, d).swapaxes(0, 1)          # [n_chunks, N, chunk, D]
+    t_c = targets.reshape(n, n_chunks, chunk).swapaxes(0, 1)
+    lp, ent = jax.lax.map(lambda xs: jax.checkpoint(one)(*xs), (h_c, t_c))
+    join = lambda x: x.swapaxes(0, 1).reshape(n, n_chunks * chunk)[:, :t]  # noqa: E731
+    return join(lp), join(ent)
+
+
+def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_size: int = 0,
+                        return_entropy: bool = False):
+    """Per-token log-probs [N, Tn] of batch['completion'] given the prompt (and its images), under
+    softmax(logits / temperature); with return_entropy also the per-token entropy [N, Tn] of that distribution.
+    chunk_size > 0: logits are built chunk_size positions at a time (never [N, Tn, V] at once)."""
     ids, comp = batch["input_ids"], batch["completion"]
     n, t = ids.shape
     tn = comp.shape[1]
@@ -45,6 +93,14 @@ def completion_logprobs(model, batch: dict) -> jax.Array:
     merge_ids = jnp.concatenate([ids, jnp.full_like(comp, -1)], axis=1)
     hidden, _ = forward_hidden(model, full, positions, mask, batch.get("pixel_values"), batch.get("vision_inputs"),
                                merge_ids=merge_ids)
-    logits = model.logits(hidden[:, t - 1:-1]).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, comp[..., None], axis=-1)[..., 0]
+    lp, ent = _chunked_token_logprobs(hidden[:, t - 1:-1], model.head_kernel(), comp, float(temperature),
+                                      int(chunk_size), return_entropy)
+    return (lp, ent) if return_entropy else lp
+
+
+def make_logprob_fn(algo: GRPOConfig, *, chunk_size: int = 0):
+    """logprob_fn(model, batch, return_entropy=False) for GRPOLearner at the sampling temperature of `algo`;
+    chunk_size: positions per logits chunk (the runner passes MemoryConfig.loss_chunk)."""
+    fn = functools.partial(completion_logprobs, temperature=algo.temperature, chunk_size=chunk_size)
+    fn.supports_entropy = True
+    return fn
