@@ -12,7 +12,7 @@ from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.loop import MetricsWriter
 from experiments.datasets import model_config_for, real_data, synthetic_data
 from experiments.evaluate import evaluate_stage
-from experiments.stages import load_stage_params, run_grpo, run_supervised, stage_done
+from experiments.stages import RunContext, load_stage_params, plan_stage, run_stage, stage_done
 
 __all__ = ["model_config_for", "run_pipeline"]
 
@@ -43,6 +43,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
     writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
     mesh = make_mesh(MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     graphdef, params, data, mcfg = initial_model(cfg, mesh, run_dir)
+    ctx = RunContext(mesh=mesh, writer=writer, run_config=cfg_json, seed=cfg.seed)
     tok, d = data.tokenizer, cfg.data
     sft_rows, cold_rows, rl_rows = data.sft, data.cold_start, data.rl
     eval_plain, eval_reason, test_ex = data.eval_plain, data.eval_reason, data.test_examples
@@ -69,14 +70,11 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
             params = load_stage_params(sdir, params, mesh)
         if not selected:
             continue
-        if not done and name == "grpo":
-            print(f"[grpo] {scfg.steps} steps x {scfg.prompts_per_step} prompts x G={scfg.algo.group_size}", flush=True)
-            params = run_grpo(sdir, graphdef, params, rows, scfg, tok, seed=cfg.seed, mesh=mesh, writer=writer,
-                              config_json=cfg_json, vocab_size=mcfg.text.vocab_size)
-        elif not done:
-            print(f"[{name}] {scfg.steps} steps, batch {scfg.batch_size}", flush=True)
-            params = run_supervised(name, sdir, graphdef, params, rows, scfg, seed=cfg.seed, mesh=mesh, writer=writer,
-                                    config_json=cfg_json, model_cfg=mcfg)
+        if not done:
+            spec, recipe = plan_stage(name, scfg, graphdef, mcfg, tok, params, mesh=mesh, seed=cfg.seed)
+            print(f"[{name}] {spec.steps} steps, batch {spec.batch_size}"
+                  + (f" prompts x G={scfg.algo.group_size}" if name == "grpo" else ""), flush=True)
+            params = run_stage(spec, recipe, sdir, params, rows, ctx)
         eval_file = run_dir / "eval" / f"{name}.json"
         if eval_file.is_file():
             saved = json.loads(eval_file.read_text())

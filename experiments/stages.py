@@ -1,25 +1,25 @@
-"""Stage runners for the experiment driver: SFT-style stages and GRPO, each checkpointed and resumable."""
+"""One stage runner for every training stage (SFT, cold start, GRPO): optimizer, state, shardings, checkpointer,
+resume, signals, final save and the DONE marker live here once; a stage supplies its step and its batches.
+
+    recipe = sft_recipe(graphdef, model_cfg, chunk)          # or grpo_recipe(...)
+    params = run_stage(StageSpec("sft", cfg.sft.steps, ...), recipe, stage_dir, params, rows, ctx)
+"""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from dmx_jax.perf.flops import batch_train_flops
-from dmx_jax.rewards.combine import PRESETS as REWARD_PRESETS
-from dmx_jax.rewards.combine import ground_truth_arrays, make_reward_fn
-from dmx_jax.rewards.text_bytes import token_bytes_table
 from dmx_jax.training.checkpoint import Checkpointer
-from dmx_jax.training.grpo import GRPOLearner
-from dmx_jax.training.loop import MetricsWriter, train_loop
-from dmx_jax.training.optim import make_optimizer
+from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
+from dmx_jax.training.optim import OptimConfig, make_optimizer
 from dmx_jax.training.resume import start_or_resume
-from dmx_jax.training.rl_vlm import completion_logprobs, make_sample_fn
 from dmx_jax.training.sft import make_sft_loss
 from dmx_jax.training.state import init_train_state
 from dmx_jax.training.step import make_train_step, state_shardings
@@ -28,25 +28,49 @@ from experiments.data import batches
 DONE = "DONE.json"
 
 
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """The schedule of one stage: how many steps of which batch size, its optimizer and checkpoint interval."""
+
+    name: str
+    steps: int
+    batch_size: int
+    optim: OptimConfig
+    save_every: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run shares."""
+
+    mesh: Any
+    writer: MetricsWriter
+    run_config: dict
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecipe:
+    """What makes a stage itself. build_step(tx, state_shardings, place) -> step(state, inputs) -> (state, metrics);
+    prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch with
+    the data source's per-process flag). bar_metrics label the progress bar, done_metric goes into DONE.json."""
+
+    build_step: Callable
+    prepare: Callable
+    flops_fn: Callable | None = None
+    bar_metrics: tuple[tuple[str, str], ...] = (("loss", "loss"),)
+    done_metric: tuple[str, str] = ("final_loss", "loss")
+
+
 def stage_done(stage_dir: Path) -> dict | None:
     f = stage_dir / DONE
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def _finish(stage_dir: Path, ck: Checkpointer, state, info: dict) -> dict:
-    """Last full checkpoint, the final params on their own (what the next stage loads), then the DONE marker."""
-    import orbax.checkpoint as ocp
-    ck.save(int(state.step), state, force=True)
-    ck.close()
-    with ocp.StandardCheckpointer() as saver:
-        saver.save((stage_dir / "final_params").absolute(), state.params, force=True)
-    (stage_dir / DONE).write_text(json.dumps(info))
-    return info
-
-
 def load_stage_params(stage_dir: Path, params_like, mesh):
     """Final params of a finished stage, placed like `params_like` (their shardings under `mesh`)."""
     import orbax.checkpoint as ocp
+
     from dmx_jax.sharding.rules import tree_shardings
     shard = tree_shardings(params_like, mesh)
     target = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params_like, shard)
@@ -64,74 +88,93 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
     return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
 
 
-def run_supervised(stage: str, stage_dir: Path, graphdef, params, rows, cfg_stage, *, seed: int, mesh,
-                   writer: MetricsWriter, config_json: dict, model_cfg=None):
+def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, rows, ctx: RunContext):
+    """Train one stage from `params` on `rows` (encoded rows or a GrainSource); resumable; returns final params."""
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tx = make_optimizer(cfg_stage.optim)
-    state = init_train_state(params, tx, seed=seed)
-    sh = state_shardings(state, mesh)
-    ck = Checkpointer(stage_dir / "ckpt", save_every=cfg_stage.save_every, keep=2)
-    data = batches(rows, cfg_stage.batch_size, seed=seed)
-    state, start = start_or_resume(state, sh, ck, data)
-    step = jax.jit(make_train_step(graphdef, make_sft_loss(), tx), donate_argnums=(0,))
-
-    def strip(arrays):
-        return place_batch({k: v for k, v in arrays.items() if k != "deltas"}, mesh,
-                           per_process=getattr(data, "per_process", False))
-
-    state, summary = train_loop(step, state, data, num_steps=cfg_stage.steps, checkpointer=ck, writer=writer,
-                                config=config_json, place_batch=strip, stage=stage,
-                                flops_fn=None if model_cfg is None else functools.partial(batch_train_flops, model_cfg))
+    tx = make_optimizer(spec.optim)
+    state = init_train_state(params, tx, seed=ctx.seed)
+    shardings = state_shardings(state, ctx.mesh)
+    ck = Checkpointer(stage_dir / "ckpt", save_every=spec.save_every, keep=2)
+    data = batches(rows, spec.batch_size, seed=ctx.seed)
+    state, start = start_or_resume(state, shardings, ck, data)
+    place = functools.partial(place_batch, mesh=ctx.mesh, per_process=getattr(data, "per_process", False))
+    step = recipe.build_step(tx, shardings, place)
+    loop = LoopConfig(num_steps=spec.steps, stage=spec.name, bar_metrics=recipe.bar_metrics)
+    io = LoopIO(checkpointer=ck, writer=ctx.writer, run_config=ctx.run_config, flops_fn=recipe.flops_fn,
+                prepare=lambda arrays, meta: recipe.prepare(arrays, meta, place))
+    state, summary = train_loop(step, state, data, loop, io)
     if summary["preempted"]:
         ck.close()
-        raise SystemExit(f"[{stage}] stopped by signal at step {int(state.step)}; rerun the same command to resume")
-    _finish(stage_dir, ck, state, {"stage": stage, "steps": int(state.step), "resumed_from": start,
-                                   "final_loss": summary["last_metrics"].get("loss")})
+        raise SystemExit(f"[{spec.name}] stopped by signal at step {int(state.step)}; rerun the same command to resume")
+    ck.save(int(state.step), state, force=True)
+    ck.close()
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as saver:          # what the next stage loads
+        saver.save((stage_dir / "final_params").absolute(), state.params, force=True)
+    key, metric = recipe.done_metric
+    info = {"stage": spec.name, "steps": int(state.step), "resumed_from": start,
+            key: summary["last_metrics"].get(metric)}
+    (stage_dir / DONE).write_text(json.dumps(info))
     return state.params
 
 
-def run_grpo(stage_dir: Path, graphdef, params, prompt_rows, rl_cfg, tokenizer, *, seed: int, mesh,
-             writer: MetricsWriter, config_json: dict, vocab_size: int | None = None):
-    """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids)."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    algo = rl_cfg.algo
-    tx = make_optimizer(rl_cfg.optim)
-    state = init_train_state(params, tx, seed=seed)
-    sh = state_shardings(state, mesh)
-    ck = Checkpointer(stage_dir / "ckpt", save_every=rl_cfg.save_every, keep=2)
-    data = batches(prompt_rows, rl_cfg.prompts_per_step, seed=seed)
-    n_rollouts, shards = rl_cfg.prompts_per_step * algo.group_size, mesh.shape["data"] * mesh.shape["fsdp"]
-    if n_rollouts % shards:
-        from experiments.overrides import ConfigError
-        raise ConfigError(f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
-                          f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)")
-    state, start = start_or_resume(state, sh, ck, data)
-    reward_cfg = REWARD_PRESETS[rl_cfg.reward_preset]
+def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int = 1) -> StageRecipe:
+    """Supervised stages (SFT, cold start): answer-only cross-entropy, the state donated to the step."""
+
+    def build_step(tx, shardings, place):  # noqa: ARG001 - the batch arrives placed
+        return jax.jit(make_train_step(graphdef, make_sft_loss(loss_chunk), tx, grad_accum=grad_accum),
+                       donate_argnums=(0,))
+
+    def prepare(arrays, meta, place):  # noqa: ARG001
+        return place({k: v for k, v in arrays.items() if k != "deltas"})
+
+    flops = None if model_cfg is None else functools.partial(batch_train_flops, model_cfg)
+    return StageRecipe(build_step, prepare, flops)
+
+
+def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, vocab_size: int | None = None, seed: int = 0) -> StageRecipe:
+    """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids);
+    the prompt stream carries each prompt's reward ground truth, built from the rows' targets and boxes."""
+    from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
+    from dmx_jax.rewards.text_bytes import token_bytes_table
+    from dmx_jax.training.grpo import GRPOLearner
+    from dmx_jax.training.rl_vlm import completion_logprobs, make_sample_fn
+    algo, reward_cfg = rl_cfg.algo, PRESETS[rl_cfg.reward_preset]
     jitted_reward = make_reward_fn(reward_cfg, token_bytes_table(tokenizer, vocab_size or tokenizer.vocab_size))
 
     def reward_fn(tokens, cmask, rep):          # all on device: ids -> bytes -> parse -> scores
         return jitted_reward(tokens, cmask, rep["reward_truth"])
 
-    learner = GRPOLearner(graphdef, algo, tx,
-                          sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(tokenizer.im_end_id,),
-                                                   pad_id=tokenizer.pad_id),
-                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=params, seed=seed,
-                          place=lambda rep: place_batch(rep, mesh, per_process=getattr(data, "per_process", False)))
+    def build_step(tx, shardings, place):  # noqa: ARG001
+        sample_fn = make_sample_fn(graphdef, algo, stop_token_ids=(tokenizer.im_end_id,), pad_id=tokenizer.pad_id)
+        learner = GRPOLearner(graphdef, algo, tx, sample_fn=sample_fn, reward_fn=reward_fn,
+                              logprob_fn=completion_logprobs, ref_params=ref_params, seed=seed, place=place,
+                              grad_accum=rl_cfg.optim.grad_accum)
+        return learner.step
 
-    class PromptData:
-        def __next__(self):
-            arrays, meta = next(data)
-            truth = ground_truth_arrays([r["target"] for r in meta["rows"]], [r["boxes"] for r in meta["rows"]],
-                                        reward_cfg)
-            return {**{k: v for k, v in arrays.items() if k not in ("loss_mask",)}, "reward_truth": truth}, meta
+    def prepare(arrays, meta, place):  # noqa: ARG001 - the learner places the repeated prompt batch itself
+        truth = ground_truth_arrays([r["target"] for r in meta["rows"]], [r["boxes"] for r in meta["rows"]],
+                                    reward_cfg)
+        return {**{k: v for k, v in arrays.items() if k != "loss_mask"}, "reward_truth": truth}
 
-        get_state, set_state = data.get_state, data.set_state
+    return StageRecipe(build_step, prepare,
+                       bar_metrics=(("reward", "reward/overall"), ("kl", "kl"), ("len", "completion_len_mean")),
+                       done_metric=("final_reward", "reward/overall"))
 
-    state, summary = train_loop(learner.step, state, PromptData(), num_steps=rl_cfg.steps, checkpointer=ck,
-                                writer=writer, config=config_json, stage="grpo")
-    if summary["preempted"]:
-        ck.close()
-        raise SystemExit(f"[grpo] stopped by signal at step {int(state.step)}; rerun the same command to resume")
-    _finish(stage_dir, ck, state, {"stage": "grpo", "steps": int(state.step), "resumed_from": start,
-                                   "final_reward": summary["last_metrics"].get("reward/overall")})
-    return state.params
+
+def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params, *, mesh,
+               seed: int = 0) -> tuple[StageSpec, StageRecipe]:
+    """The schedule and recipe of stage `name` from its config section (cfg.sft / cfg.cold_start: StageConfig,
+    cfg.rl: RLConfig). GRPO's reference model is `ref_params` (the parameters the stage starts from)."""
+    if name != "grpo":
+        spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
+        return spec, sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum)
+    n_rollouts = stage_cfg.prompts_per_step * stage_cfg.algo.group_size
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if n_rollouts % shards:
+        from experiments.overrides import ConfigError
+        raise ConfigError(f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
+                          f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)")
+    spec = StageSpec(name, stage_cfg.steps, stage_cfg.prompts_per_step, stage_cfg.optim, stage_cfg.save_every)
+    return spec, grpo_recipe(graphdef, stage_cfg, tokenizer, ref_params, vocab_size=model_cfg.text.vocab_size,
+                             seed=seed)

@@ -38,11 +38,11 @@ def setup(tmp_path_factory):
             "cold_start": encode_all(ex, tok, mcfg, cfg, 512, reasoning=True),
             "grpo": encode_all(ex, tok, mcfg, cfg, 256, reasoning=True, prompt_only=True)}
     graphdef, state = nnx.split(Qwen25VL(mcfg, nnx.Rngs(0)))
-    return graphdef, nnx.to_pure_dict(state), rows, tok
+    return graphdef, nnx.to_pure_dict(state), rows, tok, mcfg
 
 
 def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
-    graphdef, params, rows, tok = setup
+    graphdef, params, rows, tok, mcfg = setup
     params = jax.tree.map(np.array, params)         # fresh buffers: the train step donates its state
     mesh = make_mesh(MeshConfig(2, 1, 1), devices=jax.devices()[:2])   # batch split over 2 devices
     writer = MetricsWriter(run_dir / "metrics.jsonl")
@@ -63,13 +63,13 @@ def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
         monkeypatch.setattr(stages, "batches", batches_with_sigterm)
     optim = OptimConfig(learning_rate=3e-3, warmup_steps=0, schedule="constant")
     if stage == "grpo":
-        rl = RLConfig(steps=STEPS, prompts_per_step=2, save_every=2, optim=optim,
-                      algo=GRPOConfig(group_size=2, max_new_tokens=8, kl_coef=0.02))
-        return stages.run_grpo(run_dir, graphdef, params, rows["grpo"], rl, tok, seed=0, mesh=mesh, writer=writer,
-                               config_json={})
-    sc = StageConfig(steps=STEPS, batch_size=2, save_every=2, optim=optim)
-    return stages.run_supervised(stage, run_dir, graphdef, params, rows[stage], sc, seed=0, mesh=mesh,
-                                 writer=writer, config_json={})
+        scfg = RLConfig(steps=STEPS, prompts_per_step=2, save_every=2, optim=optim,
+                        algo=GRPOConfig(group_size=2, max_new_tokens=8, kl_coef=0.02))
+    else:
+        scfg = StageConfig(steps=STEPS, batch_size=2, save_every=2, optim=optim)
+    spec, recipe = stages.plan_stage(stage, scfg, graphdef, mcfg, tok, params, mesh=mesh)
+    ctx = stages.RunContext(mesh=mesh, writer=writer, run_config={})
+    return stages.run_stage(spec, recipe, run_dir, params, rows[stage], ctx)
 
 
 def _per_step(run_dir, key):

@@ -6,6 +6,7 @@ iterators do) so a resumed run continues with exactly the batches an uninterrupt
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -79,26 +80,48 @@ def _throughput(flops: float, seconds: float, peak_per_device: float | None) -> 
     return out
 
 
-def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
-               data: StatefulIterator, *, num_steps: int, checkpointer: Checkpointer | None = None,
-               writer: MetricsWriter | None = None, config: Any = None, log_every: int = 1,
-               place_batch: Callable[[dict], dict] = lambda b: b, progress: bool = True,
-               stage: str = "train", on_step: Callable[[int, dict], None] | None = None,
-               guard: PreemptionGuard | None = None,
-               flops_fn: Callable[[dict], float] | None = None) -> tuple[TrainState, dict]:
-    """Run `step_fn` until `state.step == num_steps`, resuming from `state` as given.
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How a stage's loop runs. bar_metrics: (label, metric key) pairs shown on the progress bar when present."""
 
-    flops_fn(arrays) -> model FLOPs of the step (dmx_jax.perf.flops.batch_train_flops); when given, every
-    logged step carries `tflops_per_s` and, on devices with a known bf16 peak, `mfu`.
+    num_steps: int
+    stage: str = "train"
+    log_every: int = 1
+    progress: bool = True
+    bar_metrics: tuple[tuple[str, str], ...] = (("loss", "loss"),)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopIO:
+    """What the loop talks to. prepare(arrays, meta) -> step inputs (e.g. placed on the mesh); flops_fn(arrays)
+    -> model FLOPs of the step (dmx_jax.perf.flops.batch_train_flops), which adds tflops_per_s and, on devices
+    with a known bf16 peak, mfu to every logged step; run_config is saved with each checkpoint."""
+
+    checkpointer: Checkpointer | None = None
+    writer: MetricsWriter | None = None
+    run_config: Any = None
+    prepare: Callable[[dict, dict], dict] | None = None
+    flops_fn: Callable[[dict], float] | None = None
+    on_step: Callable[[int, dict], None] | None = None
+    guard: PreemptionGuard | None = None
+
+
+def _bar_postfix(metrics: dict, fields) -> dict:
+    return {label: f"{float(metrics[key]):.4g}" for label, key in fields if key in metrics}
+
+
+def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
+               data: StatefulIterator, cfg: LoopConfig, io: LoopIO = LoopIO()) -> tuple[TrainState, dict]:
+    """Run `step_fn` until `state.step == cfg.num_steps`, resuming from `state` as given.
 
     Returns the final state and a summary {'steps_run', 'preempted', 'last_metrics'}.
     """
-    guard = guard or PreemptionGuard()
-    peak = peak_flops_per_device(jax.devices()[0].device_kind) if flops_fn is not None else None
+    guard, ck, stage, num_steps = io.guard or PreemptionGuard(), io.checkpointer, cfg.stage, cfg.num_steps
+    peak = peak_flops_per_device(jax.devices()[0].device_kind) if io.flops_fn is not None else None
     start = int(state.step)
     last: dict = {}
     bar = None
-    if progress and is_main_process() and num_steps > start:
+    if cfg.progress and is_main_process() and num_steps > start:
         from tqdm.auto import tqdm
         bar = tqdm(total=num_steps, initial=start, desc=stage, dynamic_ncols=True, leave=False)
     preempted = False
@@ -107,35 +130,35 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
         while step < num_steps:
             arrays, meta = next(data)
             t0 = time.perf_counter()
-            state, metrics = step_fn(state, place_batch(arrays))
+            state, metrics = step_fn(state, io.prepare(arrays, meta) if io.prepare else arrays)
             step += 1
             loss = float(metrics["loss"])
             if not math.isfinite(loss) or not math.isfinite(float(metrics.get("grad_norm", 0.0))):
-                good = checkpointer.latest_step() if checkpointer else None
+                good = ck.latest_step() if ck else None
                 ids = list(meta.get("example_ids", []))[:16]
                 raise NonFiniteLossError(
-                    f"[{stage}] non-finite loss {loss} at step {step} (grad_norm {float(metrics.get('grad_norm', 0.0))}); "
-                    f"batch example_ids {ids}; last good checkpoint: "
-                    f"{f'step {good} in {checkpointer.directory}' if good is not None else 'none'}")
+                    f"[{stage}] non-finite loss {loss} at step {step} (grad_norm "
+                    f"{float(metrics.get('grad_norm', 0.0))}); batch example_ids {ids}; last good checkpoint: "
+                    f"{f'step {good} in {ck.directory}' if good is not None else 'none'}")
             last = {k: _to_py(v) for k, v in metrics.items()}
             last["step_time_s"] = time.perf_counter() - t0
-            if flops_fn is not None:
-                last.update(_throughput(flops_fn(arrays), last["step_time_s"], peak))
-            if writer and (step % log_every == 0 or step == num_steps):
-                writer.write({"step": step, "train_stage": stage, **last})
-            if on_step:
-                on_step(step, last)
+            if io.flops_fn is not None:
+                last.update(_throughput(io.flops_fn(arrays), last["step_time_s"], peak))
+            if io.writer and (step % cfg.log_every == 0 or step == num_steps):
+                io.writer.write({"step": step, "train_stage": stage, **last})
+            if io.on_step:
+                io.on_step(step, last)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if checkpointer:
-                checkpointer.save(step, state, data_state=data.get_state(), config=config,
-                                  force=step == num_steps or guard.stop_requested)
+                bar.set_postfix(_bar_postfix(last, cfg.bar_metrics))
+            if ck:
+                ck.save(step, state, data_state=data.get_state(), config=io.run_config,
+                        force=step == num_steps or guard.stop_requested)
             if guard.stop_requested:
                 preempted = True
                 break
-    if checkpointer:
-        checkpointer.wait()
+    if ck:
+        ck.wait()
     if bar is not None:
         bar.close()
     return state, {"steps_run": step - start, "preempted": preempted, "last_metrics": last}

@@ -16,7 +16,7 @@ from flax import nnx  # noqa: E402
 
 from dmx_jax.sharding import MeshConfig, make_mesh  # noqa: E402
 from dmx_jax.training.checkpoint import Checkpointer  # noqa: E402
-from dmx_jax.training.loop import MetricsWriter, train_loop  # noqa: E402
+from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop  # noqa: E402
 from dmx_jax.training.resume import start_or_resume  # noqa: E402
 from dmx_jax.training.state import init_train_state  # noqa: E402
 from dmx_jax.training.step import make_train_step, state_shardings  # noqa: E402
@@ -56,8 +56,8 @@ def main(run_dir, num_steps, sleep):
     def slow(step, metrics):
         time.sleep(sleep)
 
-    train_loop(step_fn, state, data, num_steps=num_steps, checkpointer=ck, progress=False,
-               writer=MetricsWriter(os.path.join(run_dir, "metrics.jsonl")), on_step=slow)
+    train_loop(step_fn, state, data, LoopConfig(num_steps=num_steps, progress=False),
+               LoopIO(checkpointer=ck, writer=MetricsWriter(os.path.join(run_dir, "metrics.jsonl")), on_step=slow))
     ck.close()
 
 
