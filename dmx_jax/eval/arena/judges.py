@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dmx_jax.eval.arena.records import JudgeRequest, JudgeResponse, Report, parse_verdict
-from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS, chexpert_labels, extract_mentions
+from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS, extract_mentions
 from dmx_jax.eval.grounding import grounding_sample_scores
 
 log = logging.getLogger(__name__)
@@ -135,49 +135,92 @@ def _response_from_body(body: bytes) -> JudgeResponse:
 # ------------------------------------------------------------------------------------------ rubric judge
 
 _SIDES = {"left": "left", "right": "right", "bilateral": "bilateral", "bibasilar": "bilateral", "both": "bilateral"}
+# severity / size words -> level 1 (mild) .. 3 (severe), looked up in a finding's clause
+SEVERITY = {"trace": 1, "tiny": 1, "minimal": 1, "mild": 1, "small": 1, "subtle": 1, "slight": 1,
+            "moderate": 2, "medium": 2,
+            "severe": 3, "large": 3, "marked": 3, "extensive": 3, "massive": 3, "substantial": 3}
+
+
+def _findings(text: str) -> dict[str, dict]:
+    """{class: {value, sides, severity}} of the positive (1) / uncertain (-1) mentions of `text` (a class
+    stated positive anywhere counts as positive); sides and severity levels come from the mentions' clauses."""
+    out: dict[str, dict] = {}
+    for m in extract_mentions(text):
+        if m.value == 0.0 or m.label not in CHEXPERT_LABELS:
+            continue
+        words = m.clause.replace("-", " ").split()
+        sides = {_SIDES[w] for w in words if w in _SIDES}
+        if {"left", "right"} <= sides:
+            sides = {"bilateral"}
+        f = out.setdefault(m.label, {"value": m.value, "sides": set(), "severity": set()})
+        f["value"] = max(f["value"], m.value)            # 1 beats -1
+        f["sides"] |= sides
+        f["severity"] |= {SEVERITY[w] for w in words if w in SEVERITY}
+    return out
 
 
 def _finding_sides(text: str) -> set[tuple[str, str]]:
     """(class, side) of positive / uncertain mentions whose clause names a side."""
-    out = set()
-    for m in extract_mentions(text):
-        if m.value == 0.0:
-            continue
-        sides = {_SIDES[w] for w in m.clause.replace("-", " ").split() if w in _SIDES}
-        if {"left", "right"} <= sides:
-            sides = {"bilateral"}
-        out |= {(m.label, s) for s in sides}
-    return out
+    return {(k, s) for k, f in _findings(text).items() for s in f["sides"]}
 
 
 def _set_f1(a: set, b: set) -> float:
     return 1.0 if not a and not b else 2 * len(a & b) / (len(a) + len(b))
 
 
+def _label_f1(ref: dict, cand: dict) -> float:
+    """Soft F1 over the findings either report states: a shared finding counts 1 when both state it the same
+    way (positive / uncertain), 0.5 when one hedges; two reports stating no finding agree fully."""
+    if not ref and not cand:
+        return 1.0
+    match = sum(1.0 if ref[k]["value"] == cand[k]["value"] else 0.5 for k in ref.keys() & cand.keys())
+    return 2 * match / (len(ref) + len(cand))
+
+
+def _severity(ref: dict, cand: dict) -> float | None:
+    """Mean agreement of severity words on the findings both state where either grades it: 1 same level,
+    0.5 one level apart or graded in one report only, 0 otherwise; None when no shared finding is graded."""
+    scores = []
+    for k in ref.keys() & cand.keys():
+        a, b = ref[k]["severity"], cand[k]["severity"]
+        if not a and not b:
+            continue
+        if not a or not b:
+            scores.append(0.5)
+            continue
+        gap = min(abs(x - y) for x in a for y in b)
+        scores.append(1.0 if gap == 0 else 0.5 if gap == 1 else 0.0)
+    return float(np.mean(scores)) if scores else None
+
+
 class RubricJudge:
-    """Offline, deterministic judge: agreement of each report with the reference on rule-based CheXpert labels,
-    finding sides and boxes; the higher weighted score wins unless within `tie_margin`."""
+    """Offline, deterministic judge grading partial agreement with the reference: rule-CheXpert findings
+    (soft F1, negation and uncertainty from `chexpert_labeler`), the finding sides, severity words and box
+    IoU; the higher weighted score wins, a tie only when the scores differ by at most `tie_margin`."""
 
     label = "offline rubric judge"
 
-    def __init__(self, label_weight: float = 0.6, side_weight: float = 0.2, box_weight: float = 0.2,
-                 tie_margin: float = 0.02):
-        self.weights = {"labels": label_weight, "sides": side_weight, "boxes": box_weight}
+    def __init__(self, label_weight: float = 0.5, side_weight: float = 0.15, severity_weight: float = 0.15,
+                 box_weight: float = 0.2, tie_margin: float = 1e-9):
+        self.weights = {"labels": label_weight, "sides": side_weight, "severity": severity_weight,
+                        "boxes": box_weight}
         self.tie_margin = tie_margin
-        self.judge_id = f"rubric-v1:{label_weight:g}/{side_weight:g}/{box_weight:g}/{tie_margin:g}"
+        self.judge_id = (f"rubric-v2:{label_weight:g}/{side_weight:g}/{severity_weight:g}/{box_weight:g}/"
+                         f"{tie_margin:g}")
 
     def components(self, candidate: Report, reference: Report) -> dict[str, float]:
-        """{labels, sides?, boxes?, total}: sides only when either report names a side of a finding, boxes
-        only when the reference has boxes; total is the weighted mean of the components present."""
-        ref_l, cand_l = chexpert_labels([reference.text, candidate.text])
-        present = lambda v: v == 1.0 or v == -1.0  # noqa: E731
-        union = [k for k in range(len(CHEXPERT_LABELS)) if present(ref_l[k]) or present(cand_l[k])]
-        agree = [1.0 if ref_l[k] == cand_l[k] else 0.5 if present(ref_l[k]) and present(cand_l[k]) else 0.0
-                 for k in union]
-        parts = {"labels": float(np.mean(agree)) if agree else 1.0}
-        ref_sides, cand_sides = _finding_sides(reference.text), _finding_sides(candidate.text)
+        """{labels, sides?, severity?, boxes?, total}: sides only when either report names a side of a finding,
+        severity only when a finding both state is graded in either, boxes only when the reference has boxes;
+        total is the weighted mean of the components present."""
+        ref, cand = _findings(reference.text), _findings(candidate.text)
+        parts = {"labels": _label_f1(ref, cand)}
+        ref_sides = {(k, s) for k, f in ref.items() for s in f["sides"]}
+        cand_sides = {(k, s) for k, f in cand.items() for s in f["sides"]}
         if ref_sides or cand_sides:
             parts["sides"] = _set_f1(ref_sides, cand_sides)
+        sev = _severity(ref, cand)
+        if sev is not None:
+            parts["severity"] = sev
         if reference.boxes:
             parts["boxes"] = grounding_sample_scores(list(candidate.boxes), list(reference.boxes))["miou"]
         weight = sum(self.weights[k] for k in parts)
