@@ -471,3 +471,21 @@ def test_render_speed_is_measured():
     sample_ms = (time.perf_counter() - t0) / 30 * 1e3
     print(f"\nrender_scene 128^2: {render_ms:.2f} ms/image; sample() incl. plan, geometry, report, priors: "
           f"{sample_ms:.2f} ms/study")
+
+
+def test_test_split_has_the_stratified_evaluation_mix():
+    """600 test indices hold exactly 216 grounding, 312 VQA-type and 72 report prompts; other splits keep
+    drawing from task_mix, and test_task_mix=None restores the random draw in the test split."""
+    from collections import Counter
+    cfg = SyntheticConfig()
+    cycle = cfg.task_cycle()
+    counts = Counter(cycle[i % len(cycle)] for i in range(600))
+    assert counts["grounding"] == 216 and counts["vqa"] + counts["classification"] == 312
+    assert counts["findings"] + counts["impression"] == 72
+    assert [D.examples("test", i, cfg).task for i in range(6)] == list(cycle[:6])
+    plain = SyntheticConfig(test_task_mix=None)
+    rng_tasks = [D.examples("test", i, plain).task for i in range(6)]
+    assert [D.examples("val", i, cfg).task for i in range(6)] == [D.examples("val", i, plain).task for i in range(6)]
+    assert rng_tasks != list(cycle[:6])
+    with pytest.raises(ValueError, match="test_task_mix"):
+        SyntheticConfig(test_task_mix=(("captioning", 1.0),))

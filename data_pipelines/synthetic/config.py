@@ -18,6 +18,14 @@ DEFAULT_TASK_MIX: tuple[tuple[str, float], ...] = (
     ("grounding", 0.12), ("referring", 0.08), ("classification", 0.10),
 )
 
+# Tasks of the test split (held-out evaluation), assigned in a fixed stratified cycle (exact shares over every
+# 50 consecutive indices): 600 test examples give 216 grounding, 312 VQA-type (vqa 276, classification 36)
+# and 72 report prompts, enough to resolve stage differences of ~0.1 with paired CIs.
+DEFAULT_TEST_TASK_MIX: tuple[tuple[str, float], ...] = (
+    ("findings", 0.06), ("impression", 0.06), ("vqa", 0.46), ("grounding", 0.36), ("classification", 0.06),
+)
+TEST_CYCLE = 50
+
 # The CoGenT-style held-out attribute combination: (CheXpert name, patient side, zone).
 DEFAULT_HELDOUT = ("Lung Lesion", "left", "upper")
 
@@ -35,7 +43,9 @@ class SyntheticConfig:
     hedge_rate: probability a hedgeable finding is reported with a hedge (label -1).
     negative_rate: probability that an absent observation gets a pertinent negative sentence (label 0).
     min_box_px: smallest lesion box side at 128^2 (scaled with image_size).
-    task_mix: (task, weight) pairs for `examples`.
+    task_mix: (task, weight) pairs for `examples` (train / val / heldout: drawn at random per index).
+    test_task_mix: (task, weight) pairs of the test split, assigned by a fixed stratified cycle of TEST_CYCLE
+      indices (exact shares; None: the test split draws from task_mix like the others).
     max_rejections: study variants tried per balanced question before accepting any answer.
     heldout: (name, side, zone) never rendered in train/val/test and always present in the heldout split.
     split sizes: the length of each split's index range used by sources (indices beyond raise).
@@ -52,6 +62,7 @@ class SyntheticConfig:
     negative_rate: float = 0.5
     min_box_px: float = 8.0
     task_mix: tuple[tuple[str, float], ...] = DEFAULT_TASK_MIX
+    test_task_mix: tuple[tuple[str, float], ...] | None = DEFAULT_TEST_TASK_MIX
     heldout: tuple[str, str, str] = DEFAULT_HELDOUT
     train_size: int = 1_000_000
     val_size: int = 2_000
@@ -80,6 +91,12 @@ class SyntheticConfig:
         unknown = [t for t, _ in self.task_mix if t not in TASKS]
         if unknown:
             raise ValueError(f"{where}.task_mix has unknown tasks {unknown}; expected names from {TASKS}")
+        if self.test_task_mix is not None:
+            mix = self.test_task_mix
+            if not mix or any(w < 0 for _, w in mix) or sum(w for _, w in mix) <= 0 or \
+                    any(t not in TASKS for t, _ in mix):
+                raise ValueError(f"{where}.test_task_mix needs known tasks with non-negative weights and a "
+                                 f"positive sum, got {mix}")
         from data_pipelines.synthetic.findings import ZONED  # local: findings imports this module
 
         name, side, zone = self.heldout
@@ -101,6 +118,19 @@ class SyntheticConfig:
 
     def split_size(self, split: str) -> int:
         return getattr(self, f"{check_split(split)}_size")
+
+    def task_cycle(self) -> tuple[str, ...]:
+        """The test split's tasks for TEST_CYCLE consecutive indices: largest-remainder counts of
+        test_task_mix, in a fixed shuffled order (so any prefix of whole cycles has the exact shares)."""
+        names = [t for t, _ in self.test_task_mix]
+        w = np.array([w for _, w in self.test_task_mix], dtype=np.float64)
+        quota = w / w.sum() * TEST_CYCLE
+        counts = np.floor(quota).astype(int)
+        for k in np.argsort(-(quota - counts), kind="stable")[:TEST_CYCLE - counts.sum()]:
+            counts[k] += 1
+        cycle = [n for n, c in zip(names, counts) for _ in range(c)]
+        order = np.random.default_rng(np.random.SeedSequence([int(self.seed), 20261203])).permutation(TEST_CYCLE)
+        return tuple(cycle[k] for k in order)
 
     def task_probabilities(self) -> tuple[tuple[str, ...], np.ndarray]:
         names = tuple(t for t, _ in self.task_mix)

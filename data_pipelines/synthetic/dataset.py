@@ -16,7 +16,7 @@ import numpy as np
 
 from data_pipelines.schema import CHEXPERT_LABELS, TASKS, Box, Example
 from data_pipelines.synthetic import grounding, reasoning, vqa
-from data_pipelines.synthetic.config import SyntheticConfig, global_index, rng_for, split_of
+from data_pipelines.synthetic.config import TEST_CYCLE, SyntheticConfig, global_index, rng_for, split_of
 from data_pipelines.synthetic.findings import Finding
 from data_pipelines.synthetic.reports import make_report
 from data_pipelines.synthetic.scene import Plan, Scene, plan_study, realize, render_scene
@@ -148,12 +148,15 @@ def classification_target(findings) -> str:
 
 
 def examples(split: str, index: int, config: SyntheticConfig | None = None, *, task: str | None = None) -> Example:
-    """The Example at a split's local index; the task is drawn from config.task_mix unless given."""
+    """The Example at a split's local index; the task is drawn from config.task_mix (the test split: the
+    stratified config.task_cycle()) unless given."""
     config = config or SyntheticConfig()
     gidx = global_index(split, index, config)
     rng = rng_for(config.seed, gidx, "task")
     names, probs = config.task_probabilities()
-    chosen = names[int(rng.choice(len(names), p=probs))]
+    chosen = names[int(rng.choice(len(names), p=probs))]     # drawn in every split (keeps the random streams)
+    if split == "test" and config.test_task_mix is not None:
+        chosen = config.task_cycle()[index % TEST_CYCLE]
     task = task or chosen
     if task not in TASKS:
         raise ValueError(f"data_pipelines/synthetic/dataset.py: unknown task {task!r}; expected one of {TASKS}")
