@@ -76,3 +76,103 @@ def test_variants_run_as_config_presets():
     for cfg in (GRPOConfig.dr_grpo(group_size=4), GRPOConfig.dapo(group_size=4, num_iterations=2)):
         hist = _run(cfg, steps=2)
         assert np.isfinite([h["reward/overall"] for h in hist]).all()
+
+
+class _Prompts:
+    """A stateful prompt iterator (the loop's protocol): batch i is a fixed function of i."""
+
+    def __init__(self, n=4):
+        self.i, self.n = 0, n
+
+    def __next__(self):
+        rng = np.random.default_rng(self.i)
+        self.i += 1
+        return {"prompt": rng.integers(0, 32, size=(self.n, 5)).astype(np.int32)}, {}
+
+    def get_state(self):
+        return self.i
+
+    def set_state(self, s):
+        self.i = s
+
+
+def _loop(step_fn, state, data, num_steps):
+    """The stage loop's contract (dmx_jax.training.loop.train_loop): run until state.step == num_steps."""
+    steps, m = 0, {}
+    while int(state.step) < num_steps:
+        state, m = step_fn(state, next(data)[0])
+        steps += 1
+    return state, {"steps_run": steps, "last_metrics": m}
+
+
+def _learner(cfg, **kw):
+    graphdef, st = nnx.split(ToyLM(seed=1))
+    params = nnx.to_pure_dict(st)
+    tx = optax.adam(3e-2)
+    sample_fn, logprob_fn, reward_fn = _toy_fns(graphdef)
+    learner = GRPOLearner(graphdef, cfg, tx, sample_fn=sample_fn, reward_fn=kw.pop("reward_fn", reward_fn),
+                          logprob_fn=logprob_fn, ref_params=params, seed=0, **kw)
+    return learner, init_train_state(params, tx)
+
+
+def test_resume_with_several_updates_per_step_is_exact():
+    """mu = 2 epochs x 2 mini-batches = 4 optimizer updates per loop step: state.step counts loop steps, so a run
+    stopped after 2 steps and resumed by a fresh learner does exactly the updates of an uninterrupted run."""
+    cfg = GRPOConfig(group_size=4, num_iterations=2, ppo_mini_batch_size=2, kl_coef=0.01, max_new_tokens=TN)
+    learner, state = _learner(cfg)
+    full, summary = _loop(learner.step, state, _Prompts(), 4)
+    assert summary["steps_run"] == 4 and int(full.step) == 4
+    assert int(full.opt_state[0].count) == 4 * 2 * 2
+    assert summary["last_metrics"]["updates"] == 4.0
+    _, state = _learner(cfg)            # the learner keeps no step state: one instance serves both runs
+    data = _Prompts()
+    half, _ = _loop(learner.step, state, data, 2)
+    saved = jax.tree.map(np.array, half), data.get_state()          # what a checkpoint holds
+    data = _Prompts()
+    data.set_state(saved[1])
+    resumed, summary = _loop(learner.step, jax.tree.map(jnp.asarray, saved[0]), data, 4)
+    assert summary["steps_run"] == 2 and int(resumed.step) == 4
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+
+
+def test_mini_batches_match_manual_updates():
+    """Two mini-batches = two optimizer updates, each normalised by its own groups' (sum, count)."""
+    cfg = GRPOConfig(group_size=4, ppo_mini_batch_size=2, kl_coef=0.0, max_new_tokens=TN)
+    learner, state = _learner(cfg)
+    prompts = next(_Prompts())[0]
+    rng = jax.random.fold_in(jax.random.key(0), 0)
+    batch, _ = learner.rollout(state.params, prompts, rng)
+    manual = jax.tree.map(jnp.array, state)
+    for groups in ([0, 2], [1, 3]):                       # group-strided: group g in mini-batch g % 2
+        rows = np.concatenate([np.arange(4) + 4 * g for g in groups])
+        manual, _ = learner._update(manual, jax.tree.map(lambda x: x[rows], batch))
+    stepped, m = learner.step(state, prompts)
+    assert m["updates"] == 2.0 and int(stepped.step) == 1
+    for a, b in zip(jax.tree.leaves(manual.params), jax.tree.leaves(stepped.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+
+
+def test_dynamic_sampling_refills_groups_with_signal():
+    """Prompts starting with an even token get a constant reward (no signal); refill batches supply groups with
+    signal until the static batch of 4 groups is full of them."""
+    def reward_fn(tokens, mask, rep):
+        live = (rep["prompt"][:, 0] % 2 == 1).astype(jnp.float32)
+        return {"overall": live * jnp.mean((tokens == TARGET).astype(jnp.float32) + 0.01 * tokens, axis=1)}
+
+    first = np.array([[2, 1, 1, 1, 1], [4, 1, 1, 1, 1], [3, 1, 1, 1, 1], [6, 1, 1, 1, 1]], np.int32)
+    extra = iter([np.array([[5, 2, 2, 2, 2], [8, 2, 2, 2, 2], [7, 2, 2, 2, 2], [9, 2, 2, 2, 2]], np.int32)])
+    cfg = GRPOConfig.dapo(group_size=4, max_new_tokens=TN, dynamic_sampling_max_tries=3, overlong_filtering=False)
+    learner, state = _learner(cfg, reward_fn=reward_fn, refill=lambda: {"prompt": next(extra)})
+    batch, m = learner.rollout(state.params, {"prompt": first}, jax.random.key(3))
+    assert batch["completion"].shape == (16, TN)           # static: 4 groups x G
+    firsts = np.asarray(batch["prompt"][::4, 0])
+    assert firsts.tolist() == [3, 5, 7, 9]                 # 1 from the first batch, 3 refilled, in order
+    assert m["dynamic_sampling/rollouts"] == 2.0 and m["frac_zero_std_groups"] == 0.75
+    assert float(np.asarray(batch["loss_mask"]).sum()) == 16 * TN
+    # without refill the static batch keeps its zero-signal groups, masked out of the loss
+    learner, state = _learner(cfg, reward_fn=reward_fn)
+    batch, m = learner.rollout(state.params, {"prompt": first}, jax.random.key(3))
+    lm = np.asarray(batch["loss_mask"]).reshape(4, 4, TN)
+    assert lm[2].all() and not lm[[0, 1, 3]].any()
+    assert m["completion_len_mean"] == TN                  # measured before the mask
