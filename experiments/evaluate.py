@@ -9,8 +9,9 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines.formatting import parse_answer
-from dmx_jax.eval import (bootstrap_ci, chexpert_f1, chexpert_labels, grounding_scores, nlg_sample_scores,
-                          nlg_scores, vqa_scores)
+from dmx_jax.eval import (bootstrap_ci, chexpert_f1, chexpert_labels, grounding_sample_scores, grounding_scores,
+                          nlg_sample_scores, nlg_scores, summarise, vqa_sample_score, vqa_scores)
+from dmx_jax.eval.paired import paired_by_key
 from dmx_jax.sampling.generate import _generate
 
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
@@ -103,8 +104,38 @@ def _rolled_images(arrays: dict, idx: np.ndarray, image_token_id: int) -> dict:
     return sub
 
 
-def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> dict:
-    """VQA score and grounding mIoU with every image-dependent prompt given another prompt's image.
+def example_scores(records: list[dict], answer_key: str = "answer") -> dict[str, dict[str, float]]:
+    """Per-example scores of evaluation records, {metric: {example_id: value}}, with the definitions of
+    vqa_grounding_metrics: "vqa_score" over VQA_TASKS, "grounding.miou" / "grounding.acc_at_0_5" of the answer's
+    first box (none: an empty box). answer_key: the answer field ("control_answer": the images-swapped one)."""
+    out: dict[str, dict[str, float]] = {"vqa_score": {}, "grounding.miou": {}, "grounding.acc_at_0_5": {}}
+    for r in records:
+        if answer_key not in r:
+            continue
+        if r["task"] in VQA_TASKS:
+            out["vqa_score"][r["example_id"]] = vqa_sample_score(r[answer_key], r["target"])
+        elif r["task"] == "grounding":
+            s = grounding_sample_scores(boxes_in(r[answer_key])[:1] or [(0.0, 0.0, 0.0, 0.0)], r["boxes_true"])
+            out["grounding.miou"][r["example_id"]] = s["miou"]
+            out["grounding.acc_at_0_5"][r["example_id"]] = s["acc_at_0_5"]
+    return {k: v for k, v in out.items() if v}
+
+
+def citation_stats(records: list[dict], n_bootstrap: int = 200) -> dict:
+    """Over the VQA and grounding outputs: the share citing at least one box anywhere in the output
+    ("cite_rate"), and, over the citing outputs of prompts with truth boxes, the greedy-matched mIoU of all
+    cited boxes with the truth ("cited_box_iou")."""
+    recs = [r for r in records if r["task"] in IMAGE_TASKS]
+    cites = [bool(boxes_in(r["output"])) for r in recs]
+    ious = [grounding_sample_scores(boxes_in(r["output"]), r["boxes_true"])["miou"]
+            for r, c in zip(recs, cites) if c and r["boxes_true"]]
+    return {"cite_rate": summarise(np.asarray(cites, np.float64), n_bootstrap),
+            "cited_box_iou": summarise(np.asarray(ious, np.float64), n_bootstrap)}
+
+
+def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> tuple[dict, dict[str, str]]:
+    """VQA score and grounding mIoU with every image-dependent prompt given another prompt's image, and the
+    swapped-image answer per example id.
 
     Scores near the real-image ones mean the answers come from the text alone (priors of the question)."""
     texts, rows = [], []
@@ -115,7 +146,15 @@ def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> d
         texts += generate_texts(graphdef, params, _rolled_images(arrays, idx, tokenizer.image_pad_id), tokenizer,
                                 max_new_tokens=max_new_tokens)
         rows += [group_rows[i] for i in idx]
-    return vqa_grounding_metrics([parse_answer(t) for t in texts], rows, n_bootstrap)
+    answers = [parse_answer(t) for t in texts]
+    return vqa_grounding_metrics(answers, rows, n_bootstrap), {r["example_id"]: a for r, a in zip(rows, answers)}
+
+
+def image_drop(records: list[dict], n_bootstrap: int) -> dict:
+    """Paired real - swapped differences per metric over the examples the control answered:
+    {metric: {"mean", "ci", "n", "excludes_zero"}}; a positive drop means the answers use the image."""
+    real, swapped = example_scores(records), example_scores(records, "control_answer")
+    return {m: paired_by_key(swapped[m], real[m], n_bootstrap) for m in real if m in swapped}
 
 
 def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200,
@@ -125,7 +164,9 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
     Answers are the last \\boxed{} (else the text after </think>, else the whole output).
     format_ids: example ids of the reasoning tasks; the grounded-format rate is taken over their outputs
     (report prompts are answered in plain text by design), over every output when None.
-    control: add metrics["image_control"], the VQA and grounding scores with images swapped between prompts.
+    control: add metrics["image_control"], the VQA and grounding scores with images swapped between prompts,
+    and its "drop" (paired real - swapped per metric, with CIs); records get the swapped "control_answer".
+    metrics["citations"]: share of image-task outputs citing a box and the IoU of the cited boxes.
     """
     texts, rows = [], []
     for arrays, group_rows, max_new_tokens in groups:
@@ -146,6 +187,11 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
     fmt = [bool(re.search(r"<think>.*\[\d+, \d+, \d+, \d+\].*</think>.*\\boxed\{", t, re.S))
            for t, r in zip(texts, rows) if format_ids is None or r["example_id"] in format_ids]
     metrics["grounded_format_rate"] = float(np.mean(fmt)) if fmt else 0.0
+    metrics["citations"] = citation_stats(records, n_bootstrap)
     if control:
-        metrics["image_control"] = image_control(graphdef, params, groups, tokenizer, n_bootstrap=n_bootstrap)
+        metrics["image_control"], swapped = image_control(graphdef, params, groups, tokenizer, n_bootstrap=n_bootstrap)
+        for rec in records:
+            if rec["example_id"] in swapped:
+                rec["control_answer"] = swapped[rec["example_id"]]
+        metrics["image_control"]["drop"] = image_drop(records, n_bootstrap)
     return metrics, records

@@ -19,8 +19,8 @@ def _summary_cell(s) -> str:
 
 def stage_table(results: dict) -> str:
     rows = ["| stage | VQA score | grounding mIoU | grounding Acc@0.5 | report ROUGE-L | report BLEU-4 | "
-            "rule-CheXpert micro-F1 (14) | grounded-format rate | VQA / mIoU, images swapped |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "rule-CheXpert micro-F1 (14) | grounded-format rate | VQA / mIoU, images swapped | image drop VQA / mIoU |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for st in STAGE_ORDER:
         if st not in results:
             continue
@@ -31,10 +31,38 @@ def stage_table(results: dict) -> str:
         ctrl = m.get("image_control", {})
         swapped = (f"{ctrl['vqa_score']['mean']:.3f} / {ctrl.get('grounding', {}).get('miou', {}).get('mean', float('nan')):.3f}"
                    if "vqa_score" in ctrl else "–")
+        drop = ctrl.get("drop", {})
+        drops = " / ".join(_summary_cell(drop.get(k)) for k in ("vqa_score", "grounding.miou")) if drop else "–"
         rows.append(f"| {st} | " + " | ".join(_summary_cell(c) for c in cells) +
-                    f" | {m.get('grounded_format_rate', float('nan')):.2f} | {swapped} |")
+                    f" | {m.get('grounded_format_rate', float('nan')):.2f} | {swapped} | {drops} |")
     rows.append("")
-    rows.append("Cells: value [95% bootstrap CI over held-out examples].")
+    rows.append("Cells: value [95% bootstrap CI over held-out examples]. Image drop: real minus images-swapped "
+                "score on the same prompts, paired 95% CI (a CI above 0 means the answers use the image).")
+    return "\n".join(rows)
+
+
+DIFF_PAIRS = (("sft", "cold_start"), ("cold_start", "grpo"), ("sft", "grpo"))
+DIFF_METRICS = (("vqa_score", "VQA"), ("grounding.miou", "mIoU"), ("grounding.acc_at_0_5", "Acc@0.5"))
+
+
+def stage_differences(outputs: dict, n_bootstrap: int = 1000) -> dict:
+    """{"later-earlier": {metric: paired summary}} from the stages' evaluation records (same prompts)."""
+    from dmx_jax.eval.paired import stage_differences as paired_stages
+    from experiments.evaluate import example_scores
+    return paired_stages({st: example_scores(recs) for st, recs in outputs.items()}, DIFF_PAIRS, n_bootstrap)
+
+
+def difference_table(diffs: dict) -> str:
+    """Markdown table of paired stage differences; '*' marks a 95% CI that excludes 0."""
+    if not diffs:
+        return ""
+    rows = ["| comparison | " + " | ".join(f"Δ {label}" for _, label in DIFF_METRICS) + " |",
+            "|---|" + "---|" * len(DIFF_METRICS)]
+    for name, d in diffs.items():
+        cells = [(_summary_cell(d.get(k)) + (" *" if d.get(k, {}).get("excludes_zero") else "")) for k, _ in DIFF_METRICS]
+        rows.append(f"| {name.replace('-', ' − ')} | " + " | ".join(cells) + " |")
+    rows += ["", "Paired differences on the same held-out prompts: mean [95% bootstrap CI over examples]; "
+             "* the CI excludes 0."]
     return "\n".join(rows)
 
 
@@ -187,7 +215,10 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
         for model_file in sorted((run_dir / "tokenizer").glob("*.model"))[-1:]:   # tiny run: its SentencePiece
             (run_dir / "hf_export" / "dmx_tokenizer.model").write_bytes(model_file.read_bytes())
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
-    lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results), "",
+    diffs = stage_differences(outputs, n_bootstrap=cfg.eval.bootstrap) if outputs else {}
+    if diffs:
+        (run_dir / "eval" / "differences.json").write_text(json.dumps(diffs, indent=1))
+    lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results), "", difference_table(diffs), "",
              "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "
              "Grounding: predicted box = first box in the answer, model-input pixels. "
              "Grounded-format rate: share of the reasoning-task prompts (VQA, grounding, referring) answered as "

@@ -29,3 +29,52 @@ def test_images_swapped_only_between_rows_with_as_many_image_tokens():
     assert out["pixel_values"][:, 0].tolist() == [4, 3, 0, 1, 2]
     assert out["vision_inputs"]["rot_hw"][:, 0].tolist() == [4, 3, 0, 1, 2]
     assert (out["input_ids"] == ids).all()
+
+
+def _records(answers: dict, control: dict | None = None):
+    """Evaluation records: vqa rows v0.. with target 'yes', grounding rows g0.. with truth box [0, 0, 10, 10]."""
+    recs = []
+    for eid, ans in answers.items():
+        task = "vqa" if eid.startswith("v") else "grounding"
+        rec = {"example_id": eid, "task": task, "question_type": None, "output": ans, "answer": ans,
+               "target": "yes" if task == "vqa" else "[0, 0, 10, 10]", "boxes_true": [] if task == "vqa" else
+               [[0.0, 0.0, 10.0, 10.0]], "image_size": (64, 64)}
+        if control is not None:
+            rec["control_answer"] = control[eid]
+        recs.append(rec)
+    return recs
+
+
+def test_paired_difference_is_tighter_than_unpaired_and_flags_zero():
+    import numpy as np
+    from dmx_jax.eval.paired import paired_difference
+    rng = np.random.default_rng(0)
+    a = rng.random(300)
+    b = a + 0.05 + 0.02 * rng.standard_normal(300)           # b better by 0.05 on every item, small noise
+    d = paired_difference(a, b)
+    assert abs(d["mean"] - 0.05) < 0.01 and d["ci"][0] > 0.04 and d["excludes_zero"] and d["n"] == 300
+    same = paired_difference(a, a + 0.02 * rng.standard_normal(300))
+    assert not same["excludes_zero"] and same["ci"][0] < 0 < same["ci"][1]
+
+
+def test_stage_differences_and_image_drop_from_records():
+    from experiments.evaluate import citation_stats, example_scores, image_drop
+    from experiments.report import difference_table, stage_differences
+    n = 60
+    good = {**{f"v{i}": "yes" for i in range(n)}, **{f"g{i}": "[0, 0, 10, 10]" for i in range(n)}}
+    bad = {**{f"v{i}": ("yes" if i % 4 == 0 else "no") for i in range(n)},
+           **{f"g{i}": ("[0, 0, 10, 10]" if i % 4 == 0 else "[30, 30, 40, 40]") for i in range(n)}}
+    scores = example_scores(_records(good))
+    assert set(scores) == {"vqa_score", "grounding.miou", "grounding.acc_at_0_5"} and len(scores["vqa_score"]) == n
+    diffs = stage_differences({"sft": _records(bad), "cold_start": _records(good), "grpo": _records(good)})
+    up = diffs["cold_start-sft"]
+    assert abs(up["vqa_score"]["mean"] - 0.75) < 1e-9 and up["vqa_score"]["excludes_zero"]
+    assert abs(up["grounding.acc_at_0_5"]["mean"] - 0.75) < 1e-9 and up["grounding.miou"]["ci"][0] > 0.5
+    assert diffs["grpo-cold_start"]["vqa_score"]["mean"] == 0 and not diffs["grpo-cold_start"]["vqa_score"]["excludes_zero"]
+    table = difference_table(diffs)
+    assert "cold_start − sft" in table and "0.750 [" in table and " *" in table
+    drop = image_drop(_records(good, control=bad), n_bootstrap=200)
+    assert drop["vqa_score"]["excludes_zero"] and abs(drop["grounding.miou"]["mean"] - 0.75) < 1e-9
+    assert not image_drop(_records(good, control=good), n_bootstrap=200)["vqa_score"]["excludes_zero"]
+    cites = citation_stats(_records(bad))
+    assert cites["cite_rate"]["mean"] == 0.5 and abs(cites["cited_box_iou"]["mean"] - 0.25) < 1e-9
