@@ -22,7 +22,7 @@ class DataConfig:
     min_pixels: int = 56 * 56
     max_seq_len: int = 160              # plain SFT rows (prompt + answer), tokens
     patch_budget: int | None = None     # static patch rows per example (None: derived from the images / max_pixels)
-    on_too_long: str = "error"          # "error" | "skip" (skipped examples are counted and printed)
+    on_too_long: Literal["error", "skip"] = "error"  # skip: too-long examples are dropped, counted and printed
     reasoning_seq_len: int = 448        # cold-start rows: prompt + reasoning suffix + <think> trace + answer
     prompt_len: int = 128               # left-padded plain prompts for evaluation
     reasoning_prompt_len: int = 256     # left-padded reasoning prompts (RL rollouts, evaluation)
@@ -119,7 +119,7 @@ class ExperimentConfig:
     seed: int = 0
     model: str = "tiny"                 # a dmx_jax.model preset name
     hf_checkpoint: str | None = None    # start from a Hugging Face Qwen2.5-VL folder instead
-    dtype: str = "float32"              # compute dtype; params stay float32
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # compute dtype; params stay float32
     mesh: MeshConfig = MeshConfig()
     memory: MemoryConfig = MemoryConfig()
     data: DataConfig = DataConfig()
@@ -145,12 +145,32 @@ def tiny() -> ExperimentConfig:
     )
 
 
+def _scaled_data(**kw) -> DataConfig:
+    """Real-data budgets derived from max_pixels: a 3056x2544 CXR at 262,144 pixels is 560x448 = 320 image
+    tokens; the static patch budget (experiments.datasets.patch_budget: any aspect ratio) is 1,444 patches =
+    361 tokens. Prompt text and chat template ~100 tokens, the reasoning suffix ~120, a report answer ~300,
+    a <think> trace + boxed answer up to the GRPO max_new_tokens."""
+    return DataConfig(source="mimic_cxr", image_size=512, max_pixels=262144, train_examples=351_500,
+                      eval_examples=1000, num_workers=8,
+                      prompt_len=512,                                    # 361 + ~100 prompt text, rounded up
+                      reasoning_prompt_len=640,                          # + the reasoning suffix
+                      max_seq_len=1024,                                  # plain rows: prompt + report answer
+                      reasoning_seq_len=1536,                            # prompt + <think> trace + answer
+                      **kw)
+
+
+def _scaled_memory(**kw) -> MemoryConfig:
+    """Chosen from `python -m experiments.aot` (BUILD_NOTES.md): every stage fits with >= 10% headroom."""
+    return MemoryConfig(**{**dict(remat="full", vision_remat="full", attention="splash", attention_block=512,
+                                  loss_chunk=512, kv_cache_dtype="bfloat16", ref_dtype="bfloat16"), **kw})
+
+
 def qwen2_5_vl_3b() -> ExperimentConfig:
     return ExperimentConfig(
         name="qwen2_5_vl_3b", model="qwen2_5_vl_3b", dtype="bfloat16",
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
-        data=DataConfig(source="mimic_cxr", image_size=512, max_pixels=262144, max_seq_len=2048,
-                        train_examples=351_500, eval_examples=1000, num_workers=8),
+        memory=_scaled_memory(),
+        data=_scaled_data(),
         sft=StageConfig(steps=10_000, batch_size=128, optim=OptimConfig(learning_rate=1e-5, warmup_steps=200,
                                                                           total_steps=10_000, weight_decay=0.01)),
         cold_start=StageConfig(steps=300, batch_size=64, optim=OptimConfig(learning_rate=1e-5, warmup_steps=20,
@@ -164,7 +184,7 @@ def qwen2_5_vl_3b() -> ExperimentConfig:
 def qwen2_5_vl_7b() -> ExperimentConfig:
     base = qwen2_5_vl_3b()
     return dataclasses.replace(base, name="qwen2_5_vl_7b", model="qwen2_5_vl_7b",
-                               mesh=MeshConfig(data=-1, fsdp=8, tensor=1))
+                               mesh=MeshConfig(data=1, fsdp=-1, tensor=1))
 
 
 PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}

@@ -14,12 +14,17 @@ class ConfigError(ValueError):
 
 def _coerce(value: str, current: Any, type_hint: Any, key: str) -> Any:
     origin = typing.get_origin(type_hint)
+    if origin is typing.Literal:
+        allowed = typing.get_args(type_hint)
+        match = [a for a in allowed if str(a) == value]
+        if not match:
+            raise ConfigError(f"--set {key}={value}: not allowed; choose from {', '.join(map(str, allowed))}")
+        return match[0]
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(type_hint) if a is not type(None)]
         if value.lower() in ("none", "null"):
             return None
-        type_hint = args[0] if args else str
-        origin = typing.get_origin(type_hint)
+        return _coerce(value, current, args[0] if args else str, key)
     try:
         if type_hint is bool or isinstance(current, bool):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -61,11 +66,23 @@ def apply_override(cfg: Any, key: str, value: str, full_key: str | None = None) 
 
 
 def apply_overrides(cfg: Any, assignments: list[str]) -> Any:
+    """Apply `key=value` strings in order. Setting a mesh axis to -1 releases the other axes that were -1 (they
+    become 1): the axis named last takes the remaining devices."""
     for a in assignments:
         key, sep, value = a.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {a!r}")
-        cfg = apply_override(cfg, key.strip(), value.strip())
+        key, value = key.strip(), value.strip()
+        try:
+            cfg = apply_override(cfg, key, value)
+        except ValueError as e:                     # a config's own __post_init__ check
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"--set {key}={value}: {str(e).splitlines()[0]}") from None
+        axis = key.removeprefix("mesh.")
+        if axis != key and value == "-1" and hasattr(cfg, "mesh"):
+            released = {a: 1 for a in ("data", "fsdp", "tensor") if a != axis and getattr(cfg.mesh, a) == -1}
+            cfg = dataclasses.replace(cfg, mesh=dataclasses.replace(cfg.mesh, **released)) if released else cfg
     return cfg
 
 

@@ -30,6 +30,8 @@ def parse_args(argv=None):
                     help="multi-host start-up: env = DMX_COORDINATOR/DMX_NUM_PROCESSES/DMX_PROCESS_ID when set; "
                          "auto = jax.distributed.initialize() discovery (Cloud TPU pods, SLURM); off = one process")
     ap.add_argument("--stages", default="sft,cold_start,grpo", help="comma-separated subset of sft,cold_start,grpo")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check the config, build the mesh on this host's devices, print the plan and exit")
     return ap.parse_args(argv)
 
 
@@ -37,29 +39,57 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from experiments.configs import PRESETS
     from experiments.overrides import ConfigError, apply_overrides
+    from experiments.validate import parse_stages, validate
     if args.config not in PRESETS:
         print(f"error: unknown --config {args.config!r}; choose from {sorted(PRESETS)}", file=sys.stderr)
         return 2
-    try:
-        cfg = apply_overrides(PRESETS[args.config](), args.overrides)
+    try:                                   # the whole config is checked before anything is computed
+        cfg = validate(apply_overrides(PRESETS[args.config](), args.overrides))
+        stages = parse_stages(args.stages)
     except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if "://" in str(args.run_dir or ""):
+        print(f"error: --run-dir {args.run_dir}: remote run directories are not supported yet; use a local path or "
+              f"a mounted bucket (gcsfuse / a shared filesystem)", file=sys.stderr)
         return 2
     if args.distributed != "off":
         from dmx_jax.sharding import DistributedConfig, initialize
         initialize(DistributedConfig(auto=args.distributed == "auto"))
+    if args.dry_run:
+        return _dry_run(cfg, stages)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from experiments.pipeline import run_pipeline
     t0 = time.time()
     try:
-        summary = run_pipeline(cfg, run_dir, stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()))
+        summary = run_pipeline(cfg, run_dir, stages=stages)
     except _user_errors() as e:            # bad input: one line naming the file / field, no traceback
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     print(summary)
     print(f"\nrun directory: {run_dir}  ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def _dry_run(cfg, stages) -> int:
+    """The plan without compute: the mesh over this host's devices, the stages and their batch shapes."""
+    import jax
+
+    from dmx_jax.sharding import make_mesh
+    try:
+        mesh = make_mesh(cfg.mesh)
+    except ValueError as e:
+        print(f"error: mesh {dataclasses.asdict(cfg.mesh)} on {jax.device_count()} devices: {e}", file=sys.stderr)
+        return 2
+    plan = {"config": cfg.name, "model": cfg.model, "dtype": cfg.dtype, "devices": jax.device_count(),
+            "mesh": dict(mesh.shape), "stages": list(stages), "memory": dataclasses.asdict(cfg.memory),
+            "batches": {"sft": [cfg.sft.batch_size, cfg.data.max_seq_len],
+                        "cold_start": [cfg.cold_start.batch_size, cfg.data.reasoning_seq_len],
+                        "grpo": [cfg.rl.prompts_per_step * cfg.rl.algo.group_size,
+                                 cfg.data.reasoning_prompt_len + cfg.rl.algo.max_new_tokens]}}
+    print(json.dumps(plan))
     return 0
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import optax
@@ -14,7 +15,7 @@ class OptimConfig:
     learning_rate: float = 1e-4
     warmup_steps: int = 10
     total_steps: int = 1000
-    schedule: str = "cosine"         # "cosine" | "constant"
+    schedule: Literal["cosine", "constant"] = "cosine"
     end_lr_fraction: float = 0.1
     weight_decay: float = 0.0
     b1: float = 0.9
