@@ -86,19 +86,12 @@ def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
 def answer(graphdef, params, mcfg, tok, images: list[np.ndarray], prompt: str, *, task: str, reasoning: bool,
            max_new_tokens: int, max_pixels: int, min_pixels: int) -> dict:
     from data_pipelines.formatting import parse_answer
-    from data_pipelines.pipeline import EncodingConfig, encode_example, measure, stack_rows
-    from data_pipelines.schema import Example
+    from data_pipelines.pipeline import EncodingConfig, prompt_batch
     from experiments.evaluate import generate_texts
-    sizes = tuple((im.shape[1], im.shape[0]) for im in images)
-    ex = Example("cli/0", "cli", task, tuple(images), sizes, prompt, "")
-    enc = EncodingConfig(vision=mcfg.vision, min_pixels=min_pixels, max_pixels=max_pixels, reasoning=reasoning,
-                         prompt_only=True)
-    cache: dict = {}
-    seq_len, patch_budget = measure(ex, tok, enc, cache)                              # one exact-fit row
-    row = encode_example(ex, tok, enc, seq_len=seq_len, patch_budget=patch_budget, image_cache=cache)
-    arrays, _ = stack_rows([row])
+    enc = EncodingConfig(vision=mcfg.vision, min_pixels=min_pixels, max_pixels=max_pixels, reasoning=reasoning)
+    arrays, meta = prompt_batch(images, prompt, tok, enc, task=task)
     text = generate_texts(graphdef, params, arrays, tok, max_new_tokens=max_new_tokens, batch_size=1)[0]
-    return {"output": text, "answer": parse_answer(text), "model_size": tuple(row["meta"]["image_size"])}
+    return {"output": text, "answer": parse_answer(text), "model_size": tuple(meta["image_size"])}
 
 
 def draw_boxes(image: np.ndarray, model_size: tuple[int, int], text: str, out: Path, title: str) -> int:

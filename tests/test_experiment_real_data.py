@@ -13,29 +13,9 @@ from dmx_jax.hf import save_pretrained
 from dmx_jax.model import Qwen25VL, preset
 from experiments import run
 from tests.helpers.real_formats import mimic_report, write_mimic_cxr
+from tests.helpers.tiny_checkpoint import FINDINGS
+from tests.helpers.tiny_checkpoint import write_tiny_checkpoint as _checkpoint
 
-FINDINGS = ["There is a small left pleural effusion. The heart size is normal.",
-            "No focal consolidation. No pneumothorax. Heart size is normal.",
-            "Mild cardiomegaly. Lungs are clear."]
-
-
-def _checkpoint(folder):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(FINDINGS * 5 + ["Generate the FINDINGS section of the radiology report."] * 5, trainer)
-    folder.mkdir()
-    tok.save(str(folder / "tokenizer.json"))
-    t = HFTokenizer.from_file(folder / "tokenizer.json")
-    cfg = preset("tiny")
-    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_size=t.vocab_size),
-                              image_token_id=t.image_pad_id, vision_start_token_id=t.vision_start_id,
-                              vision_end_token_id=t.vision_end_id, video_token_id=t.vocab_size - 1,
-                              bos_token_id=t.im_start_id, eos_token_id=t.im_end_id, pad_token_id=t.pad_id)
-    save_pretrained(Qwen25VL(cfg, nnx.Rngs(0)), folder, config=cfg)
 
 
 @pytest.mark.slow

@@ -6,4 +6,5 @@ from data_pipelines.pipeline.batching import (BucketBatchIterDataset, BucketBatc
                                               collate, stack_rows)
 from data_pipelines.pipeline.dataset import EncodeToBucket, as_example, make_dataset  # noqa: F401
 from data_pipelines.pipeline.encode import (DoesNotFit, EncodingConfig, RowEncoder, check_buckets,  # noqa: F401
-                                            encode_example, encode_to_bucket, image_array, measure)
+                                            encode_example, encode_to_bucket, image_array, measure,
+                                            prompt_batch)
