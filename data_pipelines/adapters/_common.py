@@ -149,6 +149,14 @@ def check_policy(missing_images: str) -> None:
         raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
 
 
+def check_arguments(adapter: str, tasks: Iterable[str], supported: Sequence[str], missing_images: str,
+                    split: str | None) -> tuple[tuple[str, ...], str | None]:
+    """An adapter's common arguments checked at call time: (tasks, canonical split or None)."""
+    tasks = check_tasks(tasks, supported, adapter)
+    check_policy(missing_images)
+    return tasks, normalize_split(split, adapter)
+
+
 # ---------------------------------------------------------------------------------------------- images
 
 

@@ -74,9 +74,7 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
                      tasks: Sequence[str] = ("classification", "grounding"),
                      missing_images: str = "error") -> Iterator[Example]:
     """Classification: one Example per Data_Entry row. Grounding: one per (image, BBox label)."""
-    tasks = c.check_tasks(tasks, SUPPORTED_TASKS, "load_chestxray14")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_chestxray14")
+    tasks, want = c.check_arguments("load_chestxray14", tasks, SUPPORTED_TASKS, missing_images, split)
     if want == "val":
         raise ValueError("load_chestxray14: ChestX-ray14 has no official val split (train_val_list / test_list)")
     root = Path(root)
@@ -88,21 +86,25 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
     box_path = c.find_file(root, "BBox_List_2017.csv") if "grounding" in tasks else None
     yield c.CHECKED
 
-    def image_for(name: str, source: Path):
+    def image_in_split(name: str, source: Path):
+        """(split, image path, size) of an image in the wanted split; None for another split or a skipped image."""
+        split_name = split_of.get(name, "train")
+        if want is not None and split_name != want:
+            return None
         image = find(name)
-        return c.sized_image(image, missing_images, None if image.is_file() else PNG_SIZE, str(source))
+        try:
+            return split_name, *c.sized_image(image, missing_images, None if image.is_file() else PNG_SIZE, str(source))
+        except c.SkipExample:
+            return None
 
     if entry_path is not None:
         path = entry_path
         for row in c.read_csv(path, _ENTRY_COLUMNS, header_fix=expand_bracket_header):
             name = row["Image Index"]
-            split_name = split_of.get(name, "train")
-            if want is not None and split_name != want:
+            found = image_in_split(name, path)
+            if found is None:
                 continue
-            try:
-                image_path, size = image_for(name, path)
-            except c.SkipExample:
-                continue
+            split_name, image_path, size = found
             findings = tuple(f.strip() for f in row["Finding Labels"].split("|") if f.strip())
             original = c.as_int_size(row.get("OriginalImage[Width]", ""), row.get("OriginalImage[Height]", ""))
             yield Example(example_id=f"{DATASET}/{name}/classification", dataset=DATASET, task="classification",
@@ -119,13 +121,10 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
         for row in c.read_csv(path, _BOX_COLUMNS, header_fix=expand_bracket_header):
             groups.setdefault((row["Image Index"], row["Finding Label"].strip()), []).append(row)
         for (name, source_label), rows in groups.items():
-            split_name = split_of.get(name, "train")
-            if want is not None and split_name != want:
+            found = image_in_split(name, path)
+            if found is None:
                 continue
-            try:
-                image_path, size = image_for(name, path)
-            except c.SkipExample:
-                continue
+            split_name, image_path, size = found
             label = LABEL_SPELLING.get(source_label, source_label)
             try:
                 xywh = [[float(r[f"Bbox [{k}]"]) for k in "xywh"] for r in rows]

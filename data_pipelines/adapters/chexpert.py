@@ -34,9 +34,7 @@ def _csv_dir(root: Path) -> Path:
 def load_chexpert(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("classification",),
                   missing_images: str = "error") -> Iterator[Example]:
     """One classification Example per image; labels are the 14 CheXpert columns read by name."""
-    c.check_tasks(tasks, SUPPORTED_TASKS, "load_chexpert")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_chexpert")
+    _, want = c.check_arguments("load_chexpert", tasks, SUPPORTED_TASKS, missing_images, split)
     csv_dir = _csv_dir(Path(root))
     splits = [want] if want is not None else [s for s in _SPLIT_FILES
                                              if any((csv_dir / (_SPLIT_FILES[s] + z)).is_file() for z in ("", ".gz"))]
@@ -74,9 +72,7 @@ def load_chexpert_plus(root: c.PathLike, *, split: str | None = None,
                        tasks: Sequence[str] = ("findings", "impression"), csv_name: str = PLUS_CSV,
                        missing_images: str = "error") -> Iterator[Example]:
     """One Example per (report, task) from section_findings / section_impression; frontal images first."""
-    tasks = c.check_tasks(tasks, PLUS_SUPPORTED_TASKS, "load_chexpert_plus")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_chexpert_plus")
+    tasks, want = c.check_arguments("load_chexpert_plus", tasks, PLUS_SUPPORTED_TASKS, missing_images, split)
     root = Path(root)
     path = c.find_file(root, csv_name)
     yield c.CHECKED

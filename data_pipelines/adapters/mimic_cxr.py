@@ -81,9 +81,7 @@ def load_mimic_cxr(root: c.PathLike, *, split: str | None = None,
 A missing or empty (whitespace-only) report file raises FileNotFoundError naming it, unless
 skip_missing_reports=True, which skips the study's report tasks with one logged warning per study.
     """
-    tasks = c.check_tasks(tasks, SUPPORTED_TASKS, "load_mimic_cxr")
-    c.check_policy(missing_images)
-    want_split = c.normalize_split(split, "load_mimic_cxr")
+    tasks, want_split = c.check_arguments("load_mimic_cxr", tasks, SUPPORTED_TASKS, missing_images, split)
     root = Path(root)
     files_root = root / "files"
     reports_files = Path(reports_root if reports_root is not None else root) / "files"

@@ -36,9 +36,7 @@ def find_ms_cxr_csv(root: Path) -> Path:
 def load_ms_cxr(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("grounding",),
                 mimic_root: c.PathLike | None = None, missing_images: str = "error") -> Iterator[Example]:
     """One Example per (dicom_id, label_text) and task; boxes converted from xywh to pixel xyxy."""
-    tasks = c.check_tasks(tasks, SUPPORTED_TASKS, "load_ms_cxr")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_ms_cxr")
+    tasks, want = c.check_arguments("load_ms_cxr", tasks, SUPPORTED_TASKS, missing_images, split)
     root = Path(root)
     image_root = Path(mimic_root) if mimic_root is not None else root
     path = find_ms_cxr_csv(root)

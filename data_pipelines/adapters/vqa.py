@@ -51,9 +51,7 @@ def _json_items(path: Path) -> list[dict]:
 @c.checked_eagerly
 def load_mimic_cxr_vqa(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",),
                        mimic_root: c.PathLike | None = None, missing_images: str = "error") -> Iterator[Example]:
-    c.check_tasks(tasks, VQA_TASKS, "load_mimic_cxr_vqa")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_mimic_cxr_vqa")
+    _, want = c.check_arguments("load_mimic_cxr_vqa", tasks, VQA_TASKS, missing_images, split)
     root = Path(root)
     folder = root / "dataset" if (root / "dataset").is_dir() else root
     image_root = Path(mimic_root) if mimic_root is not None else root
@@ -87,9 +85,7 @@ def load_mimic_cxr_vqa(root: c.PathLike, *, split: str | None = None, tasks: Seq
 def load_medical_diff_vqa(root: c.PathLike, *, split: str | None = None,
                           tasks: Sequence[str] = ("vqa", "difference"), mimic_root: c.PathLike | None = None,
                           missing_images: str = "error") -> Iterator[Example]:
-    tasks = c.check_tasks(tasks, DIFF_TASKS, "load_medical_diff_vqa")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_medical_diff_vqa")
+    tasks, want = c.check_arguments("load_medical_diff_vqa", tasks, DIFF_TASKS, missing_images, split)
     root = Path(root)
     mimic = Path(mimic_root) if mimic_root is not None else root
     path = c.find_file(root, "mimic_pair_questions.csv")
@@ -132,9 +128,7 @@ def load_medical_diff_vqa(root: c.PathLike, *, split: str | None = None,
 @c.checked_eagerly
 def load_vqa_rad(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",),
                  missing_images: str = "error") -> Iterator[Example]:
-    c.check_tasks(tasks, VQA_TASKS, "load_vqa_rad")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_vqa_rad")
+    _, want = c.check_arguments("load_vqa_rad", tasks, VQA_TASKS, missing_images, split)
     root = Path(root)
     path = c.find_file(root, "VQA_RAD Dataset Public.json")
     yield c.CHECKED
@@ -163,9 +157,7 @@ def load_vqa_rad(root: c.PathLike, *, split: str | None = None, tasks: Sequence[
 @c.checked_eagerly
 def load_slake(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",),
                missing_images: str = "error") -> Iterator[Example]:
-    c.check_tasks(tasks, VQA_TASKS, "load_slake")
-    c.check_policy(missing_images)
-    want = c.normalize_split(split, "load_slake")
+    _, want = c.check_arguments("load_slake", tasks, VQA_TASKS, missing_images, split)
     root = Path(root)
     files = [(s, root / n) for s, n in (("train", "train.json"), ("val", "validate.json"), ("test", "test.json"))]
     if not any(path.is_file() for _, path in files):
