@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests/helpers/resume_worker.py"
 
@@ -57,3 +59,20 @@ def test_sigkill_then_resume_is_exact_and_sigterm_saves(tmp_path):
     last_logged = max(_losses(term_dir))
     saved = sorted(int(p.name) for p in (term_dir / "ckpt").iterdir() if p.name.isdigit())
     assert saved[-1] == last_logged and last_logged < 50
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
+    """Two processes; only process 1 is signalled. Both save the same step and stop; the rerun restores each
+    process's own data-iterator state (not process 0's) and finishes."""
+    import json
+
+    from tests.helpers.processes import run_workers
+    run_workers("tests/helpers/preempt_worker.py", 2, tmp_path, timeout=300, extra=("cut",))
+    cut = [json.loads((tmp_path / f"cut_{i}.json").read_text()) for i in range(2)]
+    assert [c["preempted"] for c in cut] == [True, True]
+    assert cut[0]["final_step"] == cut[1]["final_step"] == 2 and cut[0]["saved_steps"] == [2]
+    run_workers("tests/helpers/preempt_worker.py", 2, tmp_path, timeout=300, extra=("resume",))
+    resumed = [json.loads((tmp_path / f"resume_{i}.json").read_text()) for i in range(2)]
+    assert [r["start"] for r in resumed] == [2, 2] and [r["final_step"] for r in resumed] == [6, 6]
+    assert [r["restored"] for r in resumed] == [{"i": 2, "process": 0}, {"i": 2, "process": 1}]

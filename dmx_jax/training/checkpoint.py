@@ -2,13 +2,17 @@
 
 A checkpoint holds the TrainState (params, optimizer state, step, RNG), the data-iterator state and the
 run config (JSON). Restoring takes an abstract TrainState whose leaves carry the target shardings, so a
-run saved on one mesh restores onto another.
+run saved on one mesh restores onto another. Every process's data-iterator state is kept (each reads its own
+shard): <directory>_data/<step>/process_<i>.json beside orbax's steps, process 0's also in the step itself.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -53,8 +57,30 @@ class Checkpointer:
             return False
         args = {"state": ocp.args.StandardSave(_as_tree(state)),
                 "extra": ocp.args.JsonSave({"data_state": data_state, "config": config, "step": int(step)})}
+        self._write_data_state(step, data_state)
         self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
         return True
+
+    @property
+    def _data_dir(self) -> Path:
+        return self.directory.with_name(self.directory.name + "_data")
+
+    def _write_data_state(self, step: int, data_state: Any) -> None:
+        """This process's iterator state for `step` (atomic); states of steps orbax no longer keeps are removed."""
+        path = self._data_dir / str(step) / f"process_{jax.process_index()}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data_state))
+        os.replace(tmp, path)
+        keep = {str(s) for s in self._mngr.all_steps()} | {str(step)}
+        if jax.process_index() == 0:
+            for old in self._data_dir.iterdir():
+                if old.name not in keep:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def _read_data_state(self, step: int, saved: Any) -> Any:
+        path = self._data_dir / str(step) / f"process_{jax.process_index()}.json"
+        return json.loads(path.read_text()) if path.is_file() else saved
 
     def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, Any, int] | None:
         """Restore `step` (default: the newest that restores cleanly); None when there is no checkpoint.
@@ -77,7 +103,7 @@ class Checkpointer:
             tree = r["state"]
             state = TrainState(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"])
             extra = r["extra"] or {}
-            return state, extra.get("data_state"), s
+            return state, self._read_data_state(s, extra.get("data_state")), s
         return None
 
     def read_config(self, step: int | None = None) -> Any:

@@ -106,6 +106,15 @@ class LoopIO:
     guard: PreemptionGuard | None = None
 
 
+def agreed_stop(local: bool) -> bool:
+    """Whether any process was signalled: every host of a pod stops, and saves, at the same step. One tiny
+    all-gather per step when there are several processes; the local flag otherwise."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([local], np.int32))))
+
+
 def _bar_postfix(metrics: dict, fields) -> dict:
     return {label: f"{float(metrics[key]):.4g}" for label, key in fields if key in metrics}
 
@@ -151,10 +160,11 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(_bar_postfix(last, cfg.bar_metrics))
+            stop = agreed_stop(guard.stop_requested)
             if ck:
                 ck.save(step, state, data_state=data.get_state(), config=io.run_config,
-                        force=step == num_steps or guard.stop_requested)
-            if guard.stop_requested:
+                        force=step == num_steps or stop)
+            if stop:
                 preempted = True
                 break
     if ck:

@@ -13,10 +13,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(script: str, num_processes: int, out: Path, timeout: float) -> None:
-    """`python <script> <process_id> <num_processes> <port> <out>` for each process; fails with their logs."""
+def run_workers(script: str, num_processes: int, out: Path, timeout: float, extra: tuple[str, ...] = ()) -> None:
+    """`python <script> <process_id> <num_processes> <port> <out> [extra...]` for each process; fails with logs."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, str(ROOT / script), str(i), str(num_processes), str(port), str(out)],
+    procs = [subprocess.Popen([sys.executable, str(ROOT / script), str(i), str(num_processes), str(port), str(out),
+                               *extra],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(num_processes)]
     logs = [p.communicate(timeout=timeout)[0] for p in procs]
