@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import append_notes, markdown_table  # noqa: E402
+from bench.common import markdown_table, record_result  # noqa: E402
 
 STAGES = ("sft", "cold_start", "grpo")
 METRICS = (("VQA score", lambda m: m.get("vqa_score")),
@@ -52,13 +52,15 @@ def main():
                                  for v in vals)
             row.append(f"{np.nanmean(means):.3f} ± {np.nanstd(means):.3f} ({per_seed})")
         rows.append(row)
-    table = markdown_table(["stage", *(m for m, _ in METRICS)], rows)
+    header = ["stage", *(m for m, _ in METRICS)]
+    table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        append_notes(f"Benchmark: miniature stage ablation, default run, seeds {args.seeds}",
-                     table + "\n\nCells: mean ± std over seeds (each seed's value [95% bootstrap CI over held-out "
-                     "examples]). Held-out synthetic test split; reasoning stages answer VQA / grounding / referring "
-                     "with the <think> suffix, reports with the plain prompt.")
+        record_result("Miniature stage ablation over seeds", header, rows,
+                      note=f"Default run, seeds {args.seeds}. Cells: mean ± std over seeds (each seed's value "
+                      "[95% bootstrap CI over held-out "
+                      "examples]). Held-out synthetic test split; reasoning stages answer VQA / grounding / referring "
+                      "with the <think> suffix, reports with the plain prompt.")
 
 
 if __name__ == "__main__":

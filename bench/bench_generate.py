@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_train_step import hf_config  # noqa: E402
-from bench.common import append_notes, markdown_table, timed  # noqa: E402
+from bench.common import markdown_table, record_result, timed  # noqa: E402
 
 
 def prompts(cfg, batch: int, prompt_len: int = 96, image_hw=(224, 224)):
@@ -87,14 +87,15 @@ def main():
                          f"{new / s_jax:,.0f}", f"{new / s_hf:,.0f}", f"{s_hf / s_jax:.2f}x", "yes" if same else "NO"])
             print(rows[-1], flush=True)
         del ref, model
-    table = markdown_table(["config", "batch", "prompt tokens", "new tokens", "dmx-jax new tok/s",
-                            "transformers generate new tok/s", "speed-up", "same tokens"], rows)
+    header = ["config", "batch", "prompt tokens", "new tokens", "dmx-jax new tok/s", "transformers generate new tok/s",
+              "speed-up", "same tokens"]
+    table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        append_notes("Benchmark: greedy generation with images, dmx-jax sampler vs transformers generate (fp32, CPU)",
-                     table + "\n\nBoth greedy, no stop tokens, fixed new-token count; transformers with sdpa attention "
-                     "and its dynamic KV cache; dmx-jax jitted prefill + while_loop decode over a preallocated cache "
-                     "(compile excluded by a warm-up call; the same shapes never recompile).")
+        record_result("Greedy generation with images vs transformers generate", header, rows, key_columns=2,
+                      note="fp32. Both greedy, no stop tokens, fixed new-token count; transformers with sdpa attention "
+                      "and its dynamic KV cache; dmx-jax jitted prefill + while_loop decode over a preallocated cache "
+                      "(compile excluded by a warm-up call; the same shapes never recompile).")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import append_notes, markdown_table  # noqa: E402
+from bench.common import markdown_table, record_result  # noqa: E402
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -117,10 +117,11 @@ def main():
     head = (f"vision tower of `small` + linear head, from scratch, {args.steps} steps x batch {args.batch} on "
             f"{args.train} studies ({t_train:.0f} s train, {t_data:.0f} s to render); held-out {args.test} test "
             f"studies; chance AUROC 0.5; final train BCE {float(loss):.3f}")
-    table = markdown_table(["finding", "held-out positives", "AUROC"], rows)
+    header = ["finding", "held-out positives", "AUROC"]
+    table = markdown_table(header, rows)
     print(head + "\n" + table)
     if not args.no_notes:
-        append_notes("Benchmark: synthetic benchmark learnability (finding labels from pixels)", head + ".\n\n" + table)
+        record_result("Synthetic benchmark learnability (finding labels from pixels)", header, rows, note=head + ".")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import append_notes, markdown_table, timed  # noqa: E402
+from bench.common import markdown_table, record_result, timed  # noqa: E402
 
 
 def completions(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
@@ -85,16 +85,18 @@ def main():
         rows.append([name, f"{args.batch}x{args.tokens}", f"{s_jit * 1e3:,.0f} ms", f"{compile_s:.1f} s",
                      f"{s_py * 1e3:,.0f} + {s_decode * 1e3:,.0f} ms", f"{(s_py + s_decode) / s_jit:,.2f}x", agree])
         print(rows[-1], flush=True)
-    table = markdown_table(["preset", "batch x tokens", "jitted (per call)", "compile", "Python reference (paper_reward + detokenise)",
-                            "Python time / jitted time", "agreement with the string reward"], rows)
+    header = ["preset", "batch x tokens", "jitted (per call)", "compile",
+              "Python reference (paper_reward + detokenise)", "Python time / jitted time",
+              "agreement with the string reward"]
+    table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        append_notes("Benchmark: rewards, jitted array reward vs plain-Python string reward", table +
-                     "\n\nPython time (after a warm-up call) is measured on `--python-rows` rows and scaled to the "
-                     "batch; it scores the decoded strings (format regex over the text, BLEU/ROUGE over the short "
-                     "boxed answer); detokenising the batch on the host is timed separately. The jitted reward "
-                     "starts from token ids on the device. The grounded preset adds the greedy IoU terms and is "
-                     "compared with the same string reference.")
+        record_result("Rewards: jitted array reward vs Python string reward", header, rows, key_columns=2, note=
+                      "Python time (after a warm-up call) is measured on `--python-rows` rows and scaled to the "
+                      "batch; it scores the decoded strings (format regex over the text, BLEU/ROUGE over the short "
+                      "boxed answer); detokenising the batch on the host is timed separately. The jitted reward "
+                      "starts from token ids on the device. The grounded preset adds the greedy IoU terms and is "
+                      "compared with the same string reference.")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.common import append_notes, markdown_table, timed  # noqa: E402
+from bench.common import markdown_table, record_result, timed  # noqa: E402
 
 MESHES = ((1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (2, 4, 1))
 
@@ -130,15 +130,17 @@ def main():
     mesh_rows = _mesh_sweep(args.preset)
     fmt = lambda r: [r["mesh"], r["batch"], r["seq"], r["image_tokens"], f"{r['step_ms']:,.1f}",  # noqa: E731
                      f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_s']:.4f}"]
-    table = markdown_table(["mesh", "batch", "seq", "image tokens", "step ms", "tokens/s", "model TFLOP/s"],
-                           [fmt(r) for r in seq_rows + img_rows + mesh_rows])
+    header = ["mesh", "batch", "seq", "image tokens", "step ms", "tokens/s", "model TFLOP/s"]
+    rows = [fmt(r) for r in seq_rows + img_rows + mesh_rows]
+    table = markdown_table(header, rows)
     print(table)
     _plot(seq_rows, img_rows, mesh_rows, Path(args.plot))
     if not args.no_notes:
-        append_notes(f"Benchmark: train-step scaling, preset `{args.preset}` (fp32, AdamW)",
-                     table + f"\n\nPlot: `{Path(args.plot).relative_to(ROOT) if Path(args.plot).is_relative_to(ROOT) else args.plot}`. "
-                     "Mesh rows run 8 host devices on the same 2 cores: they show what sharding costs, not what it "
-                     "gains.")
+        record_result(f"Train-step scaling, preset `{args.preset}`", header, rows, key_columns=4,
+                      note="fp32, AdamW. Plot: "
+                      f"`{Path(args.plot).relative_to(ROOT) if Path(args.plot).is_relative_to(ROOT) else args.plot}`. "
+                      "Mesh rows run 8 host devices on the same 2 cores: they show what sharding costs, not what it "
+                      "gains.")
 
 
 if __name__ == "__main__":

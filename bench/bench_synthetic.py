@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import append_notes, markdown_table  # noqa: E402
+from bench.common import markdown_table, record_result  # noqa: E402
 
 
 def main():
@@ -36,11 +36,12 @@ def main():
     Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(studies[:8], args.sheet, columns=4, zoom=2)
     rows = [[f"{args.size} px", args.n, f"{per_study * 1e3:.2f} ms", f"{per_example * 1e3:.2f} ms", args.sheet]]
-    table = markdown_table(["image", "samples", "CPU time per study (render + findings + report)",
-                            "per task example (incl. VQA / reasoning)", "contact sheet"], rows)
+    header = ["image", "samples", "CPU time per study (render + findings + report)",
+              "per task example (incl. VQA / reasoning)", "contact sheet"]
+    table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        append_notes("Benchmark: synthetic CXR generator speed (one core, process CPU time)", table)
+        record_result("Synthetic CXR generator speed", header, rows, note="One core, process CPU time.")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dmx_jax.perf.flops import mfu, peak_flops_per_device  # noqa: E402
-from bench.common import append_notes, markdown_table, peak_rss_gb, timed  # noqa: E402
+from bench.common import markdown_table, peak_rss_gb, record_result, timed  # noqa: E402
 
 SHAPES = {
     # text tower of Qwen2.5-0.5B (494M params with the 151,936 vocab) with a 4-block vision tower
@@ -149,14 +149,15 @@ def main():
                      f"{flops / s_jax / 1e12:.3f}" + ("" if util is None else f" ({util:.1%} MFU)"),
                      f"{r1 - r0:.2f} / {r2 - r1:.2f}"])
         print(rows[-1], flush=True)
-    table = markdown_table(["config", "batch", "text+image tokens", "dmx-jax tok/s", "torch eager tok/s",
-                            "torch sdpa tok/s", "speed-up vs eager / sdpa",
-                            "dmx-jax model TFLOP/s (vision counted)", "peak RSS growth GB (jax / torch)"], rows)
+    header = ["config", "batch", "text+image tokens", "dmx-jax tok/s", "torch eager tok/s", "torch sdpa tok/s",
+              "speed-up vs eager / sdpa", "dmx-jax model TFLOP/s (vision counted)", "peak RSS growth GB (jax / torch)"]
+    table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        append_notes("Benchmark: SFT train step, dmx-jax vs transformers+torch (fp32, AdamW, CPU)", table +
-                     "\n\nPeak RSS growth is the process high-water mark increase during each phase (jax first), so the "
-                     "torch figure is only what torch needed beyond jax's peak.")
+        record_result("SFT train step vs transformers + torch", header, rows, key_columns=2, note=
+                      "fp32, AdamW. Peak RSS growth is the process high-water mark increase during each phase "
+                      "(jax first), so the "
+                      "torch figure is only what torch needed beyond jax's peak.")
 
 
 if __name__ == "__main__":
