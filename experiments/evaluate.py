@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from data_pipelines.formatting import parse_answer
-from dmx_jax.eval import (bootstrap_ci, chexpert_f1, chexpert_labels, grounding_sample_scores, grounding_scores,
+from dmx_jax.eval import (bootstrap_ci, box_iou, chexpert_f1, chexpert_labels, grounding_sample_scores, grounding_scores,
                           nlg_sample_scores, nlg_scores, summarise, vqa_sample_score, vqa_scores)
 from dmx_jax.eval.paired import paired_by_key
 from dmx_jax.sampling.generate import _generate
@@ -123,11 +123,11 @@ def example_scores(records: list[dict], answer_key: str = "answer") -> dict[str,
 
 def citation_stats(records: list[dict], n_bootstrap: int = 200) -> dict:
     """Over the VQA and grounding outputs: the share citing at least one box anywhere in the output
-    ("cite_rate"), and, over the citing outputs of prompts with truth boxes, the greedy-matched mIoU of all
-    cited boxes with the truth ("cited_box_iou")."""
+    ("cite_rate"), and, over the citing outputs of prompts with truth boxes, the mean over the cited boxes of
+    each box's best IoU with a truth box ("cited_box_iou")."""
     recs = [r for r in records if r["task"] in IMAGE_TASKS]
     cites = [bool(boxes_in(r["output"])) for r in recs]
-    ious = [grounding_sample_scores(boxes_in(r["output"]), r["boxes_true"])["miou"]
+    ious = [float(box_iou(np.asarray(boxes_in(r["output"])), np.asarray(r["boxes_true"], np.float64)).max(1).mean())
             for r, c in zip(recs, cites) if c and r["boxes_true"]]
     return {"cite_rate": summarise(np.asarray(cites, np.float64), n_bootstrap),
             "cited_box_iou": summarise(np.asarray(ious, np.float64), n_bootstrap)}
