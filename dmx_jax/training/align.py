@@ -1,0 +1,188 @@
+"""Alignment stage: the vision tower and merger learn to see before SFT (a stand-in for the base model's
+vision-language pretraining, which a from-scratch miniature lacks).
+
+The merged image features of each row (what the decoder later reads at the image tokens) go through a pooled
+linear head: pooled = [mean f, mean f * x, mean f * y] over the row's image units (x, y in [-1, 1]: the unit's
+column / row), so a linear read-out can say *where* as well as *what*. Targets per study
+(data_pipelines.synthetic.align): the 14 CheXpert labels (BCE), per finding its presence in the image's left /
+right half (BCE) and its box in [0, 1] coordinates (L1, only for present findings).
+
+Use with the project's train step (the trained pytree holds only the tower, the merger and the head):
+    amodel = AlignModel(model, rngs)                   # shares model.vision
+    graphdef, state = nnx.split(amodel); params = nnx.to_pure_dict(state)
+    tx = align_optimizer(OptimConfig(...), head_lr=...)
+    step = make_train_step(graphdef, make_align_loss(), tx)
+    ... train on batches of align_rows(examples, ...) (stack with stack_align_rows) ...
+    full_params = merge_vision(full_params, params)    # the stage's result for SFT
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dmx_jax.model.qwen2_5_vl import Qwen25VL
+from dmx_jax.model.vision import vision_inputs
+from dmx_jax.processing.image import preprocess_images
+from dmx_jax.training.optim import OptimConfig, _decay_mask, learning_rate_schedule
+
+N_LABELS = 14
+N_OUT = N_LABELS * (1 + 2 + 4)          # labels, sides (left, right), boxes (x0, y0, x1, y1)
+
+
+class AlignModel(nnx.Module):
+    """The vision tower + merger of a Qwen25VL (shared, not copied) and a linear head on moment-pooled features."""
+
+    def __init__(self, model: Qwen25VL, rngs: nnx.Rngs):
+        self.cfg = model.cfg
+        self.vision = model.vision
+        d = model.cfg.vision.out_hidden_size
+        self.head = nnx.Linear(3 * d, N_OUT, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.cfg.dtype)
+
+    def features(self, pixel_values: jax.Array, vin: dict) -> jax.Array:
+        """pixel_values [B, P, F], vision_inputs (leading B) -> merged features [B, U, D], as the decoder gets them."""
+        return jax.vmap(lambda pv, v: Qwen25VL.encode_images(self, pv, v))(pixel_values, vin)
+
+    def __call__(self, batch: dict) -> jax.Array:
+        """-> outputs [B, N_OUT]: 14 label logits, 28 side logits ([14, 2]), 56 box values ([14, 4])."""
+        f = self.features(batch["pixel_values"], batch["vision_inputs"]).astype(jnp.float32)   # [B, U, D]
+        m = batch["unit_mask"].astype(jnp.float32)[..., None]                                   # [B, U, 1]
+        n = jnp.maximum(m.sum(1), 1.0)                                                          # [B, 1]
+        xy = batch["unit_xy"].astype(jnp.float32)                                               # [B, U, 2]
+        pooled = jnp.concatenate([(f * m).sum(1) / n, (f * m * xy[..., :1]).sum(1) / n,
+                                  (f * m * xy[..., 1:]).sum(1) / n], axis=-1)                    # [B, 3D]
+        return self.head(pooled)
+
+
+def split_outputs(out: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """[B, N_OUT] -> label logits [B, 14], side logits [B, 14, 2], boxes [B, 14, 4] (sigmoid, in [0, 1])."""
+    b = out.shape[0]
+    labels = out[:, :N_LABELS]
+    sides = out[:, N_LABELS:3 * N_LABELS].reshape(b, N_LABELS, 2)
+    boxes = jax.nn.sigmoid(out[:, 3 * N_LABELS:].reshape(b, N_LABELS, 4))
+    return labels, sides, boxes
+
+
+def align_loss(model: AlignModel, batch: dict, rng=None, *, side_weight: float = 1.0,  # noqa: ARG001
+               box_weight: float = 1.0):
+    """(sum over rows of label BCE + side_weight * side BCE + box_weight * box L1, rows, aux) for make_train_step.
+
+    Label and side BCE are means over their 14 / 28 targets; box L1 is the mean over the present findings'
+    coordinates (0 for a row without findings). Rows with row_mask 0 (batch padding) count nothing."""
+    labels, sides, boxes = split_outputs(model(batch))
+    w = batch.get("row_mask", jnp.ones(labels.shape[0], jnp.float32)).astype(jnp.float32)   # [B]
+    label_bce = optax.sigmoid_binary_cross_entropy(labels, batch["labels"]).mean(-1)           # [B]
+    side_bce = optax.sigmoid_binary_cross_entropy(sides, batch["sides"]).mean((-2, -1))        # [B]
+    bm = batch["box_mask"]                                                                     # [B, 14]
+    box_l1 = (jnp.abs(boxes - batch["boxes"]).mean(-1) * bm).sum(-1) / jnp.maximum(bm.sum(-1), 1.0)
+    per_row = label_bce + side_weight * side_bce + box_weight * box_l1
+    rows = w.sum()
+    aux = {"align/label_bce": (label_bce * w).sum() / jnp.maximum(rows, 1.0),
+           "align/side_bce": (side_bce * w).sum() / jnp.maximum(rows, 1.0),
+           "align/box_l1": (box_l1 * w).sum() / jnp.maximum((bm.sum(-1) > 0).astype(jnp.float32) @ w, 1.0)}
+    return (per_row * w).sum(), rows, aux
+
+
+def make_align_loss(side_weight: float = 1.0, box_weight: float = 1.0):
+    return functools.partial(align_loss, side_weight=side_weight, box_weight=box_weight)
+
+
+def align_optimizer(cfg: OptimConfig, head_lr: float | None = None) -> optax.GradientTransformation:
+    """AdamW (cfg) for the tower and merger, and the head at its own learning rate (default: cfg's)."""
+    head_cfg = dataclasses.replace(cfg, learning_rate=head_lr if head_lr is not None else cfg.learning_rate)
+
+    def adamw(c):
+        return optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                           mask=_decay_mask)
+
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    labels = lambda params: {k: jax.tree.map(lambda _: "head" if k == "head" else "vision", v)  # noqa: E731
+                             for k, v in params.items()}
+    parts.append(optax.multi_transform({"vision": adamw(cfg), "head": adamw(head_cfg)}, labels))
+    return optax.chain(*parts)
+
+
+def vision_lr_optimizer(cfg: OptimConfig, vision_lr: float) -> optax.GradientTransformation:
+    """For SFT: AdamW (cfg) on the decoder and head, the tower + merger (params["vision"]) at vision_lr."""
+    vis_cfg = dataclasses.replace(cfg, learning_rate=vision_lr)
+
+    def adamw(c):
+        return optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                           mask=_decay_mask)
+
+    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    labels = lambda params: {k: jax.tree.map(lambda _: "vision" if k == "vision" else "rest", v)  # noqa: E731
+                             for k, v in params.items()}
+    parts.append(optax.multi_transform({"vision": adamw(vis_cfg), "rest": adamw(cfg)}, labels))
+    return optax.chain(*parts)
+
+
+def merge_vision(full_params: dict, align_params: dict) -> dict:
+    """The full model's params with the tower + merger taken from the alignment stage's params."""
+    return {**full_params, "vision": align_params["vision"]}
+
+
+def align_rows(examples: Sequence, vision_cfg, *, patch_budget: int, min_pixels: int, max_pixels: int,
+               dedupe: bool = True) -> list[dict]:
+    """One row per study (current image) of synthetic Examples: pixel_values [patch_budget, F] (zero-padded),
+    vision_inputs, unit_xy [U, 2] in [-1, 1] and unit_mask [U] of the merged units (U = patch_budget / m^2),
+    and the targets of data_pipelines.synthetic.align.align_targets."""
+    from data_pipelines.pipeline.encode import image_array
+    from data_pipelines.synthetic.align import align_targets, study_key
+    m = vision_cfg.spatial_merge_size
+    seen, rows = set(), []
+    for ex in examples:
+        key = study_key(ex)
+        if dedupe and key[0] is not None and key in seen:
+            continue
+        seen.add(key)
+        img = image_array(ex.images[-1], ex.example_id)
+        proc = preprocess_images([img], min_pixels=min_pixels, max_pixels=max_pixels,
+                                 patch_size=vision_cfg.patch_size, temporal_patch_size=vision_cfg.temporal_patch_size,
+                                 merge_size=m)
+        grid, pv = proc["image_grid_thw"], proc["pixel_values"]
+        if pv.shape[0] > patch_budget:
+            raise ValueError(f"example {ex.example_id}: {pv.shape[0]} patches exceed patch_budget {patch_budget}")
+        t, gh, gw = (int(v) for v in grid[0])
+        lh, lw = gh // m, gw // m
+        yy, xx = np.meshgrid(np.arange(lh), np.arange(lw), indexing="ij")
+        xy = np.stack([(xx.ravel() + 0.5) / lw * 2 - 1, (yy.ravel() + 0.5) / lh * 2 - 1], -1)       # [t*lh*lw/t, 2]
+        xy = np.tile(xy, (t, 1)).astype(np.float32)
+        units = patch_budget // (m * m)
+        rows.append({
+            "pixel_values": np.concatenate([pv, np.zeros((patch_budget - pv.shape[0], pv.shape[1]), np.float32)]),
+            "vision_inputs": vision_inputs(grid, vision_cfg, pad_to=patch_budget),
+            "unit_xy": np.concatenate([xy, np.zeros((units - len(xy), 2), np.float32)]),
+            "unit_mask": (np.arange(units) < len(xy)).astype(np.float32),
+            "row_mask": np.float32(1.0),
+            **align_targets(ex)})
+    return rows
+
+
+def stack_align_rows(rows: Sequence[dict]) -> dict:
+    """Rows -> one batch dict (every leaf batch-major, vision_inputs included)."""
+    out = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "vision_inputs"}
+    out["vision_inputs"] = {k: np.stack([r["vision_inputs"][k] for r in rows]) for k in rows[0]["vision_inputs"]}
+    return out
+
+
+def align_metrics(graphdef, params, batch: dict) -> dict:
+    """Held-out read-outs of the head: per-label accuracy at 0 logit (mean over 14), side accuracy over present
+    findings, box L1 over present findings."""
+    model = nnx.merge(graphdef, params)
+    labels, sides, boxes = (np.asarray(a) for a in split_outputs(model(jax.tree.map(jnp.asarray, batch))))
+    bm = batch["box_mask"] > 0
+    side_ok = ((sides > 0) == (batch["sides"] > 0.5)).all(-1)
+    return {"label_acc": float(((labels > 0) == (batch["labels"] > 0.5)).mean()),
+            "side_acc": float(side_ok[bm].mean()) if bm.any() else float("nan"),
+            "box_l1": float(np.abs(boxes - batch["boxes"]).mean(-1)[bm].mean()) if bm.any() else float("nan")}
