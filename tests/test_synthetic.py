@@ -489,3 +489,16 @@ def test_test_split_has_the_stratified_evaluation_mix():
     assert rng_tasks != list(cycle[:6])
     with pytest.raises(ValueError, match="test_task_mix"):
         SyntheticConfig(test_task_mix=(("captioning", 1.0),))
+
+
+def test_vqa_family_weights_shift_the_question_mix():
+    """Weighting the presence family up makes most VQA rows presence questions, answered yes and no alike;
+    the default (empty) keeps the original uniform draw."""
+    heavy = SyntheticConfig(vqa_family_weights=(("presence", 50.0),))
+    rows = [D.examples("train", i, heavy, task="vqa") for i in range(40)]
+    presence = [e for e in rows if e.meta["family"] == "presence"]
+    assert len(presence) >= 30 and {e.target for e in presence} == {"yes", "no"}
+    plain = [D.examples("train", i, CFG, task="vqa").meta["family"] for i in range(40)]
+    assert sum(f == "presence" for f in plain) < 15
+    with pytest.raises(ValueError, match="vqa_family_weights"):
+        SyntheticConfig(vqa_family_weights=(("presence", -1.0),))

@@ -44,6 +44,9 @@ class SyntheticConfig:
     negative_rate: probability that an absent observation gets a pertinent negative sentence (label 0).
     min_box_px: smallest lesion box side at 128^2 (scaled with image_size).
     task_mix: (task, weight) pairs for `examples` (train / val / heldout: drawn at random per index).
+    vqa_family_weights: (family, weight) pairs for drawing the question family of "vqa" examples (families not
+      listed: weight 1; empty: uniform over vqa.VQA_FAMILIES, the original draw). Weighting "presence",
+      "location" and "zone" up gives more image-answerable rows per finding.
     test_task_mix: (task, weight) pairs of the test split, assigned by a fixed stratified cycle of TEST_CYCLE
       indices (exact shares; None: the test split draws from task_mix like the others).
     max_rejections: study variants tried per balanced question before accepting any answer.
@@ -62,6 +65,7 @@ class SyntheticConfig:
     negative_rate: float = 0.5
     min_box_px: float = 8.0
     task_mix: tuple[tuple[str, float], ...] = DEFAULT_TASK_MIX
+    vqa_family_weights: tuple[tuple[str, float], ...] = ()
     test_task_mix: tuple[tuple[str, float], ...] | None = DEFAULT_TEST_TASK_MIX
     heldout: tuple[str, str, str] = DEFAULT_HELDOUT
     train_size: int = 1_000_000
@@ -91,6 +95,8 @@ class SyntheticConfig:
         unknown = [t for t, _ in self.task_mix if t not in TASKS]
         if unknown:
             raise ValueError(f"{where}.task_mix has unknown tasks {unknown}; expected names from {TASKS}")
+        if any(w < 0 for _, w in self.vqa_family_weights):
+            raise ValueError(f"{where}.vqa_family_weights must be non-negative, got {self.vqa_family_weights}")
         if self.test_task_mix is not None:
             mix = self.test_task_mix
             if not mix or any(w < 0 for _, w in mix) or sum(w for _, w in mix) <= 0 or \

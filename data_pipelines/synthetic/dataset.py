@@ -164,7 +164,12 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
     program, family, question_type = None, None, None
     if task in ("vqa", "difference"):
         families = vqa.VQA_FAMILIES if task == "vqa" else vqa.DIFFERENCE_FAMILIES
-        family = families[int(qrng.integers(len(families)))]
+        if task == "vqa" and config.vqa_family_weights:
+            weights = dict(config.vqa_family_weights)
+            w = np.array([weights.get(f, 1.0) for f in families], np.float64)
+            family = families[int(qrng.choice(len(families), p=w / w.sum()))]
+        else:
+            family = families[int(qrng.integers(len(families)))]
         question, plan, _ = balanced_question(config, gidx, family, qrng, task == "difference")
         s = render_plan(plan, config)
         answer = vqa.execute(question.program, s.facts())
