@@ -115,7 +115,7 @@ def model_config_for(cfg, tok):
         mcfg = dataclasses.replace(mcfg, text=text, image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
                                    vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
                                    bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
-    return dataclasses.replace(mcfg, dtype=cfg.dtype)
+    return dataclasses.replace(mcfg, dtype=cfg.dtype, **cfg.memory.model_overrides())
 
 
 def synthetic_data(cfg, run_dir: Path) -> RunData:

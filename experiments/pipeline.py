@@ -20,10 +20,10 @@ __all__ = ["model_config_for", "run_pipeline"]
 def initial_model(cfg, mesh, run_dir: Path):
     """(graphdef, params, RunData): pretrained weights placed on the mesh, or a from-scratch model."""
     if cfg.hf_checkpoint:
-        from dmx_jax.hf import load_pretrained
+        from dmx_jax.hf import load_pretrained, read_config
         print(f"[model] loading {cfg.hf_checkpoint} onto mesh {dict(mesh.shape)}", flush=True)
-        model, mcfg = load_pretrained(cfg.hf_checkpoint, mesh=mesh, config=None)
-        mcfg = dataclasses.replace(mcfg, dtype=cfg.dtype)
+        mcfg = read_config(cfg.hf_checkpoint).replace(dtype=cfg.dtype, **cfg.memory.model_overrides())
+        model, mcfg = load_pretrained(cfg.hf_checkpoint, mesh=mesh, config=mcfg)   # computes in cfg.dtype
         data = real_data(cfg, run_dir, mcfg) if cfg.data.source != "synthetic" else synthetic_data(cfg, run_dir)
     else:
         data = synthetic_data(cfg, run_dir) if cfg.data.source == "synthetic" else None
@@ -44,14 +44,14 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
     mesh = make_mesh(MeshConfig(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
     graphdef, params, data, mcfg = initial_model(cfg, mesh, run_dir)
     ctx = RunContext(mesh=mesh, writer=writer, run_config=cfg_json, seed=cfg.seed)
-    tok, d = data.tokenizer, cfg.data
+    tok = data.tokenizer
     sft_rows, cold_rows, rl_rows = data.sft, data.cold_start, data.rl
     eval_plain, eval_reason, test_ex = data.eval_plain, data.eval_reason, data.test_examples
     results, outputs = {}, {}
 
     def arrays_of(rows):
-        from experiments.data import collate
-        a, _ = collate(rows)
+        from data_pipelines.pipeline import stack_rows
+        a, _ = stack_rows(rows)
         return a, [r["meta"] for r in rows]
 
     plain_group = (*arrays_of(eval_plain), cfg.eval.max_new_tokens)
@@ -71,7 +71,8 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
         if not selected:
             continue
         if not done:
-            spec, recipe = plan_stage(name, scfg, graphdef, mcfg, tok, params, mesh=mesh, seed=cfg.seed)
+            spec, recipe = plan_stage(name, scfg, graphdef, mcfg, tok, params, mesh=mesh, seed=cfg.seed,
+                                      memory=cfg.memory)
             print(f"[{name}] {spec.steps} steps, batch {spec.batch_size}"
                   + (f" prompts x G={scfg.algo.group_size}" if name == "grpo" else ""), flush=True)
             params = run_stage(spec, recipe, sdir, params, rows, ctx)

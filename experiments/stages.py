@@ -162,13 +162,15 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, vocab_size: int | No
                        done_metric=("final_reward", "reward/overall"))
 
 
-def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params, *, mesh,
-               seed: int = 0) -> tuple[StageSpec, StageRecipe]:
+def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params, *, mesh, seed: int = 0,
+               memory=None) -> tuple[StageSpec, StageRecipe]:
     """The schedule and recipe of stage `name` from its config section (cfg.sft / cfg.cold_start: StageConfig,
-    cfg.rl: RLConfig). GRPO's reference model is `ref_params` (the parameters the stage starts from)."""
+    cfg.rl: RLConfig) and the run's MemoryConfig. GRPO's reference model is `ref_params` (the parameters the
+    stage starts from)."""
     if name != "grpo":
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
-        return spec, sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum)
+        return spec, sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum,
+                                loss_chunk=memory.loss_chunk if memory is not None else 0)
     n_rollouts = stage_cfg.prompts_per_step * stage_cfg.algo.group_size
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if n_rollouts % shards:
