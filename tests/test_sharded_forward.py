@@ -72,3 +72,39 @@ def test_load_pretrained_onto_a_mesh(setup):
     assert emb.addressable_shards[0].data.shape == (1000 // 2, 64 // 4)
     ref = nnx.state(model)["text"]["embed"]["embedding"][...]
     np.testing.assert_array_equal(np.asarray(emb), np.asarray(ref))
+
+
+def test_activation_constraints_under_context_mesh_equal_unsharded(setup):
+    """Under jax.set_mesh the residual stream, q/k/v, MLP hidden, vision blocks and merger carry sharding
+    constraints from the rule table; results equal the unsharded forward on a (2,2,2) mesh, for the packed
+    image layout and for per-row images (vmapped tower with spmd_axis_name)."""
+    from dmx_jax.model.batched import forward_logits
+    _, model, cfg, inputs = setup
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    want = np.asarray(jax.jit(_forward, static_argnums=0)(graphdef, params, inputs))
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    sharded = jax.device_put(params, tree_shardings(params, mesh))
+    with jax.set_mesh(mesh):
+        jaxpr = str(jax.make_jaxpr(_forward, static_argnums=0)(graphdef, sharded, inputs))
+        got = np.asarray(jax.jit(_forward, static_argnums=0)(graphdef, sharded, inputs))
+    assert jaxpr.count("sharding_constraint") >= 8, "activation constraints missing"
+    valid = inputs[2].astype(bool)
+    assert float(np.abs(got - want)[valid].max()) <= 1e-5
+
+    # per-row images (the data pipeline's layout): every row one 84x112 image
+    f = R.processor()(images=[R.gray_image(84, 112, 3 + i) for i in range(8)], return_tensors="np")
+    grid = f["image_grid_thw"]
+    n = R.image_tokens(grid[:1])
+    ids, mask = R.left_pad([R.prompt_ids(n, [[1, 7 + i % 3], [8]]) for i in range(8)])
+    pos, _ = rope_index(ids, grid, mask, image_token_id=R.IMAGE)
+    pv = f["pixel_values"].reshape(8, -1, f["pixel_values"].shape[-1])
+    vin = jax.tree.map(lambda *a: np.stack(a), *[vision_inputs(grid[i:i + 1], cfg.vision) for i in range(8)])
+
+    def rowwise(graphdef, params, ids, pos, mask, pv, vin):
+        return forward_logits(nnx.merge(graphdef, params), ids, pos, mask, pv, vin)[0]
+
+    want = np.asarray(jax.jit(rowwise, static_argnums=0)(graphdef, params, ids, pos, mask, pv, vin))
+    with jax.set_mesh(mesh):
+        got = np.asarray(jax.jit(rowwise, static_argnums=0)(graphdef, sharded, ids, pos, mask, pv, vin))
+    assert float(np.abs(got - want)[mask.astype(bool)].max()) <= 1e-5

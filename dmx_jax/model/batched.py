@@ -26,7 +26,9 @@ def embed_inputs(model, input_ids: jax.Array, pixel_values: jax.Array | None = N
     image_token_id = model.cfg.image_token_id
     where = input_ids if merge_ids is None else merge_ids
     if pixel_values.ndim == 3:
-        feats = jax.vmap(model.encode_images)(pixel_values, vision_inputs)          # [B, N, D]
+        from dmx_jax.sharding.rules import batch_axes_of_context_mesh
+        spmd = batch_axes_of_context_mesh()     # rows sharded like the batch under a context mesh
+        feats = jax.vmap(model.encode_images, spmd_axis_name=spmd)(pixel_values, vision_inputs)   # [B, N, D]
         return merge_image_features_rowwise(x, where, feats, image_token_id)
     return merge_image_features(x, where, model.encode_images(pixel_values, vision_inputs), image_token_id)
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dmx_jax.model.rotary import apply_rotary, rotate_half  # noqa: F401  (re-exported)
+from dmx_jax.sharding.rules import constrain
 
 NEG_INF = -1e30
 
@@ -41,12 +42,15 @@ def activation(name: str):
     raise ValueError(f"unsupported activation {name!r}")
 
 
-def swiglu(x, p: dict, act) -> jax.Array:
-    """down(act(gate(x)) * up(x)); biases used when present."""
+def swiglu(x, p: dict, act, hidden_axes: tuple | None = None) -> jax.Array:
+    """down(act(gate(x)) * up(x)); biases used when present. hidden_axes: logical axes of the hidden
+    activation (sharding constraint under a context mesh)."""
     g = x @ p["gate"]["kernel"].astype(x.dtype)
     u = x @ p["up"]["kernel"].astype(x.dtype)
     if "bias" in p["gate"]:
         g, u = g + p["gate"]["bias"].astype(x.dtype), u + p["up"]["bias"].astype(x.dtype)
+    if hidden_axes is not None:
+        g, u = constrain(g, hidden_axes), constrain(u, hidden_axes)
     y = (act(g) * u) @ p["down"]["kernel"].astype(x.dtype)
     if "bias" in p["down"]:
         y = y + p["down"]["bias"].astype(x.dtype)

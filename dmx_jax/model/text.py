@@ -14,6 +14,9 @@ from dmx_jax.model import rotary
 from dmx_jax.model.config import TextConfig
 from dmx_jax.model.attention import attention, causal_mask
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
+from dmx_jax.sharding.rules import constrain
+
+RESIDUAL = ("act_batch", "act_length", "act_embed")
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: TextConfig) -> tuple[jax.Array, jax.Array]:
@@ -27,20 +30,24 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> 
 
 
 def _layer(x, p, cos, sin, mask, kv, index, cfg: TextConfig, impl: str = "xla", block: int = 512):
+    x = constrain(x, RESIDUAL)
     h = rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps)
     a = p["attn"]
     q = jnp.einsum("btd,dnh->btnh", h, a["q"]["kernel"].astype(h.dtype)) + a["q"]["bias"].astype(h.dtype)
     k = jnp.einsum("btd,dkh->btkh", h, a["k"]["kernel"].astype(h.dtype)) + a["k"]["bias"].astype(h.dtype)
     v = jnp.einsum("btd,dkh->btkh", h, a["v"]["kernel"].astype(h.dtype)) + a["v"]["bias"].astype(h.dtype)
     q, k = apply_rotary(q, cos[:, :, None], sin[:, :, None]), apply_rotary(k, cos[:, :, None], sin[:, :, None])
+    q = constrain(q, ("act_batch", "act_length", "act_heads", None))
+    k, v = (constrain(a, ("act_batch", "act_length", "act_kv_heads", None)) for a in (k, v))
     if kv is not None:
         k_cache = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
         k, v, kv = k_cache.astype(h.dtype), v_cache.astype(h.dtype), (k_cache, v_cache)
     o = attention(q, k, v, mask, impl, block)
-    x = x + jnp.einsum("btnh,nhd->btd", o, a["o"]["kernel"].astype(o.dtype))
-    x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act))
-    return x, kv
+    x = constrain(x + jnp.einsum("btnh,nhd->btd", o, a["o"]["kernel"].astype(o.dtype)), RESIDUAL)
+    x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act),
+                   ("act_batch", "act_length", "act_mlp"))
+    return constrain(x, RESIDUAL), kv
 
 
 class TextDecoder(nnx.Module):

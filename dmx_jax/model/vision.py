@@ -16,6 +16,9 @@ from dmx_jax.model.config import VisionConfig
 from dmx_jax.model.rotary import vision_cos_sin
 from dmx_jax.model.attention import attention, segment_mask
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
+from dmx_jax.sharding.rules import constrain
+
+PATCHES = ("act_patches", "act_embed")     # one row's packed patches (rows are the vmapped batch dimension)
 
 
 def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -82,15 +85,19 @@ def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) 
 
 
 def _block(x, p, is_full, cos, sin, segs, cfg: VisionConfig, impl: str = "xla", block: int = 512):
+    x = constrain(x, PATCHES)
     h = rms_norm(x, p["norm1"]["scale"], 1e-6)
     qkv = jnp.einsum("pd,dcnh->pcnh", h, p["attn"]["qkv"]["kernel"].astype(h.dtype)) + p["attn"]["qkv"]["bias"].astype(h.dtype)
+    qkv = constrain(qkv, ("act_patches", None, "act_vision_heads", None))
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]                       # [P, n, hd]
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
     seg = jnp.where(is_full, segs[1], segs[0])                       # [P]: one segment per window / image
     o = attention(q[None], k[None], v[None], segment_mask(seg), impl, block)[0]       # [P, n, hd]
     o = jnp.einsum("pnh,nhd->pd", o, p["attn"]["proj"]["kernel"].astype(o.dtype)) + p["attn"]["proj"]["bias"].astype(o.dtype)
-    x = x + o
-    return x + swiglu(rms_norm(x, p["norm2"]["scale"], 1e-6), p["mlp"], activation(cfg.hidden_act))
+    x = constrain(x + o, PATCHES)
+    x = x + swiglu(rms_norm(x, p["norm2"]["scale"], 1e-6), p["mlp"], activation(cfg.hidden_act),
+                   ("act_patches", "act_vision_mlp"))
+    return constrain(x, PATCHES)
 
 
 class VisionEncoder(nnx.Module):
@@ -144,5 +151,6 @@ class VisionEncoder(nnx.Module):
         mp = values(self.merger)
         x = rms_norm(x, mp["ln_q"]["scale"], 1e-6).reshape(P // unit, -1)
         x = jax.nn.gelu(x @ mp["fc1"]["kernel"].astype(dtype) + mp["fc1"]["bias"].astype(dtype), approximate=False)
-        x = x @ mp["fc2"]["kernel"].astype(dtype) + mp["fc2"]["bias"].astype(dtype)
+        x = constrain(x, ("act_patches", "act_vision_mlp"))
+        x = constrain(x @ mp["fc2"]["kernel"].astype(dtype) + mp["fc2"]["bias"].astype(dtype), PATCHES)
         return x[vin["reverse_index"]]

@@ -72,6 +72,21 @@ TRAIN_RULES: Rules = {
 }
 SAMPLE_RULES: Rules = {**TRAIN_RULES, "embed": None, "vision_embed": None, "vision_merge": None}
 
+# Activations (logical names prefixed act_): batch-major tensors split over (data, fsdp), head / MLP / vocab
+# dimensions over tensor; the residual stream's embedding dimension stays whole (no sequence parallelism).
+ACTIVATION_RULES: Rules = {
+    "act_batch": ("data", "fsdp"),
+    "act_length": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+    "act_patches": None,            # packed patches of one row (the row is the vmapped batch dimension)
+    "act_vision_heads": "tensor",
+    "act_vision_mlp": "tensor",
+}
+
 _COMPILED = tuple((re.compile(pattern + r"$"), axes) for pattern, axes in PARAM_LOGICAL_AXES)
 
 
@@ -162,6 +177,30 @@ def shardings_like_params(tree: Any, param_tree: Any, mesh: Mesh, rules: Rules =
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def constrain(x: jax.Array, axes: LogicalAxes, rules: Rules = ACTIVATION_RULES) -> jax.Array:
+    """`with_sharding_constraint` of an activation by logical axes under the context mesh (`jax.set_mesh`).
+
+    A no-op without a context mesh (plain CPU runs and tests) or on a mesh without the (data, fsdp, tensor)
+    axes. Indivisible dimensions stay unsplit (as for parameters). Inside `vmap` the mapped dimension is
+    sharded by the vmap's `spmd_axis_name` (see dmx_jax.model.batched) or left to the partitioner.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or any(a not in mesh.shape for a in ("data", "fsdp", "tensor")):
+        return x
+    if len(axes) != x.ndim:
+        raise ValueError(f"constrain: {len(axes)} logical axes {axes} for an array of shape {x.shape}")
+    return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh, rules))
+
+
+def batch_axes_of_context_mesh() -> tuple[str, ...] | None:
+    """The context mesh's batch axes (for vmap's spmd_axis_name), None without a (data, fsdp, tensor) mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or any(a not in mesh.shape for a in ("data", "fsdp", "tensor")):
+        return None
+    axes = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
+    return axes or None
 
 
 def batch_spec(ndim: int, rules: Rules = TRAIN_RULES, batch_axis: int = 0) -> PartitionSpec:

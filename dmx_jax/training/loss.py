@@ -10,6 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dmx_jax.sharding.rules import constrain
+
+LOGITS = ("act_batch", "act_length", "act_vocab")
+
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """-log softmax(logits)[target], computed in fp32. logits [..., V], targets [...] -> [...]."""
@@ -29,7 +33,7 @@ def cross_entropy_from_hidden(hidden: jax.Array, head: jax.Array, targets: jax.A
     """
     weights = weights.astype(jnp.float32)
     if chunk_size <= 0 or chunk_size >= hidden.shape[1]:
-        logits = jnp.einsum("btd,dv->btv", hidden, head.astype(hidden.dtype))
+        logits = constrain(jnp.einsum("btd,dv->btv", hidden, head.astype(hidden.dtype)), LOGITS)
         losses = token_losses(logits, targets)
         return jnp.sum(losses * weights), jnp.sum(weights)
     b, t, d = hidden.shape
@@ -46,7 +50,7 @@ def cross_entropy_from_hidden(hidden: jax.Array, head: jax.Array, targets: jax.A
 
     @jax.checkpoint
     def chunk_loss(h, tg, w):
-        logits = jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype))
+        logits = constrain(jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype)), LOGITS)
         return jnp.sum(token_losses(logits, tg) * w)
 
     def body(total, xs):

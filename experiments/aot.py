@@ -1,0 +1,511 @@
+"""Ahead-of-time TPU compile check: does every step of a preset fit a slice, before the slice is rented?
+
+    python -m experiments.aot --config qwen2_5_vl_7b --topology v5p-8 [--stage sft|cold_start|grpo|all]
+                              [--set key=value ...] [--json]
+
+Builds the real jitted steps of each stage with the library functions the stage runner uses (SFT / cold start:
+`make_train_step` + `make_sft_loss(memory.loss_chunk)` with `state_shardings`; GRPO: the rollout through
+`make_sample_fn` (prefill + decode loop), the completion log-prob pass (`completion_logprobs`, policy and
+reference) and the update (`make_policy_update`)), feeds them abstract inputs (`jax.ShapeDtypeStruct` with
+`NamedSharding`s on a mesh over the slice's abstract TPU devices) and compiles them with libtpu on the CPU.
+Nothing is allocated. Per step it prints XLA's per-chip memory (arguments, outputs, aliases, temporaries),
+the buffers that stay resident between steps (`resident`: the optimizer state during GRPO sampling, the
+reference parameters), the peak = arguments + outputs - aliases + temporaries + resident, whether it fits HBM
+and the headroom, then the analytic FLOPs of `dmx_jax.perf.flops` and a roofline step time and MFU:
+time = max(FLOPs / (chips x peak bf16 FLOP/s), HBM bytes per chip / bandwidth), FLOPs executed (remat adds one
+forward), decode steps bandwidth-bound on the bf16 weights and the KV cache. Memory figures are GiB.
+
+libtpu: `pip install "jax[tpu]==<installed jax>"` (the `tpu` extra); works with JAX_PLATFORMS=cpu.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable
+
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # other processes on this host may hold libtpu's lock
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+GiB = 2 ** 30
+
+# slice name -> libtpu topology; chips = product of the topology dims
+SLICES = {"v4-8": "v4:2x2x1", "v4-16": "v4:2x2x2", "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4",
+          "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v6e-4": "v6e:2x2",
+          "v6e-8": "v6e:2x4", "v6e-16": "v6e:4x4"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    hbm_gib: float          # usable HBM per chip (what XLA:TPU reports as available)
+    hbm_bw: float           # bytes/s
+    peak_bf16: float        # FLOP/s
+
+
+CHIPS = {"v4": Chip(32.0, 1.2e12, 275e12), "v5e": Chip(15.75, 8.19e11, 197e12),
+         "v5p": Chip(95.74, 2.765e12, 459e12), "v6e": Chip(32.0, 1.64e12, 918e12)}
+STAGES = ("sft", "cold_start", "grpo")
+
+
+class AotError(Exception):
+    """A bad input (unknown topology, preset, stage): printed as one line."""
+
+
+def resolve_topology(name: str) -> tuple[str, str, Chip]:
+    """'v5p-8' or 'v5p:2x2x1' -> (slice label, libtpu topology string, chip spec)."""
+    topo = SLICES.get(name.lower(), name)
+    m = re.fullmatch(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})", topo.lower())
+    if not m:
+        raise AotError(f"unknown topology {name!r}: use a slice name ({', '.join(SLICES)}) or a libtpu topology "
+                       f"such as 'v5p:2x2x1' (generation v4|v5e|v5p|v6e)")
+    return name, topo.lower(), CHIPS[m.group(1)]
+
+
+def topology_devices(topo: str) -> list:
+    from jax.experimental import topologies
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topo).devices)
+    except ImportError as e:
+        raise AotError(f"libtpu is not importable ({e}); pip install 'jax[tpu]=={jax.__version__}'") from None
+    except Exception as e:  # noqa: BLE001 - libtpu's errors are plain RuntimeErrors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AotError(f"libtpu cannot describe topology {topo!r}: {first}") from None
+
+
+def libtpu_available() -> bool:
+    try:
+        import libtpu  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- shapes
+def _sds(shape, dtype, mesh, spec=None):
+    spec = P() if spec is None else spec
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=NamedSharding(mesh, spec))
+
+
+def _batch_leaf(shape, dtype, mesh):
+    from dmx_jax.sharding.rules import batch_spec
+    spec = batch_spec(len(shape))
+    n = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    if shape[0] % n:
+        spec = P()
+    return _sds(shape, dtype, mesh, spec)
+
+
+def image_batch(mcfg, rows: int, patches: int, mesh) -> dict:
+    """Abstract per-row images: pixel_values [B, P, F] + vision_inputs (what the data pipeline emits)."""
+    unit = mcfg.vision.spatial_merge_size ** 2
+    b = lambda shape, dt=jnp.int32: _batch_leaf(shape, dt, mesh)  # noqa: E731
+    return {"pixel_values": b((rows, patches, mcfg.vision.patch_dim), jnp.float32),
+            "vision_inputs": {"rot_hw": b((rows, patches, 2)), "window_seg": b((rows, patches)),
+                              "full_seg": b((rows, patches)), "window_index": b((rows, patches // unit)),
+                              "reverse_index": b((rows, patches // unit))}}
+
+
+def text_batch(rows: int, seq: int, mesh, *, loss: bool = True) -> dict:
+    b = lambda shape, dt=jnp.int32: _batch_leaf(shape, dt, mesh)  # noqa: E731
+    out = {"input_ids": b((rows, seq)), "attention_mask": b((rows, seq)), "positions": b((rows, 3, seq))}
+    if loss:
+        out["loss_mask"] = b((rows, seq))
+    return out
+
+
+def per_chip_bytes(tree) -> int:
+    """Bytes one chip holds of an abstract pytree (largest shard per leaf)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ rows
+@dataclasses.dataclass
+class Row:
+    stage: str
+    step: str
+    topology: str
+    chips: int
+    hbm_gb: float
+    params: int
+    global_batch: int
+    seq_len: int
+    shapes: str
+    argument_gb: float | None = None
+    output_gb: float | None = None
+    alias_gb: float | None = None
+    temp_gb: float | None = None
+    resident_gb: float = 0.0
+    peak_gb: float | None = None
+    fits: bool = False
+    headroom: float | None = None
+    flops: float = 0.0
+    step_time_s: float | None = None
+    mfu: float | None = None
+    compile_s: float = 0.0
+    error: str | None = None
+
+    def text(self) -> str:
+        if self.peak_gb is None:
+            mem = f"error: {self.error}"
+        else:
+            mem = (f"args {self.argument_gb:6.2f} out {self.output_gb:6.2f} alias {self.alias_gb:6.2f} "
+                   f"temp {self.temp_gb:6.2f} resident {self.resident_gb:5.2f} peak {self.peak_gb:6.2f}/"
+                   f"{self.hbm_gb:.1f} GiB {'fits' if self.fits else 'DOES NOT FIT'} "
+                   f"headroom {100 * self.headroom:5.1f}%")
+            if self.error:
+                mem += f" ({self.error})"
+        perf = "" if self.step_time_s is None else \
+            f" | {self.flops / 1e12:9.1f} TFLOP  roofline {self.step_time_s:8.3f} s  MFU {100 * (self.mfu or 0):4.1f}%"
+        return (f"{self.stage:10s} {self.step:9s} {self.topology:8s} {self.chips:3d} chips | params "
+                f"{self.params / 1e9:5.2f}B | batch {self.global_batch:4d} {self.shapes:34s} | {mem}{perf}")
+
+
+_OOM = re.compile(r"HLO temporaries \(([\d.]+)([GMK])\) exceed(?:s)? available HBM \(([\d.]+)([GMK])\)")
+
+
+def _gib(value: str, unit: str) -> float:
+    return float(value) * {"G": 1, "M": 1 / 1024, "K": 1 / 1024 ** 2}[unit]
+
+
+def compile_row(row: Row, fn: Callable, args: tuple, *, in_shardings, out_shardings, donate=(), mesh,
+                resident_bytes: int = 0) -> Row:
+    """Compile `fn` for the abstract `args`; fill the memory columns (an OOM becomes a row, not a traceback)."""
+    t0 = time.perf_counter()
+    row.resident_gb = resident_bytes / GiB
+    try:
+        with jax.set_mesh(mesh):
+            compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                               donate_argnums=donate).lower(*args).compile()
+    except Exception as e:  # noqa: BLE001 - XLA raises JaxRuntimeError / XlaRuntimeError
+        msg = str(e)
+        m = _OOM.search(msg)
+        row.compile_s = time.perf_counter() - t0
+        if m:
+            temp = _gib(m.group(1), m.group(2))
+            row.hbm_gb = _gib(m.group(3), m.group(4))
+            row.temp_gb, row.argument_gb, row.output_gb, row.alias_gb = temp, 0.0, 0.0, 0.0
+            row.peak_gb = temp + row.resident_gb
+            row.fits, row.headroom = False, 1 - row.peak_gb / row.hbm_gb
+            row.error = "RESOURCE_EXHAUSTED at compile time (temporaries only)"
+        else:
+            lines = [ln for ln in msg.strip().splitlines() if ln.strip()]
+            row.error = (lines[0] if lines else type(e).__name__)[:300]
+        return row
+    row.compile_s = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    row.argument_gb = ma.argument_size_in_bytes / GiB
+    row.output_gb = ma.output_size_in_bytes / GiB
+    row.alias_gb = ma.alias_size_in_bytes / GiB
+    row.temp_gb = ma.temp_size_in_bytes / GiB
+    row.peak_gb = row.argument_gb + row.output_gb - row.alias_gb + row.temp_gb + row.resident_gb
+    row.fits = row.peak_gb <= row.hbm_gb
+    row.headroom = 1 - row.peak_gb / row.hbm_gb
+    return row
+
+
+def roofline(row: Row, chip: Chip, *, flops: float, executed: float, hbm_bytes_per_chip: float) -> Row:
+    t = max(executed / (row.chips * chip.peak_bf16), hbm_bytes_per_chip / chip.hbm_bw)
+    row.flops, row.step_time_s = flops, t
+    row.mfu = flops / (t * row.chips * chip.peak_bf16) if t > 0 else None
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ plan
+@dataclasses.dataclass
+class Plan:
+    cfg: Any                # ExperimentConfig
+    mcfg: Any               # ModelConfig with memory overrides and compute dtype
+    mesh: Mesh
+    chip: Chip
+    label: str
+    patches: int
+    graphdef: Any
+    params: Any             # abstract, sharded
+    n_params: int
+
+
+def make_plan(cfg, topology: str) -> Plan:
+    from flax import nnx
+    from dmx_jax.model import Qwen25VL
+    from dmx_jax.model.config import PRESETS as MODEL_PRESETS
+    from dmx_jax.sharding.rules import tree_shardings
+    from experiments.datasets import patch_budget
+    label, topo, chip = resolve_topology(topology)
+    devices = topology_devices(topo)
+    sizes = cfg.mesh.resolve(len(devices))
+    mesh = Mesh(np.asarray(devices).reshape(sizes), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    if cfg.model not in MODEL_PRESETS:
+        raise AotError(f"model preset {cfg.model!r} is unknown (have {', '.join(MODEL_PRESETS)})")
+    mcfg = MODEL_PRESETS[cfg.model]().replace(dtype=cfg.dtype, **cfg.memory.model_overrides())
+    abstract = nnx.eval_shape(lambda: Qwen25VL(mcfg, nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+    sh = tree_shardings(params, mesh)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, sh)
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    return Plan(cfg, mcfg, mesh, chip, label, patch_budget(cfg), graphdef, params, n_params)
+
+
+def _state(plan: Plan, optim):
+    from dmx_jax.training.optim import make_optimizer
+    from dmx_jax.training.state import TrainState
+    from dmx_jax.training.step import state_shardings
+    tx = make_optimizer(optim)
+    opt = jax.eval_shape(tx.init, plan.params)
+    rep = NamedSharding(plan.mesh, P())
+    state = TrainState(plan.params, opt, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+                       jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep))
+    sh = state_shardings(state, plan.mesh)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh)
+    return tx, state, sh
+
+
+def _row(plan: Plan, stage: str, step: str, batch: int, seq: int, shapes: str) -> Row:
+    return Row(stage, step, plan.label, plan.mesh.size, plan.chip.hbm_gib, plan.n_params, batch, seq, shapes)
+
+
+def _image_grid(plan: Plan) -> list[int]:
+    """The most square grid within the patch budget (for the FLOP count)."""
+    m = plan.mcfg.vision.spatial_merge_size
+    side = int(math.isqrt(plan.patches // (m * m)))
+    return [1, side * m, (plan.patches // (m * m) // side) * m]
+
+
+def _weight_read_bytes(plan: Plan) -> float:
+    """bf16 weights every chip reads per pass (after FSDP gathers: the full model)."""
+    return 2.0 * plan.n_params
+
+
+def supervised_rows(plan: Plan, stage: str) -> list[Row]:
+    from dmx_jax.perf.flops import train_flops
+    from dmx_jax.training.sft import make_sft_loss
+    from dmx_jax.training.step import make_train_step
+    cfg = plan.cfg
+    st = cfg.sft if stage == "sft" else cfg.cold_start
+    seq = cfg.data.max_seq_len if stage == "sft" else cfg.data.reasoning_seq_len
+    b = st.batch_size
+    tx, state, state_sh = _state(plan, st.optim)
+    batch = {**text_batch(b, seq, plan.mesh), **image_batch(plan.mcfg, b, plan.patches, plan.mesh)}
+    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
+    step = make_train_step(plan.graphdef, make_sft_loss(cfg.memory.loss_chunk), tx, grad_accum=st.optim.grad_accum,
+                           compute_dtype=jnp.dtype(plan.mcfg.dtype))
+    row = _row(plan, stage, "train", b, seq, f"[{b},{seq}] + {plan.patches} patches/row"
+               + (f", accum {st.optim.grad_accum}" if st.optim.grad_accum > 1 else ""))
+    compile_row(row, step, (state, batch), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+                donate=(0,), mesh=plan.mesh)
+    grid = _image_grid(plan)
+    f = train_flops(plan.mcfg, text_tokens=b * seq, seq_len=seq, image_grids=[grid] * b).total
+    executed = f * (4 / 3 if plan.mcfg.remat != "none" else 1.0)
+    passes = 4 if plan.mcfg.remat != "none" else 3
+    hbm = _weight_read_bytes(plan) * passes * st.optim.grad_accum + 28.0 * plan.n_params / plan.mesh.size
+    return [roofline(row, plan.chip, flops=f, executed=executed, hbm_bytes_per_chip=hbm)]
+
+
+GRPO_STEPS = ("rollout", "logprob", "ref_logp", "update")
+
+
+def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
+    cfg, mcfg = plan.cfg, plan.mcfg
+    rl, algo, mem = cfg.rl, cfg.rl.algo, cfg.memory
+    g, tn, t = algo.group_size, algo.max_new_tokens, cfg.data.reasoning_prompt_len
+    n = rl.prompts_per_step * g
+    tx, state, state_sh = _state(plan, rl.optim)
+    opt_bytes = per_chip_bytes(state.opt_state)
+    ref_dtype = jnp.dtype(mem.ref_dtype) if mem.ref_dtype else None
+    ref = plan.params if ref_dtype is None else jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype, sharding=x.sharding), plan.params)
+    ref_bytes = 0 if (not algo.kl_coef or mem.ref_offload) else per_chip_bytes(ref)
+    rows = []
+    grid = _image_grid(plan)
+    kv_bytes_row = 2 * mcfg.text.num_hidden_layers * mcfg.text.num_key_value_heads * mcfg.text.head_dim * \
+        jnp.dtype(mem.kv_cache_dtype or mcfg.dtype).itemsize
+
+    if "rollout" in steps:
+        rows += _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, opt_bytes + ref_bytes)
+    if "logprob" in steps or "ref_logp" in steps:
+        rows += _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, opt_bytes + ref_bytes,
+                              per_chip_bytes(state), steps)
+    if "update" in steps:
+        rows += _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref_bytes)
+    return rows
+
+
+def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
+    import inspect
+    from dmx_jax.perf.flops import forward_flops
+    from dmx_jax.training import rl_vlm
+    mesh, mcfg = plan.mesh, plan.mcfg
+    kw = inspect.signature(rl_vlm.make_sample_fn).parameters
+    extra = {k: v for k, v in (("cache_dtype", mem.kv_cache_dtype),) if k in kw}
+    sample_fn = rl_vlm.make_sample_fn(plan.graphdef, algo, stop_token_ids=(mcfg.eos_token_id,),
+                                      pad_id=mcfg.pad_token_id, **extra)
+    rows_in = n // getattr(sample_fn, "group_size", 1)
+    prompts = {**text_batch(rows_in, t, mesh, loss=False), **image_batch(mcfg, rows_in, plan.patches, mesh),
+               "deltas": _batch_leaf((rows_in, 1), jnp.int32, mesh)}
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
+    row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new")
+    compile_row(row, sample_fn, (plan.params, prompts, rng),
+                in_shardings=(jax.tree.map(lambda x: x.sharding, plan.params),
+                              jax.tree.map(lambda x: x.sharding, prompts), rng.sharding),
+                out_shardings=None, mesh=mesh, resident_bytes=resident)
+    prefill = forward_flops(mcfg, text_tokens=rows_in * t, seq_len=t, image_grids=[grid] * rows_in).total
+    dec_tok = forward_flops(mcfg, text_tokens=n, seq_len=2 * t + tn, lm_head_tokens=n).total  # mean context
+    decode = dec_tok * tn
+    dec_bytes = tn * (_weight_read_bytes(plan) + n / mesh.size * (t + tn / 2) * kv_bytes_row)
+    t_pre = prefill / (row.chips * plan.chip.peak_bf16)
+    t_dec = max(decode / (row.chips * plan.chip.peak_bf16), dec_bytes / plan.chip.hbm_bw)
+    row.flops, row.step_time_s = prefill + decode, t_pre + t_dec
+    row.mfu = row.flops / (row.step_time_s * row.chips * plan.chip.peak_bf16)
+    return [row]
+
+
+def _logprob_fn(mem):
+    import inspect
+    from dmx_jax.training import rl_vlm
+    lp_kw = inspect.signature(rl_vlm.completion_logprobs).parameters
+    lp_extra = {"chunk_size": mem.loss_chunk} if "chunk_size" in lp_kw else {}
+    return lambda model, batch: rl_vlm.completion_logprobs(model, batch, **lp_extra)
+
+
+def _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, resident_policy, resident_ref, steps):
+    """Completion log-probs (policy = pi_old when recomputed, and the reference)."""
+    from flax import nnx
+    from dmx_jax.perf.flops import forward_flops
+    mesh, mcfg = plan.mesh, plan.mcfg
+    rows = []
+    comp = {"completion": _batch_leaf((n, tn), jnp.int32, mesh),
+            "completion_mask": _batch_leaf((n, tn), jnp.float32, mesh)}
+    rollout = {**text_batch(n, t, mesh, loss=False), **image_batch(mcfg, n, plan.patches, mesh),
+               "deltas": _batch_leaf((n, 1), jnp.int32, mesh), **comp}
+    logprob_fn = _logprob_fn(mem)
+    f_lp = forward_flops(mcfg, text_tokens=n * (t + tn), seq_len=t + tn, image_grids=[grid] * n,
+                         lm_head_tokens=n * tn).total
+    for name, p_abs, resident in (("logprob", plan.params, resident_policy), ("ref_logp", ref, resident_ref)):
+        if name not in steps or name == "ref_logp" and (not algo.kl_coef or ref_dtype is None):
+            continue        # same program as the policy pass (reference in the policy's dtype)
+        fn = lambda params, batch: logprob_fn(nnx.merge(plan.graphdef, params), batch)  # noqa: E731
+        row = _row(plan, "grpo", name, n, t + tn, f"[{n},{t}+{tn}]")
+        compile_row(row, fn, (p_abs, rollout), in_shardings=(jax.tree.map(lambda x: x.sharding, p_abs),
+                                                             jax.tree.map(lambda x: x.sharding, rollout)),
+                    out_shardings=None, mesh=mesh, resident_bytes=resident)
+        rows.append(roofline(row, plan.chip, flops=f_lp, executed=f_lp, hbm_bytes_per_chip=_weight_read_bytes(plan)))
+    return rows
+
+
+def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref_bytes):
+    """The policy update (one optimizer step over the mini-batch)."""
+    from dmx_jax.perf.flops import train_flops
+    from dmx_jax.training import rl_vlm
+    from dmx_jax.training.grpo import make_policy_update
+    mesh, mcfg = plan.mesh, plan.mcfg
+    mini = n if not getattr(algo, "ppo_mini_batch_size", 0) else algo.ppo_mini_batch_size * g
+    upd = {**text_batch(mini, t, mesh, loss=False), **image_batch(mcfg, mini, plan.patches, mesh),
+           "deltas": _batch_leaf((mini, 1), jnp.int32, mesh),
+           "completion": _batch_leaf((mini, tn), jnp.int32, mesh),
+           **{k: _batch_leaf((mini, tn), jnp.float32, mesh) for k in ("completion_mask", "old_logp", "ref_logp")},
+           "advantages": _batch_leaf((mini,), jnp.float32, mesh)}
+    if not algo.kl_coef:
+        upd.pop("ref_logp")
+    make_lp = getattr(rl_vlm, "make_logprob_fn", None)
+    upd_logprob = make_lp(algo, chunk_size=mem.loss_chunk) if make_lp is not None else _logprob_fn(mem)
+    step = make_policy_update(plan.graphdef, algo, tx, upd_logprob, grad_accum=rl.optim.grad_accum,
+                              compute_dtype=jnp.dtype(mcfg.dtype))
+    row = _row(plan, "grpo", "update", mini, t + tn, f"[{mini},{t}+{tn}]"
+               + (f", accum {rl.optim.grad_accum}" if rl.optim.grad_accum > 1 else ""))
+    compile_row(row, step, (state, upd), in_shardings=(state_sh, jax.tree.map(lambda x: x.sharding, upd)),
+                out_shardings=(state_sh, None), donate=(0,), mesh=mesh, resident_bytes=ref_bytes)
+    f_up = train_flops(mcfg, text_tokens=mini * (t + tn), seq_len=t + tn, image_grids=[grid] * mini,
+                       lm_head_tokens=mini * tn).total
+    passes = 4 if mcfg.remat != "none" else 3
+    return [roofline(row, plan.chip, flops=f_up, executed=f_up * passes / 3,
+                     hbm_bytes_per_chip=_weight_read_bytes(plan) * passes * rl.optim.grad_accum
+                     + 28.0 * plan.n_params / mesh.size)]
+
+
+def run(cfg, topology: str, stages=STAGES, emit: Callable[[Row], None] | None = None) -> list[Row]:
+    plan = make_plan(cfg, topology)
+    rows: list[Row] = []
+    for stage in stages:
+        new = grpo_rows(plan) if stage == "grpo" else supervised_rows(plan, stage)
+        for r in new:
+            if emit:
+                emit(r)
+        rows += new
+    return rows
+
+
+def row_json(row: Row) -> str:
+    return json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in dataclasses.asdict(row).items()})
+
+
+def markdown(rows: list[Row]) -> str:
+    head = ("| stage | step | topology | peak / HBM GiB | headroom | params | global batch | shapes | "
+            "TFLOP | roofline s | MFU |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        mem = "error" if r.peak_gb is None else f"{r.peak_gb:.1f} / {r.hbm_gb:.1f}" + ("" if r.fits else " (no fit)")
+        lines.append(f"| {r.stage} | {r.step} | {r.topology} | {mem} | "
+                     f"{'' if r.headroom is None else f'{100 * r.headroom:.0f}%'} | {r.params / 1e9:.2f}B | "
+                     f"{r.global_batch} | {r.shapes} | {r.flops / 1e12:.0f} | "
+                     f"{'' if r.step_time_s is None else f'{r.step_time_s:.2f}'} | "
+                     f"{'' if r.mfu is None else f'{100 * r.mfu:.0f}%'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.aot", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="qwen2_5_vl_7b", help="experiment preset (experiments.configs.PRESETS)")
+    ap.add_argument("--topology", default="v5p-8", help="slice name(s) or libtpu topology, comma-separated")
+    ap.add_argument("--stage", default="all", choices=STAGES + ("all",))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--json", action="store_true", help="one JSON object per step")
+    ap.add_argument("--markdown", action="store_true", help="also print a markdown table at the end")
+    args = ap.parse_args(argv)
+    from experiments.configs import PRESETS
+    from experiments.overrides import apply_overrides
+    try:
+        if args.config not in PRESETS:
+            raise AotError(f"unknown config {args.config!r} (have {', '.join(PRESETS)})")
+        try:
+            cfg = apply_overrides(PRESETS[args.config](), args.overrides)
+        except ValueError as e:
+            raise AotError(str(e)) from None
+        topologies = [t.strip() for t in args.topology.split(",") if t.strip()]
+        for t in topologies:
+            resolve_topology(t)
+        stages = STAGES if args.stage == "all" else (args.stage,)
+        emit = (lambda r: print(row_json(r), flush=True)) if args.json else (lambda r: print(r.text(), flush=True))
+        rows = []
+        for t in topologies:
+            try:
+                rows += run(cfg, t, stages, emit)
+            except ValueError as e:            # e.g. a mesh that does not divide the slice
+                raise AotError(f"{t}: {e}") from None
+    except AotError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        print(markdown(rows))
+    bad = [r for r in rows if not r.fits]
+    for r in bad:
+        why = r.error if r.peak_gb is None else f"needs {r.peak_gb:.1f} GiB of {r.hbm_gb:.1f} GiB " \
+            f"({r.peak_gb - r.hbm_gb:+.1f} GiB)"
+        print(f"does not fit: {r.stage}/{r.step} on {r.topology}: {why}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

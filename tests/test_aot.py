@@ -1,0 +1,60 @@
+"""experiments.aot: TPU compiles ahead of time on the CPU (libtpu topology, JAX_PLATFORMS=cpu kept)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import aot
+
+needs_libtpu = pytest.mark.skipif(not aot.libtpu_available(),
+                                  reason="libtpu is not importable: pip install 'jax[tpu]' (the tpu extra)")
+
+
+def test_unknown_topology_is_one_line(capsys):
+    assert aot.main(["--config", "tiny", "--topology", "v9x-8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown topology 'v9x-8'" in err
+
+
+def test_slice_names_resolve():
+    assert aot.resolve_topology("v5p-8")[1] == "v5p:2x2x1"
+    assert aot.resolve_topology("v6e:2x4")[2].hbm_gib == 32.0
+    assert {n.split("-")[0] for n in aot.SLICES} >= {"v4", "v5e", "v5p", "v6e"}
+
+
+@needs_libtpu
+def test_step_that_does_not_fit_is_a_row_with_numbers():
+    plan_mesh = jax.sharding.Mesh(aot.topology_devices("v5e:2x2")[:1], ("x",))
+    rep = jax.sharding.NamedSharding(plan_mesh, jax.sharding.PartitionSpec())
+    x = jax.ShapeDtypeStruct((100_000,), jnp.float32, sharding=rep)
+    row = aot.Row("sft", "train", "v5e-4", 4, 16.0, 0, 1, 1, "")
+    aot.compile_row(row, lambda v: jnp.cumsum(jnp.outer(v, v), axis=0)[-1], (x,), in_shardings=None,
+                    out_shardings=None, mesh=plan_mesh)
+    assert row.fits is False and row.peak_gb > row.hbm_gb and row.headroom < 0, row
+    assert "does not fit" in row.text().lower() or "DOES NOT FIT" in row.text()
+
+
+@needs_libtpu
+def test_tiny_sft_rows_and_json(capsys):
+    rc = aot.main(["--config", "tiny", "--topology", "v5e-4", "--stage", "sft", "--json",
+                   "--set", "model=tiny", "--set", "memory.loss_chunk=64", "--set", "memory.attention=chunked"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert rc == 0 and len(lines) == 1
+    row = json.loads(lines[0])
+    for key in ("stage", "step", "topology", "chips", "hbm_gb", "peak_gb", "fits", "params", "global_batch", "seq_len"):
+        assert key in row
+    assert row["stage"] == "sft" and row["chips"] == 4 and row["fits"] and 0 < row["peak_gb"] < row["hbm_gb"]
+    assert row["params"] > 1e6 and row["flops"] > 0 and 0 < row["mfu"] <= 1
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_7b_sft_and_grpo_update_fit_v5p_8():
+    """The acceptance check: the 7B preset's SFT step and GRPO update compile for v5p-8 and fit HBM."""
+    from experiments.configs import PRESETS
+    plan = aot.make_plan(PRESETS["qwen2_5_vl_7b"](), "v5p-8")
+    rows = aot.supervised_rows(plan, "sft") + [r for r in aot.grpo_rows(plan, steps=("update",))]
+    for r in rows:
+        print(r.text())
+        assert r.peak_gb is not None and r.fits and r.headroom >= 0.10, r.text()
