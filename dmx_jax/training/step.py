@@ -83,7 +83,20 @@ def batch_shardings(batch: dict, mesh: Mesh, rules=sharding_rules.TRAIN_RULES) -
     return jax.tree.map(lambda x: NamedSharding(mesh, sharding_rules.batch_spec(x.ndim, rules)), batch)
 
 
-def jit_train_step(step_fn, state_sharding: TrainState, batch_sharding: dict):
-    """jit with explicit in/out shardings and the state donated (updated in place)."""
-    return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, None), donate_argnums=(0,))
+def jit_train_step(step_fn, state_sharding: TrainState, batch_sharding: dict, mesh: Mesh | None = None):
+    """jit a production step `step(state, batch) -> (state, metrics)` (SFT, cold start, GRPO update) with
+    explicit in/out shardings and the state donated (updated in place), so every leaf keeps its sharding
+    and the step compiles once for the whole run (resumes included). With `mesh`, calls run under
+    `jax.set_mesh(mesh)` so the model's activation constraints (dmx_jax.sharding.rules.constrain) apply.
+    The returned callable exposes the jitted function as `.jitted` (e.g. `.jitted._cache_size()`)."""
+    jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+                     out_shardings=(state_sharding, None), donate_argnums=(0,))
+    if mesh is None:
+        return jitted
+
+    def call(state, batch):
+        with jax.set_mesh(mesh):
+            return jitted(state, batch)
+
+    call.jitted = jitted
+    return call
