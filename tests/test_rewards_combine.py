@@ -1,7 +1,7 @@
 """The jitted reward on token ids == the string-level references on fuzzed completions.
 
-paper preset: equals `paper_reward` exactly in format / coordinate and to float32 round-off in accuracy /
-overall, once ROUGE-1 uses the array definition (words, no stemming); grounded preset: its box terms equal the
+paper preset: equals `paper_reward` (stemmed ROUGE-1 included) exactly in format / coordinate and to float32
+round-off in accuracy / overall; grounded preset: its box terms equal the
 evaluation's greedy matching on the boxes a regex finds in the whole completion.
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dmx_jax.rewards import paper
 from dmx_jax.rewards.combine import PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn
 from dmx_jax.rewards.text_bytes import token_bytes_table
 from tests.helpers import reward_fuzz as F
-from tests.test_rewards_accuracy import rouge1_words_ref
 
 N, T = 160, 160
 BOX = re.compile(r"\[([-+]?\d*\.?\d+(?:,\s*[-+]?\d*\.?\d+){3})\]")
@@ -45,12 +44,11 @@ def batch(tmp_path_factory):
     return tok, ids, mask, kept, gts, truth_boxes
 
 
-def test_paper_preset_equals_string_reward(batch, monkeypatch):
+def test_paper_preset_equals_string_reward(batch):
     tok, ids, mask, texts, gts, boxes = batch
     cfg = RewardConfig(max_text_bytes=1024, max_answer_bytes=256)
     fn = make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))
     got = jax.tree.map(np.asarray, fn(ids, mask, ground_truth_arrays(gts, boxes, cfg)))
-    monkeypatch.setattr(paper, "rouge1_stemmed", rouge1_words_ref)     # the array definition of ROUGE-1
     want = [paper.paper_reward(t, g) for t, g in zip(texts, gts)]
     for key in ("format", "coordinate"):
         np.testing.assert_allclose(got[key], [w[key] for w in want], atol=1e-7, err_msg=key)

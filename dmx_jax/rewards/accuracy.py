@@ -6,9 +6,9 @@ Branches by the ground truth's kind (decided on the host, `text_bytes.encode_gro
 - long: mean of character BLEU-1, character BLEU-4 (nltk sentence_bleu, smoothing method2) and ROUGE-1 F.
 Each is scaled by 1.5. Character n-grams (n <= 4 bytes) are packed exactly into uint32, so BLEU is exact;
 list items and words are compared by two independent 32-bit polynomial hashes plus their length.
-ROUGE-1 here is word-level without stemming (words = maximal [a-z0-9]+ runs after ASCII lower-casing);
-the published reward stems with Porter (host reference `paper.rouge1_stemmed`); BUILD_NOTES.md reports how
-closely the two rank completions. `bleu="word"` swaps character for word n-grams (a config option).
+ROUGE-1 is rouge_score's: tokens are maximal [a-z0-9]+ runs after ASCII lower-casing, tokens longer than 3
+bytes Porter-stemmed exactly as nltk's PorterStemmer (porter.py); `rouge="words"` skips the stemming.
+`bleu="word"` swaps character for word n-grams (a config option). List answers may hold any number of items.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dmx_jax.rewards import porter
 from dmx_jax.rewards.paper import KIND_LIST, KIND_LONG, KIND_SHORT
 from dmx_jax.rewards.text_bytes import WHITESPACE_BYTES, byte_in
 
@@ -49,8 +50,9 @@ def _span_hash(text, start, end, p: np.uint32):
     return diff * inv[jnp.clip(start, 0, n)]
 
 
-def _clipped_overlap(hyp_id, hyp_ok, ref_id, ref_ok):
-    """Sum over distinct hypothesis items of min(count in hyp, count in ref); items compared by all id parts.
+def _clipped_overlap(hyp_id, hyp_ok, ref_id, ref_ok, distinct: bool = False):
+    """Sum over distinct hypothesis items of min(count in hyp, count in ref) (distinct=True: of 1 when the
+    reference holds the item, i.e. the size of the set intersection); items compared by all id parts.
     hyp_id: tuple of [B, H] arrays, hyp_ok bool [B, H]; ref likewise [B, R].
 
     Sort-based, O(L log L) time and O(L) memory per row: hypothesis and reference items are sorted together
@@ -76,7 +78,8 @@ def _clipped_overlap(hyp_id, hyp_ok, ref_id, ref_ok):
     rank = hyp_before - jnp.take_along_axis(hyp_before, run_start, axis=1)    # k-th copy in the hypothesis
     ref_count = (jnp.take_along_axis(ref_before + is_ref, run_end, axis=1)
                  - jnp.take_along_axis(ref_before, run_start, axis=1))
-    return jnp.sum(is_hyp & (rank < ref_count), axis=1)
+    hit = (rank == 0) & (ref_count > 0) if distinct else rank < ref_count
+    return jnp.sum(is_hyp & hit, axis=1)
 
 
 def _char_ngrams(text, length, n):
@@ -159,40 +162,70 @@ def rouge1_words(hyp, hyp_len, ref, ref_len) -> jax.Array:
     return jnp.where(p + r > 0, 2 * p * r / jnp.maximum(p + r, 1e-30), 0.0)
 
 
-def _items(text, length, max_items):
-    """Ids of the `|`-separated items (whitespace-trimmed, lower-cased), validity, and the item count."""
+def stemmed_words(text, length):
+    """rouge_score's tokens with Porter stemming (tokens longer than 3 bytes): ids (two hashes of the stemmed
+    token + its length) at each token's last byte, and the token-end mask [B, L]."""
     t = lower(text)
+    is_word, start, end_here = porter.word_runs(t, length)
+    batch, width = t.shape
+    end = jnp.broadcast_to(jnp.arange(1, width + 1, dtype=jnp.int32)[None, :], t.shape)
+    slots = porter.long_word_slots(t, length)
+    s = slots["n"].shape[1]
+    flat = lambda a: a.reshape((batch * s,) + a.shape[2:])  # noqa: E731
+    w, n = porter.stem_slots(*(flat(slots[k]) for k in ("w", "n", "head_len", "head_m", "head_vowel", "prev_vowel")))
+    w, n = w.reshape(batch, s, -1).astype(jnp.uint32), n.reshape(batch, s)
+    head_end = slots["start"] + slots["head_len"]
+    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, s))
+    at = jnp.where(slots["valid"], slots["end"] - 1, width)
+    ids = []
+    for p in (_P1, _P2):
+        pw = jnp.asarray(_pow_table(p, width + w.shape[2]))
+        tail = jnp.sum(w * pw[None, None, :w.shape[2]], axis=2, dtype=jnp.uint32)
+        stemmed = _span_hash(t, slots["start"], head_end, p) + pw[slots["head_len"]] * tail
+        ids.append(_span_hash(t, start, end, p).at[rows, at].set(stemmed, mode="drop"))
+    ids.append((end - start).at[rows, at].set(slots["head_len"] + n, mode="drop"))
+    return tuple(ids), end_here
+
+
+def rouge1_stemmed(hyp, hyp_len, ref, ref_len) -> jax.Array:
+    """rouge_score ROUGE-1 F with `use_stemmer=True` (the published definition; see porter.py)."""
+    h_id, h_ok = stemmed_words(hyp, hyp_len)
+    r_id, r_ok = stemmed_words(ref, ref_len)
+    overlap = _clipped_overlap(h_id, h_ok, r_id, r_ok).astype(jnp.float32)
+    n_h, n_r = jnp.sum(h_ok, axis=1), jnp.sum(r_ok, axis=1)
+    p, r = overlap / jnp.maximum(n_h, 1), overlap / jnp.maximum(n_r, 1)
+    return jnp.where(p + r > 0, 2 * p * r / jnp.maximum(p + r, 1e-30), 0.0)
+
+
+def _items(text, length):
+    """`|`-separated items (whitespace-stripped, lower-cased) of every row, any number of them: one entry per
+    pipe and one for the text end ([B, L + 1]); ids (two hashes + length), validity, and the item count."""
+    t = lower(text)
+    batch, width = t.shape
     valid = _valid(text, length)
     pipe = (t == ord("|")) & valid
-    item = jnp.cumsum(pipe, axis=1) - pipe                      # item index of each byte (pipes close an item)
-    content = valid & ~pipe & ~byte_in(t, WHITESPACE_BYTES)
-    pos = jnp.arange(text.shape[1])[None, :]
-    seg = jnp.where(content & (item < max_items), item, max_items)
-    big = text.shape[1]
-    start = jax.vmap(lambda p, s: jax.ops.segment_min(p, s, num_segments=max_items + 1))(
-        jnp.broadcast_to(pos, t.shape), seg)[:, :max_items]
-    end = jax.vmap(lambda p, s: jax.ops.segment_max(p, s, num_segments=max_items + 1))(
-        jnp.broadcast_to(pos, t.shape), seg)[:, :max_items] + 1
-    empty = start >= big                                        # an item with no content is the empty string
-    start, end = jnp.where(empty, 0, start), jnp.where(empty, 0, end)
-    count = jnp.sum(pipe, axis=1) + 1
-    ok = jnp.arange(max_items)[None, :] < jnp.minimum(count, max_items)[:, None]
-    ids = (_span_hash(t, start, end, _P1), _span_hash(t, start, end, _P2), end - start)
-    return ids, ok, count
+    pos = jnp.arange(width + 1, dtype=jnp.int32)[None, :]
+    ends_item = jnp.concatenate([pipe, jnp.zeros((batch, 1), bool)], axis=1) | (pos == length[:, None])
+    solid = jnp.pad(valid & ~pipe & ~byte_in(t, WHITESPACE_BYTES), ((0, 0), (0, 1)))       # [B, L + 1]
+    # item_start[i]: one past the last pipe before position i (0 when none)
+    item_start = jax.lax.cummax(jnp.pad(jnp.where(pipe, pos[:, :width] + 1, 0), ((0, 0), (1, 0))), axis=1)
+    next_solid = jax.lax.cummin(jnp.where(solid, pos, width + 1), axis=1, reverse=True)
+    last_solid = jax.lax.cummax(jnp.where(solid, pos, -1), axis=1)                        # at or before i
+    first = jnp.take_along_axis(next_solid, item_start, axis=1)
+    before_end = jnp.take_along_axis(jnp.pad(last_solid, ((0, 0), (1, 0)), constant_values=-1), pos, axis=1)
+    empty = first >= pos                                      # no content between the previous pipe and here
+    start = jnp.where(empty, 0, first)
+    end = jnp.where(empty, 0, before_end + 1)
+    tp = jnp.pad(t, ((0, 0), (0, 1)))
+    ids = (_span_hash(tp, start, end, _P1), _span_hash(tp, start, end, _P2), end - start)
+    return ids, ends_item, jnp.sum(pipe, axis=1) + 1
 
 
-def list_f1(answer, answer_len, gt, gt_len, max_items: int = 32) -> jax.Array:
-    """F1 of items: |distinct answer items also in the ground truth| over the list lengths."""
-    a_id, a_ok, n_a = _items(answer, answer_len, max_items)
-    g_id, g_ok, n_g = _items(gt, gt_len, max_items)
-    eq_ag = a_ok[:, :, None] & g_ok[:, None, :]
-    eq_aa = a_ok[:, :, None] & a_ok[:, None, :]
-    for a, g in zip(a_id, g_id):
-        eq_ag = eq_ag & (a[:, :, None] == g[:, None, :])
-        eq_aa = eq_aa & (a[:, :, None] == a[:, None, :])
-    idx = jnp.arange(max_items)
-    first = a_ok & ~jnp.any(eq_aa & (idx[None, None, :] < idx[None, :, None]), axis=2)
-    common = jnp.sum(first & jnp.any(eq_ag, axis=2), axis=1).astype(jnp.float32)
+def list_f1(answer, answer_len, gt, gt_len) -> jax.Array:
+    """F1 of items: |distinct answer items also in the ground truth| over the list lengths (any item count)."""
+    a_id, a_ok, n_a = _items(answer, answer_len)
+    g_id, g_ok, n_g = _items(gt, gt_len)
+    common = _clipped_overlap(a_id, a_ok, g_id, g_ok, distinct=True).astype(jnp.float32)
     p, r = common / n_a, common / n_g
     return jnp.where(p + r > 0, 2 * p * r / jnp.maximum(p + r, 1e-30), 0.0)
 
@@ -208,12 +241,15 @@ def short_exact(answer, answer_len, gt, gt_len) -> jax.Array:
     return ((answer_len == gt_len) & jnp.all(a == g, axis=1)).astype(jnp.float32)
 
 
-def accuracy_score(answer, answer_len, gt, gt_len, gt_kind, *, bleu: str = "char") -> jax.Array:
-    """1.5 x the branch score of each row (float32 [B]); bleu: "char" (published) or "word"."""
+def accuracy_score(answer, answer_len, gt, gt_len, gt_kind, *, bleu: str = "char", rouge: str = "stemmed"
+                   ) -> jax.Array:
+    """1.5 x the branch score of each row (float32 [B]); bleu: "char" (published) or "word"; rouge: "stemmed"
+    (published: rouge_score tokens, Porter stemmer) or "words" (the same tokens unstemmed, cheaper)."""
     bleu_fn = char_bleu if bleu == "char" else word_bleu
+    rouge_fn = rouge1_stemmed if rouge == "stemmed" else rouge1_words
     long = (bleu_fn(answer, answer_len, gt, gt_len, (1.0, 0.0, 0.0, 0.0))
             + bleu_fn(answer, answer_len, gt, gt_len, (0.25, 0.25, 0.25, 0.25))
-            + rouge1_words(answer, answer_len, gt, gt_len)) / 3.0
+            + rouge_fn(answer, answer_len, gt, gt_len)) / 3.0
     score = jnp.where(gt_kind == KIND_LIST, list_f1(answer, answer_len, gt, gt_len),
                       jnp.where(gt_kind == KIND_SHORT, short_exact(answer, answer_len, gt, gt_len), long))
     return (1.5 * jnp.where(gt_kind == KIND_LONG, long, score)).astype(jnp.float32)

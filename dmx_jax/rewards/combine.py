@@ -32,14 +32,19 @@ class RewardConfig:
     format_weight: float = 0.1
     coordinate: bool = True               # the published +0.05 per box <= 512, -0.2 beyond, capped at 0.15
     bleu: str = "char"                    # "char" (published) | "word"
+    rouge: str = "stemmed"                # "stemmed" (published: Porter, as rouge_score) | "words" (no stemming)
     grounding_f1_weight: float = 0.0      # F1 at IoU 0.5 of the completion's boxes vs the truth boxes
     grounding_iou_weight: float = 0.0     # mean IoU of greedily matched boxes
-    max_text_bytes: int = 2048            # decoded completion, bytes (longer completions are cut)
-    max_answer_bytes: int = 1024          # ground-truth answers longer than this raise (reports: raise it)
+    max_text_bytes: int | None = None     # decoded completion buffer; None: tokens x longest token (never cut).
+                                          # The runner passes reward_byte_budget(max_new_tokens, table).
+    max_answer_bytes: int = 1024          # boxed answers longer than this are cut (counted in `truncated`);
+                                          # ground truths longer than this raise (reports: raise it)
     max_boxes: int = 8
     host_reference: bool = False
 
     def __post_init__(self):
+        if self.rouge not in ("stemmed", "words"):
+            raise ValueError(f"RewardConfig.rouge must be 'stemmed' or 'words', got {self.rouge!r}")
         if self.bleu not in ("char", "word"):
             raise ValueError(f"RewardConfig.bleu must be 'char' or 'word', got {self.bleu!r}")
         if not 0.0 <= self.format_weight <= 1.0:
@@ -63,11 +68,26 @@ def ground_truth_arrays(answers: Sequence[str], boxes: Sequence[Sequence[Sequenc
     return {"answer": gt, "answer_len": gt_len, "kind": kind, "boxes": box, "box_valid": valid}
 
 
-def score_bytes(text, text_len, truth: dict, cfg: RewardConfig) -> dict:
-    """All reward terms [B] from decoded completions (uint8 [B, L]) and truth arrays."""
+def reward_byte_budget(max_new_tokens: int, token_table: dict, cap: int | None = None) -> int:
+    """Bytes the reward decoder keeps per completion so that no completion of `max_new_tokens` tokens is cut:
+    max_new_tokens x the tokenizer's longest token (`token_table` from text_bytes.token_bytes_table).
+    `cap` bounds it (memory); completions beyond a cap are cut and counted in the `truncated` reward key."""
+    if max_new_tokens < 1:
+        raise ValueError(f"reward_byte_budget: max_new_tokens must be >= 1, got {max_new_tokens}")
+    budget = int(max_new_tokens) * max(1, int(np.max(np.asarray(token_table["length"]))))
+    return budget if cap is None else min(budget, int(cap))
+
+
+def score_bytes(text, text_len, truth: dict, cfg: RewardConfig, total_len=None) -> dict:
+    """All reward terms [B] from decoded completions (uint8 [B, L]) and truth arrays. total_len int32 [B]: the
+    completion's full byte length when `text` may be cut (default text_len); rows cut here or whose boxed
+    answer exceeds cfg.max_answer_bytes get truncated = 1.0."""
     p = parse_completions(text, text_len, cfg.max_boxes, cfg.max_answer_bytes)
-    acc = accuracy_score(p["answer"], p["answer_len"], truth["answer"], truth["answer_len"], truth["kind"], bleu=cfg.bleu)
-    out = {"accuracy": acc, "format": p["format"],
+    acc = accuracy_score(p["answer"], p["answer_len"], truth["answer"], truth["answer_len"], truth["kind"],
+                         bleu=cfg.bleu, rouge=cfg.rouge)
+    total_len = text_len if total_len is None else total_len
+    truncated = (total_len > text_len) | p["answer_cut"]
+    out = {"accuracy": acc, "format": p["format"], "truncated": truncated.astype(jnp.float32),
            "coordinate": p["coordinate"] if cfg.coordinate else jnp.zeros_like(acc)}
     overall = (1 - cfg.format_weight) * acc + cfg.format_weight * p["format"] + out["coordinate"]
     if cfg.grounding_f1_weight or cfg.grounding_iou_weight:
@@ -83,21 +103,39 @@ def score_bytes(text, text_len, truth: dict, cfg: RewardConfig) -> dict:
     return out
 
 
-def make_reward_fn(cfg: RewardConfig, token_table: dict) -> Callable:
-    """reward_fn(tokens [B, T], completion_mask [B, T], truth dict) -> dict of float32 [B] (jitted)."""
+def _total_bytes(tokens, cmask, table):
+    """int32 [B]: the full UTF-8 length of each completion (as decode_tokens counts it, before any cut)."""
+    vocab = table["length"].shape[0]
+    ok = (tokens >= 0) & (tokens < vocab) & cmask.astype(bool)
+    return jnp.sum(jnp.where(ok, table["length"][jnp.where(ok, tokens, 0)], 0), axis=1, dtype=jnp.int32)
+
+
+def make_reward_fn(cfg: RewardConfig, token_table: dict, max_new_tokens: int | None = None) -> Callable:
+    """reward_fn(tokens [B, T], completion_mask [B, T], truth dict) -> dict of float32 [B] (jitted).
+
+    The decoder keeps cfg.max_text_bytes bytes per completion; when that is None it keeps
+    reward_byte_budget(max_new_tokens, token_table) (max_new_tokens given) or T x longest token: nothing is
+    cut. Keys: overall, format, accuracy, coordinate, truncated (1.0 where the completion or its boxed answer
+    did not fit and was scored cut; its batch mean is the truncation rate), plus the grounded terms.
+    """
     table = jax.tree.map(jnp.asarray, token_table)
+    max_bytes = cfg.max_text_bytes
+    if max_bytes is None and max_new_tokens is not None:
+        max_bytes = reward_byte_budget(max_new_tokens, token_table)
 
     if cfg.host_reference:
         def host(tokens, cmask, truth):
-            text, n = decode_tokens(jnp.asarray(tokens), jnp.asarray(cmask), table, cfg.max_text_bytes)
+            text, n = decode_tokens(jnp.asarray(tokens), jnp.asarray(cmask), table, max_bytes)
+            total = _total_bytes(jnp.asarray(tokens), jnp.asarray(cmask), table)
             answers = decode_texts(np.asarray(truth["answer"]), np.asarray(truth["answer_len"]))
             rows = [paper.paper_reward(t, a) for t, a in zip(decode_texts(np.asarray(text), np.asarray(n)), answers)]
-            return {k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in rows[0]}
+            out = {k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in rows[0]}
+            return {**out, "truncated": (total > n).astype(jnp.float32)}
         return host
 
     @jax.jit
     def reward_fn(tokens, cmask, truth):
-        text, n = decode_tokens(tokens, cmask, table, cfg.max_text_bytes)
-        return score_bytes(text, n, truth, cfg)
+        text, n = decode_tokens(tokens, cmask, table, max_bytes)
+        return score_bytes(text, n, truth, cfg, _total_bytes(tokens, cmask, table))
 
     return reward_fn

@@ -66,18 +66,33 @@ def format_score(text: str) -> float:
     return 1.0 if text.find("}", box + len(BOX_OPEN)) >= 0 else 0.0
 
 
-def boxed_content(text: str) -> str:
-    """Stripped content of the last `\\boxed{...}` (braces nest); "None" if that box is missing or unclosed."""
+def last_boxed(text: str) -> str | None:
+    """The raw content of the last `\\boxed{` up to the `}` that closes it (braces nest), or None when the
+    text has no `\\boxed{` or the last one never closes.
+
+    The project's one host-side brace matcher (mathruler's `extract_boxed_content` semantics): the paper
+    reward, the answer parser of data_pipelines.formatting and the synthetic traces all call it.
+    """
     start = text.rfind(BOX_OPEN)
     if start < 0:
-        return NO_BOX_ANSWER
-    body = text[start + len(BOX_OPEN):]
+        return None
+    body = start + len(BOX_OPEN)
     depth = 0
-    for i, ch in enumerate(body):
-        depth += (ch == "{") - (ch == "}")
-        if depth < 0:
-            return body[:i].strip()
-    return NO_BOX_ANSWER
+    for i in range(body, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            if depth == 0:
+                return text[body:i]
+            depth -= 1
+    return None
+
+
+def boxed_content(text: str) -> str:
+    """Stripped content of the last `\\boxed{...}` (braces nest); "None" if that box is missing or unclosed."""
+    content = last_boxed(text)
+    return NO_BOX_ANSWER if content is None else content.strip()
 
 
 def scored_answer(text: str) -> str:

@@ -245,9 +245,13 @@ def coordinate_score(count: jax.Array, over_count: jax.Array) -> jax.Array:
 def parse_completions(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, max_answer_len: int | None = None
                       ) -> dict:
     """Everything the paper reward reads from raw completions: tag-normalise, then format, answer, boxes,
-    coordinate. Returns dict(text, text_len (normalised), format, answer, answer_len, coordinate, **cited_boxes)."""
+    coordinate. Returns dict(text, text_len (normalised), format, answer, answer_len, answer_cut (bool [B]: the
+    boxed answer is longer than max_answer_len and was cut), coordinate, **cited_boxes)."""
     text, text_len = normalise_tags(text, text_len)
     answer, answer_len = boxed_answer(text, text_len, max_answer_len)
+    start, end, found = boxed_answer_span(text, text_len)
+    answer_cut = found & (end - start > answer.shape[1])
     boxes = cited_boxes(text, text_len, max_boxes)
     return {"text": text, "text_len": text_len, "format": format_score(text, text_len), "answer": answer,
-            "answer_len": answer_len, "coordinate": coordinate_score(boxes["count"], boxes["over_count"]), **boxes}
+            "answer_len": answer_len, "answer_cut": answer_cut,
+            "coordinate": coordinate_score(boxes["count"], boxes["over_count"]), **boxes}
