@@ -229,3 +229,25 @@ def test_bfloat16_export_equals_torch_cast(hf_folder, tmp_path):
     assert set(got) == set(want)
     for k in want:
         assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]), k
+
+
+def test_model_from_checkpoint_computes_in_the_requested_dtype(hf_folder):
+    """read_config -> replace(dtype=...) -> load_pretrained(config=...): master weights stay float32, the
+    hidden states are bfloat16 (the runner's path for an HF start), and stay close to fp32."""
+    import jax.numpy as jnp
+    from dmx_jax.hf import read_config
+    from dmx_jax.model import rope_index
+    _, hf_folder = hf_folder
+    cfg = read_config(hf_folder).replace(dtype="bfloat16")
+    model, got_cfg = load_pretrained(hf_folder, config=cfg)
+    assert got_cfg.dtype == "bfloat16" and model.cfg.dtype == "bfloat16"
+    assert model.text.layers.attn.q.kernel[...].dtype == jnp.float32
+    ids = np.array([[1, 5, 9, 33, 70, 2]])
+    mask = np.ones_like(ids)
+    pos, _ = rope_index(ids, None, mask)
+    hidden, _ = model.hidden_states(jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(mask))
+    assert hidden.dtype == jnp.bfloat16
+    ref_model, _ = load_pretrained(hf_folder)
+    want = np.asarray(ref_model(ids))
+    got = np.asarray(model(ids), np.float32)
+    assert np.abs(got - want).max() / np.abs(want).max() < 0.05

@@ -104,6 +104,14 @@ def _get(tree: dict, path: str) -> Any:
     return tree
 
 
+def _place(value: np.ndarray, sharding) -> jax.Array:
+    """A global array from a host copy: each process puts only the slices its own devices hold
+    (jax.make_array_from_callback), never the whole tensor on every local device."""
+    if sharding is None:
+        return jnp.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = None,
                     param_sharding: Callable[[tuple[str, ...], tuple[int, ...]], Any] | None = None,
                     config: ModelConfig | None = None) -> tuple[Qwen25VL, ModelConfig]:
@@ -148,7 +156,7 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = N
         value = np.stack(slices) if stacked else slices[0]
         value = value.astype(pdt)
         sharding = param_sharding(tuple(param_path.split(".")), value.shape) if param_sharding else None
-        _set(target, param_path, jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value))
+        _set(target, param_path, _place(value, sharding))
     if cfg.tie_word_embeddings:  # some exports write the tied head anyway; the embedding is the head
         expected.add("lm_head.weight")
     unexpected = sorted(set(index) - expected)
