@@ -1,79 +1,154 @@
-"""One GRPO step broken down into rollout, reward, log-prob recomputation (policy + reference) and update.
+"""One GRPO step broken down into rollout, reward, log-prob recomputation (policy + reference) and update,
+with and without group-shared prefill (the G samples of a prompt share one vision + prompt prefill).
 
-Runs the production GRPO path (`experiments.stages.run_grpo`: jitted sampler, jitted byte-level reward,
-jitted log-probs and update) on the default experiment's data and model shape, from random weights (an
-untrained policy rarely stops early, so rollouts run to max_new_tokens: the rollout share is an upper bound).
-The first step (compilation) is left out; the table is the median over the rest.
+Builds the production GRPO pieces directly (rl_vlm.make_sample_fn / make_logprob_fn, the jitted reward preset
+(`paper` by default) over a synthetic token-byte table, GRPOLearner) on random weights of the `small` preset or the ~0.5B shape
+(Qwen2.5-0.5B text tower + a 4-block vision tower), with P prompts of one 224 px image each. An untrained policy
+rarely stops early, so rollouts run to max_new_tokens. The first step (compilation) is left out; the table is
+the median over the rest.
 
-usage: python -m bench.bench_grpo_step [--steps 5] [--prompts 4] [--group 8] [--max-new-tokens 192] [--no-notes]
+usage: python -m bench.bench_grpo_step [--model small|qwen0_5b] [--steps 3] [--prompts 4] [--group 8]
+                                       [--max-new-tokens 128] [--prefill both|shared|repeated]
+                                       [--reward paper|grounded|toy] [--no-notes]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import tempfile
-from pathlib import Path
+import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import append_notes, markdown_table  # noqa: E402
+from bench.common import machine, markdown_table, record_result  # noqa: E402
 
 PHASES = ("rollout", "reward", "logprob", "update")
 
 
+def model_config(name: str):
+    from dmx_jax.model.config import ModelConfig, TextConfig, VisionConfig, small
+    if name == "small":
+        return small()
+    if name == "qwen0_5b":
+        v = 151936
+        return ModelConfig(
+            text=TextConfig(vocab_size=v, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                            num_attention_heads=14, num_key_value_heads=2, mrope_section=(8, 12, 12),
+                            max_position_embeddings=4096),
+            vision=VisionConfig(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, window_size=112,
+                                fullatt_block_indexes=(3,), out_hidden_size=896),
+            image_token_id=v - 3, video_token_id=v - 4, vision_start_token_id=v - 2, vision_end_token_id=v - 1,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    raise SystemExit(f"unknown --model {name!r} (small | qwen0_5b)")
+
+
+def prompt_batch(cfg, n: int, prompt_len: int = 96, image_hw=(224, 224)) -> dict:
+    """Left-padded prompts of different lengths with one image each, per-row (batch-major) image layout."""
+    import jax
+    from dmx_jax.model import rope_index, vision_inputs
+    from dmx_jax.processing import preprocess_images
+    rng = np.random.default_rng(1)
+    f = preprocess_images([rng.integers(0, 256, image_hw, dtype=np.uint8)], max_pixels=image_hw[0] * image_hw[1])
+    grid = f["image_grid_thw"]
+    n_img = int(grid[0].prod()) // cfg.vision.spatial_merge_size ** 2
+    ids = np.zeros((n, prompt_len), np.int32)
+    mask = np.zeros_like(ids)
+    for b in range(n):
+        k = prompt_len - 4 * (b % 3)
+        row = rng.integers(10, min(cfg.text.vocab_size, 2000) - 10, size=k)
+        row[1], row[2 + n_img] = cfg.vision_start_token_id, cfg.vision_end_token_id
+        row[2:2 + n_img] = cfg.image_token_id
+        ids[b, prompt_len - k:], mask[b, prompt_len - k:] = row, 1
+    pos, deltas = [], []
+    for b in range(n):
+        p, d = rope_index(ids[b:b + 1], grid, mask[b:b + 1], spatial_merge_size=cfg.vision.spatial_merge_size,
+                          image_token_id=cfg.image_token_id)
+        pos.append(p[:, 0]), deltas.append(d[0])
+    vin = vision_inputs(grid, cfg.vision)
+    return {"input_ids": ids, "attention_mask": mask, "positions": np.stack(pos).astype(np.int32),
+            "deltas": np.stack(deltas).astype(np.int32), "pixel_values": np.stack([f["pixel_values"]] * n),
+            "vision_inputs": jax.tree.map(lambda x: np.stack([x] * n), vin)}
+
+
+def toy_reward(tokens, mask, truth):  # noqa: ARG001 - a trivial jitted reward, to time the other phases alone
+    import jax.numpy as jnp
+    return {"overall": jnp.mean((tokens % 7 == 0).astype(jnp.float32) * mask, axis=1)}
+
+
+def reward_setup(vocab: int, n: int, preset: str = "paper"):
+    """The jitted `paper` reward over a synthetic byte table (1-4 printable bytes per token) and truths."""
+    from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
+    rng = np.random.default_rng(0)
+    length = rng.integers(1, 5, size=vocab).astype(np.int32)
+    table = rng.integers(32, 127, size=(vocab, 4)).astype(np.uint8) * (np.arange(4)[None] < length[:, None])
+    if preset == "toy":
+        import jax
+        return jax.jit(toy_reward), {"answer": np.zeros((n, 1), np.uint8)}
+    cfg = PRESETS[preset]
+    truth = ground_truth_arrays(["no acute cardiopulmonary abnormality"] * n, [[]] * n, cfg)
+    fn = make_reward_fn(cfg, {"bytes": table, "length": length})
+    return fn, truth
+
+
+def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: bool, preset: str) -> dict:
+    import jax
+    import optax
+    from flax import nnx
+    from dmx_jax.model import Qwen25VL
+    from dmx_jax.training.grpo import GRPOLearner
+    from dmx_jax.training.grpo_loss import GRPOConfig
+    from dmx_jax.training.rl_vlm import make_logprob_fn, make_sample_fn
+    from dmx_jax.training.state import init_train_state
+    cfg = model_config(model)
+    graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
+    params = nnx.to_pure_dict(state)
+    algo = GRPOConfig(group_size=group, max_new_tokens=max_new, temperature=1.0, kl_coef=0.01)
+    reward, truth = reward_setup(cfg.text.vocab_size, prompts, preset)
+    batch = {**prompt_batch(cfg, prompts), "reward_truth": truth}
+    tx = optax.adamw(1e-6)
+    learner = GRPOLearner(graphdef, algo, tx,
+                          sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
+                          reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
+                          logprob_fn=make_logprob_fn(algo, chunk_size=64), ref_params=params)
+    st = init_train_state(params, tx)
+    records = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        st, m = learner.step(st, batch)
+        m["step_s"] = time.perf_counter() - t0
+        records.append(m)
+    records = records[1:]
+    return {k: float(np.median([r[k] for r in records])) for k in [f"time/{p}_s" for p in PHASES] + ["step_s"]}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--model", default="small")
+    ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=192)
-    ap.add_argument("--studies", type=int, default=256, help="synthetic studies rendered for the prompt pool")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--prefill", default="both", choices=("both", "shared", "repeated"))
+    ap.add_argument("--reward", default="paper", choices=("paper", "grounded", "toy"))
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
-    from flax import nnx
-
-    from dmx_jax.model import Qwen25VL
-    from dmx_jax.sharding import MeshConfig, make_mesh
-    from dmx_jax.training.loop import MetricsWriter
-    from experiments.configs import tiny
-    from experiments.datasets import synthetic_data
-    from experiments.stages import run_grpo
-
-    base = tiny()
-    cfg = dataclasses.replace(
-        base, data=dataclasses.replace(base.data, train_examples=args.studies),
-        rl=dataclasses.replace(base.rl, steps=args.steps, save_every=10 ** 6, prompts_per_step=args.prompts,
-                               algo=dataclasses.replace(base.rl.algo, group_size=args.group,
-                                                        max_new_tokens=args.max_new_tokens)))
-    work = Path(tempfile.mkdtemp(prefix="bench_grpo_"))
-    data = synthetic_data(cfg, work)
-    graphdef, state = nnx.split(Qwen25VL(data.model_cfg, nnx.Rngs(0)))
-    mesh = make_mesh(MeshConfig(1, 1, 1))
-    writer = MetricsWriter(work / "metrics.jsonl")
-    run_grpo(work / "grpo", graphdef, nnx.to_pure_dict(state), data.rl, cfg.rl, data.tokenizer, seed=0, mesh=mesh,
-             writer=writer, config_json={}, vocab_size=data.model_cfg.text.vocab_size)
-    writer.close()
-    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-    records = [r for r in records if "time/rollout_s" in r][1:]
-    med = {p: float(np.median([r[f"time/{p}_s"] for r in records])) for p in PHASES}
-    step_s = float(np.median([r["step_time_s"] for r in records]))
-    other = max(step_s - sum(med.values()), 0.0)
-    rows = [[p, f"{med[p] * 1e3:,.1f}", f"{med[p] / step_s:.1%}"] for p in PHASES]
-    rows.append(["host (metrics, data, transfers)", f"{other * 1e3:,.1f}", f"{other / step_s:.1%}"])
-    rows.append(["whole step", f"{step_s * 1e3:,.1f}", "100%"])
+    import jax
+    modes = {"both": (False, True), "shared": (True,), "repeated": (False,)}[args.prefill]
+    res = {s: run(args.model, args.prompts, args.group, args.max_new_tokens, args.steps, s, args.reward) for s in modes}
     n = args.prompts * args.group
-    table = markdown_table(["phase", "median ms", "share of step"], rows)
-    head = (f"model `small` (random weights), {args.prompts} prompts x G={args.group} = {n} rollouts of "
-            f"{args.max_new_tokens} new tokens, reward preset `{cfg.rl.reward_preset}`, median of "
-            f"{len(records)} steps after the compiling one")
-    print(head + "\n" + table)
+    header = ["model", "prefill", "prompts x G", "new tokens", "reward"] + [f"{p} ms" for p in PHASES] + ["step ms", "reward share"]
+    rows = [[args.model, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens, args.reward]
+            + [f"{r[f'time/{p}_s'] * 1e3:,.1f}" for p in PHASES]
+            + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}"] for s, r in res.items()]
+    note = (f"Random weights, one 224 px image per prompt, {n} rollouts run to max_new_tokens, "
+            f"median of {args.steps} steps after the compiling one ({jax.devices()[0].device_kind}). `shared`: the G "
+            "samples of a prompt share one vision + prompt prefill (KV cache broadcast); `repeated`: the prompt "
+            "batch is repeated G times before prefill. log-prob = pi_old recomputation + reference.")
+    print(markdown_table(header, rows) + "\n" + note + f"\n{machine()}")
     if not args.no_notes:
-        append_notes("Benchmark: GRPO step breakdown", head + ".\n\n" + table)
-
+        record_result("GRPO step breakdown", header, rows, note=note, key_columns=5)
 
 if __name__ == "__main__":
     main()

@@ -62,7 +62,7 @@ def test_vlm_grpo_drift_and_reward():
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.1, rewards
 
 
-def _two_steps(mesh_shape=None, per_process=False):
+def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
     """Two GRPO steps on the tiny model; per_process: this process holds only its share of the 4 prompts."""
     from dmx_jax.sharding import MeshConfig, make_mesh
     from dmx_jax.training.step import state_shardings
@@ -77,13 +77,17 @@ def _two_steps(mesh_shape=None, per_process=False):
     tx = optax.sgd(1.0)         # not Adam: its update of a near-zero gradient is +-lr whatever the round-off
     start = jax.tree.map(np.array, nnx.to_pure_dict(state))          # host copy: the update donates the state
     st = init_train_state(nnx.to_pure_dict(state), tx)
-    place = None
+    place, sample_shardings = None, None
     if mesh_shape:
         mesh = make_mesh(MeshConfig(*mesh_shape))
         st = jax.device_put(st, state_shardings(st, mesh))
         place = lambda rep: place_batch(rep, mesh, per_process=per_process)  # noqa: E731
+        if sample_layout:
+            from dmx_jax.training.grpo import sampling_shardings
+            sample_shardings = sampling_shardings(st.params, mesh)
     learner = GRPOLearner(graphdef, algo, tx, sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=st.params, seed=0, place=place)
+                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=st.params, seed=0, place=place,
+                          sample_shardings=sample_shardings)
     prompts = _prompt_batch(cfg, n=4)
     if per_process:
         from dmx_jax.sharding import process_slice
@@ -119,6 +123,13 @@ def test_sharded_rollouts_equal_one_device(one_device_steps):
     """Prompts placed over a (2,2,2) mesh: sampling, rewards, log-probs and updates run data-parallel and give
     the one-device numbers (same random draws: threefry is partitionable)."""
     _assert_same_steps(one_device_steps, _two_steps((2, 2, 2)))
+
+
+@pytest.mark.slow
+def test_sampling_layout_rollouts_equal_one_device(one_device_steps):
+    """Decoding with the weights re-laid out by SAMPLE_RULES (no FSDP on weights, gathered once per rollout)
+    gives the one-device numbers."""
+    _assert_same_steps(one_device_steps, _two_steps((2, 2, 2), sample_layout=True))
 
 
 @pytest.mark.slow

@@ -116,7 +116,7 @@ class GRPOLearner:
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
         self.sample_fn, self.reward_fn, self.refill = sample_fn, reward_fn, refill
-        self.sample_shardings = sample_shardings
+        self.sample_shardings, self.compute_dtype = sample_shardings, compute_dtype
         self.shared_prefill = getattr(sample_fn, "group_size", 1) == cfg.group_size
         self.stop_token_ids = tuple(getattr(sample_fn, "stop_token_ids", ()))
         self.ref_params, self._ref_shardings = None, None
@@ -176,7 +176,9 @@ class GRPOLearner:
 
     def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[dict, dict]:
         cfg = self.cfg
-        sample_params = params if self.sample_shardings is None else jax.device_put(params, self.sample_shardings)
+        sample_params = params
+        if self.sample_shardings is not None:   # one re-layout per rollout phase, in the compute dtype
+            sample_params = jax.device_put(cast_floating(params, self.compute_dtype), self.sample_shardings)
         n_groups = len(np.asarray(jax.tree.leaves(prompts)[0]))
         parts, t_roll, t_rew, kept = [], 0.0, 0.0, 0
         for attempt in range(cfg.dynamic_sampling_max_tries if cfg.dynamic_sampling else 1):
