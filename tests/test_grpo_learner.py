@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from dmx_jax.sampling.select import select_tokens
@@ -176,3 +177,23 @@ def test_dynamic_sampling_refills_groups_with_signal():
     lm = np.asarray(batch["loss_mask"]).reshape(4, 4, TN)
     assert lm[2].all() and not lm[[0, 1, 3]].any()
     assert m["completion_len_mean"] == TN                  # measured before the mask
+
+
+@pytest.mark.slow
+def test_micro_batched_logprob_pass_and_sampler_old_logp_option():
+    """logprob_micro_batches slices the pi_old / reference passes without changing them; old_logp='sampler'
+    reuses the rollout's log-probs (drift still reported)."""
+    import dataclasses
+    cfg = GRPOConfig(group_size=4, kl_coef=0.01, max_new_tokens=TN)
+    prompts, rng = next(_Prompts())[0], jax.random.key(5)
+    learner, state = _learner(cfg)
+    whole, m = learner.rollout(state.params, prompts, rng)
+    learner, _ = _learner(dataclasses.replace(cfg, logprob_micro_batches=4))
+    sliced, _ = learner.rollout(state.params, prompts, rng)
+    for k in ("old_logp", "ref_logp"):
+        np.testing.assert_allclose(np.asarray(sliced[k]), np.asarray(whole[k]), atol=1e-6)
+    learner, _ = _learner(dataclasses.replace(cfg, old_logp="sampler"))
+    samp, m2 = learner.rollout(state.params, prompts, rng)
+    assert float(jnp.abs(samp["old_logp"] - whole["old_logp"]).max()) == pytest.approx(m2["drift/logp_abs_max"])
+    assert m["entropy"] == 0.0                              # the toy logprob_fn does not declare supports_entropy
+    assert m["completion_len_max"] == TN and m["truncation_rate"] == 1.0
