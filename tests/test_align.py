@@ -12,6 +12,7 @@ from data_pipelines.synthetic import SyntheticConfig, examples
 from data_pipelines.synthetic.align import align_targets
 from dmx_jax.model import Qwen25VL
 from dmx_jax.model.config import small
+from dmx_jax.sharding.rules import logical_axes
 from dmx_jax.training.align import (AlignModel, align_metrics, align_optimizer, align_rows, make_align_loss,
                                     merge_vision, stack_align_rows, vision_lr_optimizer)
 
@@ -55,7 +56,9 @@ def test_align_stage_trains_only_the_tower_merger_and_head_and_merges_back():
     amodel = AlignModel(model, nnx.Rngs(1))
     graphdef, state = nnx.split(amodel)
     params = nnx.to_pure_dict(state)
-    assert set(params) == {"vision", "head"}
+    assert set(params) == {"vision", "lm_head"}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:     # the sharding rule table knows every path
+        logical_axes(path, leaf.ndim)
     tx = align_optimizer(OptimConfig(learning_rate=2e-3, warmup_steps=0, schedule="constant"), head_lr=1e-2)
     st = init_train_state(params, tx)
     step = jax.jit(make_train_step(graphdef, make_align_loss(), tx))
@@ -75,11 +78,11 @@ def test_align_stage_trains_only_the_tower_merger_and_head_and_merges_back():
 
 
 def test_learning_rates_of_tower_and_head_are_separate():
-    params = {"vision": {"w": jnp.ones(3)}, "head": {"kernel": jnp.ones(3)}}
+    params = {"vision": {"w": jnp.ones(3)}, "lm_head": {"kernel": jnp.ones(3)}}
     grads = jax.tree.map(jnp.ones_like, params)
     tx = align_optimizer(OptimConfig(learning_rate=0.0, warmup_steps=0, schedule="constant"), head_lr=1e-2)
     upd, _ = tx.update(grads, tx.init(params), params)
-    assert float(jnp.abs(upd["vision"]["w"]).max()) == 0 and float(jnp.abs(upd["head"]["kernel"]).max()) > 1e-3
+    assert float(jnp.abs(upd["vision"]["w"]).max()) == 0 and float(jnp.abs(upd["lm_head"]["kernel"]).max()) > 1e-3
     # SFT variant: params["vision"] at its own rate, the rest at cfg's
     full = {"vision": {"w": jnp.ones(3)}, "text": {"w": jnp.ones(3)}}
     tx = vision_lr_optimizer(OptimConfig(learning_rate=0.1, warmup_steps=0, schedule="constant", clip_norm=0), 0.0)

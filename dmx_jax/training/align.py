@@ -2,7 +2,7 @@
 vision-language pretraining, which a from-scratch miniature lacks).
 
 The merged image features of each row (what the decoder later reads at the image tokens) go through a pooled
-linear head: pooled = [mean f, mean f * x, mean f * y] over the row's image units (x, y in [-1, 1]: the unit's
+linear head: pooled = [mean f, mean f * x, mean f * y, 1] over the row's image units (x, y in [-1, 1]: the unit's
 column / row), so a linear read-out can say *where* as well as *what*. Targets per study
 (data_pipelines.synthetic.align): the 14 CheXpert labels (BCE), per finding its presence in the image's left /
 right half (BCE) and its box in [0, 1] coordinates (L1, only for present findings).
@@ -37,13 +37,16 @@ N_OUT = N_LABELS * (1 + 2 + 4)          # labels, sides (left, right), boxes (x0
 
 
 class AlignModel(nnx.Module):
-    """The vision tower + merger of a Qwen25VL (shared, not copied) and a linear head on moment-pooled features."""
+    """The vision tower + merger of a Qwen25VL (shared, not copied) and a linear head (`lm_head`, [3D + 1, 98])
+    on moment-pooled features. Params: {"vision": the model's tower + merger, "lm_head": {"kernel"}}."""
 
     def __init__(self, model: Qwen25VL, rngs: nnx.Rngs):
         self.cfg = model.cfg
         self.vision = model.vision
         d = model.cfg.vision.out_hidden_size
-        self.head = nnx.Linear(3 * d, N_OUT, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+        # named like the LM head so the sharding rule table knows it; the bias is the last input row
+        self.lm_head = nnx.Linear(3 * d + 1, N_OUT, use_bias=False, kernel_init=nnx.initializers.zeros_init(),
+                                  rngs=rngs)
 
     @property
     def dtype(self):
@@ -60,8 +63,8 @@ class AlignModel(nnx.Module):
         n = jnp.maximum(m.sum(1), 1.0)                                                          # [B, 1]
         xy = batch["unit_xy"].astype(jnp.float32)                                               # [B, U, 2]
         pooled = jnp.concatenate([(f * m).sum(1) / n, (f * m * xy[..., :1]).sum(1) / n,
-                                  (f * m * xy[..., 1:]).sum(1) / n], axis=-1)                    # [B, 3D]
-        return self.head(pooled)
+                                  (f * m * xy[..., 1:]).sum(1) / n, jnp.ones_like(n)], axis=-1)  # [B, 3D + 1]
+        return self.lm_head(pooled)
 
 
 def split_outputs(out: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -98,7 +101,8 @@ def make_align_loss(side_weight: float = 1.0, box_weight: float = 1.0):
 
 
 def align_optimizer(cfg: OptimConfig, head_lr: float | None = None) -> optax.GradientTransformation:
-    """AdamW (cfg) for the tower and merger, and the head at its own learning rate (default: cfg's)."""
+    """AdamW (cfg) for the tower and merger (params["vision"]), the head (params["lm_head"]) at its own learning
+    rate (default: cfg's)."""
     head_cfg = dataclasses.replace(cfg, learning_rate=head_lr if head_lr is not None else cfg.learning_rate)
 
     def adamw(c):
@@ -106,7 +110,7 @@ def align_optimizer(cfg: OptimConfig, head_lr: float | None = None) -> optax.Gra
                            mask=_decay_mask)
 
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    labels = lambda params: {k: jax.tree.map(lambda _: "head" if k == "head" else "vision", v)  # noqa: E731
+    labels = lambda params: {k: jax.tree.map(lambda _: "head" if k == "lm_head" else "vision", v)  # noqa: E731
                              for k, v in params.items()}
     parts.append(optax.multi_transform({"vision": adamw(cfg), "head": adamw(head_cfg)}, labels))
     return optax.chain(*parts)
