@@ -16,6 +16,7 @@ from importlib import resources
 import numpy as np
 
 from data_pipelines.schema import Example
+from dmx_jax.rewards.paper import last_boxed
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?), (-?\d+(?:\.\d+)?), (-?\d+(?:\.\d+)?), (-?\d+(?:\.\d+)?)\]")
@@ -45,16 +46,9 @@ def rescale_box_text(text: str, size: tuple[int, int], resized: tuple[int, int])
 
 def parse_answer(text: str) -> str:
     """The content of the last \\boxed{...} (nested braces allowed); else the text after </think>; else all."""
-    start = text.rfind("\\boxed{")
-    if start >= 0:
-        depth, k = 0, start + len("\\boxed{")
-        for j in range(k, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                if depth == 0:
-                    return text[k:j].strip()
-                depth -= 1
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
     if "</think>" in text:
         return text.split("</think>")[-1].strip()
     return text.strip()

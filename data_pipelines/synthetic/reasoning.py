@@ -17,6 +17,7 @@ import numpy as np
 
 from data_pipelines.boxes import format_box_text
 from data_pipelines.synthetic.vqa import MASS_NOUNS, name_phrase
+from dmx_jax.rewards.paper import last_boxed
 
 BoxT = tuple[int, int, int, int]
 
@@ -53,18 +54,7 @@ def parse_trace(text: str) -> tuple[list[BoxT], str | None]:
     """(boxes cited inside <think>, content of the last \\boxed{...} with nested braces) of a trace."""
     think = re.search(r"<think>(.*?)</think>", text, re.S)
     boxes = [tuple(int(v) for v in m.groups()) for m in _BOX_RE.finditer(think.group(1) if think else "")]
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return boxes, None  # type: ignore[return-value]
-    depth, k = 0, start + len("\\boxed{")
-    for j in range(k, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            if depth == 0:
-                return boxes, text[k:j]  # type: ignore[return-value]
-            depth -= 1
-    return boxes, None  # type: ignore[return-value]
+    return boxes, last_boxed(text)
 
 
 # ----------------------------------------------------------------------------------------- step builders
