@@ -209,6 +209,35 @@ def splash_attention(q, k, v, mask: Mask, block: int = 512, interpret: bool = Fa
     return out[:, :t]
 
 
+def local_segment_attention(q, k, v, seg, max_segment: int, block: int = 128) -> jax.Array:
+    """Attention within contiguous segments of at most `max_segment` positions (vision windows in window order).
+
+    q/k/v [P, n, hd] (one row), seg [P] -> [P, n, hd]. Queries go in blocks of `block`; each block attends
+    only the key window [start of its first query's segment, + block + 2 * max_segment), which holds every
+    key of its segments: compute and memory O(P x (block + 2 * max_segment)) instead of O(P^2), exact.
+    """
+    p, n, h = q.shape
+    width = block + 2 * max_segment
+    if width >= p:
+        return dense_attention(q[None], k[None], v[None], segment_mask(seg))[0]
+    nb = -(-p // block)
+    pad = nb * block - p
+    idx = jnp.arange(p)
+    change = jnp.concatenate([jnp.ones((1,), bool), seg[1:] != seg[:-1]])
+    start = jax.lax.cummax(jnp.where(change, idx, 0))                          # first index of each segment
+    first = jnp.minimum(jnp.arange(nb) * block, p - 1)
+    k_lo = jnp.clip(start[first], 0, p - width)                                # [nb]
+    qb = _pad_keys(q[None], pad, axis=1)[0].reshape(nb, block, n, h) * jnp.asarray(h ** -0.5, q.dtype)
+    qs = _pad_keys(seg[None], pad, axis=1, value=-1)[0].reshape(nb, block)
+    take = jax.vmap(lambda x, lo: jax.lax.dynamic_slice_in_dim(x, lo, width, axis=0), in_axes=(None, 0))
+    kb, vb, ks = take(k, k_lo), take(v, k_lo), take(seg, k_lo)                 # [nb, W, n, h], [nb, W]
+    sc = jnp.einsum("bqnh,bknh->bnqk", qb, kb, preferred_element_type=jnp.float32)
+    sc = jnp.where((qs[:, :, None] == ks[:, None, :])[:, None], sc, NEG_INF)
+    probs = jax.nn.softmax(sc, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bnqk,bknh->bqnh", probs, vb).reshape(nb * block, n, h)
+    return out[:p]
+
+
 def attention(q, k, v, mask: Mask, impl: str = "xla", block: int = 512) -> jax.Array:
     """Dispatch on ModelConfig.attention. q [B,T,N,H], k/v [B,S,K,H] -> [B,T,N,H]."""
     if impl == "xla":

@@ -14,7 +14,7 @@ from flax import nnx
 
 from dmx_jax.model.config import VisionConfig
 from dmx_jax.model.rotary import vision_cos_sin
-from dmx_jax.model.attention import attention, segment_mask
+from dmx_jax.model.attention import attention, local_segment_attention, segment_mask
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
 from dmx_jax.sharding.rules import constrain
 
@@ -91,8 +91,15 @@ def _block(x, p, is_full, cos, sin, segs, cfg: VisionConfig, impl: str = "xla", 
     qkv = constrain(qkv, ("act_patches", None, "act_vision_heads", None))
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]                       # [P, n, hd]
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
-    seg = jnp.where(is_full, segs[1], segs[0])                       # [P]: one segment per window / image
-    o = attention(q[None], k[None], v[None], segment_mask(seg), impl, block)[0]       # [P, n, hd]
+    window = (cfg.window_size // cfg.spatial_merge_size // cfg.patch_size) ** 2 * cfg.spatial_merge_size ** 2
+
+    def full_attention(q, k, v):        # one segment per image: the configured implementation
+        return attention(q[None], k[None], v[None], segment_mask(segs[1]), impl, block)[0]
+
+    def window_attention(q, k, v):      # windows of <= `window` patches: key blocks around each query block
+        return local_segment_attention(q, k, v, segs[0], window)
+
+    o = jax.lax.cond(is_full, full_attention, window_attention, q, k, v)   # [P, n, hd]
     o = jnp.einsum("pnh,nhd->pd", o, p["attn"]["proj"]["kernel"].astype(o.dtype)) + p["attn"]["proj"]["bias"].astype(o.dtype)
     x = constrain(x + o, PATCHES)
     x = x + swiglu(rms_norm(x, p["norm2"]["scale"], 1e-6), p["mlp"], activation(cfg.hidden_act),
