@@ -46,7 +46,7 @@ def batch(tmp_path_factory):
 
 def test_paper_preset_equals_string_reward(batch):
     tok, ids, mask, texts, gts, boxes = batch
-    cfg = RewardConfig(max_text_bytes=1024, max_answer_bytes=256)
+    cfg = RewardConfig(max_text_bytes=1024, max_answer_bytes=256, answer_bytes=256)
     fn = make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))
     got = jax.tree.map(np.asarray, fn(ids, mask, ground_truth_arrays(gts, boxes, cfg)))
     want = [paper.paper_reward(t, g) for t, g in zip(texts, gts)]
@@ -60,7 +60,7 @@ def test_paper_preset_equals_string_reward(batch):
 def test_grounded_preset_box_terms_equal_greedy_matching(batch):
     tok, ids, mask, texts, gts, boxes = batch
     cfg = PRESETS["grounded"]
-    cfg = RewardConfig(**{**cfg.__dict__, "max_text_bytes": 1024, "max_answer_bytes": 256})
+    cfg = RewardConfig(**{**cfg.__dict__, "max_text_bytes": 1024, "max_answer_bytes": 256, "answer_bytes": 256})
     got = jax.tree.map(np.asarray, make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))(
         ids, mask, ground_truth_arrays(gts, boxes, cfg)))
     for i, (t, truth) in enumerate(zip(texts, boxes)):
@@ -84,7 +84,7 @@ def test_grounded_preset_box_terms_equal_greedy_matching(batch):
 
 def test_host_reference_mode_is_the_string_reward(batch):
     tok, ids, mask, texts, gts, boxes = batch
-    cfg = RewardConfig(host_reference=True, max_text_bytes=1024, max_answer_bytes=256)
+    cfg = RewardConfig(host_reference=True, max_text_bytes=1024, max_answer_bytes=256, answer_bytes=256)
     got = make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))(ids[:8], mask[:8],
                                                                       ground_truth_arrays(gts[:8], boxes[:8], cfg))
     want = [paper.paper_reward(t, g)["overall"] for t, g in zip(texts[:8], gts[:8])]

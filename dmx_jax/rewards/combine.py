@@ -37,8 +37,9 @@ class RewardConfig:
     grounding_iou_weight: float = 0.0     # mean IoU of greedily matched boxes
     max_text_bytes: int | None = None     # decoded completion buffer; None: tokens x longest token (never cut).
                                           # The runner passes reward_byte_budget(max_new_tokens, table).
-    max_answer_bytes: int = 1024          # boxed answers longer than this are cut (counted in `truncated`);
-                                          # ground truths longer than this raise (reports: raise it)
+    max_answer_bytes: int = 1024          # ground-truth buffer: longer ground truths raise (reports: raise it)
+    answer_bytes: int | None = None       # boxed-answer buffer; None: the completion buffer (never cut); a
+                                          # longer answer is cut and counted in `truncated`
     max_boxes: int = 8
     host_reference: bool = False
 
@@ -81,8 +82,8 @@ def reward_byte_budget(max_new_tokens: int, token_table: dict, cap: int | None =
 def score_bytes(text, text_len, truth: dict, cfg: RewardConfig, total_len=None) -> dict:
     """All reward terms [B] from decoded completions (uint8 [B, L]) and truth arrays. total_len int32 [B]: the
     completion's full byte length when `text` may be cut (default text_len); rows cut here or whose boxed
-    answer exceeds cfg.max_answer_bytes get truncated = 1.0."""
-    p = parse_completions(text, text_len, cfg.max_boxes, cfg.max_answer_bytes)
+    answer exceeds cfg.answer_bytes get truncated = 1.0."""
+    p = parse_completions(text, text_len, cfg.max_boxes, cfg.answer_bytes)
     acc = accuracy_score(p["answer"], p["answer_len"], truth["answer"], truth["answer_len"], truth["kind"],
                          bleu=cfg.bleu, rouge=cfg.rouge)
     total_len = text_len if total_len is None else total_len

@@ -47,7 +47,7 @@ def score_texts(completions: Sequence[str], ground_truths: Sequence[str], preset
         return {k: np.zeros((0,), np.float32) for k in ("overall", "format", "accuracy", "coordinate")}
     text_width = bucket(max(len(c.encode("utf-8")) for c in completions))
     gt_width = bucket(max(len(g.encode("utf-8")) for g in ground_truths))
-    cfg = dataclasses.replace(cfg, max_text_bytes=text_width, max_answer_bytes=max(text_width, gt_width))
+    cfg = dataclasses.replace(cfg, max_text_bytes=text_width, max_answer_bytes=gt_width, answer_bytes=None)
     rows = bucket(n, 8)
     pad = rows - n
     text, text_len = encode_texts(completions + [""] * pad, text_width)

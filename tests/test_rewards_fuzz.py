@@ -1,0 +1,196 @@
+"""The jitted `paper` preset == the published compute_xray_score (nltk, rouge_score, mathruler) on thousands
+of fuzzed completions: report sentences over a generated vocabulary of inflected English and radiology words
+(every Porter step exercised), completions over 4,000 characters, and a 1,024-token completion decoded from
+token ids on device."""
+from __future__ import annotations
+
+import random
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("nltk")
+pytest.importorskip("rouge_score")
+pytest.importorskip("mathruler.grader")
+
+from nltk.stem.porter import PorterStemmer  # noqa: E402
+
+from dmx_jax.rewards import paper_reward, porter, score_texts  # noqa: E402
+from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn, reward_byte_budget  # noqa: E402
+from dmx_jax.rewards.text_bytes import encode_texts, token_bytes_table  # noqa: E402
+from tests.helpers import reward_fuzz as F  # noqa: E402
+from tests.test_rewards_paper import published_reward  # noqa: E402
+
+STEMS = ("relat condit valen hesit digit conform radic differ vil analog predic oper feud decis hope callous formal "
+         "sensit sensib triplic electr good reviv allow infer airlin gyroscop adjust defens irrit replac depend "
+         "adopt homolog commun activ angular effect bowdler probat rat ceas control roll agr plaster motor hop tan "
+         "fall hiss fizz fail fil happ enjoy geo theo archaeo philo lung opac effus pleur cardi atelect consolid "
+         "edem nodul calcif fract hyper ton syzyg pony cat caress dilat obstruct infiltr ventil perfor margin "
+         "thicken widen blunt eleva compress collaps aerat expan stabl chang interv persist resol improv worsen "
+         "demonstr suggest indic visual identif evalu compar measur local associ").split()
+SUFFIXES = ("", "s", "es", "ed", "ing", "ation", "ational", "tional", "ness", "ly", "ies", "ied", "y", "ize", "izer",
+            "ization", "ment", "ement", "ent", "ence", "ance", "enci", "anci", "able", "ible", "bli", "alli", "entli",
+            "eli", "ousli", "ous", "ousness", "ive", "iveness", "fulness", "ful", "fulli", "al", "alism", "aliti",
+            "iviti", "biliti", "logi", "logy", "icate", "ative", "alize", "iciti", "ical", "er", "ic", "ant", "ion",
+            "ou", "ism", "ate", "iti", "e", "ll", "sses", "ss", "eed", "at", "bl", "iz", "ated", "ating", "ying")
+RADIOLOGY = ("pneumothorax pneumothoraces effusion effusions atelectasis atelectatic cardiomegaly cardiomediastinal "
+             "opacity opacities opacification consolidation consolidative nodule nodular nodules hilar hila "
+             "mediastinum mediastinal pleural pulmonary vascular vasculature congestion congested edema edematous "
+             "interstitial infiltrate infiltrates infiltration hyperinflation hyperinflated emphysema emphysematous "
+             "fibrosis fibrotic granuloma granulomas calcified calcification calcifications fracture fractures "
+             "fractured sternotomy cardiac silhouette enlarged enlargement tortuous tortuosity aorta aortic "
+             "degenerative thoracic lumbar scoliosis kyphosis costophrenic hemidiaphragm hemidiaphragms elevated "
+             "elevation bibasilar basilar bilateral bilaterally unilateral retrocardiac perihilar lingula lingular "
+             "lobe lobes lobar apical apices pacemaker pacer catheter catheters tube tubes endotracheal enteric "
+             "nasogastric terminating terminates projecting projects unchanged unremarkable stable stably improved "
+             "improving worsening worsened increased increasing decreased decreasing redemonstrated demonstrates "
+             "suggests suggestive compatible consistent possibly probably likely minimal minimally mild mildly "
+             "moderate moderately severe severely small smaller large larger layering loculated subsegmental "
+             "subpleural dependent airspace airspaces disease diseases process processes sky skies dying lying "
+             "tying news innings outings cannings howe proceed exceed succeed").split()
+
+
+def vocabulary() -> list[str]:
+    words = {s + x for s in STEMS for x in SUFFIXES} | set(RADIOLOGY)
+    return sorted(w for w in words if len(w) > 3)            # rouge_score stems only these
+
+
+def report(rng: random.Random, vocab: list[str], n_words: int) -> str:
+    filler = ["the", "a", "of", "is", "in", "no", "and", "with", "there", "at", "on", "right", "left"]
+    out = []
+    for _ in range(n_words):
+        w = rng.choice(vocab) if rng.random() < 0.6 else rng.choice(filler)
+        r = rng.random()
+        if r < 0.1:
+            w = w.capitalize()
+        elif r < 0.13:
+            w = w.upper()
+        out.append(w + rng.choice([" ", " ", " ", ", ", ". ", "; ", "-", "/", "\n", " (", ") "]))
+    return "".join(out).strip()
+
+
+def test_vocabulary_exercises_every_porter_step():
+    """The stemmer on device == nltk's PorterStemmer on every vocabulary word (and every word with a long
+    head); the vocabulary makes each nltk step change some word."""
+    vocab = vocabulary()
+    assert len(vocab) >= 3000
+    ps = PorterStemmer()
+    changed = {name: 0 for name in ("_step1a", "_step1b", "_step1c", "_step2", "_step3", "_step4", "_step5a",
+                                    "_step5b")}
+    for w in vocab:
+        x = w
+        for name in changed:
+            y = getattr(ps, name)(x)
+            changed[name] += y != x
+            x = y
+    assert min(changed.values()) >= 5, changed
+    words = vocab + ["q" * 40 + w for w in vocab[::7]] + ["yay" * 15 + w for w in vocab[::11]]    # heads
+    text, length = encode_texts([" ".join(words[i:i + 40]) for i in range(0, len(words), 40)], 2560)
+    slots = jax.jit(porter.long_word_slots)(text, length)
+    keys = ("w", "n", "head_len", "head_m", "head_vowel", "prev_vowel")
+    w, n = jax.jit(jax.vmap(porter.stem_slots))(*(slots[k] for k in keys))
+    w, n, start, head, valid = (np.asarray(a) for a in (w, n, slots["start"], slots["head_len"], slots["valid"]))
+    got = []
+    for row in range(text.shape[0]):
+        for s in np.nonzero(valid[row])[0]:
+            head_bytes = bytes(text[row, start[row, s]:start[row, s] + head[row, s]])
+            got.append((head_bytes + bytes(w[row, s, :n[row, s]])).decode())
+    want = [ps.stem(x) for x in words]
+    assert len(got) == len(want)
+    bad = [(x, g, e) for x, g, e in zip(words, got, want) if g != e]
+    assert not bad, bad[:10]
+
+
+def _fuzz_rows(n: int, seed: int, long_chars: int = 0):
+    rng = random.Random(seed)
+    vocab = vocabulary()
+    completions, gts = [], []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:                                    # format / box / tag fuzz with a fuzzed ground truth
+            c, g = F.completion(rng, max_pieces=14), F.ground_truth(rng)
+        else:                                            # report sentences against a report ground truth
+            g = report(rng, vocab, rng.randint(3, 40))
+            if kind == 1:
+                ans = report(rng, vocab, rng.randint(0, 40))
+            elif kind == 2:                              # a noisy copy of the ground truth: high overlap
+                words = g.split()
+                rng.shuffle(words)
+                ans = " ".join(words[:rng.randint(0, len(words))])
+            else:
+                ans = g.lower() if rng.random() < 0.5 else g
+            steps = "; ".join(f"{report(rng, vocab, rng.randint(2, 12))} {F.cited_box(rng, strict=True)}"
+                              for _ in range(rng.randint(0, 4)))
+            c = f"<think>{steps}</think>\nThe answer is: \\boxed{{{ans}}}"
+        if long_chars:
+            pad = report(rng, vocab, long_chars // 6)
+            c = c.replace("<think>", "<think>" + pad + " ", 1) if rng.random() < 0.5 else c + " " + pad
+            if kind and rng.random() < 0.5:
+                c = c + " \\boxed{" + report(rng, vocab, long_chars // 8) + "}"
+        completions.append(c)
+        gts.append(g)
+    return completions, gts
+
+
+def _check(completions, gts):
+    got = score_texts(completions, gts)
+    want = [published_reward(c, g) for c, g in zip(completions, gts)]
+    for key in ("format", "coordinate"):
+        np.testing.assert_allclose(got[key], [w[key] for w in want], atol=1e-7, err_msg=key)
+    for key in ("accuracy", "overall"):
+        err = np.abs(got[key] - np.array([w[key] for w in want]))
+        i = int(np.argmax(err))
+        assert err[i] <= 3e-6, (key, err[i], completions[i][:300], gts[i][:300])
+    return got
+
+
+@pytest.mark.slow
+def test_five_thousand_fuzzed_completions_equal_published():
+    completions, gts = _fuzz_rows(4800, seed=11)
+    got = _check(completions, gts)
+    assert (got["accuracy"] > 0).sum() > 2000 and got["format"].sum() > 1000
+    completions, gts = _fuzz_rows(200, seed=12, long_chars=4500)
+    assert min(len(c) for c in completions) > 4000
+    _check(completions, gts)
+
+
+def test_fuzzed_completions_equal_published_quick():
+    completions, gts = _fuzz_rows(256, seed=13)
+    _check(completions, gts)
+
+
+@pytest.mark.slow
+def test_1024_token_completion_on_device_equals_paper_reward(tmp_path):
+    from data_pipelines.tokenizer import train_sentencepiece
+    rng = random.Random(5)
+    vocab = vocabulary()
+    gt = report(rng, vocab, 30)
+    body = report(rng, vocab, 2000)
+    tok = train_sentencepiece([body, gt] + vocab[:500], 600, tmp_path)
+    head = tok.encode(f"<think>{body[:300]} [10, 20, 30, 40]</think>\nThe answer is: \\boxed{{")
+    tail = tok.encode("}")
+    ans = tok.encode(gt + " " + body[300:])[:1024 - len(head) - len(tail)]
+    ids = np.array([head + ans + tail], np.int32)
+    assert ids.shape[1] == 1024
+    table = token_bytes_table(tok, tok.vocab_size)
+    cfg = PRESETS["paper"]
+    truth = ground_truth_arrays([gt], [[]], cfg)
+    text = tok.decode(ids[0].tolist())
+    want = paper_reward(text, gt)
+    budget = reward_byte_budget(1024, table)
+    assert budget == 1024 * int(table["length"].max())
+    got = make_reward_fn(cfg, table, max_new_tokens=1024)(ids, np.ones_like(ids), truth)
+    assert float(got["truncated"][0]) == 0.0
+    for key in ("format", "accuracy", "coordinate", "overall"):
+        assert abs(float(got[key][0]) - want[key]) <= 3e-6, (key, float(got[key][0]), want[key])
+    assert want["format"] == 1.0 and want["accuracy"] > 0.3
+    # a budget below the completion's length cuts it, and says so
+    small = make_reward_fn(dataclass_replace(cfg, max_text_bytes=len(text.encode()) // 2), table)
+    cut = small(ids, np.ones_like(ids), truth)
+    assert float(cut["truncated"][0]) == 1.0 and float(cut["format"][0]) == 0.0
+
+
+def dataclass_replace(cfg, **kw):
+    import dataclasses
+    return dataclasses.replace(cfg, **kw)
