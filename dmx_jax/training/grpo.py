@@ -101,6 +101,14 @@ def _device_to_host(tree: Any) -> tuple[Any, Any]:
     return host, shardings
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (all-gathered across processes when it spans non-local devices)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 class GRPOLearner:
     """Host orchestration of one GRPO iteration per call; each piece inside is jitted.
 
@@ -179,7 +187,6 @@ class GRPOLearner:
         sample_params = params
         if self.sample_shardings is not None:   # one re-layout per rollout phase, in the compute dtype
             sample_params = jax.device_put(cast_floating(params, self.compute_dtype), self.sample_shardings)
-        n_groups = len(np.asarray(jax.tree.leaves(prompts)[0]))
         parts, t_roll, t_rew, kept = [], 0.0, 0.0, 0
         for attempt in range(cfg.dynamic_sampling_max_tries if cfg.dynamic_sampling else 1):
             if attempt and self.refill is None:
@@ -190,7 +197,8 @@ class GRPOLearner:
             t_roll, t_rew = t_roll + tr, t_rew + tw
             if attempt == 0:
                 first, first_rewards = part, rewards
-            signal = np.asarray(group_has_signal(part["_overall"], cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
+            signal = _to_host(group_has_signal(part["_overall"], cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
+            n_groups = len(signal)              # global prompt count (a process may hold only its own rows)
             parts.append((part, signal))
             kept += int(signal.sum())
             if kept >= n_groups:
