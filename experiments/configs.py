@@ -162,7 +162,7 @@ def _scaled_data(**kw) -> DataConfig:
 def _scaled_memory(**kw) -> MemoryConfig:
     """Chosen from `python -m experiments.aot` (BUILD_NOTES.md): every stage fits with >= 10% headroom."""
     return MemoryConfig(**{**dict(remat="full", vision_remat="full", attention="splash", attention_block=512,
-                                  loss_chunk=512, kv_cache_dtype="bfloat16", ref_dtype="bfloat16"), **kw})
+                                  loss_chunk=256, kv_cache_dtype="bfloat16", ref_dtype="bfloat16"), **kw})
 
 
 def qwen2_5_vl_3b() -> ExperimentConfig:
@@ -172,11 +172,13 @@ def qwen2_5_vl_3b() -> ExperimentConfig:
         memory=_scaled_memory(),
         data=_scaled_data(),
         sft=StageConfig(steps=10_000, batch_size=128, optim=OptimConfig(learning_rate=1e-5, warmup_steps=200,
-                                                                          total_steps=10_000, weight_decay=0.01)),
+                                                                          total_steps=10_000, weight_decay=0.01,
+                                                                          grad_accum=2)),
         cold_start=StageConfig(steps=300, batch_size=64, optim=OptimConfig(learning_rate=1e-5, warmup_steps=20,
-                                                                             total_steps=300)),
+                                                                             total_steps=300, grad_accum=2)),
         rl=RLConfig(steps=500, prompts_per_step=64, algo=GRPOConfig(group_size=5, max_new_tokens=1024),
-                    optim=OptimConfig(learning_rate=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.01)),
+                    optim=OptimConfig(learning_rate=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.01,
+                                      grad_accum=4)),
         eval=EvalConfig(examples=2000, max_new_tokens=1024),
     )
 
