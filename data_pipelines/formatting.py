@@ -73,7 +73,8 @@ def render(example: Example, tokenizer, image_tokens: list[int], resized_sizes: 
     only (generation prompt).
     """
     if len(image_tokens) != len(example.images):
-        raise ValueError(f"example {example.example_id}: {len(example.images)} images but {len(image_tokens)} token counts")
+        raise ValueError(f"example {example.example_id}: {len(example.images)} images but "
+                         f"{len(image_tokens)} token counts")
     size = example.image_sizes[example.box_image_index] if example.image_sizes else None
     resized = (resized_sizes or list(example.image_sizes))[example.box_image_index] if example.image_sizes else None
     fix = (lambda s: rescale_box_text(s, size, resized)) if size and resized else (lambda s: s)

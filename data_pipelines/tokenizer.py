@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
 
@@ -52,7 +53,7 @@ class HFTokenizer(_SpecialIds):
         self._byte_decoder = {c: b for b, c in _bytes_to_unicode().items()}
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "HFTokenizer":
+    def from_file(cls, path: str | os.PathLike) -> HFTokenizer:
         from tokenizers import Tokenizer as _T
         p = Path(path)
         if p.is_dir():
@@ -118,7 +119,8 @@ class SentencePieceTokenizer(_SpecialIds):
         return self._bytes[int(token_id)]
 
 
-def train_sentencepiece(corpus: Iterable[str], vocab_size: int, cache_dir: str | os.PathLike | None = None) -> SentencePieceTokenizer:
+def train_sentencepiece(corpus: Iterable[str], vocab_size: int,
+                        cache_dir: str | os.PathLike | None = None) -> SentencePieceTokenizer:
     """Train (or load from cache, keyed by corpus + settings hash) a BPE model with byte fallback."""
     import sentencepiece as spm
     lines = [ln for ln in corpus if ln.strip()]

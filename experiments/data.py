@@ -50,8 +50,9 @@ class GrainBatches:
 
     per_process = True
 
-    def __init__(self, source: "GrainSource", batch_size: int, seed: int):
+    def __init__(self, source: GrainSource, batch_size: int, seed: int):
         import jax
+
         from data_pipelines.pipeline import make_dataset
         if batch_size % jax.process_count():
             raise ValueError(f"batch size {batch_size} is not divisible by {jax.process_count()} processes")

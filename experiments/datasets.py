@@ -112,7 +112,8 @@ def model_config_for(cfg, tok):
     mcfg = preset(cfg.model)
     if cfg.hf_checkpoint is None and cfg.model in ("tiny", "small"):
         text = dataclasses.replace(mcfg.text, vocab_size=tok.vocab_size)
-        mcfg = dataclasses.replace(mcfg, text=text, image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
+        mcfg = dataclasses.replace(mcfg, text=text, image_token_id=tok.image_pad_id,
+                                   vision_start_token_id=tok.vision_start_id,
                                    vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
                                    bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
     return dataclasses.replace(mcfg, dtype=cfg.dtype, **cfg.memory.model_overrides())
@@ -183,8 +184,10 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
     cold = _grain(cfg, tok, model_cfg, cold_ex + replay, d.reasoning_seq_len, reasoning=True,
                   plain_ids=frozenset(e.example_id for e in replay))
     if replay:
-        print(f"[data] cold start: {len(replay)} plain rows of other tasks replayed (data.cold_start_replay)", flush=True)
+        print(f"[data] cold start: {len(replay)} plain rows of other tasks replayed (data.cold_start_replay)",
+              flush=True)
     rl = _grain(cfg, tok, model_cfg, reasoning_train, d.reasoning_prompt_len, reasoning=True, prompt_only=True)
     plain, reason = _eval_rows(test_ex, tok, model_cfg, cfg)
-    print(f"[data] {len(train_ex)} train examples ({len(reasoning_train)} for RL), {len(plain)} eval prompts", flush=True)
+    print(f"[data] {len(train_ex)} train examples ({len(reasoning_train)} for RL), {len(plain)} eval prompts",
+          flush=True)
     return RunData(tok, model_cfg, sft, cold, rl, plain, reason, test_ex)

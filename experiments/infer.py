@@ -38,6 +38,7 @@ def load_tokenizer(folder: Path):
 def load_checkpoint(path: Path, tokenizer_path: Path | None = None):
     """-> (graphdef, params, model config, tokenizer) from an HF folder or a finished run stage."""
     from flax import nnx
+
     from dmx_jax.hf import load_pretrained
     if not path.exists():
         raise InferenceError(f"checkpoint {path} does not exist")
@@ -56,6 +57,7 @@ def load_checkpoint(path: Path, tokenizer_path: Path | None = None):
 
 def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
     from flax import nnx
+
     from dmx_jax.model import Qwen25VL
     from dmx_jax.sharding import MeshConfig, make_mesh
     from experiments.configs import PRESETS
@@ -100,6 +102,7 @@ def draw_boxes(image: np.ndarray, model_size: tuple[int, int], text: str, out: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
     from experiments.evaluate import boxes_in, printable
     mw, mh = model_size
     fig, ax = plt.subplots(figsize=(5, 5.6))

@@ -43,7 +43,8 @@ def _coerce(value: str, current: Any, type_hint: Any, key: str) -> Any:
             return tuple(parsed) if isinstance(parsed, (list, tuple)) else (parsed,)
         return ast.literal_eval(value)
     except (ValueError, SyntaxError) as e:
-        raise ConfigError(f"--set {key}={value}: cannot parse {value!r} as {getattr(type_hint, '__name__', type_hint)}") from e
+        kind = getattr(type_hint, "__name__", type_hint)
+        raise ConfigError(f"--set {key}={value}: cannot parse {value!r} as {kind}") from e
 
 
 def apply_override(cfg: Any, key: str, value: str, full_key: str | None = None) -> Any:

@@ -60,7 +60,8 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
     plain_only = [r for r in eval_plain if r["meta"]["example_id"] not in reasoning_ids]
     reasoning_groups = [(*arrays_of(rows), n) for rows, n in ((eval_reason, cfg.eval.reasoning_max_new_tokens),
                                                               (plain_only, cfg.eval.max_new_tokens)) if rows]
-    plan = [("sft", sft_rows, cfg.sft, False), ("cold_start", cold_rows, cfg.cold_start, True), ("grpo", rl_rows, cfg.rl, True)]
+    plan = [("sft", sft_rows, cfg.sft, False), ("cold_start", cold_rows, cfg.cold_start, True),
+            ("grpo", rl_rows, cfg.rl, True)]
     for name, rows, scfg, reasoning in plan:
         sdir, selected = run_dir / name, name in stages
         done = stage_done(sdir)

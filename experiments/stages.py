@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -132,7 +133,8 @@ def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int
     return StageRecipe(build_step, prepare, flops)
 
 
-def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, vocab_size: int | None = None, seed: int = 0) -> StageRecipe:
+def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, vocab_size: int | None = None,
+                seed: int = 0) -> StageRecipe:
     """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids);
     the prompt stream carries each prompt's reward ground truth, built from the rows' targets and boxes."""
     from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn

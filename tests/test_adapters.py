@@ -9,15 +9,30 @@ import tarfile
 
 import numpy as np
 import pytest
+from helpers import real_formats as rf
 
-from data_pipelines.adapters import (ADAPTERS, GenericColumns, MissingColumnError, load_chestxray14, load_chexpert,
-                                     load_chexpert_plus, load_dataset, load_generic, load_iu_xray,
-                                     load_medical_diff_vqa, load_mimic_cxr, load_mimic_cxr_vqa, load_ms_cxr,
-                                     load_slake, load_vindr, load_vqa_rad, parse_report_sections)
+from data_pipelines.adapters import (
+    ADAPTERS,
+    GenericColumns,
+    MissingColumnError,
+    load_chestxray14,
+    load_chexpert,
+    load_chexpert_plus,
+    load_dataset,
+    load_generic,
+    load_iu_xray,
+    load_medical_diff_vqa,
+    load_mimic_cxr,
+    load_mimic_cxr_vqa,
+    load_ms_cxr,
+    load_slake,
+    load_vindr,
+    load_vqa_rad,
+    parse_report_sections,
+)
 from data_pipelines.adapters.chestxray14 import expand_bracket_header
 from data_pipelines.image_io import ImageReadError
 from data_pipelines.schema import CHEXPERT_LABELS
-from helpers import real_formats as rf
 
 # ------------------------------------------------------------------------------------------------ MIMIC
 
@@ -128,7 +143,8 @@ def test_report_section_aliases_and_fallbacks():
 
 def test_report_sections_match_official_convention_on_fuzzed_reports():
     rng = np.random.default_rng(7)
-    words = "the heart size is normal lungs clear no effusion pneumothorax left right base opacity ___ 2 cm".split()
+    words = ["the", "heart", "size", "is", "normal", "lungs", "clear", "no", "effusion", "pneumothorax", "left",
+             "right", "base", "opacity", "___", "2", "cm"]
     headers = ["EXAMINATION", "INDICATION", "TECHNIQUE", "COMPARISON", "FINDINGS", "IMPRESSION", "NOTIFICATION",
                "RECOMMENDATION(S)", "CHEST (PA AND LAT)"]
     for _ in range(200):
@@ -239,7 +255,8 @@ def test_vindr_kaggle_multi_reader_boxes(tmp_path):
 
 def test_vindr_physionet_layout_with_image_labels(tmp_path):
     ann = tmp_path / "annotations"
-    rf.write_csv(ann / "annotations_train.csv", ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"),
+    rf.write_csv(ann / "annotations_train.csv",
+                 ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"),
                  [(IMG_A, "R1", "Nodule/Mass", 10, 12, 20, 22), (IMG_A, "R2", "No finding", "", "", "", "")])
     rf.write_csv(ann / "annotations_test.csv", ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"),
                  [(IMG_B, "R5", "Pleural effusion", 1, 2, 3, 4)])
@@ -324,7 +341,8 @@ def test_iu_xray_from_folder_and_archive(tmp_path):
     folder = tmp_path / "ecgen-radiology"
     rf.write_iu_report(folder, 1, {"COMPARISON": "None.", "INDICATION": "Positive TB test",
                                    "FINDINGS": "The cardiac silhouette and mediastinum size are within normal limits.",
-                                   "IMPRESSION": "Normal chest x-XXXX."}, ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"])
+                                   "IMPRESSION": "Normal chest x-XXXX."},
+                       ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"])
     rf.write_iu_report(folder, 2, {"FINDINGS": "", "IMPRESSION": "No acute disease."}, ["CXR2_IM-0652-1001"])
     rf.write_iu_report(folder, 10, {"FINDINGS": "Heart size normal.", "IMPRESSION": "Negative."}, [])
     for image_id in ("CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001", "CXR2_IM-0652-1001"):
@@ -534,7 +552,8 @@ def test_real_chestxray14_entries_and_boxes(txv_wheel, tmp_path):
                                                        "Pneumonia", "Pneumothorax", "Mass", "Nodule"}
     row = boxes.iloc[0]
     x, y, w, h = row.iloc[2:6].astype(float)
-    (ex,) = [e for e in grd if e.images[0].endswith(row["Image Index"]) and e.meta["source_label"] == row["Finding Label"]]
+    (ex,) = [e for e in grd
+             if e.images[0].endswith(row["Image Index"]) and e.meta["source_label"] == row["Finding Label"]]
     assert (x, y, x + w, y + h) in [b.as_tuple() for b in ex.boxes] and ex.image_sizes == ((1024, 1024),)
 
 

@@ -17,8 +17,15 @@ from PIL import Image
 
 from data_pipelines.adapters import load_generic
 from data_pipelines.boxes import qwen_input_size, xyxy_to_qwen
-from data_pipelines.cold_start import (REJECTIONS, TeacherConfig, answers_agree, parse_reply, read_jsonl_columns,
-                                       synthesize, to_stored_frame)
+from data_pipelines.cold_start import (
+    REJECTIONS,
+    TeacherConfig,
+    answers_agree,
+    parse_reply,
+    read_jsonl_columns,
+    synthesize,
+    to_stored_frame,
+)
 from data_pipelines.cold_start.__main__ import main as cli_main
 from data_pipelines.cold_start.client import retry_after_seconds
 from data_pipelines.formatting import rescale_box_text

@@ -15,11 +15,18 @@ import re
 
 import numpy as np
 import pytest
-
-from data_pipelines.adapters import (MissingColumnError, load_chestxray14, load_chexpert, load_iu_xray,
-                                     load_mimic_cxr, load_ms_cxr, load_vindr)
-from data_pipelines.image_io import ImageReadError, load_image
 from helpers import real_formats as rf
+
+from data_pipelines.adapters import (
+    MissingColumnError,
+    load_chestxray14,
+    load_chexpert,
+    load_iu_xray,
+    load_mimic_cxr,
+    load_ms_cxr,
+    load_vindr,
+)
+from data_pipelines.image_io import ImageReadError, load_image
 
 ADAPTER_LOG = "data_pipelines.adapters"
 

@@ -50,7 +50,8 @@ def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain(monkeypatch)
     enc = pickle.loads(pickle.dumps(enc))                      # grain workers receive it pickled
     seen = []
     import data_pipelines.pipeline.encode as encode_module
-    monkeypatch.setattr(encode_module, "encode_example", lambda ex, tok, c, **kw: seen.append((ex.example_id, c.reasoning)))
+    monkeypatch.setattr(encode_module, "encode_example",
+                        lambda ex, tok, c, **kw: seen.append((ex.example_id, c.reasoning)))
     enc(train[1], seq_len=8, patch_budget=8)
     enc(train[0], seq_len=8, patch_budget=8)
     assert seen == [("e1", False), ("e0", True)]

@@ -2,20 +2,14 @@
 read through the adapter and the grain pipeline, all three stages, evaluation and export."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
-from flax import nnx
 
-from data_pipelines.tokenizer import SPECIAL_TOKENS, HFTokenizer
-from dmx_jax.hf import save_pretrained
-from dmx_jax.model import Qwen25VL, preset
 from experiments import run
 from tests.helpers.real_formats import mimic_report, write_mimic_cxr
 from tests.helpers.tiny_checkpoint import FINDINGS
 from tests.helpers.tiny_checkpoint import write_tiny_checkpoint as _checkpoint
-
 
 
 @pytest.mark.slow
@@ -36,7 +30,8 @@ def test_run_on_mimic_format_with_hf_checkpoint(tmp_path, capsys):
             "--set", "cold_start.batch_size=8", "--set", "rl.steps=1", "--set", "rl.prompts_per_step=2",
             "--set", "rl.algo.max_new_tokens=8", "--set", "eval.max_new_tokens=8",
             "--set", "eval.reasoning_max_new_tokens=8", "--set", "data.max_seq_len=512",
-            "--set", "data.reasoning_seq_len=640", "--set", "data.reasoning_prompt_len=512", "--set", "data.prompt_len=256",
+            "--set", "data.reasoning_seq_len=640", "--set", "data.reasoning_prompt_len=512",
+            "--set", "data.prompt_len=256",
             "--set", "data.on_too_long=error"]
     assert run.main(args) == 0
     out = capsys.readouterr().out

@@ -7,7 +7,8 @@ import pytest
 
 from experiments import run
 
-MINI = ["--set", "model=tiny", "--set", "data.train_examples=48", "--set", "eval.examples=10", "--set", "eval.bootstrap=20",
+MINI = ["--set", "model=tiny", "--set", "data.train_examples=48", "--set", "eval.examples=10",
+        "--set", "eval.bootstrap=20",
         "--set", "sft.steps=3", "--set", "cold_start.steps=2", "--set", "rl.steps=2", "--set", "rl.prompts_per_step=2",
         "--set", "rl.algo.max_new_tokens=12", "--set", "eval.max_new_tokens=8",
         "--set", "eval.reasoning_max_new_tokens=12", "--set", "sft.save_every=2"]

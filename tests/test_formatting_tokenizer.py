@@ -37,7 +37,8 @@ def test_round_trip_and_token_bytes(name, request):
     ids = tok.encode(TEXT)
     assert tok.decode(ids) == TEXT
     assert b"".join(tok.token_bytes(i) for i in ids) == TEXT.encode("utf-8")
-    assert len({tok.pad_id, tok.im_start_id, tok.im_end_id, tok.vision_start_id, tok.vision_end_id, tok.image_pad_id}) == 6
+    ids = {tok.pad_id, tok.im_start_id, tok.im_end_id, tok.vision_start_id, tok.vision_end_id, tok.image_pad_id}
+    assert len(ids) == 6
 
 
 def test_sentencepiece_is_deterministic_and_cached(tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from helpers.real_formats import PYDICOM_DATA, fetch_wheel, wheel_member, write_dicom, write_jpeg, write_png
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from data_pipelines.image_io import ImageReadError, image_size, load_image
-from helpers.real_formats import PYDICOM_DATA, fetch_wheel, wheel_member, write_dicom, write_jpeg, write_png
 
 H, W = 12, 17
 
@@ -58,7 +58,8 @@ DICOM_CASES = {
                              voi_function="SIGMOID"),
     "m2_12bit_signed_window": dict(photometric="MONOCHROME2", bits_stored=12, signed=True, window=(0.0, 2000.0)),
     "m1_12bit_voi_lut_over_window": dict(photometric="MONOCHROME1", bits_stored=12, window=(10.0, 20.0),
-                                         voi_lut=([4096, 0, 16], [int(65535 * (i / 4095) ** 0.5) for i in range(4096)])),
+                                         voi_lut=([4096, 0, 16],
+                                                  [int(65535 * (i / 4095) ** 0.5) for i in range(4096)])),
     "m2_12bit_voi_lut_ow": dict(photometric="MONOCHROME2", bits_stored=12, lut_vr="OW",
                                 voi_lut=([2048, 1000, 12], [(7 * i) % 4096 for i in range(2048)])),
     "m2_16bit_voi_lut_offset": dict(photometric="MONOCHROME2", bits_stored=16,

@@ -10,7 +10,7 @@ from PIL import Image
 
 from data_pipelines.tokenizer import train_sentencepiece
 from dmx_jax.hf import save_pretrained
-from dmx_jax.model import Qwen25VL, preset
+from dmx_jax.model import Qwen25VL
 from experiments import infer
 from experiments.pipeline import model_config_for
 from tests.helpers.real_formats import write_dicom

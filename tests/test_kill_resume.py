@@ -1,6 +1,5 @@
 """SIGKILL mid-run + restart reproduces the uninterrupted losses exactly; SIGTERM saves before exiting."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ WORKER = ROOT / "tests/helpers/resume_worker.py"
 
 
 def _losses(run_dir):
-    recs = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in recs}
 
 
@@ -27,7 +26,7 @@ def _wait_for_step(run_dir, step, proc, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout:
         path = Path(run_dir) / "metrics.jsonl"
-        if path.exists() and any(json.loads(l)["step"] >= step for l in path.read_text().splitlines() if l):
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines() if x):
             return
         assert proc.poll() is None, proc.communicate()[0][-3000:]
         time.sleep(0.05)

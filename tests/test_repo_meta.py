@@ -34,6 +34,6 @@ def test_library_imports_without_test_only_packages():
     mods = [p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
             for pkg in ("dmx_jax", "data_pipelines") for p in (ROOT / pkg).rglob("*.py")
             if "__main__" not in p.name]
-    code = BLOCKER + "import importlib\nfor m in %r:\n    importlib.import_module(m)\nprint('ok')" % sorted(mods)
+    code = BLOCKER + f"import importlib\nfor m in {sorted(mods)!r}:\n    importlib.import_module(m)\nprint('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -14,12 +14,12 @@ from flax import nnx
 
 from dmx_jax.model import Qwen25VL
 from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.loop import MetricsWriter
+from dmx_jax.training.optim import OptimConfig
 from experiments import stages
 from experiments.configs import DataConfig, ExperimentConfig, RLConfig, StageConfig
 from experiments.datasets import build_tokenizer, encode_all, model_config_for
-from dmx_jax.training.grpo_loss import GRPOConfig
-from dmx_jax.training.optim import OptimConfig
 
 STEPS, STOP_AT = 5, 3
 

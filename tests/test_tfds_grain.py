@@ -13,17 +13,33 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import real_formats as rf
 
 from data_pipelines.adapters import load_dataset
 from data_pipelines.image_io import load_image
-from data_pipelines.pipeline import (DoesNotFit, EncodingConfig, RowEncoder, check_buckets, encode_example,
-                                     make_dataset, measure)
+from data_pipelines.pipeline import (
+    DoesNotFit,
+    EncodingConfig,
+    RowEncoder,
+    check_buckets,
+    encode_example,
+    make_dataset,
+    measure,
+)
 from data_pipelines.synthetic import SyntheticConfig, examples
-from data_pipelines.tfds import (DmxAdapter, DmxSynthetic, adapter_config, build, decode_meta, encode_meta,
-                                 encode_png, record_to_example, synthetic_config)
+from data_pipelines.tfds import (
+    DmxAdapter,
+    DmxSynthetic,
+    adapter_config,
+    build,
+    decode_meta,
+    encode_meta,
+    encode_png,
+    record_to_example,
+    synthetic_config,
+)
 from data_pipelines.tokenizer import train_sentencepiece
 from dmx_jax.model.config import tiny
-from helpers import real_formats as rf
 
 SYN = dict(seed=5, image_size=64, train_size=12, val_size=3, test_size=2, heldout_size=2)
 

@@ -7,7 +7,7 @@ the source's metadata, or (0, 0) when unknown).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from data_pipelines.adapters._common import MissingColumnError
 from data_pipelines.adapters.chestxray14 import load_chestxray14

@@ -12,8 +12,8 @@ are kept as given and their indices listed in meta['boxes_outside_image'].
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from data_pipelines.adapters import _common as c
 from data_pipelines.boxes import format_boxes_text, xywh_to_xyxy
@@ -82,7 +82,8 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
     if want is not None and not split_of:
         raise FileNotFoundError(f"{root}: split {want!r} needs train_val_list.txt / test_list.txt")
     find = _ImageFinder(root)
-    entry_path = c.find_file(root, "Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv") if "classification" in tasks else None
+    entry_path = (c.find_file(root, "Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+                  if "classification" in tasks else None)
     box_path = c.find_file(root, "BBox_List_2017.csv") if "grounding" in tasks else None
     yield c.CHECKED
 

@@ -7,8 +7,8 @@ CheXpert Plus: `root` holds df_chexpert_plus_240401.csv and the images; `path_to
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from data_pipelines.adapters import _common as c
 from data_pipelines.schema import CHEXPERT_LABELS, Example

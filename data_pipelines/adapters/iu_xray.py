@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import tarfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from data_pipelines.adapters import _common as c
 from data_pipelines.schema import Example
@@ -72,7 +72,8 @@ def load_iu_xray(root: c.PathLike, *, split: str | None = None, tasks: Sequence[
     if c.normalize_split(split, "load_iu_xray") not in (None, "test"):
         raise ValueError(f"load_iu_xray: IU-Xray has no official {split!r} split; use split=None or 'test'")
     root = Path(root)
-    image_root = Path(images_dir) if images_dir is not None else (root.parent if root.is_file() else root) / "NLMCXR_png"
+    default_root = (root.parent if root.is_file() else root) / "NLMCXR_png"
+    image_root = Path(images_dir) if images_dir is not None else default_root
     if not (root.is_file() or (root / ARCHIVE).is_file() or any(root.glob("*.xml"))
             or (root / "ecgen-radiology").is_dir()):
         raise FileNotFoundError(f"{root}: no ecgen-radiology/*.xml and no {ARCHIVE}")

@@ -11,8 +11,8 @@ One example per study and task; images are the study's images, PA first, then AP
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from data_pipelines.adapters import _common as c
 from data_pipelines.adapters.report_sections import parse_report_sections

@@ -10,8 +10,8 @@ Bad boxes: a negative w or h raises ValueError naming the file, dicom_id and phr
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from data_pipelines.adapters import _common as c
 from data_pipelines.boxes import format_boxes_text, xywh_to_xyxy

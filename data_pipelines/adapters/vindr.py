@@ -14,8 +14,8 @@ reader; boxes reaching outside the image are kept as given and listed in meta['b
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from data_pipelines.adapters import _common as c
 from data_pipelines.boxes import format_boxes_text, vindr_to_xyxy
@@ -50,7 +50,8 @@ def _read_boxes(path: Path, images: dict[str, _Image]) -> None:
             try:
                 xyxy = tuple(float(v) for v in vindr_to_xyxy([float(v) for v in coords]))
             except ValueError as e:
-                raise ValueError(f"{path}: image {row['image_id']} reader {row['rad_id']}: bad box {coords}: {e}")
+                raise ValueError(f"{path}: image {row['image_id']} reader {row['rad_id']}: bad box {coords}: "
+                                 f"{e}") from None
             entry.boxes.append((name, row["rad_id"], xyxy))  # type: ignore[arg-type]
         elif any(coords):
             raise ValueError(f"{path}: image {row['image_id']} has a partial box {coords}")

@@ -13,8 +13,9 @@ SLAKE: root/{train,validate,test}.json, images in root/imgs/<img_name>.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from data_pipelines.adapters import _common as c
 from data_pipelines.adapters.mimic_cxr import find_mimic_table, order_views, read_metadata, study_dir

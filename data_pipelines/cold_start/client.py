@@ -21,7 +21,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 from data_pipelines.cold_start.config import TeacherConfig
 
@@ -114,8 +114,7 @@ class TeacherClient:
                 if e.code != 429 and e.code < 500:
                     log.warning("teacher %s %s: %s, not retried", c.model, label, detail)
                     return Completion(None, failure, detail, sent)
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, http.client.HTTPException,
-                    OSError) as e:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
                 failure = "timeout" if _is_timeout(e) else "http_error"
                 detail = self.redact(f"{type(e).__name__}: {getattr(e, 'reason', e)}")
             if attempt < c.max_retries:

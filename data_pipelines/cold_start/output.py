@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from data_pipelines.adapters.generic import GenericColumns
 from data_pipelines.schema import Example

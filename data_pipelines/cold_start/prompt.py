@@ -12,8 +12,9 @@ import dataclasses
 import io
 import os
 import string
+from collections.abc import Callable
 from importlib import resources
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -39,8 +40,8 @@ class TeacherTemplate:
 def load_template(path: str | os.PathLike | None = None) -> TeacherTemplate:
     """The (system, user) template pair; default: the packaged cold_start_teacher.txt."""
     where = str(path) if path is not None else f"data_pipelines/{TEMPLATE_FILE}"
-    text = (open(path, encoding="utf-8").read() if path is not None
-            else resources.files("data_pipelines").joinpath(TEMPLATE_FILE).read_text(encoding="utf-8"))
+    source = Path(path) if path is not None else resources.files("data_pipelines").joinpath(TEMPLATE_FILE)
+    text = source.read_text(encoding="utf-8")
     if USER_SPLIT not in text:
         raise ValueError(f"{where}: missing the {USER_SPLIT} line between the system and user parts")
     system, user = (part.strip() for part in text.split(USER_SPLIT, 1))

@@ -2,9 +2,16 @@
 
 Imports flow downward only: this package uses dmx_jax.model / dmx_jax.processing, never training code.
 """
-from data_pipelines.pipeline.batching import (BucketBatchIterDataset, BucketBatchIterator, Encoded,  # noqa: F401
-                                              collate, stack_rows)
+from data_pipelines.pipeline.batching import BucketBatchIterator, BucketBatchIterDataset, Encoded, collate, stack_rows  # noqa: F401
 from data_pipelines.pipeline.dataset import EncodeToBucket, as_example, make_dataset  # noqa: F401
-from data_pipelines.pipeline.encode import (DoesNotFit, EncodingConfig, RowEncoder, check_buckets,  # noqa: F401
-                                            encode_example, encode_to_bucket, image_array, measure,
-                                            prompt_batch)
+from data_pipelines.pipeline.encode import (  # noqa: F401
+                                              DoesNotFit,
+                                              EncodingConfig,
+                                              RowEncoder,
+                                              check_buckets,
+                                              encode_example,
+                                              encode_to_bucket,
+                                              image_array,
+                                              measure,
+                                              prompt_batch,
+)

@@ -13,7 +13,8 @@ buffered rows in arrival order, 'skipped': count}. Restoring re-reads the buffer
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -68,7 +69,7 @@ class BucketBatchIterDataset(grain.IterDataset):
             raise NotImplementedError("BucketBatchIterDataset supports only interleaved worker slices")
         self._parents = (self._parent.slice(sl),)
 
-    def __iter__(self) -> "BucketBatchIterator":
+    def __iter__(self) -> BucketBatchIterator:
         return BucketBatchIterator(self)
 
     def __str__(self) -> str:

@@ -18,7 +18,8 @@ lockstep on one global batch shape should use a single bucket (or agree on shape
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grain
 
@@ -59,7 +60,8 @@ class EncodeToBucket:
                 return k, self.encode_fn(example, seq_len=seq_len, patch_budget=patch_budget)
             except self.does_not_fit:
                 continue
-        raise DoesNotFit(f"example {example.example_id}: fits no bucket (seq_len, patch_budget) in {list(self.buckets)}")
+        raise DoesNotFit(f"example {example.example_id}: fits no bucket (seq_len, patch_budget) in "
+                         f"{list(self.buckets)}")
 
     def __call__(self, item: Any) -> Encoded:
         example = as_example(item)

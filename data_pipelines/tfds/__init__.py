@@ -2,7 +2,20 @@
 
 Importing this package registers the `dmx_synthetic` and `dmx_adapter` builders with tfds.
 """
-from data_pipelines.tfds.builders import (DmxAdapter, DmxAdapterConfig, DmxSynthetic,  # noqa: F401
-                                          DmxSyntheticConfig, adapter_config, build, synthetic_config)
-from data_pipelines.tfds.records import (decode_meta, encode_meta, encode_png, example_to_record,  # noqa: F401
-                                         features, record_to_example)
+from data_pipelines.tfds.builders import (  # noqa: F401
+                                          DmxAdapter,
+                                          DmxAdapterConfig,
+                                          DmxSynthetic,
+                                          DmxSyntheticConfig,
+                                          adapter_config,
+                                          build,
+                                          synthetic_config,
+)
+from data_pipelines.tfds.records import (  # noqa: F401
+                                          decode_meta,
+                                          encode_meta,
+                                          encode_png,
+                                          example_to_record,
+                                          features,
+                                          record_to_example,
+)

@@ -18,7 +18,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import tensorflow_datasets as tfds
 from etils import epath

@@ -123,7 +123,8 @@ class Checkpointer:
 def abstract_like(state: TrainState, shardings: TrainState | None = None) -> TrainState:
     """ShapeDtypeStructs of `state` (optionally with target shardings) for `Checkpointer.restore`."""
     if shardings is None:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 

@@ -28,7 +28,8 @@ class OptimConfig:
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
     if cfg.schedule == "constant":
         return optax.join_schedules(
-            [optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)), optax.constant_schedule(cfg.learning_rate)],
+            [optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)),
+             optax.constant_schedule(cfg.learning_rate)],
             [max(cfg.warmup_steps, 1)]) if cfg.warmup_steps else optax.constant_schedule(cfg.learning_rate)
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(

@@ -17,7 +17,7 @@ class TrainState:
     step: jax.Array             # int32 scalar
     rng: jax.Array              # uint32 [2] raw key data (checkpoint-friendly)
 
-    def replace(self, **kw) -> "TrainState":
+    def replace(self, **kw) -> TrainState:
         return dataclasses.replace(self, **kw)
 
 

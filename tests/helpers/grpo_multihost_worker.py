@@ -15,7 +15,8 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_default_matmul_precision", "highest")
 from dmx_jax.sharding import DistributedConfig, initialize  # noqa: E402
 
-initialize(DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id))
+initialize(DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
+                             process_id=process_id))
 assert jax.device_count() == 4 * num_processes, jax.devices()
 
 from tests.test_grpo_vlm import _two_steps  # noqa: E402

@@ -33,7 +33,8 @@ class IndexedBatches:
         rng = np.random.default_rng([self.seed, self.i])
         self.i += 1
         ids = rng.integers(0, 32, size=(4, 10)).astype(np.int32)
-        return {"input_ids": ids, "loss_mask": np.ones_like(ids)}, {"example_ids": [f"b{self.i - 1}-{k}" for k in range(4)]}
+        meta = {"example_ids": [f"b{self.i - 1}-{k}" for k in range(4)]}
+        return {"input_ids": ids, "loss_mask": np.ones_like(ids)}, meta
 
     def get_state(self):
         return {"i": self.i}
