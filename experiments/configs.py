@@ -38,6 +38,18 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlignConfig:
+    """The alignment stage before SFT (synthetic data, from-scratch models): the vision tower + merger learn
+    labels, sides and boxes from pixels through a pooled linear head. steps=0 skips it (pretrained towers)."""
+
+    steps: int = 0
+    batch_size: int = 32
+    optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=300)
+    head_lr: float = 1e-2
+    save_every: int = 150
+
+
+@dataclasses.dataclass(frozen=True)
 class StageConfig:
     steps: int = 100
     batch_size: int = 8
@@ -123,6 +135,7 @@ class ExperimentConfig:
     mesh: MeshConfig = MeshConfig()
     memory: MemoryConfig = MemoryConfig()
     data: DataConfig = DataConfig()
+    align: AlignConfig = AlignConfig()
     sft: StageConfig = StageConfig()
     cold_start: StageConfig = StageConfig(steps=60)
     teacher: TeacherConfig = TeacherConfig()
@@ -136,10 +149,12 @@ def tiny() -> ExperimentConfig:
     return ExperimentConfig(
         model="small",
         data=DataConfig(on_too_long="skip"),
-        sft=StageConfig(steps=500, save_every=250, optim=OptimConfig(learning_rate=2e-3, warmup_steps=20, total_steps=500)),
+        align=AlignConfig(steps=300),
+        sft=StageConfig(steps=500, save_every=250,
+                        optim=OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=500)),
         cold_start=StageConfig(steps=300, save_every=150,
                                optim=OptimConfig(learning_rate=1e-3, warmup_steps=10, total_steps=300)),
-        eval=EvalConfig(examples=160, reasoning_max_new_tokens=192),
+        eval=EvalConfig(examples=600, reasoning_max_new_tokens=192),
         rl=RLConfig(steps=24, save_every=12, algo=GRPOConfig(max_new_tokens=192),
                     optim=OptimConfig(learning_rate=3e-5, warmup_steps=0, schedule="constant")),
     )

@@ -16,10 +16,10 @@ from data_pipelines.pipeline import DoesNotFit, RowEncoder, stack_rows
 class EncodedBatches:
     """Cycles over pre-encoded rows in a seeded order; state = position (exact resume)."""
 
-    def __init__(self, rows: list[dict], batch_size: int, seed: int = 0):
+    def __init__(self, rows: list[dict], batch_size: int, seed: int = 0, stack=stack_rows):
         if len(rows) < batch_size:
             raise ValueError(f"{len(rows)} examples cannot fill a batch of {batch_size}")
-        self.rows, self.batch_size, self.seed, self.position = rows, batch_size, seed, 0
+        self.rows, self.batch_size, self.seed, self.position, self.stack = rows, batch_size, seed, 0, stack
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
@@ -34,7 +34,7 @@ class EncodedBatches:
             p = self.position + k
             idx.append(self._order(p // n)[p % n])
         self.position += self.batch_size
-        return stack_rows([self.rows[i] for i in idx])
+        return self.stack([self.rows[i] for i in idx])
 
     def get_state(self):
         return {"position": self.position}
@@ -89,8 +89,9 @@ class GrainSource:
     workers: int = 0
 
 
-def batches(source, batch_size: int, seed: int):
-    """Encoded rows (synthetic, in memory) -> EncodedBatches; a GrainSource (real data) -> GrainBatches."""
+def batches(source, batch_size: int, seed: int, stack=None):
+    """Encoded rows (synthetic, in memory) -> EncodedBatches (rows -> (arrays, meta) by `stack`, default
+    stack_rows); a GrainSource (real data) -> GrainBatches."""
     if isinstance(source, GrainSource):
         return GrainBatches(source, batch_size, seed)
-    return EncodedBatches(source, batch_size, seed)
+    return EncodedBatches(source, batch_size, seed, stack or stack_rows)

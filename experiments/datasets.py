@@ -29,6 +29,8 @@ class RunData:
     eval_plain: list[dict]      # left-padded plain prompts of every test example
     eval_reason: list[dict]     # left-padded reasoning prompts of the reasoning tasks
     test_examples: list
+    align: list[dict] | None = None       # alignment-stage rows (synthetic studies; None: no alignment stage)
+    align_eval: list[dict] | None = None
 
 
 def patch_budget(cfg) -> int:
@@ -136,10 +138,15 @@ def synthetic_data(cfg, run_dir: Path) -> RunData:
                        reasoning=False)
     rl = encode_all(reasoning_train, tok, mcfg, cfg, d.reasoning_prompt_len, cache, reasoning=True, prompt_only=True)
     plain, reason = _eval_rows(test_ex, tok, mcfg, cfg)
+    align = align_eval = None
+    if cfg.align.steps > 0:
+        from dmx_jax.training.align import align_rows
+        kw = dict(patch_budget=patch_budget(cfg), min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+        align, align_eval = align_rows(train_ex, mcfg.vision, **kw), align_rows(test_ex, mcfg.vision, **kw)
     print(f"[data] {len(sft)} SFT rows, {len(cold)} reasoning rows, {len(rl)} RL prompts, {len(plain)} eval prompts; "
           f"vocab {tok.vocab_size}, seq {d.max_seq_len}/{d.reasoning_seq_len}, patch budget {patch_budget(cfg)}",
           flush=True)
-    return RunData(tok, mcfg, sft, cold, rl, plain, reason, test_ex)
+    return RunData(tok, mcfg, sft, cold, rl, plain, reason, test_ex, align, align_eval)
 
 
 def real_data(cfg, run_dir: Path, model_cfg) -> RunData:

@@ -12,7 +12,8 @@ from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.loop import MetricsWriter
 from experiments.datasets import model_config_for, real_data, synthetic_data
 from experiments.evaluate import evaluate_stage
-from experiments.stages import RunContext, load_stage_params, plan_stage, run_stage, stage_done
+from experiments.stages import (RunContext, StageSpec, align_recipe, load_stage_params, plan_stage, run_stage,
+                                stage_done)
 
 __all__ = ["model_config_for", "run_pipeline"]
 
@@ -37,7 +38,32 @@ def initial_model(cfg, mesh, run_dir: Path):
     return graphdef, nnx.to_pure_dict(state), data, mcfg
 
 
-def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> str:
+def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: bool) -> dict:
+    """The alignment stage (before SFT) on the synthetic studies: trains the vision tower + merger and a pooled
+    head, evaluates the head on held-out studies, and returns the full params with the trained tower."""
+    from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
+    sdir = run_dir / "align"
+    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed)))
+    aparams = nnx.to_pure_dict(astate)
+    if stage_done(sdir):
+        print("[align] finished earlier; loading its final parameters", flush=True)
+        return merge_vision(params, load_stage_params(sdir, aparams, ctx.mesh))
+    if not selected:
+        return params
+    a = cfg.align
+    print(f"[align] {a.steps} steps, batch {a.batch_size} studies", flush=True)
+    spec = StageSpec("align", a.steps, a.batch_size, a.optim, a.save_every)
+    aparams = run_stage(spec, align_recipe(agraph, a.head_lr), sdir, aparams, data.align, ctx)
+    metrics = align_metrics(agraph, aparams, stack_align_rows(data.align_eval))
+    (run_dir / "eval").mkdir(exist_ok=True)
+    (run_dir / "eval" / "align.json").write_text(json.dumps({"metrics": metrics}, indent=1))
+    ctx.writer.write({"step": a.steps, "eval_stage": "align", **metrics})
+    print(f"[align] held-out label accuracy {metrics['label_acc']:.3f}, side accuracy {metrics['side_acc']:.3f}, "
+          f"box L1 {metrics['box_l1']:.3f}", flush=True)
+    return merge_vision(params, aparams)
+
+
+def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo")) -> str:
     cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     (run_dir / "config.json").write_text(json.dumps(cfg_json, indent=2))
     writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
@@ -48,6 +74,8 @@ def run_pipeline(cfg, run_dir: Path, stages=("sft", "cold_start", "grpo")) -> st
     sft_rows, cold_rows, rl_rows = data.sft, data.cold_start, data.rl
     eval_plain, eval_reason, test_ex = data.eval_plain, data.eval_reason, data.test_examples
     results, outputs = {}, {}
+    if data.align is not None:
+        params = run_alignment(cfg, data, graphdef, params, run_dir, ctx, "align" in stages)
 
     def arrays_of(rows):
         from data_pipelines.pipeline import stack_rows

@@ -29,7 +29,8 @@ def parse_args(argv=None):
     ap.add_argument("--distributed", default="env", choices=("env", "auto", "off"),
                     help="multi-host start-up: env = DMX_COORDINATOR/DMX_NUM_PROCESSES/DMX_PROCESS_ID when set; "
                          "auto = jax.distributed.initialize() discovery (Cloud TPU pods, SLURM); off = one process")
-    ap.add_argument("--stages", default="sft,cold_start,grpo", help="comma-separated subset of sft,cold_start,grpo")
+    ap.add_argument("--stages", default="align,sft,cold_start,grpo",
+                    help="comma-separated subset of align,sft,cold_start,grpo (align runs when align.steps > 0)")
     ap.add_argument("--dry-run", action="store_true",
                     help="check the config, build the mesh on this host's devices, print the plan and exit")
     return ap.parse_args(argv)

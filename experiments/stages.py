@@ -56,11 +56,14 @@ class StageRecipe:
     prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch with
     the data source's per-process flag). bar_metrics label the progress bar, done_metric goes into DONE.json."""
 
+
     build_step: Callable
     prepare: Callable
     flops_fn: Callable | None = None
     bar_metrics: tuple[tuple[str, str], ...] = (("loss", "loss"),)
     done_metric: tuple[str, str] = ("final_loss", "loss")
+    make_tx: Callable = make_optimizer          # OptimConfig -> optax transformation
+    stack: Callable | None = None               # rows -> (arrays, meta); None: the encoder's stack_rows
 
 
 def stage_done(stage_dir: Path) -> dict | None:
@@ -85,18 +88,18 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
     own rows (the grain pipeline's shards). The same code runs on one CPU and on a multi-host TPU pod."""
     from dmx_jax.sharding import global_array, process_slice
     from dmx_jax.sharding.rules import batch_spec
-    rows = slice(None) if per_process else process_slice(len(arrays["input_ids"]))
+    rows = slice(None) if per_process else process_slice(len(jax.tree.leaves(arrays)[0]))
     return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
 
 
 def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, rows, ctx: RunContext):
     """Train one stage from `params` on `rows` (encoded rows or a GrainSource); resumable; returns final params."""
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tx = make_optimizer(spec.optim)
+    tx = recipe.make_tx(spec.optim)
     state = init_train_state(params, tx, seed=ctx.seed)
     shardings = state_shardings(state, ctx.mesh)
     ck = Checkpointer(stage_dir / "ckpt", save_every=spec.save_every, keep=2)
-    data = batches(rows, spec.batch_size, seed=ctx.seed)
+    data = batches(rows, spec.batch_size, seed=ctx.seed, stack=recipe.stack)
     state, start = start_or_resume(state, shardings, ck, data)
     place = functools.partial(place_batch, mesh=ctx.mesh, per_process=getattr(data, "per_process", False))
     step = recipe.build_step(tx, shardings, place)
@@ -131,6 +134,19 @@ def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int
 
     flops = None if model_cfg is None else functools.partial(batch_train_flops, model_cfg)
     return StageRecipe(build_step, prepare, flops)
+
+
+def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
+    """The alignment stage (dmx_jax.training.align): the vision tower + merger and a pooled linear head learn the
+    study's labels, sides and boxes from pixels; the head at its own learning rate."""
+    from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
+
+    def build_step(tx, shardings, place):  # noqa: ARG001
+        return jax.jit(make_train_step(align_graphdef, make_align_loss(), tx), donate_argnums=(0,))
+
+    return StageRecipe(build_step, lambda arrays, meta, place: place(arrays),
+                       make_tx=lambda optim: align_optimizer(optim, head_lr=head_lr),
+                       stack=lambda rows: (stack_align_rows(rows), {"example_ids": []}))
 
 
 def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, vocab_size: int | None = None,

@@ -13,7 +13,7 @@ from typing import Any
 
 from experiments.overrides import ConfigError
 
-STAGES = ("sft", "cold_start", "grpo")
+STAGES = ("align", "sft", "cold_start", "grpo")
 DTYPES = ("float32", "bfloat16", "float16")
 ARENA_JUDGES = ("rubric",)
 SYNTHETIC_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "classification")

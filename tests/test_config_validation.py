@@ -87,7 +87,7 @@ def test_setting_a_mesh_axis_to_minus_one_releases_the_presets_other():
 def test_readme_scale_commands_build_their_mesh_on_8_devices(argv, mesh, capsys):
     assert main([*argv, "--dry-run", "--distributed", "off"]) == 0
     plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert plan["mesh"] == mesh and plan["devices"] == 8 and plan["stages"] == ["sft", "cold_start", "grpo"]
+    assert plan["mesh"] == mesh and plan["devices"] == 8 and plan["stages"] == ["align", "sft", "cold_start", "grpo"]
 
 
 def test_a_mesh_that_cannot_fit_the_devices_is_one_line(capsys):

@@ -11,7 +11,8 @@ MINI = ["--set", "model=tiny", "--set", "data.train_examples=48", "--set", "eval
         "--set", "eval.bootstrap=20",
         "--set", "sft.steps=3", "--set", "cold_start.steps=2", "--set", "rl.steps=2", "--set", "rl.prompts_per_step=2",
         "--set", "rl.algo.max_new_tokens=12", "--set", "eval.max_new_tokens=8",
-        "--set", "eval.reasoning_max_new_tokens=12", "--set", "sft.save_every=2"]
+        "--set", "eval.reasoning_max_new_tokens=12", "--set", "sft.save_every=2",
+        "--set", "align.steps=2", "--set", "align.batch_size=8"]
 
 
 @pytest.mark.slow
@@ -19,9 +20,10 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert run.main(["--run-dir", str(run_dir), *MINI]) == 0
     first = capsys.readouterr().out
-    for stage in ("sft", "cold_start", "grpo"):
+    for stage in ("align", "sft", "cold_start", "grpo"):
         assert (run_dir / stage / "DONE.json").is_file()
         assert (run_dir / "eval" / f"{stage}.json").is_file()
+    assert set(json.loads((run_dir / "eval" / "align.json").read_text())["metrics"]) >= {"label_acc", "side_acc"}
     summary = (run_dir / "summary.md").read_text()
     assert "| sft |" in summary and "| grpo |" in summary and "Report Arena" in summary
     for f in ("plots/curves.png", "plots/stages.png", "metrics.csv"):
@@ -29,7 +31,7 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     assert list((run_dir / "gallery").glob("*.png"))
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {r.get("train_stage") for r in records} >= {"sft", "cold_start", "grpo"}
+    assert {r.get("train_stage") for r in records} >= {"align", "sft", "cold_start", "grpo"}
     n_records = len(records)
 
     # the export opens in transformers and computes the same logits as the run's final parameters
