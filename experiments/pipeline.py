@@ -12,8 +12,7 @@ from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.loop import MetricsWriter
 from experiments.datasets import model_config_for, real_data, synthetic_data
 from experiments.evaluate import evaluate_stage
-from experiments.stages import (RunContext, StageSpec, align_recipe, load_stage_params, plan_stage, run_stage,
-                                stage_done)
+from experiments.stages import RunContext, StageSpec, align_recipe, load_stage_params, plan_stage, run_stage, stage_done
 
 __all__ = ["model_config_for", "run_pipeline"]
 
