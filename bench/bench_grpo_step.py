@@ -9,7 +9,8 @@ the median over the rest.
 
 usage: python -m bench.bench_grpo_step [--model small|qwen0_5b] [--steps 3] [--prompts 4] [--group 8]
                                        [--max-new-tokens 128] [--prefill both|shared|repeated]
-                                       [--reward paper|grounded|toy] [--no-notes]
+                                       [--reward paper|grounded|toy] [--optimizer adamw|sgd]
+                                       [--ref-dtype bfloat16] [--no-notes]
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def reward_setup(vocab: int, n: int, preset: str = "paper"):
     return fn, truth
 
 
-def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: bool, preset: str) -> dict:
+def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: bool, preset: str,
+        optimizer: str = "adamw", ref_dtype: str | None = None) -> dict:
     import jax
     import optax
     from flax import nnx
@@ -107,11 +109,12 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     algo = GRPOConfig(group_size=group, max_new_tokens=max_new, temperature=1.0, kl_coef=0.01)
     reward, truth = reward_setup(cfg.text.vocab_size, prompts, preset)
     batch = {**prompt_batch(cfg, prompts), "reward_truth": truth}
-    tx = optax.adamw(1e-6)
+    tx = optax.adamw(1e-6) if optimizer == "adamw" else optax.sgd(1e-6)    # sgd: no moments (host RAM)
     learner = GRPOLearner(graphdef, algo, tx,
                           sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
                           reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
-                          logprob_fn=make_logprob_fn(algo, chunk_size=64), ref_params=params)
+                          logprob_fn=make_logprob_fn(algo, chunk_size=64), ref_params=params,
+                          ref_dtype=ref_dtype)
     st = init_train_state(params, tx)
     records = []
     for _ in range(steps + 1):
@@ -132,23 +135,28 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--prefill", default="both", choices=("both", "shared", "repeated"))
     ap.add_argument("--reward", default="paper", choices=("paper", "grounded", "toy"))
+    ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    ap.add_argument("--ref-dtype", default=None, help="reference copy dtype, e.g. bfloat16")
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
     import jax
     modes = {"both": (False, True), "shared": (True,), "repeated": (False,)}[args.prefill]
-    res = {s: run(args.model, args.prompts, args.group, args.max_new_tokens, args.steps, s, args.reward) for s in modes}
+    res = {s: run(args.model, args.prompts, args.group, args.max_new_tokens, args.steps, s, args.reward, args.optimizer,
+                 args.ref_dtype) for s in modes}
     n = args.prompts * args.group
     header = ["model", "prefill", "prompts x G", "new tokens", "reward"] + [f"{p} ms" for p in PHASES] + ["step ms", "reward share"]
     rows = [[args.model, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens, args.reward]
             + [f"{r[f'time/{p}_s'] * 1e3:,.1f}" for p in PHASES]
             + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}"] for s, r in res.items()]
     note = (f"Random weights, one 224 px image per prompt, {n} rollouts run to max_new_tokens, "
+            f"optimizer {args.optimizer}, reference dtype {args.ref_dtype or 'as policy'}, "
             f"median of {args.steps} steps after the compiling one ({jax.devices()[0].device_kind}). `shared`: the G "
             "samples of a prompt share one vision + prompt prefill (KV cache broadcast); `repeated`: the prompt "
             "batch is repeated G times before prefill. log-prob = pi_old recomputation + reference.")
     print(markdown_table(header, rows) + "\n" + note + f"\n{machine()}")
     if not args.no_notes:
         record_result("GRPO step breakdown", header, rows, note=note, key_columns=5)
+
 
 if __name__ == "__main__":
     main()
