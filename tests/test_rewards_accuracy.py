@@ -1,7 +1,6 @@
 """Array accuracy reward == plain-Python references on fuzzed strings (one compiled shape per function)."""
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 

@@ -6,8 +6,15 @@ import pytest
 
 
 def test_package_exports():
-    from dmx_jax.rewards import (PRESETS, ground_truth_arrays, last_boxed, make_reward_fn,  # noqa: F401
-                                 paper_reward, reward_byte_budget, score_texts)
+    from dmx_jax.rewards import (  # noqa: F401
+        PRESETS,
+        ground_truth_arrays,
+        last_boxed,
+        make_reward_fn,
+        paper_reward,
+        reward_byte_budget,
+        score_texts,
+    )
     assert {"paper", "grounded"} <= set(PRESETS)
 
 

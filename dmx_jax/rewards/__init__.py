@@ -9,8 +9,14 @@ Library entry points:
   `reward_byte_budget(max_new_tokens, table)` the decoder's byte budget;
 - `last_boxed(text)`: the project's one `\\boxed{}` brace matcher (host side).
 """
-from dmx_jax.rewards.combine import (PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn,  # noqa: F401
-                                     reward_byte_budget, score_bytes)
+from dmx_jax.rewards.combine import (  # noqa: F401
+                                     PRESETS,
+                                     RewardConfig,
+                                     ground_truth_arrays,
+                                     make_reward_fn,
+                                     reward_byte_budget,
+                                     score_bytes,
+)
 from dmx_jax.rewards.paper import boxed_content, last_boxed, paper_reward, paper_rewards  # noqa: F401
 from dmx_jax.rewards.text_bytes import token_bytes_table  # noqa: F401
 from dmx_jax.rewards.texts import score_texts  # noqa: F401

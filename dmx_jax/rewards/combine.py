@@ -13,7 +13,7 @@ encoded once per prompt on the host (`ground_truth_arrays`). `host_reference=Tru
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

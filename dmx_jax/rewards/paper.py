@@ -22,7 +22,7 @@ import functools
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 FORMAT_WEIGHT = 0.1
 ANSWER_SCALE = 1.5            # every accuracy branch is scaled to [0, 1.5]

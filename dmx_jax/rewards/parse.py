@@ -13,8 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from dmx_jax.rewards import paper
-from dmx_jax.rewards.text_bytes import (first_index, is_whitespace, last_index, normalise_tags, occurrences,
-                                        positions, valid_mask)
+from dmx_jax.rewards.text_bytes import (
+    first_index,
+    is_whitespace,
+    last_index,
+    normalise_tags,
+    occurrences,
+    positions,
+    valid_mask,
+)
 
 THINK_OPEN, THINK_CLOSE, BOX_OPEN = (s.encode() for s in (paper.THINK_OPEN, paper.THINK_CLOSE, paper.BOX_OPEN))
 NO_BOX_ANSWER = paper.NO_BOX_ANSWER.encode()
