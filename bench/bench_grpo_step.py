@@ -15,7 +15,6 @@ usage: python -m bench.bench_grpo_step [--model small|qwen0_5b] [--steps 3] [--p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -48,6 +47,7 @@ def model_config(name: str):
 def prompt_batch(cfg, n: int, prompt_len: int = 96, image_hw=(224, 224)) -> dict:
     """Left-padded prompts of different lengths with one image each, per-row (batch-major) image layout."""
     import jax
+
     from dmx_jax.model import rope_index, vision_inputs
     from dmx_jax.processing import preprocess_images
     rng = np.random.default_rng(1)
@@ -95,9 +95,9 @@ def reward_setup(vocab: int, n: int, preset: str = "paper"):
 
 def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: bool, preset: str,
         optimizer: str = "adamw", ref_dtype: str | None = None) -> dict:
-    import jax
     import optax
     from flax import nnx
+
     from dmx_jax.model import Qwen25VL
     from dmx_jax.training.grpo import GRPOLearner
     from dmx_jax.training.grpo_loss import GRPOConfig
@@ -144,8 +144,10 @@ def main():
     res = {s: run(args.model, args.prompts, args.group, args.max_new_tokens, args.steps, s, args.reward, args.optimizer,
                  args.ref_dtype) for s in modes}
     n = args.prompts * args.group
-    header = ["model", "prefill", "prompts x G", "new tokens", "reward"] + [f"{p} ms" for p in PHASES] + ["step ms", "reward share"]
-    rows = [[args.model, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens, args.reward]
+    header = (["model", "prefill", "prompts x G", "new tokens", "reward"] + [f"{p} ms" for p in PHASES]
+              + ["step ms", "reward share"])
+    rows = [[args.model, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens,
+             args.reward]
             + [f"{r[f'time/{p}_s'] * 1e3:,.1f}" for p in PHASES]
             + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}"] for s, r in res.items()]
     note = (f"Random weights, one 224 px image per prompt, {n} rollouts run to max_new_tokens, "

@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from dmx_jax.training.grpo_loss import (GRPOConfig, group_advantages, kl_penalty, overlong_penalty, policy_loss,
-                                        truncated_rows)
+from dmx_jax.training.grpo_loss import (
+    GRPOConfig,
+    group_advantages,
+    kl_penalty,
+    overlong_penalty,
+    policy_loss,
+    truncated_rows,
+)
 
 torch.set_default_dtype(torch.float64)
 

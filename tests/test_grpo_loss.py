@@ -6,8 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmx_jax.training.grpo_loss import (GRPOConfig, aggregate, group_advantages, group_has_signal, kl_penalty,
-                                        policy_loss)
+from dmx_jax.training.grpo_loss import (
+    GRPOConfig,
+    aggregate,
+    group_advantages,
+    group_has_signal,
+    kl_penalty,
+    policy_loss,
+)
 
 
 def test_group_advantages_by_hand():

@@ -110,7 +110,8 @@ def _bf16_step(old_logp):
     learner = GRPOLearner(graphdef, algo, tx, sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0),
                           reward_fn=reward_fn, logprob_fn=make_logprob_fn(algo, chunk_size=4), ref_params=params,
                           ref_dtype="bfloat16", ref_offload=True)
-    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(learner.ref_params) if jnp.issubdtype(x.dtype, jnp.floating))
+    floats = [x for x in jax.tree.leaves(learner.ref_params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert all(x.dtype == jnp.bfloat16 for x in floats)
     _, m = learner.step(init_train_state(params, tx), _prompt_batch(cfg, n=2))
     return m
 

@@ -136,6 +136,7 @@ def test_sampling_layout_rollouts_equal_one_device(one_device_steps):
 def test_two_process_rollouts_equal_one_device(tmp_path, one_device_steps):
     """2 CPU processes x 4 devices, mesh (2,2,2), each process holding only its own 2 prompts."""
     import pickle
+
     from tests.helpers.processes import run_workers
     out = tmp_path / "grpo.pkl"
     run_workers("tests/helpers/grpo_multihost_worker.py", 2, out, timeout=400)

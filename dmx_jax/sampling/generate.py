@@ -11,7 +11,7 @@ the KV cache is broadcast to the G samples; prefill computes logits at the last 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -34,7 +34,8 @@ token). Every step logs time/rollout_s, time/reward_s, time/logprob_s (trainer +
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dmx_jax.training.grpo_loss import (GRPOConfig, group_advantages, group_has_signal, mini_batch_rows,
-                                        overlong_penalty, policy_loss, truncated_rows)
+from dmx_jax.training.grpo_loss import (
+    GRPOConfig,
+    group_advantages,
+    group_has_signal,
+    mini_batch_rows,
+    overlong_penalty,
+    policy_loss,
+    truncated_rows,
+)
 from dmx_jax.training.state import TrainState, cast_floating
 from dmx_jax.training.step import make_train_step
 
@@ -217,7 +225,9 @@ class GRPOLearner:
         sampler_logp = batch.pop("sampler_logp")
         batch["old_logp"] = trainer_logp if cfg.old_logp == "trainer" else sampler_logp
         if self.ref_params is not None:
-            ref = self.ref_params if self._ref_shardings is None else jax.device_put(self.ref_params, self._ref_shardings)
+            ref = self.ref_params
+            if self._ref_shardings is not None:     # offloaded: back on device for this pass only
+                ref = jax.device_put(ref, self._ref_shardings)
             batch["ref_logp"] = self._logp_ref(ref, batch)
             del ref
         jax.block_until_ready((batch["old_logp"], batch.get("ref_logp")))

@@ -60,7 +60,8 @@ class GRPOConfig:
         if self.loss_agg not in AGGREGATIONS:
             raise ValueError(f"grpo.loss_agg must be one of {AGGREGATIONS}, got {self.loss_agg!r}")
         if self.group_size < 2:
-            raise ValueError(f"grpo.group_size must be >= 2 (advantages are relative within a group), got {self.group_size}")
+            raise ValueError("grpo.group_size must be >= 2 (advantages are relative within a group), "
+                             f"got {self.group_size}")
         if self.old_logp not in OLD_LOGP_SOURCES:
             raise ValueError(f"grpo.old_logp must be one of {OLD_LOGP_SOURCES}, got {self.old_logp!r}")
         if self.clip_ratio_dual and self.clip_ratio_dual <= 1.0:
@@ -74,15 +75,15 @@ class GRPOConfig:
     eps_high = property(lambda self: self.clip_ratio_high)
 
     @classmethod
-    def grpo(cls, **kw) -> "GRPOConfig":
+    def grpo(cls, **kw) -> GRPOConfig:
         return cls(**kw)
 
     @classmethod
-    def dr_grpo(cls, **kw) -> "GRPOConfig":
+    def dr_grpo(cls, **kw) -> GRPOConfig:
         return cls(**{"scale_by_std": False, "loss_agg": "seq-mean-token-sum-norm", **kw})
 
     @classmethod
-    def dapo(cls, **kw) -> "GRPOConfig":
+    def dapo(cls, **kw) -> GRPOConfig:
         return cls(**{"clip_ratio_high": 0.28, "kl_coef": 0.0, "loss_agg": "token-mean", "dynamic_sampling": True,
                       "overlong_filtering": True, **kw})
 
