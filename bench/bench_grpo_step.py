@@ -2,7 +2,8 @@
 with and without group-shared prefill (the G samples of a prompt share one vision + prompt prefill).
 
 Builds the production GRPO pieces directly (rl_vlm.make_sample_fn / make_logprob_fn, the jitted reward preset
-(`paper` by default) over a synthetic token-byte table, GRPOLearner) on random weights of the `small` preset or the ~0.5B shape
+(`paper` by default) over a synthetic token-byte table, GRPOLearner) on random weights of the `small` preset
+or the ~0.5B shape
 (Qwen2.5-0.5B text tower + a 4-block vision tower), with P prompts of one 224 px image each. An untrained policy
 rarely stops early, so rollouts run to max_new_tokens. The first step (compilation) is left out; the table is
 the median over the rest.
@@ -111,7 +112,8 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     batch = {**prompt_batch(cfg, prompts), "reward_truth": truth}
     tx = optax.adamw(1e-6) if optimizer == "adamw" else optax.sgd(1e-6)    # sgd: no moments (host RAM)
     learner = GRPOLearner(graphdef, algo, tx,
-                          sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
+                          sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(2,), pad_id=0,
+                                                   shared_prefill=shared),
                           reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
                           logprob_fn=make_logprob_fn(algo, chunk_size=64), ref_params=params,
                           ref_dtype=ref_dtype)
