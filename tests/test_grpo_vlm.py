@@ -37,6 +37,7 @@ def _prompt_batch(cfg: ModelConfig, n=2, patch_budget=64):
             "pixel_values": np.stack(pvs), "vision_inputs": jax.tree.map(lambda *x: np.stack(x), *vins)}
 
 
+@pytest.mark.slow
 def test_vlm_grpo_drift_and_reward():
     cfg = tiny()
     model = Qwen25VL(cfg, nnx.Rngs(0))
