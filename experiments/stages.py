@@ -23,10 +23,12 @@ from dmx_jax.training.optim import OptimConfig, make_optimizer
 from dmx_jax.training.resume import start_or_resume
 from dmx_jax.training.sft import make_sft_loss
 from dmx_jax.training.state import init_train_state
-from dmx_jax.training.step import make_train_step, state_shardings
+from dmx_jax.training.step import jit_train_step, make_train_step, state_shardings
+from experiments.configs import MemoryConfig
 from experiments.data import batches
 
 DONE = "DONE.json"
+_DEFAULT_MEMORY = MemoryConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +124,22 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
     return state.params
 
 
-def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int = 1) -> StageRecipe:
-    """Supervised stages (SFT, cold start): answer-only cross-entropy, the state donated to the step."""
+def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int = 1, mesh=None) -> StageRecipe:
+    """Supervised stages (SFT, cold start): answer-only cross-entropy; the step is jitted with the state's
+    shardings in and out (donated) and the placed batch's shardings, under the mesh, so the model's activation
+    constraints apply and the step compiles once for the run."""
 
     def build_step(tx, shardings, place):  # noqa: ARG001 - the batch arrives placed
-        return jax.jit(make_train_step(graphdef, make_sft_loss(loss_chunk), tx, grad_accum=grad_accum),
-                       donate_argnums=(0,))
+        step = make_train_step(graphdef, make_sft_loss(loss_chunk), tx, grad_accum=grad_accum,
+                               compute_dtype=None if model_cfg is None else model_cfg.dtype)
+        compiled = {}
+
+        def run(state, batch):
+            if "step" not in compiled:           # batch shardings are those place_batch gave the first batch
+                compiled["step"] = jit_train_step(step, shardings, jax.tree.map(lambda x: x.sharding, batch),
+                                                  mesh=mesh)
+            return compiled["step"](state, batch)
+        return run
 
     def prepare(arrays, meta, place):  # noqa: ARG001
         return place({k: v for k, v in arrays.items() if k != "deltas"})
@@ -149,25 +161,36 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
                        stack=lambda rows: (stack_align_rows(rows), {"example_ids": []}))
 
 
-def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, vocab_size: int | None = None,
-                seed: int = 0) -> StageRecipe:
+def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, memory=None, seed: int = 0,
+                generation_config: dict | None = None) -> StageRecipe:
     """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids);
     the prompt stream carries each prompt's reward ground truth, built from the rows' targets and boxes."""
     from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
     from dmx_jax.rewards.text_bytes import token_bytes_table
-    from dmx_jax.training.grpo import GRPOLearner
-    from dmx_jax.training.rl_vlm import completion_logprobs, make_sample_fn
+    from dmx_jax.sampling.generate import stop_token_ids
+    from dmx_jax.training.grpo import GRPOLearner, sampling_shardings
+    from dmx_jax.training.rl_vlm import make_logprob_fn, make_sample_fn
     algo, reward_cfg = rl_cfg.algo, PRESETS[rl_cfg.reward_preset]
-    jitted_reward = make_reward_fn(reward_cfg, token_bytes_table(tokenizer, vocab_size or tokenizer.vocab_size))
+    memory = memory if memory is not None else _DEFAULT_MEMORY
+    table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
+    jitted_reward = make_reward_fn(reward_cfg, table, max_new_tokens=algo.max_new_tokens)
 
     def reward_fn(tokens, cmask, rep):          # all on device: ids -> bytes -> parse -> scores
         return jitted_reward(tokens, cmask, rep["reward_truth"])
 
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
     def build_step(tx, shardings, place):  # noqa: ARG001
-        sample_fn = make_sample_fn(graphdef, algo, stop_token_ids=(tokenizer.im_end_id,), pad_id=tokenizer.pad_id)
+        # group-shared prefill places P prompts (not P x G rows): only when P divides over the batch axes
+        sample_fn = make_sample_fn(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
+                                   pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
+                                   cache_dtype=memory.kv_cache_dtype)
+        decode_layout = sampling_shardings(ref_params, mesh) if mesh.shape["fsdp"] > 1 else None
         learner = GRPOLearner(graphdef, algo, tx, sample_fn=sample_fn, reward_fn=reward_fn,
-                              logprob_fn=completion_logprobs, ref_params=ref_params, seed=seed, place=place,
-                              grad_accum=rl_cfg.optim.grad_accum)
+                              logprob_fn=make_logprob_fn(algo, chunk_size=memory.loss_chunk), ref_params=ref_params,
+                              seed=seed, place=place, grad_accum=rl_cfg.optim.grad_accum,
+                              compute_dtype=model_cfg.dtype, ref_dtype=memory.ref_dtype,
+                              ref_offload=memory.ref_offload, sample_shardings=decode_layout)
         return learner.step
 
     def prepare(arrays, meta, place):  # noqa: ARG001 - the learner places the repeated prompt batch itself
@@ -181,13 +204,13 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, vocab_size: int | No
 
 
 def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params, *, mesh, seed: int = 0,
-               memory=None) -> tuple[StageSpec, StageRecipe]:
+               memory=None, generation_config: dict | None = None) -> tuple[StageSpec, StageRecipe]:
     """The schedule and recipe of stage `name` from its config section (cfg.sft / cfg.cold_start: StageConfig,
     cfg.rl: RLConfig) and the run's MemoryConfig. GRPO's reference model is `ref_params` (the parameters the
     stage starts from)."""
     if name != "grpo":
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
-        return spec, sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum,
+        return spec, sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
                                 loss_chunk=memory.loss_chunk if memory is not None else 0)
     n_rollouts = stage_cfg.prompts_per_step * stage_cfg.algo.group_size
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -196,5 +219,5 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
         raise ConfigError(f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
                           f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)")
     spec = StageSpec(name, stage_cfg.steps, stage_cfg.prompts_per_step, stage_cfg.optim, stage_cfg.save_every)
-    return spec, grpo_recipe(graphdef, stage_cfg, tokenizer, ref_params, vocab_size=model_cfg.text.vocab_size,
-                             seed=seed)
+    return spec, grpo_recipe(graphdef, stage_cfg, tokenizer, ref_params, mesh=mesh, model_cfg=model_cfg,
+                             memory=memory, seed=seed, generation_config=generation_config)
