@@ -6,13 +6,23 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from data_pipelines.formatting import parse_answer
-from dmx_jax.eval import (bootstrap_ci, box_iou, chexpert_f1, chexpert_labels, grounding_sample_scores, grounding_scores,
-                          nlg_sample_scores, nlg_scores, summarise, vqa_sample_score, vqa_scores)
+from dmx_jax.eval import (
+    bootstrap_ci,
+    box_iou,
+    chexpert_f1,
+    chexpert_labels,
+    grounding_sample_scores,
+    grounding_scores,
+    nlg_sample_scores,
+    nlg_scores,
+    summarise,
+    vqa_sample_score,
+    vqa_scores,
+)
 from dmx_jax.eval.paired import paired_by_key
-from dmx_jax.sampling.generate import _generate
+from dmx_jax.sampling.generate import generate_arrays
 
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
 
@@ -24,7 +34,7 @@ def generate_texts(graphdef, params, arrays: dict, tokenizer, *, max_new_tokens:
     for s in range(0, n, batch_size):
         idx = np.arange(s, s + batch_size) % n           # pad the last chunk by wrapping; extra rows dropped
         part = jax.tree.map(lambda x: jnp.asarray(x[idx]), arrays)
-        toks, _, cmask = _generate(graphdef, params, part["input_ids"], jnp.swapaxes(part["positions"], 0, 1),
+        toks, _, cmask = generate_arrays(graphdef, params, part["input_ids"], jnp.swapaxes(part["positions"], 0, 1),
                                    part["attention_mask"], part["deltas"].reshape(-1, 1), part["pixel_values"],
                                    part["vision_inputs"], jax.random.key(0), max_new_tokens=max_new_tokens,
                                    temperature=0.0, top_k=0, top_p=1.0, stop_token_ids=(tokenizer.im_end_id,),

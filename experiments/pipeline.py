@@ -100,7 +100,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
             continue
         if not done:
             spec, recipe = plan_stage(name, scfg, graphdef, mcfg, tok, params, mesh=mesh, seed=cfg.seed,
-                                      memory=cfg.memory)
+                                      memory=cfg.memory, generation_config=_generation_config(cfg))
             print(f"[{name}] {spec.steps} steps, batch {spec.batch_size}"
                   + (f" prompts x G={scfg.algo.group_size}" if name == "grpo" else ""), flush=True)
             params = run_stage(spec, recipe, sdir, params, rows, ctx)
@@ -120,6 +120,12 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
     writer.close()
     from experiments.report import write_outputs
     return write_outputs(cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf)
+
+
+def _generation_config(cfg) -> dict | None:
+    """The checkpoint's generation_config.json (its eos ids stop generation too), when there is one."""
+    path = Path(cfg.hf_checkpoint) / "generation_config.json" if cfg.hf_checkpoint else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def _flat(d, prefix=""):

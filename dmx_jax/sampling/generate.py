@@ -28,10 +28,12 @@ from dmx_jax.sampling.select import select_tokens
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "stop_token_ids", "pad_id", "cache_dtype", "group_size",
                                              "micro_batches"))
-def _generate(graphdef, params, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, *,
+def generate_arrays(graphdef, params, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop_token_ids: tuple[int, ...],
               pad_id: int, cache_dtype=None, group_size: int = 1, micro_batches: int = 1):
-    """P prompt rows -> (tokens, logps, completion_mask) [P * group_size, max_new_tokens], groups contiguous.
+    """The sampler's jitted entry point on the data pipeline's arrays (left-padded input_ids, positions [3, B, T],
+    deltas [B, 1], per-row pixel_values + vision_inputs): the evaluation loop and GRPO rollouts call it.
+    P prompt rows -> (tokens, logps, completion_mask) [P * group_size, max_new_tokens], groups contiguous.
 
     micro_batches > 1 decodes the batch as that many sequential slices (row i in slice i % k, so a batch
     sharded in contiguous blocks stays local), each with its own random stream."""
@@ -189,7 +191,7 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
     if temperature > 0 and rng is None:
         raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(...)")
     graphdef, params = nnx.split(model)
-    tokens, logps, cmask = _generate(
+    tokens, logps, cmask = generate_arrays(
         graphdef, params, jnp.asarray(ids, jnp.int32), positions.astype(jnp.int32), jnp.asarray(mask, jnp.int32),
         jnp.asarray(deltas, jnp.int32).reshape(-1, 1), None if pixel_values is None else jnp.asarray(pixel_values),
         None if vin is None else jax.tree.map(jnp.asarray, vin), rng if rng is not None else jax.random.key(0),

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from dmx_jax.model.batched import forward_hidden
-from dmx_jax.sampling.generate import _generate, completion_positions
+from dmx_jax.sampling.generate import completion_positions, generate_arrays
 from dmx_jax.training.grpo_loss import GRPOConfig
 
 
@@ -35,7 +35,7 @@ def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...
     group = algo.group_size if shared_prefill else 1
 
     def sample_fn(params, prompts, rng):
-        return _generate(graphdef, params, jnp.asarray(prompts["input_ids"]), _positions_3bt(jnp.asarray(prompts["positions"])),
+        return generate_arrays(graphdef, params, jnp.asarray(prompts["input_ids"]), _positions_3bt(jnp.asarray(prompts["positions"])),
                          jnp.asarray(prompts["attention_mask"]), jnp.asarray(prompts["deltas"]).reshape(-1, 1),
                          None if "pixel_values" not in prompts else jnp.asarray(prompts["pixel_values"]),
                          None if "vision_inputs" not in prompts else jax.tree.map(jnp.asarray, prompts["vision_inputs"]),
