@@ -27,14 +27,16 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # other processes on this host may hold libtpu's lock
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import AxisType, Mesh, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 GiB = 2 ** 30
 
@@ -239,6 +241,7 @@ class Plan:
 
 def make_plan(cfg, topology: str) -> Plan:
     from flax import nnx
+
     from dmx_jax.model import Qwen25VL
     from dmx_jax.model.config import PRESETS as MODEL_PRESETS
     from dmx_jax.sharding.rules import tree_shardings
@@ -345,6 +348,7 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
 
 def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
     import inspect
+
     from dmx_jax.perf.flops import forward_flops
     from dmx_jax.training import rl_vlm
     mesh, mcfg = plan.mesh, plan.mcfg
@@ -374,6 +378,7 @@ def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
 
 def _logprob_fn(mem):
     import inspect
+
     from dmx_jax.training import rl_vlm
     lp_kw = inspect.signature(rl_vlm.completion_logprobs).parameters
     lp_extra = {"chunk_size": mem.loss_chunk} if "chunk_size" in lp_kw else {}
@@ -383,6 +388,7 @@ def _logprob_fn(mem):
 def _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, resident_policy, resident_ref, steps):
     """Completion log-probs (policy = pi_old when recomputed, and the reference)."""
     from flax import nnx
+
     from dmx_jax.perf.flops import forward_flops
     mesh, mcfg = plan.mesh, plan.mcfg
     rows = []
@@ -476,11 +482,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from experiments.configs import PRESETS
     from experiments.overrides import apply_overrides
+    from experiments.validate import validate
     try:
         if args.config not in PRESETS:
             raise AotError(f"unknown config {args.config!r} (have {', '.join(PRESETS)})")
         try:
-            cfg = apply_overrides(PRESETS[args.config](), args.overrides)
+            cfg = validate(apply_overrides(PRESETS[args.config](), args.overrides))
         except ValueError as e:
             raise AotError(str(e)) from None
         topologies = [t.strip() for t in args.topology.split(",") if t.strip()]
