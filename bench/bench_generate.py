@@ -49,6 +49,7 @@ def main():
     jax.config.update("jax_default_matmul_precision", "highest")
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
+
     from dmx_jax.hf import load_pretrained, save_pretrained  # noqa: F401 - weights go through the HF files
     from dmx_jax.sampling import generate
     torch.set_num_threads(os.cpu_count())
@@ -68,14 +69,14 @@ def main():
             t["mm_token_type_ids"] = (t["input_ids"] == cfg.image_token_id).int()
             out_ref = {}
 
-            def run_hf():
+            def run_hf(ref=ref):
                 with torch.no_grad():
                     out_ref["t"] = ref.generate(**t, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
                                                 eos_token_id=None, pad_token_id=0)
 
             out_jax = {}
 
-            def run_jax():
+            def run_jax(model=model):
                 out_jax["t"] = jax.block_until_ready(generate(model, ids, pixel_values=pv, image_grid_thw=grid,
                                                               attention_mask=mask, max_new_tokens=args.new))
 
@@ -86,7 +87,8 @@ def main():
             rows.append([name, batch, f"{ids.shape[1]} (+{int(grid[0].prod()) // 4} image)", args.new,
                          f"{new / s_jax:,.0f}", f"{new / s_hf:,.0f}", f"{s_hf / s_jax:.2f}x", "yes" if same else "NO"])
             print(rows[-1], flush=True)
-        del ref, model
+        # the timing closures hold ref and model through their defaults: drop them too before the next config
+        del ref, model, run_hf, run_jax
     header = ["config", "batch", "prompt tokens", "new tokens", "dmx-jax new tok/s", "transformers generate new tok/s",
               "speed-up", "same tokens"]
     table = markdown_table(header, rows)

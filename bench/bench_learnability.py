@@ -64,8 +64,8 @@ def main():
     import optax
     from flax import nnx
 
-    from data_pipelines.synthetic import SyntheticConfig
     from data_pipelines.schema import CHEXPERT_LABELS
+    from data_pipelines.synthetic import SyntheticConfig
     from dmx_jax.model import vision_inputs
     from dmx_jax.model.config import small
     from dmx_jax.model.vision import VisionEncoder
@@ -92,7 +92,8 @@ def main():
 
     @jax.jit
     def step(p, o, pixels, labels):
-        loss, g = jax.value_and_grad(lambda q: optax.sigmoid_binary_cross_entropy(logits_fn(q, pixels), labels).mean())(p)
+        loss, g = jax.value_and_grad(
+            lambda q: optax.sigmoid_binary_cross_entropy(logits_fn(q, pixels), labels).mean())(p)
         upd, o = tx.update(g, o, p)
         return optax.apply_updates(p, upd), o, loss
 
@@ -103,7 +104,8 @@ def main():
         params, opt, loss = step(params, opt, x_train[idx], y_train[idx].astype(np.float32))
     float(loss)
     t_train = time.perf_counter() - t0
-    score = np.concatenate([np.asarray(jax.jit(logits_fn)(params, x_test[i:i + 100])) for i in range(0, args.test, 100)])
+    score = np.concatenate([np.asarray(jax.jit(logits_fn)(params, x_test[i:i + 100]))
+                            for i in range(0, args.test, 100)])
     rows, aucs = [], {}
     for k, name in enumerate(CHEXPERT_LABELS):
         n_pos = int(y_test[:, k].sum())

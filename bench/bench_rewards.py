@@ -21,7 +21,8 @@ from bench.common import markdown_table, record_result, timed  # noqa: E402
 
 def completions(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
     """Completions in the paper's format with varied quality, and ground truths of the three kinds."""
-    words = "the left right lung base pleural effusion small moderate opacity heart no pneumothorax edema".split()
+    words = ["the", "left", "right", "lung", "base", "pleural", "effusion", "small", "moderate", "opacity", "heart",
+             "no", "pneumothorax", "edema"]
     answers = ["yes", "no", "left", "pleural effusion|edema", "cardiomegaly|atelectasis|edema",
                "small left pleural effusion with adjacent basal atelectasis"]
     texts, gts = [], []
@@ -47,8 +48,7 @@ def main():
     args = ap.parse_args()
     from data_pipelines.tokenizer import train_sentencepiece
     from dmx_jax.rewards import paper
-    from dmx_jax.rewards.combine import PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn
-    from dmx_jax.rewards.combine import reward_byte_budget
+    from dmx_jax.rewards.combine import PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn, reward_byte_budget
     from dmx_jax.rewards.text_bytes import token_bytes_table
     rng = random.Random(0)
     texts, gts = completions(args.batch, rng)

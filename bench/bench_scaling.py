@@ -46,7 +46,8 @@ def make_batch(mcfg, batch: int, seq: int, image_side: int) -> dict:
     vin = vision_inputs(grid, mcfg.vision)
     row = {"input_ids": ids, "attention_mask": mask, "loss_mask": mask, "positions": pos[:, 0],
            "pixel_values": pv, "vision_inputs": vin}
-    return {k: (np.stack([v] * batch) if not isinstance(v, dict) else {kk: np.stack([vv] * batch) for kk, vv in v.items()})
+    return {k: (np.stack([v] * batch) if not isinstance(v, dict)
+                else {kk: np.stack([vv] * batch) for kk, vv in v.items()})
             for k, v in row.items()} | {"_grid": grid, "_image_tokens": n_img}
 
 
@@ -82,7 +83,8 @@ def step_time(preset: str, batch: int, seq: int, image_side: int, mesh_shape=(1,
         jax.block_until_ready(m["loss"])
 
     seconds = timed(run, warmup=1, iters=3)
-    flops = train_flops(mcfg, text_tokens=batch * seq, seq_len=seq, image_grids=np.repeat(grid, batch, 0).tolist()).total
+    flops = train_flops(mcfg, text_tokens=batch * seq, seq_len=seq,
+                        image_grids=np.repeat(grid, batch, 0).tolist()).total
     return {"seq": seq, "batch": batch, "image_tokens": n_img, "mesh": "x".join(map(str, mesh_shape)),
             "step_ms": seconds * 1e3, "tokens_per_s": batch * seq / seconds, "tflops_per_s": flops / seconds / 1e12}
 

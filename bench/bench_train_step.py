@@ -17,8 +17,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dmx_jax.perf.flops import mfu, peak_flops_per_device  # noqa: E402
 from bench.common import markdown_table, peak_rss_gb, record_result, timed  # noqa: E402
+from dmx_jax.perf.flops import mfu, peak_flops_per_device  # noqa: E402
 
 SHAPES = {
     # text tower of Qwen2.5-0.5B (494M params with the 151,936 vocab) with a 4-block vision tower
@@ -38,11 +38,12 @@ def hf_config(name):
     cfg = Qwen2_5_VLConfig(
         text_config=dict(**{k: t[k] for k in t if k != "mrope_section"}, hidden_act="silu", rms_norm_eps=1e-6,
                          max_position_embeddings=4096, tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": t["mrope_section"]}),
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                          "mrope_section": t["mrope_section"]}),
         vision_config=dict(**v, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                            fullatt_block_indexes=[v["depth"] - 1], out_hidden_size=t["hidden_size"], hidden_act="silu"),
-        image_token_id=t["vocab_size"] - 3, video_token_id=t["vocab_size"] - 4, vision_start_token_id=t["vocab_size"] - 2,
-        vision_end_token_id=t["vocab_size"] - 1, tie_word_embeddings=False)
+        image_token_id=t["vocab_size"] - 3, video_token_id=t["vocab_size"] - 4,
+        vision_start_token_id=t["vocab_size"] - 2, vision_end_token_id=t["vocab_size"] - 1, tie_word_embeddings=False)
     return cfg
 
 
@@ -73,10 +74,11 @@ def bench_torch(cfg, ids, mask, pv, grid, attn):
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation=attn).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    t = {k: torch.as_tensor(v) for k, v in dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid).items()}
+    arrays = dict(input_ids=ids, attention_mask=mask, pixel_values=pv, image_grid_thw=grid)
+    t = {k: torch.as_tensor(v) for k, v in arrays.items()}
     t["mm_token_type_ids"] = (t["input_ids"] == cfg.image_token_id).int()
 
-    def step():
+    def step(model=model, opt=opt):
         opt.zero_grad(set_to_none=True)
         out = model(**t, labels=t["input_ids"])
         out.loss.backward()
@@ -84,7 +86,7 @@ def bench_torch(cfg, ids, mask, pv, grid, attn):
         opt.step()
 
     sec = timed(step, warmup=1, iters=3)
-    del model, opt
+    del step, model, opt  # step holds model and opt through its defaults
     gc.collect()
     return sec
 
@@ -92,6 +94,7 @@ def bench_torch(cfg, ids, mask, pv, grid, attn):
 def bench_jax(cfg, ids, mask, pv, grid):
     import jax.numpy as jnp
     from flax import nnx
+
     from dmx_jax.model import Qwen25VL, from_hf_config, rope_index, vision_inputs
     from dmx_jax.training.optim import OptimConfig, make_optimizer
     from dmx_jax.training.sft import make_sft_loss
@@ -145,7 +148,8 @@ def main():
         flops = step_flops(cfg, ids, grid)
         util = mfu(flops, s_jax, jax.device_count(), peak_flops_per_device(jax.devices()[0].device_kind))
         rows.append([name, f"{args.batch}x{args.seq}", f"{toks - n_img}+{n_img}", f"{toks / s_jax:,.0f}",
-                     f"{toks / s_eager:,.0f}", f"{toks / s_sdpa:,.0f}", f"{s_eager / s_jax:.2f}x / {s_sdpa / s_jax:.2f}x",
+                     f"{toks / s_eager:,.0f}", f"{toks / s_sdpa:,.0f}",
+                     f"{s_eager / s_jax:.2f}x / {s_sdpa / s_jax:.2f}x",
                      f"{flops / s_jax / 1e12:.3f}" + ("" if util is None else f" ({util:.1%} MFU)"),
                      f"{r1 - r0:.2f} / {r2 - r1:.2f}"])
         print(rows[-1], flush=True)

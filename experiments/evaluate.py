@@ -27,7 +27,8 @@ from dmx_jax.sampling.generate import generate_arrays
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
 
 
-def generate_texts(graphdef, params, arrays: dict, tokenizer, *, max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def generate_texts(graphdef, params, arrays: dict, tokenizer, *, max_new_tokens: int,
+                   batch_size: int = 16) -> list[str]:
     """Greedy completions for left-padded prompt arrays (chunks of batch_size, one compiled shape)."""
     n = arrays["input_ids"].shape[0]
     out = []

@@ -29,7 +29,8 @@ def stage_table(results: dict) -> str:
         cells = [m.get("vqa_score"), g.get("miou"), g.get("acc_at_0_5"), nlg.get("rouge_l"), nlg.get("bleu_4"),
                  lf.get("micro_f1_14")]
         ctrl = m.get("image_control", {})
-        swapped = (f"{ctrl['vqa_score']['mean']:.3f} / {ctrl.get('grounding', {}).get('miou', {}).get('mean', float('nan')):.3f}"
+        swapped = (f"{ctrl['vqa_score']['mean']:.3f} / "
+                   f"{ctrl.get('grounding', {}).get('miou', {}).get('mean', float('nan')):.3f}"
                    if "vqa_score" in ctrl else "–")
         drop = ctrl.get("drop", {})
         drops = " / ".join(_summary_cell(drop.get(k)) for k in ("vqa_score", "grounding.miou")) if drop else "–"
@@ -59,7 +60,8 @@ def difference_table(diffs: dict) -> str:
     rows = ["| comparison | " + " | ".join(f"Δ {label}" for _, label in DIFF_METRICS) + " |",
             "|---|" + "---|" * len(DIFF_METRICS)]
     for name, d in diffs.items():
-        cells = [(_summary_cell(d.get(k)) + (" *" if d.get(k, {}).get("excludes_zero") else "")) for k, _ in DIFF_METRICS]
+        cells = [(_summary_cell(d.get(k)) + (" *" if d.get(k, {}).get("excludes_zero") else ""))
+                 for k, _ in DIFF_METRICS]
         rows.append(f"| {name.replace('-', ' − ')} | " + " | ".join(cells) + " |")
     rows += ["", "Paired differences on the same held-out prompts: mean [95% bootstrap CI over examples]; "
              "* the CI excludes 0."]
@@ -107,7 +109,7 @@ def plots(run_dir: Path, results: dict, arena: dict | None) -> list[str]:
     import matplotlib.pyplot as plt
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for st in ("sft", "cold_start"):
@@ -124,7 +126,8 @@ def plots(run_dir: Path, results: dict, arena: dict | None) -> list[str]:
     plt.close(fig)
     written.append("plots/curves.png")
     names = [s for s in STAGE_ORDER if s in results]
-    metrics = [("VQA score", lambda m: m.get("vqa_score")), ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
+    metrics = [("VQA score", lambda m: m.get("vqa_score")),
+               ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
                ("report rule-CheXpert micro-F1", lambda m: m.get("report_label_f1", {}).get("micro_f1_14"))]
     fig, axes = plt.subplots(1, len(metrics) + (1 if arena else 0), figsize=(4.2 * (len(metrics) + 1), 3.4))
     for ax, (title, get) in zip(axes, metrics):
@@ -153,6 +156,7 @@ def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
     from experiments.evaluate import boxes_in, printable
     out = run_dir / "gallery"
     out.mkdir(exist_ok=True)
@@ -172,7 +176,8 @@ def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str
             for k, b in enumerate(boxes_in(rec["output"])[:4]):
                 ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.2, ls="--"))
                 ax.text(b[0] + 1, b[1] + 5, str(k + 1), color="red", fontsize=7)
-            ax.set_title(printable(f"{_wrap(ex.prompt, 38)}\npred: {rec['answer'][:28]!s}\ntruth: {rec['target'][:28]}"), fontsize=7)
+            ax.set_title(printable(f"{_wrap(ex.prompt, 38)}\npred: {rec['answer'][:28]!s}"
+                                   f"\ntruth: {rec['target'][:28]}"), fontsize=7)
             ax.set_xlim(0, mw), ax.set_ylim(mh, 0), ax.axis("off")
         fig.suptitle(f"{stage}: truth boxes green, cited boxes red (dashed)", fontsize=9)
         fig.tight_layout()

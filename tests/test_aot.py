@@ -57,7 +57,7 @@ def test_7b_sft_and_grpo_update_fit_v5p_8():
     """The acceptance check: the 7B preset's SFT step and GRPO update compile for v5p-8 and fit HBM."""
     from experiments.configs import PRESETS
     plan = aot.make_plan(PRESETS["qwen2_5_vl_7b"](), "v5p-8")
-    rows = aot.supervised_rows(plan, "sft") + [r for r in aot.grpo_rows(plan, steps=("update",))]
+    rows = aot.supervised_rows(plan, "sft") + list(aot.grpo_rows(plan, steps=("update",)))
     for r in rows:
         print(r.text())
         assert r.peak_gb is not None and r.fits and r.headroom >= 0.10, r.text()

@@ -13,7 +13,8 @@ def _eval(good_every: int, cite: bool = True) -> dict:
                      "answer": "yes" if ok else "no", "target": "yes", "boxes_true": [], "image_size": (64, 64)})
         box = "[0, 0, 10, 10]" if ok else "[30, 30, 40, 40]"
         recs.append({"example_id": f"g{i}", "task": "grounding", "question_type": "grounding",
-                     "output": f"<think>at {box}</think> \\boxed{{{box}}}" if cite else "none", "answer": box if cite else "",
+                     "output": f"<think>at {box}</think> \\boxed{{{box}}}" if cite else "none",
+                     "answer": box if cite else "",
                      "target": "[0, 0, 10, 10]", "boxes_true": [[0.0, 0.0, 10.0, 10.0]], "image_size": (64, 64)})
     frac = sum(i % good_every == 0 for i in range(40)) / 40
     metrics = {"vqa_score": {"mean": frac, "ci": [frac - 0.1, frac + 0.1], "n": 40},

@@ -86,7 +86,7 @@ def test_judges_are_combined_and_rated_separately():
 def test_studies_missing_for_a_system_are_compared_among_the_others():
     systems = {"best": SYSTEMS["best"], "mid": SYSTEMS["mid"], "worst": {"s0": Report("worst")}}
     judge = ScriptedJudge("fair", prefer_better)
-    out = run_arena(REFS, systems, [judge], n_bootstrap=20)
+    run_arena(REFS, systems, [judge], n_bootstrap=20)
     assert judge.calls == 2 * (8 + 2)  # best-mid on 8 studies, plus the two pairs with worst on s0
     with pytest.raises(ValueError, match=">= 2 systems"):
         run_arena(REFS, {"best": SYSTEMS["best"]}, [judge])

@@ -9,7 +9,8 @@ from dmx_jax.eval.label_f1 import rule_chexpert_f1
 
 # finding -> sentence template ({sev} severity word, {side} side); every phrase is one the labeler reads
 PHRASES = {"Pleural Effusion": "{sev} {side} pleural effusion.", "Pneumothorax": "{sev} {side} pneumothorax.",
-           "Consolidation": "{sev} {side} lower lobe consolidation.", "Atelectasis": "{sev} {side} basilar atelectasis.",
+           "Consolidation": "{sev} {side} lower lobe consolidation.",
+           "Atelectasis": "{sev} {side} basilar atelectasis.",
            "Lung Lesion": "{sev} {side} upper lobe nodule.", "Cardiomegaly": "{sev} cardiomegaly.",
            "Edema": "{sev} pulmonary edema.", "Fracture": "{sev} {side} rib fracture."}
 SEVERITIES, SIDES = ("small", "moderate", "large"), ("left", "right")
@@ -85,7 +86,8 @@ def test_stages_differing_in_label_f1_separate_with_non_overlapping_cis(tmp_path
     assert abs(r["good"]["bt"] - r["good_copy"]["bt"]) < 1e-6
     judge = RubricJudge()
     verdicts = judge.judge([JudgeRequest(s, refs[s], systems["good"][s], systems["fair"][s]) for s in refs])
-    same = [judge.components(systems["good"][s], refs[s])["total"] == judge.components(systems["fair"][s], refs[s])["total"]
+    same = [judge.components(systems["good"][s], refs[s])["total"]
+            == judge.components(systems["fair"][s], refs[s])["total"]
             for s in refs]
     assert [v.verdict == "TIE" for v in verdicts] == same       # a tie only when the rubric scores are equal
     assert sum(same) < len(refs) / 2

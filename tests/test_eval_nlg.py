@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from helpers import real_formats as rf
 
 from dmx_jax.eval import meteor as meteor_module
 from dmx_jax.eval import nlg_sample_scores, nlg_scores
 from dmx_jax.eval.rouge import lcs_length
-from helpers import real_formats as rf
 
 coco_bleu = pytest.importorskip("pycocoevalcap.bleu.bleu")
 coco_rouge = pytest.importorskip("pycocoevalcap.rouge.rouge")
@@ -126,7 +126,7 @@ def test_meteor_matches_the_jar_when_available():
     rng = random.Random(3)
     preds = [synthetic_report(rng) for _ in range(6)]
     refs = [[synthetic_report(rng)] for _ in range(6)]
-    want, want_samples = Meteor().compute_score({i: r for i, r in enumerate(refs)},
+    want, want_samples = Meteor().compute_score(dict(enumerate(refs)),
                                                 {i: [p] for i, p in enumerate(preds)})
     got = nlg_scores(preds, refs)
     assert got["meteor"] == pytest.approx(want, abs=1e-6)

@@ -19,6 +19,7 @@ def test_arena_line_says_when_stages_separate():
 
 def test_images_swapped_only_between_rows_with_as_many_image_tokens():
     import numpy as np
+
     from experiments.evaluate import _rolled_images
     img = 7
     ids = np.array([[img, 1, 1], [img, img, 1], [img, 2, 2], [img, img, 3], [img, 4, 4]])
@@ -47,6 +48,7 @@ def _records(answers: dict, control: dict | None = None):
 
 def test_paired_difference_is_tighter_than_unpaired_and_flags_zero():
     import numpy as np
+
     from dmx_jax.eval.paired import paired_difference
     rng = np.random.default_rng(0)
     a = rng.random(300)
@@ -70,7 +72,8 @@ def test_stage_differences_and_image_drop_from_records():
     up = diffs["cold_start-sft"]
     assert abs(up["vqa_score"]["mean"] - 0.75) < 1e-9 and up["vqa_score"]["excludes_zero"]
     assert abs(up["grounding.acc_at_0_5"]["mean"] - 0.75) < 1e-9 and up["grounding.miou"]["ci"][0] > 0.5
-    assert diffs["grpo-cold_start"]["vqa_score"]["mean"] == 0 and not diffs["grpo-cold_start"]["vqa_score"]["excludes_zero"]
+    vqa_diff = diffs["grpo-cold_start"]["vqa_score"]
+    assert vqa_diff["mean"] == 0 and not vqa_diff["excludes_zero"]
     table = difference_table(diffs)
     assert "cold_start − sft" in table and "0.750 [" in table and " *" in table
     drop = image_drop(_records(good, control=bad), n_bootstrap=200)

@@ -77,8 +77,10 @@ def test_policy_loss_and_grad_match_hand_computation(mode):
     h = 1e-4
     for b in range(4):
         for t in range(3):
-            up = [row[:] for row in logp]; up[b][t] += h
-            dn = [row[:] for row in logp]; dn[b][t] -= h
+            up = [row[:] for row in logp]
+            up[b][t] += h
+            dn = [row[:] for row in logp]
+            dn[b][t] -= h
             fd = (_hand_loss(up, old, ref, adv.tolist(), mask, 0.2, 0.28, 0.05, mode)
                   - _hand_loss(dn, old, ref, adv.tolist(), mask, 0.2, 0.28, 0.05, mode)) / (2 * h)
             assert g[b, t] == pytest.approx(fd, abs=2e-3), (b, t)

@@ -26,7 +26,8 @@ def _prompt_batch(cfg: ModelConfig, n=2, patch_budget=64):
         vins.append(vision_inputs(grid, cfg.vision, pad_to=patch_budget))
         grids.append(grid)
         n_tok = R.image_tokens(grid)
-        rows.append([1] + [cfg.vision_start_token_id] + [cfg.image_token_id] * n_tok[0] + [cfg.vision_end_token_id] + [5 + i] * (i + 1))
+        image = [cfg.vision_start_token_id] + [cfg.image_token_id] * n_tok[0] + [cfg.vision_end_token_id]
+        rows.append([1] + image + [5 + i] * (i + 1))
     ids, mask = R.left_pad(rows)
     pos, deltas = [], []
     for r in range(n):
@@ -87,8 +88,8 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
             from dmx_jax.training.grpo import sampling_shardings
             sample_shardings = sampling_shardings(st.params, mesh)
     learner = GRPOLearner(graphdef, algo, tx, sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=st.params, seed=0, place=place,
-                          sample_shardings=sample_shardings)
+                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=st.params, seed=0,
+                          place=place, sample_shardings=sample_shardings)
     prompts = _prompt_batch(cfg, n=4)
     if per_process:
         from dmx_jax.sharding import process_slice
@@ -98,7 +99,8 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
         st, m = learner.step(st, prompts)
         hist.append(m)
     from jax.experimental import multihost_utils
-    moved = jax.tree.map(lambda a, b: np.asarray(multihost_utils.process_allgather(a, tiled=True)) - b, st.params, start)
+    moved = jax.tree.map(lambda a, b: np.asarray(multihost_utils.process_allgather(a, tiled=True)) - b,
+                         st.params, start)
     return hist, moved
 
 

@@ -41,7 +41,8 @@ def blob_image(rng: np.random.Generator, side: int) -> np.ndarray:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     cx = rng.uniform(16, 40) if side == 0 else rng.uniform(72, 96)
     cy, r = rng.uniform(16, 96), rng.uniform(10, 14)
-    img = 0.15 + 0.05 * rng.standard_normal((SIZE, SIZE)) + 0.8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+    blob = 0.8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+    img = 0.15 + 0.05 * rng.standard_normal((SIZE, SIZE)) + blob
     return np.clip(img, 0, 1).astype(np.float32)
 
 

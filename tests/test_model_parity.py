@@ -77,7 +77,8 @@ def test_two_images_several_windows_left_padded(pair):
     row0 = R.prompt_ids(n[:2], [[1, 10], [30, 31], [40, 41, 42]])
     row1 = R.prompt_ids(n[2:], [[1], [50, 51]])
     ids, mask = R.left_pad([row0, row1])
-    m, win = cfg.vision.spatial_merge_size, cfg.vision.window_size // cfg.vision.spatial_merge_size // cfg.vision.patch_size
+    m = cfg.vision.spatial_merge_size
+    win = cfg.vision.window_size // m // cfg.vision.patch_size
     assert grid[0, 1] // m > win and grid[0, 2] // m > win and grid[0, 1] != grid[0, 2]  # several windows
     assert tuple(grid[0]) != tuple(grid[1]) and grid[1, 1] != grid[1, 2]
     assert cfg.vision.fullatt_block_indexes and len(cfg.vision.fullatt_block_indexes) < cfg.vision.depth

@@ -43,7 +43,8 @@ def _completions():
     out += ["<think>[" + ",".join(rng.sample(NEAR_512, 4)) + "]</think>" for _ in range(40)]
     out += ["<think>" + " ".join(reward_fuzz.cited_box(rng, strict=True) for _ in range(rng.randint(3, 9))) + "</think>"
             for _ in range(30)]
-    out += ["", "<think>", "\\boxed{", "\\boxed{}", "\\boxed{ \t}", "\\boxed{\\boxed{a}}", "<think>a</think>\\boxed{a}}",
+    out += ["", "<think>", "\\boxed{", "\\boxed{}", "\\boxed{ \t}", "\\boxed{\\boxed{a}}",
+            "<think>a</think>\\boxed{a}}",
             "<think>[1,2,3,4]" * 3 + "</think>", "<think>" + "[1,2,3,4]" * 4 + "[1,2,3,999]</think>"]
     return out
 
@@ -98,7 +99,8 @@ def test_cited_boxes_and_coordinate_match_reference(parsed):
         assert not out["boxes"][i, k:].any(), c
         # exact value m/20 in float32; the published float64 running sum differs only by round-off
         assert out["coordinate"][i] == ref["coordinate"], c
-        assert abs(float(out["coordinate"][i]) - ref["published_coordinate"]) <= 6e-8 * abs(ref["coordinate"]) + 1e-15, c
+        tol = 6e-8 * abs(ref["coordinate"]) + 1e-15
+        assert abs(float(out["coordinate"][i]) - ref["published_coordinate"]) <= tol, c
 
 
 def test_half_ulp_constant_is_exact():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from dmx_jax.hf import load_pretrained
-from dmx_jax.model.batched import forward_logits
 from dmx_jax.model import rope_index, vision_inputs
+from dmx_jax.model.batched import forward_logits
 from dmx_jax.sampling import completion_positions, generate
 from tests.helpers import hf_reference as R
 
@@ -36,7 +36,8 @@ def test_greedy_equals_transformers_generate(setup):
                            image_grid_thw=torch.as_tensor(grid), mm_token_type_ids=(ids_t == R.IMAGE).int(),
                            max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
     want = out[:, ids.shape[1]:].numpy()
-    got = np.asarray(generate(model, ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask, max_new_tokens=NEW))
+    got = np.asarray(generate(model, ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask,
+                              max_new_tokens=NEW))
     np.testing.assert_array_equal(got, want)
     # one row with both images, one with none: per-row image packing (rowwise_images) keeps the tokens
     rows2 = [R.prompt_ids(R.image_tokens(grid), [[1, 7], [8], [9, 10]]), [1, 5, 6, 7, 8]]
@@ -52,7 +53,8 @@ def test_greedy_equals_transformers_generate(setup):
     tids, tmask = R.left_pad([[1, 5, 6, 7], [1, 9]])
     with torch.no_grad():
         tout = ref.generate(input_ids=torch.as_tensor(tids), attention_mask=torch.as_tensor(tmask), max_new_tokens=NEW,
-                            do_sample=False, eos_token_id=None, pad_token_id=0, mm_token_type_ids=torch.zeros_like(torch.as_tensor(tids)))
+                            do_sample=False, eos_token_id=None, pad_token_id=0,
+                            mm_token_type_ids=torch.zeros_like(torch.as_tensor(tids)))
     np.testing.assert_array_equal(np.asarray(generate(model, tids, attention_mask=tmask, max_new_tokens=NEW)),
                                   tout[:, tids.shape[1]:].numpy())
 
@@ -78,8 +80,9 @@ def test_logprobs_equal_trainer_recomputation_and_stops(setup):
     assert float(np.abs(recomputed - logps).max()) <= 1e-5
     # a stop token ends each row: everything after is pad with mask 0
     stop = int(tokens[0, 3])
-    t2, (_, m2) = generate(model, ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask, max_new_tokens=NEW,
-                           temperature=1.0, top_k=20, rng=jax.random.key(4), stop_token_ids=(stop,), return_logprobs=True)
+    t2, (_, m2) = generate(model, ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask,
+                           max_new_tokens=NEW, temperature=1.0, top_k=20, rng=jax.random.key(4), stop_token_ids=(stop,),
+                           return_logprobs=True)
     t2, m2 = np.asarray(t2), np.asarray(m2)
     first = int(np.argmax(t2[0] == stop))
     assert m2[0, :first + 1].all() and not m2[0, first + 1:].any() and (t2[0, first + 1:] == 0).all()

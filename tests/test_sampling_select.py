@@ -15,7 +15,8 @@ def _np_keep(logits, temperature, top_k, top_p):
     if top_p < 1:  # nucleus of the distribution renormalised over the top-k survivors (as HF warpers chain)
         z = np.where(keep, z, -np.inf)
         order = np.argsort(-z, kind="stable")
-        p = np.exp(z[order] - z.max()); p /= p.sum()
+        p = np.exp(z[order] - z.max())
+        p /= p.sum()
         before = np.cumsum(p) - p
         kept = order[before < top_p]
         keep &= z >= z[kept].min()

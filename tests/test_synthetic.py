@@ -210,7 +210,7 @@ def test_labels_match_report_text():
 
 
 def test_no_finding_rule():
-    normal = [s for s in (D.study("train", i, SyntheticConfig(p_normal=1.0)) for i in range(5))]
+    normal = [D.study("train", i, SyntheticConfig(p_normal=1.0)) for i in range(5)]
     for s in normal:
         assert s.labels[0] == 1.0 and not s.findings
         assert not np.any(s.labels[1:] == 1.0)
@@ -383,7 +383,7 @@ def test_examples_follow_the_schema_and_programs_reproduce_answers():
             assert len(ex.images) == (2 if task == "difference" else 1)
             for img, (w, h) in zip(ex.images, ex.image_sizes):
                 assert img.dtype == np.float32 and img.shape == (h, w) == (128, 128)
-                assert 0.0 <= img.min() and img.max() <= 1.0
+                assert img.min() >= 0.0 and img.max() <= 1.0
             assert ex.labels.shape == (14,)
             for b in ex.boxes:
                 assert 0 <= b.x_min < b.x_max <= 128 and 0 <= b.y_min < b.y_max <= 128

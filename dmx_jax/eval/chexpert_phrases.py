@@ -102,7 +102,8 @@ HEART_FAILURE: tuple[str, ...] = (r"(?:congestive )?(?:heart|cardiac) failure", 
 NEGATION_FORWARD: tuple[str, ...] = (
     r"no", r"not", r"without", r"nor", r"neither", r"absence of", r"absent", r"negative for", r"free of",
     r"clear of",
-    r"no (?:radiographic |convincing |definite |acute |other |new |focal )*(?:evidence|signs?|findings?) (?:of|for|to suggest)",
+    r"no (?:radiographic |convincing |definite |acute |other |new |focal )*"
+    r"(?:evidence|signs?|findings?) (?:of|for|to suggest)",
     r"(?:interval )?(?:resolution|removal|clearing) of", r"resolved", r"rather than", r"no longer(?: any)?",
 )
 NEGATION_BACKWARD: tuple[str, ...] = (

@@ -6,8 +6,9 @@ cast, and placed straight into their sharding; a full second copy of the model n
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +84,7 @@ class _Reader:
                 self._handles[file] = self._open(str(file), framework="numpy")
             except Exception as e:  # noqa: BLE001
                 raise CheckpointError(f"{file}: cannot open ({type(e).__name__}: {e})") from None
-            for k in self._handles[file].keys():
+            for k in self._handles[file].keys():  # noqa: SIM118 - a safetensors safe_open handle, not a dict: no __iter__
                 self._disk_names[mapping.canonical(k)] = k
         try:
             return self._handles[file].get_tensor(self._disk_names[name])

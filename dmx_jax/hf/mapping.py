@@ -6,10 +6,8 @@ to_jax(hf_array, cfg) -> param slice, to_hf(param_slice, cfg) -> hf_array). PyTo
 """
 from __future__ import annotations
 
-import numpy as np
-
 T = lambda w, c: w.T                                   # noqa: E731
-I = lambda w, c: w                                     # noqa: E731
+ID = lambda w, c: w                                    # noqa: E731
 
 
 def _heads(n_attr, kv=False):
@@ -45,11 +43,11 @@ _patch = (lambda w, c: w.reshape(w.shape[0], -1).T,
 TL = "model.layers.{i}."
 VB = "visual.blocks.{i}."
 TABLE = (
-    ("text.embed.embedding", "model.embed_tokens.weight", I, I),
-    ("text.norm.scale", "model.norm.weight", I, I),
+    ("text.embed.embedding", "model.embed_tokens.weight", ID, ID),
+    ("text.norm.scale", "model.norm.weight", ID, ID),
     ("lm_head.kernel", "lm_head.weight", T, T),
-    ("text.layers.input_norm.scale", TL + "input_layernorm.weight", I, I),
-    ("text.layers.post_attn_norm.scale", TL + "post_attention_layernorm.weight", I, I),
+    ("text.layers.input_norm.scale", TL + "input_layernorm.weight", ID, ID),
+    ("text.layers.post_attn_norm.scale", TL + "post_attention_layernorm.weight", ID, ID),
     ("text.layers.attn.q.kernel", TL + "self_attn.q_proj.weight", *_q),
     ("text.layers.attn.q.bias", TL + "self_attn.q_proj.bias", *_qb),
     ("text.layers.attn.k.kernel", TL + "self_attn.k_proj.weight", *_kv),
@@ -61,23 +59,23 @@ TABLE = (
     ("text.layers.mlp.up.kernel", TL + "mlp.up_proj.weight", T, T),
     ("text.layers.mlp.down.kernel", TL + "mlp.down_proj.weight", T, T),
     ("vision.patch_embed.kernel", "visual.patch_embed.proj.weight", *_patch),
-    ("vision.blocks.norm1.scale", VB + "norm1.weight", I, I),
-    ("vision.blocks.norm2.scale", VB + "norm2.weight", I, I),
+    ("vision.blocks.norm1.scale", VB + "norm1.weight", ID, ID),
+    ("vision.blocks.norm2.scale", VB + "norm2.weight", ID, ID),
     ("vision.blocks.attn.qkv.kernel", VB + "attn.qkv.weight", *_qkv),
     ("vision.blocks.attn.qkv.bias", VB + "attn.qkv.bias", *_qkvb),
     ("vision.blocks.attn.proj.kernel", VB + "attn.proj.weight", *_proj),
-    ("vision.blocks.attn.proj.bias", VB + "attn.proj.bias", I, I),
+    ("vision.blocks.attn.proj.bias", VB + "attn.proj.bias", ID, ID),
     ("vision.blocks.mlp.gate.kernel", VB + "mlp.gate_proj.weight", T, T),
-    ("vision.blocks.mlp.gate.bias", VB + "mlp.gate_proj.bias", I, I),
+    ("vision.blocks.mlp.gate.bias", VB + "mlp.gate_proj.bias", ID, ID),
     ("vision.blocks.mlp.up.kernel", VB + "mlp.up_proj.weight", T, T),
-    ("vision.blocks.mlp.up.bias", VB + "mlp.up_proj.bias", I, I),
+    ("vision.blocks.mlp.up.bias", VB + "mlp.up_proj.bias", ID, ID),
     ("vision.blocks.mlp.down.kernel", VB + "mlp.down_proj.weight", T, T),
-    ("vision.blocks.mlp.down.bias", VB + "mlp.down_proj.bias", I, I),
-    ("vision.merger.ln_q.scale", "visual.merger.ln_q.weight", I, I),
+    ("vision.blocks.mlp.down.bias", VB + "mlp.down_proj.bias", ID, ID),
+    ("vision.merger.ln_q.scale", "visual.merger.ln_q.weight", ID, ID),
     ("vision.merger.fc1.kernel", "visual.merger.mlp.0.weight", T, T),
-    ("vision.merger.fc1.bias", "visual.merger.mlp.0.bias", I, I),
+    ("vision.merger.fc1.bias", "visual.merger.mlp.0.bias", ID, ID),
     ("vision.merger.fc2.kernel", "visual.merger.mlp.2.weight", T, T),
-    ("vision.merger.fc2.bias", "visual.merger.mlp.2.bias", I, I),
+    ("vision.merger.fc2.bias", "visual.merger.mlp.2.bias", ID, ID),
 )
 
 # transformers keeps in-memory names under model.language_model / model.visual; accept them on load.

@@ -78,7 +78,8 @@ def plan_shards(sizes: list[tuple[str, int]], limit: int) -> list[list[str]]:
     return shards
 
 
-def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB", config: ModelConfig | None = None) -> Path:
+def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB",
+                    config: ModelConfig | None = None) -> Path:
     """Write `model` (a Qwen25VL, or a pure param dict with `config=`) as a Hugging Face folder.
 
     Shards are planned from shapes and written one at a time, so the host holds at most one shard plus

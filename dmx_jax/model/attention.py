@@ -127,8 +127,8 @@ def chunked_attention(q, k, v, mask: Mask, block: int = 512) -> jax.Array:
 
     init = (jnp.full((b, kh, g, t), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, t), jnp.float32),
             jnp.zeros((b, t, kh, g, h), jnp.float32))
-    (m, l, acc), _ = jax.lax.scan(step, init, jnp.arange(nb))
-    out = acc / jnp.moveaxis(l, 3, 1)[..., None]
+    (m, l_sum, acc), _ = jax.lax.scan(step, init, jnp.arange(nb))
+    out = acc / jnp.moveaxis(l_sum, 3, 1)[..., None]
     return out.astype(v.dtype).reshape(b, t, n, h)
 
 

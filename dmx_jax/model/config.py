@@ -75,9 +75,11 @@ class ModelConfig:
 
     def __post_init__(self):
         if sum(self.text.mrope_section) * 2 != self.text.head_dim:
-            raise ValueError(f"mrope_section {self.text.mrope_section} must sum to head_dim/2 = {self.text.head_dim // 2}")
+            raise ValueError(f"mrope_section {self.text.mrope_section} must sum to "
+                             f"head_dim/2 = {self.text.head_dim // 2}")
         if self.vision.out_hidden_size != self.text.hidden_size:
-            raise ValueError(f"vision.out_hidden_size {self.vision.out_hidden_size} != text.hidden_size {self.text.hidden_size}")
+            raise ValueError(f"vision.out_hidden_size {self.vision.out_hidden_size} "
+                             f"!= text.hidden_size {self.text.hidden_size}")
         for name in ("remat", "vision_remat"):
             if getattr(self, name) not in REMAT_CHOICES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {REMAT_CHOICES}")
@@ -86,7 +88,8 @@ class ModelConfig:
         if self.attention_block < 1:
             raise ValueError(f"ModelConfig.attention_block={self.attention_block} must be >= 1")
         if self.attention == "splash" and self.attention_block % 128:
-            raise ValueError(f"attention='splash' needs attention_block as a multiple of 128, got {self.attention_block}")
+            raise ValueError("attention='splash' needs attention_block as a multiple of 128, "
+                             f"got {self.attention_block}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
@@ -105,11 +108,11 @@ class ModelConfig:
             if not 0 <= getattr(self, name) < t.vocab_size:
                 raise ValueError(f"{name}={getattr(self, name)} is outside the vocabulary (size {t.vocab_size})")
 
-    def replace(self, **kw) -> "ModelConfig":
+    def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
     @classmethod
-    def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+    def from_hf_config(cls, hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
         """From a transformers config dict (transformers-5 nested or older flat layout)."""
         return from_hf_config(hf, source)
 
@@ -171,7 +174,8 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     """ModelConfig from a transformers Qwen2.5-VL config dict (transformers 5 or 4.x layouts)."""
     mt = hf.get("model_type")
     if mt != "qwen2_5_vl":
-        raise ValueError(f"{source}: model_type is {mt!r}, expected 'qwen2_5_vl' (only Qwen2.5-VL checkpoints are supported)")
+        raise ValueError(f"{source}: model_type is {mt!r}, expected 'qwen2_5_vl' "
+                         "(only Qwen2.5-VL checkpoints are supported)")
     tc = dict(hf.get("text_config") or {})
     for k, v in hf.items():  # older layouts keep text fields at the top level
         if k not in ("text_config", "vision_config") and k not in tc:
@@ -194,10 +198,12 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
                           rope_theta=float(theta if theta is not None else 1e6), mrope_section=tuple(section),
                           max_position_embeddings=tc.get("max_position_embeddings", 128000))
         vtheta, _ = _rope(vc)
-        vision = VisionConfig(depth=vc["depth"], hidden_size=vc["hidden_size"], intermediate_size=vc["intermediate_size"],
+        vision = VisionConfig(depth=vc["depth"], hidden_size=vc["hidden_size"],
+                              intermediate_size=vc["intermediate_size"],
                               num_heads=vc["num_heads"], in_channels=vc.get("in_channels", 3),
                               patch_size=vc.get("patch_size", 14), spatial_merge_size=vc.get("spatial_merge_size", 2),
-                              temporal_patch_size=vc.get("temporal_patch_size", 2), window_size=vc.get("window_size", 112),
+                              temporal_patch_size=vc.get("temporal_patch_size", 2),
+                              window_size=vc.get("window_size", 112),
                               fullatt_block_indexes=tuple(vc.get("fullatt_block_indexes", (7, 15, 23, 31))),
                               out_hidden_size=vc.get("out_hidden_size", tc["hidden_size"]),
                               hidden_act=vc.get("hidden_act", "silu"),
@@ -222,10 +228,12 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
                 intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
                 num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
                 hidden_act=t.hidden_act, rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
-                rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": list(t.mrope_section)},
+                rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
+                                 "mrope_section": list(t.mrope_section)},
                 bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
                 tie_word_embeddings=cfg.tie_word_embeddings, use_cache=True, dtype=cfg.param_dtype)
-    vision = dict(model_type="qwen2_5_vl_vision", depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+    vision = dict(model_type="qwen2_5_vl_vision", depth=v.depth, hidden_size=v.hidden_size,
+                  intermediate_size=v.intermediate_size,
                   num_heads=v.num_heads, in_channels=v.in_channels, patch_size=v.patch_size,
                   spatial_merge_size=v.spatial_merge_size, temporal_patch_size=v.temporal_patch_size,
                   window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes),

@@ -13,7 +13,8 @@ from dmx_jax.model.text import TextDecoder, init_cache
 from dmx_jax.model.vision import VisionEncoder, vision_inputs
 
 
-def merge_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int) -> jax.Array:
+def merge_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array,
+                         image_token_id: int) -> jax.Array:
     """Place features[k] at the k-th image token of the (flattened) batch. embeds [B,T,D], features [N,D]."""
     is_img = (input_ids == image_token_id).reshape(-1)
     idx = jnp.clip(jnp.cumsum(is_img) - 1, 0, max(features.shape[0] - 1, 0))
@@ -44,7 +45,8 @@ class Qwen25VL(nnx.Module):
         self.vision = VisionEncoder(cfg.vision, rngs, pdt)
         self.text = TextDecoder(cfg.text, rngs, pdt)
         if not cfg.tie_word_embeddings:
-            self.lm_head = ParamTree({"kernel": (jax.random.normal(rngs.params(), (cfg.text.hidden_size, cfg.text.vocab_size)) * 0.02).astype(pdt)})
+            kernel = jax.random.normal(rngs.params(), (cfg.text.hidden_size, cfg.text.vocab_size)) * 0.02
+            self.lm_head = ParamTree({"kernel": kernel.astype(pdt)})
 
     @property
     def dtype(self):
@@ -85,7 +87,8 @@ class Qwen25VL(nnx.Module):
     def forward(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None, cache=None,
                 key_mask=None):
         """-> (logits [B, T, V] fp32, new cache or None)."""
-        h, cache = self.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs, cache, key_mask)
+        h, cache = self.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs, cache,
+                                      key_mask)
         return self.logits(h), cache
 
     def __call__(self, input_ids, *, pixel_values=None, image_grid_thw=None, attention_mask=None, position_ids=None,
@@ -105,7 +108,8 @@ class Qwen25VL(nnx.Module):
             if n_tokens != n_feats:
                 raise ValueError(f"input_ids hold {n_tokens} image tokens but the images give {n_feats} features")
         if position_ids is None:
-            position_ids, _ = rope_index(ids, image_grid_thw, mask, spatial_merge_size=self.cfg.vision.spatial_merge_size,
+            position_ids, _ = rope_index(ids, image_grid_thw, mask,
+                                         spatial_merge_size=self.cfg.vision.spatial_merge_size,
                                          image_token_id=self.cfg.image_token_id)
         logits, _ = self.forward(jnp.asarray(ids), jnp.asarray(position_ids), jnp.asarray(mask),
                                  None if pixel_values is None else jnp.asarray(pixel_values),

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dmx_jax.model import rotary
-from dmx_jax.model.config import TextConfig
 from dmx_jax.model.attention import attention, causal_mask
+from dmx_jax.model.config import TextConfig
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
 from dmx_jax.sharding.rules import constrain
 
@@ -59,12 +59,14 @@ class TextDecoder(nnx.Module):
         zeros = lambda *shape: jnp.zeros(shape, param_dtype)
         self.embed = ParamTree({"embedding": init(cfg.vocab_size, d)})
         self.layers = ParamTree({
-            "input_norm": {"scale": jnp.ones((L, d), param_dtype)}, "post_attn_norm": {"scale": jnp.ones((L, d), param_dtype)},
+            "input_norm": {"scale": jnp.ones((L, d), param_dtype)},
+            "post_attn_norm": {"scale": jnp.ones((L, d), param_dtype)},
             "attn": {"q": {"kernel": init(L, d, n, hd), "bias": zeros(L, n, hd)},
                      "k": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
                      "v": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
                      "o": {"kernel": init(L, n, hd, d)}},
-            "mlp": {"gate": {"kernel": init(L, d, f)}, "up": {"kernel": init(L, d, f)}, "down": {"kernel": init(L, f, d)}},
+            "mlp": {"gate": {"kernel": init(L, d, f)}, "up": {"kernel": init(L, d, f)},
+                    "down": {"kernel": init(L, f, d)}},
         })
         self.norm = ParamTree({"scale": jnp.ones((d,), param_dtype)})
 
@@ -72,7 +74,8 @@ class TextDecoder(nnx.Module):
         return self.embed.embedding[...][input_ids].astype(dtype)
 
     def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: dict | None = None,
-                 remat: str = "none", attention: str = "xla", attention_block: int = 512) -> tuple[jax.Array, dict | None]:
+                 remat: str = "none", attention: str = "xla",
+                 attention_block: int = 512) -> tuple[jax.Array, dict | None]:
         """x [B,T,D], positions [3,B,T], key_mask [B,S] (S = T without cache) -> (hidden [B,T,D], cache).
 
         attention: "xla" | "chunked" | "cudnn" | "splash" (dmx_jax.model.attention); masks stay structural."""

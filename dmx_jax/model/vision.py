@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dmx_jax.model.config import VisionConfig
-from dmx_jax.model.rotary import vision_cos_sin
 from dmx_jax.model.attention import attention, local_segment_attention, segment_mask
+from dmx_jax.model.config import VisionConfig
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
+from dmx_jax.model.rotary import vision_cos_sin
 from dmx_jax.sharding.rules import constrain
 
 PATCHES = ("act_patches", "act_embed")     # one row's packed patches (rows are the vmapped batch dimension)
@@ -87,7 +87,8 @@ def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) 
 def _block(x, p, is_full, cos, sin, segs, cfg: VisionConfig, impl: str = "xla", block: int = 512):
     x = constrain(x, PATCHES)
     h = rms_norm(x, p["norm1"]["scale"], 1e-6)
-    qkv = jnp.einsum("pd,dcnh->pcnh", h, p["attn"]["qkv"]["kernel"].astype(h.dtype)) + p["attn"]["qkv"]["bias"].astype(h.dtype)
+    qkv = (jnp.einsum("pd,dcnh->pcnh", h, p["attn"]["qkv"]["kernel"].astype(h.dtype))
+           + p["attn"]["qkv"]["bias"].astype(h.dtype))
     qkv = constrain(qkv, ("act_patches", None, "act_vision_heads", None))
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]                       # [P, n, hd]
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
@@ -100,7 +101,8 @@ def _block(x, p, is_full, cos, sin, segs, cfg: VisionConfig, impl: str = "xla", 
         return local_segment_attention(q, k, v, segs[0], window)
 
     o = jax.lax.cond(is_full, full_attention, window_attention, q, k, v)   # [P, n, hd]
-    o = jnp.einsum("pnh,nhd->pd", o, p["attn"]["proj"]["kernel"].astype(o.dtype)) + p["attn"]["proj"]["bias"].astype(o.dtype)
+    o = (jnp.einsum("pnh,nhd->pd", o, p["attn"]["proj"]["kernel"].astype(o.dtype))
+         + p["attn"]["proj"]["bias"].astype(o.dtype))
     x = constrain(x + o, PATCHES)
     x = x + swiglu(rms_norm(x, p["norm2"]["scale"], 1e-6), p["mlp"], activation(cfg.hidden_act),
                    ("act_patches", "act_vision_mlp"))
@@ -120,11 +122,14 @@ class VisionEncoder(nnx.Module):
             "norm1": {"scale": ones(L, d)}, "norm2": {"scale": ones(L, d)},
             "attn": {"qkv": {"kernel": init(L, d, 3, n, hd), "bias": zeros(L, 3, n, hd)},
                      "proj": {"kernel": init(L, n, hd, d), "bias": zeros(L, d)}},
-            "mlp": {"gate": {"kernel": init(L, d, f), "bias": zeros(L, f)}, "up": {"kernel": init(L, d, f), "bias": zeros(L, f)},
+            "mlp": {"gate": {"kernel": init(L, d, f), "bias": zeros(L, f)},
+                    "up": {"kernel": init(L, d, f), "bias": zeros(L, f)},
                     "down": {"kernel": init(L, f, d), "bias": zeros(L, d)}},
         })
-        self.merger = ParamTree({"ln_q": {"scale": ones(d)}, "fc1": {"kernel": init(d * m2, d * m2), "bias": zeros(d * m2)},
-                                 "fc2": {"kernel": init(d * m2, cfg.out_hidden_size), "bias": zeros(cfg.out_hidden_size)}})
+        self.merger = ParamTree({"ln_q": {"scale": ones(d)},
+                                 "fc1": {"kernel": init(d * m2, d * m2), "bias": zeros(d * m2)},
+                                 "fc2": {"kernel": init(d * m2, cfg.out_hidden_size),
+                                         "bias": zeros(cfg.out_hidden_size)}})
 
     def rotary(self, rot_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
         return vision_cos_sin(rot_hw, self.cfg.head_dim, self.cfg.rope_theta)
@@ -153,7 +158,8 @@ class VisionEncoder(nnx.Module):
         policy = remat_policy(remat)
         if policy is not None:
             body = jax.checkpoint(body, policy=policy)
-        blocks = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, values(self.blocks))
+        blocks = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                              values(self.blocks))
         x, _ = jax.lax.scan(body, x, (blocks, jnp.asarray(full)))
         mp = values(self.merger)
         x = rms_norm(x, mp["ln_q"]["scale"], 1e-6).reshape(P // unit, -1)

@@ -8,7 +8,7 @@ patches in merge-window order, the single frame repeated temporal_patch_size tim
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,7 +28,8 @@ def smart_resize(height: int, width: int, *, factor: int = 28, min_pixels: int =
     if min(height, width) <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+        raise ValueError("absolute aspect ratio must be smaller than 200, "
+                         f"got {max(height, width) / min(height, width)}")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -99,7 +100,8 @@ def preprocess_images(images: Sequence, *, min_pixels: int = DEFAULT_MIN_PIXELS,
         except ValueError as e:
             raise ValueError(f"image {i}: {e}") from None
         h, w = pil.height, pil.width
-        rh, rw = resized_size(h, w, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
+        rh, rw = resized_size(h, w, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels,
+                              max_pixels=max_pixels)
         arr = np.asarray(pil.resize((rw, rh), resample=Image.Resampling.BICUBIC)).transpose(2, 0, 1)
         arr = (arr.astype(np.float64) * (1 / 255)).astype(np.float32)
         arr = (arr - mean) / std

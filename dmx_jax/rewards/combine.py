@@ -99,7 +99,8 @@ def score_bytes(text, text_len, truth: dict, cfg: RewardConfig, total_len=None) 
         has_truth = jnp.any(truth["box_valid"], axis=1)
         out["grounding_f1"] = jnp.where(has_truth, g["f1"], 0.0)
         out["grounding_iou"] = jnp.where(has_truth, g["mean_iou"], 0.0)
-        overall = overall + cfg.grounding_f1_weight * out["grounding_f1"] + cfg.grounding_iou_weight * out["grounding_iou"]
+        overall = (overall + cfg.grounding_f1_weight * out["grounding_f1"]
+                   + cfg.grounding_iou_weight * out["grounding_iou"])
     out["overall"] = overall.astype(jnp.float32)
     return out
 

@@ -216,7 +216,7 @@ def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, *, who
     mant, frac_digits, minus, n_sig, int_val, above, n_all_sig = (sums[..., i] for i in range(per_pos.shape[-1]))
     frac_shift = jnp.maximum(n_all_sig.astype(jnp.int32) - _MAX_SIGNIFICANT, 0)      # the same shift per number
     sign = jnp.where(minus > 0, -1.0, 1.0)
-    values = sign * mant / _pow10(frac_digits.astype(jnp.int32) - frac_shift)                                   # [B, L, 4]
+    values = sign * mant / _pow10(frac_digits.astype(jnp.int32) - frac_shift)                        # [B, L, 4]
     over = (minus == 0) & ((n_sig > 3) | ((n_sig == 3) & ((int_val > 512) | ((int_val == 512) & (above > 0)))))
     over_at_close = jnp.any(over, axis=-1) & ends_match                                   # [B, L]
 

@@ -29,9 +29,9 @@ MIN_STEMMED = 4               # rouge_score stems only tokens longer than 3 char
 _REPL_WIDTH = 4               # longest replacement ('tion', 'ence', 'ance', 'able', ...)
 
 # nltk's irregular forms: word -> stem
-POOL = {"sky": "sky", "skies": "sky", "dying": "die", "lying": "lie", "tying": "tie", "news": "news", "innings": "inning",
-        "inning": "inning", "outings": "outing", "outing": "outing", "cannings": "canning", "canning": "canning",
-        "howe": "howe", "proceed": "proceed", "exceed": "exceed", "succeed": "succeed"}
+POOL = {"sky": "sky", "skies": "sky", "dying": "die", "lying": "lie", "tying": "tie", "news": "news",
+        "innings": "inning", "inning": "inning", "outings": "outing", "outing": "outing", "cannings": "canning",
+        "canning": "canning", "howe": "howe", "proceed": "proceed", "exceed": "exceed", "succeed": "succeed"}
 
 
 def _u8(s: str) -> tuple[int, ...]:

@@ -178,7 +178,8 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
     """
     cfg = model.cfg
     if vision_inputs is None:
-        ids, mask, positions, deltas, vin = prepare_prompts(cfg, input_ids, attention_mask, image_grid_thw, positions, deltas)
+        ids, mask, positions, deltas, vin = prepare_prompts(cfg, input_ids, attention_mask, image_grid_thw, positions,
+                                                            deltas)
         if pixel_values is not None and np.ndim(pixel_values) == 2 and ids.shape[0] > 1:
             pixel_values, vin = rowwise_images(cfg, ids, pixel_values, image_grid_thw)
     else:
@@ -196,7 +197,8 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
         jnp.asarray(deltas, jnp.int32).reshape(-1, 1), None if pixel_values is None else jnp.asarray(pixel_values),
         None if vin is None else jax.tree.map(jnp.asarray, vin), rng if rng is not None else jax.random.key(0),
         max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-        stop_token_ids=tuple(int(s) for s in stop_token_ids), pad_id=int(cfg.pad_token_id if pad_id is None else pad_id))
+        stop_token_ids=tuple(int(s) for s in stop_token_ids),
+        pad_id=int(cfg.pad_token_id if pad_id is None else pad_id))
     return (tokens, (logps, cmask)) if return_logprobs else tokens
 
 

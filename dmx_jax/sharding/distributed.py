@@ -50,7 +50,8 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
         return False
     missing = [f for f in ("coordinator_address", "num_processes", "process_id") if getattr(cfg, f) is None]
     if missing:
-        raise ValueError(f"multi-process run needs coordinator_address, num_processes and process_id; missing {missing}")
+        raise ValueError("multi-process run needs coordinator_address, num_processes and process_id; "
+                         f"missing {missing}")
     jax.distributed.initialize(
         coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id,
         local_device_ids=list(cfg.local_device_ids) if cfg.local_device_ids is not None else None)

@@ -12,7 +12,8 @@ A dimension whose size is not divisible by its mesh axes falls back to replicate
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -137,11 +138,13 @@ def spec_for(axes: LogicalAxes, shape: Sequence[int], mesh: Mesh, rules: Rules) 
     return PartitionSpec(*out)
 
 
-def param_spec(path: Sequence[Any] | str, shape: Sequence[int], mesh: Mesh, rules: Rules = TRAIN_RULES) -> PartitionSpec:
+def param_spec(path: Sequence[Any] | str, shape: Sequence[int], mesh: Mesh,
+               rules: Rules = TRAIN_RULES) -> PartitionSpec:
     return spec_for(logical_axes(path, len(shape)), shape, mesh, rules)
 
 
-def param_sharding_fn(mesh: Mesh, rules: Rules = TRAIN_RULES) -> Callable[[Sequence[Any], Sequence[int]], NamedSharding]:
+def param_sharding_fn(mesh: Mesh,
+                      rules: Rules = TRAIN_RULES) -> Callable[[Sequence[Any], Sequence[int]], NamedSharding]:
     """The `param_sharding(path, shape)` callback `dmx_jax.hf.load_pretrained` places tensors with."""
     return lambda path, shape: NamedSharding(mesh, param_spec(path, shape, mesh, rules))
 

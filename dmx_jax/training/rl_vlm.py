@@ -35,12 +35,13 @@ def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...
     group = algo.group_size if shared_prefill else 1
 
     def sample_fn(params, prompts, rng):
-        return generate_arrays(graphdef, params, jnp.asarray(prompts["input_ids"]), _positions_3bt(jnp.asarray(prompts["positions"])),
+        positions = _positions_3bt(jnp.asarray(prompts["positions"]))
+        pixels = None if "pixel_values" not in prompts else jnp.asarray(prompts["pixel_values"])
+        vin = None if "vision_inputs" not in prompts else jax.tree.map(jnp.asarray, prompts["vision_inputs"])
+        return generate_arrays(graphdef, params, jnp.asarray(prompts["input_ids"]), positions,
                          jnp.asarray(prompts["attention_mask"]), jnp.asarray(prompts["deltas"]).reshape(-1, 1),
-                         None if "pixel_values" not in prompts else jnp.asarray(prompts["pixel_values"]),
-                         None if "vision_inputs" not in prompts else jax.tree.map(jnp.asarray, prompts["vision_inputs"]),
-                         rng, max_new_tokens=algo.max_new_tokens, temperature=algo.temperature, top_k=algo.top_k,
-                         top_p=algo.top_p, stop_token_ids=stops, pad_id=pad_id, group_size=group,
+                         pixels, vin, rng, max_new_tokens=algo.max_new_tokens, temperature=algo.temperature,
+                         top_k=algo.top_k, top_p=algo.top_p, stop_token_ids=stops, pad_id=pad_id, group_size=group,
                          micro_batches=algo.rollout_micro_batches,
                          cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
 

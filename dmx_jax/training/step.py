@@ -6,7 +6,8 @@ leading axis (so it splits into micro-batches and shards over (data, fsdp)).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
             def body(carry, xs):
                 g_acc, l_acc, c_acc = carry
                 mb, r = xs
-                (l, (c, aux)), g = grad_fn(state.params, mb, r)
-                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, c_acc + c), aux
+                (loss, (c, aux)), g = grad_fn(state.params, mb, r)
+                return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss, c_acc + c), aux
 
             rngs = jax.random.split(step_rng, grad_accum)
             (grads, loss_sum, count), aux = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), (micro, rngs))

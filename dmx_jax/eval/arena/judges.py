@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
-import socket
 import string
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -28,8 +28,11 @@ _SPLIT = "---USER---"
 
 def load_prompt_template(path: str | os.PathLike | None = None) -> tuple[string.Template, string.Template]:
     """(system, user) templates with ${reference}, ${report_a}, ${report_b}; default: the packaged file."""
-    text = (open(path, encoding="utf-8").read() if path is not None
-            else resources.files("dmx_jax.eval.arena").joinpath(PROMPT_FILE).read_text(encoding="utf-8"))
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = resources.files("dmx_jax.eval.arena").joinpath(PROMPT_FILE).read_text(encoding="utf-8")
     if _SPLIT not in text:
         raise ValueError(f"{path or PROMPT_FILE}: missing the {_SPLIT} line between system and user parts")
     system, user = text.split(_SPLIT, 1)
@@ -85,10 +88,8 @@ class OpenAICompatibleJudge:
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         delay = self.backoff_s * (2 ** attempt)
         if retry_after:
-            try:
+            with contextlib.suppress(ValueError):
                 delay = max(delay, float(retry_after))
-            except ValueError:
-                pass
         return min(delay, self.max_backoff_s)
 
     def _one(self, request: JudgeRequest) -> JudgeResponse:
@@ -106,8 +107,7 @@ class OpenAICompatibleJudge:
                 if e.code != 429 and e.code < 500:
                     log.warning("judge %s study %s: %s, not retried", self.judge_id, request.study_id, problem)
                     return JudgeResponse(None, "", error=problem)
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException) as e:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 problem = f"{type(e).__name__}: {reason}"
             if attempt < self.max_retries:

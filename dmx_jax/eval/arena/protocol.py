@@ -16,7 +16,7 @@ import dataclasses
 import itertools
 import json
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -152,7 +152,7 @@ def run_arena(references: Mapping[str, Report], systems: Mapping[str, Mapping[st
                 requests.append((study, a, b, "BA", JudgeRequest(study, ref, rb, ra)))
         verdicts = _judge_all(judge, requests, cache, stats)
         comparisons, study_index = [], []
-        for study, a, b, order, _ in requests[::2]:
+        for study, a, b, _order, _ in requests[::2]:
             score, consistent = _outcome(verdicts[(study, a, b, "AB")], verdicts[(study, a, b, "BA")])
             stats.pairs += 1
             if score is None:
