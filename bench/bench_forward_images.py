@@ -63,6 +63,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import torch
     from flax import nnx
+
     from dmx_jax.hf import load_pretrained, read_config
     from dmx_jax.model import rope_index, vision_inputs
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from data_pipelines.schema import CHEXPERT_LABELS
@@ -13,10 +14,16 @@ from data_pipelines.synthetic.align import align_targets
 from dmx_jax.model import Qwen25VL
 from dmx_jax.model.config import small
 from dmx_jax.sharding.rules import logical_axes
-from dmx_jax.training.align import (AlignModel, align_metrics, align_optimizer, align_rows, make_align_loss,
-                                    merge_vision, stack_align_rows, vision_lr_optimizer)
-
-import pytest
+from dmx_jax.training.align import (
+    AlignModel,
+    align_metrics,
+    align_optimizer,
+    align_rows,
+    make_align_loss,
+    merge_vision,
+    stack_align_rows,
+    vision_lr_optimizer,
+)
 from dmx_jax.training.optim import OptimConfig
 from dmx_jax.training.state import init_train_state
 from dmx_jax.training.step import make_train_step

@@ -4,8 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmx_jax.eval.arena.rating import (bootstrap_ratings, bradley_terry, bt_to_elo_scale, elo, score_matrices,
-                                       win_rate_matrix)
+from dmx_jax.eval.arena.rating import (
+    bootstrap_ratings,
+    bradley_terry,
+    bt_to_elo_scale,
+    elo,
+    score_matrices,
+    win_rate_matrix,
+)
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 scipy_stats = pytest.importorskip("scipy.stats")

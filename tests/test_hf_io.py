@@ -143,6 +143,7 @@ HUB_7B_FLAT = {
 def test_config_layouts_agree_with_transformers():
     """Old flat hub layout, transformers' own parse of it, and our transformers-5 export all give one config."""
     from transformers import Qwen2_5_VLConfig
+
     from dmx_jax.model import ModelConfig, qwen2_5_vl_7b
     flat = ModelConfig.from_hf_config(HUB_7B_FLAT)
     parsed_by_hf = ModelConfig.from_hf_config(Qwen2_5_VLConfig(**HUB_7B_FLAT).to_dict())
@@ -161,6 +162,7 @@ def test_full_size_presets_match_transformers_tensor_names_and_shapes(preset):
     import jax
     from flax import nnx
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
     from dmx_jax.hf import mapping
     from dmx_jax.model import PRESETS, Qwen25VL
     cfg = PRESETS[preset]()
@@ -235,6 +237,7 @@ def test_model_from_checkpoint_computes_in_the_requested_dtype(hf_folder):
     """read_config -> replace(dtype=...) -> load_pretrained(config=...): master weights stay float32, the
     hidden states are bfloat16 (the runner's path for an HF start), and stay close to fp32."""
     import jax.numpy as jnp
+
     from dmx_jax.hf import read_config
     from dmx_jax.model import rope_index
     _, hf_folder = hf_folder

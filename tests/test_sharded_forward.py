@@ -1,7 +1,6 @@
 """Sharded forward (with images) equals the unsharded one on four mesh shapes; weights really are split
 as the rule table says; load_pretrained(mesh=...) places tensors directly in their shardings."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

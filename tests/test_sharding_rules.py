@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from dmx_jax.sharding import (MeshConfig, SAMPLE_RULES, TRAIN_RULES, logical_axes, make_mesh, param_spec,
-                              shardings_like_params, tree_partition_specs)
+from dmx_jax.sharding import (
+    SAMPLE_RULES,
+    TRAIN_RULES,
+    MeshConfig,
+    logical_axes,
+    make_mesh,
+    param_spec,
+    shardings_like_params,
+    tree_partition_specs,
+)
 
 
 def _fake_params(L=2, D=16, N=4, K=2, H=4, F=32, V=64, Dv=8, Nv=2, Hv=4, Fv=16, m=2, C=24):

@@ -21,8 +21,9 @@ def test_mesh_2x2x2_equals_one_device_and_grad_accum_equals_big_batch():
 
 def _on_one_device():
     import jax
-    from dmx_jax.sharding import MeshConfig, make_mesh
+
     import tests.helpers.train_common as tc
+    from dmx_jax.sharding import MeshConfig, make_mesh
     orig = tc.make_mesh
     tc.make_mesh = lambda cfg: make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     try:

@@ -51,7 +51,7 @@ class SyntheticStudy:
     anatomy_boxes: dict
     pixel_spacing_mm: float
     changes: tuple[tuple[str, str], ...] = ()  # (CheXpert name, change vs prior)
-    prior: "SyntheticStudy | None" = None
+    prior: SyntheticStudy | None = None
     scene: Scene | None = dataclasses.field(default=None, repr=False)
 
     @property

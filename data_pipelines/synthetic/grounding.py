@@ -6,7 +6,7 @@ ground normal anatomy (heart, right lung, left lung) instead.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

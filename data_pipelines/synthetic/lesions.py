@@ -11,8 +11,17 @@ import numpy as np
 from data_pipelines.synthetic.anatomy import Anatomy, side_sign
 from data_pipelines.synthetic.findings import FindingSpec, airspace_core, atelectasis_thickness
 from data_pipelines.synthetic.geometry import ellipse_r2, ellipsoid_profile, segment_distance, smoothstep
-from data_pipelines.synthetic.render import (BONE_RIB, LUNG_AIR, METAL, RIB_WIDTH, Canvas, heart_profile, rib_phase,
-                                             rib_profile, smooth_noise)
+from data_pipelines.synthetic.render import (
+    BONE_RIB,
+    LUNG_AIR,
+    METAL,
+    RIB_WIDTH,
+    Canvas,
+    heart_profile,
+    rib_phase,
+    rib_profile,
+    smooth_noise,
+)
 
 f32 = np.float32
 

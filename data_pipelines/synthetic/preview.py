@@ -1,7 +1,7 @@
 """Contact sheet of rendered studies with their finding boxes drawn (for looking at the generator)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

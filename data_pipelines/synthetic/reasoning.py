@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -193,7 +193,7 @@ def shift_box(box: BoxT, size: int) -> BoxT:
     x0, y0, x1, y1 = box
     w, h = x1 - x0, y1 - y0
     for dx, dy in ((w + 2, 0), (-(w + 2), 0), (0, h + 2), (0, -(h + 2))):
-        if 0 <= x0 + dx and x1 + dx <= size and 0 <= y0 + dy and y1 + dy <= size:
+        if x0 + dx >= 0 and x1 + dx <= size and y0 + dy >= 0 and y1 + dy <= size:
             return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
     # too large to move without overlap: shrink to a corner box away from the original centre
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

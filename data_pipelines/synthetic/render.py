@@ -14,8 +14,14 @@ import math
 import numpy as np
 
 from data_pipelines.synthetic.anatomy import Anatomy, Lung
-from data_pipelines.synthetic.geometry import (Frame, ellipse_r2, ellipsoid_profile, segment_distance,
-                                               smoothstep, tight_box)
+from data_pipelines.synthetic.geometry import (
+    Frame,
+    ellipse_r2,
+    ellipsoid_profile,
+    segment_distance,
+    smoothstep,
+    tight_box,
+)
 
 LUNG_AIR = 0.62  # density removed by a full lung thickness (air replacing soft tissue)
 BONE_RIB = 0.11

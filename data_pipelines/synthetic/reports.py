@@ -8,7 +8,7 @@ exactly when no observation other than Support Devices is 1 or -1 (else NaN).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

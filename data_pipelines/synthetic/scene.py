@@ -12,8 +12,18 @@ import numpy as np
 
 from data_pipelines.synthetic.anatomy import SIDES, Anatomy, normal_ctr, normal_mediastinum, sample_anatomy
 from data_pipelines.synthetic.config import SyntheticConfig, rng_for, split_of
-from data_pipelines.synthetic.findings import (LEVELED, SIZED, ZONED, Finding, FindingSpec, apply_to_anatomy,
-                                               place_findings, plan_findings, plan_instances, sized)
+from data_pipelines.synthetic.findings import (
+    LEVELED,
+    SIZED,
+    ZONED,
+    Finding,
+    FindingSpec,
+    apply_to_anatomy,
+    place_findings,
+    plan_findings,
+    plan_instances,
+    sized,
+)
 from data_pipelines.synthetic.geometry import tight_box
 from data_pipelines.synthetic.lesions import render_finding
 from data_pipelines.synthetic.render import Canvas, Nuisance, render_anatomy, sample_nuisance, to_display
@@ -48,7 +58,7 @@ class Scene:
     nuisance: Nuisance
     findings: tuple[FindingSpec, ...]  # placed
     texture_seed: int
-    prior: "Scene | None" = None
+    prior: Scene | None = None
 
     @property
     def view(self) -> str:

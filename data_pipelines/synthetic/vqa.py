@@ -10,13 +10,23 @@ Answer grammar (paper.md §3): short answers of at most two words, `|`-joined li
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from data_pipelines.synthetic.anatomy import SIDES, ZONES
-from data_pipelines.synthetic.findings import (FINDING_NAMES, KINDS, LEVEL_WORDS, LEVELED, NOT_LATERAL, PHRASES,
-                                               SIZE_WORDS, SIZED, ZONED)
+from data_pipelines.synthetic.findings import (
+    FINDING_NAMES,
+    KINDS,
+    LEVEL_WORDS,
+    LEVELED,
+    NOT_LATERAL,
+    PHRASES,
+    SIZE_WORDS,
+    SIZED,
+    ZONED,
+)
 
 Program = tuple[tuple[str, Any], ...]
 

@@ -1,7 +1,7 @@
 """Validation shared by the text metrics: predictions as strings, references as non-empty lists of strings."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def reference_lists(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],

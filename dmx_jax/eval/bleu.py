@@ -11,7 +11,7 @@ Per-sample scores apply the same formula to one sample at a time.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

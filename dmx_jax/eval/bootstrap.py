@@ -1,7 +1,7 @@
 """Percentile bootstrap confidence intervals, and the {mean, ci, n} summaries every reported figure uses."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

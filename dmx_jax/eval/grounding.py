@@ -12,7 +12,7 @@ scores 0. Areas are (x_max - x_min) * (y_max - y_min) with widths clipped at 0 (
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def greedy_match(iou: np.ndarray) -> list[tuple[int, int, float]]:
     """(pred index, ref index, IoU) pairs, highest IoU first; ties broken by lower pred then ref index."""
     k, m = iou.shape
-    order = sorted(((-iou[i, j], i, j) for i in range(k) for j in range(m) if iou[i, j] > 0))
+    order = sorted((-iou[i, j], i, j) for i in range(k) for j in range(m) if iou[i, j] > 0)
     used_p, used_r, pairs = set(), set(), []
     for neg, i, j in order:
         if i not in used_p and j not in used_r:

@@ -7,7 +7,7 @@ With labels from `chexpert_labels` call the result "rule-CheXpert F1", never Che
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

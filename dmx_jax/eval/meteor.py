@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

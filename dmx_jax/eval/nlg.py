@@ -7,7 +7,7 @@ itself (its Java jar); the others are implemented in this package.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

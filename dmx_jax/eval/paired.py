@@ -6,7 +6,7 @@ the interval is much narrower than the difference of two independent CIs when th
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

@@ -13,8 +13,8 @@ import importlib.util
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 class PluginUnavailable(RuntimeError):

@@ -7,7 +7,7 @@ empty tokens and an empty string is one empty token).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -12,7 +12,7 @@ the extracted final answers (no <think> / \\boxed{} wrappers).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

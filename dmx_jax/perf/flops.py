@@ -20,7 +20,7 @@ tests/test_flops.py checks, exactly, against the dot products in the jitted forw
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class FlopCount:
     def total(self) -> float:
         return self.text + self.lm_head + self.vision + self.merger
 
-    def scaled(self, k: float) -> "FlopCount":
+    def scaled(self, k: float) -> FlopCount:
         return FlopCount(self.text * k, self.lm_head * k, self.vision * k, self.merger * k)
 
 

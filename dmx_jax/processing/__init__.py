@@ -1,4 +1,11 @@
 """Image preprocessing and M-RoPE position ids in NumPy (no torch)."""
 from dmx_jax.model.positions import rope_index
-from dmx_jax.processing.image import (CLIP_MEAN, CLIP_STD, num_image_tokens, preprocess_images, resized_size,
-                                      smart_resize, to_rgb_uint8)
+from dmx_jax.processing.image import (
+                                      CLIP_MEAN,
+                                      CLIP_STD,
+                                      num_image_tokens,
+                                      preprocess_images,
+                                      resized_size,
+                                      smart_resize,
+                                      to_rgb_uint8,
+)

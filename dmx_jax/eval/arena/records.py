@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 VERDICTS = ("A", "B", "TIE")
 _VERDICT_LINE = re.compile(r"VERDICT:[ \t]*(A|B|TIE)")
