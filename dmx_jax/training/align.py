@@ -100,35 +100,33 @@ def make_align_loss(side_weight: float = 1.0, box_weight: float = 1.0):
     return functools.partial(align_loss, side_weight=side_weight, box_weight=box_weight)
 
 
-def align_optimizer(cfg: OptimConfig, head_lr: float | None = None) -> optax.GradientTransformation:
-    """AdamW (cfg) for the tower and merger (params["vision"]), the head (params["lm_head"]) at its own learning
-    rate (default: cfg's)."""
-    head_cfg = dataclasses.replace(cfg, learning_rate=head_lr if head_lr is not None else cfg.learning_rate)
+def _grouped_adamw(cfg: OptimConfig, lr_by_key: dict[str, float]) -> optax.GradientTransformation:
+    """AdamW (cfg) with global-norm clipping over all params; params[k] for k in `lr_by_key` (top-level keys)
+    train at their own learning rate (same schedule shape), the rest at cfg's."""
 
-    def adamw(c):
+    def adamw(c: OptimConfig):
         return optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
                            mask=_decay_mask)
 
+    txs = {"default": adamw(cfg),
+           **{k: adamw(dataclasses.replace(cfg, learning_rate=lr)) for k, lr in lr_by_key.items()}}
+
+    def labels(params):
+        return {k: jax.tree.map(lambda _, k=k: k if k in lr_by_key else "default", v) for k, v in params.items()}
+
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    labels = lambda params: {k: jax.tree.map(lambda _: "head" if k == "lm_head" else "vision", v)  # noqa: E731
-                             for k, v in params.items()}
-    parts.append(optax.multi_transform({"vision": adamw(cfg), "head": adamw(head_cfg)}, labels))
-    return optax.chain(*parts)
+    return optax.chain(*parts, optax.multi_transform(txs, labels))
+
+
+def align_optimizer(cfg: OptimConfig, head_lr: float | None = None) -> optax.GradientTransformation:
+    """AdamW (cfg) for the tower and merger (params["vision"]), the head (params["lm_head"]) at its own learning
+    rate (default: cfg's)."""
+    return _grouped_adamw(cfg, {} if head_lr is None else {"lm_head": head_lr})
 
 
 def vision_lr_optimizer(cfg: OptimConfig, vision_lr: float) -> optax.GradientTransformation:
     """For SFT: AdamW (cfg) on the decoder and head, the tower + merger (params["vision"]) at vision_lr."""
-    vis_cfg = dataclasses.replace(cfg, learning_rate=vision_lr)
-
-    def adamw(c):
-        return optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                           mask=_decay_mask)
-
-    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    labels = lambda params: {k: jax.tree.map(lambda _: "vision" if k == "vision" else "rest", v)  # noqa: E731
-                             for k, v in params.items()}
-    parts.append(optax.multi_transform({"vision": adamw(vis_cfg), "rest": adamw(cfg)}, labels))
-    return optax.chain(*parts)
+    return _grouped_adamw(cfg, {"vision": vision_lr})
 
 
 def merge_vision(full_params: dict, align_params: dict) -> dict:
