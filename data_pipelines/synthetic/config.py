@@ -30,6 +30,9 @@ TEST_CYCLE = 50
 DEFAULT_HELDOUT = ("Lung Lesion", "left", "upper")
 
 
+# findings placed in one lung zone (data_pipelines.synthetic.findings draws them; a held-out combination names one)
+ZONED = ("Lung Lesion", "Consolidation", "Pneumonia", "Lung Opacity", "Atelectasis")
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """Everything that shapes the synthetic studies; studies are a pure function of (config, seed, index).
@@ -103,8 +106,6 @@ class SyntheticConfig:
                     any(t not in TASKS for t, _ in mix):
                 raise ValueError(f"{where}.test_task_mix needs known tasks with non-negative weights and a "
                                  f"positive sum, got {mix}")
-        from data_pipelines.synthetic.findings import ZONED  # local: findings imports this module
-
         name, side, zone = self.heldout
         if name not in ZONED or side not in ("right", "left") or zone not in ("upper", "middle", "lower"):
             raise ValueError(f"{where}.heldout must be (zone-placed finding in {ZONED}, right|left, "

@@ -28,7 +28,6 @@ PHRASES = {
 KIND_PHRASES = {"nodule": "lung nodule", "mass": "lung mass", "pacemaker": "pacemaker",
                 "venous catheter": "venous catheter", "enteric tube": "enteric tube"}
 KINDS = {"Lung Lesion": ("nodule", "mass"), "Support Devices": ("pacemaker", "venous catheter", "enteric tube")}
-ZONED = ("Lung Lesion", "Consolidation", "Pneumonia", "Lung Opacity", "Atelectasis")
 LEVEL_WORDS = ("mild", "moderate", "severe")
 SIZE_WORDS = ("small", "moderate", "large")
 LEVELED = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Edema", "Consolidation", "Pneumonia",

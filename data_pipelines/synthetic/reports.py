@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipelines.schema import CHEXPERT_LABELS
-from data_pipelines.synthetic.config import SyntheticConfig
-from data_pipelines.synthetic.findings import FINDING_NAMES, ZONED, Finding
+from data_pipelines.synthetic.config import ZONED, SyntheticConfig
+from data_pipelines.synthetic.findings import FINDING_NAMES, Finding
 
 Sentence = tuple[str, dict]  # (text, {CheXpert name: 1.0 | 0.0 | -1.0})
 

@@ -11,11 +11,10 @@ import dataclasses
 import numpy as np
 
 from data_pipelines.synthetic.anatomy import SIDES, Anatomy, normal_ctr, normal_mediastinum, sample_anatomy
-from data_pipelines.synthetic.config import SyntheticConfig, rng_for, split_of
+from data_pipelines.synthetic.config import ZONED, SyntheticConfig, rng_for, split_of
 from data_pipelines.synthetic.findings import (
     LEVELED,
     SIZED,
-    ZONED,
     Finding,
     FindingSpec,
     apply_to_anatomy,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.synthetic.anatomy import SIDES, ZONES
+from data_pipelines.synthetic.config import ZONED
 from data_pipelines.synthetic.findings import (
     FINDING_NAMES,
     KINDS,
@@ -25,7 +26,6 @@ from data_pipelines.synthetic.findings import (
     PHRASES,
     SIZE_WORDS,
     SIZED,
-    ZONED,
 )
 
 Program = tuple[tuple[str, Any], ...]
