@@ -175,8 +175,10 @@ def _scaled_data(**kw) -> DataConfig:
 
 
 def _scaled_memory(**kw) -> MemoryConfig:
-    """Chosen from `python -m experiments.aot` (BUILD_NOTES.md): every stage fits with >= 10% headroom."""
-    return MemoryConfig(**{**dict(remat="full", vision_remat="full", attention="splash", attention_block=512,
+    """Chosen from `python -m experiments.aot` (BUILD_NOTES.md): every 7B step fits v5p-8 with >= 10% headroom.
+    Attention is the pure-JAX blockwise kernel: the Pallas splash kernel fails to compile at 7B shapes with
+    libtpu 0.0.42.1 ("Mosaic failed to compile TPU kernel: Bad lhs type"), so it is opt-in."""
+    return MemoryConfig(**{**dict(remat="full", vision_remat="full", attention="chunked", attention_block=512,
                                   loss_chunk=256, kv_cache_dtype="bfloat16", ref_dtype="bfloat16"), **kw})
 
 
