@@ -50,7 +50,7 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     # rerun: nothing is retrained or re-evaluated
     assert run.main(["--run-dir", str(run_dir), *MINI]) == 0
     second = capsys.readouterr().out
-    assert second.count("finished earlier") == 3 and "evaluating" not in second, second
+    assert second.count("finished earlier") == 4 and "evaluating" not in second, second   # align + 3 stages
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_records
     assert "evaluating" in first
 

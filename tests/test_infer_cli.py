@@ -16,8 +16,9 @@ from experiments.pipeline import model_config_for
 from tests.helpers.real_formats import write_dicom
 
 
-class _Cfg:          # the two fields model_config_for reads
-    hf_checkpoint, model, dtype = None, "tiny", "float32"
+class _Cfg:          # the fields model_config_for reads
+    from experiments.configs import MemoryConfig
+    hf_checkpoint, model, dtype, memory = None, "tiny", "float32", MemoryConfig()
 
 
 @pytest.fixture(scope="module")
