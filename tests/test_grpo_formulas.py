@@ -22,7 +22,6 @@ from dmx_jax.training.grpo_loss import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _torch_float64():
     """The references run in float64; the default is restored so other test modules' torch models stay fp32."""
