@@ -28,7 +28,6 @@ from experiments.configs import MemoryConfig
 from experiments.data import batches
 
 DONE = "DONE.json"
-_DEFAULT_MEMORY = MemoryConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +160,7 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
                        stack=lambda rows: (stack_align_rows(rows), {"example_ids": []}))
 
 
-def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, memory=None, seed: int = 0,
+def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, memory: MemoryConfig, seed: int = 0,
                 generation_config: dict | None = None) -> StageRecipe:
     """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids);
     the prompt stream carries each prompt's reward ground truth, built from the rows' targets and boxes."""
@@ -171,7 +170,6 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
     from dmx_jax.training.grpo import GRPOLearner, sampling_shardings
     from dmx_jax.training.rl_vlm import make_logprob_fn, make_sample_fn
     algo, reward_cfg = rl_cfg.algo, PRESETS[rl_cfg.reward_preset]
-    memory = memory if memory is not None else _DEFAULT_MEMORY
     table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
     jitted_reward = make_reward_fn(reward_cfg, table, max_new_tokens=algo.max_new_tokens)
 
@@ -208,10 +206,11 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
     """The schedule and recipe of stage `name` from its config section (cfg.sft / cfg.cold_start: StageConfig,
     cfg.rl: RLConfig) and the run's MemoryConfig. GRPO's reference model is `ref_params` (the parameters the
     stage starts from)."""
+    memory = memory if memory is not None else MemoryConfig()
     if name != "grpo":
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
         return spec, sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
-                                loss_chunk=memory.loss_chunk if memory is not None else 0)
+                                loss_chunk=memory.loss_chunk)
     n_rollouts = stage_cfg.prompts_per_step * stage_cfg.algo.group_size
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if n_rollouts % shards:
