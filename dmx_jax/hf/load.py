@@ -1,7 +1,9 @@
 """Load a Hugging Face Qwen2.5-VL folder (config.json + single or sharded safetensors) into dmx-jax.
 
-Tensors are read one at a time through safetensors' numpy reader, transformed by the one mapping table,
-cast, and placed straight into their sharding; a full second copy of the model never exists on the host.
+Shapes come from the safetensors headers; every parameter is then built with jax.make_array_from_callback,
+whose callback reads only the requested shard from the file (safetensors' lazy get_slice, with the mapping
+table's transposes / head splits applied per slice by dmx_jax.hf.slicing) and casts it. A process therefore
+reads only what its own devices hold; without a sharding the whole tensor is read once.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dmx_jax.hf import mapping
+from dmx_jax.hf import mapping, slicing
 from dmx_jax.model.config import ModelConfig, from_hf_config
 from dmx_jax.model.qwen2_5_vl import Qwen25VL
 
@@ -77,7 +79,7 @@ class _Reader:
         self._handles: dict[Path, Any] = {}
         self._disk_names: dict[str, str] = {}
 
-    def get(self, name: str) -> np.ndarray:
+    def _handle(self, name: str):
         file = self.index[name]
         if file not in self._handles:
             try:
@@ -86,10 +88,26 @@ class _Reader:
                 raise CheckpointError(f"{file}: cannot open ({type(e).__name__}: {e})") from None
             for k in self._handles[file].keys():  # noqa: SIM118 - a safetensors safe_open handle, not a dict: no __iter__
                 self._disk_names[mapping.canonical(k)] = k
+        return self._handles[file]
+
+    def _unreadable(self, name: str, e: Exception) -> CheckpointError:
+        return CheckpointError(f"{self.index[name]}: tensor {name} is unreadable ({type(e).__name__}: {e})")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The on-disk shape from the header (nothing is read)."""
+        handle = self._handle(name)
         try:
-            return self._handles[file].get_tensor(self._disk_names[name])
+            return tuple(handle.get_slice(self._disk_names[name]).get_shape())
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{file}: tensor {name} is unreadable ({type(e).__name__}: {e})") from None
+            raise self._unreadable(name, e) from None
+
+    def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        """Only the block `index` (on-disk layout) of one tensor, through safetensors' lazy get_slice."""
+        handle = self._handle(name)
+        try:
+            return handle.get_slice(self._disk_names[name])[index]
+        except Exception as e:  # noqa: BLE001
+            raise self._unreadable(name, e) from None
 
 
 def _set(tree: dict, path: str, value: Any) -> None:
@@ -105,12 +123,31 @@ def _get(tree: dict, path: str) -> Any:
     return tree
 
 
-def _place(value: np.ndarray, sharding) -> jax.Array:
-    """A global array from a host copy: each process puts only the slices its own devices hold
-    (jax.make_array_from_callback), never the whole tensor on every local device."""
+def _reader_for(reader: _Reader, names: list[str], hf_shape: tuple[int, ...], layout: slicing.Layout,
+                stacked: bool, dtype) -> Callable[[tuple[slice, ...]], np.ndarray]:
+    """index (target order, leading layer axis when stacked) -> that block, read from the file and cast."""
+    def read(index: tuple[slice, ...]) -> np.ndarray:
+        if not stacked:
+            return slicing.read_block(lambda ix: reader.read(names[0], ix), hf_shape, layout, index).astype(dtype)
+        lo, hi, _ = index[0].indices(len(names))
+        return np.stack([slicing.read_block(lambda ix, n=n: reader.read(n, ix), hf_shape, layout, index[1:])
+                         for n in names[lo:hi]]).astype(dtype)
+    return read
+
+
+def _place(shape: tuple[int, ...], read: Callable[[tuple[slice, ...]], np.ndarray], sharding, dtype) -> jax.Array:
+    """A global array whose every addressable shard is read straight from the file: each process reads only
+    the slices its own devices hold (jax.make_array_from_callback), each distinct slice once."""
     if sharding is None:
-        return jnp.asarray(value)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+        return jnp.asarray(read(tuple(slice(0, n) for n in shape)))
+    cache: dict[tuple, np.ndarray] = {}
+
+    def shard(index):
+        key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+        if key not in cache:
+            cache[key] = read(tuple(slice(*k) for k in key))
+        return cache[key]
+    return jax.make_array_from_callback(shape, sharding, shard, dtype=dtype)
 
 
 def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = None,
@@ -135,29 +172,29 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = N
     reader = _Reader(index)
     expected: set[str] = set()
     pdt = jnp.dtype(cfg.param_dtype)
-    for param_path, template, to_jax, _ in mapping.rows(cfg):
+    for param_path, template, _, _ in mapping.rows(cfg):
         names = mapping.hf_names(template, cfg, param_path)
         expected.update(names)
         stacked = mapping.num_layers(param_path, cfg) is not None
         want = tuple(_get(target, param_path).shape)
         per_tensor = want[1:] if stacked else want
-        slices = []
+        hf_shape, layout = None, None
         for name in names:
             if name not in index:
                 raise CheckpointError(f"{path}: tensor {name} is missing (needed for {param_path})")
-            raw = reader.get(name)
+            shape = reader.shape(name)
             try:
-                arr = to_jax(raw, cfg)
-            except ValueError:
-                arr = None
-            if arr is None or tuple(arr.shape) != per_tensor:
-                raise CheckpointError(f"{index[name]}: tensor {name} has shape {tuple(raw.shape)}, "
+                lay = mapping.layout(param_path, shape, cfg)
+                got = slicing.target_shape(lay, shape)
+            except (ValueError, IndexError, ZeroDivisionError):
+                got = None
+            if got != per_tensor or (hf_shape is not None and shape != hf_shape):
+                raise CheckpointError(f"{index[name]}: tensor {name} has shape {shape}, "
                                       f"which does not fit parameter {param_path} {per_tensor} of this config")
-            slices.append(arr)
-        value = np.stack(slices) if stacked else slices[0]
-        value = value.astype(pdt)
-        sharding = param_sharding(tuple(param_path.split(".")), value.shape) if param_sharding else None
-        _set(target, param_path, _place(value, sharding))
+            hf_shape, layout = shape, lay
+        read = _reader_for(reader, names, hf_shape, layout, stacked, pdt)
+        sharding = param_sharding(tuple(param_path.split(".")), want) if param_sharding else None
+        _set(target, param_path, _place(want, read, sharding, pdt))
     if cfg.tie_word_embeddings:  # some exports write the tied head anyway; the embedding is the head
         expected.add("lm_head.weight")
     unexpected = sorted(set(index) - expected)

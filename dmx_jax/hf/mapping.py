@@ -6,6 +6,8 @@ to_jax(hf_array, cfg) -> param slice, to_hf(param_slice, cfg) -> hf_array). PyTo
 """
 from __future__ import annotations
 
+from dmx_jax.hf import slicing
+
 T = lambda w, c: w.T                                   # noqa: E731
 ID = lambda w, c: w                                    # noqa: E731
 
@@ -80,6 +82,50 @@ TABLE = (
 
 # transformers keeps in-memory names under model.language_model / model.visual; accept them on load.
 ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))
+
+
+# Slice layouts (dmx_jax.hf.slicing) of the transforms above, so a shard is read from the file without the full
+# tensor: layout(hf_shape, cfg) -> ((hf_axes, target_sizes), ...) in target order. Rows not listed are identity.
+def _split_rows(n_of):        # [n*h, d] -> [d, n, h]
+    return lambda s, c: (((1,), (s[1],)), ((0,), (n_of(c), s[0] // n_of(c))))
+
+
+def _split_cols(n_of):        # [d, n*h] -> [n, h, d]
+    return lambda s, c: (((1,), (n_of(c), s[1] // n_of(c))), ((0,), (s[0],)))
+
+
+def _split_vec(n_of):         # [n*h] -> [n, h]
+    return lambda s, c: (((0,), (n_of(c), s[0] // n_of(c))),)
+
+
+_HEADS, _KV = (lambda c: c.text.num_attention_heads), (lambda c: c.text.num_key_value_heads)
+_VHEADS = lambda c: c.vision.num_heads             # noqa: E731
+_transposed = lambda s, c: slicing.transpose2(s)   # noqa: E731
+LAYOUTS = {
+    "lm_head.kernel": _transposed,
+    "text.layers.attn.q.kernel": _split_rows(_HEADS),
+    "text.layers.attn.q.bias": _split_vec(_HEADS),
+    "text.layers.attn.k.kernel": _split_rows(_KV),
+    "text.layers.attn.k.bias": _split_vec(_KV),
+    "text.layers.attn.v.kernel": _split_rows(_KV),
+    "text.layers.attn.v.bias": _split_vec(_KV),
+    "text.layers.attn.o.kernel": _split_cols(_HEADS),
+    **{f"text.layers.mlp.{n}.kernel": _transposed for n in ("gate", "up", "down")},
+    "vision.patch_embed.kernel": lambda s, c: (((1, 2, 3, 4), (s[1] * s[2] * s[3] * s[4],)), ((0,), (s[0],))),
+    "vision.blocks.attn.qkv.kernel": lambda s, c: (((1,), (s[1],)),
+                                                   ((0,), (3, _VHEADS(c), s[0] // (3 * _VHEADS(c))))),
+    "vision.blocks.attn.qkv.bias": lambda s, c: (((0,), (3, _VHEADS(c), s[0] // (3 * _VHEADS(c)))),),
+    "vision.blocks.attn.proj.kernel": _split_cols(_VHEADS),
+    **{f"vision.blocks.mlp.{n}.kernel": _transposed for n in ("gate", "up", "down")},
+    "vision.merger.fc1.kernel": _transposed,
+    "vision.merger.fc2.kernel": _transposed,
+}
+
+
+def layout(param_path: str, hf_shape, cfg) -> slicing.Layout:
+    """How the HF tensor's axes become the parameter's (see dmx_jax.hf.slicing); must agree with to_jax."""
+    fn = LAYOUTS.get(param_path)
+    return fn(tuple(hf_shape), cfg) if fn else slicing.identity(hf_shape)
 
 
 def num_layers(path: str, cfg) -> int | None:
