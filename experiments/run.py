@@ -36,6 +36,20 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def _remote_run_dir_error(run_dir: str) -> str:
+    """Why a remote --run-dir is refused, in one line: the missing epath backend (and the extra that installs
+    it), else that only checkpoints take remote paths today (the stage runner writes its run directory with
+    local file APIs)."""
+    from dmx_jax.training.checkpoint import remote_path_error
+    missing = remote_path_error(run_dir)
+    if missing:
+        return f"{missing}; or use a mounted bucket (gcsfuse)"
+    return (
+        f"{run_dir}: the stage runner writes its run directory through local file APIs, so only checkpoints "
+        f"(dmx_jax.training.checkpoint.Checkpointer) take remote paths today; use a mounted bucket (gcsfuse) "
+        f"or a shared filesystem")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from experiments.configs import PRESETS
@@ -51,8 +65,7 @@ def main(argv=None) -> int:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     if "://" in str(args.run_dir or ""):
-        print(f"error: --run-dir {args.run_dir}: remote run directories are not supported yet; use a local path or "
-              f"a mounted bucket (gcsfuse / a shared filesystem)", file=sys.stderr)
+        print(f"error: --run-dir {_remote_run_dir_error(args.run_dir)}", file=sys.stderr)
         return 2
     if args.distributed != "off":
         from dmx_jax.sharding import DistributedConfig, initialize

@@ -4,26 +4,66 @@ A checkpoint holds the TrainState (params, optimizer state, step, RNG), the data
 run config (JSON). Restoring takes an abstract TrainState whose leaves carry the target shardings, so a
 run saved on one mesh restores onto another. Every process's data-iterator state is kept (each reads its own
 shard): <directory>_data/<step>/process_<i>.json beside orbax's steps, process 0's also in the step itself.
+The directory may be remote (`gs://bucket/run/ckpt`): it is kept as an etils.epath path and handed to orbax
+unchanged; `remote_path_error` says in one line which extra a missing epath backend needs.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from dmx_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
+
+
+# URI scheme -> (groups of modules, each group satisfied by any one of its modules; the dmx-jax extra that
+# installs them). gs://: an etils.epath backend (gcsfs, or TensorFlow's gfile) for orbax's directory work, and
+# google-cloud-storage, which orbax imports to list the steps of a gs:// directory. Tensorstore (always
+# installed) writes the arrays itself.
+REMOTE_BACKENDS = {"gs": ((("gcsfs", "tensorflow"), ("google.cloud.storage",)), "gcs")}
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a missing parent package of a dotted name
+        return False
+
+
+def remote_path_error(path: str | os.PathLike) -> str | None:
+    """None when `path` is local or what its scheme needs is importable, else one line saying what to install."""
+    if not is_remote(path):
+        return None
+    scheme = str(path).split("://", 1)[0]
+    if scheme not in REMOTE_BACKENDS:
+        return f"{path}: unsupported scheme {scheme}:// (remote directories: {', '.join(REMOTE_BACKENDS)}://)"
+    groups, extra = REMOTE_BACKENDS[scheme]
+    missing = [" or ".join(g) for g in groups if not any(_importable(m) for m in g)]
+    if not missing:
+        return None
+    return (f"{path}: {scheme}:// paths need {' and '.join(missing)} (orbax / etils.epath), not installed: "
+            f"pip install 'dmx-jax[{extra}]'")
+
+
+def as_path(directory: str | os.PathLike) -> epath.Path:
+    """A local directory made absolute, or a remote URI kept exactly as given (both as etils.epath paths)."""
+    return epath.Path(directory) if is_remote(directory) else epath.Path(os.path.abspath(directory))
 
 
 def _as_tree(state: TrainState) -> dict:
@@ -33,8 +73,12 @@ def _as_tree(state: TrainState) -> dict:
 class Checkpointer:
     """CheckpointManager wrapper: save every `save_every` steps (and when forced), keep the last `keep`."""
 
-    def __init__(self, directory: str | Path, *, save_every: int = 100, keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+    def __init__(self, directory: str | os.PathLike, *, save_every: int = 100, keep: int = 3,
+                 async_save: bool = True):
+        error = remote_path_error(directory)
+        if error:
+            raise ValueError(error)
+        self.directory = as_path(directory)
         self.save_every = save_every
         self._mngr = ocp.CheckpointManager(
             self.directory,
@@ -62,7 +106,7 @@ class Checkpointer:
         return True
 
     @property
-    def _data_dir(self) -> Path:
+    def _data_dir(self) -> epath.Path:
         return self.directory.with_name(self.directory.name + "_data")
 
     def _write_data_state(self, step: int, data_state: Any) -> None:
@@ -71,12 +115,13 @@ class Checkpointer:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data_state))
-        os.replace(tmp, path)
+        tmp.replace(path)
         keep = {str(s) for s in self._mngr.all_steps()} | {str(step)}
         if jax.process_index() == 0:
             for old in self._data_dir.iterdir():
                 if old.name not in keep:
-                    shutil.rmtree(old, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        old.rmtree(missing_ok=True)
 
     def _read_data_state(self, step: int, saved: Any) -> Any:
         path = self._data_dir / str(step) / f"process_{jax.process_index()}.json"
