@@ -1,48 +1,86 @@
 """The FLOP formula (dmx_jax.perf.flops) == the dot products XLA is asked to run.
 
 Reference: every dot_general in the jaxpr of the jitted forward, 2 x (output size) x (contracted size),
-scan bodies multiplied by their trip count. The formula's executed-attention mode must equal it exactly;
+scan bodies once per iteration, and of each lax.cond only the branch its (constant-folded) index selects: the
+vision tower picks full or window attention per block from a scanned constant flag.
+The formula's executed-attention mode must equal it exactly;
 its model mode (causal, windowed) must be smaller by exactly the masked-out attention work.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
+from jax.extend.core import Literal
 
 from dmx_jax.model import Qwen25VL, rope_index, vision_inputs
 from dmx_jax.model.config import tiny
 from dmx_jax.perf.flops import batch_train_flops, forward_flops, mfu, peak_flops_per_device, train_flops
 
 
-def dot_flops(jaxpr) -> float:
+def _inner(sub, args: list) -> tuple:
+    """(jaxpr, known values of its variables): a closed jaxpr's consts and the callers' known arguments."""
+    inner = getattr(sub, "jaxpr", sub)
+    env = dict(zip(inner.constvars, getattr(sub, "consts", ())))
+    env.update({v: a for v, a in zip(inner.invars, args) if a is not None})
+    return inner, env
+
+
+def dot_flops(jaxpr, env: dict | None = None) -> float:
+    """2 x out x contracted of every dot_general that runs: scan bodies once per iteration and, in each, only the
+    cond branch its index selects. The index must be known: constants and the scanned slices of constants (the
+    vision tower's per-block full/window flag) are folded through small ops; an unknown index fails."""
+    if hasattr(jaxpr, "consts"):
+        jaxpr, env = _inner(jaxpr, [])
+    env = dict(env or {})
+    read = lambda v: v.val if isinstance(v, Literal) else env.get(v)  # noqa: E731
     total = 0.0
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
+        name, args = eqn.primitive.name, [read(v) for v in eqn.invars]
+        assert name != "while", "a while loop has no static trip count"
+        if name == "dot_general":
             (lc, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lc)
-        assert eqn.primitive.name != "while", "a while loop has no static trip count"
-        times = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    total += times * dot_flops(inner)
+        elif name == "scan":
+            nc, ncarry = eqn.params["num_consts"], eqn.params["num_carry"]
+            for i in range(eqn.params["length"]):
+                step = args[:nc] + [None] * ncarry + [None if x is None else np.asarray(x)[i]
+                                                      for x in args[nc + ncarry:]]
+                total += dot_flops(*_inner(eqn.params["jaxpr"], step))
+        elif name == "cond":
+            assert args[0] is not None, "a cond whose branch index is not known"
+            branches = eqn.params["branches"]
+            taken = branches[int(np.clip(int(np.asarray(args[0])), 0, len(branches) - 1))]
+            total += dot_flops(*_inner(taken, args[1:]))
+        else:
+            params = [s for value in eqn.params.values() for s in (value if isinstance(value, (tuple, list))
+                                                                   else (value,))]
+            subs = [s for s in params if hasattr(getattr(s, "jaxpr", s), "eqns")]
+            for sub in subs:                                    # jit, remat, custom_jvp/vjp: run once
+                same = len(getattr(sub, "jaxpr", sub).invars) == len(args)
+                total += dot_flops(*_inner(sub, args if same else []))
+            if not subs and all(a is not None for a in args) and \
+                    sum(math.prod(v.aval.shape) for v in eqn.outvars) <= 4096:
+                try:                                            # fold small constant arithmetic
+                    out = eqn.primitive.bind(*args, **eqn.params)
+                except Exception:  # noqa: BLE001 - what does not fold stays unknown
+                    continue
+                outs = out if eqn.primitive.multiple_results else [out]
+                env.update({v: np.asarray(o) for v, o in zip(eqn.outvars, outs)})
     return total
 
 
-@pytest.mark.xfail(strict=True, reason="the vision tower now picks window or full attention per block with "
-                   "lax.cond, so the jaxpr holds both branches and the bounded-range window kernel; the executed "
-                   "count needs a per-branch formula (open, issue 13)")
 def test_forward_flops_equal_the_jaxpr_dot_products():
-    cfg = tiny()
+    cfg = tiny()                              # 3 vision blocks, block 1 full: taking the wrong branch changes the sum
+    cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, depth=3, fullatt_block_indexes=(1,)))
     model = Qwen25VL(cfg, nnx.Rngs(0))
-    grids = np.array([[1, 8, 8], [1, 4, 12]])                 # two images of different shapes, packed
+    grids = np.array([[1, 8, 8], [1, 12, 12]])   # two images, packed: 208 patches > 128 + 2 windows of 16, so
+    # window blocks run the bounded-range kernel and cost less than the full-attention block (a wrong branch shows)
     m2 = cfg.vision.spatial_merge_size ** 2
     n_img = [int(np.prod(g)) // m2 for g in grids]
     row0 = [5, cfg.vision_start_token_id] + [cfg.image_token_id] * n_img[0] + [cfg.vision_end_token_id, 7, 8]
@@ -60,7 +98,7 @@ def test_forward_flops_equal_the_jaxpr_dot_products():
     vin = jax.tree.map(jnp.asarray, vision_inputs(grids, cfg.vision))
     jaxpr = jax.make_jaxpr(lambda i, p, a, px: model.forward(i, p, a, px, vin)[0])(
         jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(mask), pixels)
-    counted = dot_flops(jaxpr.jaxpr)
+    counted = dot_flops(jaxpr)
 
     kw = dict(text_tokens=ids.size, seq_len=seq, image_grids=grids.tolist())
     executed = forward_flops(cfg, attention="executed", **kw)

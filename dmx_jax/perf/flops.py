@@ -13,9 +13,10 @@ merger, per merged token:    2·(Dv·m²)² + 2·(Dv·m²)·D
 For causal text attention C is the mean number of attended keys, (T+1)/2 for a full row of T tokens.
 Training counts forward + backward = 3 × forward (no remat recompute: MFU counts model FLOPs only).
 
-`attention="executed"` counts what a masked dense implementation (this one) runs instead: C = T for text
-rows and C = all patches of the sequence for every vision block. Executed FLOPs are what
-tests/test_flops.py checks, exactly, against the dot products in the jitted forward's jaxpr.
+`attention="executed"` counts what the xla implementation runs instead: C = T for text rows (dense masked),
+C = all packed patches for full-attention vision blocks (dense segment mask), and for window blocks the
+bounded key range of `local_segment_attention` (query blocks of 128 against 128 + 2 windows of keys).
+Executed FLOPs are what tests/test_flops.py checks, exactly, against the dot products in the jitted forward's jaxpr.
 """
 from __future__ import annotations
 
@@ -59,6 +60,20 @@ def _window_sizes(grid_thw: Sequence[int], vcfg) -> list[int]:
     return sizes * t
 
 
+LOCAL_QUERY_BLOCK = 128   # dmx_jax.model.attention.local_segment_attention's query block
+
+
+def _executed_window(packed: int, vcfg) -> float:
+    """Scores + weighted sum of one window block as local_segment_attention runs it over `packed` patches: each
+    block of LOCAL_QUERY_BLOCK queries against LOCAL_QUERY_BLOCK + 2 windows of keys (dense when that covers all)."""
+    m = vcfg.spatial_merge_size
+    window = (vcfg.window_size // m // vcfg.patch_size) ** 2 * m * m
+    width = LOCAL_QUERY_BLOCK + 2 * window
+    if width >= packed:
+        return 4.0 * vcfg.hidden_size * packed * packed
+    return 4.0 * vcfg.hidden_size * -(-packed // LOCAL_QUERY_BLOCK) * LOCAL_QUERY_BLOCK * width
+
+
 def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_grids: Sequence[Sequence[int]] = (),
                   lm_head_tokens: int | None = None, attention: str = "model",
                   vision_patches: int | None = None) -> FlopCount:
@@ -86,19 +101,22 @@ def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_gr
         patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
         full = set(vc.fullatt_block_indexes)
         packed = vision_patches or sum(int(np.prod(g)) for g in image_grids)
+        n_full = sum(1 for blk in range(vc.depth) if blk in full)
         for grid in image_grids:
             patches = int(np.prod(grid))
             windows = _window_sizes(grid, vc)
             dense = 2 * dv * 3 * dv + 2 * dv * dv + 6 * dv * fv
             attn_window = sum(4 * dv * s * s for s in windows)      # sum over patches of 4·Dv·window
             attn_full = 4 * dv * patches * patches
-            if attention == "executed":                             # every patch attends the packed sequence
-                attn_window = attn_full = 4 * dv * patches * packed
+            if attention == "executed":                             # attention added once for the packed row
+                attn_window = attn_full = 0
             for blk in range(vc.depth):
                 vis += dense * patches + (attn_full if blk in full else attn_window)
             vis += 2 * patch_dim * dv * patches
             dm = dv * m * m
             merger += (2 * dm * dm + 2 * dm * vc.out_hidden_size) * patches / (m * m)
+        if attention == "executed":
+            vis += n_full * 4 * dv * packed * packed + (vc.depth - n_full) * _executed_window(packed, vc)
     return FlopCount(text=float(text), lm_head=float(head), vision=float(vis), merger=float(merger))
 
 
