@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 
 import jax
+import jax.extend.core
 import numpy as np
 import pytest
 
@@ -131,7 +132,10 @@ def _fuzz_rows(n: int, seed: int, long_chars: int = 0):
             c = f"<think>{steps}</think>\nThe answer is: \\boxed{{{ans}}}"
         if long_chars:
             pad = report(rng, vocab, long_chars // 6)
-            c = c.replace("<think>", "<think>" + pad + " ", 1) if rng.random() < 0.5 else c + " " + pad
+            if "<think>" in c and rng.random() < 0.5:
+                c = c.replace("<think>", "<think>" + pad + " ", 1)
+            else:
+                c = c + " " + pad
             if kind and rng.random() < 0.5:
                 c = c + " \\boxed{" + report(rng, vocab, long_chars // 8) + "}"
         completions.append(c)
@@ -153,10 +157,27 @@ def _check(completions, gts, chunk: int = 2048):
     return got
 
 
+def _primitives(jaxpr) -> set[str]:
+    out = set()
+    for eqn in jaxpr.eqns:
+        out.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out |= _primitives(sub)
+    return out
+
+
+def test_paper_reward_has_no_overwriting_scatter():
+    """The jitted `paper` reward compacts and places values by gathers only: no scatter whose result would
+    depend on the order a backend applies the writes in (the one scatter-add left sums digit values)."""
+    cfg = PRESETS["paper"]
+    text, n = encode_texts(["<think>[1, 2, 3, 4]</think> \\boxed{left lung effusions}"], 128)
+    truth = ground_truth_arrays(["small left pleural effusions"], [[]], cfg)
+    from dmx_jax.rewards.combine import score_bytes
+    prims = _primitives(jax.make_jaxpr(lambda t, k, tr: score_bytes(t, k, tr, cfg))(text, n, truth).jaxpr)
+    assert "scatter" not in prims, sorted(p for p in prims if "scatter" in p)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="OPEN: row 337 of seed 11 is off by 0.0256 accuracy (one ROUGE token) when "
-                   "scored inside a 2,048-row batch under the suite's 8-device CPU setting; exact alone, in 0:2048 "
-                   "without the 8-device flag, and its ROUGE alone at 2,048 rows; not yet located")
 def test_five_thousand_fuzzed_completions_equal_published():
     completions, gts = _fuzz_rows(4800, seed=11)
     got = _check(completions, gts)

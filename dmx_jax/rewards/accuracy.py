@@ -18,7 +18,7 @@ import numpy as np
 
 from dmx_jax.rewards import porter
 from dmx_jax.rewards.paper import KIND_LIST, KIND_LONG, KIND_SHORT
-from dmx_jax.rewards.text_bytes import WHITESPACE_BYTES, byte_in
+from dmx_jax.rewards.text_bytes import WHITESPACE_BYTES, byte_in, gather_or, kth_true
 
 _P1, _P2 = np.uint32(1_000_003), np.uint32(2_654_435_761)   # odd: invertible modulo 2**32
 
@@ -136,10 +136,9 @@ def char_bleu(hyp, hyp_len, ref, ref_len, weights=(0.25, 0.25, 0.25, 0.25)) -> j
 def _word_ngrams(text, length, n):
     """Word n-gram ids starting at each word index (words compacted to the front) and their validity."""
     ids, ends = _words(text, length)
-    batch, width = ends.shape
-    slot = jnp.where(ends, jnp.cumsum(ends, axis=1) - 1, width)
-    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], ends.shape)
-    table = [jnp.zeros_like(i).at[rows, slot].set(i, mode="drop") for i in ids]
+    width = ends.shape[1]
+    src = kth_true(ends, width)                                               # [B, L] k-th word's last byte
+    table = [gather_or(i, src) for i in ids]
     parts = tuple(jnp.pad(t[:, k:], ((0, 0), (0, k))) for k in range(n) for t in table)
     ok = jnp.arange(width)[None, :] + n <= jnp.sum(ends, axis=1)[:, None]
     return parts, ok
@@ -152,14 +151,19 @@ def word_bleu(hyp, hyp_len, ref, ref_len, weights=(0.25, 0.25, 0.25, 0.25)) -> j
     return _bleu(_word_ngrams, hyp, hyp_len, ref, ref_len, n_h, n_r, weights)
 
 
-def rouge1_words(hyp, hyp_len, ref, ref_len) -> jax.Array:
-    """ROUGE-1 F over words ([a-z0-9]+ runs of the lower-cased text), no stemming."""
-    h_id, h_ok = _words(hyp, hyp_len)
-    r_id, r_ok = _words(ref, ref_len)
+def _rouge1_f(token_fn, hyp, hyp_len, ref, ref_len) -> jax.Array:
+    """ROUGE-1 F over the tokens token_fn(text, length) -> (ids, token-end mask) yields for both sides."""
+    h_id, h_ok = token_fn(hyp, hyp_len)
+    r_id, r_ok = token_fn(ref, ref_len)
     overlap = _clipped_overlap(h_id, h_ok, r_id, r_ok).astype(jnp.float32)
     n_h, n_r = jnp.sum(h_ok, axis=1), jnp.sum(r_ok, axis=1)
     p, r = overlap / jnp.maximum(n_h, 1), overlap / jnp.maximum(n_r, 1)
     return jnp.where(p + r > 0, 2 * p * r / jnp.maximum(p + r, 1e-30), 0.0)
+
+
+def rouge1_words(hyp, hyp_len, ref, ref_len) -> jax.Array:
+    """ROUGE-1 F over words ([a-z0-9]+ runs of the lower-cased text), no stemming."""
+    return _rouge1_f(_words, hyp, hyp_len, ref, ref_len)
 
 
 def stemmed_words(text, length):
@@ -175,26 +179,22 @@ def stemmed_words(text, length):
     w, n = porter.stem_slots(*(flat(slots[k]) for k in ("w", "n", "head_len", "head_m", "head_vowel", "prev_vowel")))
     w, n = w.reshape(batch, s, -1).astype(jnp.uint32), n.reshape(batch, s)
     head_end = slots["start"] + slots["head_len"]
-    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, s))
-    at = jnp.where(slots["valid"], slots["end"] - 1, width)
+    # each long token's stemmed id is read back at its last byte by a gather from its slot (no scatter)
+    long_end = end_here & (end - start >= porter.MIN_STEMMED)
+    slot = jnp.clip(jnp.cumsum(long_end, axis=1, dtype=jnp.int32) - 1, 0, s - 1)          # [B, L]
     ids = []
     for p in (_P1, _P2):
         pw = jnp.asarray(_pow_table(p, width + w.shape[2]))
         tail = jnp.sum(w * pw[None, None, :w.shape[2]], axis=2, dtype=jnp.uint32)
-        stemmed = _span_hash(t, slots["start"], head_end, p) + pw[slots["head_len"]] * tail
-        ids.append(_span_hash(t, start, end, p).at[rows, at].set(stemmed, mode="drop"))
-    ids.append((end - start).at[rows, at].set(slots["head_len"] + n, mode="drop"))
+        stemmed = _span_hash(t, slots["start"], head_end, p) + pw[slots["head_len"]] * tail           # [B, S]
+        ids.append(jnp.where(long_end, jnp.take_along_axis(stemmed, slot, axis=1), _span_hash(t, start, end, p)))
+    ids.append(jnp.where(long_end, jnp.take_along_axis(slots["head_len"] + n, slot, axis=1), end - start))
     return tuple(ids), end_here
 
 
 def rouge1_stemmed(hyp, hyp_len, ref, ref_len) -> jax.Array:
     """rouge_score ROUGE-1 F with `use_stemmer=True` (the published definition; see porter.py)."""
-    h_id, h_ok = stemmed_words(hyp, hyp_len)
-    r_id, r_ok = stemmed_words(ref, ref_len)
-    overlap = _clipped_overlap(h_id, h_ok, r_id, r_ok).astype(jnp.float32)
-    n_h, n_r = jnp.sum(h_ok, axis=1), jnp.sum(r_ok, axis=1)
-    p, r = overlap / jnp.maximum(n_h, 1), overlap / jnp.maximum(n_r, 1)
-    return jnp.where(p + r > 0, 2 * p * r / jnp.maximum(p + r, 1e-30), 0.0)
+    return _rouge1_f(stemmed_words, hyp, hyp_len, ref, ref_len)
 
 
 def _items(text, length):

@@ -16,6 +16,7 @@ from dmx_jax.rewards import paper
 from dmx_jax.rewards.text_bytes import (
     first_index,
     is_whitespace,
+    kth_true,
     last_index,
     normalise_tags,
     occurrences,
@@ -220,12 +221,9 @@ def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, *, who
     over = (minus == 0) & ((n_sig > 3) | ((n_sig == 3) & ((int_val > 512) | ((int_val == 512) & (above > 0)))))
     over_at_close = jnp.any(over, axis=-1) & ends_match                                   # [B, L]
 
-    rank = jnp.cumsum(ends_match, axis=1, dtype=jnp.int32) - 1
-    slot = jnp.where(ends_match & (rank < max_boxes), rank, max_boxes)
-    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, length))
-    box_close = jnp.zeros((batch, max_boxes), jnp.int32).at[rows, slot].set(
-        jnp.broadcast_to(idx, (batch, length)), mode="drop")
-    box_valid = jnp.arange(max_boxes)[None, :] < jnp.sum(ends_match, axis=1)[:, None]
+    close_at = kth_true(ends_match, max_boxes)                      # [B, N] the first N closing brackets
+    box_valid = close_at < length
+    box_close = jnp.where(box_valid, close_at, 0)
     boxes = jnp.take_along_axis(values, box_close[..., None], axis=1)
     return {"boxes": jnp.where(box_valid[..., None], boxes, 0.0),
             "box_valid": box_valid,

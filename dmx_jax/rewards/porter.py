@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmx_jax.rewards.text_bytes import byte_in
+from dmx_jax.rewards.text_bytes import byte_in, gather_or, kth_true
 
 WINDOW = 32                   # bytes of each word's tail kept in its slot (see the module docstring)
 MIN_STEMMED = 4               # rouge_score stems only tokens longer than 3 characters
@@ -270,11 +270,10 @@ def long_word_slots(text, length, n_slots: int | None = None):
     is_word, start, end_here = word_runs(text, length)
     pos = jnp.arange(width, dtype=jnp.int32)[None, :]
     long_end = end_here & (pos + 1 - start >= MIN_STEMMED)
-    slot = jnp.where(long_end, jnp.cumsum(long_end, axis=1, dtype=jnp.int32) - 1, s)
-    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], text.shape)
-    end = jnp.zeros((batch, s), jnp.int32).at[rows, slot].set(jnp.broadcast_to(pos + 1, text.shape), mode="drop")
-    w_start = jnp.zeros((batch, s), jnp.int32).at[rows, slot].set(start, mode="drop")
-    valid = jnp.arange(s)[None, :] < jnp.sum(long_end, axis=1)[:, None]
+    last = kth_true(long_end, s)                                       # [B, S] last byte of each long token
+    valid = last < width
+    end = jnp.where(valid, last + 1, 0)
+    w_start = gather_or(start, last)
     total = end - w_start
     n = jnp.where(valid, jnp.minimum(total, WINDOW), 0)
     head_end = end - n

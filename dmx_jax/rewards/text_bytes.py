@@ -117,15 +117,28 @@ def last_index(mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(mask, positions(mask), -1), axis=-1)
 
 
+def kth_true(mask: jax.Array, n: int) -> jax.Array:
+    """int32 [B, n]: the column of the k-th True of each row (k = 0..n-1), L where the row has fewer.
+
+    Compaction by gathers (binary search over the running count) instead of a scatter: every output reads
+    its own source, so the result cannot depend on the order in which a backend applies scattered writes."""
+    count = jnp.cumsum(mask, axis=-1, dtype=jnp.int32)                                   # [B, L]
+    want = jnp.arange(1, n + 1, dtype=jnp.int32)
+    return jax.vmap(lambda c: jnp.searchsorted(c, want, side="left"))(count).astype(jnp.int32)
+
+
+def gather_or(values: jax.Array, cols: jax.Array, fill=0) -> jax.Array:
+    """values[b, cols[b, k]] along axis 1, `fill` where cols is out of range (e.g. L from kth_true)."""
+    ok = (cols >= 0) & (cols < values.shape[1])
+    got = jnp.take_along_axis(values, jnp.clip(cols, 0, values.shape[1] - 1), axis=1)
+    return jnp.where(ok, got, jnp.asarray(fill, values.dtype))
+
+
 def compact(text: jax.Array, keep: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Stable compaction: the kept bytes of each row moved left in order, zero padded. keep must be False
     beyond text_len. Returns (text uint8 [B, L], text_len int32 [B])."""
-    batch, length = text.shape
     new_len = jnp.sum(keep, axis=-1, dtype=jnp.int32)
-    dest = jnp.where(keep, jnp.cumsum(keep, axis=-1, dtype=jnp.int32) - 1, length)     # L -> dropped
-    rows = jnp.broadcast_to(jnp.arange(batch)[:, None], text.shape)
-    out = jnp.zeros_like(text).at[rows, dest].set(text, mode="drop")
-    return out, new_len
+    return gather_or(text, kth_true(keep, text.shape[1])), new_len
 
 
 def normalise_tags(text: jax.Array, text_len: jax.Array) -> tuple[jax.Array, jax.Array]:
