@@ -205,8 +205,31 @@ def splash_attention(q, k, v, mask: Mask, block: int = 512, interpret: bool = Fa
         qkv = P(bspec, None, hspec, None)
         seg = P(bspec, None)
         fn = jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv, check_vma=False)
-    out = fn(q, k, v, q_seg, k_seg)
+    out = _default_precision(fn)(q, k, v, q_seg, k_seg)
     return out[:, :t]
+
+
+def _default_precision(fn):
+    """fn traced (forward and backward) under the default matmul precision. The splash kernel's dots take the
+    global `jax_default_matmul_precision`; under "highest" (the fp32 parity tests set it) bf16 operands get
+    contract_precision<fp32> and Mosaic rejects the kernel ("Bad lhs type"). The backward is traced at transpose
+    time, outside any context set here, so the vjp is taken inside a custom_vjp whose bwd re-enters the context."""
+    @jax.custom_vjp
+    def call(*args):
+        with jax.default_matmul_precision("default"):
+            return fn(*args)
+
+    def fwd(*args):
+        with jax.default_matmul_precision("default"):
+            out, vjp = jax.vjp(fn, *args)
+        return out, vjp
+
+    def bwd(vjp, g):
+        with jax.default_matmul_precision("default"):
+            return vjp(g)
+
+    call.defvjp(fwd, bwd)
+    return call
 
 
 def local_segment_attention(q, k, v, seg, max_segment: int, block: int = 128) -> jax.Array:
