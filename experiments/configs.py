@@ -175,14 +175,16 @@ def _scaled_data(**kw) -> DataConfig:
 
 
 def _scaled_memory(**kw) -> MemoryConfig:
-    """Chosen from `python -m experiments.aot` (BUILD_NOTES.md): every 7B step fits v5p-8 with >= 10% headroom.
-    Attention is the pure-JAX blockwise kernel: the Pallas splash kernel fails to compile at 7B shapes with
-    libtpu 0.0.42.1 ("Mosaic failed to compile TPU kernel: Bad lhs type"), so it is opt-in."""
+    """Chosen from `python -m experiments.aot` (BUILD_NOTES.md AOT table). Attention is the pure-JAX blockwise
+    kernel (any backend); the Pallas splash kernel is opt-in (`memory.attention=splash`, TPU only)."""
     return MemoryConfig(**{**dict(remat="full", vision_remat="full", attention="chunked", attention_block=512,
                                   loss_chunk=256, kv_cache_dtype="bfloat16", ref_dtype="bfloat16"), **kw})
 
 
-def qwen2_5_vl_3b() -> ExperimentConfig:
+def qwen2_5_vl_3b(accum: tuple[int, int, int] = (8, 8, 40)) -> ExperimentConfig:
+    """accum: gradient accumulation of SFT, cold start and the GRPO update (global batches stay 128, 64 and
+    64 x 5): 3B micro-batches of 16, 8 and 8 rows, one or two rows per chip on a v5e-8."""
+    sft_acc, cold_acc, rl_acc = accum
     return ExperimentConfig(
         name="qwen2_5_vl_3b", model="qwen2_5_vl_3b", dtype="bfloat16",
         mesh=MeshConfig(data=1, fsdp=-1, tensor=1),
@@ -190,18 +192,19 @@ def qwen2_5_vl_3b() -> ExperimentConfig:
         data=_scaled_data(),
         sft=StageConfig(steps=10_000, batch_size=128, optim=OptimConfig(learning_rate=1e-5, warmup_steps=200,
                                                                           total_steps=10_000, weight_decay=0.01,
-                                                                          grad_accum=2)),
+                                                                          grad_accum=sft_acc)),
         cold_start=StageConfig(steps=300, batch_size=64, optim=OptimConfig(learning_rate=1e-5, warmup_steps=20,
-                                                                             total_steps=300, grad_accum=2)),
+                                                                             total_steps=300, grad_accum=cold_acc)),
         rl=RLConfig(steps=500, prompts_per_step=64, algo=GRPOConfig(group_size=5, max_new_tokens=1024),
                     optim=OptimConfig(learning_rate=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.01,
-                                      grad_accum=4)),
+                                      grad_accum=rl_acc)),
         eval=EvalConfig(examples=2000, max_new_tokens=1024),
     )
 
 
 def qwen2_5_vl_7b() -> ExperimentConfig:
-    base = qwen2_5_vl_3b()
+    """Micro-batches of 32, 16 and 16 rows (accumulation 4, 4, 20): v6e-8 (32 GiB) and v5p-8 (96 GiB) both fit."""
+    base = qwen2_5_vl_3b(accum=(4, 4, 20))
     return dataclasses.replace(base, name="qwen2_5_vl_7b", model="qwen2_5_vl_7b",
                                mesh=MeshConfig(data=1, fsdp=-1, tensor=1))
 
