@@ -11,7 +11,10 @@ the median over the rest.
 usage: python -m bench.bench_grpo_step [--model small|qwen0_5b] [--steps 3] [--prompts 4] [--group 8]
                                        [--max-new-tokens 128] [--prefill both|shared|repeated]
                                        [--reward paper|grounded|toy] [--optimizer adamw|sgd]
-                                       [--ref-dtype bfloat16] [--no-notes]
+                                       [--ref-dtype bfloat16] [--layers N] [--notes TEXT] [--no-notes]
+
+--layers N keeps N decoder layers of the text tower (CPU time); --notes fills the table's notes column
+(e.g. what else shared the machine).
 """
 from __future__ import annotations
 
@@ -28,7 +31,15 @@ from bench.common import machine, markdown_table, record_result  # noqa: E402
 PHASES = ("rollout", "reward", "logprob", "update")
 
 
-def model_config(name: str):
+def model_config(name: str, layers: int | None = None):
+    import dataclasses
+    cfg = _model_config(name)
+    if layers:
+        cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_hidden_layers=layers))
+    return cfg
+
+
+def _model_config(name: str):
     from dmx_jax.model.config import ModelConfig, TextConfig, VisionConfig, small
     if name == "small":
         return small()
@@ -95,7 +106,7 @@ def reward_setup(vocab: int, n: int, preset: str = "paper"):
 
 
 def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: bool, preset: str,
-        optimizer: str = "adamw", ref_dtype: str | None = None) -> dict:
+        optimizer: str = "adamw", ref_dtype: str | None = None, layers: int | None = None) -> dict:
     import optax
     from flax import nnx
 
@@ -104,7 +115,7 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     from dmx_jax.training.grpo_loss import GRPOConfig
     from dmx_jax.training.rl_vlm import make_logprob_fn, make_sample_fn
     from dmx_jax.training.state import init_train_state
-    cfg = model_config(model)
+    cfg = model_config(model, layers)
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     params = nnx.to_pure_dict(state)
     algo = GRPOConfig(group_size=group, max_new_tokens=max_new, temperature=1.0, kl_coef=0.01)
@@ -139,19 +150,24 @@ def main():
     ap.add_argument("--reward", default="paper", choices=("paper", "grounded", "toy"))
     ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     ap.add_argument("--ref-dtype", default=None, help="reference copy dtype, e.g. bfloat16")
+    ap.add_argument("--layers", type=int, default=None, help="text decoder layers kept (default: the preset's)")
+    ap.add_argument("--notes", default="", help="the table's notes column")
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
     import jax
     modes = {"both": (False, True), "shared": (True,), "repeated": (False,)}[args.prefill]
     res = {s: run(args.model, args.prompts, args.group, args.max_new_tokens, args.steps, s, args.reward, args.optimizer,
-                 args.ref_dtype) for s in modes}
+                 args.ref_dtype, args.layers) for s in modes}
+    total = model_config(args.model).text.num_hidden_layers
+    label = args.model if not args.layers or args.layers == total else f"{args.model} ({args.layers} of {total} layers)"
     n = args.prompts * args.group
     header = (["model", "prefill", "prompts x G", "new tokens", "reward"] + [f"{p} ms" for p in PHASES]
-              + ["step ms", "reward share"])
-    rows = [[args.model, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens,
+              + ["step ms", "reward share", "notes"])
+    rows = [[label, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens,
              args.reward]
             + [f"{r[f'time/{p}_s'] * 1e3:,.1f}" for p in PHASES]
-            + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}"] for s, r in res.items()]
+            + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}", args.notes]
+            for s, r in res.items()]
     note = (f"Random weights, one 224 px image per prompt, {n} rollouts run to max_new_tokens, "
             f"optimizer {args.optimizer}, reference dtype {args.ref_dtype or 'as policy'}, "
             f"median of {args.steps} steps after the compiling one ({jax.devices()[0].device_kind}). `shared`: the G "
