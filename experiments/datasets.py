@@ -121,13 +121,22 @@ def model_config_for(cfg, tok):
     return dataclasses.replace(mcfg, dtype=cfg.dtype, **cfg.memory.model_overrides())
 
 
-def synthetic_data(cfg, run_dir: Path) -> RunData:
+def synthetic_examples(cfg) -> tuple[list, list]:
+    """(train, test) synthetic Examples of the training tasks. data.vqa_family_weights shape the train split
+    only: the held-out split keeps the benchmark's uniform question families, so scores stay comparable."""
     from data_pipelines.synthetic import SyntheticConfig, examples
     d = cfg.data
     scfg = SyntheticConfig(image_size=d.image_size, seed=cfg.seed)
-    print(f"[data] rendering {d.train_examples} train + {cfg.eval.examples} test synthetic studies", flush=True)
-    train_ex = [e for e in (examples("train", i, scfg) for i in range(d.train_examples)) if e.task in TRAIN_TASKS]
+    train_cfg = dataclasses.replace(scfg, vqa_family_weights=d.vqa_family_weights)
+    train_ex = [e for e in (examples("train", i, train_cfg) for i in range(d.train_examples)) if e.task in TRAIN_TASKS]
     test_ex = [e for e in (examples("test", i, scfg) for i in range(cfg.eval.examples)) if e.task in TRAIN_TASKS]
+    return train_ex, test_ex
+
+
+def synthetic_data(cfg, run_dir: Path) -> RunData:
+    d = cfg.data
+    print(f"[data] rendering {d.train_examples} train + {cfg.eval.examples} test synthetic studies", flush=True)
+    train_ex, test_ex = synthetic_examples(cfg)
     tok = build_tokenizer(train_ex, d.vocab_size, run_dir / "tokenizer")
     mcfg = model_config_for(cfg, tok)
     reasoning_train = [e for e in train_ex if e.task in d.reasoning_tasks]

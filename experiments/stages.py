@@ -209,8 +209,12 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
     memory = memory if memory is not None else MemoryConfig()
     if name != "grpo":
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
-        return spec, sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
-                                loss_chunk=memory.loss_chunk)
+        recipe = sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
+                            loss_chunk=memory.loss_chunk)
+        if stage_cfg.vision_lr is not None:
+            from dmx_jax.training.align import vision_lr_optimizer
+            recipe = dataclasses.replace(recipe, make_tx=lambda optim: vision_lr_optimizer(optim, stage_cfg.vision_lr))
+        return spec, recipe
     n_rollouts = stage_cfg.prompts_per_step * stage_cfg.algo.group_size
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if n_rollouts % shards:
