@@ -385,6 +385,16 @@ def _logprob_fn(mem):
     return lambda model, batch: rl_vlm.completion_logprobs(model, batch, **lp_extra)
 
 
+def _micro_batched(fn, k: int):
+    """fn(params, batch) run over k sequential row slices, as GRPOLearner runs its log-prob passes
+    (GRPOConfig.logprob_micro_batches)."""
+    if k <= 1:
+        return fn
+    from dmx_jax.training.grpo import group_strided_join, group_strided_split
+    return lambda params, batch: group_strided_join(
+        jax.lax.map(lambda b: fn(params, b), group_strided_split(batch, k, 1)), 1)
+
+
 def _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, resident_policy, resident_ref, steps):
     """Completion log-probs (policy = pi_old when recomputed, and the reference)."""
     from flax import nnx
@@ -402,8 +412,10 @@ def _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, resident_poli
     for name, p_abs, resident in (("logprob", plan.params, resident_policy), ("ref_logp", ref, resident_ref)):
         if name not in steps or name == "ref_logp" and (not algo.kl_coef or ref_dtype is None):
             continue        # same program as the policy pass (reference in the policy's dtype)
-        fn = lambda params, batch: logprob_fn(nnx.merge(plan.graphdef, params), batch)  # noqa: E731
-        row = _row(plan, "grpo", name, n, t + tn, f"[{n},{t}+{tn}]")
+        fn = _micro_batched(lambda params, batch: logprob_fn(nnx.merge(plan.graphdef, params), batch),
+                            algo.logprob_micro_batches)
+        micro = f", {algo.logprob_micro_batches} micro-batches" if algo.logprob_micro_batches > 1 else ""
+        row = _row(plan, "grpo", name, n, t + tn, f"[{n},{t}+{tn}]{micro}")
         compile_row(row, fn, (p_abs, rollout), in_shardings=(jax.tree.map(lambda x: x.sharding, p_abs),
                                                              jax.tree.map(lambda x: x.sharding, rollout)),
                     out_shardings=None, mesh=mesh, resident_bytes=resident)
