@@ -386,13 +386,11 @@ def _logprob_fn(mem):
 
 
 def _micro_batched(fn, k: int):
-    """fn(params, batch) run over k sequential row slices, as GRPOLearner runs its log-prob passes
-    (GRPOConfig.logprob_micro_batches)."""
+    """fn(params, batch) over k sequential row slices, as GRPOLearner runs its log-prob passes."""
     if k <= 1:
         return fn
-    from dmx_jax.training.grpo import group_strided_join, group_strided_split
-    return lambda params, batch: group_strided_join(
-        jax.lax.map(lambda b: fn(params, b), group_strided_split(batch, k, 1)), 1)
+    from dmx_jax.training.grpo import map_row_slices
+    return lambda params, batch: map_row_slices(lambda b: fn(params, b), batch, k)
 
 
 def _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, resident_policy, resident_ref, steps):

@@ -85,6 +85,14 @@ def group_strided_join(x: jax.Array, group_size: int) -> jax.Array:
     return jnp.swapaxes(x, 0, 1).reshape((k * m,) + x.shape[3:])
 
 
+def map_row_slices(fn: Callable, batch: Any, k: int) -> Any:
+    """fn(batch) run over k sequential row slices (lax.map of group_strided_split with groups of 1) and joined
+    back in row order; k <= 1 runs fn once. The log-prob passes' micro-batching (GRPOConfig.logprob_micro_batches)."""
+    if k <= 1:
+        return fn(batch)
+    return jax.tree.map(lambda o: group_strided_join(o, 1), jax.lax.map(fn, group_strided_split(batch, k, 1)))
+
+
 def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
                        logprob_fn: Callable, *, grad_accum: int = 1, compute_dtype=None):
     """Pure update step(state, mini_batch) -> (state, metrics) minimising the GRPO objective (one optimizer update)."""
@@ -151,10 +159,7 @@ class GRPOLearner:
             model = nnx.merge(graphdef, cast_floating(params, compute_dtype))
             run = ((lambda b: logprob_fn(model, b, return_entropy=True)) if with_entropy
                    else (lambda b: (logprob_fn(model, b), jnp.zeros(b["completion"].shape, jnp.float32))))
-            if k == 1:
-                return run(batch)
-            out = jax.lax.map(run, group_strided_split(batch, k, 1))
-            return tuple(group_strided_join(o, 1) for o in out)
+            return map_row_slices(run, batch, k)
 
         self._logp_policy = jax.jit(lambda p, b: logp(p, b, entropy))
         self._logp_ref = jax.jit(lambda p, b: logp(p, b, False)[0])
