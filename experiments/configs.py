@@ -35,6 +35,7 @@ class DataConfig:
     cold_start_replay: float = 0.25     # plain rows of the other tasks (reports) mixed into cold start, as a
                                         # fraction of its reasoning rows, so the reasoning stages keep them
     vqa_family_weights: tuple[tuple[str, float], ...] = ()  # synthetic: VQA question-family weights (vqa.VQA_FAMILIES)
+    train_task_mix: tuple[tuple[str, float], ...] = ()  # synthetic: train-split (task, weight); (): the benchmark's
     num_workers: int = 0
 
 
@@ -48,6 +49,7 @@ class AlignConfig:
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=300)
     head_lr: float = 1e-2
     save_every: int = 150
+    decoder_readout: bool = False       # also train the text decoder to read the same targets at the answer start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,7 @@ class StageConfig:
     save_every: int = 50
     eval_every: int = 0
     vision_lr: float | None = None      # the vision tower + merger at their own learning rate (None: optim's)
+    loss_weighting: Literal["token", "row"] = "token"  # SFT loss: every answer token alike, or every row alike
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,15 +122,30 @@ def model_config_for(cfg, tok):
 
 
 def synthetic_examples(cfg) -> tuple[list, list]:
-    """(train, test) synthetic Examples of the training tasks. data.vqa_family_weights shape the train split
-    only: the held-out split keeps the benchmark's uniform question families, so scores stay comparable."""
+    """(train, test) synthetic Examples of the training tasks. data.vqa_family_weights and data.train_task_mix
+    shape the train split only: the held-out split keeps the benchmark's tasks and uniform question families,
+    so scores stay comparable."""
     from data_pipelines.synthetic import SyntheticConfig, examples
     d = cfg.data
     scfg = SyntheticConfig(image_size=d.image_size, seed=cfg.seed)
-    train_cfg = dataclasses.replace(scfg, vqa_family_weights=d.vqa_family_weights)
+    train_cfg = dataclasses.replace(scfg, vqa_family_weights=d.vqa_family_weights,
+                                    **({"task_mix": d.train_task_mix} if d.train_task_mix else {}))
     train_ex = [e for e in (examples("train", i, train_cfg) for i in range(d.train_examples)) if e.task in TRAIN_TASKS]
     test_ex = [e for e in (examples("test", i, scfg) for i in range(cfg.eval.examples)) if e.task in TRAIN_TASKS]
     return train_ex, test_ex
+
+
+def _readout_prompt(cfg, tok, mcfg):
+    """example -> the left-padded prompt row (its study's image + the classification question) that the
+    alignment stage's decoder read-out runs on."""
+    from data_pipelines.synthetic.dataset import CLASSIFICATION_PROMPTS
+    encoder, budget = row_encoder(cfg, tok, mcfg, reasoning=False, prompt_only=True), patch_budget(cfg)
+
+    def prompt_row(ex):
+        one = dataclasses.replace(ex, images=ex.images[-1:], image_sizes=ex.image_sizes[-1:], task="classification",
+                                  prompt=CLASSIFICATION_PROMPTS[0], example_id=ex.example_id + "/readout")
+        return encoder(one, seq_len=cfg.data.prompt_len, patch_budget=budget)
+    return prompt_row
 
 
 def synthetic_data(cfg, run_dir: Path) -> RunData:
@@ -150,7 +165,8 @@ def synthetic_data(cfg, run_dir: Path) -> RunData:
     align = align_eval = None
     if cfg.align.steps > 0:
         from dmx_jax.training.align import align_rows
-        kw = dict(patch_budget=patch_budget(cfg), min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+        kw = dict(patch_budget=patch_budget(cfg), min_pixels=d.min_pixels, max_pixels=d.max_pixels,
+                  prompt_row=_readout_prompt(cfg, tok, mcfg) if cfg.align.decoder_readout else None)
         align, align_eval = align_rows(train_ex, mcfg.vision, **kw), align_rows(test_ex, mcfg.vision, **kw)
     print(f"[data] {len(sft)} SFT rows, {len(cold)} reasoning rows, {len(rl)} RL prompts, {len(plain)} eval prompts; "
           f"vocab {tok.vocab_size}, seq {d.max_seq_len}/{d.reasoning_seq_len}, patch budget {patch_budget(cfg)}",

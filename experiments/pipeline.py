@@ -42,7 +42,8 @@ def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: boo
     head, evaluates the head on held-out studies, and returns the full params with the trained tower."""
     from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
     sdir = run_dir / "align"
-    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed)))
+    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed),
+                                          decoder_readout=cfg.align.decoder_readout))
     aparams = nnx.to_pure_dict(astate)
     if stage_done(sdir):
         print("[align] finished earlier; loading its final parameters", flush=True)
@@ -58,7 +59,9 @@ def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: boo
     (run_dir / "eval" / "align.json").write_text(json.dumps({"metrics": metrics}, indent=1))
     ctx.writer.write({"step": a.steps, "eval_stage": "align", **metrics})
     print(f"[align] held-out label accuracy {metrics['label_acc']:.3f}, side accuracy {metrics['side_acc']:.3f}, "
-          f"box L1 {metrics['box_l1']:.3f}", flush=True)
+          f"box L1 {metrics['box_l1']:.3f}" + (f"; decoder read-out {metrics['decoder_label_acc']:.3f} / "
+                                               f"{metrics['decoder_side_acc']:.3f} / {metrics['decoder_box_l1']:.3f}"
+                                               if "decoder_label_acc" in metrics else ""), flush=True)
     return merge_vision(params, aparams)
 
 

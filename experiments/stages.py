@@ -123,13 +123,14 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
     return state.params
 
 
-def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int = 1, mesh=None) -> StageRecipe:
+def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int = 1, mesh=None,
+               per_row: bool = False) -> StageRecipe:
     """Supervised stages (SFT, cold start): answer-only cross-entropy; the step is jitted with the state's
     shardings in and out (donated) and the placed batch's shardings, under the mesh, so the model's activation
     constraints apply and the step compiles once for the run."""
 
     def build_step(tx, shardings, place):  # noqa: ARG001 - the batch arrives placed
-        step = make_train_step(graphdef, make_sft_loss(loss_chunk), tx, grad_accum=grad_accum,
+        step = make_train_step(graphdef, make_sft_loss(loss_chunk, per_row), tx, grad_accum=grad_accum,
                                compute_dtype=None if model_cfg is None else model_cfg.dtype)
         compiled = {}
 
@@ -210,7 +211,7 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
     if name != "grpo":
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
         recipe = sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
-                            loss_chunk=memory.loss_chunk)
+                            loss_chunk=memory.loss_chunk, per_row=stage_cfg.loss_weighting == "row")
         if stage_cfg.vision_lr is not None:
             from dmx_jax.training.align import vision_lr_optimizer
             recipe = dataclasses.replace(recipe, make_tx=lambda optim: vision_lr_optimizer(optim, stage_cfg.vision_lr))

@@ -68,6 +68,13 @@ def validate(cfg) -> Any:
         _choices("eval.arena_judges", judge, ARENA_JUDGES)
     for task in cfg.data.reasoning_tasks:
         _choices("data.reasoning_tasks", task, SYNTHETIC_TASKS)
+    from data_pipelines.synthetic.vqa import VQA_FAMILIES
+    for field, pairs, names in (("data.train_task_mix", cfg.data.train_task_mix, SYNTHETIC_TASKS),
+                                ("data.vqa_family_weights", cfg.data.vqa_family_weights, VQA_FAMILIES)):
+        for pair in pairs:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], (int, float)) and pair[1] >= 0):
+                raise ConfigError(f"{field}: {pair!r} is not a (name, weight >= 0) pair")
+            _choices(field, pair[0], names)
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         if not isinstance(size, int) or (size < 1 and size != -1):

@@ -2,6 +2,8 @@
 tower + merger trained (and only they), their own learning rate, and the result merged back into the model."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,3 +97,52 @@ def test_learning_rates_of_tower_and_head_are_separate():
     tx = vision_lr_optimizer(OptimConfig(learning_rate=0.1, warmup_steps=0, schedule="constant", clip_norm=0), 0.0)
     upd, _ = tx.update(jax.tree.map(jnp.ones_like, full), tx.init(full), full)
     assert float(jnp.abs(upd["vision"]["w"]).max()) == 0 and float(jnp.abs(upd["text"]["w"]).max()) > 0.05
+
+
+def test_decoder_readout_trains_the_decoder_on_the_prompt_rows_and_merges_it_back(tmp_path):
+    """align.decoder_readout: the text decoder runs over each study's prompt row and a second head reads the
+    targets at the last prompt position; gradients reach the decoder, merge_vision takes it along."""
+    from data_pipelines.formatting import SYSTEM_PROMPT
+    from data_pipelines.pipeline.encode import EncodingConfig, encode_example
+    from data_pipelines.synthetic.dataset import CLASSIFICATION_PROMPTS
+    from data_pipelines.tokenizer import train_sentencepiece
+    from dmx_jax.model.config import tiny as tiny_model
+    tok = train_sentencepiece([CLASSIFICATION_PROMPTS[0], SYSTEM_PROMPT, "system\n", "user\n", "assistant\n"], 300,
+                              tmp_path)
+    base = tiny_model()
+    mcfg = base.replace(text=dataclasses.replace(base.text, vocab_size=tok.vocab_size),
+                        image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
+                        vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
+                        bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+    enc = EncodingConfig(vision=mcfg.vision, prompt_only=True, **PIX)
+
+    def prompt_row(ex):
+        one = dataclasses.replace(ex, prompt=CLASSIFICATION_PROMPTS[0], task="classification")
+        return encode_example(one, tok, enc, seq_len=160, patch_budget=32)
+
+    rows = align_rows(_examples(10), mcfg.vision, patch_budget=32, prompt_row=prompt_row, **PIX)
+    batch = jax.tree.map(jnp.asarray, stack_align_rows(rows[:6]))
+    assert batch["input_ids"].shape == (6, 160) and int(batch["attention_mask"][:, -1].min()) == 1   # left-padded
+    model = Qwen25VL(mcfg, nnx.Rngs(0))
+    full = nnx.to_pure_dict(nnx.split(model)[1])
+    graphdef, state = nnx.split(AlignModel(model, nnx.Rngs(1), decoder_readout=True))
+    params = nnx.to_pure_dict(state)
+    assert set(params) == {"vision", "lm_head", "text", "align_readout"}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        logical_axes(path, leaf.ndim)
+    tx = align_optimizer(OptimConfig(learning_rate=3e-3, warmup_steps=0, schedule="constant"), head_lr=1e-2)
+    st = init_train_state(params, tx)
+    step = jax.jit(make_train_step(graphdef, make_align_loss(), tx))
+    first = None
+    for _ in range(20):
+        st, m = step(st, batch)
+        first = first if first is not None else float(m["align/decoder_label_bce"])
+    assert float(m["align/decoder_label_bce"]) < 0.7 * first, (first, float(m["align/decoder_label_bce"]))
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), params["text"]["layers"],
+                         st.params["text"]["layers"])
+    assert max(jax.tree.leaves(moved)) > 1e-4
+    new = merge_vision(full, st.params)
+    assert new["text"] is st.params["text"] and new["vision"] is st.params["vision"]
+    assert new["lm_head"] is full["lm_head"]
+    ev = align_metrics(graphdef, st.params, stack_align_rows(rows[:6]))
+    assert {"label_acc", "decoder_label_acc", "decoder_side_acc", "decoder_box_l1"} <= set(ev)

@@ -43,3 +43,31 @@ def test_stage_vision_lr_moves_only_the_tower_at_its_rate():
     for path, u in jax.tree_util.tree_leaves_with_path(updates):
         want = 1e-5 if path[0].key == "vision" else 1e-3     # Adam's first step: lr x sign(grad)
         np.testing.assert_allclose(np.abs(np.asarray(u)), want, rtol=1e-3, err_msg=jax.tree_util.keystr(path))
+
+
+def test_row_weighted_sft_loss_is_the_mean_of_per_row_token_means():
+    """loss_weighting="row": a 2-token answer weighs as much as a 9-token one (the mean of each row's token-mean
+    NLL, computed row by row with the token-weighted loss)."""
+    from flax import nnx
+
+    from dmx_jax.model import Qwen25VL
+    from dmx_jax.model.config import tiny as tiny_model
+    from dmx_jax.training.sft import make_sft_loss
+    model = Qwen25VL(tiny_model(), nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    b, t = 3, 16
+    ids = jnp.asarray(rng.integers(3, 900, (b, t)), jnp.int32)
+    mask = np.zeros((b, t), np.int32)
+    mask[0, 5:7], mask[1, 4:13], mask[2, 10:16] = 1, 1, 1          # answers of 2, 9 and 6 tokens
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, 3, t))
+    batch = {"input_ids": ids, "attention_mask": jnp.ones((b, t), jnp.int32), "loss_mask": jnp.asarray(mask),
+             "positions": pos}
+    s_row, c_row, _ = make_sft_loss(per_row=True)(model, batch)
+    s_tok, c_tok, _ = make_sft_loss()(model, batch)
+    means = []
+    for i in range(b):
+        s, c, _ = make_sft_loss()(model, jax.tree.map(lambda x, i=i: x[i:i + 1], batch))
+        means.append(float(s) / float(c))
+    assert abs(float(c_row) - b) < 1e-5 and float(c_tok) == 2 + 9 + 6
+    np.testing.assert_allclose(float(s_row) / float(c_row), np.mean(means), rtol=1e-5)
+    assert abs(float(s_tok) / float(c_tok) - np.mean(means)) > 1e-4      # the two weightings differ here

@@ -97,8 +97,9 @@ class ModelConfig:
         if t.hidden_size % t.num_attention_heads or t.num_attention_heads % t.num_key_value_heads:
             raise ValueError(f"text: hidden_size {t.hidden_size}, heads {t.num_attention_heads} and kv heads "
                              f"{t.num_key_value_heads} do not divide")
-        if len(t.mrope_section) != 3:
-            raise ValueError(f"mrope_section {t.mrope_section} must have 3 entries (t, h, w)")
+        if len(t.mrope_section) < 3 or min(t.mrope_section) < 0:
+            raise ValueError(f"mrope_section {t.mrope_section} needs >= 3 non-negative entries: consecutive "
+                             f"frequency bands for t, h, w, cycling (transformers' i % 3)")
         if v.hidden_size % v.num_heads or v.head_dim % 4:
             raise ValueError(f"vision: hidden_size {v.hidden_size} / num_heads {v.num_heads} must give a head_dim "
                              f"divisible by 4 (2-D rotary)")

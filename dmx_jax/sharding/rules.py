@@ -51,6 +51,8 @@ PARAM_LOGICAL_AXES: tuple[tuple[str, LogicalAxes], ...] = (
     (r"text\.layers\.mlp\.down\.kernel", (_L, "mlp", "embed")),
     (r"text\.norm\.scale", (None,)),
     (r"lm_head\.kernel", ("embed", "vocab")),
+    (r"align_readout\.kernel", ("embed", None)),          # the alignment stage's decoder read-out head
+    (r"align_readout\.bias", (None,)),
 )
 
 TRAIN_RULES: Rules = {

@@ -38,15 +38,25 @@ N_OUT = N_LABELS * (1 + 2 + 4)          # labels, sides (left, right), boxes (x0
 
 class AlignModel(nnx.Module):
     """The vision tower + merger of a Qwen25VL (shared, not copied) and a linear head (`lm_head`, [3D + 1, 98])
-    on moment-pooled features. Params: {"vision": the model's tower + merger, "lm_head": {"kernel"}}."""
+    on moment-pooled features. Params: {"vision": the model's tower + merger, "lm_head": {"kernel"}}.
 
-    def __init__(self, model: Qwen25VL, rngs: nnx.Rngs):
+    decoder_readout=True also runs the text decoder (shared) over each row's prompt (image tokens, then a
+    question) and reads the same targets from its final hidden state at the last prompt position (where the
+    answer starts) through `align_readout` [D, 98]: the decoder learns to gather what the image shows into the
+    text positions, with 98 targets per row instead of SFT's one answer token. Params then add "text"."""
+
+    def __init__(self, model: Qwen25VL, rngs: nnx.Rngs, decoder_readout: bool = False):
         self.cfg = model.cfg
         self.vision = model.vision
         d = model.cfg.vision.out_hidden_size
         # named like the LM head so the sharding rule table knows it; the bias is the last input row
         self.lm_head = nnx.Linear(3 * d + 1, N_OUT, use_bias=False, kernel_init=nnx.initializers.zeros_init(),
                                   rngs=rngs)
+        self.decoder_readout = decoder_readout
+        if decoder_readout:
+            self.text = model.text
+            self.align_readout = nnx.Linear(model.cfg.text.hidden_size, N_OUT, use_bias=True,
+                                            kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
     @property
     def dtype(self):
@@ -57,8 +67,21 @@ class AlignModel(nnx.Module):
         return jax.vmap(lambda pv, v: Qwen25VL.encode_images(self, pv, v))(pixel_values, vin)
 
     def __call__(self, batch: dict) -> jax.Array:
-        """-> outputs [B, N_OUT]: 14 label logits, 28 side logits ([14, 2]), 56 box values ([14, 4])."""
-        f = self.features(batch["pixel_values"], batch["vision_inputs"]).astype(jnp.float32)   # [B, U, D]
+        """-> outputs [B, N_OUT]: 14 label logits, 28 side logits ([14, 2]), 56 box values ([14, 4]); with
+        decoder_readout, (pooled-head outputs, decoder read-out outputs)."""
+        feats = self.features(batch["pixel_values"], batch["vision_inputs"])                    # [B, U, D]
+        pooled_out = self._pooled_head(feats.astype(jnp.float32), batch)
+        if not self.decoder_readout:
+            return pooled_out
+        from dmx_jax.model.qwen2_5_vl import merge_image_features_rowwise
+        ids = batch["input_ids"]
+        x = merge_image_features_rowwise(self.text.embed_tokens(ids, self.dtype), ids, feats, self.cfg.image_token_id)
+        positions = jnp.swapaxes(batch["positions"], 0, 1)                                      # [3, B, T]
+        c = self.cfg
+        h, _ = self.text(x, positions, batch["attention_mask"], None, c.remat, c.attention, c.attention_block)
+        return pooled_out, self.align_readout(h[:, -1].astype(jnp.float32))    # left-padded: last = answer start
+
+    def _pooled_head(self, f: jax.Array, batch: dict) -> jax.Array:
         m = batch["unit_mask"].astype(jnp.float32)[..., None]                                   # [B, U, 1]
         n = jnp.maximum(m.sum(1), 1.0)                                                          # [B, 1]
         xy = batch["unit_xy"].astype(jnp.float32)                                               # [B, U, 2]
@@ -82,7 +105,15 @@ def align_loss(model: AlignModel, batch: dict, rng=None, *, side_weight: float =
 
     Label and side BCE are means over their 14 / 28 targets; box L1 is the mean over the present findings'
     coordinates (0 for a row without findings). Rows with row_mask 0 (batch padding) count nothing."""
-    labels, sides, boxes = split_outputs(model(batch))
+    out = model(batch)
+    if isinstance(out, tuple):                  # decoder read-out: both heads learn the same targets
+        (s0, r0, a0), (s1, _, a1) = (_align_terms(o, batch, side_weight, box_weight) for o in out)
+        return s0 + s1, r0, {**a0, **{k.replace("align/", "align/decoder_"): v for k, v in a1.items()}}
+    return _align_terms(out, batch, side_weight, box_weight)
+
+
+def _align_terms(out: jax.Array, batch: dict, side_weight: float, box_weight: float):
+    labels, sides, boxes = split_outputs(out)
     w = batch.get("row_mask", jnp.ones(labels.shape[0], jnp.float32)).astype(jnp.float32)   # [B]
     label_bce = optax.sigmoid_binary_cross_entropy(labels, batch["labels"]).mean(-1)           # [B]
     side_bce = optax.sigmoid_binary_cross_entropy(sides, batch["sides"]).mean((-2, -1))        # [B]
@@ -130,15 +161,18 @@ def vision_lr_optimizer(cfg: OptimConfig, vision_lr: float) -> optax.GradientTra
 
 
 def merge_vision(full_params: dict, align_params: dict) -> dict:
-    """The full model's params with the tower + merger taken from the alignment stage's params."""
-    return {**full_params, "vision": align_params["vision"]}
+    """The full model's params with the tower + merger (and the decoder, when the stage trained it) taken from
+    the alignment stage's params."""
+    return {**full_params, **{k: align_params[k] for k in ("vision", "text") if k in align_params}}
 
 
 def align_rows(examples: Sequence, vision_cfg, *, patch_budget: int, min_pixels: int, max_pixels: int,
-               dedupe: bool = True) -> list[dict]:
+               dedupe: bool = True, prompt_row=None) -> list[dict]:
     """One row per study (current image) of synthetic Examples: pixel_values [patch_budget, F] (zero-padded),
     vision_inputs, unit_xy [U, 2] in [-1, 1] and unit_mask [U] of the merged units (U = patch_budget / m^2),
-    and the targets of data_pipelines.synthetic.align.align_targets."""
+    and the targets of data_pipelines.synthetic.align.align_targets. prompt_row(example) -> an encoded,
+    left-padded prompt row of the study's image (decoder read-out): its input_ids, attention_mask and
+    positions join the row."""
     from data_pipelines.pipeline.encode import image_array
     from data_pipelines.synthetic.align import align_targets, study_key
     m = vision_cfg.spatial_merge_size
@@ -168,6 +202,11 @@ def align_rows(examples: Sequence, vision_cfg, *, patch_budget: int, min_pixels:
             "unit_mask": (np.arange(units) < len(xy)).astype(np.float32),
             "row_mask": np.float32(1.0),
             **align_targets(ex)})
+        if prompt_row is not None:
+            pr = prompt_row(ex)
+            if not np.array_equal(pr["pixel_values"], rows[-1]["pixel_values"]):
+                raise ValueError(f"example {ex.example_id}: the prompt row's pixels differ from the study's")
+            rows[-1].update({k: pr[k] for k in ("input_ids", "attention_mask", "positions")})
     return rows
 
 
@@ -181,8 +220,15 @@ def stack_align_rows(rows: Sequence[dict]) -> dict:
 def align_metrics(graphdef, params, batch: dict) -> dict:
     """Held-out read-outs of the head: per-label accuracy at 0 logit (mean over 14), side accuracy over present
     findings, box L1 over present findings."""
-    model = nnx.merge(graphdef, params)
-    labels, sides, boxes = (np.asarray(a) for a in split_outputs(model(jax.tree.map(jnp.asarray, batch))))
+    out = nnx.merge(graphdef, params)(jax.tree.map(jnp.asarray, batch))
+    if isinstance(out, tuple):
+        pooled = _head_metrics(out[0], batch)
+        return {**pooled, **{f"decoder_{k}": v for k, v in _head_metrics(out[1], batch).items()}}
+    return _head_metrics(out, batch)
+
+
+def _head_metrics(out, batch: dict) -> dict:
+    labels, sides, boxes = (np.asarray(a) for a in split_outputs(out))
     bm = batch["box_mask"] > 0
     side_ok = ((sides > 0) == (batch["sides"] > 0.5)).all(-1)
     return {"label_acc": float(((labels > 0) == (batch["labels"] > 0.5)).mean()),

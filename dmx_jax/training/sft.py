@@ -7,17 +7,25 @@ from __future__ import annotations
 
 import functools
 
+import jax.numpy as jnp
+
 from dmx_jax.model.batched import forward_hidden
 from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
 
 
-def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0):  # noqa: ARG001 - deterministic
+def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0, per_row: bool = False):  # noqa: ARG001
+    """(loss sum, count, {}): per_row=False weighs every answer token alike (count: tokens); per_row=True
+    weighs every row alike, each row's tokens sharing a weight of 1 (count: rows with answer tokens), so a
+    one-word VQA answer counts as much as a 70-token report."""
     hidden, _ = forward_hidden(model, batch["input_ids"], batch["positions"], batch["attention_mask"],
                                batch.get("pixel_values"), batch.get("vision_inputs"))
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
+    if per_row:
+        weights = weights.astype(jnp.float32)
+        weights = weights / jnp.maximum(weights.sum(-1, keepdims=True), 1.0)     # [B, T], rows sum to 1 (or 0)
     loss_sum, count = cross_entropy_from_hidden(hidden, model.head_kernel(), targets, weights, chunk_size=chunk_size)
     return loss_sum, count, {}
 
 
-def make_sft_loss(chunk_size: int = 0):
-    return functools.partial(sft_loss, chunk_size=chunk_size)
+def make_sft_loss(chunk_size: int = 0, per_row: bool = False):
+    return functools.partial(sft_loss, chunk_size=chunk_size, per_row=per_row)

@@ -11,10 +11,11 @@ CONFIGS = {
                         num_key_value_heads=2, mrope_section=[2, 3, 3], tie=False),
               vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56,
                           fullatt_block_indexes=[1], spatial_merge_size=2)),
-    # heads 2 / kv 1, mrope (4,4,4), merge 3, window 2x2 merged (3x3-patch) tokens, full attention in block 0,
-    # 3 blocks, tied
+    # heads 2 / kv 1, mrope sections cycling t, h, w with empty ones (transformers takes section i from axis
+    # i % 3; the `small` preset's layout), merge 3, window 2x2 merged (3x3-patch) tokens, full attention in
+    # block 0, 3 blocks, tied
     "b": dict(text=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
-                        num_key_value_heads=1, mrope_section=[4, 4, 4], tie=True),
+                        num_key_value_heads=1, mrope_section=[0, 2, 1, 0, 1, 2, 6], tie=True),
               vision=dict(depth=3, hidden_size=32, intermediate_size=48, num_heads=4, window_size=84,
                           fullatt_block_indexes=[0], spatial_merge_size=3)),
 }
