@@ -58,10 +58,12 @@ def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: boo
     (run_dir / "eval").mkdir(exist_ok=True)
     (run_dir / "eval" / "align.json").write_text(json.dumps({"metrics": metrics}, indent=1))
     ctx.writer.write({"step": a.steps, "eval_stage": "align", **metrics})
-    print(f"[align] held-out label accuracy {metrics['label_acc']:.3f}, side accuracy {metrics['side_acc']:.3f}, "
-          f"box L1 {metrics['box_l1']:.3f}" + (f"; decoder read-out {metrics['decoder_label_acc']:.3f} / "
-                                               f"{metrics['decoder_side_acc']:.3f} / {metrics['decoder_box_l1']:.3f}"
-                                               if "decoder_label_acc" in metrics else ""), flush=True)
+    line = (f"[align] held-out label AUC {metrics['label_auc']:.3f} (accuracy {metrics['label_acc']:.3f}), "
+            f"side accuracy {metrics['side_acc']:.3f}, box L1 {metrics['box_l1']:.3f}")
+    if "decoder_label_auc" in metrics:
+        line += (f"; decoder read-out AUC {metrics['decoder_label_auc']:.3f}, side {metrics['decoder_side_acc']:.3f}, "
+                 f"box L1 {metrics['decoder_box_l1']:.3f}")
+    print(line, flush=True)
     return merge_vision(params, aparams)
 
 

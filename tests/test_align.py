@@ -146,3 +146,18 @@ def test_decoder_readout_trains_the_decoder_on_the_prompt_rows_and_merges_it_bac
     assert new["lm_head"] is full["lm_head"]
     ev = align_metrics(graphdef, st.params, stack_align_rows(rows[:6]))
     assert {"label_acc", "decoder_label_acc", "decoder_side_acc", "decoder_box_l1"} <= set(ev)
+
+
+def test_label_auc_equals_the_pairwise_count_with_ties_half():
+    from dmx_jax.training.align import label_auc
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=(40, 5)), 1)               # rounded: ties within and across classes
+    truth = (rng.random((40, 5)) < 0.3).astype(np.float32)
+    truth[:, 4] = 0                                              # one class only -> NaN
+    got = label_auc(scores, truth)
+    for k in range(4):
+        pos, neg = scores[truth[:, k] > 0.5, k], scores[truth[:, k] < 0.5, k]
+        want = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+        assert got[k] == pytest.approx(want, abs=1e-12)
+    assert np.isnan(got[4])
+    assert label_auc(truth[:, :4] * 2 - 1, truth[:, :4]).tolist() == [1.0] * 4
