@@ -23,7 +23,8 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     for stage in ("align", "sft", "cold_start", "grpo"):
         assert (run_dir / stage / "DONE.json").is_file()
         assert (run_dir / "eval" / f"{stage}.json").is_file()
-    assert set(json.loads((run_dir / "eval" / "align.json").read_text())["metrics"]) >= {"label_acc", "label_auc", "side_acc"}
+    align_metrics = json.loads((run_dir / "eval" / "align.json").read_text())["metrics"]
+    assert set(align_metrics) >= {"label_acc", "label_auc", "side_acc"}
     summary = (run_dir / "summary.md").read_text()
     assert "| sft |" in summary and "| grpo |" in summary and "Report Arena" in summary
     for f in ("plots/curves.png", "plots/stages.png", "metrics.csv"):
