@@ -20,24 +20,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, record_result  # noqa: E402
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney AUROC with ties counted half."""
-    pos, neg = scores[positive], scores[~positive]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="stable")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(allv):                       # average ranks over ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 def studies(split: str, n: int, scfg):
     from data_pipelines.synthetic import study
     from dmx_jax.processing import preprocess_images
@@ -106,12 +88,14 @@ def main():
     t_train = time.perf_counter() - t0
     score = np.concatenate([np.asarray(jax.jit(logits_fn)(params, x_test[i:i + 100]))
                             for i in range(0, args.test, 100)])
+    from dmx_jax.training.align import label_auc
+    per_label = label_auc(score, y_test)
     rows, aucs = [], {}
     for k, name in enumerate(CHEXPERT_LABELS):
         n_pos = int(y_test[:, k].sum())
         if n_pos < 10 or n_pos > args.test - 10:
             continue
-        a = auroc(score[:, k], y_test[:, k])
+        a = float(per_label[k])
         aucs[name] = a
         rows.append([name, n_pos, f"{a:.3f}"])
     findings = [a for name, a in aucs.items() if name != "No Finding"]
