@@ -29,25 +29,26 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> 
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.zeros((), jnp.int32)}
 
 
-def _layer(x, p, cos, sin, mask, kv, index, cfg: TextConfig, impl: str = "xla", block: int = 512):
-    x = constrain(x, RESIDUAL)
-    h = rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps)
+def _qkv(x, p, cos, sin, eps: float):
+    """Pre-attention half of a layer: (q [B,T,N,H], k, v [B,T,K,H]) with M-RoPE applied to q and k."""
     a = p["attn"]
+    h = rms_norm(x, p["input_norm"]["scale"], eps)
     q = jnp.einsum("btd,dnh->btnh", h, a["q"]["kernel"].astype(h.dtype)) + a["q"]["bias"].astype(h.dtype)
     k = jnp.einsum("btd,dkh->btkh", h, a["k"]["kernel"].astype(h.dtype)) + a["k"]["bias"].astype(h.dtype)
     v = jnp.einsum("btd,dkh->btkh", h, a["v"]["kernel"].astype(h.dtype)) + a["v"]["bias"].astype(h.dtype)
     q, k = apply_rotary(q, cos[:, :, None], sin[:, :, None]), apply_rotary(k, cos[:, :, None], sin[:, :, None])
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     k, v = (constrain(a, ("act_batch", "act_length", "act_kv_heads", None)) for a in (k, v))
-    if kv is not None:
-        k_cache = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
-        k, v, kv = k_cache.astype(h.dtype), v_cache.astype(h.dtype), (k_cache, v_cache)
+    return q, k, v
+
+
+def _attend_mlp(x, p, q, k, v, mask, cfg: TextConfig, impl: str, block: int):
+    """Post-attention half: attention of q over keys/values k, v [B,S,K,H], output projection, residual, MLP."""
     o = attention(q, k, v, mask, impl, block)
-    x = constrain(x + jnp.einsum("btnh,nhd->btd", o, a["o"]["kernel"].astype(o.dtype)), RESIDUAL)
+    x = constrain(x + jnp.einsum("btnh,nhd->btd", o, p["attn"]["o"]["kernel"].astype(o.dtype)), RESIDUAL)
     x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act),
                    ("act_batch", "act_length", "act_mlp"))
-    return constrain(x, RESIDUAL), kv
+    return constrain(x, RESIDUAL)
 
 
 class TextDecoder(nnx.Module):
@@ -86,15 +87,35 @@ class TextDecoder(nnx.Module):
         mask = causal_mask(key_mask, index, t)                      # queries at slots index.., keys [B, S]
         layers = jax.tree.map(lambda a: a.astype(x.dtype), values(self.layers))
 
-        def body(h, xs):
-            p, kv = xs
-            h, kv = _layer(h, p, cos, sin, mask, kv, index, cfg, attention, attention_block)
-            return h, kv
+        def body(h, p):
+            h = constrain(h, RESIDUAL)
+            q, k, v = _qkv(h, p, cos, sin, cfg.rms_norm_eps)
+            return _attend_mlp(h, p, q, k, v, mask, cfg, attention, attention_block), None
+
+        def cached_body(carry, xs):
+            # the cache rides in the carry and each layer writes only its T new slots in place (a scan output
+            # would rewrite the whole [B, S, K, H] slice of every layer at every decode step)
+            h, k_all, v_all = carry
+            p, layer = xs
+            h = constrain(h, RESIDUAL)
+            q, k, v = _qkv(h, p, cos, sin, cfg.rms_norm_eps)
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
+            k_att, v_att = (jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False).astype(h.dtype)
+                            for a in (k_all, v_all))
+            return (_attend_mlp(h, p, q, k_att, v_att, mask, cfg, attention, attention_block), k_all, v_all), None
 
         policy = remat_policy(remat)
-        if policy is not None:
-            body = jax.checkpoint(body, policy=policy)
-        kv_in = None if cache is None else (cache["k"], cache["v"])
-        x, kv_out = jax.lax.scan(body, x, (layers, kv_in))
-        new_cache = None if cache is None else {"k": kv_out[0], "v": kv_out[1], "index": index + t}
+        if cache is None:
+            if policy is not None:
+                body = jax.checkpoint(body, policy=policy)
+            x, _ = jax.lax.scan(body, x, layers)
+            new_cache = None
+        else:
+            if policy is not None:
+                cached_body = jax.checkpoint(cached_body, policy=policy)
+            n_layers = jax.tree.leaves(layers)[0].shape[0]
+            (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache["k"], cache["v"]),
+                                                (layers, jnp.arange(n_layers, dtype=jnp.int32)))
+            new_cache = {"k": k_all, "v": v_all, "index": index + t}
         return rms_norm(x, self.norm.scale[...].astype(x.dtype), cfg.rms_norm_eps), new_cache
