@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from data_pipelines.pipeline import stack_rows, trim_right_padding
 from dmx_jax.perf.flops import batch_train_flops
 from dmx_jax.training.checkpoint import Checkpointer
 from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
@@ -202,6 +203,12 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                        done_metric=("final_reward", "reward/overall"))
 
 
+def _trimmed_stack(rows, multiple: int):
+    """stack_rows, then the batch cut to its longest row rounded up to `multiple` tokens."""
+    arrays, meta = stack_rows(rows)
+    return trim_right_padding(arrays, multiple), meta
+
+
 def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params, *, mesh, seed: int = 0,
                memory=None, generation_config: dict | None = None) -> tuple[StageSpec, StageRecipe]:
     """The schedule and recipe of stage `name` from its config section (cfg.sft / cfg.cold_start: StageConfig,
@@ -212,6 +219,9 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
         recipe = sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
                             loss_chunk=memory.loss_chunk, per_row=stage_cfg.loss_weighting == "row")
+        if stage_cfg.pad_multiple > 0:
+            trimmed = functools.partial(_trimmed_stack, multiple=stage_cfg.pad_multiple)
+            recipe = dataclasses.replace(recipe, stack=trimmed)
         if stage_cfg.vision_lr is not None:
             from dmx_jax.training.align import vision_lr_optimizer
             recipe = dataclasses.replace(recipe, make_tx=lambda optim: vision_lr_optimizer(optim, stage_cfg.vision_lr))

@@ -93,6 +93,10 @@ def validate(cfg) -> Any:
                     "eval.examples": cfg.eval.examples})
     if d.min_pixels > d.max_pixels:
         raise ConfigError(f"data.min_pixels={d.min_pixels} exceeds data.max_pixels={d.max_pixels}")
+    for section in ("sft", "cold_start"):
+        if getattr(cfg, section).pad_multiple < 0:
+            raise ConfigError(f"{section}.pad_multiple={getattr(cfg, section).pad_multiple} must be >= 0 "
+                              f"(0: batches keep the full sequence length)")
     for section in ("sft", "cold_start", "rl"):
         accum, batch = getattr(cfg, section).optim.grad_accum, _batch(cfg, section)
         if accum < 1 or batch % accum:

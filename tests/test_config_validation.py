@@ -39,6 +39,7 @@ BAD = [  # (cli arguments, words the one error line must contain)
     (["--set", "data.min_pixels=999999"], ["data.min_pixels", "data.max_pixels"]),
     (["--set", "rl.algo.group_size=0"], ["rl.algo.group_size"]),
     (["--set", "cold_start.steps=-5"], ["cold_start.steps", "-5", "positive"]),
+    (["--set", "cold_start.pad_multiple=-64"], ["cold_start.pad_multiple", "-64", ">= 0"]),
     (["--run-dir", "gs://bucket/x"], ["gs://bucket/x", "mounted"]),
 ]
 

@@ -2,7 +2,14 @@
 
 Imports flow downward only: this package uses dmx_jax.model / dmx_jax.processing, never training code.
 """
-from data_pipelines.pipeline.batching import BucketBatchIterator, BucketBatchIterDataset, Encoded, collate, stack_rows  # noqa: F401
+from data_pipelines.pipeline.batching import (  # noqa: F401
+    BucketBatchIterator,
+    BucketBatchIterDataset,
+    Encoded,
+    collate,
+    stack_rows,
+    trim_right_padding,
+)
 from data_pipelines.pipeline.dataset import EncodeToBucket, as_example, make_dataset  # noqa: F401
 from data_pipelines.pipeline.encode import (  # noqa: F401
                                               DoesNotFit,

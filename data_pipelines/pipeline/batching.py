@@ -40,6 +40,25 @@ def stack_rows(rows: Sequence[dict]) -> tuple[dict, dict]:
     return arrays, {"example_ids": [r["meta"]["example_id"] for r in rows], "rows": [r["meta"] for r in rows]}
 
 
+def trim_right_padding(arrays: dict, multiple: int) -> dict:
+    """A right-padded training batch cut to its longest row rounded up to `multiple` tokens (never longer than it
+    was). The cut columns are padding: under causal attention with a zero loss mask they change neither the
+    loss nor its gradient, only the cost; each distinct length compiles the step once. Batches that are not
+    right-padded (left-padded prompts) and multiple <= 0 come back unchanged."""
+    mask = arrays["attention_mask"]
+    t = mask.shape[1]
+    if multiple <= 0 or not np.all(mask[:, 0]):
+        return arrays
+    used = np.flatnonzero(np.any(mask, axis=0))
+    keep = min(t, -(-(int(used[-1]) + 1) // multiple) * multiple)
+    if keep == t:
+        return arrays
+    out = {**arrays, "positions": arrays["positions"][..., :keep]}      # positions [B, 3, T]
+    for k in ("input_ids", "attention_mask", "loss_mask"):
+        out[k] = arrays[k][:, :keep]
+    return out
+
+
 def collate(rows: Sequence[dict], bucket: Bucket, valid: Sequence[bool], skipped: Sequence[str]) -> tuple[dict, dict]:
     """Rows of one bucket -> stack_rows plus the bucket, which rows are real and which examples were skipped."""
     arrays, meta = stack_rows(rows)
