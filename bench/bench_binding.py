@@ -94,6 +94,9 @@ def main():
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
 
+    import jax
+    import jax.numpy as jnp
+
     from data_pipelines.synthetic.vqa import FINDING_NAMES
     from dmx_jax.eval.paired import paired_difference
     from dmx_jax.sharding import MeshConfig, make_mesh
@@ -111,7 +114,8 @@ def main():
     graphdef, params0, data, mcfg = initial_model(cfg, mesh, args.run_dir)
     out_dir = args.run_dir / "bench_binding"
     ctx = RunContext(mesh=mesh, writer=MetricsWriter(out_dir / "metrics.jsonl"), run_config={}, seed=0)
-    params0 = run_alignment(cfg, data, graphdef, params0, args.run_dir, ctx, True)
+    params0 = jax.device_get(run_alignment(cfg, data, graphdef, params0, args.run_dir, ctx, True))  # host copy:
+    # each set's stage donates the parameters it starts from
     tok, rows_out = data.tokenizer, []
     for set_spec in args.sets.split(";"):
         findings = FINDING_NAMES if set_spec == "all" else tuple(set_spec.split(","))
@@ -129,7 +133,8 @@ def main():
                          OptimConfig(learning_rate=args.lr, warmup_steps=20, total_steps=args.steps), 10 ** 9)
         _, recipe = plan_stage("sft", dataclasses.replace(cfg.sft, vision_lr=0.0), graphdef, mcfg, tok, params0,
                                mesh=mesh)
-        params = run_stage(spec, recipe, out_dir / tag.replace(" ", "_").replace(",", "+"), params0, train_rows, ctx)
+        params = run_stage(spec, recipe, out_dir / tag.replace(" ", "_").replace(",", "+"),
+                           jax.tree.map(jnp.asarray, params0), train_rows, ctx)
         truth = np.array([e.target == "yes" for e in test])
         finding = np.array([e.meta["finding"] for e in test])
         correct = {}
