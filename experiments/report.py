@@ -180,7 +180,7 @@ def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str
                                    f"\ntruth: {rec['target'][:28]}"), fontsize=7)
             ax.set_xlim(0, mw), ax.set_ylim(mh, 0), ax.axis("off")
         fig.suptitle(f"{stage}: truth boxes green, cited boxes red (dashed)", fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.93))            # leave the suptitle its own band above the titles
         name = f"gallery/{stage}.png"
         fig.savefig(run_dir / name, dpi=110)
         plt.close(fig)
