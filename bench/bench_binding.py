@@ -48,37 +48,40 @@ def presence_examples(split: str, start: int, n: int, findings: tuple[str, ...],
     return out
 
 
-def answer_nll(graphdef, rows: list[dict], swap: bool, batch: int = 32):
-    """params -> [len(rows)] summed answer NLL per row (images rolled by 7 within each batch when swap)."""
+def make_row_nll(graphdef):
+    """Jitted (params, batch) -> [B] summed answer NLL per row (teacher forced, answer tokens only)."""
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
-    from data_pipelines.pipeline import stack_rows
     from dmx_jax.model.batched import forward_hidden
     from dmx_jax.training.loss import shift_targets, token_losses
 
     @jax.jit
-    def nll(params, b):
+    def row_nll(params, b):
         m = nnx.merge(graphdef, params)
         h, _ = forward_hidden(m, b["input_ids"], b["positions"], b["attention_mask"], b["pixel_values"],
                               b["vision_inputs"])
         targets, w = shift_targets(b["input_ids"], b["loss_mask"])
-        logits = jnp.einsum("btd,dv->btv", h, m.head_kernel().astype(h.dtype))
-        return (token_losses(logits, targets) * w).sum(-1)
+        return (token_losses(m.logits(h), targets) * w).sum(-1)
+    return row_nll
 
-    def run(params):
-        out = []
-        for k in range(0, len(rows), batch):
-            chunk = rows[k:k + batch]
-            chunk = chunk + rows[:batch - len(chunk)]               # one compiled shape; extra rows dropped below
-            a, _ = stack_rows(chunk)
-            a = {key: v for key, v in a.items() if key != "deltas"}
-            if swap:
-                a["pixel_values"] = np.roll(a["pixel_values"], 7, axis=0)
-            out.append(np.asarray(nll(params, jax.tree.map(jnp.asarray, a))))
-        return np.concatenate(out)[:len(rows)]
-    return run
+
+def answer_nll(row_nll, params, rows: list[dict], swap: bool, batch: int = 32) -> np.ndarray:
+    """[len(rows)] answer NLL per row in batches of one shape (images rolled by 7 within each batch when swap)."""
+    import jax
+    import jax.numpy as jnp
+
+    from data_pipelines.pipeline import stack_rows
+    out = []
+    for k in range(0, len(rows), batch):
+        chunk = rows[k:k + batch]
+        chunk = chunk + rows[:batch - len(chunk)]               # one compiled shape; extra rows dropped below
+        a, _ = stack_rows(chunk)
+        a = {key: v for key, v in a.items() if key != "deltas"}
+        if swap:
+            a["pixel_values"] = np.roll(a["pixel_values"], 7, axis=0)
+        out.append(np.asarray(row_nll(params, jax.tree.map(jnp.asarray, a))))
+    return np.concatenate(out)[:len(rows)]
 
 
 def main():
@@ -116,7 +119,7 @@ def main():
     ctx = RunContext(mesh=mesh, writer=MetricsWriter(out_dir / "metrics.jsonl"), run_config={}, seed=0)
     params0 = jax.device_get(run_alignment(cfg, data, graphdef, params0, args.run_dir, ctx, True))  # host copy:
     # each set's stage donates the parameters it starts from
-    tok, rows_out = data.tokenizer, []
+    tok, rows_out, row_nll = data.tokenizer, [], make_row_nll(graphdef)
     for set_spec in args.sets.split(";"):
         findings = FINDING_NAMES if set_spec == "all" else tuple(set_spec.split(","))
         unknown = [f for f in findings if f not in FINDING_NAMES]
@@ -139,7 +142,7 @@ def main():
         finding = np.array([e.meta["finding"] for e in test])
         correct = {}
         for swap in (False, True):
-            yes, no = (answer_nll(graphdef, cand[a], swap)(params) for a in ("yes", "no"))
+            yes, no = (answer_nll(row_nll, params, cand[a], swap) for a in ("yes", "no"))
             correct[swap] = ((yes < no) == truth).astype(np.float64)
         diff = paired_difference(correct[True], correct[False])
         per = sorted(((float(correct[False][finding == f].mean()), f) for f in findings), reverse=True)
