@@ -114,8 +114,7 @@ class TextDecoder(nnx.Module):
         else:
             if policy is not None:
                 cached_body = jax.checkpoint(cached_body, policy=policy)
-            n_layers = jax.tree.leaves(layers)[0].shape[0]
             (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache["k"], cache["v"]),
-                                                (layers, jnp.arange(n_layers, dtype=jnp.int32)))
+                                                (layers, jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)))
             new_cache = {"k": k_all, "v": v_all, "index": index + t}
         return rms_norm(x, self.norm.scale[...].astype(x.dtype), cfg.rms_norm_eps), new_cache
