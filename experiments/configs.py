@@ -36,6 +36,7 @@ class DataConfig:
                                         # fraction of its reasoning rows, so the reasoning stages keep them
     vqa_family_weights: tuple[tuple[str, float], ...] = ()  # synthetic: VQA question-family weights (vqa.VQA_FAMILIES)
     train_task_mix: tuple[tuple[str, float], ...] = ()  # synthetic: train-split (task, weight); (): the benchmark's
+    grounding_locations: bool = False   # synthetic: grounding prompts also name side and zone (guessable boxes)
     num_workers: int = 0
 
 

@@ -123,8 +123,29 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
         eval_file.write_text(json.dumps({"metrics": metrics, "records": records}, indent=1, default=float))
         writer.write({"step": 0, "eval_stage": name, **_flat(metrics)})
     writer.close()
+    baseline = question_only_baseline(sft_rows, eval_plain, run_dir, cfg.eval.bootstrap) if results else None
     from experiments.report import write_outputs
-    return write_outputs(cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf)
+    return write_outputs(cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf,
+                         baseline=baseline)
+
+
+def question_only_baseline(train_rows, eval_rows: list[dict], run_dir: Path,
+                           n_bootstrap: int) -> tuple[dict, list[dict]] | None:
+    """(metrics, records) of dmx_jax.eval.blind on the held-out prompts, from in-memory SFT rows (synthetic
+    data; None for streamed real data), saved as eval/question_only.json."""
+    if not isinstance(train_rows, list):
+        return None
+    from dmx_jax.eval.blind import question_only_answers
+    from experiments.evaluate import vqa_grounding_metrics
+    test = [r["meta"] for r in eval_rows]
+    answers = question_only_answers([r["meta"] for r in train_rows], test)
+    metrics = vqa_grounding_metrics(answers, test, n_bootstrap)
+    records = [{"example_id": r["example_id"], "task": r["task"], "answer": a, "target": r["target"],
+                "boxes_true": r["boxes"]} for r, a in zip(test, answers)]
+    (run_dir / "eval").mkdir(exist_ok=True)
+    (run_dir / "eval" / "question_only.json").write_text(json.dumps({"metrics": metrics, "records": records},
+                                                                   indent=1, default=float))
+    return metrics, records
 
 
 def _generation_config(cfg) -> dict | None:

@@ -17,7 +17,10 @@ def _summary_cell(s) -> str:
     return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def stage_table(results: dict) -> str:
+BASELINE = "question_only"   # dmx_jax.eval.blind: the training set's answer to the same question, no image
+
+
+def stage_table(results: dict, baseline: dict | None = None) -> str:
     rows = ["| stage | VQA score | grounding mIoU | grounding Acc@0.5 | report ROUGE-L | report BLEU-4 | "
             "rule-CheXpert micro-F1 (14) | grounded-format rate | VQA / mIoU, images swapped | image drop VQA / mIoU |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -36,18 +39,28 @@ def stage_table(results: dict) -> str:
         drops = " / ".join(_summary_cell(drop.get(k)) for k in ("vqa_score", "grounding.miou")) if drop else "–"
         rows.append(f"| {st} | " + " | ".join(_summary_cell(c) for c in cells) +
                     f" | {m.get('grounded_format_rate', float('nan')):.2f} | {swapped} | {drops} |")
+    if baseline:
+        g = baseline.get("grounding", {})
+        rows.append(f"| {BASELINE} (no model, no image) | " + " | ".join(
+            _summary_cell(c) for c in (baseline.get("vqa_score"), g.get("miou"), g.get("acc_at_0_5"))) +
+            " | – | – | – | – | – | – |")
     rows.append("")
     rows.append("Cells: value [95% bootstrap CI over held-out examples]. Image drop: real minus images-swapped "
-                "score on the same prompts, paired 95% CI (a CI above 0 means the answers use the image).")
+                "score on the same prompts, paired 95% CI (a CI above 0 means the answers use the image)."
+                + (f" {BASELINE}: the most common training answer to the same question text (grounding: the "
+                   "median training box of the same prompt), scored alike: what the question alone earns."
+                   if baseline else ""))
     return "\n".join(rows)
 
 
-DIFF_PAIRS = (("sft", "cold_start"), ("cold_start", "grpo"), ("sft", "grpo"))
+DIFF_PAIRS = (("sft", "cold_start"), ("cold_start", "grpo"), ("sft", "grpo")) + tuple(
+    (BASELINE, st) for st in STAGE_ORDER)
 DIFF_METRICS = (("vqa_score", "VQA"), ("grounding.miou", "mIoU"), ("grounding.acc_at_0_5", "Acc@0.5"))
 
 
 def stage_differences(outputs: dict, n_bootstrap: int = 1000) -> dict:
-    """{"later-earlier": {metric: paired summary}} from the stages' evaluation records (same prompts)."""
+    """{"later-earlier": {metric: paired summary}} from the stages' evaluation records (same prompts); the
+    question-only baseline's records, when outputs holds them under BASELINE, pair with every stage."""
     from dmx_jax.eval.paired import stage_differences as paired_stages
     from experiments.evaluate import example_scores
     return paired_stages({st: example_scores(recs) for st, recs in outputs.items()}, DIFF_PAIRS, n_bootstrap)
@@ -208,7 +221,8 @@ def metrics_csv(run_dir: Path) -> None:
 
 
 def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, outputs: dict, test_ex: list, *,
-                  export: bool) -> str:
+                  export: bool, baseline: tuple[dict, list[dict]] | None = None) -> str:
+    """baseline: (metrics, records) of the question-only baseline (experiments.pipeline), or None."""
     metrics_csv(run_dir)
     arena = run_stage_arena(outputs, run_dir) if outputs else None
     figs = plots(run_dir, results, arena) if results else []
@@ -220,10 +234,12 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
         for model_file in sorted((run_dir / "tokenizer").glob("*.model"))[-1:]:   # tiny run: its SentencePiece
             (run_dir / "hf_export" / "dmx_tokenizer.model").write_bytes(model_file.read_bytes())
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
-    diffs = stage_differences(outputs, n_bootstrap=cfg.eval.bootstrap) if outputs else {}
+    scored = {**outputs, BASELINE: baseline[1]} if baseline and outputs else outputs
+    diffs = stage_differences(scored, n_bootstrap=cfg.eval.bootstrap) if outputs else {}
     if diffs:
         (run_dir / "eval" / "differences.json").write_text(json.dumps(diffs, indent=1))
-    lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results), "", difference_table(diffs), "",
+    lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results, baseline[0] if baseline else None), "",
+             difference_table(diffs), "",
              "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "
              "Grounding: predicted box = first box in the answer, model-input pixels. "
              "Grounded-format rate: share of the reasoning-task prompts (VQA, grounding, referring) answered as "

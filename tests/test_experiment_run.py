@@ -27,6 +27,10 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     assert set(align_metrics) >= {"label_acc", "label_auc", "side_acc"}
     summary = (run_dir / "summary.md").read_text()
     assert "| sft |" in summary and "| grpo |" in summary and "Report Arena" in summary
+    blind = json.loads((run_dir / "eval" / "question_only.json").read_text())      # the no-image baseline
+    assert "| question_only (no model, no image) |" in summary and "grpo − question_only" in summary
+    sft_eval = json.loads((run_dir / "eval" / "sft.json").read_text())
+    assert [r["example_id"] for r in blind["records"]] == [r["example_id"] for r in sft_eval["records"]]
     for f in ("plots/curves.png", "plots/stages.png", "metrics.csv"):
         assert (run_dir / f).is_file(), f
     assert list((run_dir / "gallery").glob("*.png"))

@@ -502,3 +502,24 @@ def test_vqa_family_weights_shift_the_question_mix():
     assert sum(f == "presence" for f in plain) < 15
     with pytest.raises(ValueError, match="vqa_family_weights"):
         SyntheticConfig(vqa_family_weights=(("presence", -1.0),))
+
+
+def test_grounding_prompts_leave_side_and_zone_to_the_image():
+    """Default prompts name the finding only and box every instance of it (both sides of a bilateral effusion);
+    grounding_locations=True names side and zone (the older, guessable benchmark)."""
+    from data_pipelines.synthetic.findings import KIND_PHRASES, PHRASES
+    located_cfg = dataclasses.replace(CFG, grounding_locations=True)
+    multi_side = located_zone = 0
+    for i in range(80):
+        ex = D.examples("train", i, CFG, task="grounding")
+        phrase = ex.boxes[0].label
+        if phrase in ("heart", "right lung", "left lung"):
+            continue
+        assert not re.search(r"\b(right|left|upper|middle|lower|zone|bilateral)\b", ex.prompt), ex.prompt
+        same = [f for f in ex.meta["findings"]
+                if (KIND_PHRASES[f["kind"]] if f["kind"] else PHRASES[f["name"]]) == phrase]
+        assert [tuple(int(v) for v in b.as_tuple()) for b in ex.boxes] == [tuple(f["bbox"]) for f in same]
+        multi_side += len({f["side"] for f in same}) > 1
+        located = D.examples("train", i, located_cfg, task="grounding")
+        located_zone += " zone" in located.prompt
+    assert multi_side >= 1 and located_zone >= 5, (multi_side, located_zone)

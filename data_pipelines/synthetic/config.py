@@ -53,6 +53,8 @@ class SyntheticConfig:
     test_task_mix: (task, weight) pairs of the test split, assigned by a fixed stratified cycle of TEST_CYCLE
       indices (exact shares; None: the test split draws from task_mix like the others).
     max_rejections: study variants tried per balanced question before accepting any answer.
+    grounding_locations: grounding prompts name the finding's side and zone as well (the benchmark before
+      2026-12-04); False: the finding only, so the box has to come from the image.
     heldout: (name, side, zone) never rendered in train/val/test and always present in the heldout split.
     split sizes: the length of each split's index range used by sources (indices beyond raise).
     """
@@ -76,6 +78,7 @@ class SyntheticConfig:
     test_size: int = 2_000
     heldout_size: int = 1_000
     max_rejections: int = 256
+    grounding_locations: bool = False
 
     def __post_init__(self):
         where = "data_pipelines/synthetic/config.py: SyntheticConfig"

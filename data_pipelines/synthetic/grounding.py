@@ -1,7 +1,10 @@
 """Grounding (phrase -> box) and referring (box -> finding) items of a rendered study.
 
 Boxes are the exact tight pixel boxes of the finding masks in the stored image; studies without findings
-ground normal anatomy (heart, right lung, left lung) instead.
+ground normal anatomy (heart, right lung, left lung) instead. By default a grounding prompt names the finding
+only ("pleural effusion"): its side and zone must come from the image, and the answer boxes every instance of
+it. `located=True` names them as well ("pleural effusion in the right lower zone"; the benchmark before
+2026-12-04), which lets a model that ignores the image guess the box from the question.
 """
 from __future__ import annotations
 
@@ -46,16 +49,17 @@ def group_phrase(group: Sequence) -> str:
     return f.phrase
 
 
-def finding_groups(findings: Sequence) -> list[list]:
-    """Findings grouped by (name, kind, side), in order of appearance."""
+def finding_groups(findings: Sequence, by_side: bool = True) -> list[list]:
+    """Findings grouped by (name, kind, side), or by (name, kind) when not by_side, in order of appearance."""
     groups: dict[tuple, list] = {}
     for f in findings:
-        groups.setdefault((f.name, f.kind, f.side), []).append(f)
+        groups.setdefault((f.name, f.kind, f.side) if by_side else (f.name, f.kind), []).append(f)
     return list(groups.values())
 
 
-def grounding_item(study, rng: np.random.Generator) -> GroundingItem:
-    groups = finding_groups(study.findings)
+def grounding_item(study, rng: np.random.Generator, located: bool = False) -> GroundingItem:
+    """A phrase -> boxes item; `located`: the phrase names side and zone (module docstring)."""
+    groups = finding_groups(study.findings, by_side=located)
     template = GROUNDING_PROMPTS[int(rng.integers(len(GROUNDING_PROMPTS)))]
     if not groups:
         name = ANATOMY[int(rng.integers(len(ANATOMY)))]
@@ -63,10 +67,11 @@ def grounding_item(study, rng: np.random.Generator) -> GroundingItem:
         steps = (lungs_step(study), Step(f"the {name} is outlined by {{0}}", (box,)))
         return GroundingItem(template.format(phrase=name), format_box_text(box), name, (box,), steps, True)
     group = groups[int(rng.integers(len(groups)))]
-    phrase = group_phrase(group)
+    phrase = group_phrase(group) if located else group[0].phrase
     boxes = tuple(f.bbox for f in group)
-    steps = (lungs_step(study),) + tuple(Step(f"{describe(f)} at {{0}} matches the {phrase}", (f.bbox,))
-                                         for f in group)
+    where = (lambda f: "") if located else (lambda f: f.where)  # unlocated: the trace reads side and zone
+    steps = (lungs_step(study),) + tuple(Step(f"{describe(f)} at {{0}}{where(f)} matches the {phrase}",
+                                              (f.bbox,)) for f in group)
     return GroundingItem(template.format(phrase=phrase), format_boxes_text(boxes), phrase, boxes, steps, True)
 
 
