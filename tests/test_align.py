@@ -161,3 +161,28 @@ def test_label_auc_equals_the_pairwise_count_with_ties_half():
         assert got[k] == pytest.approx(want, abs=1e-12)
     assert np.isnan(got[4])
     assert label_auc(truth[:, :4] * 2 - 1, truth[:, :4]).tolist() == [1.0] * 4
+
+
+def test_side_loss_counts_only_present_findings():
+    """An absent finding has no side: its side target must not move the loss (else the head learns to answer
+    'neither half' for every finding); a present finding's side target must."""
+    from dmx_jax.training.align import N_OUT, _align_terms
+    rng = np.random.default_rng(0)
+    out = jnp.asarray(rng.normal(size=(3, N_OUT)), jnp.float32)
+    box_mask = np.zeros((3, 14), np.float32)
+    box_mask[0, 2] = box_mask[1, [3, 5]] = 1.0
+    batch = {"labels": jnp.asarray(box_mask), "sides": jnp.zeros((3, 14, 2)), "boxes": jnp.full((3, 14, 4), 0.5),
+             "box_mask": jnp.asarray(box_mask)}
+    base, rows, aux = _align_terms(out, batch, 1.0, 1.0)
+    absent = np.zeros((3, 14, 2), np.float32)
+    absent[:, 7] = 1.0                                        # finding 7 is absent everywhere
+    same, _, _ = _align_terms(out, {**batch, "sides": jnp.asarray(absent)}, 1.0, 1.0)
+    present = np.zeros((3, 14, 2), np.float32)
+    present[0, 2, 0] = 1.0
+    moved, _, _ = _align_terms(out, {**batch, "sides": jnp.asarray(present)}, 1.0, 1.0)
+    assert float(rows) == 3 and abs(float(same) - float(base)) < 1e-6 and abs(float(moved) - float(base)) > 1e-3
+    # the reported side BCE is the mean over rows with a finding (2 of 3), as for the box L1
+    sides = np.asarray(out[:, 14:42]).reshape(3, 14, 2)
+    bce = np.logaddexp(0, sides) - sides * 0.0               # targets 0
+    want = (bce[0, 2].mean() + bce[1, [3, 5]].mean(-1).mean()) / 2
+    assert abs(float(aux["align/side_bce"]) - want) < 1e-5

@@ -103,8 +103,9 @@ def align_loss(model: AlignModel, batch: dict, rng=None, *, side_weight: float =
                box_weight: float = 1.0):
     """(sum over rows of label BCE + side_weight * side BCE + box_weight * box L1, rows, aux) for make_train_step.
 
-    Label and side BCE are means over their 14 / 28 targets; box L1 is the mean over the present findings'
-    coordinates (0 for a row without findings). Rows with row_mask 0 (batch padding) count nothing."""
+    Label BCE is the mean over the 14 labels; side BCE and box L1 are means over the present findings only
+    (0 for a row without findings): an absent finding has no side, and its all-zero side target would teach the
+    head to answer "neither half" for every finding. Rows with row_mask 0 (batch padding) count nothing."""
     out = model(batch)
     if isinstance(out, tuple):                  # decoder read-out: both heads learn the same targets
         (s0, r0, a0), (s1, _, a1) = (_align_terms(o, batch, side_weight, box_weight) for o in out)
@@ -116,13 +117,14 @@ def _align_terms(out: jax.Array, batch: dict, side_weight: float, box_weight: fl
     labels, sides, boxes = split_outputs(out)
     w = batch.get("row_mask", jnp.ones(labels.shape[0], jnp.float32)).astype(jnp.float32)   # [B]
     label_bce = optax.sigmoid_binary_cross_entropy(labels, batch["labels"]).mean(-1)           # [B]
-    side_bce = optax.sigmoid_binary_cross_entropy(sides, batch["sides"]).mean((-2, -1))        # [B]
     bm = batch["box_mask"]                                                                     # [B, 14]
+    side_bce = optax.sigmoid_binary_cross_entropy(sides, batch["sides"]).mean(-1)             # [B, 14]
+    side_bce = (side_bce * bm).sum(-1) / jnp.maximum(bm.sum(-1), 1.0)                        # [B]
     box_l1 = (jnp.abs(boxes - batch["boxes"]).mean(-1) * bm).sum(-1) / jnp.maximum(bm.sum(-1), 1.0)
     per_row = label_bce + side_weight * side_bce + box_weight * box_l1
     rows = w.sum()
     aux = {"align/label_bce": (label_bce * w).sum() / jnp.maximum(rows, 1.0),
-           "align/side_bce": (side_bce * w).sum() / jnp.maximum(rows, 1.0),
+           "align/side_bce": (side_bce * w).sum() / jnp.maximum((bm.sum(-1) > 0).astype(jnp.float32) @ w, 1.0),
            "align/box_l1": (box_l1 * w).sum() / jnp.maximum((bm.sum(-1) > 0).astype(jnp.float32) @ w, 1.0)}
     return (per_row * w).sum(), rows, aux
 
