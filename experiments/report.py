@@ -116,7 +116,17 @@ def run_stage_arena(outputs: dict, run_dir: Path) -> dict | None:
     return result
 
 
-def plots(run_dir: Path, results: dict, arena: dict | None) -> list[str]:
+def smoothed(values, window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    v = np.asarray(values, np.float64)
+    c = np.cumsum(np.concatenate([[0.0], v]))
+    i = np.arange(1, len(v) + 1)
+    return (c[i] - c[np.maximum(i - window, 0)]) / np.minimum(i, window)
+
+
+def plots(run_dir: Path, results: dict, arena: dict | None, baseline: dict | None = None) -> list[str]:
+    """plots/curves.png (SFT losses, GRPO reward with a moving average) and plots/stages.png (per-stage bars with
+    CIs; x marks the images-swapped score, a dashed line the question-only baseline)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -129,25 +139,40 @@ def plots(run_dir: Path, results: dict, arena: dict | None) -> list[str]:
         pts = [(r["step"], r["loss"]) for r in recs if r.get("train_stage") == st and "loss" in r]
         if pts:
             axes[0].plot(*zip(*pts), label=st)
-    axes[0].set(title="SFT losses", xlabel="step", ylabel="loss"), axes[0].legend()
+    axes[0].set(title="SFT losses", xlabel="step", ylabel="loss")
+    if axes[0].lines:
+        axes[0].legend()
     pts = [(r["step"], r["reward/overall"]) for r in recs if r.get("train_stage") == "grpo" and "reward/overall" in r]
     if pts:
-        axes[1].plot(*zip(*pts), color="C2")
-    axes[1].set(title="GRPO mean reward", xlabel="step", ylabel="reward")
+        steps, reward = zip(*pts)
+        window = max(len(pts) // 4, 1)
+        axes[1].plot(steps, reward, color="C2", alpha=0.35, label="per step")
+        axes[1].plot(steps, smoothed(reward, window), color="C2", label=f"moving average ({window} steps)")
+        axes[1].legend()
+    axes[1].set(title="GRPO mean train reward", xlabel="step", ylabel="reward")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
     written.append("plots/curves.png")
     names = [s for s in STAGE_ORDER if s in results]
-    metrics = [("VQA score", lambda m: m.get("vqa_score")),
-               ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
-               ("report rule-CheXpert micro-F1", lambda m: m.get("report_label_f1", {}).get("micro_f1_14"))]
+    metrics = [("VQA score", lambda m: m.get("vqa_score"), True),
+               ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou"), True),
+               ("report rule-CheXpert micro-F1", lambda m: m.get("report_label_f1", {}).get("micro_f1_14"), False)]
     fig, axes = plt.subplots(1, len(metrics) + (1 if arena else 0), figsize=(4.2 * (len(metrics) + 1), 3.4))
-    for ax, (title, get) in zip(axes, metrics):
+    for ax, (title, get, has_controls) in zip(axes, metrics):   # controls: swapped images, question only
         vals = [get(results[n]) or {"mean": 0.0, "ci": [0.0, 0.0]} for n in names]
         mean = [v["mean"] for v in vals]
         err = np.array([[v["mean"] - v["ci"][0], v["ci"][1] - v["mean"]] for v in vals]).T
         ax.bar(names, mean, yerr=err, capsize=4, color=["C0", "C1", "C2"][:len(names)])
+        swapped = [(n, get(results[n].get("image_control") or {})) for n in names] if has_controls else []
+        swapped = [(n, v["mean"]) for n, v in swapped if isinstance(v, dict)]
+        if swapped:
+            ax.scatter(*zip(*swapped), marker="x", color="k", zorder=3, label="images swapped")
+        blind = get(baseline) if baseline and has_controls else None
+        if blind:
+            ax.axhline(blind["mean"], color="k", linestyle="--", linewidth=1, label="question only")
+        if swapped or blind:
+            ax.legend(fontsize=7, loc="upper right")
         ax.set(title=title + " (95% CI)", ylim=(0, 1))
     if arena:
         ax = axes[-1]
@@ -225,7 +250,7 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
     """baseline: (metrics, records) of the question-only baseline (experiments.pipeline), or None."""
     metrics_csv(run_dir)
     arena = run_stage_arena(outputs, run_dir) if outputs else None
-    figs = plots(run_dir, results, arena) if results else []
+    figs = plots(run_dir, results, arena, baseline[0] if baseline else None) if results else []
     gal = gallery(run_dir, outputs, test_ex)
     export_note = ""
     if export:

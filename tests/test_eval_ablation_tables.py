@@ -2,6 +2,8 @@
 paired stage differences, and the reward ablation (citing rate, IoU of cited boxes, paired grounded - paper)."""
 from __future__ import annotations
 
+import numpy as np
+
 from bench.bench_ablation import reward_rows, stage_tables
 
 
@@ -34,3 +36,12 @@ def test_stage_and_reward_tables():
     assert grounded[5].startswith("0.500") and paper[5].startswith("0.000")      # VQA answers cite nothing here
     assert grounded[6].startswith("1.000") and paper[6] == "–"                  # no cited boxes at all
     assert paired[0][3].startswith("1.000") and paired[0][3].endswith(" *")      # mIoU: grounded - paper
+
+
+def test_smoothed_reward_curve_is_a_trailing_moving_average():
+    from experiments.report import smoothed
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=23)
+    for window in (1, 4, 6, 30):
+        want = [np.mean(v[max(0, i + 1 - window):i + 1]) for i in range(len(v))]
+        np.testing.assert_allclose(smoothed(v, window), want, rtol=1e-12)
