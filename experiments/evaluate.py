@@ -168,6 +168,13 @@ def image_drop(records: list[dict], n_bootstrap: int) -> dict:
     return {m: paired_by_key(swapped[m], real[m], n_bootstrap) for m in real if m in swapped}
 
 
+def example_record(row: dict, output: str, answer: str) -> dict:
+    """One eval/<stage>.json record: a held-out row's metadata with the generated output and its parsed answer."""
+    return {"example_id": row["example_id"], "task": row["task"], "question_type": row["question_type"],
+            "output": output, "answer": answer, "target": row["target"], "boxes_true": row["boxes"],
+            "image_size": row["image_size"]}
+
+
 def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200,
                    format_ids: set | None = None, control: bool = False) -> tuple[dict, list[dict]]:
     """groups: [(prompt arrays, rows, max_new_tokens)] (one compiled shape each) -> (metrics, per-example records).
@@ -184,9 +191,7 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
         texts += generate_texts(graphdef, params, arrays, tokenizer, max_new_tokens=max_new_tokens)
         rows += group_rows
     answers = [parse_answer(t) for t in texts]
-    records = [{"example_id": r["example_id"], "task": r["task"], "question_type": r["question_type"], "output": t,
-                "answer": a, "target": r["target"], "boxes_true": r["boxes"], "image_size": r["image_size"]}
-               for r, t, a in zip(rows, texts, answers)]
+    records = [example_record(r, t, a) for r, t, a in zip(rows, texts, answers)]
     metrics = vqa_grounding_metrics(answers, rows, n_bootstrap)
     rep = [i for i, r in enumerate(rows) if r["task"] in ("findings", "impression")]
     if rep:

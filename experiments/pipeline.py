@@ -119,8 +119,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
         metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=cfg.eval.bootstrap,
                                           format_ids=reasoning_ids, control=cfg.eval.image_control)
         results[name], outputs[name] = metrics, records
-        eval_file.parent.mkdir(exist_ok=True)
-        eval_file.write_text(json.dumps({"metrics": metrics, "records": records}, indent=1, default=float))
+        save_eval(eval_file, metrics, records)
         writer.write({"step": 0, "eval_stage": name, **_flat(metrics)})
     writer.close()
     baseline = question_only_baseline(sft_rows, eval_plain, run_dir, cfg.eval.bootstrap) if results else None
@@ -136,16 +135,19 @@ def question_only_baseline(train_rows, eval_rows: list[dict], run_dir: Path,
     if not isinstance(train_rows, list):
         return None
     from dmx_jax.eval.blind import question_only_answers
-    from experiments.evaluate import vqa_grounding_metrics
+    from experiments.evaluate import example_record, vqa_grounding_metrics
     test = [r["meta"] for r in eval_rows]
     answers = question_only_answers([r["meta"] for r in train_rows], test)
     metrics = vqa_grounding_metrics(answers, test, n_bootstrap)
-    records = [{"example_id": r["example_id"], "task": r["task"], "answer": a, "target": r["target"],
-                "boxes_true": r["boxes"]} for r, a in zip(test, answers)]
-    (run_dir / "eval").mkdir(exist_ok=True)
-    (run_dir / "eval" / "question_only.json").write_text(json.dumps({"metrics": metrics, "records": records},
-                                                                   indent=1, default=float))
+    records = [example_record(r, a, a) for r, a in zip(test, answers)]        # its output is its answer
+    save_eval(run_dir / "eval" / "question_only.json", metrics, records)
     return metrics, records
+
+
+def save_eval(path: Path, metrics: dict, records: list[dict]) -> None:
+    """eval/<name>.json: {"metrics", "records"} (read back by reruns, bench_ablation and the report)."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"metrics": metrics, "records": records}, indent=1, default=float))
 
 
 def _generation_config(cfg) -> dict | None:

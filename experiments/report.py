@@ -248,9 +248,10 @@ def metrics_csv(run_dir: Path) -> None:
 def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, outputs: dict, test_ex: list, *,
                   export: bool, baseline: tuple[dict, list[dict]] | None = None) -> str:
     """baseline: (metrics, records) of the question-only baseline (experiments.pipeline), or None."""
+    baseline_metrics, baseline_records = baseline or (None, None)
     metrics_csv(run_dir)
     arena = run_stage_arena(outputs, run_dir) if outputs else None
-    figs = plots(run_dir, results, arena, baseline[0] if baseline else None) if results else []
+    figs = plots(run_dir, results, arena, baseline_metrics) if results else []
     gal = gallery(run_dir, outputs, test_ex)
     export_note = ""
     if export:
@@ -259,11 +260,11 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
         for model_file in sorted((run_dir / "tokenizer").glob("*.model"))[-1:]:   # tiny run: its SentencePiece
             (run_dir / "hf_export" / "dmx_tokenizer.model").write_bytes(model_file.read_bytes())
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
-    scored = {**outputs, BASELINE: baseline[1]} if baseline and outputs else outputs
+    scored = {**outputs, BASELINE: baseline_records} if baseline_records and outputs else outputs
     diffs = stage_differences(scored, n_bootstrap=cfg.eval.bootstrap) if outputs else {}
     if diffs:
         (run_dir / "eval" / "differences.json").write_text(json.dumps(diffs, indent=1))
-    lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results, baseline[0] if baseline else None), "",
+    lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results, baseline_metrics), "",
              difference_table(diffs), "",
              "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "
              "Grounding: predicted box = first box in the answer, model-input pixels. "

@@ -183,6 +183,6 @@ def test_side_loss_counts_only_present_findings():
     assert float(rows) == 3 and abs(float(same) - float(base)) < 1e-6 and abs(float(moved) - float(base)) > 1e-3
     # the reported side BCE is the mean over rows with a finding (2 of 3), as for the box L1
     sides = np.asarray(out[:, 14:42]).reshape(3, 14, 2)
-    bce = np.logaddexp(0, sides) - sides * 0.0               # targets 0
+    bce = np.logaddexp(0, sides)                              # BCE of a logit against target 0
     want = (bce[0, 2].mean() + bce[1, [3, 5]].mean(-1).mean()) / 2
     assert abs(float(aux["align/side_bce"]) - want) < 1e-5

@@ -43,6 +43,7 @@ def test_question_only_answers_match_brute_force_on_fuzzed_rows():
 
 def test_location_words_let_the_question_alone_place_the_box():
     from data_pipelines.synthetic import SyntheticConfig, examples
+    from experiments.evaluate import boxes_in
 
     def metas(cfg, split, n):
         out = []
@@ -56,7 +57,6 @@ def test_location_words_let_the_question_alone_place_the_box():
     for located in (False, True):
         cfg = dataclasses.replace(SyntheticConfig(), grounding_locations=located)
         train, test = metas(cfg, "train", 800), metas(cfg, "test", 150)
-        from experiments.evaluate import boxes_in
         pred = [boxes_in(a)[:1] or [(0.0, 0.0, 0.0, 0.0)] for a in question_only_answers(train, test)]
         miou[located] = grounding_scores(pred, [r["boxes"] for r in test], n_bootstrap=10)["overall"]["miou"]["mean"]
     assert miou[True] > miou[False] + 0.08, miou

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data_pipelines.boxes import format_box_text
+
 
 def question_only_answers(train: Sequence[dict], test: Sequence[dict]) -> list[str]:
     """train, test: row metadata with "prompt", "task", "question_type", "target" (train: the answer text) and
@@ -34,8 +36,7 @@ def question_only_answers(train: Sequence[dict], test: Sequence[dict]) -> list[s
     for r in test:
         if r["task"] == "grounding":
             seen = boxes.get(r["prompt"])
-            median = np.rint(np.median(np.asarray(seen, np.float64), axis=0)).astype(int) if seen else None
-            out.append("[" + ", ".join(str(v) for v in median) + "]" if seen else "")
+            out.append(format_box_text(np.median(np.asarray(seen, np.float64), axis=0)) if seen else "")
             continue
         counts = by_prompt.get(r["prompt"]) or by_type.get((r["task"], r["question_type"]))
         out.append(counts.most_common(1)[0][0] if counts else "")

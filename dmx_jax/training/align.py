@@ -123,9 +123,10 @@ def _align_terms(out: jax.Array, batch: dict, side_weight: float, box_weight: fl
     box_l1 = (jnp.abs(boxes - batch["boxes"]).mean(-1) * bm).sum(-1) / jnp.maximum(bm.sum(-1), 1.0)
     per_row = label_bce + side_weight * side_bce + box_weight * box_l1
     rows = w.sum()
+    rows_with_findings = jnp.maximum((bm.sum(-1) > 0).astype(jnp.float32) @ w, 1.0)
     aux = {"align/label_bce": (label_bce * w).sum() / jnp.maximum(rows, 1.0),
-           "align/side_bce": (side_bce * w).sum() / jnp.maximum((bm.sum(-1) > 0).astype(jnp.float32) @ w, 1.0),
-           "align/box_l1": (box_l1 * w).sum() / jnp.maximum((bm.sum(-1) > 0).astype(jnp.float32) @ w, 1.0)}
+           "align/side_bce": (side_bce * w).sum() / rows_with_findings,
+           "align/box_l1": (box_l1 * w).sum() / rows_with_findings}
     return (per_row * w).sum(), rows, aux
 
 
