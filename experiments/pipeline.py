@@ -14,6 +14,8 @@ from experiments.datasets import model_config_for, real_data, synthetic_data
 from experiments.evaluate import evaluate_stage
 from experiments.stages import RunContext, StageSpec, align_recipe, load_stage_params, plan_stage, run_stage, stage_done
 
+SEEN_AUC = 0.75  # alignment print-out: findings whose held-out head AUC reaches this are ones the tower sees
+
 __all__ = ["model_config_for", "run_pipeline"]
 
 
@@ -60,6 +62,8 @@ def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: boo
     ctx.writer.write({"step": a.steps, "eval_stage": "align", **metrics})
     line = (f"[align] held-out label AUC {metrics['label_auc']:.3f} (accuracy {metrics['label_acc']:.3f}), "
             f"side accuracy {metrics['side_acc']:.3f}, box L1 {metrics['box_l1']:.3f}")
+    seen = sorted(((a, n) for n, a in metrics["label_auc_by_finding"].items() if a >= SEEN_AUC), reverse=True)
+    line += f"; AUC >= {SEEN_AUC}: " + (", ".join(f"{n} {a:.2f}" for a, n in seen) or "none")
     if "decoder_label_auc" in metrics:
         line += (f"; decoder read-out AUC {metrics['decoder_label_auc']:.3f}, side {metrics['decoder_side_acc']:.3f}, "
                  f"box L1 {metrics['decoder_box_l1']:.3f}")

@@ -186,3 +186,20 @@ def test_side_loss_counts_only_present_findings():
     bce = np.logaddexp(0, sides)                              # BCE of a logit against target 0
     want = (bce[0, 2].mean() + bce[1, [3, 5]].mean(-1).mean()) / 2
     assert abs(float(aux["align/side_bce"]) - want) < 1e-5
+
+
+def test_head_metrics_name_each_findings_auc():
+    """label_auc_by_finding: each CheXpert label with both classes present, keyed by name, equal to label_auc's
+    column; a label with one class is left out; label_auc is their mean."""
+    from dmx_jax.training.align import N_OUT, _head_metrics, label_auc
+    rng = np.random.default_rng(1)
+    out = rng.normal(size=(30, N_OUT)).astype(np.float32)
+    truth = (rng.random((30, 14)) < 0.4).astype(np.float32)
+    truth[:, 5] = 0                                           # one class only: no AUC
+    batch = {"labels": truth, "sides": np.zeros((30, 14, 2), np.float32), "boxes": np.zeros((30, 14, 4), np.float32),
+             "box_mask": truth}
+    got = _head_metrics(jnp.asarray(out), batch)["label_auc_by_finding"]
+    want = label_auc(out[:, :14], truth)
+    assert list(got) == [n for k, n in enumerate(CHEXPERT_LABELS) if k != 5]
+    assert [got[n] for n in got] == pytest.approx([a for k, a in enumerate(want) if k != 5], abs=1e-12)
+    assert _head_metrics(jnp.asarray(out), batch)["label_auc"] == pytest.approx(np.mean(list(got.values())))

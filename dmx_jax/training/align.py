@@ -222,8 +222,8 @@ def stack_align_rows(rows: Sequence[dict]) -> dict:
 
 def align_metrics(graphdef, params, batch: dict) -> dict:
     """Held-out read-outs of the head: per-label accuracy at 0 logit (mean over 14; mostly negatives, so
-    all-negative scores ~0.88), mean ROC AUC over labels with both classes, side accuracy over present findings,
-    box L1 over present findings."""
+    all-negative scores ~0.88), mean ROC AUC over labels with both classes and each label's AUC by CheXpert name
+    (which findings the tower sees), side accuracy over present findings, box L1 over present findings."""
     out = nnx.merge(graphdef, params)(jax.tree.map(jnp.asarray, batch))
     if isinstance(out, tuple):
         pooled = _head_metrics(out[0], batch)
@@ -250,11 +250,13 @@ def label_auc(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def _head_metrics(out, batch: dict) -> dict:
+    from data_pipelines.schema import CHEXPERT_LABELS  # local: the label order of the targets
     labels, sides, boxes = (np.asarray(a) for a in split_outputs(out))
     bm = batch["box_mask"] > 0
     side_ok = ((sides > 0) == (batch["sides"] > 0.5)).all(-1)
     auc = label_auc(labels, batch["labels"])
     return {"label_acc": float(((labels > 0) == (batch["labels"] > 0.5)).mean()),
             "label_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
+            "label_auc_by_finding": {name: float(a) for name, a in zip(CHEXPERT_LABELS, auc) if np.isfinite(a)},
             "side_acc": float(side_ok[bm].mean()) if bm.any() else float("nan"),
             "box_l1": float(np.abs(boxes - batch["boxes"]).mean(-1)[bm].mean()) if bm.any() else float("nan")}
