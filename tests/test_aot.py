@@ -1,4 +1,5 @@
-"""experiments.aot: TPU compiles ahead of time on the CPU (libtpu topology, JAX_PLATFORMS=cpu kept)."""
+"""experiments.aot and experiments.tpu_compile: TPU compiles ahead of time on the CPU (libtpu topology,
+JAX_PLATFORMS=cpu kept)."""
 import json
 
 import jax
@@ -6,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import aot
+from experiments import aot, tpu_compile
 
-needs_libtpu = pytest.mark.skipif(not aot.libtpu_available(),
+needs_libtpu = pytest.mark.skipif(not tpu_compile.libtpu_available(),
                                   reason="libtpu is not importable: pip install 'jax[tpu]' (the tpu extra)")
 
 
@@ -19,18 +20,18 @@ def test_unknown_topology_is_one_line(capsys):
 
 
 def test_slice_names_resolve():
-    assert aot.resolve_topology("v5p-8")[1] == "v5p:2x2x1"
-    assert aot.resolve_topology("v6e:2x4")[2].hbm_gib == 32.0
-    assert {n.split("-")[0] for n in aot.SLICES} >= {"v4", "v5e", "v5p", "v6e"}
+    assert tpu_compile.resolve_topology("v5p-8")[1] == "v5p:2x2x1"
+    assert tpu_compile.resolve_topology("v6e:2x4")[2].hbm_gib == 32.0
+    assert {n.split("-")[0] for n in tpu_compile.SLICES} >= {"v4", "v5e", "v5p", "v6e"}
 
 
 @needs_libtpu
 def test_step_that_does_not_fit_is_a_row_with_numbers():
-    plan_mesh = jax.sharding.Mesh(aot.topology_devices("v5e:2x2")[:1], ("x",))
+    plan_mesh = jax.sharding.Mesh(tpu_compile.topology_devices("v5e:2x2")[:1], ("x",))
     rep = jax.sharding.NamedSharding(plan_mesh, jax.sharding.PartitionSpec())
     x = jax.ShapeDtypeStruct((100_000,), jnp.float32, sharding=rep)
-    row = aot.Row("sft", "train", "v5e-4", 4, 16.0, 0, 1, 1, "")
-    aot.compile_row(row, lambda v: jnp.cumsum(jnp.outer(v, v), axis=0)[-1], (x,), in_shardings=None,
+    row = tpu_compile.Row("sft", "train", "v5e-4", 4, 16.0, 0, 1, 1, "")
+    tpu_compile.compile_row(row, lambda v: jnp.cumsum(jnp.outer(v, v), axis=0)[-1], (x,), in_shardings=None,
                     out_shardings=None, mesh=plan_mesh)
     assert row.fits is False and row.peak_gb > row.hbm_gb and row.headroom < 0, row
     assert "DOES NOT FIT" in row.text() and "RESOURCE_EXHAUSTED" in row.text()
@@ -75,7 +76,7 @@ def test_splash_attention_compiles_for_v5p_at_7b_attention_shapes():
     from jax.sharding import PartitionSpec as P
 
     from dmx_jax.model.attention import attention, causal_mask
-    mesh = Mesh(np.asarray(aot.topology_devices("v5p:2x2x1")).reshape(1, 4, 1), ("data", "fsdp", "tensor"),
+    mesh = Mesh(np.asarray(tpu_compile.topology_devices("v5p:2x2x1")).reshape(1, 4, 1), ("data", "fsdp", "tensor"),
                 axis_types=(AxisType.Auto,) * 3)
     rows = NamedSharding(mesh, P("fsdp"))
     q = jax.ShapeDtypeStruct((16, 1024, 28, 128), jnp.bfloat16, sharding=rows)
