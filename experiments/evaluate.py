@@ -168,6 +168,21 @@ def image_drop(records: list[dict], n_bootstrap: int) -> dict:
     return {m: paired_by_key(swapped[m], real[m], n_bootstrap) for m in real if m in swapped}
 
 
+def image_drop_by_question_type(records: list[dict], n_bootstrap: int) -> dict:
+    """The VQA part of image_drop per question type (classification prompts: "classification"):
+    {type: {"real", "swapped": mean VQA scores, "drop": paired real - swapped}} over the examples the control
+    answered. Shows which kinds of question read the image; the overall drop can hide one that does."""
+    real = example_scores(records).get("vqa_score", {})
+    swapped = example_scores(records, "control_answer").get("vqa_score", {})
+    qtype = {r["example_id"]: r["question_type"] or r["task"] for r in records if r["task"] in VQA_TASKS}
+    out = {}
+    for t in sorted({qtype[i] for i in swapped if i in real}):
+        ids = [i for i in swapped if i in real and qtype[i] == t]
+        out[t] = {"real": float(np.mean([real[i] for i in ids])), "swapped": float(np.mean([swapped[i] for i in ids])),
+                  "drop": paired_by_key({i: swapped[i] for i in ids}, {i: real[i] for i in ids}, n_bootstrap)}
+    return out
+
+
 def example_record(row: dict, output: str, answer: str) -> dict:
     """One eval/<stage>.json record: a held-out row's metadata with the generated output and its parsed answer."""
     return {"example_id": row["example_id"], "task": row["task"], "question_type": row["question_type"],
@@ -183,7 +198,8 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
     format_ids: example ids of the reasoning tasks; the grounded-format rate is taken over their outputs
     (report prompts are answered in plain text by design), over every output when None.
     control: add metrics["image_control"], the VQA and grounding scores with images swapped between prompts,
-    and its "drop" (paired real - swapped per metric, with CIs); records get the swapped "control_answer".
+    its "drop" (paired real - swapped per metric, with CIs) and "drop_by_question_type" (VQA only); records get
+    the swapped "control_answer".
     metrics["citations"]: share of image-task outputs citing a box and the IoU of the cited boxes.
     """
     texts, rows = [], []
@@ -210,4 +226,5 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
             if rec["example_id"] in swapped:
                 rec["control_answer"] = swapped[rec["example_id"]]
         metrics["image_control"]["drop"] = image_drop(records, n_bootstrap)
+        metrics["image_control"]["drop_by_question_type"] = image_drop_by_question_type(records, n_bootstrap)
     return metrics, records

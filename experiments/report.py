@@ -53,6 +53,25 @@ def stage_table(results: dict, baseline: dict | None = None) -> str:
     return "\n".join(rows)
 
 
+def question_type_table(results: dict) -> str:
+    """VQA score real / images swapped per question type and stage, with the paired drop's CI ('' when no stage
+    ran the control): which kinds of question read the image."""
+    by_stage = {st: results[st].get("image_control", {}).get("drop_by_question_type") for st in STAGE_ORDER
+                if st in results}
+    by_stage = {st: v for st, v in by_stage.items() if v}
+    if not by_stage:
+        return ""
+    types = sorted({t for v in by_stage.values() for t in v})
+    rows = ["| question type | n | " + " | ".join(by_stage) + " |", "|---|---|" + "---|" * len(by_stage)]
+    for t in types:
+        n = max(v[t]["drop"]["n"] for v in by_stage.values() if t in v)
+        cells = [f"{v[t]['real']:.2f} / {v[t]['swapped']:.2f}, drop {_summary_cell(v[t]['drop'])}" if t in v
+                 else "–" for v in by_stage.values()]
+        rows.append(f"| {t} | {n} | " + " | ".join(cells) + " |")
+    rows += ["", "VQA score by question type: real / images swapped, and the paired drop [95% CI]."]
+    return "\n".join(rows)
+
+
 DIFF_PAIRS = (("sft", "cold_start"), ("cold_start", "grpo"), ("sft", "grpo")) + tuple(
     (BASELINE, st) for st in STAGE_ORDER)
 DIFF_METRICS = (("vqa_score", "VQA"), ("grounding.miou", "mIoU"), ("grounding.acc_at_0_5", "Acc@0.5"))
@@ -265,7 +284,7 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
     if diffs:
         (run_dir / "eval" / "differences.json").write_text(json.dumps(diffs, indent=1))
     lines = [f"# dmx-jax run `{cfg.name}`", "", stage_table(results, baseline_metrics), "",
-             difference_table(diffs), "",
+             difference_table(diffs), "", question_type_table(results), "",
              "VQA score: exact match for <=2-word answers, item F1 for `|` lists, BLEU-1/ROUGE-L mean for sentences. "
              "Grounding: predicted box = first box in the answer, model-input pixels. "
              "Grounded-format rate: share of the reasoning-task prompts (VQA, grounding, referring) answered as "

@@ -81,3 +81,29 @@ def test_stage_differences_and_image_drop_from_records():
     assert not image_drop(_records(good, control=good), n_bootstrap=200)["vqa_score"]["excludes_zero"]
     cites = citation_stats(_records(bad))
     assert cites["cite_rate"]["mean"] == 0.5 and abs(cites["cited_box_iou"]["mean"] - 0.25) < 1e-9
+
+
+def test_image_drop_by_question_type_splits_the_vqa_drop():
+    """Presence answers flip with swapped images, location answers do not: only presence shows a drop, each
+    type's real / swapped means equal a plain count, grounding rows stay out, and the summary table shows both."""
+    from experiments.evaluate import image_drop_by_question_type
+    from experiments.report import question_type_table
+    n = 40
+    good = {**{f"v{i}": "yes" for i in range(2 * n)}, **{f"g{i}": "[0, 0, 10, 10]" for i in range(5)}}
+    control = {**{f"v{i}": ("no" if i < n and i % 2 else "yes") for i in range(2 * n)},
+               **{f"g{i}": "[30, 30, 40, 40]" for i in range(5)}}
+    recs = _records(good, control=control)
+    for r in recs:
+        if r["task"] == "vqa":
+            r["question_type"] = "presence" if int(r["example_id"][1:]) < n else "location"
+    recs[-6]["task"], recs[-6]["question_type"] = "classification", None   # v79: no question type
+    by_type = image_drop_by_question_type(recs, n_bootstrap=200)
+    assert set(by_type) == {"presence", "location", "classification"}
+    pres = by_type["presence"]
+    assert pres["real"] == 1.0 and pres["swapped"] == 0.5 and pres["drop"]["n"] == n
+    assert abs(pres["drop"]["mean"] - 0.5) < 1e-12 and pres["drop"]["excludes_zero"]
+    assert by_type["location"]["drop"]["mean"] == 0 and not by_type["location"]["drop"]["excludes_zero"]
+    assert by_type["location"]["drop"]["n"] == n - 1 and by_type["classification"]["drop"]["n"] == 1
+    table = question_type_table({"sft": {"image_control": {"drop_by_question_type": by_type}}, "grpo": {}})
+    assert "| presence | 40 | 1.00 / 0.50, drop 0.500 [" in table and "| question type | n | sft |" in table
+    assert question_type_table({"sft": {}}) == ""
