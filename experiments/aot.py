@@ -41,7 +41,7 @@ from experiments.tpu_compile import (  # noqa: E402
     AotError,
     Chip,
     Row,
-    _batch_leaf,
+    batch_leaf,
     compile_row,
     image_batch,
     per_chip_bytes,
@@ -187,7 +187,7 @@ def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
                                       pad_id=mcfg.pad_token_id, **extra)
     rows_in = n // getattr(sample_fn, "group_size", 1)
     prompts = {**text_batch(rows_in, t, mesh, loss=False), **image_batch(mcfg, rows_in, plan.patches, mesh),
-               "deltas": _batch_leaf((rows_in, 1), jnp.int32, mesh)}
+               "deltas": batch_leaf((rows_in, 1), jnp.int32, mesh)}
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
     row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new")
     compile_row(row, sample_fn, (plan.params, prompts, rng),
@@ -229,10 +229,10 @@ def _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, resident_poli
     from dmx_jax.perf.flops import forward_flops
     mesh, mcfg = plan.mesh, plan.mcfg
     rows = []
-    comp = {"completion": _batch_leaf((n, tn), jnp.int32, mesh),
-            "completion_mask": _batch_leaf((n, tn), jnp.float32, mesh)}
+    comp = {"completion": batch_leaf((n, tn), jnp.int32, mesh),
+            "completion_mask": batch_leaf((n, tn), jnp.float32, mesh)}
     rollout = {**text_batch(n, t, mesh, loss=False), **image_batch(mcfg, n, plan.patches, mesh),
-               "deltas": _batch_leaf((n, 1), jnp.int32, mesh), **comp}
+               "deltas": batch_leaf((n, 1), jnp.int32, mesh), **comp}
     logprob_fn = _logprob_fn(mem)
     f_lp = forward_flops(mcfg, text_tokens=n * (t + tn), seq_len=t + tn, image_grids=[grid] * n,
                          lm_head_tokens=n * tn).total
@@ -258,10 +258,10 @@ def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref
     mesh, mcfg = plan.mesh, plan.mcfg
     mini = n if not getattr(algo, "ppo_mini_batch_size", 0) else algo.ppo_mini_batch_size * g
     upd = {**text_batch(mini, t, mesh, loss=False), **image_batch(mcfg, mini, plan.patches, mesh),
-           "deltas": _batch_leaf((mini, 1), jnp.int32, mesh),
-           "completion": _batch_leaf((mini, tn), jnp.int32, mesh),
-           **{k: _batch_leaf((mini, tn), jnp.float32, mesh) for k in ("completion_mask", "old_logp", "ref_logp")},
-           "advantages": _batch_leaf((mini,), jnp.float32, mesh)}
+           "deltas": batch_leaf((mini, 1), jnp.int32, mesh),
+           "completion": batch_leaf((mini, tn), jnp.int32, mesh),
+           **{k: batch_leaf((mini, tn), jnp.float32, mesh) for k in ("completion_mask", "old_logp", "ref_logp")},
+           "advantages": batch_leaf((mini,), jnp.float32, mesh)}
     if not algo.kl_coef:
         upd.pop("ref_logp")
     make_lp = getattr(rl_vlm, "make_logprob_fn", None)

@@ -78,7 +78,8 @@ def _sds(shape, dtype, mesh, spec=None):
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=NamedSharding(mesh, spec))
 
 
-def _batch_leaf(shape, dtype, mesh):
+def batch_leaf(shape, dtype, mesh):
+    """An abstract batch-major leaf, its rows split over data x fsdp (replicated when they do not divide)."""
     from dmx_jax.sharding.rules import batch_spec
     spec = batch_spec(len(shape))
     n = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
@@ -90,7 +91,7 @@ def _batch_leaf(shape, dtype, mesh):
 def image_batch(mcfg, rows: int, patches: int, mesh) -> dict:
     """Abstract per-row images: pixel_values [B, P, F] + vision_inputs (what the data pipeline emits)."""
     unit = mcfg.vision.spatial_merge_size ** 2
-    b = lambda shape, dt=jnp.int32: _batch_leaf(shape, dt, mesh)  # noqa: E731
+    b = lambda shape, dt=jnp.int32: batch_leaf(shape, dt, mesh)  # noqa: E731
     return {"pixel_values": b((rows, patches, mcfg.vision.patch_dim), jnp.float32),
             "vision_inputs": {"rot_hw": b((rows, patches, 2)), "window_seg": b((rows, patches)),
                               "full_seg": b((rows, patches)), "window_index": b((rows, patches // unit)),
@@ -98,7 +99,7 @@ def image_batch(mcfg, rows: int, patches: int, mesh) -> dict:
 
 
 def text_batch(rows: int, seq: int, mesh, *, loss: bool = True) -> dict:
-    b = lambda shape, dt=jnp.int32: _batch_leaf(shape, dt, mesh)  # noqa: E731
+    b = lambda shape, dt=jnp.int32: batch_leaf(shape, dt, mesh)  # noqa: E731
     out = {"input_ids": b((rows, seq)), "attention_mask": b((rows, seq)), "positions": b((rows, 3, seq))}
     if loss:
         out["loss_mask"] = b((rows, seq))
