@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, record_result  # noqa: E402
 
 STAGES = ("sft", "cold_start", "grpo")
+BASE = "base"                # eval/base.json: the starting checkpoint zero-shot (runs from a pretrained base)
 BASELINE = "question_only"   # eval/question_only.json: the no-image, no-model baseline (dmx_jax.eval.blind)
 METRICS = (("VQA score", lambda m: m.get("vqa_score")),
            ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
@@ -83,10 +84,10 @@ def stage_tables(evals: dict) -> tuple[list[str], list[list], list[str], list[li
     header = ["seed", "stage", *(name for name, _ in METRICS)]
     rows = []
     for seed, by_stage in evals.items():
-        for st in (*STAGES, BASELINE):
+        for st in (BASE, *STAGES, BASELINE):
             if st in by_stage:
                 rows.append([seed, st, *(cell(get(by_stage[st]["metrics"])) for _, get in METRICS)])
-    for st in (*STAGES, BASELINE):
+    for st in (BASE, *STAGES, BASELINE):
         have = [by_stage[st]["metrics"] for by_stage in evals.values() if st in by_stage]
         if have:
             rows.append(["mean ± std", st, *(mean_cell([get(m) for m in have]) for _, get in METRICS)])
@@ -139,8 +140,9 @@ def main():
         if not all((run_dir / "eval" / f"{st}.json").is_file() for st in STAGES):
             run(run_dir, seed, args.overrides)
         evals[seed] = {st: load_eval(run_dir, st) for st in STAGES}
-        if (run_dir / "eval" / f"{BASELINE}.json").is_file():
-            evals[seed][BASELINE] = load_eval(run_dir, BASELINE)
+        for extra in (BASE, BASELINE):
+            if (run_dir / "eval" / f"{extra}.json").is_file():
+                evals[seed][extra] = load_eval(run_dir, extra)
         if args.no_reward_ablation:
             continue
         paper_dir = Path(args.root) / f"seed{seed}-paper"

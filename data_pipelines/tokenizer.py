@@ -142,3 +142,25 @@ def train_sentencepiece(corpus: Iterable[str], vocab_size: int,
     tmp.write_bytes(buf.getvalue())
     tmp.replace(cache)
     return SentencePieceTokenizer(buf.getvalue())
+
+
+# Qwen2's pre-tokenizer split: BPE never merges across these pieces (digits stay single, as in Qwen2.5-VL).
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+              r"|\s+(?!\S)|\s+")
+
+
+def train_byte_level_bpe(corpus: Iterable[str], vocab_size: int, path: str | os.PathLike) -> HFTokenizer:
+    """A Qwen2-style byte-level BPE `tokenizer.json` (Qwen2 split, the Qwen special tokens first) trained on
+    `corpus` and written to `path`; deterministic in the corpus. Any text round-trips (256 byte symbols)."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as _T
+    tok = _T(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), "isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS) + ["<|video_pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([ln for ln in corpus if ln.strip()], trainer)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+    return HFTokenizer.from_file(path)

@@ -6,7 +6,9 @@ get_state/set_state for exact resume.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -89,9 +91,49 @@ class GrainSource:
     workers: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class IndexedSource:
+    """An unbounded corpus whose row i is a pure function of i (the pretraining corpus): row_fn(i) -> row."""
+
+    row_fn: Callable[[int], dict]
+
+
+class IndexedBatches:
+    """Rows position .. position + B - 1 of an IndexedSource, the next batch built on a background thread
+    while the current step runs; state = position (exact resume)."""
+
+    def __init__(self, source: IndexedSource, batch_size: int, stack=stack_rows):
+        self.source, self.batch_size, self.stack, self.position = source, batch_size, stack, 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1)
+        self._next: tuple[int, concurrent.futures.Future] | None = None
+
+    def _build(self, start: int):
+        return self.stack([self.source.row_fn(i) for i in range(start, start + self.batch_size)])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = self.position
+        if self._next is None or self._next[0] != start:
+            self._next = (start, self._pool.submit(self._build, start))
+        batch = self._next[1].result()
+        self.position = start + self.batch_size
+        self._next = (self.position, self._pool.submit(self._build, self.position))
+        return batch
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = int(state["position"])
+
+
 def batches(source, batch_size: int, seed: int, stack=None):
     """Encoded rows (synthetic, in memory) -> EncodedBatches (rows -> (arrays, meta) by `stack`, default
-    stack_rows); a GrainSource (real data) -> GrainBatches."""
+    stack_rows); a GrainSource (real data) -> GrainBatches; an IndexedSource -> IndexedBatches."""
     if isinstance(source, GrainSource):
         return GrainBatches(source, batch_size, seed)
+    if isinstance(source, IndexedSource):
+        return IndexedBatches(source, batch_size, stack or stack_rows)
     return EncodedBatches(source, batch_size, seed, stack or stack_rows)

@@ -148,12 +148,17 @@ def _readout_prompt(cfg, tok, mcfg):
     return prompt_row
 
 
-def synthetic_data(cfg, run_dir: Path) -> RunData:
+def synthetic_data(cfg, run_dir: Path, model_cfg=None) -> RunData:
+    """The synthetic benchmark encoded for the run's model: a checkpoint's (`model_cfg`, its tokenizer.json),
+    or a from-scratch preset with a SentencePiece tokenizer trained on the train split."""
     d = cfg.data
     print(f"[data] rendering {d.train_examples} train + {cfg.eval.examples} test synthetic studies", flush=True)
     train_ex, test_ex = synthetic_examples(cfg)
-    tok = build_tokenizer(train_ex, d.vocab_size, run_dir / "tokenizer")
-    mcfg = model_config_for(cfg, tok)
+    if model_cfg is not None:
+        tok, mcfg = checkpoint_tokenizer(cfg, model_cfg), model_cfg
+    else:
+        tok = build_tokenizer(train_ex, d.vocab_size, run_dir / "tokenizer")
+        mcfg = model_config_for(cfg, tok)
     reasoning_train = [e for e in train_ex if e.task in d.reasoning_tasks]
     cache: dict = {}
     sft = encode_all(train_ex, tok, mcfg, cfg, d.max_seq_len, cache, reasoning=False)
@@ -174,6 +179,21 @@ def synthetic_data(cfg, run_dir: Path) -> RunData:
     return RunData(tok, mcfg, sft, cold, rl, plain, reason, test_ex, align, align_eval)
 
 
+def checkpoint_tokenizer(cfg, model_cfg):
+    """data.tokenizer, else the checkpoint's tokenizer.json, checked against the model's image token id."""
+    from data_pipelines.tokenizer import HFTokenizer
+    from experiments.overrides import ConfigError
+    tok_path = cfg.data.tokenizer or (Path(cfg.hf_checkpoint) / "tokenizer.json" if cfg.hf_checkpoint else None)
+    if tok_path is None or not Path(tok_path).is_file():
+        raise ConfigError(f"data.tokenizer: no tokenizer.json at {tok_path} (a checkpoint needs its own "
+                          f"tokenizer.json; give the checkpoint's tokenizer.json)")
+    tok = HFTokenizer.from_file(tok_path)
+    if tok.image_pad_id != model_cfg.image_token_id:
+        raise ConfigError(f"data.tokenizer {tok_path}: <|image_pad|> is id {tok.image_pad_id} but the model's "
+                          f"image_token_id is {model_cfg.image_token_id}; tokenizer and checkpoint do not match")
+    return tok
+
+
 def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
     """An adapter's train split (lazy), its test split (eval), and the checkpoint's tokenizer.
 
@@ -181,19 +201,11 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
     traces checked against the ground truth); without it the cold-start stage teaches the output format only.
     """
     from data_pipelines.adapters import load_dataset
-    from data_pipelines.tokenizer import HFTokenizer
     from experiments.overrides import ConfigError
     d = cfg.data
     if d.root is None:
         raise ConfigError(f"data.root must point at the {d.source} dataset (data.source={d.source!r})")
-    tok_path = d.tokenizer or (Path(cfg.hf_checkpoint) / "tokenizer.json" if cfg.hf_checkpoint else None)
-    if tok_path is None or not Path(tok_path).is_file():
-        raise ConfigError(f"data.tokenizer: no tokenizer.json at {tok_path} (needed for real data; give the "
-                          f"checkpoint's tokenizer.json)")
-    tok = HFTokenizer.from_file(tok_path)
-    if tok.image_pad_id != model_cfg.image_token_id:
-        raise ConfigError(f"data.tokenizer {tok_path}: <|image_pad|> is id {tok.image_pad_id} but the model's "
-                          f"image_token_id is {model_cfg.image_token_id}; tokenizer and checkpoint do not match")
+    tok = checkpoint_tokenizer(cfg, model_cfg)
     print(f"[data] reading {d.source} from {d.root}", flush=True)
     train_ex = list(itertools.islice(load_dataset(d.source, d.root, split="train"), d.train_examples))
     test_ex = list(itertools.islice(load_dataset(d.source, d.root, split="test"), cfg.eval.examples))

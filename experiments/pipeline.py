@@ -26,7 +26,7 @@ def initial_model(cfg, mesh, run_dir: Path):
         print(f"[model] loading {cfg.hf_checkpoint} onto mesh {dict(mesh.shape)}", flush=True)
         mcfg = read_config(cfg.hf_checkpoint).replace(dtype=cfg.dtype, **cfg.memory.model_overrides())
         model, mcfg = load_pretrained(cfg.hf_checkpoint, mesh=mesh, config=mcfg)   # computes in cfg.dtype
-        data = real_data(cfg, run_dir, mcfg) if cfg.data.source != "synthetic" else synthetic_data(cfg, run_dir)
+        data = real_data(cfg, run_dir, mcfg) if cfg.data.source != "synthetic" else synthetic_data(cfg, run_dir, mcfg)
     else:
         data = synthetic_data(cfg, run_dir) if cfg.data.source == "synthetic" else None
         if data is None:
@@ -96,6 +96,9 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
     plain_only = [r for r in eval_plain if r["meta"]["example_id"] not in reasoning_ids]
     reasoning_groups = [(*arrays_of(rows), n) for rows, n in ((eval_reason, cfg.eval.reasoning_max_new_tokens),
                                                               (plain_only, cfg.eval.max_new_tokens)) if rows]
+    if cfg.hf_checkpoint and "sft" in stages:        # the starting checkpoint, zero-shot on the plain prompts
+        results["base"], outputs["base"] = _evaluate_once(run_dir / "eval" / "base.json", "base", graphdef, params,
+                                                          [plain_group], tok, cfg, reasoning_ids, writer)
     plan = [("sft", sft_rows, cfg.sft, False), ("cold_start", cold_rows, cfg.cold_start, True),
             ("grpo", rl_rows, cfg.rl, True)]
     for name, rows, scfg, reasoning in plan:
@@ -113,23 +116,28 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
             print(f"[{name}] {spec.steps} steps, batch {spec.batch_size}"
                   + (f" prompts x G={scfg.algo.group_size}" if name == "grpo" else ""), flush=True)
             params = run_stage(spec, recipe, sdir, params, rows, ctx)
-        eval_file = run_dir / "eval" / f"{name}.json"
-        if eval_file.is_file():
-            saved = json.loads(eval_file.read_text())
-            results[name], outputs[name] = saved["metrics"], saved["records"]
-            continue
-        groups = reasoning_groups if reasoning else [plain_group]
-        print(f"[{name}] evaluating on {sum(len(g[1]) for g in groups)} held-out prompts", flush=True)
-        metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=cfg.eval.bootstrap,
-                                          format_ids=reasoning_ids, control=cfg.eval.image_control)
-        results[name], outputs[name] = metrics, records
-        save_eval(eval_file, metrics, records)
-        writer.write({"step": 0, "eval_stage": name, **_flat(metrics)})
+        results[name], outputs[name] = _evaluate_once(run_dir / "eval" / f"{name}.json", name, graphdef, params,
+                                                      reasoning_groups if reasoning else [plain_group], tok, cfg,
+                                                      reasoning_ids, writer)
     writer.close()
     baseline = question_only_baseline(sft_rows, eval_plain, run_dir, cfg.eval.bootstrap) if results else None
     from experiments.report import write_outputs
     return write_outputs(cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf,
                          baseline=baseline)
+
+
+def _evaluate_once(eval_file: Path, name: str, graphdef, params, groups, tok, cfg, reasoning_ids,
+                   writer) -> tuple[dict, list[dict]]:
+    """(metrics, records) of `params` on the held-out groups, read back from eval_file when a run wrote it."""
+    if eval_file.is_file():
+        saved = json.loads(eval_file.read_text())
+        return saved["metrics"], saved["records"]
+    print(f"[{name}] evaluating on {sum(len(g[1]) for g in groups)} held-out prompts", flush=True)
+    metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=cfg.eval.bootstrap,
+                                      format_ids=reasoning_ids, control=cfg.eval.image_control)
+    save_eval(eval_file, metrics, records)
+    writer.write({"step": 0, "eval_stage": name, **_flat(metrics)})
+    return metrics, records
 
 
 def question_only_baseline(train_rows, eval_rows: list[dict], run_dir: Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-STAGE_ORDER = ("sft", "cold_start", "grpo")
+STAGE_ORDER = ("base", "sft", "cold_start", "grpo")   # base: the starting checkpoint, zero-shot
 
 
 def _summary_cell(s) -> str:
@@ -72,7 +72,7 @@ def question_type_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-DIFF_PAIRS = (("sft", "cold_start"), ("cold_start", "grpo"), ("sft", "grpo")) + tuple(
+DIFF_PAIRS = (("base", "sft"), ("sft", "cold_start"), ("cold_start", "grpo"), ("sft", "grpo")) + tuple(
     (BASELINE, st) for st in STAGE_ORDER)
 DIFF_METRICS = (("vqa_score", "VQA"), ("grounding.miou", "mIoU"), ("grounding.acc_at_0_5", "Acc@0.5"))
 

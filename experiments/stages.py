@@ -94,8 +94,10 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
     return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
 
 
-def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, rows, ctx: RunContext):
-    """Train one stage from `params` on `rows` (encoded rows or a GrainSource); resumable; returns final params."""
+def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, rows, ctx: RunContext,
+              on_step: Callable | None = None):
+    """Train one stage from `params` on `rows` (encoded rows, a GrainSource or an IndexedSource); resumable;
+    returns final params. on_step(step, metrics, state) runs after every step (e.g. a periodic probe)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     tx = recipe.make_tx(spec.optim)
     state = init_train_state(params, tx, seed=ctx.seed)
@@ -107,7 +109,7 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
     step = recipe.build_step(tx, shardings, place)
     loop = LoopConfig(num_steps=spec.steps, stage=spec.name, bar_metrics=recipe.bar_metrics)
     io = LoopIO(checkpointer=ck, writer=ctx.writer, run_config=ctx.run_config, flops_fn=recipe.flops_fn,
-                prepare=lambda arrays, meta: recipe.prepare(arrays, meta, place))
+                prepare=lambda arrays, meta: recipe.prepare(arrays, meta, place), on_step=on_step)
     state, summary = train_loop(step, state, data, loop, io)
     if summary["preempted"]:
         ck.close()

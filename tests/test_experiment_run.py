@@ -7,8 +7,8 @@ import pytest
 
 from experiments import run
 
-MINI = ["--set", "model=tiny", "--set", "data.train_examples=48", "--set", "eval.examples=10",
-        "--set", "eval.bootstrap=20",
+MINI = ["--config", "tiny_scratch", "--set", "model=tiny", "--set", "data.train_examples=48",
+        "--set", "eval.examples=10", "--set", "eval.bootstrap=20",
         "--set", "sft.steps=3", "--set", "cold_start.steps=2", "--set", "rl.steps=2", "--set", "rl.prompts_per_step=2",
         "--set", "rl.algo.max_new_tokens=12", "--set", "eval.max_new_tokens=8",
         "--set", "eval.reasoning_max_new_tokens=12", "--set", "sft.save_every=2",
@@ -67,6 +67,23 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     third = capsys.readouterr().out
     assert "[cold_start] not selected; later stages start from its final parameters" in third, third
     assert (run_dir / "grpo" / "DONE.json").is_file()
+
+
+@pytest.mark.slow
+def test_default_run_starts_from_the_shipped_base(tmp_path, capsys):
+    """The default preset loads models/miniature_base through hf_checkpoint (its tokenizer.json, no alignment
+    stage) and scores it zero-shot as the `base` row before SFT."""
+    run_dir = tmp_path / "run"
+    short = ["--set", "data.train_examples=24", "--set", "eval.examples=8", "--set", "eval.bootstrap=20",
+             "--set", "sft.steps=2", "--set", "eval.max_new_tokens=8", "--set", "export_hf=false"]
+    assert run.main(["--run-dir", str(run_dir), "--stages", "sft", *short]) == 0
+    out = capsys.readouterr().out
+    assert "[model] loading" in out and "miniature_base" in out and "[align]" not in out
+    base = json.loads((run_dir / "eval" / "base.json").read_text())
+    assert "image_control" in base["metrics"] and len(base["records"]) == 8
+    assert not (run_dir / "tokenizer").exists()                     # the checkpoint's tokenizer.json, not a new one
+    summary = (run_dir / "summary.md").read_text()
+    assert "| base |" in summary and "| sft |" in summary and "sft − base" in summary
 
 
 def test_bad_override_is_one_line_error(tmp_path, capsys):

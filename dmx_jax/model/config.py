@@ -151,6 +151,21 @@ def small() -> ModelConfig:
         bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 
+def base() -> ModelConfig:
+    """The shipped miniature base (`python -m experiments.pretrain`): 6+4 layers, ~7M parameters, a 128-wide
+    tower over 14 px patches and a 256-wide decoder with head_dim 64 and Qwen-style rope (theta 10,000), so
+    its low-frequency bands leave content lookups from the answer back to the image unrotated. Special ids
+    are the shipped tokenizer's (`experiments.pretrain` sets them from it)."""
+    return ModelConfig(
+        text=TextConfig(vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, mrope_section=(8, 12, 12),
+                        max_position_embeddings=4096),
+        vision=VisionConfig(depth=6, hidden_size=128, intermediate_size=384, num_heads=4, window_size=56,
+                            fullatt_block_indexes=(2, 5), out_hidden_size=256),
+        image_token_id=5, video_token_id=6, vision_start_token_id=3, vision_end_token_id=4,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
+
+
 def qwen2_5_vl_7b() -> ModelConfig:
     return ModelConfig()
 
@@ -162,7 +177,7 @@ def qwen2_5_vl_3b() -> ModelConfig:
         vision=VisionConfig(out_hidden_size=2048), tie_word_embeddings=True)
 
 
-PRESETS = {"tiny": tiny, "small": small, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
+PRESETS = {"tiny": tiny, "small": small, "base": base, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
 
 
 def _rope(d: dict, key_theta: str = "rope_theta") -> tuple[float | None, dict]:

@@ -103,7 +103,7 @@ class LoopIO:
     run_config: Any = None
     prepare: Callable[[dict, dict], dict] | None = None
     flops_fn: Callable[[dict], float] | None = None
-    on_step: Callable[[int, dict], None] | None = None
+    on_step: Callable[[int, dict, TrainState], None] | None = None   # (step, metrics, state) after each step
     guard: PreemptionGuard | None = None
 
 
@@ -157,7 +157,7 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
             if io.writer and (step % cfg.log_every == 0 or step == num_steps):
                 io.writer.write({"step": step, "train_stage": stage, **last})
             if io.on_step:
-                io.on_step(step, last)
+                io.on_step(step, last, state)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(_bar_postfix(last, cfg.bar_metrics))

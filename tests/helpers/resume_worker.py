@@ -54,7 +54,7 @@ def main(run_dir, num_steps, sleep):
     state, _ = start_or_resume(state, sh, ck, data)
     step_fn = jax.jit(make_train_step(graphdef, toy_loss, tx), donate_argnums=(0,))
 
-    def slow(step, metrics):
+    def slow(step, metrics, state):  # noqa: ARG001
         time.sleep(sleep)
 
     train_loop(step_fn, state, data, LoopConfig(num_steps=num_steps, progress=False),

@@ -1,0 +1,290 @@
+"""python -m experiments.pretrain [--set key=value ...] [--run-dir runs/pretrain] [--out base_model]
+
+Pretrains the shipped miniature base: a Qwen2.5-VL-shaped model (`dmx_jax.model` preset `base`) trained from
+scratch on the pretraining corpus (data_pipelines.synthetic.pretrain: studies of their own seed, tasks that
+teach it to see), with a byte-level BPE tokenizer trained on that corpus. Every `probe_every` steps it scores
+held-out pretraining-style prompts with real and with swapped images (presence accuracy, detection mIoU, per
+finding) into DIR/probe.jsonl. Checkpoints every `save_every` steps; rerunning the same command resumes.
+At the end it writes a Hugging Face folder (config.json, model.safetensors, tokenizer.json, README.md card)
+to --out, which `dmx_jax.load_pretrained`, transformers and `experiments.run --set hf_checkpoint=` open.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dmx_jax.training.optim import OptimConfig
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "miniature_base"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    seed: int = 0                       # parameter init and nothing else: the corpus is fixed by its own seed
+    model: str = "base"                 # dmx_jax.model preset
+    image_size: int = 128               # synthetic render size (the benchmark's)
+    min_pixels: int = 56 * 56
+    max_pixels: int = 168 * 168         # 128 px studies resized to 140 px: 10 x 10 patches, 25 image tokens
+    seq_len: int = 160                  # rows: chat template + 36 image tokens + prompt + answer
+    vocab_size: int = 2048
+    tokenizer_studies: int = 1500       # studies whose texts (corpus + report-style texts) train the tokenizer
+    steps: int = 1800
+    batch_size: int = 32
+    optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=100, total_steps=1800, weight_decay=0.01)
+    save_every: int = 200
+    probe_every: int = 450
+    probe_studies: int = 96
+    probe_max_new_tokens: int = 48
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "save_every", "probe_every", "probe_studies", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"pretrain.{name}={getattr(self, name)} must be >= 1")
+
+
+def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
+    """Texts the tokenizer learns from: pretraining prompts and answers, plus report, VQA and reasoning texts
+    of benchmark-style examples rendered under the pretraining seed (never a benchmark study)."""
+    from data_pipelines.formatting import SYSTEM_PROMPT, reasoning_suffix
+    from data_pipelines.synthetic import SyntheticConfig, examples
+    from data_pipelines.synthetic.pretrain import PRETRAIN_SEED, pretrain_example
+    scfg = SyntheticConfig(image_size=cfg.image_size, seed=PRETRAIN_SEED)
+    out = [SYSTEM_PROMPT, reasoning_suffix(), "system\n", "user\n", "assistant\n"]
+    for i in range(cfg.tokenizer_studies):
+        e = pretrain_example(i, cfg.image_size)
+        b = examples("train", i, scfg)
+        out += [e.prompt, e.target, b.prompt, b.target, b.meta.get("reasoning", "")]
+    return out
+
+
+def model_config(cfg: PretrainConfig, tok):
+    """The preset with the tokenizer's vocabulary and special ids."""
+    from dmx_jax.model import preset
+    m = preset(cfg.model)
+    return dataclasses.replace(m, text=dataclasses.replace(m.text, vocab_size=tok.vocab_size),
+                               image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
+                               vision_end_token_id=tok.vision_end_id,
+                               video_token_id=tok._tok.token_to_id("<|video_pad|>"),
+                               bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+
+
+def patch_budget(cfg: PretrainConfig) -> int:
+    from dmx_jax.processing import smart_resize
+    h, w = smart_resize(cfg.image_size, cfg.image_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    return (h // 14) * (w // 14)
+
+
+def row_source(cfg: PretrainConfig, tok, mcfg):
+    """IndexedSource of training rows: row i encodes pretrain_example(i); a row longer than seq_len (rare:
+    many findings described) is replaced by the row of index i + 2**38, deterministically."""
+    from data_pipelines.pipeline import DoesNotFit, EncodingConfig, RowEncoder
+    from data_pipelines.synthetic.pretrain import pretrain_example
+    from experiments.data import IndexedSource
+    encoder = RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels,
+                                             max_pixels=cfg.max_pixels))
+    budget = patch_budget(cfg)
+
+    def row_fn(i: int) -> dict:
+        while True:
+            try:
+                return encoder(pretrain_example(i, cfg.image_size), seq_len=cfg.seq_len, patch_budget=budget)
+            except DoesNotFit:
+                i += 1 << 38
+    return IndexedSource(row_fn)
+
+
+def trimmed_stack(rows: list[dict]) -> tuple[dict, dict]:
+    """stack_rows, the batch cut to its longest row rounded up to 32 tokens (rows average ~half of seq_len)."""
+    from data_pipelines.pipeline import stack_rows, trim_right_padding
+    arrays, meta = stack_rows(rows)
+    return trim_right_padding(arrays, 32), meta
+
+
+def probe_groups(cfg: PretrainConfig, tok, mcfg) -> list:
+    """[(prompt arrays, rows, max_new_tokens)] of the held-out probe prompts (one compiled shape)."""
+    from data_pipelines.pipeline import EncodingConfig, RowEncoder, stack_rows
+    from data_pipelines.synthetic.pretrain import probe_examples
+    encoder = RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels,
+                                             max_pixels=cfg.max_pixels, prompt_only=True))
+    rows = [encoder(e, seq_len=cfg.seq_len, patch_budget=patch_budget(cfg))
+            for e in probe_examples(cfg.probe_studies, cfg.image_size)]
+    arrays, _ = stack_rows(rows)
+    arrays.pop("loss_mask")
+    return [(arrays, [r["meta"] for r in rows], cfg.probe_max_new_tokens)]
+
+
+def probe(graphdef, params, groups, tok) -> dict:
+    """Presence accuracy and detection mIoU, real and with images swapped, overall and per CheXpert finding."""
+    from experiments.evaluate import evaluate_stage, example_scores
+    metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=200, control=True)
+    real, swapped = example_scores(records), example_scores(records, "control_answer")
+    out: dict = {"presence_acc": metrics["vqa_score"]["mean"], "detect_miou": metrics["grounding"]["miou"]["mean"],
+                 "presence_acc_swapped": metrics["image_control"]["vqa_score"]["mean"],
+                 "detect_miou_swapped": metrics["image_control"]["grounding"]["miou"]["mean"], "by_finding": {}}
+    for key, metric in (("presence", "vqa_score"), ("detect", "grounding.miou")):
+        by: dict = {}
+        for i, v in real.get(metric, {}).items():
+            by.setdefault(i.rsplit("/", 1)[1], []).append((v, swapped[metric].get(i, np.nan)))
+        for name, vals in by.items():
+            a = np.asarray(vals)
+            out["by_finding"].setdefault(name, {})[key] = [float(a[:, 0].mean()), float(np.nanmean(a[:, 1])),
+                                                           len(a)]
+    return out
+
+
+def plot_probe(probes: list[dict], path: Path) -> None:
+    """Held-out probe over steps: presence accuracy and detection mIoU, real images vs images swapped."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [p["step"] for p in probes]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, title in ((axes[0], "presence_acc", "presence accuracy (balanced yes/no)"),
+                           (axes[1], "detect_miou", "detection mIoU (first box)")):
+        ax.plot(steps, [p[key] for p in probes], "o-", label="real images")
+        ax.plot(steps, [p[key + "_swapped"] for p in probes], "s--", label="images swapped")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("pretraining step")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("miniature base: held-out pretraining-style probe", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_card(out: Path, cfg: PretrainConfig, mcfg, info: dict) -> None:
+    """README.md model card: command, corpus, steps, time, probe results and file hashes."""
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(out.iterdir()) if p.suffix in (".json", ".safetensors") and p.is_file()}
+    last = info["probe"]
+    n_params = info["parameters"]
+    lines = [
+        "# dmx-jax miniature base (Qwen2.5-VL architecture)", "",
+        f"A {n_params / 1e6:.1f}M-parameter Qwen2.5-VL-shaped model pretrained from scratch on the dmx-jax",
+        "synthetic CXR pretraining corpus (`data_pipelines.synthetic.pretrain`: studies of their own seed,",
+        "never a benchmark train or test study). It stands in for Qwen2.5-VL-7B in the CPU default run.", "",
+        "## Reproduce", "```bash", info["command"], "```",
+        f"Wall time {info['wall_s'] / 60:.0f} min on {info['machine']}; {cfg.steps} steps x {cfg.batch_size} rows "
+        f"= {cfg.steps * cfg.batch_size:,} rows (one fresh study each), lr {cfg.optim.learning_rate} cosine.", "",
+        "## Architecture",
+        f"vision: {mcfg.vision.depth} blocks x {mcfg.vision.hidden_size} wide, {mcfg.vision.patch_size} px patches, "
+        f"2x2 merge; text: {mcfg.text.num_hidden_layers} layers x {mcfg.text.hidden_size}, head_dim "
+        f"{mcfg.text.head_dim}, rope_theta {mcfg.text.rope_theta:g}, mrope_section {list(mcfg.text.mrope_section)}; "
+        f"vocab {mcfg.text.vocab_size} (byte-level BPE, `tokenizer.json`). Images: {cfg.image_size} px studies "
+        f"at max_pixels {cfg.max_pixels}.", "",
+        "## Corpus", "Tasks (own templates): describe (every finding with severity, side, zone and box), detect",
+        "(finding phrase -> all its boxes, or none), presence (13 findings, balanced yes/no), count, side, view.", "",
+        f"## Held-out probe ({cfg.probe_studies} probe studies, step {info['steps']})",
+        f"presence accuracy {last['presence_acc']:.3f} (images swapped {last['presence_acc_swapped']:.3f}); "
+        f"detection mIoU {last['detect_miou']:.3f} (swapped {last['detect_miou_swapped']:.3f}).", "",
+        "| finding | presence real / swapped (n) | detection mIoU real / swapped (n) |", "|---|---|---|"]
+    for name, d in sorted(last["by_finding"].items()):
+        p, g = d.get("presence"), d.get("detect")
+        cell = (lambda v: f"{v[0]:.2f} / {v[1]:.2f} ({v[2]})" if v else "-")
+        lines.append(f"| {name} | {cell(p)} | {cell(g)} |")
+    lines += ["", "## Files (sha256)"] + [f"- `{k}` {v}" for k, v in digests.items()]
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m experiments.pretrain", description=__doc__.splitlines()[0])
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--run-dir", default="runs/pretrain", help="checkpoints, probe.jsonl, metrics")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="the Hugging Face folder written at the end")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from experiments.overrides import ConfigError, apply_overrides
+    try:
+        cfg = apply_overrides(PretrainConfig(), args.overrides)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import jax
+    from flax import nnx
+
+    from data_pipelines.tokenizer import HFTokenizer, train_byte_level_bpe
+    from dmx_jax.hf import save_pretrained
+    from dmx_jax.model import Qwen25VL
+    from dmx_jax.sharding import MeshConfig, make_mesh
+    from dmx_jax.training.loop import MetricsWriter
+    from experiments.stages import RunContext, StageSpec, run_stage, sft_recipe, stage_done
+
+    t0 = time.time()
+    run_dir, out = Path(args.run_dir), Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tok_path = run_dir / "tokenizer.json"
+    if tok_path.is_file():
+        tok = HFTokenizer.from_file(tok_path)
+    else:
+        print(f"[pretrain] training a {cfg.vocab_size}-token byte-level BPE on {cfg.tokenizer_studies} studies' texts",
+              flush=True)
+        tok = train_byte_level_bpe(tokenizer_corpus(cfg), cfg.vocab_size, tok_path)
+    mcfg = model_config(cfg, tok)
+    graphdef, state = nnx.split(Qwen25VL(mcfg, nnx.Rngs(cfg.seed)))
+    params = nnx.to_pure_dict(state)
+    n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+    print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} rows, patch budget "
+          f"{patch_budget(cfg)}, seq {cfg.seq_len}", flush=True)
+    mesh = make_mesh(MeshConfig(1, 1, 1))
+    writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
+    ctx = RunContext(mesh=mesh, writer=writer, run_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
+                     seed=cfg.seed)
+    groups = probe_groups(cfg, tok, mcfg)
+    probe_file = run_dir / "probe.jsonl"
+    wall = run_dir / "wall.json"                        # wall time summed over the resumed segments
+    wall_before = json.loads(wall.read_text())["wall_s"] if wall.is_file() else 0.0
+
+    def run_probe(step: int, loss: float, params) -> None:
+        p = probe(graphdef, params, groups, tok)
+        with probe_file.open("a") as f:
+            f.write(json.dumps({"step": step, "loss": loss, **p}) + "\n")
+        writer.write({"step": step, "probe_stage": "pretrain",
+                      **{k: v for k, v in p.items() if isinstance(v, float)}})
+        print(f"\n[probe] step {step}: presence {p['presence_acc']:.3f} (swapped {p['presence_acc_swapped']:.3f}), "
+              f"detection mIoU {p['detect_miou']:.3f} (swapped {p['detect_miou_swapped']:.3f})", flush=True)
+        wall.write_text(json.dumps({"wall_s": wall_before + time.time() - t0}))
+
+    def on_step(step: int, metrics: dict, state) -> None:
+        if step % cfg.probe_every == 0 or step == cfg.steps:
+            run_probe(step, metrics["loss"], state.params)
+
+    sdir = run_dir / "pretrain"
+    if not stage_done(sdir):
+        spec = StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every)
+        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh), stack=trimmed_stack)
+        run_stage(spec, recipe, sdir, params, row_source(cfg, tok, mcfg), ctx, on_step=on_step)
+    from experiments.stages import load_stage_params
+    params = load_stage_params(sdir, params, mesh)
+    writer.close()
+    probes = [json.loads(ln) for ln in probe_file.read_text().splitlines()] if probe_file.is_file() else []
+    if not probes or probes[-1]["step"] != cfg.steps:
+        run_probe(cfg.steps, float("nan"), params)
+        probes = [json.loads(ln) for ln in probe_file.read_text().splitlines()]
+    save_pretrained(jax.device_get(params), out, config=mcfg)
+    (out / "tokenizer.json").write_bytes(tok_path.read_bytes())
+    elapsed = wall_before + time.time() - t0
+    wall.write_text(json.dumps({"wall_s": elapsed}))
+    info = {"command": "python -m experiments.pretrain " + " ".join(f"--set {o}" for o in args.overrides),
+            "wall_s": elapsed, "machine": "a 2-core x86_64 CPU", "steps": cfg.steps, "probe": probes[-1],
+            "parameters": n_params}
+    write_card(out, cfg, mcfg, info)
+    plot_probe(probes, run_dir / "probe.png")
+    print(f"[pretrain] wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
