@@ -31,7 +31,7 @@ from bench.common import markdown_table, record_result  # noqa: E402
 
 STAGES = ("sft", "cold_start", "grpo")
 BASE = "base"                # eval/base.json: the starting checkpoint zero-shot (runs from a pretrained base)
-BASELINE = "question_only"   # eval/question_only.json: the no-image, no-model baseline (dmx_jax.eval.blind)
+BASELINE = "question_only"   # eval/question_only.json: the no-image, no-model baseline (data_pipelines.blind)
 METRICS = (("VQA score", lambda m: m.get("vqa_score")),
            ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
            ("Acc@0.5", lambda m: m.get("grounding", {}).get("acc_at_0_5")),

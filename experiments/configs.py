@@ -6,7 +6,6 @@ overridden from the command line with `--set section.field=value`.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Literal
 
 from dmx_jax.sharding import MeshConfig
@@ -153,33 +152,15 @@ class ExperimentConfig:
     export_hf: bool = True
 
 
-MINIATURE_BASE = str(Path(__file__).resolve().parent.parent / "models" / "miniature_base")
-
-
 def tiny() -> ExperimentConfig:
-    """The CPU default: the paper's three stages on top of the shipped miniature base (`models/miniature_base`,
-    a Qwen2.5-VL-shaped checkpoint made by `python -m experiments.pretrain`), loaded through `hf_checkpoint`
-    like Qwen2.5-VL-7B-Instruct, on the synthetic benchmark; minutes on 2 cores. Images at the base's
-    max_pixels (128 px studies resized to 140 px: 10 x 10 patches, 25 image tokens)."""
-    return ExperimentConfig(
-        model="base", hf_checkpoint=MINIATURE_BASE,
-        data=DataConfig(on_too_long="skip", max_pixels=168 * 168),
-        sft=StageConfig(steps=300, save_every=150,
-                        optim=OptimConfig(learning_rate=5e-4, warmup_steps=20, total_steps=300)),
-        cold_start=StageConfig(steps=150, save_every=75, pad_multiple=64,
-                               optim=OptimConfig(learning_rate=5e-4, warmup_steps=10, total_steps=150)),
-        eval=EvalConfig(examples=600, reasoning_max_new_tokens=192),
-        rl=RLConfig(steps=24, save_every=12, algo=GRPOConfig(max_new_tokens=192),
-                    optim=OptimConfig(learning_rate=3e-5, warmup_steps=0, schedule="constant")),
-    )
+    """The CPU default: a from-scratch miniature (the `small` preset, a SentencePiece tokenizer trained on the
+    benchmark, an alignment stage for its tower) on the synthetic benchmark, minutes on 2 cores.
 
-
-def tiny_scratch() -> ExperimentConfig:
-    """The from-scratch miniature (no pretrained base): the `small` preset with a SentencePiece tokenizer trained
-    on the benchmark and an alignment stage for its vision tower; it answers from the question, not the image
-    (RESULTS.md)."""
+    A run from a checkpoint on the same benchmark: --set hf_checkpoint=DIR --set align.steps=0 (DIR holds
+    config.json, safetensors and tokenizer.json; the benchmark is encoded with that tokenizer and the checkpoint
+    is scored zero-shot as the `base` row)."""
     return ExperimentConfig(
-        name="tiny_scratch", model="small",
+        model="small",
         data=DataConfig(on_too_long="skip"),
         align=AlignConfig(steps=300),
         sft=StageConfig(steps=500, save_every=250,
@@ -244,4 +225,4 @@ def qwen2_5_vl_7b() -> ExperimentConfig:
                                mesh=MeshConfig(data=1, fsdp=-1, tensor=1))
 
 
-PRESETS = {"tiny": tiny, "tiny_scratch": tiny_scratch, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
+PRESETS = {"tiny": tiny, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}

@@ -169,7 +169,7 @@ def synthetic_data(cfg, run_dir: Path, model_cfg=None) -> RunData:
     plain, reason = _eval_rows(test_ex, tok, mcfg, cfg)
     align = align_eval = None
     if cfg.align.steps > 0:
-        from dmx_jax.training.align import align_rows
+        from data_pipelines.pipeline.align import align_rows
         kw = dict(patch_budget=patch_budget(cfg), min_pixels=d.min_pixels, max_pixels=d.max_pixels,
                   prompt_row=_readout_prompt(cfg, tok, mcfg) if cfg.align.decoder_readout else None)
         align, align_eval = align_rows(train_ex, mcfg.vision, **kw), align_rows(test_ex, mcfg.vision, **kw)

@@ -135,13 +135,25 @@ def example_scores(records: list[dict], answer_key: str = "answer") -> dict[str,
 def citation_stats(records: list[dict], n_bootstrap: int = 200) -> dict:
     """Over the VQA and grounding outputs: the share citing at least one box anywhere in the output
     ("cite_rate"), and, over the citing outputs of prompts with truth boxes, the mean over the cited boxes of
-    each box's best IoU with a truth box ("cited_box_iou")."""
+    each box's best IoU with a truth box ("cited_box_iou"); over the reasoning answers to grounding prompts, the
+    share whose answer box is one the trace cites ("trace_box_copy_rate")."""
     recs = [r for r in records if r["task"] in IMAGE_TASKS]
     cites = [bool(boxes_in(r["output"])) for r in recs]
     ious = [float(box_iou(np.asarray(boxes_in(r["output"])), np.asarray(r["boxes_true"], np.float64)).max(1).mean())
             for r, c in zip(recs, cites) if c and r["boxes_true"]]
-    return {"cite_rate": summarise(np.asarray(cites, np.float64), n_bootstrap),
-            "cited_box_iou": summarise(np.asarray(ious, np.float64), n_bootstrap)}
+    out = {"cite_rate": summarise(np.asarray(cites, np.float64), n_bootstrap),
+           "cited_box_iou": summarise(np.asarray(ious, np.float64), n_bootstrap)}
+    copies = [trace_box_copied(r["output"]) for r in records if r["task"] == "grounding" and "</think>" in r["output"]]
+    if copies:
+        out["trace_box_copy_rate"] = summarise(np.asarray(copies, np.float64), n_bootstrap)
+    return out
+
+
+def trace_box_copied(output: str) -> bool:
+    """Whether the answer after </think> gives, as its first box, a box that the <think> trace cites."""
+    trace, _, answer = output.partition("</think>")
+    first = boxes_in(answer)[:1]
+    return bool(first) and first[0] in boxes_in(trace)
 
 
 def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> tuple[dict, dict[str, str]]:

@@ -67,14 +67,19 @@ def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
     run_dir = stage_dir.parent
     cfg = config_from_dict(PRESETS["tiny"](), json.loads((run_dir / "config.json").read_text()))
     tok_files = sorted((run_dir / "tokenizer").glob("*.model")) if tokenizer_path is None else []
-    if tokenizer_path is not None:
-        tok = load_tokenizer(tokenizer_path)
-    elif tok_files:
-        from data_pipelines.tokenizer import SentencePieceTokenizer
-        tok = SentencePieceTokenizer(tok_files[-1].read_bytes())
+    if cfg.hf_checkpoint:                         # a run from a checkpoint: its config and tokenizer.json
+        from dmx_jax.hf import read_config
+        given = Path(cfg.data.tokenizer).parent if cfg.data.tokenizer else Path(cfg.hf_checkpoint)
+        tok, mcfg = load_tokenizer(tokenizer_path or given), read_config(cfg.hf_checkpoint)
     else:
-        raise InferenceError(f"{run_dir}/tokenizer has no SentencePiece model; pass --tokenizer")
-    mcfg = model_config_for(cfg, tok)
+        if tokenizer_path is not None:
+            tok = load_tokenizer(tokenizer_path)
+        elif tok_files:
+            from data_pipelines.tokenizer import SentencePieceTokenizer
+            tok = SentencePieceTokenizer(tok_files[-1].read_bytes())
+        else:
+            raise InferenceError(f"{run_dir}/tokenizer has no SentencePiece model; pass --tokenizer")
+        mcfg = model_config_for(cfg, tok)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen25VL(mcfg, nnx.Rngs(0))))
     like = nnx.to_pure_dict(state)
     try:

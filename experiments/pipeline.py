@@ -142,11 +142,11 @@ def _evaluate_once(eval_file: Path, name: str, graphdef, params, groups, tok, cf
 
 def question_only_baseline(train_rows, eval_rows: list[dict], run_dir: Path,
                            n_bootstrap: int) -> tuple[dict, list[dict]] | None:
-    """(metrics, records) of dmx_jax.eval.blind on the held-out prompts, from in-memory SFT rows (synthetic
+    """(metrics, records) of data_pipelines.blind on the held-out prompts, from in-memory SFT rows (synthetic
     data; None for streamed real data), saved as eval/question_only.json."""
     if not isinstance(train_rows, list):
         return None
-    from dmx_jax.eval.blind import question_only_answers
+    from data_pipelines.blind import question_only_answers
     from experiments.evaluate import example_record, vqa_grounding_metrics
     test = [r["meta"] for r in eval_rows]
     answers = question_only_answers([r["meta"] for r in train_rows], test)

@@ -35,12 +35,20 @@ class PretrainConfig:
     seq_len: int = 160                  # rows: chat template + 36 image tokens + prompt + answer
     vocab_size: int = 2048
     tokenizer_studies: int = 1500       # studies whose texts (corpus + report-style texts) train the tokenizer
-    steps: int = 1800
+    align_steps: int = 2400             # first: the tower learns the study's labels, sides and boxes
+    align_batch_size: int = 32
+    align_optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=2400)
+    align_head_lr: float = 1e-2
+    align_readout: bool = False         # the decoder also reads the targets at a describe prompt's answer start
+    readout_len: int = 72               # the alignment read-out's prompt row (describe prompt), tokens
+    vision_lr: float = 1e-4             # tower + merger in the corpus stage: keep what the alignment taught
+    steps: int = 1200
     batch_size: int = 32
-    optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=100, total_steps=1800, weight_decay=0.01)
+    optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50, total_steps=1200, weight_decay=0.01)
     save_every: int = 200
-    probe_every: int = 450
+    probe_every: int = 300
     probe_studies: int = 96
+    align_probe_studies: int = 256      # held-out studies whose pooled-head AUC per finding the align probe reads
     probe_max_new_tokens: int = 48
 
     def __post_init__(self):
@@ -97,6 +105,29 @@ def row_source(cfg: PretrainConfig, tok, mcfg):
                 return encoder(pretrain_example(i, cfg.image_size), seq_len=cfg.seq_len, patch_budget=budget)
             except DoesNotFit:
                 i += 1 << 38
+    return IndexedSource(row_fn)
+
+
+def align_source(cfg: PretrainConfig, tok, mcfg):
+    """IndexedSource of alignment rows: study i's pixels and label / side / box targets, plus the left-padded
+    describe prompt that the decoder read-out runs on (dmx_jax.training.align, decoder_readout=True)."""
+    import dataclasses as dc
+
+    from data_pipelines.pipeline import EncodingConfig, RowEncoder
+    from data_pipelines.pipeline.align import align_rows
+    from data_pipelines.synthetic.pretrain import PROMPTS, pretrain_example
+    from experiments.data import IndexedSource
+    encoder = RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels,
+                                             max_pixels=cfg.max_pixels, prompt_only=True))
+    budget = patch_budget(cfg)
+
+    def prompt_row(ex):
+        return encoder(dc.replace(ex, prompt=PROMPTS["describe"][0]), seq_len=cfg.readout_len, patch_budget=budget)
+
+    def row_fn(i: int) -> dict:
+        return align_rows([pretrain_example(i, cfg.image_size)], mcfg.vision, patch_budget=budget,
+                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, dedupe=False,
+                          prompt_row=prompt_row if cfg.align_readout else None)[0]
     return IndexedSource(row_fn)
 
 
@@ -196,6 +227,44 @@ def write_card(out: Path, cfg: PretrainConfig, mcfg, info: dict) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
+def align(cfg: PretrainConfig, graphdef, params, adir: Path, tok, mcfg, ctx):
+    """The alignment stage: the tower + merger learn the study's labels, sides and boxes through a pooled head,
+    and the decoder reads the same targets at the answer start of a describe prompt, so the decoder attends to
+    the image before it learns any answer prior. Returns the full params with tower and decoder trained."""
+    from flax import nnx
+
+    from dmx_jax.training.align import AlignModel, merge_vision, stack_align_rows
+    from experiments.stages import StageSpec, align_recipe, load_stage_params, run_stage, stage_done
+    if cfg.align_steps <= 0:
+        return params
+    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed),
+                                          decoder_readout=cfg.align_readout))
+    aparams = nnx.to_pure_dict(astate)
+    if stage_done(adir):
+        return merge_vision(params, load_stage_params(adir, aparams, ctx.mesh))
+    from data_pipelines.synthetic.pretrain import PROBE_START
+    source = align_source(cfg, tok, mcfg)
+    held_out = stack_align_rows([source.row_fn(PROBE_START + j) for j in range(cfg.align_probe_studies)])
+
+    def on_step(step: int, metrics: dict, state) -> None:
+        if step % cfg.probe_every and step != cfg.align_steps:
+            return
+        from dmx_jax.training.align import align_metrics
+        m = align_metrics(agraph, state.params, held_out)
+        with (adir.parent / "align_probe.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "loss": metrics["loss"], **m}) + "\n")
+        ctx.writer.write({"step": step, "probe_stage": "align",
+                          **{k: v for k, v in m.items() if isinstance(v, float)}})
+        seen = ", ".join(f"{n} {a:.2f}" for n, a in sorted(m["label_auc_by_finding"].items(), key=lambda x: -x[1])[:4])
+        print(f"\n[align probe] step {step}: held-out label AUC {m['label_auc']:.3f} (best: {seen}), side accuracy "
+              f"{m['side_acc']:.3f}, box L1 {m['box_l1']:.3f}", flush=True)
+
+    spec = StageSpec("align", cfg.align_steps, cfg.align_batch_size, cfg.align_optim, cfg.save_every)
+    recipe = dataclasses.replace(align_recipe(agraph, cfg.align_head_lr),
+                                 stack=lambda rows: (stack_align_rows(rows), {"example_ids": []}))
+    return merge_vision(params, run_stage(spec, recipe, adir, aparams, source, ctx, on_step=on_step))
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m experiments.pretrain", description=__doc__.splitlines()[0])
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -238,7 +307,7 @@ def main(argv=None) -> int:
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
     print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} rows, patch budget "
           f"{patch_budget(cfg)}, seq {cfg.seq_len}", flush=True)
-    mesh = make_mesh(MeshConfig(1, 1, 1))
+    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])      # one device: the CPU recipe
     writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
     ctx = RunContext(mesh=mesh, writer=writer, run_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
                      seed=cfg.seed)
@@ -261,10 +330,13 @@ def main(argv=None) -> int:
         if step % cfg.probe_every == 0 or step == cfg.steps:
             run_probe(step, metrics["loss"], state.params)
 
+    params = align(cfg, graphdef, params, run_dir / "align", tok, mcfg, ctx)
     sdir = run_dir / "pretrain"
     if not stage_done(sdir):
+        from dmx_jax.training.align import vision_lr_optimizer
         spec = StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every)
-        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh), stack=trimmed_stack)
+        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh), stack=trimmed_stack,
+                                     make_tx=lambda optim: vision_lr_optimizer(optim, cfg.vision_lr))
         run_stage(spec, recipe, sdir, params, row_source(cfg, tok, mcfg), ctx, on_step=on_step)
     from experiments.stages import load_stage_params
     params = load_stage_params(sdir, params, mesh)

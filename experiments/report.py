@@ -17,7 +17,7 @@ def _summary_cell(s) -> str:
     return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-BASELINE = "question_only"   # dmx_jax.eval.blind: the training set's answer to the same question, no image
+BASELINE = "question_only"   # data_pipelines.blind: the training set's answer to the same question, no image
 
 
 def stage_table(results: dict, baseline: dict | None = None) -> str:
@@ -98,6 +98,19 @@ def difference_table(diffs: dict) -> str:
     rows += ["", "Paired differences on the same held-out prompts: mean [95% bootstrap CI over examples]; "
              "* the CI excludes 0."]
     return "\n".join(rows)
+
+
+def citation_line(results: dict) -> str:
+    """Per stage: the share of VQA / grounding outputs citing a box, and of the reasoning answers to grounding
+    prompts whose answer box is one their trace cites."""
+    cells = []
+    for st in STAGE_ORDER:
+        c = results.get(st, {}).get("citations", {})
+        if "cite_rate" in c:
+            copy = c.get("trace_box_copy_rate")
+            cells.append(f"{st} {c['cite_rate']['mean']:.2f}"
+                         + (f" (answer box copied from the trace {copy['mean']:.2f})" if copy else ""))
+    return "Outputs citing a box: " + "; ".join(cells) + "." if cells else ""
 
 
 def arena_line(arena: dict) -> str:
@@ -278,6 +291,10 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
         save_pretrained(nnx.merge(graphdef, params), run_dir / "hf_export", config=mcfg)
         for model_file in sorted((run_dir / "tokenizer").glob("*.model"))[-1:]:   # tiny run: its SentencePiece
             (run_dir / "hf_export" / "dmx_tokenizer.model").write_bytes(model_file.read_bytes())
+        tok_json = (Path(cfg.data.tokenizer) if cfg.data.tokenizer else
+                    Path(cfg.hf_checkpoint) / "tokenizer.json" if cfg.hf_checkpoint else None)
+        if tok_json is not None and tok_json.is_file():                            # a checkpoint's tokenizer.json
+            (run_dir / "hf_export" / "tokenizer.json").write_bytes(tok_json.read_bytes())
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
     scored = {**outputs, BASELINE: baseline_records} if baseline_records and outputs else outputs
     diffs = stage_differences(scored, n_bootstrap=cfg.eval.bootstrap) if outputs else {}
@@ -291,6 +308,7 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
              "<think> steps citing a box, then \\boxed{}. Images swapped: the same VQA and grounding prompts, "
              "each given another prompt's image; scores that do not drop mean the answers come from the text. "
              "CIs: 95% bootstrap over examples.", ""]
+    lines += [citation_line(results), ""]
     if arena:
         lines += [arena_line(arena), ""]
     lines += [f"![{f}]({f})" for f in figs] + [""] + [f"![{g}]({g})" for g in gal[-1:]] + ["", export_note]

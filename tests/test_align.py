@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data_pipelines.pipeline.align import align_rows
 from data_pipelines.schema import CHEXPERT_LABELS
 from data_pipelines.synthetic import SyntheticConfig, examples
 from data_pipelines.synthetic.align import align_targets
@@ -20,7 +21,6 @@ from dmx_jax.training.align import (
     AlignModel,
     align_metrics,
     align_optimizer,
-    align_rows,
     make_align_loss,
     merge_vision,
     stack_align_rows,

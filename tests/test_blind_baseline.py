@@ -1,4 +1,4 @@
-"""The question-only baseline (dmx_jax.eval.blind) against a brute-force reading of its definition on fuzzed
+"""The question-only baseline (data_pipelines.blind) against a brute-force reading of its definition on fuzzed
 rows, and on the synthetic benchmark: location words in grounding prompts are what let the question alone
 earn a box."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from data_pipelines.blind import question_only_answers
 from dmx_jax.eval import grounding_scores
-from dmx_jax.eval.blind import question_only_answers
 
 
 def _brute(train, row):

@@ -107,3 +107,15 @@ def test_image_drop_by_question_type_splits_the_vqa_drop():
     table = question_type_table({"sft": {"image_control": {"drop_by_question_type": by_type}}, "grpo": {}})
     assert "| presence | 40 | 1.00 / 0.50, drop 0.500 [" in table and "| question type | n | sft |" in table
     assert question_type_table({"sft": {}}) == ""
+
+
+def test_trace_box_copy_rate_counts_answers_whose_box_the_trace_cites():
+    from experiments.evaluate import citation_stats, trace_box_copied
+    copied = "<think>the effusion at [10, 20, 30, 40] on the left</think>\nThe answer is: \\boxed{[10, 20, 30, 40]}"
+    moved = "<think>the effusion at [10, 20, 30, 40] on the left</think>\nThe answer is: \\boxed{[11, 20, 30, 40]}"
+    assert trace_box_copied(copied) and not trace_box_copied(moved)
+    assert not trace_box_copied("<think>no box</think> \\boxed{[1, 2, 3, 4]}") and not trace_box_copied("[1, 2, 3, 4]")
+    recs = [{"task": "grounding", "output": o, "boxes_true": [[10, 20, 30, 40]]} for o in (copied, moved, moved)]
+    recs.append({"task": "grounding", "output": "[10, 20, 30, 40]", "boxes_true": [[10, 20, 30, 40]]})  # plain: skipped
+    stats = citation_stats(recs, n_bootstrap=20)
+    assert abs(stats["trace_box_copy_rate"]["mean"] - 1 / 3) < 1e-9

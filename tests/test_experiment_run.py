@@ -7,8 +7,8 @@ import pytest
 
 from experiments import run
 
-MINI = ["--config", "tiny_scratch", "--set", "model=tiny", "--set", "data.train_examples=48",
-        "--set", "eval.examples=10", "--set", "eval.bootstrap=20",
+MINI = ["--set", "model=tiny", "--set", "data.train_examples=48", "--set", "eval.examples=10",
+        "--set", "eval.bootstrap=20",
         "--set", "sft.steps=3", "--set", "cold_start.steps=2", "--set", "rl.steps=2", "--set", "rl.prompts_per_step=2",
         "--set", "rl.algo.max_new_tokens=12", "--set", "eval.max_new_tokens=8",
         "--set", "eval.reasoning_max_new_tokens=12", "--set", "sft.save_every=2",
@@ -70,15 +70,18 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_default_run_starts_from_the_shipped_base(tmp_path, capsys):
-    """The default preset loads models/miniature_base through hf_checkpoint (its tokenizer.json, no alignment
-    stage) and scores it zero-shot as the `base` row before SFT."""
+def test_synthetic_run_from_a_checkpoint_uses_its_tokenizer_and_scores_the_base(tmp_path, capsys):
+    """--set hf_checkpoint=DIR on the synthetic benchmark: the checkpoint's tokenizer.json encodes the benchmark
+    (no SentencePiece is trained), no alignment stage runs, and the checkpoint is scored zero-shot as `base`."""
+    from tests.helpers.tiny_checkpoint import write_tiny_checkpoint
+    write_tiny_checkpoint(tmp_path / "ckpt")
     run_dir = tmp_path / "run"
-    short = ["--set", "data.train_examples=24", "--set", "eval.examples=8", "--set", "eval.bootstrap=20",
+    short = ["--set", f"hf_checkpoint={tmp_path / 'ckpt'}", "--set", "align.steps=0",
+             "--set", "data.train_examples=24", "--set", "eval.examples=8", "--set", "eval.bootstrap=20",
              "--set", "sft.steps=2", "--set", "eval.max_new_tokens=8", "--set", "export_hf=false"]
     assert run.main(["--run-dir", str(run_dir), "--stages", "sft", *short]) == 0
     out = capsys.readouterr().out
-    assert "[model] loading" in out and "miniature_base" in out and "[align]" not in out
+    assert "[model] loading" in out and "[align]" not in out
     base = json.loads((run_dir / "eval" / "base.json").read_text())
     assert "image_control" in base["metrics"] and len(base["records"]) == 8
     assert not (run_dir / "tokenizer").exists()                     # the checkpoint's tokenizer.json, not a new one

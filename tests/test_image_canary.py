@@ -81,7 +81,7 @@ def test_small_model_learns_which_side_holds_the_blob(tmp_path):
     @jax.jit
     def answered(params, batch):          # every answer token predicted (teacher forcing) -> [B] bool
         model = nnx.merge(graphdef, params)
-        h, _ = forward_hidden(model, batch["input_ids"], batch["positions"], batch["attention_mask"],
+        h, _ = forward_hidden(model, batch["input_ids"], batch["positions"].swapaxes(0, 1), batch["attention_mask"],
                               batch["pixel_values"], batch["vision_inputs"])
         pred = jnp.argmax(model.logits(h)[:, :-1], -1)
         return jnp.all((pred == batch["input_ids"][:, 1:]) | (batch["loss_mask"][:, 1:] == 0), axis=1)

@@ -20,5 +20,5 @@ from data_pipelines.pipeline.encode import (  # noqa: F401
                                               encode_to_bucket,
                                               image_array,
                                               measure,
-                                              prompt_batch,
 )
+from data_pipelines.pipeline.prompt import prompt_batch  # noqa: F401

@@ -156,23 +156,3 @@ class RowEncoder:
         cfg = dataclasses.replace(self.cfg, reasoning=False) if example.example_id in self.plain_ids else self.cfg
         return encode_example(example, self.tokenizer, cfg, seq_len=seq_len, patch_budget=patch_budget,
                               image_cache=image_cache)
-
-
-def prompt_batch(images, prompt: str, tokenizer, cfg: EncodingConfig, *, task: str = "vqa") -> tuple[dict, dict]:
-    """A generation prompt for one study, fitted exactly: (arrays with a batch of 1, its host meta row).
-
-    images: [H, W] float arrays in [0, 1] (data_pipelines.load_image reads DICOM / PNG / JPEG). The arrays are
-    what `dmx_jax.generate(model, **arrays, ...)` takes (input_ids, attention_mask, positions, deltas,
-    pixel_values, vision_inputs); meta['image_size'] is the model-input size that answer boxes refer to.
-    """
-    from data_pipelines.pipeline.batching import stack_rows
-    images = [np.asarray(im, np.float32) for im in images]
-    sizes = tuple((im.shape[1], im.shape[0]) for im in images)
-    example = Example("prompt/0", "prompt", task, tuple(images), sizes, prompt, "")
-    cfg = dataclasses.replace(cfg, prompt_only=True)
-    cache: dict = {}
-    seq_len, patch_budget = measure(example, tokenizer, cfg, cache)
-    row = encode_example(example, tokenizer, cfg, seq_len=seq_len, patch_budget=patch_budget, image_cache=cache)
-    arrays, meta = stack_rows([row])
-    arrays.pop("loss_mask")
-    return arrays, meta["rows"][0]

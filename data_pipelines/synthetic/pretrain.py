@@ -110,8 +110,9 @@ def pretrain_example(index: int, image_size: int = 128) -> Example:
                    image_sizes=(s.image_size,), prompt=prompt, target=target,
                    boxes=tuple(Box(*map(float, f.bbox), label=f.phrase) for f in hits), labels=s.labels.copy(),
                    question_type=task, split="train",
-                   meta={"study_index": gidx, "view": s.view, "pretrain_task": task,
-                         "findings": [(f.name, f.phrase, f.side, f.zone, list(f.bbox)) for f in s.findings]})
+                   meta={"study_index": gidx, "variant": s.variant, "view": s.view, "pretrain_task": task,
+                         "findings": [{"name": f.name, "phrase": f.phrase, "side": f.side, "zone": f.zone,
+                                       "bbox": list(f.bbox)} for f in s.findings]})
 
 
 PROBE_START = 1 << 39          # probe studies: far past any index a pretraining run reaches

@@ -4,13 +4,21 @@ Training and RL batches keep every leaf batch-major so they split into micro-bat
 (data, fsdp): pixel_values [B, P, C*T*p*p] and vision_inputs with a leading B. Each row's images are
 encoded on their own (vmap) and row b's k-th image token takes row b's k-th merged feature.
 The flat layout of transformers (pixel_values [P, C*T*p*p] for the whole batch) is also accepted.
+M-RoPE positions are axis-major [3, B, T] here, as inside the model; a pipeline batch holds batch-major rows
+[B, 3, T], and whoever passes them on swaps axes 0 and 1 (a batch of 3 rows has the same shape either way).
 """
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from dmx_jax.model.qwen2_5_vl import merge_image_features, merge_image_features_rowwise
+
+
+def _check_positions(positions: jax.Array, ids_shape: tuple[int, int]) -> None:
+    """positions must be axis-major [3, B, T] for input_ids [B, T] (a shape check only: no layout is guessed)."""
+    if tuple(positions.shape) != (3, *ids_shape):
+        raise ValueError(f"positions must be [3, B, T] for input_ids {tuple(ids_shape)}, got {tuple(positions.shape)}"
+                         " (batch-major rows [B, 3, T]: swap axes 0 and 1)")
 
 
 def embed_inputs(model, input_ids: jax.Array, pixel_values: jax.Array | None = None, vision_inputs: dict | None = None,
@@ -35,9 +43,9 @@ def embed_inputs(model, input_ids: jax.Array, pixel_values: jax.Array | None = N
 
 def forward_hidden(model, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
                    cache=None, key_mask=None, merge_ids=None):
-    """Final hidden states [B, T, D] (and the updated cache). positions [3, B, T] or [B, 3, T]."""
-    if positions.shape[0] != 3 and positions.shape[1] == 3:
-        positions = jnp.swapaxes(positions, 0, 1)
+    """input_ids [B, T], positions [3, B, T] (axis-major; the pipeline's batch-major rows [B, 3, T] are swapped by
+    the caller) -> final hidden states [B, T, D] (and the updated cache)."""
+    _check_positions(positions, input_ids.shape)
     x = embed_inputs(model, input_ids, pixel_values, vision_inputs, merge_ids)
     key_mask = attention_mask if key_mask is None else key_mask
     c = model.cfg
@@ -46,5 +54,6 @@ def forward_hidden(model, input_ids, positions, attention_mask, pixel_values=Non
 
 def forward_logits(model, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
                    cache=None, key_mask=None):
+    """forward_hidden's inputs (positions [3, B, T]) -> (logits [B, T, V], cache)."""
     h, cache = forward_hidden(model, input_ids, positions, attention_mask, pixel_values, vision_inputs, cache, key_mask)
     return model.logits(h), cache

@@ -151,7 +151,8 @@ def stop_token_ids(tokenizer=None, generation_config=None, extra=()) -> tuple[in
 
 def prepare_prompts(model_cfg, input_ids, attention_mask=None, image_grid_thw=None, positions=None, deltas=None,
                     pad_patches_to: int | None = None):
-    """Host side: M-RoPE positions + deltas and vision inputs for a left-padded prompt batch."""
+    """Host side: M-RoPE positions [3, B, T] + deltas [B, 1] (computed unless given, then in that layout) and vision
+    inputs for a left-padded prompt batch -> (ids, mask, positions, deltas, vision_inputs)."""
     ids = np.asarray(input_ids)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
     if np.any(mask[:, -1] == 0):
@@ -174,9 +175,12 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
 
     Inputs are laid out as for the model's forward (transformers layout: left-padded input_ids, flat
     pixel_values [P, C*T*p*p] with image_grid_thw [N, 3]); batched per-example images with precomputed
-    `positions`/`deltas`/`vision_inputs` (the data pipeline's layout) are accepted too.
+    `positions`/`deltas`/`vision_inputs` (the data pipeline's layout: positions [B, 3, T], batch-major rows,
+    deltas [B, 1]) are accepted too.
     """
     cfg = model.cfg
+    if positions is not None:
+        positions = np.swapaxes(np.asarray(positions), 0, 1)                    # rows [B, 3, T] -> [3, B, T]
     if vision_inputs is None:
         ids, mask, positions, deltas, vin = prepare_prompts(cfg, input_ids, attention_mask, image_grid_thw, positions,
                                                             deltas)
@@ -187,8 +191,6 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         vin = vision_inputs
     positions = jnp.asarray(positions)
-    if positions.shape[0] != 3:
-        positions = jnp.swapaxes(positions, 0, 1)
     if temperature > 0 and rng is None:
         raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(...)")
     graphdef, params = nnx.split(model)

@@ -18,14 +18,10 @@ from dmx_jax.sampling.generate import completion_positions, generate_arrays
 from dmx_jax.training.grpo_loss import GRPOConfig
 
 
-def _positions_3bt(positions):
-    return positions if positions.shape[0] == 3 else jnp.swapaxes(positions, 0, 1)
-
-
 def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...], pad_id: int,
                    shared_prefill: bool = True, cache_dtype=None):
-    """sample_fn(params, prompts, rng) for GRPOLearner; prompts carry input_ids, attention_mask,
-    positions [N, 3, T], deltas [N, 1] and optionally pixel_values [N, P, F] + vision_inputs.
+    """sample_fn(params, prompts, rng) for GRPOLearner; prompts (every leaf batch-major) carry input_ids,
+    attention_mask, positions [N, 3, T], deltas [N, 1] and optionally pixel_values [N, P, F] + vision_inputs.
 
     shared_prefill: prompts arrive once per group (P rows) and the sampler returns P * G rows, the G samples
     sharing one prefill (the learner reads `sample_fn.group_size`); False: prompts arrive repeated G times.
@@ -35,7 +31,7 @@ def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...
     group = algo.group_size if shared_prefill else 1
 
     def sample_fn(params, prompts, rng):
-        positions = _positions_3bt(jnp.asarray(prompts["positions"]))
+        positions = jnp.swapaxes(jnp.asarray(prompts["positions"]), 0, 1)      # rows [N, 3, T] -> [3, N, T]
         pixels = None if "pixel_values" not in prompts else jnp.asarray(prompts["pixel_values"])
         vin = None if "vision_inputs" not in prompts else jax.tree.map(jnp.asarray, prompts["vision_inputs"])
         return generate_arrays(graphdef, params, jnp.asarray(prompts["input_ids"]), positions,
@@ -83,11 +79,13 @@ def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_s
                         return_entropy: bool = False):
     """Per-token log-probs [N, Tn] of batch['completion'] given the prompt (and its images), under
     softmax(logits / temperature); with return_entropy also the per-token entropy [N, Tn] of that distribution.
+    batch: the prompt arrays of make_sample_fn (positions [N, 3, T], batch-major) plus 'completion' [N, Tn].
     chunk_size > 0: logits are built chunk_size positions at a time (never [N, Tn, V] at once)."""
     ids, comp = batch["input_ids"], batch["completion"]
     n, t = ids.shape
     tn = comp.shape[1]
-    positions = completion_positions(_positions_3bt(batch["positions"]), batch["deltas"], tn, batch["attention_mask"])
+    prompt_positions = jnp.swapaxes(batch["positions"], 0, 1)                  # rows [N, 3, T] -> [3, N, T]
+    positions = completion_positions(prompt_positions, batch["deltas"], tn, batch["attention_mask"])
     full = jnp.concatenate([ids, comp], axis=1)
     mask = jnp.concatenate([batch["attention_mask"], jnp.ones_like(comp)], axis=1)
     # image features go to the prompt's image tokens only (a sampled image-pad token is a plain token)

@@ -1,7 +1,8 @@
 """Supervised fine-tuning objective (stages 1 and 2): next-token loss on answer tokens only.
 
 Batch (all leaves batch-major, from data_pipelines.pipeline): input_ids, attention_mask, loss_mask [B, T],
-positions [B, 3, T], optional pixel_values [B, P, C*T*p*p] + vision_inputs (leading B).
+positions [B, 3, T] (swapped to the model's [3, B, T] here), optional pixel_values [B, P, C*T*p*p] + vision_inputs
+(leading B).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0, per_row: bool
     """(loss sum, count, {}): per_row=False weighs every answer token alike (count: tokens); per_row=True
     weighs every row alike, each row's tokens sharing a weight of 1 (count: rows with answer tokens), so a
     one-word VQA answer counts as much as a 70-token report."""
-    hidden, _ = forward_hidden(model, batch["input_ids"], batch["positions"], batch["attention_mask"],
+    positions = jnp.swapaxes(batch["positions"], 0, 1)                           # rows [B, 3, T] -> [3, B, T]
+    hidden, _ = forward_hidden(model, batch["input_ids"], positions, batch["attention_mask"],
                                batch.get("pixel_values"), batch.get("vision_inputs"))
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
     if per_row:

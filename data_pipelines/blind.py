@@ -7,7 +7,8 @@ coordinate-wise median of the first training box of the same prompt text. Boxes 
 the rows carry (train and test rows must share it: the model-input pixels of the row encoder).
 
 Scored with the model's own metrics, it says how much of a stage's VQA score or mIoU the question alone earns,
-next to the images-swapped control, which says how much of the stage's own answers the image changes.
+next to the images-swapped control, which says how much of the stage's own answers the image changes. It reads
+the row encoder's metadata and answers in the targets' box format (data_pipelines.boxes), hence lives here.
 """
 from __future__ import annotations
 
