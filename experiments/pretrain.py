@@ -203,7 +203,7 @@ def write_card(out: Path, cfg: PretrainConfig, mcfg, info: dict) -> None:
         "# dmx-jax miniature base (Qwen2.5-VL architecture)", "",
         f"A {n_params / 1e6:.1f}M-parameter Qwen2.5-VL-shaped model pretrained from scratch on the dmx-jax",
         "synthetic CXR pretraining corpus (`data_pipelines.synthetic.pretrain`: studies of their own seed,",
-        "never a benchmark train or test study). It stands in for Qwen2.5-VL-7B in the CPU default run.", "",
+        "never a benchmark train or test study), meant to stand in for Qwen2.5-VL-7B in the CPU default run.", "",
         "## Reproduce", "```bash", info["command"], "```",
         f"Wall time {info['wall_s'] / 60:.0f} min on {info['machine']}; {cfg.steps} steps x {cfg.batch_size} rows "
         f"= {cfg.steps * cfg.batch_size:,} rows (one fresh study each), lr {cfg.optim.learning_rate} cosine.", "",
