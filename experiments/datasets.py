@@ -108,16 +108,22 @@ def build_tokenizer(train_examples, vocab_size: int, cache_dir: Path):
     return train_sentencepiece(corpus, vocab_size, cache_dir)
 
 
+def with_tokenizer(mcfg, tok, video_token_id: int | None = None):
+    """`mcfg` with the tokenizer's vocabulary size and special ids (video: the given id, else the last id)."""
+    text = dataclasses.replace(mcfg.text, vocab_size=tok.vocab_size)
+    video = tok.vocab_size - 1 if video_token_id is None else video_token_id
+    return dataclasses.replace(mcfg, text=text, image_token_id=tok.image_pad_id,
+                               vision_start_token_id=tok.vision_start_id, vision_end_token_id=tok.vision_end_id,
+                               video_token_id=video,
+                               bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+
+
 def model_config_for(cfg, tok):
     """The preset with the tokenizer's vocabulary and special ids (from-scratch runs); checkpoints keep theirs."""
     from dmx_jax.model import preset
     mcfg = preset(cfg.model)
     if cfg.hf_checkpoint is None and cfg.model in ("tiny", "small"):
-        text = dataclasses.replace(mcfg.text, vocab_size=tok.vocab_size)
-        mcfg = dataclasses.replace(mcfg, text=text, image_token_id=tok.image_pad_id,
-                                   vision_start_token_id=tok.vision_start_id,
-                                   vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
-                                   bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+        mcfg = with_tokenizer(mcfg, tok)
     return dataclasses.replace(mcfg, dtype=cfg.dtype, **cfg.memory.model_overrides())
 
 

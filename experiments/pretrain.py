@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -75,12 +76,8 @@ def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
 def model_config(cfg: PretrainConfig, tok):
     """The preset with the tokenizer's vocabulary and special ids."""
     from dmx_jax.model import preset
-    m = preset(cfg.model)
-    return dataclasses.replace(m, text=dataclasses.replace(m.text, vocab_size=tok.vocab_size),
-                               image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
-                               vision_end_token_id=tok.vision_end_id,
-                               video_token_id=tok._tok.token_to_id("<|video_pad|>"),
-                               bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+    from experiments.datasets import with_tokenizer
+    return with_tokenizer(preset(cfg.model), tok, video_token_id=tok.token_to_id("<|video_pad|>"))
 
 
 def patch_budget(cfg: PretrainConfig) -> int:
@@ -89,14 +86,20 @@ def patch_budget(cfg: PretrainConfig) -> int:
     return (h // 14) * (w // 14)
 
 
+def row_encoder(cfg: PretrainConfig, tok, mcfg, *, prompt_only: bool = False):
+    """The project's row encoder at the recipe's pixel limits (prompt_only: left-padded generation prompts)."""
+    from data_pipelines.pipeline import EncodingConfig, RowEncoder
+    return RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                          prompt_only=prompt_only))
+
+
 def row_source(cfg: PretrainConfig, tok, mcfg):
     """IndexedSource of training rows: row i encodes pretrain_example(i); a row longer than seq_len (rare:
     many findings described) is replaced by the row of index i + 2**38, deterministically."""
-    from data_pipelines.pipeline import DoesNotFit, EncodingConfig, RowEncoder
+    from data_pipelines.pipeline import DoesNotFit
     from data_pipelines.synthetic.pretrain import pretrain_example
     from experiments.data import IndexedSource
-    encoder = RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels,
-                                             max_pixels=cfg.max_pixels))
+    encoder = row_encoder(cfg, tok, mcfg)
     budget = patch_budget(cfg)
 
     def row_fn(i: int) -> dict:
@@ -113,12 +116,10 @@ def align_source(cfg: PretrainConfig, tok, mcfg):
     describe prompt that the decoder read-out runs on (dmx_jax.training.align, decoder_readout=True)."""
     import dataclasses as dc
 
-    from data_pipelines.pipeline import EncodingConfig, RowEncoder
     from data_pipelines.pipeline.align import align_rows
     from data_pipelines.synthetic.pretrain import PROMPTS, pretrain_example
     from experiments.data import IndexedSource
-    encoder = RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels,
-                                             max_pixels=cfg.max_pixels, prompt_only=True))
+    encoder = row_encoder(cfg, tok, mcfg, prompt_only=True)
     budget = patch_budget(cfg)
 
     def prompt_row(ex):
@@ -131,19 +132,11 @@ def align_source(cfg: PretrainConfig, tok, mcfg):
     return IndexedSource(row_fn)
 
 
-def trimmed_stack(rows: list[dict]) -> tuple[dict, dict]:
-    """stack_rows, the batch cut to its longest row rounded up to 32 tokens (rows average ~half of seq_len)."""
-    from data_pipelines.pipeline import stack_rows, trim_right_padding
-    arrays, meta = stack_rows(rows)
-    return trim_right_padding(arrays, 32), meta
-
-
 def probe_groups(cfg: PretrainConfig, tok, mcfg) -> list:
     """[(prompt arrays, rows, max_new_tokens)] of the held-out probe prompts (one compiled shape)."""
-    from data_pipelines.pipeline import EncodingConfig, RowEncoder, stack_rows
+    from data_pipelines.pipeline import stack_rows
     from data_pipelines.synthetic.pretrain import probe_examples
-    encoder = RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels,
-                                             max_pixels=cfg.max_pixels, prompt_only=True))
+    encoder = row_encoder(cfg, tok, mcfg, prompt_only=True)
     rows = [encoder(e, seq_len=cfg.seq_len, patch_budget=patch_budget(cfg))
             for e in probe_examples(cfg.probe_studies, cfg.image_size)]
     arrays, _ = stack_rows(rows)
@@ -260,9 +253,8 @@ def align(cfg: PretrainConfig, graphdef, params, adir: Path, tok, mcfg, ctx):
               f"{m['side_acc']:.3f}, box L1 {m['box_l1']:.3f}", flush=True)
 
     spec = StageSpec("align", cfg.align_steps, cfg.align_batch_size, cfg.align_optim, cfg.save_every)
-    recipe = dataclasses.replace(align_recipe(agraph, cfg.align_head_lr),
-                                 stack=lambda rows: (stack_align_rows(rows), {"example_ids": []}))
-    return merge_vision(params, run_stage(spec, recipe, adir, aparams, source, ctx, on_step=on_step))
+    return merge_vision(params, run_stage(spec, align_recipe(agraph, cfg.align_head_lr), adir, aparams, source, ctx,
+                                          on_step=on_step))
 
 
 def parse_args(argv=None):
@@ -289,7 +281,7 @@ def main(argv=None) -> int:
     from dmx_jax.model import Qwen25VL
     from dmx_jax.sharding import MeshConfig, make_mesh
     from dmx_jax.training.loop import MetricsWriter
-    from experiments.stages import RunContext, StageSpec, run_stage, sft_recipe, stage_done
+    from experiments.stages import RunContext, StageSpec, run_stage, sft_recipe, stage_done, trimmed_stack
 
     t0 = time.time()
     run_dir, out = Path(args.run_dir), Path(args.out)
@@ -335,7 +327,8 @@ def main(argv=None) -> int:
     if not stage_done(sdir):
         from dmx_jax.training.align import vision_lr_optimizer
         spec = StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every)
-        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh), stack=trimmed_stack,
+        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh),   # rows average ~half of seq_len
+                                     stack=functools.partial(trimmed_stack, multiple=32),
                                      make_tx=lambda optim: vision_lr_optimizer(optim, cfg.vision_lr))
         run_stage(spec, recipe, sdir, params, row_source(cfg, tok, mcfg), ctx, on_step=on_step)
     from experiments.stages import load_stage_params

@@ -205,7 +205,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                        done_metric=("final_reward", "reward/overall"))
 
 
-def _trimmed_stack(rows, multiple: int):
+def trimmed_stack(rows, multiple: int):
     """stack_rows, then the batch cut to its longest row rounded up to `multiple` tokens."""
     arrays, meta = stack_rows(rows)
     return trim_right_padding(arrays, multiple), meta
@@ -222,7 +222,7 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
         recipe = sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
                             loss_chunk=memory.loss_chunk, per_row=stage_cfg.loss_weighting == "row")
         if stage_cfg.pad_multiple > 0:
-            trimmed = functools.partial(_trimmed_stack, multiple=stage_cfg.pad_multiple)
+            trimmed = functools.partial(trimmed_stack, multiple=stage_cfg.pad_multiple)
             recipe = dataclasses.replace(recipe, stack=trimmed)
         if stage_cfg.vision_lr is not None:
             from dmx_jax.training.align import vision_lr_optimizer

@@ -73,21 +73,16 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
 def test_synthetic_run_from_a_checkpoint_uses_its_tokenizer_and_scores_the_base(tmp_path, capsys):
     """--set hf_checkpoint=DIR on the synthetic benchmark: the checkpoint's tokenizer.json encodes the benchmark
     (no SentencePiece is trained), no alignment stage runs, and the checkpoint is scored zero-shot as `base`."""
-    import dataclasses
-
     from flax import nnx
 
     from data_pipelines.tokenizer import train_byte_level_bpe
     from dmx_jax.hf import save_pretrained
     from dmx_jax.model import Qwen25VL, preset
+    from experiments.datasets import with_tokenizer
     from experiments.pretrain import PretrainConfig, tokenizer_corpus
     ckpt = tmp_path / "ckpt"                           # a tiny checkpoint whose BPE knows the benchmark's words
     tok = train_byte_level_bpe(tokenizer_corpus(PretrainConfig(tokenizer_studies=40)), 1024, ckpt / "tokenizer.json")
-    m = preset("tiny")
-    m = dataclasses.replace(m, text=dataclasses.replace(m.text, vocab_size=tok.vocab_size),
-                            image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
-                            vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
-                            bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+    m = with_tokenizer(preset("tiny"), tok)
     save_pretrained(Qwen25VL(m, nnx.Rngs(0)), ckpt, config=m)
     run_dir = tmp_path / "run"
     short = ["--set", f"hf_checkpoint={tmp_path / 'ckpt'}", "--set", "align.steps=0",

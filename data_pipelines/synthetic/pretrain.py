@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipelines.boxes import format_box_text
+from data_pipelines.boxes import format_box_text, format_boxes_text
 from data_pipelines.schema import Box, Example
 from data_pipelines.synthetic.config import SPLIT_OFFSETS, SyntheticConfig, rng_for
 from data_pipelines.synthetic.dataset import sample
@@ -60,6 +60,10 @@ def _describe(f) -> str:
     return f"{sev}{f.phrase}{f.where} {format_box_text(f.bbox)}"
 
 
+def _boxes(findings) -> tuple[Box, ...]:
+    return tuple(Box(*map(float, f.bbox), label=f.phrase) for f in findings)
+
+
 def _pick(rng: np.random.Generator, items):
     return items[int(rng.integers(len(items)))]
 
@@ -85,7 +89,7 @@ def pretrain_example(index: int, image_size: int = 128) -> Example:
         phrase = _pick(rng, shown if shown and rng.random() < 0.5 else absent)
         hits = groups[phrase]
         prompt = _pick(rng, PROMPTS[task]).format(phrase=phrase)
-        target = "; ".join(format_box_text(f.bbox) for f in hits) or "none"
+        target = format_boxes_text([f.bbox for f in hits]) or "none"
     elif task == "presence":
         want = bool(rng.random() < 0.5)
         pool = [n for n in FINDING_NAMES if (n in present) == want] or list(FINDING_NAMES)
@@ -108,7 +112,7 @@ def pretrain_example(index: int, image_size: int = 128) -> Example:
         task, prompt, target = "view", PROMPTS["view"][0], s.view
     return Example(example_id=f"{DATASET}/{index}/{task}", dataset=DATASET, task="vqa", images=(s.image,),
                    image_sizes=(s.image_size,), prompt=prompt, target=target,
-                   boxes=tuple(Box(*map(float, f.bbox), label=f.phrase) for f in hits), labels=s.labels.copy(),
+                   boxes=_boxes(hits), labels=s.labels.copy(),
                    question_type=task, split="train",
                    meta={"study_index": gidx, "variant": s.variant, "view": s.view, "pretrain_task": task,
                          "findings": [{"name": f.name, "phrase": f.phrase, "side": f.side, "zone": f.zone,
@@ -141,6 +145,6 @@ def probe_examples(n_studies: int, image_size: int = 128) -> list[Example]:
             hits = _detect_groups(s.findings)[f.phrase]
             out.append(Example(example_id=f"{DATASET}/probe/{j}/detect/{f.name}", task="grounding",
                                prompt=PROMPTS["detect"][0].format(phrase=f.phrase),
-                               target="; ".join(format_box_text(h.bbox) for h in hits), question_type="detect",
-                               boxes=tuple(Box(*map(float, h.bbox), label=h.phrase) for h in hits), **common))
+                               target=format_boxes_text([h.bbox for h in hits]), question_type="detect",
+                               boxes=_boxes(hits), **common))
     return out

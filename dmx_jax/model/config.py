@@ -152,10 +152,10 @@ def small() -> ModelConfig:
 
 
 def base() -> ModelConfig:
-    """The shipped miniature base (`python -m experiments.pretrain`): 6+4 layers, ~7M parameters, a 128-wide
-    tower over 14 px patches and a 256-wide decoder with head_dim 64 and Qwen-style rope (theta 10,000), so
-    its low-frequency bands leave content lookups from the answer back to the image unrotated. Special ids
-    are the shipped tokenizer's (`experiments.pretrain` sets them from it)."""
+    """The miniature base (`python -m experiments.pretrain`): 6+4 layers, 5.3M parameters, a 128-wide tower over
+    14 px patches and a 256-wide decoder with head_dim 64 and Qwen-style rope (theta 10,000), so its
+    low-frequency bands leave content lookups from the answer back to the image unrotated. Vocabulary and
+    special ids are the recipe's tokenizer's (`experiments.pretrain` sets them from it)."""
     return ModelConfig(
         text=TextConfig(vocab_size=2048, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                         num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, mrope_section=(8, 12, 12),

@@ -1,13 +1,12 @@
 """A tiny random Qwen2.5-VL checkpoint folder in the real Hugging Face layout, with a byte-level BPE tokenizer.json."""
 from __future__ import annotations
 
-import dataclasses
-
 from flax import nnx
 
 from data_pipelines.tokenizer import SPECIAL_TOKENS, HFTokenizer
 from dmx_jax.hf import save_pretrained
 from dmx_jax.model import Qwen25VL, preset
+from experiments.datasets import with_tokenizer
 
 FINDINGS = ["There is a small left pleural effusion. The heart size is normal.",
             "No focal consolidation. No pneumothorax. Heart size is normal.",
@@ -25,10 +24,5 @@ def write_tiny_checkpoint(folder) -> None:
     tok.train_from_iterator(FINDINGS * 5 + ["Generate the FINDINGS section of the radiology report."] * 5, trainer)
     folder.mkdir()
     tok.save(str(folder / "tokenizer.json"))
-    t = HFTokenizer.from_file(folder / "tokenizer.json")
-    cfg = preset("tiny")
-    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_size=t.vocab_size),
-                              image_token_id=t.image_pad_id, vision_start_token_id=t.vision_start_id,
-                              vision_end_token_id=t.vision_end_id, video_token_id=t.vocab_size - 1,
-                              bos_token_id=t.im_start_id, eos_token_id=t.im_end_id, pad_token_id=t.pad_id)
+    cfg = with_tokenizer(preset("tiny"), HFTokenizer.from_file(folder / "tokenizer.json"))
     save_pretrained(Qwen25VL(cfg, nnx.Rngs(0)), folder, config=cfg)
