@@ -43,11 +43,13 @@ class PretrainConfig:
     align_readout: bool = False         # the decoder also reads the targets at a describe prompt's answer start
     readout_len: int = 72               # the alignment read-out's prompt row (describe prompt), tokens
     vision_lr: float = 1e-4             # tower + merger in the corpus stage: keep what the alignment taught
+    loss_weighting: str = "row"         # "row": each row's answer weighs alike (a yes/no answer as much as a
+                                        # 40-token box list); "token": every answer token alike
     steps: int = 1200
     batch_size: int = 32
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50, total_steps=1200, weight_decay=0.01)
     save_every: int = 200
-    probe_every: int = 300
+    probe_every: int = 150
     probe_studies: int = 96
     align_probe_studies: int = 256      # held-out studies whose pooled-head AUC per finding the align probe reads
     probe_max_new_tokens: int = 48
@@ -56,6 +58,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "save_every", "probe_every", "probe_studies", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"pretrain.{name}={getattr(self, name)} must be >= 1")
+        if self.loss_weighting not in ("row", "token"):
+            raise ValueError(f"pretrain.loss_weighting={self.loss_weighting!r} must be 'row' or 'token'")
 
 
 def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
@@ -132,26 +136,33 @@ def align_source(cfg: PretrainConfig, tok, mcfg):
     return IndexedSource(row_fn)
 
 
-def probe_groups(cfg: PretrainConfig, tok, mcfg) -> list:
-    """[(prompt arrays, rows, max_new_tokens)] of the held-out probe prompts (one compiled shape)."""
+def probe_groups(cfg: PretrainConfig, tok, mcfg, tasks: tuple[str, ...] = ("vqa", "grounding")) -> list:
+    """[(prompt arrays, rows, max_new_tokens)] of the held-out probe prompts of `tasks` (presence questions are
+    task 'vqa', detection prompts 'grounding'), one compiled shape."""
     from data_pipelines.pipeline import stack_rows
     from data_pipelines.synthetic.pretrain import probe_examples
     encoder = row_encoder(cfg, tok, mcfg, prompt_only=True)
     rows = [encoder(e, seq_len=cfg.seq_len, patch_budget=patch_budget(cfg))
-            for e in probe_examples(cfg.probe_studies, cfg.image_size)]
+            for e in probe_examples(cfg.probe_studies, cfg.image_size) if e.task in tasks]
     arrays, _ = stack_rows(rows)
     arrays.pop("loss_mask")
     return [(arrays, [r["meta"] for r in rows], cfg.probe_max_new_tokens)]
 
 
-def probe(graphdef, params, groups, tok) -> dict:
-    """Presence accuracy and detection mIoU, real and with images swapped, overall and per CheXpert finding."""
+def probe(graphdef, params, groups, tok, task_batch: tuple[dict, np.ndarray] | None = None) -> dict:
+    """Presence accuracy and detection mIoU, real and with images swapped, overall and per CheXpert finding;
+    with task_batch (task_rows), the teacher-forced answer loss per task, real vs swapped ("task_loss")."""
     from experiments.evaluate import evaluate_stage, example_scores
     metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=200, control=True)
     real, swapped = example_scores(records), example_scores(records, "control_answer")
-    out: dict = {"presence_acc": metrics["vqa_score"]["mean"], "detect_miou": metrics["grounding"]["miou"]["mean"],
-                 "presence_acc_swapped": metrics["image_control"]["vqa_score"]["mean"],
-                 "detect_miou_swapped": metrics["image_control"]["grounding"]["miou"]["mean"], "by_finding": {}}
+    control = metrics["image_control"]
+    out: dict = {"presence_acc": metrics.get("vqa_score", {}).get("mean", np.nan),
+                 "detect_miou": metrics.get("grounding", {}).get("miou", {}).get("mean", np.nan),
+                 "presence_acc_swapped": control.get("vqa_score", {}).get("mean", np.nan),
+                 "detect_miou_swapped": control.get("grounding", {}).get("miou", {}).get("mean", np.nan),
+                 "by_finding": {},
+                 "samples": [{k: r.get(k) for k in ("example_id", "target", "answer", "control_answer")}
+                             for r in records[:6]]}
     for key, metric in (("presence", "vqa_score"), ("detect", "grounding.miou")):
         by: dict = {}
         for i, v in real.get(metric, {}).items():
@@ -160,25 +171,75 @@ def probe(graphdef, params, groups, tok) -> dict:
             a = np.asarray(vals)
             out["by_finding"].setdefault(name, {})[key] = [float(a[:, 0].mean()), float(np.nanmean(a[:, 1])),
                                                            len(a)]
+    if task_batch is not None:
+        out["task_loss"] = task_losses(graphdef, params, *task_batch)
     return out
 
 
+def task_rows(cfg: PretrainConfig, tok, mcfg, n: int = 96) -> tuple[dict, np.ndarray]:
+    """Teacher-forcing rows of every task on held-out probe studies (index PROBE_START + i) and their task names."""
+    from data_pipelines.pipeline import stack_rows
+    from data_pipelines.synthetic.pretrain import PROBE_START
+    source = row_source(cfg, tok, mcfg)
+    rows = [source.row_fn(PROBE_START + i) for i in range(n)]
+    arrays, _ = stack_rows(rows)
+    return arrays, np.asarray([r["meta"]["question_type"] for r in rows])
+
+
+def task_losses(graphdef, params, arrays: dict, tasks: np.ndarray) -> dict[str, list[float]]:
+    """{task: [answer loss per token with real images, with images rolled by one row, rows]}: how much each
+    task's answers depend on which image is shown (the mean over a row's answer tokens, then over rows)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from dmx_jax.model.batched import forward_logits
+    from dmx_jax.training.loss import shift_targets
+
+    @jax.jit
+    def row_loss(params, batch):
+        model = nnx.merge(graphdef, params)
+        logits, _ = forward_logits(model, batch["input_ids"], jnp.swapaxes(batch["positions"], 0, 1),
+                                   batch["attention_mask"], batch["pixel_values"], batch["vision_inputs"])
+        targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
+        w = weights.astype(jnp.float32)
+        return (nll * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
+
+    roll = np.roll(np.arange(len(tasks)), 1)
+    swapped = dict(arrays, pixel_values=arrays["pixel_values"][roll],
+                   vision_inputs=jax.tree.map(lambda x: np.asarray(x)[roll], arrays["vision_inputs"]))
+    real, other = (np.asarray(row_loss(params, b)) for b in (arrays, swapped))
+    return {str(t): [float(real[tasks == t].mean()), float(other[tasks == t].mean()), int((tasks == t).sum())]
+            for t in sorted(set(tasks))}
+
+
 def plot_probe(probes: list[dict], path: Path) -> None:
-    """Held-out probe over steps: presence accuracy and detection mIoU, real images vs images swapped."""
+    """Held-out probe over steps, real images vs images swapped: greedy presence accuracy, detection mIoU and
+    the teacher-forced answer loss of the tasks whose answers depend most on the image."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     steps = [p["step"] for p in probes]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, key, title in ((axes[0], "presence_acc", "presence accuracy (balanced yes/no)"),
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key, title in ((axes[0], "presence_acc", "presence accuracy (greedy; 'no' to all: 0.67)"),
                            (axes[1], "detect_miou", "detection mIoU (first box)")):
         ax.plot(steps, [p[key] for p in probes], "o-", label="real images")
         ax.plot(steps, [p[key + "_swapped"] for p in probes], "s--", label="images swapped")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("pretraining step")
         ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    tl = [p for p in probes if "task_loss" in p]
+    for task, color in (("describe", "C2"), ("view", "C3"), ("presence", "C4"), ("detect", "C5")):
+        if tl and task in tl[0]["task_loss"]:
+            x = [p["step"] for p in tl]
+            axes[2].plot(x, [p["task_loss"][task][0] for p in tl], "o-", color=color, label=f"{task} real")
+            axes[2].plot(x, [p["task_loss"][task][1] for p in tl], "s--", color=color, label=f"{task} swapped")
+    axes[2].set_title("teacher-forced answer loss (nats / token)", fontsize=10)
+    axes[2].legend(fontsize=7, ncol=2)
+    for ax in axes:
+        ax.set_xlabel("pretraining step")
+        ax.grid(alpha=0.3)
     fig.suptitle("miniature base: held-out pretraining-style probe", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,8 +259,11 @@ def write_card(out: Path, cfg: PretrainConfig, mcfg, info: dict) -> None:
         "synthetic CXR pretraining corpus (`data_pipelines.synthetic.pretrain`: studies of their own seed,",
         "never a benchmark train or test study), meant to stand in for Qwen2.5-VL-7B in the CPU default run.", "",
         "## Reproduce", "```bash", info["command"], "```",
-        f"Wall time {info['wall_s'] / 60:.0f} min on {info['machine']}; {cfg.steps} steps x {cfg.batch_size} rows "
-        f"= {cfg.steps * cfg.batch_size:,} rows (one fresh study each), lr {cfg.optim.learning_rate} cosine.", "",
+        f"Alignment: {cfg.align_steps} steps x {cfg.align_batch_size} studies (tower + merger, pooled label / side "
+        f"/ box head); corpus: {cfg.steps} steps x {cfg.batch_size} rows = {cfg.steps * cfg.batch_size:,} rows (one "
+        f"fresh study each), lr {cfg.optim.learning_rate} cosine, every row's answer weighted alike. Wall time of "
+        f"the segments run in this run directory: {info['wall_s'] / 60:.0f} min on {info['machine']} (a stage "
+        "finished in an earlier directory, such as a committed alignment, is not counted).", "",
         "## Architecture",
         f"vision: {mcfg.vision.depth} blocks x {mcfg.vision.hidden_size} wide, {mcfg.vision.patch_size} px patches, "
         f"2x2 merge; text: {mcfg.text.num_hidden_layers} layers x {mcfg.text.hidden_size}, head_dim "
@@ -211,6 +275,9 @@ def write_card(out: Path, cfg: PretrainConfig, mcfg, info: dict) -> None:
         f"## Held-out probe ({cfg.probe_studies} probe studies, step {info['steps']})",
         f"presence accuracy {last['presence_acc']:.3f} (images swapped {last['presence_acc_swapped']:.3f}); "
         f"detection mIoU {last['detect_miou']:.3f} (swapped {last['detect_miou_swapped']:.3f}).", "",
+        "Teacher-forced answer loss per token on held-out rows, real / swapped images (rows): "
+        + "; ".join(f"{t} {v[0]:.3f} / {v[1]:.3f} ({v[2]})" for t, v in last.get("task_loss", {}).items())
+        + ".", "",
         "| finding | presence real / swapped (n) | detection mIoU real / swapped (n) |", "|---|---|---|"]
     for name, d in sorted(last["by_finding"].items()):
         p, g = d.get("presence"), d.get("detect")
@@ -303,19 +370,24 @@ def main(argv=None) -> int:
     writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
     ctx = RunContext(mesh=mesh, writer=writer, run_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
                      seed=cfg.seed)
-    groups = probe_groups(cfg, tok, mcfg)
+    groups, task_batch = probe_groups(cfg, tok, mcfg), task_rows(cfg, tok, mcfg, cfg.probe_studies)
     probe_file = run_dir / "probe.jsonl"
     wall = run_dir / "wall.json"                        # wall time summed over the resumed segments
     wall_before = json.loads(wall.read_text())["wall_s"] if wall.is_file() else 0.0
 
     def run_probe(step: int, loss: float, params) -> None:
-        p = probe(graphdef, params, groups, tok)
+        p = probe(graphdef, params, groups, tok, task_batch)
         with probe_file.open("a") as f:
             f.write(json.dumps({"step": step, "loss": loss, **p}) + "\n")
         writer.write({"step": step, "probe_stage": "pretrain",
                       **{k: v for k, v in p.items() if isinstance(v, float)}})
         print(f"\n[probe] step {step}: presence {p['presence_acc']:.3f} (swapped {p['presence_acc_swapped']:.3f}), "
               f"detection mIoU {p['detect_miou']:.3f} (swapped {p['detect_miou_swapped']:.3f})", flush=True)
+        print("  answer loss real / swapped: " + ", ".join(f"{t} {v[0]:.3f} / {v[1]:.3f}"
+                                                          for t, v in p["task_loss"].items()), flush=True)
+        for r in p["samples"][:4]:
+            print(f"  {r['example_id']}: target {r['target']!r} -> {r['answer']!r} (swapped {r['control_answer']!r})",
+                  flush=True)
         wall.write_text(json.dumps({"wall_s": wall_before + time.time() - t0}))
 
     def on_step(step: int, metrics: dict, state) -> None:
@@ -327,8 +399,8 @@ def main(argv=None) -> int:
     if not stage_done(sdir):
         from dmx_jax.training.align import vision_lr_optimizer
         spec = StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every)
-        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh),   # rows average ~half of seq_len
-                                     stack=functools.partial(trimmed_stack, multiple=32),
+        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh, per_row=cfg.loss_weighting == "row"),
+                                     stack=functools.partial(trimmed_stack, multiple=32),  # rows ~half seq_len
                                      make_tx=lambda optim: vision_lr_optimizer(optim, cfg.vision_lr))
         run_stage(spec, recipe, sdir, params, row_source(cfg, tok, mcfg), ctx, on_step=on_step)
     from experiments.stages import load_stage_params

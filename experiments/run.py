@@ -22,7 +22,7 @@ _absl_flags.FLAGS.mark_as_parsed()
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m experiments.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="tiny", help="preset: tiny | qwen2_5_vl_3b | qwen2_5_vl_7b")
+    ap.add_argument("--config", default="tiny", help="preset: tiny | tiny_base | qwen2_5_vl_3b | qwen2_5_vl_7b")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set sft.steps=50 (repeatable)")
     ap.add_argument("--run-dir", default=None, help="default: runs/<config name>")
