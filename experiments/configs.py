@@ -153,9 +153,6 @@ class ExperimentConfig:
     export_hf: bool = True
 
 
-MINIATURE_BASE = str(Path(__file__).resolve().parent.parent / "models" / "miniature_base")
-
-
 def tiny() -> ExperimentConfig:
     """The CPU default: a from-scratch miniature (the `small` preset, a SentencePiece tokenizer trained on the
     benchmark, an alignment stage for its tower) on the synthetic benchmark, minutes on 2 cores. It answers from

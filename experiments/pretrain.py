@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dmx_jax.training.optim import OptimConfig
@@ -186,30 +188,28 @@ def task_rows(cfg: PretrainConfig, tok, mcfg, n: int = 96) -> tuple[dict, np.nda
     return arrays, np.asarray([r["meta"]["question_type"] for r in rows])
 
 
-def task_losses(graphdef, params, arrays: dict, tasks: np.ndarray) -> dict[str, list[float]]:
-    """{task: [answer loss per token with real images, with images rolled by one row, rows]}: how much each
-    task's answers depend on which image is shown (the mean over a row's answer tokens, then over rows)."""
-    import jax
-    import jax.numpy as jnp
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _row_answer_losses(graphdef, params, batch: dict):
+    """[B]: each row's mean answer-token loss (teacher forcing), one compile per batch shape."""
     from flax import nnx
 
     from dmx_jax.model.batched import forward_logits
-    from dmx_jax.training.loss import shift_targets
+    from dmx_jax.training.loss import shift_targets, token_losses
+    model = nnx.merge(graphdef, params)
+    logits, _ = forward_logits(model, batch["input_ids"], jnp.swapaxes(batch["positions"], 0, 1),
+                               batch["attention_mask"], batch["pixel_values"], batch["vision_inputs"])
+    targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
+    w = weights.astype(jnp.float32)
+    return (token_losses(logits, targets) * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
 
-    @jax.jit
-    def row_loss(params, batch):
-        model = nnx.merge(graphdef, params)
-        logits, _ = forward_logits(model, batch["input_ids"], jnp.swapaxes(batch["positions"], 0, 1),
-                                   batch["attention_mask"], batch["pixel_values"], batch["vision_inputs"])
-        targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), targets[..., None], -1)[..., 0]
-        w = weights.astype(jnp.float32)
-        return (nll * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
 
+def task_losses(graphdef, params, arrays: dict, tasks: np.ndarray) -> dict[str, list[float]]:
+    """{task: [answer loss per token with real images, with images rolled by one row, rows]}: how much each
+    task's answers depend on which image is shown (the mean over a row's answer tokens, then over rows)."""
     roll = np.roll(np.arange(len(tasks)), 1)
     swapped = dict(arrays, pixel_values=arrays["pixel_values"][roll],
                    vision_inputs=jax.tree.map(lambda x: np.asarray(x)[roll], arrays["vision_inputs"]))
-    real, other = (np.asarray(row_loss(params, b)) for b in (arrays, swapped))
+    real, other = (np.asarray(_row_answer_losses(graphdef, params, b)) for b in (arrays, swapped))
     return {str(t): [float(real[tasks == t].mean()), float(other[tasks == t].mean()), int((tasks == t).sum())]
             for t in sorted(set(tasks))}
 
@@ -340,7 +340,6 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import jax
     from flax import nnx
 
     from data_pipelines.tokenizer import HFTokenizer, train_byte_level_bpe

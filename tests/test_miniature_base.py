@@ -38,6 +38,7 @@ def _probe_image(size: int):
 def test_base_gives_the_same_logits_in_dmx_jax_and_transformers():
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from data_pipelines.tokenizer import HFTokenizer
     from dmx_jax.hf import load_pretrained
     from tests.helpers import hf_reference as R
     cfg = json.loads((BASE / "config.json").read_text())
@@ -45,7 +46,6 @@ def test_base_gives_the_same_logits_in_dmx_jax_and_transformers():
     ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(BASE, attn_implementation="eager").eval()
     f = R.processor(min_pixels=56 * 56, max_pixels=168 * 168)(images=[_probe_image(128)], return_tensors="np")
     n = R.image_tokens(f["image_grid_thw"])[0]
-    from data_pipelines.tokenizer import HFTokenizer
     tok = HFTokenizer.from_file(BASE / "tokenizer.json")
     ids = np.asarray([tok.encode("user\n") + [cfg["vision_start_token_id"]] + [cfg["image_token_id"]] * n
                       + [cfg["vision_end_token_id"]] + tok.encode("Is this projection PA or AP?")])
