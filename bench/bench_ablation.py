@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, record_result  # noqa: E402
+from bench.common import markdown_table, record_result
 
 STAGES = ("sft", "cold_start", "grpo")
 BASE = "base"                # eval/base.json: the starting checkpoint zero-shot (runs from a pretrained base)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, peak_rss_gb, record_result  # noqa: E402
+from bench.common import markdown_table, peak_rss_gb, record_result
 
 
 def presence_examples(split: str, start: int, n: int, findings: tuple[str, ...], seed: int) -> list:
@@ -128,7 +128,7 @@ def main():
         t0 = time.perf_counter()
         train = presence_examples("train", 10_000, args.train_studies, findings, seed=0)
         test = presence_examples("test", 700, args.test_studies, findings, seed=1)
-        enc = lambda exs: encode_all(exs, tok, mcfg, cfg, 96, {}, reasoning=False)  # noqa: E731
+        enc = lambda exs: encode_all(exs, tok, mcfg, cfg, 96, {}, reasoning=False)
         train_rows = enc(train)
         cand = {a: enc([dataclasses.replace(e, target=a) for e in test]) for a in ("yes", "no")}
         tag = "all 13" if set_spec == "all" else set_spec

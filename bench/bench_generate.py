@@ -12,12 +12,12 @@ import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.bench_train_step import hf_config  # noqa: E402
-from bench.common import markdown_table, record_result, timed  # noqa: E402
+from bench.bench_train_step import hf_config
+from bench.common import markdown_table, record_result, timed
 
 
 def prompts(cfg, batch: int, prompt_len: int = 96, image_hw=(224, 224)):

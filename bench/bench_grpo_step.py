@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import machine, markdown_table, record_result  # noqa: E402
+from bench.common import machine, markdown_table, record_result
 
 PHASES = ("rollout", "reward", "logprob", "update")
 
@@ -85,7 +85,7 @@ def prompt_batch(cfg, n: int, prompt_len: int = 96, image_hw=(224, 224)) -> dict
             "vision_inputs": jax.tree.map(lambda x: np.stack([x] * n), vin)}
 
 
-def toy_reward(tokens, mask, truth):  # noqa: ARG001 - a trivial jitted reward, to time the other phases alone
+def toy_reward(tokens, mask, truth):
     import jax.numpy as jnp
     return {"overall": jnp.mean((tokens % 7 == 0).astype(jnp.float32) * mask, axis=1)}
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, record_result  # noqa: E402
+from bench.common import markdown_table, record_result
 
 
 def studies(split: str, n: int, scfg):

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, record_result, timed  # noqa: E402
+from bench.common import markdown_table, record_result, timed
 
 
 def completions(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
@@ -83,7 +83,7 @@ def main():
         if name == "paper":
             got = np.asarray(out["overall"])[:k]
             want = np.array([r["overall"] for r in ref])
-            rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+            rank = lambda x: np.argsort(np.argsort(x))
             agree = (f"max |diff| {np.abs(got - want).max():.2e} (float32), "
                      f"Spearman {np.corrcoef(rank(got), rank(want))[0, 1]:.4f}")
         agree += f", truncated {float(np.mean(np.asarray(out['truncated']))):.3f}, budget {budget} B"

@@ -130,7 +130,7 @@ def main():
     seq_rows = [step_time(args.preset, 1, s, 224) for s in seqs]
     img_rows = [step_time(args.preset, 1, 1280, side) for side in (112, 224, 448, 896)]
     mesh_rows = _mesh_sweep(args.preset)
-    fmt = lambda r: [r["mesh"], r["batch"], r["seq"], r["image_tokens"], f"{r['step_ms']:,.1f}",  # noqa: E731
+    fmt = lambda r: [r["mesh"], r["batch"], r["seq"], r["image_tokens"], f"{r['step_ms']:,.1f}",
                      f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_s']:.4f}"]
     header = ["mesh", "batch", "seq", "image tokens", "step ms", "tokens/s", "model TFLOP/s"]
     rows = [fmt(r) for r in seq_rows + img_rows + mesh_rows]

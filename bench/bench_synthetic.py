@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, record_result  # noqa: E402
+from bench.common import markdown_table, record_result
 
 
 def main():

@@ -13,12 +13,12 @@ import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import markdown_table, peak_rss_gb, record_result, timed  # noqa: E402
-from dmx_jax.perf.flops import mfu, peak_flops_per_device  # noqa: E402
+from bench.common import markdown_table, peak_rss_gb, record_result, timed
+from dmx_jax.perf.flops import mfu, peak_flops_per_device
 
 SHAPES = {
     # text tower of Qwen2.5-0.5B (494M params with the 151,936 vocab) with a 4-block vision tower

@@ -3,4 +3,4 @@
 Never imports training code (dmx_jax.training / experiments).
 """
 
-from data_pipelines.image_io import ImageReadError, image_size, load_image  # noqa: E402,F401  (the one image reader)
+from data_pipelines.image_io import ImageReadError, image_size, load_image

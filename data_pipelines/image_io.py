@@ -40,7 +40,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             return _decode(f, path)
     except ImageReadError:
         raise
-    except Exception as e:  # noqa: BLE001 - every decoder failure becomes one clear error
+    except Exception as e:
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
 
 
@@ -50,7 +50,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
         return _decode(io.BytesIO(data), name)
     except ImageReadError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ImageReadError(name, f"{type(e).__name__}: {e}") from e
 
 
@@ -74,7 +74,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                 return tuple(int(v) for v in im.size)  # type: ignore[return-value]
     except ImageReadError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ImageReadError(path, f"{type(e).__name__}: {e}") from e
 
 

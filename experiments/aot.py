@@ -31,13 +31,13 @@ from typing import Any
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # other processes on this host may hold libtpu's lock
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import AxisType, Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from experiments.tpu_compile import (  # noqa: E402
+from experiments.tpu_compile import (
     AotError,
     Chip,
     Row,

@@ -132,7 +132,7 @@ def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int
     shardings in and out (donated) and the placed batch's shardings, under the mesh, so the model's activation
     constraints apply and the step compiles once for the run."""
 
-    def build_step(tx, shardings, place):  # noqa: ARG001 - the batch arrives placed
+    def build_step(tx, shardings, place):
         step = make_train_step(graphdef, make_sft_loss(loss_chunk, per_row), tx, grad_accum=grad_accum,
                                compute_dtype=None if model_cfg is None else model_cfg.dtype)
         compiled = {}
@@ -144,7 +144,7 @@ def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int
             return compiled["step"](state, batch)
         return run
 
-    def prepare(arrays, meta, place):  # noqa: ARG001
+    def prepare(arrays, meta, place):
         return place({k: v for k, v in arrays.items() if k != "deltas"})
 
     flops = None if model_cfg is None else functools.partial(batch_train_flops, model_cfg)
@@ -156,7 +156,7 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
     study's labels, sides and boxes from pixels; the head at its own learning rate."""
     from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
 
-    def build_step(tx, shardings, place):  # noqa: ARG001
+    def build_step(tx, shardings, place):
         return jax.jit(make_train_step(align_graphdef, make_align_loss(), tx), donate_argnums=(0,))
 
     return StageRecipe(build_step, lambda arrays, meta, place: place(arrays),
@@ -182,7 +182,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
 
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
 
-    def build_step(tx, shardings, place):  # noqa: ARG001
+    def build_step(tx, shardings, place):
         # group-shared prefill places P prompts (not P x G rows): only when P divides over the batch axes
         sample_fn = make_sample_fn(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
                                    pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
@@ -195,7 +195,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                               ref_offload=memory.ref_offload, sample_shardings=decode_layout)
         return learner.step
 
-    def prepare(arrays, meta, place):  # noqa: ARG001 - the learner places the repeated prompt batch itself
+    def prepare(arrays, meta, place):
         truth = ground_truth_arrays([r["target"] for r in meta["rows"]], [r["boxes"] for r in meta["rows"]],
                                     reward_cfg)
         return {**{k: v for k, v in arrays.items() if k != "loss_mask"}, "reward_truth": truth}

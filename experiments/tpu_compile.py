@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # other processes on this host may hold libtpu's lock
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 GiB = 2 ** 30
 
@@ -59,7 +59,7 @@ def topology_devices(topo: str) -> list:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topo).devices)
     except ImportError as e:
         raise AotError(f"libtpu is not importable ({e}); pip install 'jax[tpu]=={jax.__version__}'") from None
-    except Exception as e:  # noqa: BLE001 - libtpu's errors are plain RuntimeErrors
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AotError(f"libtpu cannot describe topology {topo!r}: {first}") from None
 
@@ -91,7 +91,7 @@ def batch_leaf(shape, dtype, mesh):
 def image_batch(mcfg, rows: int, patches: int, mesh) -> dict:
     """Abstract per-row images: pixel_values [B, P, F] + vision_inputs (what the data pipeline emits)."""
     unit = mcfg.vision.spatial_merge_size ** 2
-    b = lambda shape, dt=jnp.int32: batch_leaf(shape, dt, mesh)  # noqa: E731
+    b = lambda shape, dt=jnp.int32: batch_leaf(shape, dt, mesh)
     return {"pixel_values": b((rows, patches, mcfg.vision.patch_dim), jnp.float32),
             "vision_inputs": {"rot_hw": b((rows, patches, 2)), "window_seg": b((rows, patches)),
                               "full_seg": b((rows, patches)), "window_index": b((rows, patches // unit)),
@@ -99,7 +99,7 @@ def image_batch(mcfg, rows: int, patches: int, mesh) -> dict:
 
 
 def text_batch(rows: int, seq: int, mesh, *, loss: bool = True) -> dict:
-    b = lambda shape, dt=jnp.int32: batch_leaf(shape, dt, mesh)  # noqa: E731
+    b = lambda shape, dt=jnp.int32: batch_leaf(shape, dt, mesh)
     out = {"input_ids": b((rows, seq)), "attention_mask": b((rows, seq)), "positions": b((rows, 3, seq))}
     if loss:
         out["loss_mask"] = b((rows, seq))
@@ -173,7 +173,7 @@ def compile_row(row: Row, fn: Callable, args: tuple, *, in_shardings, out_shardi
         with jax.set_mesh(mesh):
             compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                                donate_argnums=donate).lower(*args).compile()
-    except Exception as e:  # noqa: BLE001 - XLA raises JaxRuntimeError / XlaRuntimeError
+    except Exception as e:
         msg = str(e)
         m = _OOM.search(msg)
         row.compile_s = time.perf_counter() - t0

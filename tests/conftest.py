@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import jax  # noqa: E402
-from absl import flags  # noqa: E402
+import jax
+from absl import flags
 
 flags.FLAGS.mark_as_parsed()  # grain multiprocessing reads absl flags (stack.md §3)
 jax.config.update("jax_default_matmul_precision", "highest")  # fp32 parity tests need true fp32 matmuls

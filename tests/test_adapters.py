@@ -563,7 +563,7 @@ def test_real_iu_xray_reports(txv_wheel, tmp_path):
     # Counts from data.md §1.7 (3,425 reports with FINDINGS, 3,921 with IMPRESSION), less the reports without images
     with tarfile.open(archive) as tar:
         raw = {m.name: tar.extractfile(m).read().decode() for m in tar if m.isfile()}
-    section = lambda xml, label: re.search(rf'<AbstractText Label="{label}">(.*?)</AbstractText>', xml, re.S)  # noqa
+    section = lambda xml, label: re.search(rf'<AbstractText Label="{label}">(.*?)</AbstractText>', xml, re.S)
     no_images = [x for x in raw.values() if "<parentImage" not in x]
     assert len(raw) == 3955
     assert sum(e.task == "findings" for e in allowed) == 3425 - sum(bool(section(x, "FINDINGS")) for x in no_images)

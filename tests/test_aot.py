@@ -101,6 +101,6 @@ def test_logprob_micro_batching_in_the_aot_check_equals_one_pass():
     """The AOT log-prob row compiles the pass as GRPOLearner runs it: logprob_micro_batches sequential slices."""
     from experiments.aot import _micro_batched
     batch = {"completion": jnp.arange(24.0).reshape(8, 3), "mask": jnp.ones((8, 3))}
-    fn = lambda scale, b: b["completion"] * scale + b["mask"].cumsum(-1)  # noqa: E731
+    fn = lambda scale, b: b["completion"] * scale + b["mask"].cumsum(-1)
     np.testing.assert_array_equal(_micro_batched(fn, 4)(2.0, batch), fn(2.0, batch))
     assert _micro_batched(fn, 1) is fn

@@ -56,7 +56,7 @@ def system(truth, recall: float, rng, false_rate: float = 0.2, flip: float = 0.2
 def test_rubric_grades_partial_agreement_severity_and_negation():
     ref = Report("Large left pleural effusion. Small right pneumothorax. Moderate cardiomegaly.")
     rubric = RubricJudge()
-    score = lambda text: rubric.components(Report(text), ref)["total"]  # noqa: E731
+    score = lambda text: rubric.components(Report(text), ref)["total"]
     full = score("Large left pleural effusion. Small right pneumothorax. Moderate cardiomegaly.")
     two = score("Large left pleural effusion. Small right pneumothorax.")
     one = score("Large left pleural effusion.")

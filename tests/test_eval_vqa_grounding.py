@@ -38,7 +38,7 @@ def test_sentence_answers_mean_of_bleu1_and_rouge_l_as_pycocoevalcap():
              ("The heart is normal in size", "Heart size is normal."),
              ("No.", "There is no pneumothorax.")]
     for pred, ref in pairs:
-        tok = lambda s: " ".join(s.lower().replace(".", " .").split())  # noqa: E731
+        tok = lambda s: " ".join(s.lower().replace(".", " .").split())
         b, b_samples = coco_bleu.Bleu(1).compute_score({0: [tok(ref)]}, {0: [tok(pred)]}, verbose=0)
         r, _ = coco_rouge.Rouge().compute_score({0: [tok(ref)]}, {0: [tok(pred)]})
         assert vqa_sample_score(pred, ref) == pytest.approx((b_samples[0][0] + r) / 2, abs=1e-9)

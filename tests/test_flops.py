@@ -37,7 +37,7 @@ def dot_flops(jaxpr, env: dict | None = None) -> float:
     if hasattr(jaxpr, "consts"):
         jaxpr, env = _inner(jaxpr, [])
     env = dict(env or {})
-    read = lambda v: v.val if isinstance(v, Literal) else env.get(v)  # noqa: E731
+    read = lambda v: v.val if isinstance(v, Literal) else env.get(v)
     total = 0.0
     for eqn in jaxpr.eqns:
         name, args = eqn.primitive.name, [read(v) for v in eqn.invars]
@@ -68,7 +68,7 @@ def dot_flops(jaxpr, env: dict | None = None) -> float:
                     sum(math.prod(v.aval.shape) for v in eqn.outvars) <= 4096:
                 try:                                            # fold small constant arithmetic
                     out = eqn.primitive.bind(*args, **eqn.params)
-                except Exception:  # noqa: BLE001 - what does not fold stays unknown
+                except Exception:
                     continue
                 outs = out if eqn.primitive.multiple_results else [out]
                 env.update({v: np.asarray(o) for v, o in zip(eqn.outvars, outs)})

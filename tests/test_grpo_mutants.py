@@ -41,7 +41,7 @@ def _fake_sampler(graphdef, lengths, offset=0.0):
     lengths = jnp.asarray(lengths)
 
     @jax.jit
-    def sample_fn(params, rep, rng):  # noqa: ARG001 - deterministic
+    def sample_fn(params, rep, rng):
         prompt = rep["prompt"]
         n = prompt.shape[0]
         mask = (jnp.arange(TN)[None] < lengths[:, None]).astype(jnp.float32)
@@ -150,7 +150,7 @@ def test_mini_batches_are_group_strided():
         for _ in range(cfg.num_iterations):
             for gs in groups:
                 rows = np.concatenate([np.arange(2) + 2 * g for g in gs])
-                s, _ = learner._update(s, jax.tree.map(lambda x: x[rows], batch))  # noqa: B023
+                s, _ = learner._update(s, jax.tree.map(lambda x: x[rows], batch))
         return s
 
     strided, contiguous = manual([[0, 2], [1, 3]]), manual([[0, 1], [2, 3]])

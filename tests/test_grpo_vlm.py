@@ -83,7 +83,7 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
     if mesh_shape:
         mesh = make_mesh(MeshConfig(*mesh_shape))
         st = jax.device_put(st, state_shardings(st, mesh))
-        place = lambda rep: place_batch(rep, mesh, per_process=per_process)  # noqa: E731
+        place = lambda rep: place_batch(rep, mesh, per_process=per_process)
         if sample_layout:
             from dmx_jax.training.grpo import sampling_shardings
             sample_shardings = sampling_shardings(st.params, mesh)

@@ -68,7 +68,7 @@ def test_small_model_learns_which_side_holds_the_blob(tmp_path):
                               vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
                               bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
     enc = EncodingConfig(vision=cfg.vision, min_pixels=SIZE * SIZE, max_pixels=SIZE * SIZE)
-    encode = lambda exs: stack([encode_example(e, tok, enc, seq_len=SEQ, patch_budget=PATCHES) for e in exs])  # noqa: E731
+    encode = lambda exs: stack([encode_example(e, tok, enc, seq_len=SEQ, patch_budget=PATCHES) for e in exs])
     train, test = encode(canary_examples("train", 512, 0)), encode(canary_examples("test", 200, 1))
     assert (train["input_ids"] == tok.image_pad_id).sum(1).tolist() == [16] * 512
 

@@ -26,7 +26,7 @@ def test_family_weights_shape_the_train_split_and_leave_the_test_split_alone():
     train_u, test_u = _examples(())
     train_w, test_w = _examples((("presence", 50.0),))
     assert [(e.example_id, e.prompt, e.target) for e in test_w] == [(e.example_id, e.prompt, e.target) for e in test_u]
-    fam = lambda exs: [e.question_type for e in exs if e.task == "vqa"]  # noqa: E731
+    fam = lambda exs: [e.question_type for e in exs if e.task == "vqa"]
     share_w = np.mean([q == "presence" for q in fam(train_w)])
     share_u = np.mean([q == "presence" for q in fam(train_u)])
     assert share_w > 0.7 > share_u, (share_w, share_u)

@@ -15,13 +15,13 @@ pytest.importorskip("nltk")
 pytest.importorskip("rouge_score")
 pytest.importorskip("mathruler.grader")
 
-from nltk.stem.porter import PorterStemmer  # noqa: E402
+from nltk.stem.porter import PorterStemmer
 
-from dmx_jax.rewards import paper_reward, porter, score_texts  # noqa: E402
-from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn, reward_byte_budget  # noqa: E402
-from dmx_jax.rewards.text_bytes import encode_texts, token_bytes_table  # noqa: E402
-from tests.helpers import reward_fuzz as F  # noqa: E402
-from tests.test_rewards_paper import published_reward  # noqa: E402
+from dmx_jax.rewards import paper_reward, porter, score_texts
+from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn, reward_byte_budget
+from dmx_jax.rewards.text_bytes import encode_texts, token_bytes_table
+from tests.helpers import reward_fuzz as F
+from tests.test_rewards_paper import published_reward
 
 STEMS = ["relat", "condit", "valen", "hesit", "digit", "conform", "radic", "differ", "vil", "analog", "predic", "oper",
          "feud", "decis", "hope", "callous", "formal", "sensit", "sensib", "triplic", "electr", "good", "reviv",

@@ -53,7 +53,7 @@ def test_sharded_forward_equals_unsharded(setup, shape):
     q = sharded["text"]["layers"]["attn"]["q"]["kernel"]           # [L, D, N, H] = [2, 64, 4, 16]
     up = sharded["text"]["layers"]["mlp"]["up"]["kernel"]          # [L, D, F]   = [2, 64, 128]
     fsdp, tensor = mesh.shape["fsdp"], mesh.shape["tensor"]
-    split = lambda n, k: n // k if n % k == 0 else n  # noqa: E731 - indivisible dims stay replicated
+    split = lambda n, k: n // k if n % k == 0 else n
     assert q.addressable_shards[0].data.shape == (2, split(64, fsdp), split(4, tensor), 16)
     assert up.addressable_shards[0].data.shape == (2, split(64, fsdp), split(128, tensor))
     qkv = sharded["vision"]["blocks"]["attn"]["qkv"]["kernel"]     # [Lv, Dv, 3, Nv, Hv] = [2, 32, 3, 2, 16]

@@ -68,6 +68,6 @@ def parse_report_sections(text: str) -> ReportSections:
     for name, body in sections:
         if body:
             joined.setdefault(name, []).append(body)
-    get = lambda key: " ".join(joined.get(key, []))  # noqa: E731
+    get = lambda key: " ".join(joined.get(key, []))
     return ReportSections(findings=get("findings"), impression=get("impression"), comparison=get("comparison"),
                           last_paragraph=_last_paragraph(text), sections=tuple(sections))

@@ -139,6 +139,6 @@ class TeacherClient:
 def _snippet(error: urllib.error.HTTPError) -> str:
     try:
         body = error.read().decode("utf-8", errors="replace")
-    except Exception:  # noqa: BLE001 - a body we cannot read is just not shown
+    except Exception:
         body = ""
     return " ".join(body.split())[:_BODY_SNIPPET] or str(error.reason)

@@ -20,6 +20,7 @@ import re
 import numpy as np
 
 from data_pipelines.formatting import format_box
+from dmx_jax.rewards.paper import last_boxed_span
 
 Size = tuple[int, int]
 LONG_TASKS = ("findings", "impression")
@@ -36,22 +37,6 @@ class Trace:
     boxes: tuple[tuple[int, int, int, int], ...]  # cited boxes, resized frame, in order
 
 
-def last_boxed(text: str) -> tuple[int, int] | None:
-    """(start of '\\boxed{', end after its closing '}') of the last \\boxed{...} with balanced braces."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth = 0
-    for j in range(start + len("\\boxed{"), len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            if depth == 0:
-                return start, j + 1
-            depth -= 1
-    return None
-
-
 def parse_reply(text: str) -> tuple[Trace | None, str]:
     """(Trace, '') or (None, why the format is bad)."""
     text = text.strip()
@@ -64,7 +49,7 @@ def parse_reply(text: str) -> tuple[Trace | None, str]:
     body = body.strip()
     if not body or "\\boxed" in body:
         return None, "the <think> block is empty or holds the \\boxed answer"
-    span = last_boxed(tail)
+    span = last_boxed_span(tail)
     if span is None:
         return None, "no balanced \\boxed{...} after </think>"
     rest = (tail[:span[0]] + tail[span[1]:]).strip()
@@ -113,7 +98,7 @@ def answers_agree(answer: str, truth: str, task: str, long_answer_min_words: int
     if a == t:
         return True
     if "|" in truth:
-        items = lambda s: {normalise_answer(x) for x in s.split("|")} - {""}  # noqa: E731
+        items = lambda s: {normalise_answer(x) for x in s.split("|")} - {""}
         return items(answer) == items(truth)
     if task in LONG_TASKS or len(truth.split()) >= long_answer_min_words:
         if not a:

@@ -2,7 +2,7 @@
 
 Imports flow downward only: this package uses dmx_jax.model / dmx_jax.processing, never training code.
 """
-from data_pipelines.pipeline.batching import (  # noqa: F401
+from data_pipelines.pipeline.batching import (
     BucketBatchIterator,
     BucketBatchIterDataset,
     Encoded,
@@ -10,8 +10,8 @@ from data_pipelines.pipeline.batching import (  # noqa: F401
     stack_rows,
     trim_right_padding,
 )
-from data_pipelines.pipeline.dataset import EncodeToBucket, as_example, make_dataset  # noqa: F401
-from data_pipelines.pipeline.encode import (  # noqa: F401
+from data_pipelines.pipeline.dataset import EncodeToBucket, as_example, make_dataset
+from data_pipelines.pipeline.encode import (
                                               DoesNotFit,
                                               EncodingConfig,
                                               RowEncoder,
@@ -21,4 +21,4 @@ from data_pipelines.pipeline.encode import (  # noqa: F401
                                               image_array,
                                               measure,
 )
-from data_pipelines.pipeline.prompt import prompt_batch  # noqa: F401
+from data_pipelines.pipeline.prompt import prompt_batch

@@ -2,7 +2,7 @@
 
 Importing this package registers the `dmx_synthetic` and `dmx_adapter` builders with tfds.
 """
-from data_pipelines.tfds.builders import (  # noqa: F401
+from data_pipelines.tfds.builders import (
                                           DmxAdapter,
                                           DmxAdapterConfig,
                                           DmxSynthetic,
@@ -11,7 +11,7 @@ from data_pipelines.tfds.builders import (  # noqa: F401
                                           build,
                                           synthetic_config,
 )
-from data_pipelines.tfds.records import (  # noqa: F401
+from data_pipelines.tfds.records import (
                                           decode_meta,
                                           encode_meta,
                                           encode_png,

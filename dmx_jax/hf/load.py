@@ -66,7 +66,7 @@ def _keys(file: Path) -> list[str]:
     try:
         with safe_open(str(file), framework="numpy") as f:
             return list(f.keys())
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for corrupt files
+    except Exception as e:
         raise CheckpointError(f"{file}: cannot read safetensors header ({type(e).__name__}: {e})") from None
 
 
@@ -84,7 +84,7 @@ class _Reader:
         if file not in self._handles:
             try:
                 self._handles[file] = self._open(str(file), framework="numpy")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise CheckpointError(f"{file}: cannot open ({type(e).__name__}: {e})") from None
             for k in self._handles[file].keys():  # noqa: SIM118 - a safetensors safe_open handle, not a dict: no __iter__
                 self._disk_names[mapping.canonical(k)] = k
@@ -98,7 +98,7 @@ class _Reader:
         handle = self._handle(name)
         try:
             return tuple(handle.get_slice(self._disk_names[name]).get_shape())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._unreadable(name, e) from None
 
     def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
@@ -106,7 +106,7 @@ class _Reader:
         handle = self._handle(name)
         try:
             return handle.get_slice(self._disk_names[name])[index]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._unreadable(name, e) from None
 
 

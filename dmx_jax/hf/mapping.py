@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dmx_jax.hf import slicing
 
-T = lambda w, c: w.T                                   # noqa: E731
-ID = lambda w, c: w                                    # noqa: E731
+T = lambda w, c: w.T
+ID = lambda w, c: w
 
 
 def _heads(n_attr, kv=False):
@@ -99,8 +99,8 @@ def _split_vec(n_of):         # [n*h] -> [n, h]
 
 
 _HEADS, _KV = (lambda c: c.text.num_attention_heads), (lambda c: c.text.num_key_value_heads)
-_VHEADS = lambda c: c.vision.num_heads             # noqa: E731
-_transposed = lambda s, c: slicing.transpose2(s)   # noqa: E731
+_VHEADS = lambda c: c.vision.num_heads
+_transposed = lambda s, c: slicing.transpose2(s)
 LAYOUTS = {
     "lm_head.kernel": _transposed,
     "text.layers.attn.q.kernel": _split_rows(_HEADS),

@@ -8,8 +8,6 @@ from flax import nnx
 from dmx_jax.model.rotary import apply_rotary, rotate_half  # noqa: F401  (re-exported)
 from dmx_jax.sharding.rules import constrain
 
-NEG_INF = -1e30
-
 
 class ParamTree(nnx.Module):
     """Holds nnx.Params at the attribute paths of a nested dict of arrays (paths = the sharding table's)."""
@@ -55,21 +53,6 @@ def swiglu(x, p: dict, act, hidden_axes: tuple | None = None) -> jax.Array:
     if "bias" in p["down"]:
         y = y + p["down"]["bias"].astype(x.dtype)
     return y
-
-
-def attention(q, k, v, allowed) -> jax.Array:
-    """Dense grouped-query attention with a materialised mask. q [B,T,N,H], k/v [B,S,K,H], allowed [B,T,S]."""
-    b, t, n, h = q.shape
-    kh = k.shape[2]
-    qg = q.reshape(b, t, kh, n // kh, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * (h ** -0.5)
-    scores = jnp.where(allowed[:, None, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-    return out.reshape(b, t, n, h)
-
-
-REMAT_POLICIES = ("none", "dots", "full", "offload")
 
 
 def remat_policy(name: str):

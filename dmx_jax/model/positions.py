@@ -7,7 +7,7 @@ import numpy as np
 def rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, spatial_merge_size=2,
                image_token_id=151655) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(input_ids)
-    b, t = ids.shape  # noqa: F841
+    b, t = ids.shape
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
     grids = np.zeros((0, 3), np.int64) if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
     pos = np.zeros((3, b, t), np.int64)  # transformers 5 leaves padded positions at 0

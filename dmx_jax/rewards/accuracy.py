@@ -175,7 +175,7 @@ def stemmed_words(text, length):
     end = jnp.broadcast_to(jnp.arange(1, width + 1, dtype=jnp.int32)[None, :], t.shape)
     slots = porter.long_word_slots(t, length)
     s = slots["n"].shape[1]
-    flat = lambda a: a.reshape((batch * s,) + a.shape[2:])  # noqa: E731
+    flat = lambda a: a.reshape((batch * s,) + a.shape[2:])
     w, n = porter.stem_slots(*(flat(slots[k]) for k in ("w", "n", "head_len", "head_m", "head_vowel", "prev_vowel")))
     w, n = w.reshape(batch, s, -1).astype(jnp.uint32), n.reshape(batch, s)
     head_end = slots["start"] + slots["head_len"]

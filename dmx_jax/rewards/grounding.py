@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 def box_iou(a: jax.Array, b: jax.Array) -> jax.Array:
     """IoU [..., N, M] of boxes a [..., N, 4] and b [..., M, 4] (xyxy; inverted boxes have zero area)."""
-    area = lambda x: jnp.clip(x[..., 2] - x[..., 0], 0) * jnp.clip(x[..., 3] - x[..., 1], 0)  # noqa: E731
+    area = lambda x: jnp.clip(x[..., 2] - x[..., 0], 0) * jnp.clip(x[..., 3] - x[..., 1], 0)
     lo = jnp.maximum(a[..., :, None, :2], b[..., None, :, :2])
     hi = jnp.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
     inter = jnp.prod(jnp.clip(hi - lo, 0), axis=-1)

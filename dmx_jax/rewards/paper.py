@@ -66,27 +66,30 @@ def format_score(text: str) -> float:
     return 1.0 if text.find("}", box + len(BOX_OPEN)) >= 0 else 0.0
 
 
-def last_boxed(text: str) -> str | None:
-    """The raw content of the last `\\boxed{` up to the `}` that closes it (braces nest), or None when the
-    text has no `\\boxed{` or the last one never closes.
-
-    The project's one host-side brace matcher (mathruler's `extract_boxed_content` semantics): the paper
-    reward, the answer parser of data_pipelines.formatting and the synthetic traces all call it.
-    """
+def last_boxed_span(text: str) -> tuple[int, int] | None:
+    """(index of the last `\\boxed{`, index just past the `}` that closes it) (braces nest), or None when the
+    text has no `\\boxed{` or the last one never closes. The project's one host-side brace matcher."""
     start = text.rfind(BOX_OPEN)
     if start < 0:
         return None
-    body = start + len(BOX_OPEN)
     depth = 0
-    for i in range(body, len(text)):
+    for i in range(start + len(BOX_OPEN), len(text)):
         ch = text[i]
         if ch == "{":
             depth += 1
         elif ch == "}":
             if depth == 0:
-                return text[body:i]
+                return start, i + 1
             depth -= 1
     return None
+
+
+def last_boxed(text: str) -> str | None:
+    """The raw content of the last `\\boxed{` up to the `}` that closes it (braces nest), or None when the
+    text has no `\\boxed{` or the last one never closes (mathruler's `extract_boxed_content` semantics):
+    the paper reward, the answer parser of data_pipelines.formatting and the synthetic traces all call it."""
+    span = last_boxed_span(text)
+    return None if span is None else text[span[0] + len(BOX_OPEN):span[1] - 1]
 
 
 def boxed_content(text: str) -> str:

@@ -159,7 +159,7 @@ def _pass(state, table, head_len, head_last_vowel, active):
     match = match & gate[:, None]
     first = jnp.argmax(match, axis=1)                                                   # [N] the deciding rule
     kk, cond_type = table["k"][first], table["cond"][first]
-    at = lambda a, j: jnp.take_along_axis(a, jnp.clip(_TAIL - j, 0, a.shape[1] - 1)[:, None], axis=1)[:, 0]  # noqa
+    at = lambda a, j: jnp.take_along_axis(a, jnp.clip(_TAIL - j, 0, a.shape[1] - 1)[:, None], axis=1)[:, 0]
     mk = at(tm, kk)
     last = at(tw, kk + 1)                                        # the stem's last byte
     total = full - kk
@@ -286,7 +286,7 @@ def long_word_slots(text, length, n_slots: int | None = None):
     zero = jnp.zeros((batch, 1), jnp.int32)
     pairs = jnp.concatenate([zero, jnp.cumsum(pair, axis=1, dtype=jnp.int32)], axis=1)          # [B, L + 1]
     vowels = jnp.concatenate([zero, jnp.cumsum(~cons & is_word, axis=1, dtype=jnp.int32)], axis=1)
-    at = lambda a, i: jnp.take_along_axis(a, jnp.clip(i, 0, a.shape[1] - 1), axis=1)  # noqa: E731
+    at = lambda a, i: jnp.take_along_axis(a, jnp.clip(i, 0, a.shape[1] - 1), axis=1)
     head_len = head_end - w_start
     last_cons = at(cons, head_end - 1)
     return {"w": w, "n": n, "head_len": head_len, "head_m": at(pairs, head_end) - at(pairs, w_start),

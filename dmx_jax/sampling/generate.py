@@ -42,7 +42,7 @@ def generate_arrays(graphdef, params, input_ids, positions, attention_mask, delt
         return _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng,
                        max_new_tokens, temperature, top_k, top_p, stop_token_ids, pad_id, cache_dtype, group_size)
     k = micro_batches
-    split = lambda x: None if x is None else jax.tree.map(lambda a: _strided_split(a, k, 0), x)  # noqa: E731
+    split = lambda x: None if x is None else jax.tree.map(lambda a: _strided_split(a, k, 0), x)
     xs = (split(input_ids), _strided_split(positions, k, 1), split(attention_mask), split(deltas),
           split(pixel_values), split(vision_inputs), jax.random.split(rng, k))
 
@@ -84,7 +84,7 @@ def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, v
     last = model.logits(hidden[:, -1:])[:, 0]                        # [P, V]: never [P, T, V]
     offset = next_position_offset(deltas, attention_mask)            # [P, 1]: slot t + j -> position t + j + offset
     if group_size > 1:                                               # the G samples share the prefilled cache
-        rep = lambda x: jnp.repeat(x, group_size, axis=0)            # noqa: E731
+        rep = lambda x: jnp.repeat(x, group_size, axis=0)
         cache = {"k": jnp.repeat(cache["k"], group_size, axis=1), "v": jnp.repeat(cache["v"], group_size, axis=1),
                  "index": cache["index"]}
         last, offset, key_mask = rep(last), rep(offset), rep(key_mask)
@@ -138,7 +138,7 @@ def stop_token_ids(tokenizer=None, generation_config=None, extra=()) -> tuple[in
             for tok in ("<|im_end|>", "<|endoftext|>"):
                 try:
                     v = convert(tok)
-                except Exception:  # noqa: BLE001 - tokenizers without the token
+                except Exception:
                     v = None
                 unk = getattr(tokenizer, "unk_token_id", None)
                 add(None if v == unk else v)

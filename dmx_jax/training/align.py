@@ -98,7 +98,7 @@ def split_outputs(out: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return labels, sides, boxes
 
 
-def align_loss(model: AlignModel, batch: dict, rng=None, *, side_weight: float = 1.0,  # noqa: ARG001
+def align_loss(model: AlignModel, batch: dict, rng=None, *, side_weight: float = 1.0,
                box_weight: float = 1.0):
     """(sum over rows of label BCE + side_weight * side BCE + box_weight * box L1, rows, aux) for make_train_step.
 

@@ -139,7 +139,7 @@ class Checkpointer:
             try:
                 r = self._mngr.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
-            except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+            except Exception as e:
                 if step is not None:
                     raise RuntimeError(f"checkpoint step {s} in {self.directory} could not be restored: {e}") from e
                 log.warning("checkpoint step %d in %s is unreadable (%s: %s); falling back to an earlier step",
@@ -184,7 +184,7 @@ class PreemptionGuard:
     stop_requested: bool = False
     received: int | None = None
 
-    def _handle(self, signum, frame):  # noqa: ARG002
+    def _handle(self, signum, frame):
         self.stop_requested = True
         self.received = signum
 

@@ -97,7 +97,7 @@ def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.Gradie
                        logprob_fn: Callable, *, grad_accum: int = 1, compute_dtype=None):
     """Pure update step(state, mini_batch) -> (state, metrics) minimising the GRPO objective (one optimizer update)."""
 
-    def loss_fn(model, batch, rng):  # noqa: ARG001 - deterministic objective
+    def loss_fn(model, batch, rng):
         logp = logprob_fn(model, batch)
         return policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
                            batch["loss_mask"] if "loss_mask" in batch else batch["completion_mask"], cfg)
@@ -110,7 +110,7 @@ def _device_to_host(tree: Any) -> tuple[Any, Any]:
     shardings = jax.tree.map(lambda x: x.sharding, tree)
     try:
         host = jax.device_put(tree, jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), shardings))
-    except Exception:  # noqa: BLE001 - backends without host memory spaces
+    except Exception:
         if not all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
             return tree, None                        # multi-process without host memory kinds: stay on device
         host = jax.device_get(tree)
@@ -288,7 +288,7 @@ class GRPOLearner:
         updates = 0
         for _ in range(cfg.num_iterations):
             for i in range(n_mb):
-                mb = batch if stacked is None else jax.tree.map(lambda x: x[i], stacked)  # noqa: B023
+                mb = batch if stacked is None else jax.tree.map(lambda x: x[i], stacked)
                 state, m = self._update(state, mb)
                 updates += 1
                 for k, v in m.items():

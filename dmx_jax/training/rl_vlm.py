@@ -71,7 +71,7 @@ def _chunked_token_logprobs(hidden, head, targets, temperature: float, chunk: in
     h_c = hidden.reshape(n, n_chunks, chunk, d).swapaxes(0, 1)          # [n_chunks, N, chunk, D]
     t_c = targets.reshape(n, n_chunks, chunk).swapaxes(0, 1)
     lp, ent = jax.lax.map(lambda xs: jax.checkpoint(one)(*xs), (h_c, t_c))
-    join = lambda x: x.swapaxes(0, 1).reshape(n, n_chunks * chunk)[:, :t]  # noqa: E731
+    join = lambda x: x.swapaxes(0, 1).reshape(n, n_chunks * chunk)[:, :t]
     return join(lp), join(ent)
 
 

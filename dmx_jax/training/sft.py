@@ -14,7 +14,7 @@ from dmx_jax.model.batched import forward_hidden
 from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
 
 
-def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0, per_row: bool = False):  # noqa: ARG001
+def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0, per_row: bool = False):
     """(loss sum, count, {}): per_row=False weighs every answer token alike (count: tokens); per_row=True
     weighs every row alike, each row's tokens sharing a weight of 1 (count: rows with answer tokens), so a
     one-word VQA answer counts as much as a 70-token report."""

@@ -9,18 +9,18 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+import optax
+from flax import nnx
 
-from dmx_jax.sharding import MeshConfig, make_mesh  # noqa: E402
-from dmx_jax.training.checkpoint import Checkpointer  # noqa: E402
-from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop  # noqa: E402
-from dmx_jax.training.resume import start_or_resume  # noqa: E402
-from dmx_jax.training.state import init_train_state  # noqa: E402
-from dmx_jax.training.step import make_train_step, state_shardings  # noqa: E402
-from tests.helpers.toy_lm import ToyLM, toy_loss  # noqa: E402
+from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.training.checkpoint import Checkpointer
+from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
+from dmx_jax.training.resume import start_or_resume
+from dmx_jax.training.state import init_train_state
+from dmx_jax.training.step import make_train_step, state_shardings
+from tests.helpers.toy_lm import ToyLM, toy_loss
 
 
 class IndexedBatches:
@@ -54,7 +54,7 @@ def main(run_dir, num_steps, sleep):
     state, _ = start_or_resume(state, sh, ck, data)
     step_fn = jax.jit(make_train_step(graphdef, toy_loss, tx), donate_argnums=(0,))
 
-    def slow(step, metrics, state):  # noqa: ARG001
+    def slow(step, metrics, state):
         time.sleep(sleep)
 
     train_loop(step_fn, state, data, LoopConfig(num_steps=num_steps, progress=False),

@@ -52,7 +52,7 @@ def _piece(rng: random.Random, unicode: bool) -> str:
 
 def completion(rng: random.Random, unicode: bool = False, max_pieces: int = 30) -> str:
     """A random completion; about a third follow the target layout with noise inserted."""
-    noise = lambda k: "".join(_piece(rng, unicode) for _ in range(rng.randint(0, k)))  # noqa: E731
+    noise = lambda k: "".join(_piece(rng, unicode) for _ in range(rng.randint(0, k)))
     if rng.random() < 0.35:
         answer = rng.choice([" | ".join(rng.sample(WORDS, rng.randint(1, 4))), rng.choice(WORDS),
                              " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))])
