@@ -50,6 +50,10 @@ class PretrainConfig:
     steps: int = 1200
     batch_size: int = 32
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50, total_steps=1200, weight_decay=0.01)
+    focus_steps: int = 0                # then the detection-heavy mix (FOCUS_MIX) on fresh studies; its cosine
+                                        # schedule spans focus_steps (focus_optim.total_steps is ignored)
+    focus_optim: OptimConfig = OptimConfig(learning_rate=5e-4, warmup_steps=50, total_steps=0, weight_decay=0.01)
+    focus_vision_lr: float = 3e-4       # the tower learns to localise in the focus stage
     save_every: int = 200
     probe_every: int = 150
     probe_studies: int = 96
@@ -60,6 +64,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "save_every", "probe_every", "probe_studies", "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"pretrain.{name}={getattr(self, name)} must be >= 1")
+        if self.focus_steps < 0:
+            raise ValueError(f"pretrain.focus_steps={self.focus_steps} must be >= 0")
         if self.loss_weighting not in ("row", "token"):
             raise ValueError(f"pretrain.loss_weighting={self.loss_weighting!r} must be 'row' or 'token'")
 
@@ -99,19 +105,22 @@ def row_encoder(cfg: PretrainConfig, tok, mcfg, *, prompt_only: bool = False):
                                           prompt_only=prompt_only))
 
 
-def row_source(cfg: PretrainConfig, tok, mcfg):
-    """IndexedSource of training rows: row i encodes pretrain_example(i); a row longer than seq_len (rare:
-    many findings described) is replaced by the row of index i + 2**38, deterministically."""
+def row_source(cfg: PretrainConfig, tok, mcfg, mix=None, start: int = 0):
+    """IndexedSource of training rows: row i encodes pretrain_example(start + i, mix) (mix: CORPUS_MIX by
+    default); a row longer than seq_len (rare: many findings described) is replaced by the row of index
+    + 2**38, deterministically."""
     from data_pipelines.pipeline import DoesNotFit
-    from data_pipelines.synthetic.pretrain import pretrain_example
+    from data_pipelines.synthetic.pretrain import CORPUS_MIX, pretrain_example
+    mix = mix or CORPUS_MIX
     from experiments.data import IndexedSource
     encoder = row_encoder(cfg, tok, mcfg)
     budget = patch_budget(cfg)
 
     def row_fn(i: int) -> dict:
+        i += start
         while True:
             try:
-                return encoder(pretrain_example(i, cfg.image_size), seq_len=cfg.seq_len, patch_budget=budget)
+                return encoder(pretrain_example(i, cfg.image_size, mix), seq_len=cfg.seq_len, patch_budget=budget)
             except DoesNotFit:
                 i += 1 << 38
     return IndexedSource(row_fn)
@@ -261,7 +270,10 @@ def write_card(out: Path, cfg: PretrainConfig, mcfg, info: dict) -> None:
         "## Reproduce", "```bash", info["command"], "```",
         f"Alignment: {cfg.align_steps} steps x {cfg.align_batch_size} studies (tower + merger, pooled label / side "
         f"/ box head); corpus: {cfg.steps} steps x {cfg.batch_size} rows = {cfg.steps * cfg.batch_size:,} rows (one "
-        f"fresh study each), lr {cfg.optim.learning_rate} cosine, every row's answer weighted alike. Wall time of "
+        f"fresh study each), lr {cfg.optim.learning_rate} cosine"
+        + (f"; focus: {cfg.focus_steps} steps x {cfg.batch_size} rows of the detection-heavy mix on fresh studies, "
+           f"lr {cfg.focus_optim.learning_rate} cosine, tower lr {cfg.focus_vision_lr}" if cfg.focus_steps else "")
+        + f"; every row's answer weighted alike. Wall time of "
         f"the segments run in this run directory: {info['wall_s'] / 60:.0f} min on {info['machine']} (a stage "
         "finished in an earlier directory, such as a committed alignment, is not counted).", "",
         "## Architecture",
@@ -389,32 +401,43 @@ def main(argv=None) -> int:
                   flush=True)
         wall.write_text(json.dumps({"wall_s": wall_before + time.time() - t0}))
 
-    def on_step(step: int, metrics: dict, state) -> None:
-        if step % cfg.probe_every == 0 or step == cfg.steps:
-            run_probe(step, metrics["loss"], state.params)
+    def probing(first_step: int, last_step: int):
+        def on_step(step: int, metrics: dict, state) -> None:
+            if step % cfg.probe_every == 0 or first_step + step == last_step:
+                run_probe(first_step + step, metrics["loss"], state.params)
+        return on_step
 
-    params = align(cfg, graphdef, params, run_dir / "align", tok, mcfg, ctx)
-    sdir = run_dir / "pretrain"
-    if not stage_done(sdir):
-        from dmx_jax.training.align import vision_lr_optimizer
-        spec = StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every)
-        recipe = dataclasses.replace(sft_recipe(graphdef, mcfg, mesh=mesh, per_row=cfg.loss_weighting == "row"),
-                                     stack=functools.partial(trimmed_stack, multiple=32),  # rows ~half seq_len
-                                     make_tx=lambda optim: vision_lr_optimizer(optim, cfg.vision_lr))
-        run_stage(spec, recipe, sdir, params, row_source(cfg, tok, mcfg), ctx, on_step=on_step)
+    from data_pipelines.synthetic.pretrain import FOCUS_MIX, FOCUS_START
+    from dmx_jax.training.align import vision_lr_optimizer
     from experiments.stages import load_stage_params
-    params = load_stage_params(sdir, params, mesh)
+    total_steps = cfg.steps + cfg.focus_steps
+    params = align(cfg, graphdef, params, run_dir / "align", tok, mcfg, ctx)
+    stages = [(StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every), cfg.vision_lr,
+               row_source(cfg, tok, mcfg), 0)]
+    if cfg.focus_steps:
+        focus_optim = dataclasses.replace(cfg.focus_optim, total_steps=cfg.focus_steps)
+        stages.append((StageSpec("focus", cfg.focus_steps, cfg.batch_size, focus_optim, cfg.save_every),
+                       cfg.focus_vision_lr, row_source(cfg, tok, mcfg, FOCUS_MIX, FOCUS_START), cfg.steps))
+    for spec, vision_lr, source, first_step in stages:
+        sdir = run_dir / spec.name
+        if not stage_done(sdir):
+            recipe = dataclasses.replace(
+                sft_recipe(graphdef, mcfg, mesh=mesh, per_row=cfg.loss_weighting == "row"),
+                stack=functools.partial(trimmed_stack, multiple=32),                   # rows ~half seq_len
+                make_tx=lambda optim, lr=vision_lr: vision_lr_optimizer(optim, lr))
+            run_stage(spec, recipe, sdir, params, source, ctx, on_step=probing(first_step, total_steps))
+        params = load_stage_params(sdir, params, mesh)
     writer.close()
     probes = [json.loads(ln) for ln in probe_file.read_text().splitlines()] if probe_file.is_file() else []
-    if not probes or probes[-1]["step"] != cfg.steps:
-        run_probe(cfg.steps, float("nan"), params)
+    if not probes or probes[-1]["step"] != total_steps:
+        run_probe(total_steps, float("nan"), params)
         probes = [json.loads(ln) for ln in probe_file.read_text().splitlines()]
     save_pretrained(jax.device_get(params), out, config=mcfg)
     (out / "tokenizer.json").write_bytes(tok_path.read_bytes())
     elapsed = wall_before + time.time() - t0
     wall.write_text(json.dumps({"wall_s": elapsed}))
     info = {"command": "python -m experiments.pretrain " + " ".join(f"--set {o}" for o in args.overrides),
-            "wall_s": elapsed, "machine": "a 2-core x86_64 CPU", "steps": cfg.steps, "probe": probes[-1],
+            "wall_s": elapsed, "machine": "a 2-core x86_64 CPU", "steps": total_steps, "probe": probes[-1],
             "parameters": n_params}
     write_card(out, cfg, mcfg, info)
     plot_probe(probes, run_dir / "probe.png")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipelines.boxes import format_box_text, format_boxes_text
-from data_pipelines.synthetic.reasoning import Step, describe, lungs_step
+from data_pipelines.synthetic.reasoning import Step, describe
 
 GROUNDING_PROMPTS = (
     "Locate the following finding in the chest X-ray and give its bounding box: {phrase}",
@@ -64,14 +64,14 @@ def grounding_item(study, rng: np.random.Generator, located: bool = False) -> Gr
     if not groups:
         name = ANATOMY[int(rng.integers(len(ANATOMY)))]
         box = study.anatomy_boxes[name]
-        steps = (lungs_step(study), Step(f"the {name} is outlined by {{0}}", (box,)))
+        steps = (Step(f"the {name} is outlined by {{0}}", (box,)),)
         return GroundingItem(template.format(phrase=name), format_box_text(box), name, (box,), steps, True)
     group = groups[int(rng.integers(len(groups)))]
     phrase = group_phrase(group) if located else group[0].phrase
     boxes = tuple(f.bbox for f in group)
     where = (lambda f: "") if located else (lambda f: f.where)  # unlocated: the trace reads side and zone
-    steps = (lungs_step(study),) + tuple(Step(f"{describe(f)} at {{0}}{where(f)} matches the {phrase}",
-                                              (f.bbox,)) for f in group)
+    # the asked phrase first, then what it looks like, where, and its box right before the answer copies it
+    steps = tuple(Step(f"the {phrase} is {describe(f)}{where(f)} at {{0}}", (f.bbox,)) for f in group)
     return GroundingItem(template.format(phrase=phrase), format_boxes_text(boxes), phrase, boxes, steps, True)
 
 

@@ -12,9 +12,14 @@ convention ('[x1, y1, x2, y2]' in pixels of the image the model sees; the row en
     side       right / left / bilateral of a present finding
     view       PA / AP
 
-    pretrain_example(index, image_size) -> Example      (pure function of the index)
+    pretrain_example(index, image_size, mix) -> Example      (pure function of the index and the mix)
+
+A CorpusMix sets the task weights and how often a detection prompt names a present finding; the shipped
+base reads the general mix (CORPUS_MIX) and then a detection-heavy one (FOCUS_MIX) on fresh studies.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -27,9 +32,27 @@ from data_pipelines.synthetic.vqa import _with_article, name_phrase
 
 PRETRAIN_SEED = 1_000_003
 DATASET = "synthetic-pretrain"
-TASK_WEIGHTS: tuple[tuple[str, float], ...] = (
-    ("describe", 0.22), ("detect", 0.34), ("presence", 0.26), ("count", 0.06), ("side", 0.07), ("view", 0.05),
-)
+TASKS = ("describe", "detect", "presence", "count", "side", "view")
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusMix:
+    """Which task a pretraining row asks: (task, weight) pairs, and the chance that a detection prompt names a
+    phrase present on the study (when it has one) rather than an absent one."""
+    task_weights: tuple[tuple[str, float], ...]
+    detect_present: float = 0.5
+
+    def __post_init__(self):
+        bad = [t for t, _ in self.task_weights if t not in TASKS]
+        if bad or not self.task_weights or min(w for _, w in self.task_weights) < 0:
+            raise ValueError(f"CorpusMix.task_weights={self.task_weights!r}: tasks from {TASKS}, weights >= 0")
+        if not 0.0 <= self.detect_present <= 1.0:
+            raise ValueError(f"CorpusMix.detect_present={self.detect_present} must lie in [0, 1]")
+
+
+CORPUS_MIX = CorpusMix((("describe", 0.22), ("detect", 0.34), ("presence", 0.26), ("count", 0.06),
+                        ("side", 0.07), ("view", 0.05)))
+FOCUS_MIX = CorpusMix((("describe", 0.2), ("detect", 0.5), ("presence", 0.2), ("side", 0.1)), detect_present=0.8)
 PROMPTS = {
     "describe": ("Report every abnormality you can see, each with its location and box.",
                  "Survey this radiograph: name each abnormality, where it lies, and its box."),
@@ -68,13 +91,13 @@ def _pick(rng: np.random.Generator, items):
     return items[int(rng.integers(len(items)))]
 
 
-def pretrain_example(index: int, image_size: int = 128) -> Example:
-    """The pretraining Example at `index` (>= 0): one study rendered under PRETRAIN_SEED, one task."""
+def pretrain_example(index: int, image_size: int = 128, mix: CorpusMix = CORPUS_MIX) -> Example:
+    """The pretraining Example at `index` (>= 0): one study rendered under PRETRAIN_SEED, one task of `mix`."""
     config = SyntheticConfig(image_size=image_size, seed=PRETRAIN_SEED)
     gidx = SPLIT_OFFSETS["train"] + int(index)
     s = sample(PRETRAIN_SEED, gidx, config)
     rng = rng_for(PRETRAIN_SEED, gidx, "question")
-    names, weights = zip(*TASK_WEIGHTS)
+    names, weights = zip(*mix.task_weights)
     task = names[int(rng.choice(len(names), p=np.asarray(weights) / sum(weights)))]
     present = {f.name for f in s.findings}
     hits: list = []
@@ -86,7 +109,7 @@ def pretrain_example(index: int, image_size: int = 128) -> Example:
         groups = _detect_groups(s.findings)
         shown = [p for p in DETECT_PHRASES if groups[p]]
         absent = [p for p in DETECT_PHRASES if not groups[p]]
-        phrase = _pick(rng, shown if shown and rng.random() < 0.5 else absent)
+        phrase = _pick(rng, shown if shown and rng.random() < mix.detect_present else absent)
         hits = groups[phrase]
         prompt = _pick(rng, PROMPTS[task]).format(phrase=phrase)
         target = format_boxes_text([f.bbox for f in hits]) or "none"
@@ -119,6 +142,7 @@ def pretrain_example(index: int, image_size: int = 128) -> Example:
                                        "bbox": list(f.bbox)} for f in s.findings]})
 
 
+FOCUS_START = 1 << 37          # the focus stage's studies: past any corpus-stage index
 PROBE_START = 1 << 39          # probe studies: far past any index a pretraining run reaches
 
 
