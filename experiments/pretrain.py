@@ -50,7 +50,7 @@ class PretrainConfig:
     steps: int = 1200
     batch_size: int = 32
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50, total_steps=1200, weight_decay=0.01)
-    focus_steps: int = 0                # then the detection-heavy mix (FOCUS_MIX) on fresh studies; its cosine
+    focus_steps: int = 1500             # then the detection-heavy mix (FOCUS_MIX) on fresh studies; its cosine
                                         # schedule spans focus_steps (focus_optim.total_steps is ignored)
     focus_optim: OptimConfig = OptimConfig(learning_rate=5e-4, warmup_steps=50, total_steps=0, weight_decay=0.01)
     focus_vision_lr: float = 3e-4       # the tower learns to localise in the focus stage

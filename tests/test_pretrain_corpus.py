@@ -44,3 +44,11 @@ def test_same_index_and_mix_give_the_same_row():
 def test_malformed_mix_is_refused(kw):
     with pytest.raises(ValueError, match="CorpusMix"):
         CorpusMix(**kw)
+
+
+def test_probe_neighbours_are_different_studies():
+    """The images-swapped control hands each probe prompt its neighbour's image: never its own study's."""
+    from data_pipelines.synthetic.pretrain import probe_examples
+    study = [e.example_id.split("/")[2] for e in probe_examples(24)]
+    assert len(study) > 30
+    assert all(a != b for a, b in zip(study, study[1:]))

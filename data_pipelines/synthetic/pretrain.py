@@ -149,9 +149,11 @@ PROBE_START = 1 << 39          # probe studies: far past any index a pretraining
 def probe_examples(n_studies: int, image_size: int = 128) -> list[Example]:
     """Held-out pretraining-style prompts on studies PROBE_START.. : per study one presence question (yes for
     even studies when it has a finding, no for odd ones; task 'vqa') and, when it has findings, one
-    detection prompt for a present phrase (task 'grounding'). Ids end in the CheXpert name asked about."""
+    detection prompt for a present phrase (task 'grounding'). Ids end in the CheXpert name asked about. All
+    presence questions come first, then all detection prompts, so neighbouring prompts of one task are about
+    different studies (the images-swapped control gives each prompt its neighbour's image)."""
     config = SyntheticConfig(image_size=image_size, seed=PRETRAIN_SEED)
-    out = []
+    out, detect = [], []
     for j in range(n_studies):
         gidx = SPLIT_OFFSETS["train"] + PROBE_START + j
         s = sample(PRETRAIN_SEED, gidx, config)
@@ -167,8 +169,8 @@ def probe_examples(n_studies: int, image_size: int = 128) -> list[Example]:
         if s.findings:
             f = _pick(rng, list(s.findings))
             hits = _detect_groups(s.findings)[f.phrase]
-            out.append(Example(example_id=f"{DATASET}/probe/{j}/detect/{f.name}", task="grounding",
+            detect.append(Example(example_id=f"{DATASET}/probe/{j}/detect/{f.name}", task="grounding",
                                prompt=PROMPTS["detect"][0].format(phrase=f.phrase),
                                target=format_boxes_text([h.bbox for h in hits]), question_type="detect",
                                boxes=_boxes(hits), **common))
-    return out
+    return out + detect
