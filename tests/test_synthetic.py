@@ -526,12 +526,13 @@ def test_grounding_prompts_leave_side_and_zone_to_the_image():
 
 
 def test_grounding_trace_names_the_asked_phrase_first_and_its_boxes_are_the_answer():
-    """A grounding trace starts from the phrase the prompt asks about and cites exactly the answer's boxes, in
-    order, the last one right before the answer (no anatomy step in between), so the answer is a copy."""
+    """A phrase-first grounding trace starts from the phrase the prompt asks about and cites exactly the
+    answer's boxes, in order, the last one right before the answer (no anatomy step), so the answer is a copy;
+    the default (anatomy-first) trace opens on both lungs' boxes."""
     from data_pipelines.synthetic.reasoning import parse_trace
     seen = 0
     for i in range(80):
-        e = D.examples("train", i, SyntheticConfig(), task="grounding")
+        e = D.examples("train", i, SyntheticConfig(grounding_trace="phrase_first"), task="grounding")
         cited, boxed = parse_trace(e.meta["reasoning"])
         answer = [tuple(int(v) for v in m.groups()) for m in re.finditer(r"\[(\d+), (\d+), (\d+), (\d+)\]", boxed)]
         assert cited == answer, e.meta["reasoning"]
@@ -539,3 +540,5 @@ def test_grounding_trace_names_the_asked_phrase_first_and_its_boxes_are_the_answ
         assert e.meta["reasoning"].startswith(f"<think>1. {phrase} is") and phrase.removeprefix("the ") in e.prompt
         seen += bool(e.meta["findings"])
     assert seen > 40
+    default = D.examples("train", 0, SyntheticConfig(), task="grounding").meta["reasoning"]
+    assert default.startswith("<think>1. inspect the right lung [") and "matches the" in default

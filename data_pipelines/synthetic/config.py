@@ -55,6 +55,8 @@ class SyntheticConfig:
     max_rejections: study variants tried per balanced question before accepting any answer.
     grounding_locations: grounding prompts name the finding's side and zone as well (the benchmark before
       2026-12-04); False: the finding only, so the box has to come from the image.
+    grounding_trace: reasoning-trace style of grounding items, "anatomy_first" or "phrase_first"
+      (grounding.grounding_item).
     heldout: (name, side, zone) never rendered in train/val/test and always present in the heldout split.
     split sizes: the length of each split's index range used by sources (indices beyond raise).
     """
@@ -79,6 +81,7 @@ class SyntheticConfig:
     heldout_size: int = 1_000
     max_rejections: int = 256
     grounding_locations: bool = False
+    grounding_trace: str = "anatomy_first"
 
     def __post_init__(self):
         where = "data_pipelines/synthetic/config.py: SyntheticConfig"
@@ -92,6 +95,9 @@ class SyntheticConfig:
                 raise ValueError(f"{where}.{name} must be a probability in [0, 1], got {value}")
         if not 1 <= self.max_finding_types <= 4:
             raise ValueError(f"{where}.max_finding_types must be in [1, 4], got {self.max_finding_types}")
+        if self.grounding_trace not in ("anatomy_first", "phrase_first"):
+            raise ValueError(f"{where}.grounding_trace must be 'anatomy_first' or 'phrase_first', "
+                             f"got {self.grounding_trace!r}")
         if self.seed < 0:
             raise ValueError(f"{where}.seed must be non-negative, got {self.seed}")
         if not self.task_mix or any(w < 0 for _, w in self.task_mix) or sum(w for _, w in self.task_mix) <= 0:

@@ -199,7 +199,8 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
             steps = reasoning.survey_steps(s)
             boxes = tuple(_box(f) for f in s.findings)
         else:  # grounding / referring
-            item = (grounding.grounding_item(s, qrng, located=config.grounding_locations) if task == "grounding"
+            item = (grounding.grounding_item(s, qrng, located=config.grounding_locations,
+                                             trace=config.grounding_trace) if task == "grounding"
                     else grounding.referring_item(s, qrng))
             prompt, target, steps, answer_is_box = item.prompt, item.target, list(item.steps), item.answer_is_box
             boxes = tuple(Box(*map(float, b), label=item.phrase) for b in item.boxes)

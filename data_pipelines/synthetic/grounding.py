@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipelines.boxes import format_box_text, format_boxes_text
-from data_pipelines.synthetic.reasoning import Step, describe
+from data_pipelines.synthetic.reasoning import Step, describe, lungs_step
 
 GROUNDING_PROMPTS = (
     "Locate the following finding in the chest X-ray and give its bounding box: {phrase}",
@@ -57,21 +57,34 @@ def finding_groups(findings: Sequence, by_side: bool = True) -> list[list]:
     return list(groups.values())
 
 
-def grounding_item(study, rng: np.random.Generator, located: bool = False) -> GroundingItem:
-    """A phrase -> boxes item; `located`: the phrase names side and zone (module docstring)."""
+GROUNDING_TRACES = ("anatomy_first", "phrase_first")
+
+
+def grounding_item(study, rng: np.random.Generator, located: bool = False,
+                   trace: str = "anatomy_first") -> GroundingItem:
+    """A phrase -> boxes item; `located`: the phrase names side and zone (module docstring). `trace`:
+    "anatomy_first" opens on both lungs' boxes and ends each step on the phrase ("... at [box] in the right
+    upper zone matches the lung nodule"); "phrase_first" starts each step from the asked phrase and ends it on
+    the box, so the boxed answer copies the box right before it ("the lung nodule is ... at [box]")."""
+    if trace not in GROUNDING_TRACES:
+        raise ValueError(f"grounding trace {trace!r}; expected one of {GROUNDING_TRACES}")
+    first = (lungs_step(study),) if trace == "anatomy_first" else ()
     groups = finding_groups(study.findings, by_side=located)
     template = GROUNDING_PROMPTS[int(rng.integers(len(GROUNDING_PROMPTS)))]
     if not groups:
         name = ANATOMY[int(rng.integers(len(ANATOMY)))]
         box = study.anatomy_boxes[name]
-        steps = (Step(f"the {name} is outlined by {{0}}", (box,)),)
+        steps = first + (Step(f"the {name} is outlined by {{0}}", (box,)),)
         return GroundingItem(template.format(phrase=name), format_box_text(box), name, (box,), steps, True)
     group = groups[int(rng.integers(len(groups)))]
     phrase = group_phrase(group) if located else group[0].phrase
     boxes = tuple(f.bbox for f in group)
     where = (lambda f: "") if located else (lambda f: f.where)  # unlocated: the trace reads side and zone
-    # the asked phrase first, then what it looks like, where, and its box right before the answer copies it
-    steps = tuple(Step(f"the {phrase} is {describe(f)}{where(f)} at {{0}}", (f.bbox,)) for f in group)
+    if trace == "phrase_first":
+        steps = tuple(Step(f"the {phrase} is {describe(f)}{where(f)} at {{0}}", (f.bbox,)) for f in group)
+    else:
+        steps = first + tuple(Step(f"{describe(f)} at {{0}}{where(f)} matches the {phrase}", (f.bbox,))
+                              for f in group)
     return GroundingItem(template.format(phrase=phrase), format_boxes_text(boxes), phrase, boxes, steps, True)
 
 
