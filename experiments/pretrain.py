@@ -111,8 +111,8 @@ def row_source(cfg: PretrainConfig, tok, mcfg, mix=None, start: int = 0):
     + 2**38, deterministically."""
     from data_pipelines.pipeline import DoesNotFit
     from data_pipelines.synthetic.pretrain import CORPUS_MIX, pretrain_example
-    mix = mix or CORPUS_MIX
     from experiments.data import IndexedSource
+    mix = mix or CORPUS_MIX
     encoder = row_encoder(cfg, tok, mcfg)
     budget = patch_budget(cfg)
 

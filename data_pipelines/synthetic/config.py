@@ -5,6 +5,8 @@ import dataclasses
 
 import numpy as np
 
+GROUNDING_TRACES = ("anatomy_first", "phrase_first")   # reasoning-trace styles of grounding items
+
 # Detector field of view across the image width at magnification 1; sets the mm per pixel (2.81 mm at 128^2).
 FOV_MM = 360.0
 
@@ -95,9 +97,8 @@ class SyntheticConfig:
                 raise ValueError(f"{where}.{name} must be a probability in [0, 1], got {value}")
         if not 1 <= self.max_finding_types <= 4:
             raise ValueError(f"{where}.max_finding_types must be in [1, 4], got {self.max_finding_types}")
-        if self.grounding_trace not in ("anatomy_first", "phrase_first"):
-            raise ValueError(f"{where}.grounding_trace must be 'anatomy_first' or 'phrase_first', "
-                             f"got {self.grounding_trace!r}")
+        if self.grounding_trace not in GROUNDING_TRACES:
+            raise ValueError(f"{where}.grounding_trace must be one of {GROUNDING_TRACES}, got {self.grounding_trace!r}")
         if self.seed < 0:
             raise ValueError(f"{where}.seed must be non-negative, got {self.seed}")
         if not self.task_mix or any(w < 0 for _, w in self.task_mix) or sum(w for _, w in self.task_mix) <= 0:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipelines.boxes import format_box_text, format_boxes_text
+from data_pipelines.synthetic.config import GROUNDING_TRACES
 from data_pipelines.synthetic.reasoning import Step, describe, lungs_step
 
 GROUNDING_PROMPTS = (
@@ -55,9 +56,6 @@ def finding_groups(findings: Sequence, by_side: bool = True) -> list[list]:
     for f in findings:
         groups.setdefault((f.name, f.kind, f.side) if by_side else (f.name, f.kind), []).append(f)
     return list(groups.values())
-
-
-GROUNDING_TRACES = ("anatomy_first", "phrase_first")
 
 
 def grounding_item(study, rng: np.random.Generator, located: bool = False,
