@@ -1,7 +1,7 @@
 """One GRPO step broken down into rollout, reward, log-prob recomputation (policy + reference) and update,
 with and without group-shared prefill (the G samples of a prompt share one vision + prompt prefill).
 
-Builds the production GRPO pieces directly (rl_vlm.make_sample_fn / make_logprob_fn, the jitted reward preset
+Builds the production GRPO pieces directly (rl_vlm.make_sampler / make_policy_logprob, the jitted reward preset
 (`paper` by default) over a synthetic token-byte table, GRPOLearner) on random weights of the `small` preset
 or the ~0.5B shape
 (Qwen2.5-0.5B text tower + a 4-block vision tower), with P prompts of one 224 px image each. An untrained policy
@@ -113,7 +113,7 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     from dmx_jax.model import Qwen25VL
     from dmx_jax.training.grpo import GRPOLearner
     from dmx_jax.training.grpo_loss import GRPOConfig
-    from dmx_jax.training.rl_vlm import make_logprob_fn, make_sample_fn
+    from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
     from dmx_jax.training.state import init_train_state
     cfg = model_config(model, layers)
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
@@ -123,10 +123,9 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     batch = {**prompt_batch(cfg, prompts), "reward_truth": truth}
     tx = optax.adamw(1e-6) if optimizer == "adamw" else optax.sgd(1e-6)    # sgd: no moments (host RAM)
     learner = GRPOLearner(graphdef, algo, tx,
-                          sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(2,), pad_id=0,
-                                                   shared_prefill=shared),
+                          sampler=make_sampler(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
                           reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
-                          logprob_fn=make_logprob_fn(algo, chunk_size=64), ref_params=params,
+                          logprob=make_policy_logprob(algo, chunk_size=64), ref_params=params,
                           ref_dtype=ref_dtype)
     st = init_train_state(params, tx)
     records = []

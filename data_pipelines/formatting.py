@@ -65,12 +65,14 @@ def answer_text(example: Example, reasoning: bool) -> str:
 
 
 def render(example: Example, tokenizer, image_tokens: list[int], resized_sizes: list[tuple[int, int]] | None = None, *,
-           reasoning: bool = False, with_answer: bool = True, reasoning_prompt: bool | None = None) -> dict:
+           reasoning: bool = False, with_answer: bool = True, reasoning_prompt: bool | None = None,
+           instruction_first: bool = False) -> dict:
     """-> {'input_ids' int32 [L], 'loss_mask' int32 [L], 'prompt_len' int, 'answer' str}.
 
     image_tokens: tokens per image (t*h*w/merge^2). resized_sizes: (w, h) the model sees per image, for
     rescaling boxes (default: as stored). with_answer=False renders the prompt and the assistant header
-    only (generation prompt).
+    only (generation prompt). instruction_first: the reasoning instruction goes before the question, so the
+    question sits next to the answer (the paper appends it after the question).
     """
     if len(image_tokens) != len(example.images):
         raise ValueError(f"example {example.example_id}: {len(example.images)} images but "
@@ -80,7 +82,7 @@ def render(example: Example, tokenizer, image_tokens: list[int], resized_sizes: 
     fix = (lambda s: rescale_box_text(s, size, resized)) if size and resized else (lambda s: s)
     prompt = fix(example.prompt)
     if reasoning if reasoning_prompt is None else reasoning_prompt:
-        prompt = f"{prompt}\n{reasoning_suffix()}"
+        prompt = f"{reasoning_suffix()}\n{prompt}" if instruction_first else f"{prompt}\n{reasoning_suffix()}"
     enc = tokenizer.encode
     ids: list[int] = [tokenizer.im_start_id] + enc(f"system\n{SYSTEM_PROMPT}") + [tokenizer.im_end_id] + enc("\n")
     ids += [tokenizer.im_start_id] + enc("user\n")

@@ -5,7 +5,7 @@
 
 Builds the real jitted steps of each stage with the library functions the stage runner uses (SFT / cold start:
 `make_train_step` + `make_sft_loss(memory.loss_chunk)` with `state_shardings`; GRPO: the rollout through
-`make_sample_fn` (prefill + decode loop), the completion log-prob pass (`completion_logprobs`, policy and
+`make_sampler` (prefill + decode loop), the completion log-prob pass (`completion_logprobs`, policy and
 reference) and the update (`make_policy_update`)), feeds them abstract inputs (`jax.ShapeDtypeStruct` with
 `NamedSharding`s on a mesh over the slice's abstract TPU devices) and compiles them with libtpu on the CPU.
 Nothing is allocated. Per step it prints XLA's per-chip memory (arguments, outputs, aliases, temporaries),
@@ -176,21 +176,17 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
 
 
 def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
-    import inspect
-
     from dmx_jax.perf.flops import forward_flops
     from dmx_jax.training import rl_vlm
     mesh, mcfg = plan.mesh, plan.mcfg
-    kw = inspect.signature(rl_vlm.make_sample_fn).parameters
-    extra = {k: v for k, v in (("cache_dtype", mem.kv_cache_dtype),) if k in kw}
-    sample_fn = rl_vlm.make_sample_fn(plan.graphdef, algo, stop_token_ids=(mcfg.eos_token_id,),
-                                      pad_id=mcfg.pad_token_id, **extra)
-    rows_in = n // getattr(sample_fn, "group_size", 1)
+    sampler = rl_vlm.make_sampler(plan.graphdef, algo, stop_token_ids=(mcfg.eos_token_id,),
+                                  pad_id=mcfg.pad_token_id, cache_dtype=mem.kv_cache_dtype)
+    rows_in = n // sampler.group_size
     prompts = {**text_batch(rows_in, t, mesh, loss=False), **image_batch(mcfg, rows_in, plan.patches, mesh),
                "deltas": batch_leaf((rows_in, 1), jnp.int32, mesh)}
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
     row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new")
-    compile_row(row, sample_fn, (plan.params, prompts, rng),
+    compile_row(row, sampler.sample, (plan.params, prompts, rng),
                 in_shardings=(jax.tree.map(lambda x: x.sharding, plan.params),
                               jax.tree.map(lambda x: x.sharding, prompts), rng.sharding),
                 out_shardings=None, mesh=mesh, resident_bytes=resident)
@@ -206,12 +202,8 @@ def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
 
 
 def _logprob_fn(mem):
-    import inspect
-
     from dmx_jax.training import rl_vlm
-    lp_kw = inspect.signature(rl_vlm.completion_logprobs).parameters
-    lp_extra = {"chunk_size": mem.loss_chunk} if "chunk_size" in lp_kw else {}
-    return lambda model, batch: rl_vlm.completion_logprobs(model, batch, **lp_extra)
+    return lambda model, batch: rl_vlm.completion_logprobs(model, batch, chunk_size=mem.loss_chunk)
 
 
 def _micro_batched(fn, k: int):
@@ -256,18 +248,18 @@ def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref
     from dmx_jax.training import rl_vlm
     from dmx_jax.training.grpo import make_policy_update
     mesh, mcfg = plan.mesh, plan.mcfg
-    mini = n if not getattr(algo, "ppo_mini_batch_size", 0) else algo.ppo_mini_batch_size * g
-    upd = {**text_batch(mini, t, mesh, loss=False), **image_batch(mcfg, mini, plan.patches, mesh),
-           "deltas": batch_leaf((mini, 1), jnp.int32, mesh),
-           "completion": batch_leaf((mini, tn), jnp.int32, mesh),
-           **{k: batch_leaf((mini, tn), jnp.float32, mesh) for k in ("completion_mask", "old_logp", "ref_logp")},
-           "advantages": batch_leaf((mini,), jnp.float32, mesh)}
-    if not algo.kl_coef:
-        upd.pop("ref_logp")
-    make_lp = getattr(rl_vlm, "make_logprob_fn", None)
-    upd_logprob = make_lp(algo, chunk_size=mem.loss_chunk) if make_lp is not None else _logprob_fn(mem)
-    step = make_policy_update(plan.graphdef, algo, tx, upd_logprob, grad_accum=rl.optim.grad_accum,
-                              compute_dtype=jnp.dtype(mcfg.dtype))
+    from dmx_jax.training.rollout import Rollout
+    mini = n if not algo.ppo_mini_batch_size else algo.ppo_mini_batch_size * g
+    tokens = lambda dtype=jnp.float32: batch_leaf((mini, tn), dtype, mesh)
+    rows = lambda: batch_leaf((mini,), jnp.float32, mesh)
+    inputs = {**text_batch(mini, t, mesh, loss=False), **image_batch(mcfg, mini, plan.patches, mesh),
+              "deltas": batch_leaf((mini, 1), jnp.int32, mesh), "completion": tokens(jnp.int32),
+              "completion_mask": tokens()}
+    upd = Rollout(inputs=inputs, sampler_logp=tokens(), scores=rows(), truncated=rows(), loss_mask=tokens(),
+                  advantages=tokens(), old_logp=None if algo.old_logp == "current" else tokens(),
+                  ref_logp=tokens() if algo.kl_coef else None)
+    step = make_policy_update(plan.graphdef, algo, tx, rl_vlm.make_policy_logprob(algo, chunk_size=mem.loss_chunk),
+                              grad_accum=rl.optim.grad_accum, compute_dtype=jnp.dtype(mcfg.dtype))
     row = _row(plan, "grpo", "update", mini, t + tn, f"[{mini},{t}+{tn}]"
                + (f", accum {rl.optim.grad_accum}" if rl.optim.grad_accum > 1 else ""))
     compile_row(row, step, (state, upd), in_shardings=(state_sh, jax.tree.map(lambda x: x.sharding, upd)),

@@ -39,6 +39,8 @@ class DataConfig:
     train_task_mix: tuple[tuple[str, float], ...] = ()  # synthetic: train-split (task, weight); (): the benchmark's
     grounding_locations: bool = False   # synthetic: grounding prompts also name side and zone (guessable boxes)
     grounding_trace: Literal["anatomy_first", "phrase_first"] = "anatomy_first"  # synthetic: grounding traces
+    reasoning_instruction: Literal["after_question", "before_question"] = "after_question"  # where reasoning
+                                        # prompts put the instruction (the paper: after the question)
     num_workers: int = 0
 
 
@@ -61,8 +63,10 @@ class StageConfig:
     batch_size: int = 8
     optim: OptimConfig = OptimConfig()
     save_every: int = 50
-    eval_every: int = 0
-    vision_lr: float | None = None      # the vision tower + merger at their own learning rate (None: optim's)
+    vision_lr: float | None = None      # the vision tower + merger at their own learning rate (None: optim's;
+                                        # 0: frozen, which keeps a pretrained base's vision when fine-tuning)
+    frozen: tuple[str, ...] = ()        # parameter-path prefixes that do not train (e.g. ("vision.merger",)):
+                                        # no optimizer state, left out of the clipping norm
     loss_weighting: Literal["token", "row"] = "token"  # SFT loss: every answer token alike, or every row alike
     pad_multiple: int = 0               # > 0: in-memory batches cut to their longest row rounded up to this many
                                         # tokens (same loss, less padding, one compile per length); 0: one shape
@@ -87,6 +91,12 @@ class RLConfig:
     algo: GRPOConfig = GRPOConfig(max_new_tokens=256)
     reward_preset: str = "grounded"     # dmx_jax.rewards.combine.PRESETS: "paper" (published) | "grounded"
     save_every: int = 10
+    vision_lr: float | None = None      # as StageConfig.vision_lr
+    frozen: tuple[str, ...] = ()        # as StageConfig.frozen
+    lr_schedule_unit: Literal["rollout", "update"] = "rollout"  # what the optim schedule counts: GRPO steps
+                                        # (verl, EasyR1) or optimizer updates (epochs x mini-batches per step)
+    eval_every: int = 0                 # > 0: validation every N steps on eval_prompts held-out reasoning prompts
+    eval_prompts: int = 32              # (greedy answers, the training reward; val/* in metrics and tensorboard)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,17 +193,20 @@ def tiny_base() -> ExperimentConfig:
     """The paper's three stages on top of the shipped miniature base (`models/miniature_base`, made by
     `python -m experiments.pretrain`), loaded through `hf_checkpoint` as a user loads Qwen2.5-VL-7B-Instruct
     (its tokenizer.json encodes the benchmark; it is scored zero-shot as the `base` row), on the synthetic
-    benchmark. Images at the base's max_pixels (128 px studies resized to 140 px: 25 image tokens). Stage
-    settings of a fine-tuning, chosen from the runs in RESULTS.md ("Default run from the miniature base")."""
+    benchmark. Images at the base's max_pixels (128 px studies resized to 140 px: 25 image tokens). The vision
+    tower + merger stay frozen in every stage (fine-tuning them overwrote the base's reading), and reasoning
+    prompts put the instruction before the question (the base never saw a 107-token gap between question and
+    answer). Stage settings chosen from the runs in RESULTS.md ("Default run from the miniature base")."""
     return ExperimentConfig(
         name="tiny_base", model="base", hf_checkpoint=MINIATURE_BASE,
-        data=DataConfig(on_too_long="skip", max_pixels=168 * 168, grounding_trace="phrase_first"),
-        sft=StageConfig(steps=300, save_every=150,                  # 2e-4: 5e-4 overwrote the base's grounding
-                        optim=OptimConfig(learning_rate=2e-4, warmup_steps=20, total_steps=300)),
-        cold_start=StageConfig(steps=300, save_every=150, pad_multiple=64,
+        data=DataConfig(on_too_long="skip", max_pixels=168 * 168, grounding_trace="phrase_first",
+                        reasoning_instruction="before_question"),
+        sft=StageConfig(steps=300, save_every=150, vision_lr=0.0,
+                        optim=OptimConfig(learning_rate=5e-4, warmup_steps=20, total_steps=300)),
+        cold_start=StageConfig(steps=300, save_every=150, pad_multiple=64, vision_lr=0.0,
                                optim=OptimConfig(learning_rate=5e-4, warmup_steps=10, total_steps=300)),
         eval=EvalConfig(examples=600, reasoning_max_new_tokens=192),
-        rl=RLConfig(steps=24, save_every=12, algo=GRPOConfig(max_new_tokens=192),
+        rl=RLConfig(steps=24, save_every=12, algo=GRPOConfig(max_new_tokens=192), vision_lr=0.0, eval_every=12,
                     optim=OptimConfig(learning_rate=3e-5, warmup_steps=0, schedule="constant")),
     )
 

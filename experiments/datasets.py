@@ -52,7 +52,7 @@ def row_encoder(cfg, tok, mcfg, *, reasoning: bool, prompt_only: bool = False,
     """The project's one encoder (data_pipelines.pipeline.encode) set up for this run's model and pixel limits."""
     d = cfg.data
     enc = EncodingConfig(vision=mcfg.vision, min_pixels=d.min_pixels, max_pixels=d.max_pixels, reasoning=reasoning,
-                         prompt_only=prompt_only)
+                         prompt_only=prompt_only, instruction_first=d.reasoning_instruction == "before_question")
     return RowEncoder(tok, enc, plain_ids)
 
 

@@ -112,7 +112,8 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
             continue
         if not done:
             spec, recipe = plan_stage(name, scfg, graphdef, mcfg, tok, params, mesh=mesh, seed=cfg.seed,
-                                      memory=cfg.memory, generation_config=_generation_config(cfg))
+                                      memory=cfg.memory, generation_config=_generation_config(cfg),
+                                      validation_rows=eval_reason[:cfg.rl.eval_prompts] if name == "grpo" else None)
             print(f"[{name}] {spec.steps} steps, batch {spec.batch_size}"
                   + (f" prompts x G={scfg.algo.group_size}" if name == "grpo" else ""), flush=True)
             params = run_stage(spec, recipe, sdir, params, rows, ctx)

@@ -408,7 +408,7 @@ def main(argv=None) -> int:
         return on_step
 
     from data_pipelines.synthetic.pretrain import FOCUS_MIX, FOCUS_START
-    from dmx_jax.training.align import vision_lr_optimizer
+    from dmx_jax.training.optim import make_optimizer
     from experiments.stages import load_stage_params
     total_steps = cfg.steps + cfg.focus_steps
     params = align(cfg, graphdef, params, run_dir / "align", tok, mcfg, ctx)
@@ -424,7 +424,7 @@ def main(argv=None) -> int:
             recipe = dataclasses.replace(
                 sft_recipe(graphdef, mcfg, mesh=mesh, per_row=cfg.loss_weighting == "row"),
                 stack=functools.partial(trimmed_stack, multiple=32),                   # rows ~half seq_len
-                make_tx=lambda optim, lr=vision_lr: vision_lr_optimizer(optim, lr))
+                make_tx=lambda optim, lr=vision_lr: make_optimizer(optim, lr_by_prefix={"vision": lr}))
             run_stage(spec, recipe, sdir, params, source, ctx, on_step=probing(first_step, total_steps))
         params = load_stage_params(sdir, params, mesh)
     writer.close()

@@ -156,6 +156,29 @@ def smoothed(values, window: int) -> np.ndarray:
     return (c[i] - c[np.maximum(i - window, 0)]) / np.minimum(i, window)
 
 
+def validation_points(recs: list[dict]) -> list[tuple[int, dict]]:
+    """(step, record) of the GRPO validation records in metrics.jsonl, the last one per step (a resumed run may
+    have written a step twice)."""
+    by_step = {r["step"]: r for r in recs if r.get("train_stage") == "grpo" and "val/reward/overall" in r}
+    return sorted(by_step.items())
+
+
+def validation_line(run_dir: Path) -> str:
+    """One summary line: the GRPO validation reward (and grounding mIoU) at its first and last step."""
+    path = run_dir / "metrics.jsonl"
+    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+    val = validation_points(recs)
+    if not val:
+        return ""
+    (s0, v0), (s1, v1) = val[0], val[-1]
+    line = (f"GRPO validation (greedy answers to held-out reasoning prompts, the training reward; "
+            f"{len(val)} points): reward {v0['val/reward/overall']:.3f} at step {s0} -> "
+            f"{v1['val/reward/overall']:.3f} at step {s1}")
+    if "val/grounding_miou" in v1:
+        line += f", grounding IoU {v0.get('val/grounding_miou', float('nan')):.3f} -> {v1['val/grounding_miou']:.3f}"
+    return line + "."
+
+
 def plots(run_dir: Path, results: dict, arena: dict | None, baseline: dict | None = None) -> list[str]:
     """plots/curves.png (SFT losses, GRPO reward with a moving average) and plots/stages.png (per-stage bars with
     CIs; x marks the images-swapped score, a dashed line the question-only baseline)."""
@@ -180,8 +203,13 @@ def plots(run_dir: Path, results: dict, arena: dict | None, baseline: dict | Non
         window = max(len(pts) // 4, 1)
         axes[1].plot(steps, reward, color="C2", alpha=0.35, label="per step")
         axes[1].plot(steps, smoothed(reward, window), color="C2", label=f"moving average ({window} steps)")
+    val = validation_points(recs)
+    if val:
+        axes[1].plot(*zip(*[(st, v["val/reward/overall"]) for st, v in val]), "o-", color="C3",
+                     label="held-out validation (greedy)")
+    if axes[1].lines:
         axes[1].legend()
-    axes[1].set(title="GRPO mean train reward", xlabel="step", ylabel="reward")
+    axes[1].set(title="GRPO mean reward", xlabel="step", ylabel="reward")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
@@ -309,6 +337,9 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
              "each given another prompt's image; scores that do not drop mean the answers come from the text. "
              "CIs: 95% bootstrap over examples.", ""]
     lines += [citation_line(results), ""]
+    val_line = validation_line(run_dir)
+    if val_line:
+        lines += [val_line, ""]
     if arena:
         lines += [arena_line(arena), ""]
     lines += [f"![{f}]({f})" for f in figs] + [""] + [f"![{g}]({g})" for g in gal[-1:]] + ["", export_note]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines.pipeline import stack_rows, trim_right_padding
@@ -54,10 +55,12 @@ class RunContext:
 
 @dataclasses.dataclass(frozen=True)
 class StageRecipe:
-    """What makes a stage itself. build_step(tx, state_shardings, place) -> step(state, inputs) -> (state, metrics);
-    prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch with
-    the data source's per-process flag). bar_metrics label the progress bar, done_metric goes into DONE.json."""
-
+    """What makes a stage itself. build_step(tx, state_shardings, place, draw) -> step(state, inputs) -> (state,
+    metrics); prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch
+    with the data source's per-process flag); draw() -> the next prepared batch of the stage's own stream (GRPO's
+    dynamic-sampling refill: the stream's state is checkpointed after the step, so a resumed run draws the same).
+    bar_metrics label the progress bar, done_metric goes into DONE.json. validate(params) -> metrics of a fixed
+    held-out slice (validate(params, place)), run every validate_every steps and logged as val/<key>."""
 
     build_step: Callable
     prepare: Callable
@@ -66,6 +69,20 @@ class StageRecipe:
     done_metric: tuple[str, str] = ("final_loss", "loss")
     make_tx: Callable = make_optimizer          # OptimConfig -> optax transformation
     stack: Callable | None = None               # rows -> (arrays, meta); None: the encoder's stack_rows
+    validate: Callable | None = None
+    validate_every: int = 0
+
+
+def _with_validation(on_step: Callable | None, recipe: StageRecipe, spec: StageSpec, writer: MetricsWriter,
+                     place: Callable):
+    """on_step that also runs recipe.validate every recipe.validate_every steps (and at the last step)."""
+    def hook(step: int, metrics: dict, state) -> None:
+        if on_step is not None:
+            on_step(step, metrics, state)
+        if step % recipe.validate_every == 0 or step == spec.steps:
+            val = recipe.validate(state.params, place)
+            writer.write({"step": step, "train_stage": spec.name, **{f"val/{k}": v for k, v in val.items()}})
+    return hook
 
 
 def stage_done(stage_dir: Path) -> dict | None:
@@ -94,6 +111,12 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
     return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
 
 
+def replicate(tree, mesh):
+    """A host pytree equal on every process -> global arrays replicated over the mesh."""
+    from dmx_jax.sharding.distributed import replicated_array
+    return jax.tree.map(lambda x: replicated_array(x, mesh), tree)
+
+
 def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, rows, ctx: RunContext,
               on_step: Callable | None = None):
     """Train one stage from `params` on `rows` (encoded rows, a GrainSource or an IndexedSource); resumable;
@@ -106,7 +129,15 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
     data = batches(rows, spec.batch_size, seed=ctx.seed, stack=recipe.stack)
     state, start = start_or_resume(state, shardings, ck, data)
     place = functools.partial(place_batch, mesh=ctx.mesh, per_process=getattr(data, "per_process", False))
-    step = recipe.build_step(tx, shardings, place)
+
+    def draw():
+        arrays, meta = next(data)
+        return recipe.prepare(arrays, meta, place)
+
+    step = recipe.build_step(tx, shardings, place, draw)
+    if recipe.validate is not None and recipe.validate_every > 0:
+        # the validation prompts are the same on every process and few: replicated, any number of them
+        on_step = _with_validation(on_step, recipe, spec, ctx.writer, functools.partial(replicate, mesh=ctx.mesh))
     loop = LoopConfig(num_steps=spec.steps, stage=spec.name, bar_metrics=recipe.bar_metrics)
     io = LoopIO(checkpointer=ck, writer=ctx.writer, run_config=ctx.run_config, flops_fn=recipe.flops_fn,
                 prepare=lambda arrays, meta: recipe.prepare(arrays, meta, place), on_step=on_step)
@@ -132,7 +163,7 @@ def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int
     shardings in and out (donated) and the placed batch's shardings, under the mesh, so the model's activation
     constraints apply and the step compiles once for the run."""
 
-    def build_step(tx, shardings, place):
+    def build_step(tx, shardings, place, draw):
         step = make_train_step(graphdef, make_sft_loss(loss_chunk, per_row), tx, grad_accum=grad_accum,
                                compute_dtype=None if model_cfg is None else model_cfg.dtype)
         compiled = {}
@@ -156,7 +187,7 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
     study's labels, sides and boxes from pixels; the head at its own learning rate."""
     from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
 
-    def build_step(tx, shardings, place):
+    def build_step(tx, shardings, place, draw):
         return jax.jit(make_train_step(align_graphdef, make_align_loss(), tx), donate_argnums=(0,))
 
     return StageRecipe(build_step, lambda arrays, meta, place: place(arrays),
@@ -165,14 +196,17 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
 
 
 def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, memory: MemoryConfig, seed: int = 0,
-                generation_config: dict | None = None) -> StageRecipe:
+                generation_config: dict | None = None, validation_rows: list | None = None) -> StageRecipe:
     """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids);
-    the prompt stream carries each prompt's reward ground truth, built from the rows' targets and boxes."""
+    the prompt stream carries each prompt's reward ground truth, built from the rows' targets and boxes. Dynamic
+    sampling refills from the same stream. validation_rows (encoded held-out reasoning prompts): every
+    rl.eval_every steps they are answered greedily and scored with the same reward (val/reward/<term>,
+    val/grounding_miou over the prompts with boxes, val/completion_len_mean)."""
     from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
     from dmx_jax.rewards.text_bytes import token_bytes_table
     from dmx_jax.sampling.generate import stop_token_ids
     from dmx_jax.training.grpo import GRPOLearner, sampling_shardings
-    from dmx_jax.training.rl_vlm import make_logprob_fn, make_sample_fn
+    from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
     algo, reward_cfg = rl_cfg.algo, PRESETS[rl_cfg.reward_preset]
     table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
     jitted_reward = make_reward_fn(reward_cfg, table, max_new_tokens=algo.max_new_tokens)
@@ -182,17 +216,18 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
 
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
 
-    def build_step(tx, shardings, place):
+    def build_step(tx, shardings, place, draw):
         # group-shared prefill places P prompts (not P x G rows): only when P divides over the batch axes
-        sample_fn = make_sample_fn(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
+        sampler = make_sampler(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
                                    pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
                                    cache_dtype=memory.kv_cache_dtype)
         decode_layout = sampling_shardings(ref_params, mesh) if mesh.shape["fsdp"] > 1 else None
-        learner = GRPOLearner(graphdef, algo, tx, sample_fn=sample_fn, reward_fn=reward_fn,
-                              logprob_fn=make_logprob_fn(algo, chunk_size=memory.loss_chunk), ref_params=ref_params,
+        learner = GRPOLearner(graphdef, algo, tx, sampler=sampler, reward_fn=reward_fn,
+                              logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk), ref_params=ref_params,
                               seed=seed, place=place, grad_accum=rl_cfg.optim.grad_accum,
                               compute_dtype=model_cfg.dtype, ref_dtype=memory.ref_dtype,
-                              ref_offload=memory.ref_offload, sample_shardings=decode_layout)
+                              ref_offload=memory.ref_offload, sample_shardings=decode_layout,
+                              refill=draw if algo.dynamic_sampling else None)
         return learner.step
 
     def prepare(arrays, meta, place):
@@ -200,9 +235,29 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                                     reward_cfg)
         return {**{k: v for k, v in arrays.items() if k != "loss_mask"}, "reward_truth": truth}
 
+    validate = None
+    if validation_rows and rl_cfg.eval_every > 0:
+        val_arrays, val_meta = stack_rows(validation_rows)
+        with_box = np.asarray([bool(r["boxes"]) for r in val_meta["rows"]], np.float32)
+        greedy = make_sampler(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
+                              pad_id=tokenizer.pad_id, shared_prefill=False, cache_dtype=memory.kv_cache_dtype,
+                              greedy=True)
+
+        def validate(params, place):
+            prompts = place({**prepare(val_arrays, val_meta, place), "with_box": with_box})
+            tokens, _, cmask = greedy.sample(params, prompts, jax.random.key(seed))
+            rewards = reward_fn(tokens, cmask, prompts)
+            out = {f"reward/{k}": float(jnp.mean(v)) for k, v in rewards.items()}
+            if "grounding_iou" in rewards and with_box.any():
+                box = prompts["with_box"]
+                out["grounding_miou"] = float(jnp.sum(rewards["grounding_iou"] * box) / jnp.sum(box))
+            out["completion_len_mean"] = float(jnp.mean(jnp.sum(cmask, axis=1)))
+            return out
+
     return StageRecipe(build_step, prepare,
                        bar_metrics=(("reward", "reward/overall"), ("kl", "kl"), ("len", "completion_len_mean")),
-                       done_metric=("final_reward", "reward/overall"))
+                       done_metric=("final_reward", "reward/overall"), validate=validate,
+                       validate_every=rl_cfg.eval_every)
 
 
 def trimmed_stack(rows, multiple: int):
@@ -212,10 +267,11 @@ def trimmed_stack(rows, multiple: int):
 
 
 def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params, *, mesh, seed: int = 0,
-               memory=None, generation_config: dict | None = None) -> tuple[StageSpec, StageRecipe]:
+               memory=None, generation_config: dict | None = None,
+               validation_rows: list | None = None) -> tuple[StageSpec, StageRecipe]:
     """The schedule and recipe of stage `name` from its config section (cfg.sft / cfg.cold_start: StageConfig,
     cfg.rl: RLConfig) and the run's MemoryConfig. GRPO's reference model is `ref_params` (the parameters the
-    stage starts from)."""
+    stage starts from); validation_rows: GRPO's held-out validation prompts (see grpo_recipe)."""
     memory = memory if memory is not None else MemoryConfig()
     if name != "grpo":
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
@@ -224,10 +280,7 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
         if stage_cfg.pad_multiple > 0:
             trimmed = functools.partial(trimmed_stack, multiple=stage_cfg.pad_multiple)
             recipe = dataclasses.replace(recipe, stack=trimmed)
-        if stage_cfg.vision_lr is not None:
-            from dmx_jax.training.align import vision_lr_optimizer
-            recipe = dataclasses.replace(recipe, make_tx=lambda optim: vision_lr_optimizer(optim, stage_cfg.vision_lr))
-        return spec, recipe
+        return spec, _with_param_groups(recipe, stage_cfg, ref_params)
     n_rollouts = stage_cfg.prompts_per_step * stage_cfg.algo.group_size
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if n_rollouts % shards:
@@ -235,5 +288,36 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
         raise ConfigError(f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
                           f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)")
     spec = StageSpec(name, stage_cfg.steps, stage_cfg.prompts_per_step, stage_cfg.optim, stage_cfg.save_every)
-    return spec, grpo_recipe(graphdef, stage_cfg, tokenizer, ref_params, mesh=mesh, model_cfg=model_cfg,
-                             memory=memory, seed=seed, generation_config=generation_config)
+    recipe = grpo_recipe(graphdef, stage_cfg, tokenizer, ref_params, mesh=mesh, model_cfg=model_cfg, memory=memory,
+                         seed=seed, generation_config=generation_config, validation_rows=validation_rows)
+    per_step = grpo_updates_per_step(stage_cfg) if stage_cfg.lr_schedule_unit == "rollout" else 1
+    return spec, _with_param_groups(recipe, stage_cfg, ref_params, updates_per_step=per_step)
+
+
+def grpo_updates_per_step(rl_cfg) -> int:
+    """Optimizer updates in one GRPO step: epochs x mini-batches of ppo_mini_batch_size prompts."""
+    algo = rl_cfg.algo
+    return algo.num_iterations * (rl_cfg.prompts_per_step // algo.ppo_mini_batch_size if algo.ppo_mini_batch_size
+                                  else 1)
+
+
+def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step: int = 1) -> StageRecipe:
+    """The stage's optimizer with its frozen parameters (stage_cfg.frozen; vision_lr=0 freezes "vision"), the
+    vision tower + merger at vision_lr, and the schedule counting steps of `updates_per_step` updates. Each frozen
+    prefix must name parameters of the model."""
+    frozen = tuple(stage_cfg.frozen) + (("vision",) if stage_cfg.vision_lr == 0 else ())
+    lr_by_prefix = {"vision": stage_cfg.vision_lr} if stage_cfg.vision_lr else {}
+    if not frozen and not lr_by_prefix and updates_per_step == 1:
+        return recipe
+    if params is not None:
+        from dmx_jax.sharding.rules import path_to_str
+        from dmx_jax.training.optim import under
+        paths = [path_to_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for prefix in frozen:
+            if not any(under(p, prefix) for p in paths):
+                from experiments.overrides import ConfigError
+                tops = sorted({p.split(".")[0] for p in paths})
+                raise ConfigError(f"frozen={prefix!r} names no parameter (paths start with {', '.join(tops)}, "
+                                  f"e.g. vision, vision.merger, text.embed)")
+    return dataclasses.replace(recipe, make_tx=lambda optim: make_optimizer(
+        optim, lr_by_prefix=lr_by_prefix, frozen=frozen, updates_per_step=updates_per_step))

@@ -11,10 +11,10 @@ import types
 import typing
 from typing import Any
 
+from dmx_jax.model.config import DTYPES
 from experiments.overrides import ConfigError
 
 STAGES = ("align", "sft", "cold_start", "grpo")
-DTYPES = ("float32", "bfloat16", "float16")
 ARENA_JUDGES = ("rubric",)
 SYNTHETIC_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "classification")
 
@@ -97,6 +97,20 @@ def validate(cfg) -> Any:
         if getattr(cfg, section).pad_multiple < 0:
             raise ConfigError(f"{section}.pad_multiple={getattr(cfg, section).pad_multiple} must be >= 0 "
                               f"(0: batches keep the full sequence length)")
+    rl, algo = cfg.rl, cfg.rl.algo
+    if rl.eval_every < 0 or rl.eval_prompts < 1:
+        raise ConfigError(f"rl.eval_every={rl.eval_every} must be >= 0 (0: no validation) and "
+                          f"rl.eval_prompts={rl.eval_prompts} >= 1")
+    if algo.ppo_mini_batch_size and rl.prompts_per_step % algo.ppo_mini_batch_size:
+        raise ConfigError(f"rl.algo.ppo_mini_batch_size={algo.ppo_mini_batch_size} must divide "
+                          f"rl.prompts_per_step={rl.prompts_per_step} (mini-batches of whole prompt groups)")
+    if algo.old_logp == "current" and algo.ppo_mini_batch_size not in (0, rl.prompts_per_step):
+        raise ConfigError("rl.algo.old_logp='current' is exact only with one mini-batch per step: set "
+                          f"rl.algo.ppo_mini_batch_size=0 or {rl.prompts_per_step}, not {algo.ppo_mini_batch_size}")
+    for section in ("sft", "cold_start", "rl"):
+        vision_lr = getattr(cfg, section).vision_lr
+        if vision_lr is not None and vision_lr < 0:
+            raise ConfigError(f"{section}.vision_lr={vision_lr} must be >= 0 (0: the vision tower is frozen) or None")
     for section in ("sft", "cold_start", "rl"):
         accum, batch = getattr(cfg, section).optim.grad_accum, _batch(cfg, section)
         if accum < 1 or batch % accum:

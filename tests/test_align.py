@@ -24,9 +24,8 @@ from dmx_jax.training.align import (
     make_align_loss,
     merge_vision,
     stack_align_rows,
-    vision_lr_optimizer,
 )
-from dmx_jax.training.optim import OptimConfig
+from dmx_jax.training.optim import OptimConfig, make_optimizer
 from dmx_jax.training.state import init_train_state
 from dmx_jax.training.step import make_train_step
 
@@ -92,9 +91,10 @@ def test_learning_rates_of_tower_and_head_are_separate():
     tx = align_optimizer(OptimConfig(learning_rate=0.0, warmup_steps=0, schedule="constant"), head_lr=1e-2)
     upd, _ = tx.update(grads, tx.init(params), params)
     assert float(jnp.abs(upd["vision"]["w"]).max()) == 0 and float(jnp.abs(upd["lm_head"]["kernel"]).max()) > 1e-3
-    # SFT variant: params["vision"] at its own rate, the rest at cfg's
+    # SFT variant: params["vision"] frozen, the rest at cfg's
     full = {"vision": {"w": jnp.ones(3)}, "text": {"w": jnp.ones(3)}}
-    tx = vision_lr_optimizer(OptimConfig(learning_rate=0.1, warmup_steps=0, schedule="constant", clip_norm=0), 0.0)
+    tx = make_optimizer(OptimConfig(learning_rate=0.1, warmup_steps=0, schedule="constant", clip_norm=0),
+                        frozen=("vision",))
     upd, _ = tx.update(jax.tree.map(jnp.ones_like, full), tx.init(full), full)
     assert float(jnp.abs(upd["vision"]["w"]).max()) == 0 and float(jnp.abs(upd["text"]["w"]).max()) > 0.05
 

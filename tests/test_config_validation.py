@@ -40,6 +40,13 @@ BAD = [  # (cli arguments, words the one error line must contain)
     (["--set", "rl.algo.group_size=0"], ["rl.algo.group_size"]),
     (["--set", "cold_start.steps=-5"], ["cold_start.steps", "-5", "positive"]),
     (["--set", "cold_start.pad_multiple=-64"], ["cold_start.pad_multiple", "-64", ">= 0"]),
+    (["--set", "rl.algo.temperature=0.0"], ["temperature", "> 0"]),
+    (["--set", "rl.algo.loss_mode=ppo"], ["loss_mode", "ppo", "gspo", "cispo"]),
+    (["--set", "rl.algo.adv_estimator=gae"], ["adv_estimator", "gae", "rloo", "reinforce_plus_plus"]),
+    (["--set", "rl.algo.ppo_mini_batch_size=3"], ["rl.algo.ppo_mini_batch_size", "3", "rl.prompts_per_step"]),
+    (["--set", "rl.algo.old_logp=current", "--set", "rl.algo.num_iterations=2"], ["old_logp", "num_iterations"]),
+    (["--set", "rl.eval_every=-1"], ["rl.eval_every", "-1"]),
+    (["--set", "sft.vision_lr=-0.1"], ["sft.vision_lr", "-0.1", "frozen"]),
     (["--run-dir", "gs://bucket/x"], ["gs://bucket/x", "mounted"]),
 ]
 

@@ -12,7 +12,8 @@ MINI = ["--set", "model=tiny", "--set", "data.train_examples=48", "--set", "eval
         "--set", "sft.steps=3", "--set", "cold_start.steps=2", "--set", "rl.steps=2", "--set", "rl.prompts_per_step=2",
         "--set", "rl.algo.max_new_tokens=12", "--set", "eval.max_new_tokens=8",
         "--set", "eval.reasoning_max_new_tokens=12", "--set", "sft.save_every=2",
-        "--set", "align.steps=2", "--set", "align.batch_size=8"]
+        "--set", "align.steps=2", "--set", "align.batch_size=8",
+        "--set", "rl.eval_every=1", "--set", "rl.eval_prompts=3", "--set", "rl.algo.dynamic_sampling=true"]
 
 
 @pytest.mark.slow
@@ -38,6 +39,12 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r.get("train_stage") for r in records} >= {"align", "sft", "cold_start", "grpo"}
     n_records = len(records)
+    # GRPO validation every step (tensorboard and summary.md) and dynamic sampling's refills from the prompt stream
+    val = [r for r in records if r.get("train_stage") == "grpo" and "val/reward/overall" in r]
+    assert [r["step"] for r in val] == [1, 2] and all("val/reward/format" in r for r in val)
+    assert "GRPO validation" in summary
+    grpo = [r for r in records if r.get("train_stage") == "grpo" and "dynamic_sampling/rollouts" in r]
+    assert len(grpo) == 2 and max(r["dynamic_sampling/rollouts"] for r in grpo) > 1     # refilled from the stream
 
     # the export opens in transformers and computes the same logits as the run's final parameters
     import numpy as np

@@ -68,6 +68,13 @@ def test_render_matches_the_chat_template(hf_tok):
     gen = render(ex, hf_tok, [4], [(112, 112)], with_answer=False, reasoning=True)
     assert hf_tok.decode(gen["input_ids"]).endswith("<|im_start|>assistant\n") and gen["loss_mask"].sum() == 0
     assert "\\boxed{}" in hf_tok.decode(gen["input_ids"])
+    # the paper's order: question, then the reasoning instruction; instruction_first swaps them
+    from data_pipelines.formatting import reasoning_suffix
+    after = hf_tok.decode(gen["input_ids"])
+    first = hf_tok.decode(render(ex, hf_tok, [4], [(112, 112)], with_answer=False, reasoning=True,
+                                 instruction_first=True)["input_ids"])
+    assert f"Where is the effusion?\n{reasoning_suffix()}<|im_end|>" in after
+    assert f"{reasoning_suffix()}\nWhere is the effusion?<|im_end|>" in first
 
 
 def test_parse_answer_and_box_rescaling():

@@ -9,6 +9,7 @@ from flax import nnx
 from dmx_jax.sampling.select import select_tokens
 from dmx_jax.training.grpo import GRPOLearner
 from dmx_jax.training.grpo_loss import GRPOConfig
+from dmx_jax.training.rollout import PolicyLogprob, Sampler
 from dmx_jax.training.state import init_train_state
 from tests.helpers.toy_lm import ToyLM
 
@@ -52,8 +53,8 @@ def _run(cfg, steps):
     params = nnx.to_pure_dict(st)
     tx = optax.adam(3e-2)
     sample_fn, logprob_fn, reward_fn = _toy_fns(graphdef)
-    learner = GRPOLearner(graphdef, cfg, tx, sample_fn=sample_fn, reward_fn=reward_fn, logprob_fn=logprob_fn,
-                          ref_params=params, seed=0)
+    learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(sample_fn), reward_fn=reward_fn,
+                          logprob=PolicyLogprob(logprob_fn), ref_params=params, seed=0)
     state = init_train_state(params, tx)
     prompts = {"prompt": np.random.default_rng(0).integers(0, 32, size=(4, 5)).astype(np.int32)}
     history = []
@@ -111,8 +112,8 @@ def _learner(cfg, **kw):
     params = nnx.to_pure_dict(st)
     tx = optax.adam(3e-2)
     sample_fn, logprob_fn, reward_fn = _toy_fns(graphdef)
-    learner = GRPOLearner(graphdef, cfg, tx, sample_fn=sample_fn, reward_fn=kw.pop("reward_fn", reward_fn),
-                          logprob_fn=logprob_fn, ref_params=params, seed=0, **kw)
+    learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(sample_fn), reward_fn=kw.pop("reward_fn", reward_fn),
+                          logprob=PolicyLogprob(logprob_fn), ref_params=params, seed=0, **kw)
     return learner, init_train_state(params, tx)
 
 
@@ -166,15 +167,15 @@ def test_dynamic_sampling_refills_groups_with_signal():
     cfg = GRPOConfig.dapo(group_size=4, max_new_tokens=TN, dynamic_sampling_max_tries=3, overlong_filtering=False)
     learner, state = _learner(cfg, reward_fn=reward_fn, refill=lambda: {"prompt": next(extra)})
     batch, m = learner.rollout(state.params, {"prompt": first}, jax.random.key(3))
-    assert batch["completion"].shape == (16, TN)           # static: 4 groups x G
-    firsts = np.asarray(batch["prompt"][::4, 0])
+    assert batch.completion.shape == (16, TN)           # static: 4 groups x G
+    firsts = np.asarray(batch.inputs["prompt"][::4, 0])
     assert firsts.tolist() == [3, 5, 7, 9]                 # 1 from the first batch, 3 refilled, in order
     assert m["dynamic_sampling/rollouts"] == 2.0 and m["frac_zero_std_groups"] == 0.75
-    assert float(np.asarray(batch["loss_mask"]).sum()) == 16 * TN
+    assert float(np.asarray(batch.loss_mask).sum()) == 16 * TN
     # without refill the static batch keeps its zero-signal groups, masked out of the loss
     learner, state = _learner(cfg, reward_fn=reward_fn)
     batch, m = learner.rollout(state.params, {"prompt": first}, jax.random.key(3))
-    lm = np.asarray(batch["loss_mask"]).reshape(4, 4, TN)
+    lm = np.asarray(batch.loss_mask).reshape(4, 4, TN)
     assert lm[2].all() and not lm[[0, 1, 3]].any()
     assert m["completion_len_mean"] == TN                  # measured before the mask
 
@@ -191,9 +192,9 @@ def test_micro_batched_logprob_pass_and_sampler_old_logp_option():
     learner, _ = _learner(dataclasses.replace(cfg, logprob_micro_batches=4))
     sliced, _ = learner.rollout(state.params, prompts, rng)
     for k in ("old_logp", "ref_logp"):
-        np.testing.assert_allclose(np.asarray(sliced[k]), np.asarray(whole[k]), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(getattr(sliced, k)), np.asarray(getattr(whole, k)), atol=1e-6)
     learner, _ = _learner(dataclasses.replace(cfg, old_logp="sampler"))
     samp, m2 = learner.rollout(state.params, prompts, rng)
-    assert float(jnp.abs(samp["old_logp"] - whole["old_logp"]).max()) == pytest.approx(m2["drift/logp_abs_max"])
-    assert m["entropy"] == 0.0                              # the toy logprob_fn does not declare supports_entropy
+    assert float(jnp.abs(samp.old_logp - whole.old_logp).max()) == pytest.approx(m2["drift/logp_abs_max"])
+    assert m["entropy"] == 0.0                              # the toy log-prob function computes no entropy
     assert m["completion_len_max"] == TN and m["truncation_rate"] == 1.0

@@ -20,6 +20,7 @@ from flax import nnx
 
 from dmx_jax.training.grpo import GRPOLearner
 from dmx_jax.training.grpo_loss import GRPOConfig, aggregate, kl_penalty, policy_loss
+from dmx_jax.training.rollout import PolicyLogprob, Sampler
 from dmx_jax.training.state import init_train_state
 from tests.helpers.toy_lm import ToyLM
 
@@ -66,8 +67,9 @@ def _learner(cfg, rewards, lengths, *, offset=0.0, lr=1.0):
     params = nnx.to_pure_dict(st)
     tx = optax.sgd(lr)
     overall = jnp.asarray(rewards, jnp.float32)
-    learner = GRPOLearner(graphdef, cfg, tx, sample_fn=_fake_sampler(graphdef, lengths, offset),
-                          reward_fn=lambda tokens, mask, rep: {"overall": overall}, logprob_fn=_logprobs, seed=0)
+    learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(_fake_sampler(graphdef, lengths, offset)),
+                          reward_fn=lambda tokens, mask, rep: {"overall": overall}, logprob=PolicyLogprob(_logprobs),
+                          seed=0)
     return learner, init_train_state(params, tx), graphdef
 
 
@@ -94,9 +96,9 @@ def test_old_logp_is_the_trainers_recomputation_not_the_samplers():
     learner, state, graphdef = _learner(cfg, rewards, [6, 3, 4, 2, 5, 6, 1, 3], offset=0.1)
     prompts = _prompts(2)
     batch, m = learner.rollout(state.params, prompts, jax.random.key(0))
-    mask = np.asarray(batch["completion_mask"]) > 0
-    trainer = np.asarray(jax.jit(lambda p, b: _logprobs(nnx.merge(graphdef, p), b))(state.params, batch))
-    np.testing.assert_allclose(np.asarray(batch["old_logp"])[mask], trainer[mask], atol=1e-6)
+    mask = np.asarray(batch.completion_mask) > 0
+    trainer = np.asarray(jax.jit(lambda p, b: _logprobs(nnx.merge(graphdef, p), b))(state.params, batch.inputs))
+    np.testing.assert_allclose(np.asarray(batch.old_logp)[mask], trainer[mask], atol=1e-6)
     assert m["drift/logp_abs_mean"] == pytest.approx(0.1, abs=1e-5)
     _, m = learner.step(state, prompts)
     assert m["updates"] == 1.0
@@ -119,15 +121,15 @@ def test_rows_masked_out_of_the_loss_do_not_reach_the_update(masking, masked_row
     learner, state, _ = _learner(cfg, MASK_REWARDS, MASK_LENGTHS)
     prompts = _prompts(3)
     batch, _ = learner.rollout(state.params, prompts, jax.random.key(0))
-    lm = np.asarray(batch["loss_mask"])
+    lm = np.asarray(batch.loss_mask)
     assert np.flatnonzero(~lm.any(axis=1)).tolist() == masked_rows
     keep = np.flatnonzero(lm.any(axis=1))
-    np.testing.assert_array_equal(lm[keep], np.asarray(batch["completion_mask"])[keep])
+    np.testing.assert_array_equal(lm[keep], np.asarray(batch.completion_mask)[keep])
     sub = jax.tree.map(lambda x: x[keep], batch)
-    sub["completion"] = jnp.where(sub["completion_mask"] > 0, sub["completion"], 7)
+    sub = sub.replace(inputs={**sub.inputs, "completion": jnp.where(sub.completion_mask > 0, sub.completion, 7)})
     want, _ = learner._update(_copy(state), sub)
     # the fixture discriminates: counting the masked rows changes the update
-    ignored, _ = learner._update(_copy(state), {**batch, "loss_mask": batch["completion_mask"]})
+    ignored, _ = learner._update(_copy(state), batch.replace(loss_mask=batch.completion_mask))
     assert _max_diff(ignored, want) > 1e-3
     got, m = learner.step(_copy(state), prompts)
     assert m["updates"] == 1.0
@@ -158,7 +160,7 @@ def test_mini_batches_are_group_strided():
     seen, update = [], learner._update
 
     def spy(s, mb):
-        seen.append(np.asarray(mb["prompt"])[:, 0].tolist())
+        seen.append(np.asarray(mb.inputs["prompt"])[:, 0].tolist())
         return update(s, mb)
 
     learner._update = spy
@@ -190,7 +192,7 @@ def test_overlong_penalty_is_added_once():
     assert m["reward/overall"] == pytest.approx(np.mean(np.add(raw, pen)), abs=1e-6)
     want = _verl_advantages(np.add(raw, pen), 4)
     assert np.abs(_verl_advantages(np.add(raw, 2 * pen), 4) - want).max() > 1e-2   # twice would show
-    np.testing.assert_allclose(np.asarray(batch["advantages"]), want, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(batch.advantages)[:, 0], want, atol=1e-5)
 
 
 # ---- 5. seq-mean aggregation over rows with tokens ------------------------------------------------------------

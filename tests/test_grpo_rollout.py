@@ -13,7 +13,7 @@ from dmx_jax.model import Qwen25VL, tiny
 from dmx_jax.sampling.generate import stop_token_ids
 from dmx_jax.training.grpo import GRPOLearner, repeat_prompts
 from dmx_jax.training.grpo_loss import GRPOConfig
-from dmx_jax.training.rl_vlm import completion_logprobs, make_logprob_fn, make_sample_fn
+from dmx_jax.training.rl_vlm import completion_logprobs, make_policy_logprob, make_sampler
 from dmx_jax.training.state import init_train_state
 from tests.test_grpo_vlm import _prompt_batch
 
@@ -38,10 +38,11 @@ def test_sampler_logprobs_equal_trainer_at_temperature(model_and_prompts):
     which the trainer recomputes (fp32, 1e-5), chunked or not."""
     cfg, graphdef, params, prompts = model_and_prompts
     algo = GRPOConfig(group_size=G, max_new_tokens=NEW, temperature=0.7, top_k=20)
-    tokens, slp, cmask = make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0)(params, prompts, jax.random.key(1))
+    sampler = make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0)
+    tokens, slp, cmask = sampler.sample(params, prompts, jax.random.key(1))
     model = nnx.merge(graphdef, params)
     batch = _batch(prompts, tokens, cmask)
-    (lp0, ent0), (lp3, ent3) = (make_logprob_fn(algo, chunk_size=c)(model, batch, return_entropy=True) for c in (0, 3))
+    (lp0, ent0), (lp3, ent3) = (make_policy_logprob(algo, chunk_size=c)(model, batch, entropy=True) for c in (0, 3))
     for lp in (lp0, lp3):                                        # whole and chunked over positions
         np.testing.assert_allclose(np.asarray(lp), np.asarray(slp), atol=1e-5)
     np.testing.assert_allclose(np.asarray(ent3), np.asarray(ent0), atol=1e-5)
@@ -56,11 +57,11 @@ def test_group_shared_prefill_equals_repeated_prompts(model_and_prompts):
     cfg, graphdef, params, prompts = model_and_prompts
     algo = GRPOConfig(group_size=G, max_new_tokens=NEW, temperature=1.0)
     rng = jax.random.key(7)
-    shared = make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0)
-    repeated = make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0, shared_prefill=False)
+    shared = make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0)
+    repeated = make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0, shared_prefill=False)
     assert shared.group_size == G and repeated.group_size == 1
-    a = shared(params, prompts, rng)
-    b = repeated(params, repeat_prompts(prompts, G), rng)
+    a = shared.sample(params, prompts, rng)
+    b = repeated.sample(params, repeat_prompts(prompts, G), rng)
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
     np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(a[2]), np.asarray(b[2]))
@@ -69,17 +70,18 @@ def test_group_shared_prefill_equals_repeated_prompts(model_and_prompts):
 
 def test_any_number_of_stop_tokens_and_micro_batches(model_and_prompts):
     cfg, graphdef, params, prompts = model_and_prompts
-    greedy = GRPOConfig(group_size=G, max_new_tokens=NEW, temperature=0.0)
-    toks, _, _ = make_sample_fn(graphdef, greedy, stop_token_ids=(), pad_id=0)(params, prompts, jax.random.key(0))
+    algo = GRPOConfig(group_size=G, max_new_tokens=NEW)
+    greedy = make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0, greedy=True)
+    toks, _, _ = greedy.sample(params, prompts, jax.random.key(0))
     toks = np.asarray(toks)
     # micro-batched rollout (2 slices of the prompt batch) gives the greedy tokens of the whole batch
-    micro = dataclasses.replace(greedy, rollout_micro_batches=2)
-    np.testing.assert_array_equal(
-        np.asarray(make_sample_fn(graphdef, micro, stop_token_ids=(), pad_id=0)(params, prompts, jax.random.key(0))[0]),
-        toks)
+    micro = make_sampler(graphdef, dataclasses.replace(algo, rollout_micro_batches=2), stop_token_ids=(), pad_id=0,
+                         greedy=True)
+    np.testing.assert_array_equal(np.asarray(micro.sample(params, prompts, jax.random.key(0))[0]), toks)
     # two stop ids: row 0 stops at the first of either, row G (second prompt) likewise
     stops = (int(toks[0, 2]), int(toks[G, 4]))
-    t2, _, m2 = make_sample_fn(graphdef, greedy, stop_token_ids=stops, pad_id=0)(params, prompts, jax.random.key(0))
+    stopping = make_sampler(graphdef, algo, stop_token_ids=stops, pad_id=0, greedy=True)
+    t2, _, m2 = stopping.sample(params, prompts, jax.random.key(0))
     t2, m2 = np.asarray(t2), np.asarray(m2)
     for row in (0, G):
         first = int(np.flatnonzero(np.isin(toks[row], stops))[0])
@@ -107,8 +109,8 @@ def _bf16_step(old_logp):
         return {"overall": jnp.mean((tokens < cfg.text.vocab_size // 8).astype(jnp.float32) * mask, axis=1)}
 
     tx = optax.sgd(0.0)                      # no update: the ratio measures the old-log-prob source alone
-    learner = GRPOLearner(graphdef, algo, tx, sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob_fn=make_logprob_fn(algo, chunk_size=4), ref_params=params,
+    learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
+                          reward_fn=reward_fn, logprob=make_policy_logprob(algo, chunk_size=4), ref_params=params,
                           ref_dtype="bfloat16", ref_offload=True)
     floats = [x for x in jax.tree.leaves(learner.ref_params) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert all(x.dtype == jnp.bfloat16 for x in floats)

@@ -10,7 +10,8 @@ from flax import nnx
 from dmx_jax.model import ModelConfig, Qwen25VL, rope_index, tiny, vision_inputs
 from dmx_jax.training.grpo import GRPOLearner
 from dmx_jax.training.grpo_loss import GRPOConfig
-from dmx_jax.training.rl_vlm import completion_logprobs, make_sample_fn
+from dmx_jax.training.rl_vlm import completion_logprobs, make_sampler
+from dmx_jax.training.rollout import PolicyLogprob
 from dmx_jax.training.state import init_train_state
 from tests.helpers import hf_reference as R
 
@@ -49,8 +50,8 @@ def test_vlm_grpo_drift_and_reward():
         return {"overall": jnp.mean((tokens < cfg.text.vocab_size // 8).astype(jnp.float32) * mask, axis=1)}
 
     tx = optax.adam(6e-2)
-    learner = GRPOLearner(graphdef, algo, tx, sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob_fn=completion_logprobs, seed=0)
+    learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
+                          reward_fn=reward_fn, logprob=PolicyLogprob(completion_logprobs), seed=0)
     st = init_train_state(params, tx)
     prompts = _prompt_batch(cfg)
     hist = []
@@ -87,8 +88,8 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
         if sample_layout:
             from dmx_jax.training.grpo import sampling_shardings
             sample_shardings = sampling_shardings(st.params, mesh)
-    learner = GRPOLearner(graphdef, algo, tx, sample_fn=make_sample_fn(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob_fn=completion_logprobs, ref_params=st.params, seed=0,
+    learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
+                          reward_fn=reward_fn, logprob=PolicyLogprob(completion_logprobs), ref_params=st.params, seed=0,
                           place=place, sample_shardings=sample_shardings)
     prompts = _prompt_batch(cfg, n=4)
     if per_process:

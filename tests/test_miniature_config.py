@@ -1,5 +1,5 @@
 """The miniature's data and optimizer knobs: question-family weights shape the train split only, and a stage's
-vision_lr reaches the vision tower (and nothing else)."""
+vision_lr reaches the vision tower (and nothing else), frozen parameters neither move nor hold optimizer state."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.optim import OptimConfig
@@ -71,3 +72,41 @@ def test_row_weighted_sft_loss_is_the_mean_of_per_row_token_means():
     assert abs(float(c_row) - b) < 1e-5 and float(c_tok) == 2 + 9 + 6
     np.testing.assert_allclose(float(s_row) / float(c_row), np.mean(means), rtol=1e-5)
     assert abs(float(s_tok) / float(c_tok) - np.mean(means)) > 1e-4      # the two weightings differ here
+
+
+
+def _named(tree) -> list:
+    return [(_path(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def test_frozen_parameters_keep_no_state_stay_put_and_leave_the_clipping_norm():
+    """StageConfig.frozen (and vision_lr=0, which freezes "vision"): the optimizer holds no moments for frozen
+    leaves, they never move, and global-norm clipping sees the trained gradients only (a huge gradient on a frozen
+    leaf does not shrink the others' step). A prefix naming no parameter is a one-line config error."""
+    from experiments.overrides import ConfigError
+    params = {"vision": {"blocks": {"kernel": jnp.ones((3, 4))}, "merger": {"scale": jnp.ones(4)}},
+              "text": {"layers": {"kernel": jnp.ones((4, 4))}}, "lm_head": {"kernel": jnp.ones((4, 5))}}
+    optim = OptimConfig(learning_rate=0.1, warmup_steps=0, schedule="constant", clip_norm=1.0)
+    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    cases = [(StageConfig(optim=optim, frozen=("vision.merger",)), {"vision.merger.scale"}),
+             (StageConfig(optim=optim, vision_lr=0.0), {"vision.blocks.kernel", "vision.merger.scale"})]
+    for stage, frozen in cases:
+        _, recipe = plan_stage("sft", stage, None, None, None, params, mesh=mesh)
+        tx = recipe.make_tx(optim)
+        opt_state = tx.init(params)
+        trained = sum(x.size for name, x in _named(params) if name not in frozen)
+        assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == 2 * trained     # Adam mu, nu only
+        grads = jax.tree.map(jnp.ones_like, params)
+        big = jax.tree_util.tree_map_with_path(lambda p, g: g * 1e6 if _path(p) in frozen else g, grads)
+        small_upd, _ = tx.update(grads, opt_state, params)
+        big_upd, _ = tx.update(big, opt_state, params)
+        for (name, a), (_, b) in zip(_named(small_upd), _named(big_upd)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, err_msg=name)
+            assert (float(jnp.abs(a).max()) == 0.0) == (name in frozen), name
+    with pytest.raises(ConfigError, match="visionx"):
+        plan_stage("sft", StageConfig(optim=optim, frozen=("visionx",)), None, None, None, params, mesh=mesh)
+
+
+def _path(path) -> str:
+    from dmx_jax.sharding.rules import path_to_str
+    return path_to_str(path)

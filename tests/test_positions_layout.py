@@ -16,7 +16,7 @@ from dmx_jax.model.batched import forward_logits
 from dmx_jax.processing.image import preprocess_images
 from dmx_jax.sampling import generate
 from dmx_jax.training.grpo_loss import GRPOConfig
-from dmx_jax.training.rl_vlm import completion_logprobs, make_sample_fn
+from dmx_jax.training.rl_vlm import completion_logprobs, make_sampler
 from dmx_jax.training.sft import sft_loss
 
 pytestmark = pytest.mark.slow        # ~40 s of compiles (5 rows alone, 4 batch sizes) on 2 cores
@@ -90,8 +90,9 @@ def _outputs(model, arrays: dict) -> dict:
     out = jax.tree.map(np.asarray, _forward(graphdef, params, arrays))
     prompts = {k: v for k, v in arrays.items() if k not in ("loss_mask", "completion")}
     out["tokens"] = np.asarray(generate(model, **prompts, max_new_tokens=NEW))
-    greedy = GRPOConfig(group_size=2, max_new_tokens=NEW, temperature=0.0)
-    sampled, _, _ = make_sample_fn(graphdef, greedy, stop_token_ids=(), pad_id=0)(params, prompts, jax.random.key(0))
+    greedy = make_sampler(graphdef, GRPOConfig(group_size=2, max_new_tokens=NEW), stop_token_ids=(), pad_id=0,
+                          greedy=True)
+    sampled, _, _ = greedy.sample(params, prompts, jax.random.key(0))
     out["sampled"] = np.asarray(sampled)[::2]                      # the first of each group of 2 greedy samples
     return out
 

@@ -33,13 +33,15 @@ class DoesNotFit(ValueError):
 @dataclasses.dataclass(frozen=True)
 class EncodingConfig:
     """How an Example becomes arrays. vision: the model's vision config (patch / merge sizes, windows).
-    reasoning: train on the reasoning trace (cold start / RL format). prompt_only: generation prompts."""
+    reasoning: train on the reasoning trace (cold start / RL format). prompt_only: generation prompts.
+    instruction_first: the reasoning instruction before the question (formatting.render)."""
 
     vision: VisionConfig = VisionConfig()
     min_pixels: int = DEFAULT_MIN_PIXELS
     max_pixels: int = DEFAULT_MAX_PIXELS
     reasoning: bool = False
     prompt_only: bool = False
+    instruction_first: bool = False
 
 
 def check_buckets(buckets: Sequence[Sequence[int]]) -> tuple[Bucket, ...]:
@@ -85,7 +87,7 @@ def _measure(example: Example, tokenizer, cfg: EncodingConfig, cache: dict | Non
     images, grid, pixel_values = _pixels(example, cfg, cache)
     resized = [(int(g[2]) * v.patch_size, int(g[1]) * v.patch_size) for g in grid]
     r = render(example, tokenizer, list(num_image_tokens(grid, v.spatial_merge_size)), resized,
-               reasoning=cfg.reasoning, with_answer=not cfg.prompt_only)
+               reasoning=cfg.reasoning, with_answer=not cfg.prompt_only, instruction_first=cfg.instruction_first)
     return images, grid, pixel_values, r, resized
 
 

@@ -75,16 +75,16 @@ def global_array(local: Any, mesh: Mesh, spec: PartitionSpec) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
+def replicated_array(value: Any, mesh: Mesh) -> jax.Array:
+    """One global jax.Array replicated over the mesh from a host value that is equal on every process."""
+    arr = np.asarray(value)
+    return jax.make_array_from_callback(arr.shape, NamedSharding(mesh, PartitionSpec()), lambda idx: arr[idx])
+
+
 def global_batch(local_batch: dict[str, Any], mesh: Mesh, specs: dict[str, PartitionSpec]) -> dict[str, jax.Array]:
     """global_array over a dict batch; keys without a spec are replicated (must be equal on all processes)."""
-    out = {}
-    for k, v in local_batch.items():
-        if k in specs:
-            out[k] = global_array(v, mesh, specs[k])
-        else:
-            arr = np.asarray(v)
-            out[k] = jax.make_array_from_callback(arr.shape, NamedSharding(mesh, PartitionSpec()), lambda idx: arr[idx])
-    return out
+    return {k: global_array(v, mesh, specs[k]) if k in specs else replicated_array(v, mesh)
+            for k, v in local_batch.items()}
 
 
 def is_main_process() -> bool:

@@ -17,7 +17,6 @@ Use with the project's train step (the trained pytree holds only the tower, the 
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -29,7 +28,7 @@ from flax import nnx
 
 from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS
 from dmx_jax.model.qwen2_5_vl import Qwen25VL
-from dmx_jax.training.optim import OptimConfig, _decay_mask, learning_rate_schedule
+from dmx_jax.training.optim import OptimConfig, make_optimizer
 
 N_LABELS = 14
 N_OUT = N_LABELS * (1 + 2 + 4)          # labels, sides (left, right), boxes (x0, y0, x1, y1)
@@ -133,33 +132,10 @@ def make_align_loss(side_weight: float = 1.0, box_weight: float = 1.0):
     return functools.partial(align_loss, side_weight=side_weight, box_weight=box_weight)
 
 
-def _grouped_adamw(cfg: OptimConfig, lr_by_key: dict[str, float]) -> optax.GradientTransformation:
-    """AdamW (cfg) with global-norm clipping over all params; params[k] for k in `lr_by_key` (top-level keys)
-    train at their own learning rate (same schedule shape), the rest at cfg's."""
-
-    def adamw(c: OptimConfig):
-        return optax.adamw(learning_rate_schedule(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                           mask=_decay_mask)
-
-    txs = {"default": adamw(cfg),
-           **{k: adamw(dataclasses.replace(cfg, learning_rate=lr)) for k, lr in lr_by_key.items()}}
-
-    def labels(params):
-        return {k: jax.tree.map(lambda _, k=k: k if k in lr_by_key else "default", v) for k, v in params.items()}
-
-    parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    return optax.chain(*parts, optax.multi_transform(txs, labels))
-
-
 def align_optimizer(cfg: OptimConfig, head_lr: float | None = None) -> optax.GradientTransformation:
     """AdamW (cfg) for the tower and merger (params["vision"]), the head (params["lm_head"]) at its own learning
     rate (default: cfg's)."""
-    return _grouped_adamw(cfg, {} if head_lr is None else {"lm_head": head_lr})
-
-
-def vision_lr_optimizer(cfg: OptimConfig, vision_lr: float) -> optax.GradientTransformation:
-    """For SFT: AdamW (cfg) on the decoder and head, the tower + merger (params["vision"]) at vision_lr."""
-    return _grouped_adamw(cfg, {"vision": vision_lr})
+    return make_optimizer(cfg, lr_by_prefix={} if head_lr is None else {"lm_head": head_lr})
 
 
 def merge_vision(full_params: dict, align_params: dict) -> dict:

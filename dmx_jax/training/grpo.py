@@ -1,18 +1,21 @@
-"""GRPO learner: rollout -> rewards -> group advantages -> PPO epochs x mini-batches of clipped updates.
+"""GRPO learner: rollout -> rewards -> log-prob passes -> advantages -> PPO epochs x mini-batches of updates.
 
-The learner is model-agnostic; it receives three functions:
-- `sample_fn(params, prompts, rng) -> (tokens [N, Tn], sampler_logp [N, Tn], completion_mask [N, Tn])`
-  for N = prompts x G rows, groups contiguous. If `sample_fn.group_size == G` (rl_vlm.make_sample_fn with
-  shared_prefill) it receives the P prompts once and expands each into its G samples after one shared prefill;
-  otherwise it receives the prompts already repeated G times;
+The learner is model-agnostic; it receives (records in dmx_jax.training.rollout):
+- a `Sampler`: sample(params, prompts, rng) -> (tokens [N, Tn], sampler_logp [N, Tn], completion_mask [N, Tn]) for
+  N = prompts x G rows, groups contiguous; with Sampler.group_size == G it receives the P prompts once and shares
+  one prefill per group, otherwise the prompts arrive repeated G times;
 - `reward_fn(tokens, completion_mask, prompts) -> dict of [N] arrays` with key 'overall' (prompts repeated);
-- `logprob_fn(model, batch) -> [N, Tn]` per-token log-probs of the completion under `model` at the sampling
-  temperature (rl_vlm.make_logprob_fn), where `batch` is the prompt arrays plus 'completion' and
-  'completion_mask'; with `logprob_fn.supports_entropy` it also accepts return_entropy=True -> (logp, entropy).
+- a `PolicyLogprob`: per-token log-probs [N, Tn] of the completion under a model at the sampling temperature
+  (rl_vlm.make_policy_logprob), and the entropy when it has one.
 
-pi_old is the trainer's recomputation with the rollout's weights (EasyR1/verl), so the first ratio is exactly 1
-whatever the sampler's numerics; `GRPOConfig.old_logp="sampler"` reuses the sampler's log-probs instead. Either
-way drift |log pi_sampler - log pi_trainer| is logged. Each rollout batch is a pytree of static-shape arrays.
+pi_old (`GRPOConfig.old_logp`): "trainer" recomputes it with the rollout's weights (EasyR1/verl), so the first
+ratio is exactly 1 whatever the sampler's numerics; "sampler" reuses the sampler's log-probs; "current" skips the
+pass and takes stop_gradient of the update's own log-probs, exact on-policy (one epoch, one mini-batch: verl's
+shortcut). Drift |log pi_sampler - log pi_trainer| is logged every step either way, and `tis_cap` corrects it
+by truncated importance sampling. Each rollout batch is a `Rollout` of static-shape arrays.
+
+Advantages come after the log-prob passes, so a KL term in the reward (kl_reward_coef, verl use_kl_in_reward)
+sees pi_old and the reference; `adv_estimator` picks grpo, rloo or reinforce_plus_plus.
 
 Updates: `num_iterations` (= ppo_epochs) passes over the batch, each split into mini-batches of
 `ppo_mini_batch_size` prompt groups (group-strided, so a batch sharded in blocks stays local); each mini-batch
@@ -23,7 +26,7 @@ optimizer's own update count lives in its state.
 
 DAPO: dynamic sampling keeps the groups whose rewards differ and refills from further prompt batches
 (`refill()`, up to dynamic_sampling_max_tries rollouts); the batch keeps its static P * G rows, groups without
-signal filling the remainder with completion_mask 0. Overlong filtering zeroes the loss mask of truncated rows;
+signal filling the remainder with loss_mask 0. Overlong filtering zeroes the loss mask of truncated rows;
 the soft overlong penalty is added to 'overall' before advantages.
 
 With `place` (e.g. experiments.stages.place_batch) prompt batches become global arrays sharded over the mesh's
@@ -33,6 +36,7 @@ token). Every step logs time/rollout_s, time/reward_s, time/logprob_s (trainer +
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,13 +49,15 @@ from flax import nnx
 
 from dmx_jax.training.grpo_loss import (
     GRPOConfig,
-    group_advantages,
+    compute_advantages,
     group_has_signal,
+    kl_penalty,
     mini_batch_rows,
     overlong_penalty,
     policy_loss,
     truncated_rows,
 )
+from dmx_jax.training.rollout import PolicyLogprob, Rollout, Sampler
 from dmx_jax.training.state import TrainState, cast_floating
 from dmx_jax.training.step import make_train_step
 
@@ -94,15 +100,41 @@ def map_row_slices(fn: Callable, batch: Any, k: int) -> Any:
 
 
 def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
-                       logprob_fn: Callable, *, grad_accum: int = 1, compute_dtype=None):
-    """Pure update step(state, mini_batch) -> (state, metrics) minimising the GRPO objective (one optimizer update)."""
+                       logprob: PolicyLogprob, *, grad_accum: int = 1, compute_dtype=None):
+    """Pure update step(state, mini_batch: Rollout) -> (state, metrics) minimising the GRPO objective (one
+    optimizer update). Entropy is computed in the update when the bonus needs it or pi_old is 'current' (the
+    rollout then ran no policy pass to log it)."""
+    with_entropy = logprob.with_entropy and (cfg.entropy_coeff > 0 or cfg.old_logp == "current")
+    if cfg.entropy_coeff > 0 and not logprob.with_entropy:
+        raise ValueError("grpo.entropy_coeff > 0 needs a log-prob function that computes the entropy")
 
-    def loss_fn(model, batch, rng):
-        logp = logprob_fn(model, batch)
-        return policy_loss(logp, batch["old_logp"], batch.get("ref_logp"), batch["advantages"],
-                           batch["loss_mask"] if "loss_mask" in batch else batch["completion_mask"], cfg)
+    def loss_fn(model, batch: Rollout, rng):
+        logp, entropy = logprob(model, batch.inputs, entropy=with_entropy)
+        old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
+        is_weights = None
+        if cfg.tis_cap:
+            is_weights = jnp.minimum(jnp.exp(old - batch.sampler_logp), cfg.tis_cap)
+        num, den, metrics = policy_loss(logp, old, batch.ref_logp, batch.advantages, batch.loss_mask, cfg,
+                                        is_weights=is_weights, entropy=entropy)
+        if batch.old_logp is None:      # no pi_old pass: the sampler-trainer drift is measured here
+            metrics["drift/logp_abs_mean_sum"] = jnp.sum(jnp.abs(old - batch.sampler_logp) * batch.loss_mask)
+        if is_weights is not None:
+            metrics["tis/weight_sum"] = jnp.sum(is_weights * batch.loss_mask)
+            metrics["tis/capped_sum"] = jnp.sum((is_weights >= cfg.tis_cap) * batch.loss_mask)
+        return num, den, metrics
 
     return make_train_step(graphdef, loss_fn, tx, grad_accum=grad_accum, compute_dtype=compute_dtype)
+
+
+def rollout_loss_mask(batch: Rollout, cfg: GRPOConfig) -> jax.Array:
+    """completion_mask less the groups without reward signal (dynamic sampling: the static batch keeps them, with
+    no loss) and the truncated rows (overlong filtering)."""
+    loss_mask = batch.completion_mask
+    if cfg.dynamic_sampling:
+        loss_mask = loss_mask * group_has_signal(batch.scores, cfg.group_size)[:, None]
+    if cfg.overlong_filtering:
+        loss_mask = loss_mask * (1.0 - batch.truncated)[:, None]
+    return loss_mask
 
 
 def _device_to_host(tree: Any) -> tuple[Any, Any]:
@@ -133,41 +165,48 @@ class GRPOLearner:
     shape, for dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings)."""
 
     def __init__(self, graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation, *,
-                 sample_fn: Callable, reward_fn: Callable, logprob_fn: Callable, ref_params: Any = None,
+                 sampler: Sampler, reward_fn: Callable, logprob: PolicyLogprob, ref_params: Any = None,
                  seed: int = 0, grad_accum: int = 1, compute_dtype=None,
                  place: Callable[[dict], dict] | None = None, ref_dtype=None, ref_offload: bool = False,
                  refill: Callable[[], dict] | None = None, sample_shardings: Any = None):
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
-        self.sample_fn, self.reward_fn, self.refill = sample_fn, reward_fn, refill
+        self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
         self.sample_shardings, self.compute_dtype = sample_shardings, compute_dtype
-        self.shared_prefill = getattr(sample_fn, "group_size", 1) == cfg.group_size
-        self.stop_token_ids = tuple(getattr(sample_fn, "stop_token_ids", ()))
+        self.shared_prefill = sampler.group_size == cfg.group_size
         self.ref_params, self._ref_shardings = None, None
-        if ref_params is not None and cfg.kl_coef:
+        if cfg.needs_reference and ref_params is None:
+            raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need the reference parameters (ref_params)")
+        if ref_params is not None and cfg.needs_reference:
             # own copy (the policy's buffers are donated to the update step), in ref_dtype
             ref = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
             ref = cast_floating(ref, None if ref_dtype is None else jnp.dtype(ref_dtype))
             self.ref_params, self._ref_shardings = _device_to_host(ref) if ref_offload else (ref, None)
         self.seed = seed
-        self._update = jax.jit(make_policy_update(graphdef, cfg, tx, logprob_fn, grad_accum=grad_accum,
+        self._update = jax.jit(make_policy_update(graphdef, cfg, tx, logprob, grad_accum=grad_accum,
                                                   compute_dtype=compute_dtype), donate_argnums=(0,))
-        entropy = bool(getattr(logprob_fn, "supports_entropy", False))
         k = cfg.logprob_micro_batches
 
-        def logp(params, batch, with_entropy):
+        def logp(params, inputs, with_entropy):
             model = nnx.merge(graphdef, cast_floating(params, compute_dtype))
-            run = ((lambda b: logprob_fn(model, b, return_entropy=True)) if with_entropy
-                   else (lambda b: (logprob_fn(model, b), jnp.zeros(b["completion"].shape, jnp.float32))))
-            return map_row_slices(run, batch, k)
 
-        self._logp_policy = jax.jit(lambda p, b: logp(p, b, entropy))
+            def run(b):
+                lp, ent = logprob(model, b, entropy=with_entropy)
+                return lp, (jnp.zeros(lp.shape, jnp.float32) if ent is None else ent)
+            return map_row_slices(run, inputs, k)
+
+        self._logp_policy = jax.jit(lambda p, b: logp(p, b, logprob.with_entropy))
         self._logp_ref = jax.jit(lambda p, b: logp(p, b, False)[0])
         self._split = jax.jit(group_strided_split, static_argnums=(1, 2))
+        self._take_rows = jax.jit(lambda parts, idx: jax.tree.map(
+            lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts))
+        self._loss_mask = jax.jit(functools.partial(rollout_loss_mask, cfg=cfg))
+        self._advantages = jax.jit(lambda scores, mask, token_rewards: compute_advantages(scores, mask, cfg,
+                                                                                          token_rewards))
         self._rewind = jax.jit(lambda s, d: s.replace(step=s.step - d), donate_argnums=(0,))
 
     # -- rollout ---------------------------------------------------------------------------------------------
-    def _sample_and_score(self, params, prompts: dict, rng: jax.Array) -> tuple[dict, dict, float, float]:
+    def _sample_and_score(self, params, prompts: dict, rng: jax.Array) -> tuple[Rollout, dict, float, float]:
         cfg = self.cfg
         rep = repeat_prompts(prompts, cfg.group_size)
         if self.place is not None:      # sharded over the mesh's batch axes: rollouts are data-parallel
@@ -176,26 +215,27 @@ class GRPOLearner:
         if self.shared_prefill:
             src = self.place(dict(prompts)) if self.place is not None else prompts
         t0 = time.perf_counter()
-        tokens, sampler_logp, cmask = jax.block_until_ready(self.sample_fn(params, src, rng))
+        tokens, sampler_logp, cmask = jax.block_until_ready(self.sampler.sample(params, src, rng))
         t1 = time.perf_counter()
         rewards = dict(jax.block_until_ready(self.reward_fn(tokens, cmask, rep)))
         t2 = time.perf_counter()
         cmask = jnp.asarray(cmask, jnp.float32)
-        lengths = cmask.sum(axis=1)
         overall = jnp.asarray(rewards["overall"], jnp.float32)
         if cfg.overlong_buffer_len:
-            pen = overlong_penalty(lengths, tokens.shape[1], cfg.overlong_buffer_len, cfg.overlong_penalty_factor)
+            pen = overlong_penalty(cmask.sum(axis=1), tokens.shape[1], cfg.overlong_buffer_len,
+                                   cfg.overlong_penalty_factor)
             rewards["overlong_penalty"] = pen
             overall = overall + pen
         rewards["overall"] = overall
-        trunc = truncated_rows(jnp.asarray(tokens), cmask, self.stop_token_ids)
-        out = {**jax.tree.map(jnp.asarray, rep), "completion": jnp.asarray(tokens), "completion_mask": cmask,
-               "sampler_logp": jnp.asarray(sampler_logp),
-               "advantages": group_advantages(overall, cfg.group_size, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps),
-               "_overall": overall, "_truncated": trunc.astype(jnp.float32)}
-        return out, rewards, t1 - t0, t2 - t1
+        trunc = truncated_rows(jnp.asarray(tokens), cmask, self.sampler.stop_token_ids)
+        inputs = {**jax.tree.map(jnp.asarray, rep), "completion": jnp.asarray(tokens), "completion_mask": cmask}
+        part = Rollout(inputs=inputs, sampler_logp=jnp.asarray(sampler_logp), scores=overall,
+                       truncated=trunc.astype(jnp.float32), loss_mask=cmask)
+        return part, rewards, t1 - t0, t2 - t1
 
-    def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[dict, dict]:
+    def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[Rollout, dict]:
+        """Sample, score, select groups, run the pi_old / reference passes and the advantages: the update's batch
+        and this step's rollout metrics."""
         cfg = self.cfg
         sample_params = params
         if self.sample_shardings is not None:   # one re-layout per rollout phase, in the compute dtype
@@ -210,7 +250,7 @@ class GRPOLearner:
             t_roll, t_rew = t_roll + tr, t_rew + tw
             if attempt == 0:
                 first, first_rewards = part, rewards
-            signal = _to_host(group_has_signal(part["_overall"], cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
+            signal = _to_host(group_has_signal(part.scores, cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
             n_groups = len(signal)              # global prompt count (a process may hold only its own rows)
             parts.append((part, signal))
             kept += int(signal.sum())
@@ -218,42 +258,48 @@ class GRPOLearner:
                 break
         del sample_params
         t2 = time.perf_counter()
-        batch = self._select_groups(parts, n_groups) if cfg.dynamic_sampling else dict(first)
-        cmask = batch["completion_mask"]
-        loss_mask = cmask
-        if cfg.dynamic_sampling:    # static shapes: groups without signal stay, with no loss
-            loss_mask = loss_mask * group_has_signal(batch["_overall"], cfg.group_size)[:, None]
-        if cfg.overlong_filtering:
-            loss_mask = loss_mask * (1.0 - batch["_truncated"])[:, None]
-        batch["loss_mask"] = loss_mask
-        trainer_logp, entropy = self._logp_policy(params, batch)
-        sampler_logp = batch.pop("sampler_logp")
-        batch["old_logp"] = trainer_logp if cfg.old_logp == "trainer" else sampler_logp
+        batch = self._select_groups(parts, n_groups) if cfg.dynamic_sampling else first
+        cmask = batch.completion_mask
+        loss_mask = self._loss_mask(batch)
+        metrics = {}
+        old_logp = entropy = None
+        if cfg.old_logp != "current":
+            trainer_logp, entropy = self._logp_policy(params, batch.inputs)
+            old_logp = trainer_logp if cfg.old_logp == "trainer" else batch.sampler_logp
+            drift = jnp.abs(trainer_logp - batch.sampler_logp) * cmask
+            n_tok = jnp.maximum(cmask.sum(), 1.0)
+            metrics.update({"drift/logp_abs_mean": float(drift.sum() / n_tok),
+                            "drift/logp_abs_max": float(drift.max()),
+                            "entropy": float((entropy * cmask).sum() / n_tok)})
+        ref_logp = None
         if self.ref_params is not None:
             ref = self.ref_params
             if self._ref_shardings is not None:     # offloaded: back on device for this pass only
                 ref = jax.device_put(ref, self._ref_shardings)
-            batch["ref_logp"] = self._logp_ref(ref, batch)
+            ref_logp = self._logp_ref(ref, batch.inputs)
             del ref
-        jax.block_until_ready((batch["old_logp"], batch.get("ref_logp")))
+        token_rewards = None
+        if cfg.kl_reward_coef:      # verl apply_kl_penalty: token rewards - beta * KL(pi_old || ref)
+            kld = kl_penalty(old_logp, ref_logp, cfg.kl_reward_estimator, cfg.kl_clamp) * cmask
+            token_rewards = -cfg.kl_reward_coef * kld
+            row_kl = kld.sum(axis=1) / jnp.maximum(cmask.sum(axis=1), 1.0)
+            metrics.update({"kl_reward/kl": float(row_kl.mean()), "kl_reward/coef": cfg.kl_reward_coef})
+        advantages = self._advantages(batch.scores, loss_mask, token_rewards)
+        batch = batch.replace(loss_mask=loss_mask, advantages=advantages, old_logp=old_logp,
+                              ref_logp=ref_logp if cfg.kl_coef else None)
+        jax.block_until_ready(batch)
         t3 = time.perf_counter()
-        drift = jnp.abs(trainer_logp - sampler_logp) * cmask
-        n_tok = jnp.maximum(cmask.sum(), 1.0)
-        for k in ("_overall", "_truncated"):
-            batch.pop(k)
         # metrics of the first rollout batch, before any dynamic-sampling or overlong mask
-        lengths = first["completion_mask"].sum(axis=1)
+        lengths = first.completion_mask.sum(axis=1)
         overall = first_rewards["overall"]
-        metrics = {f"reward/{k}": float(jnp.mean(jnp.asarray(v, jnp.float32))) for k, v in first_rewards.items()}
+        metrics.update({f"reward/{k}": float(jnp.mean(jnp.asarray(v, jnp.float32))) for k, v in first_rewards.items()})
         metrics.update({
             "reward/std_within_group": float(jnp.mean(jnp.std(overall.reshape(-1, cfg.group_size), axis=1))),
             "frac_zero_std_groups": float(1.0 - jnp.mean(group_has_signal(overall, cfg.group_size))),
             "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
-            "truncation_rate": float(first["_truncated"].mean()),
-            "advantages_abs_mean": float(jnp.mean(jnp.abs(first["advantages"]))),
-            "drift/logp_abs_mean": float(drift.sum() / n_tok), "drift/logp_abs_max": float(drift.max()),
-            "entropy": float((entropy * cmask).sum() / n_tok),
-            "loss_tokens_frac": float(loss_mask.sum() / n_tok),
+            "truncation_rate": float(first.truncated.mean()),
+            "advantages_abs_mean": float(jnp.sum(jnp.abs(advantages)) / jnp.maximum(loss_mask.sum(), 1.0)),
+            "loss_tokens_frac": float(loss_mask.sum() / jnp.maximum(cmask.sum(), 1.0)),
             "time/rollout_s": t_roll, "time/reward_s": t_rew, "time/logprob_s": t3 - t2,
         })
         if cfg.dynamic_sampling:
@@ -261,17 +307,17 @@ class GRPOLearner:
                             "dynamic_sampling/groups_with_signal": float(min(kept, n_groups)) / n_groups})
         return batch, metrics
 
-    @staticmethod
-    def _select_groups(parts: list, n_groups: int) -> dict:
+    def _select_groups(self, parts: list, n_groups: int) -> Rollout:
         """The first n_groups groups with signal across the rollout batches, then groups without signal from the
-        first batch to keep the static size (the caller masks their loss)."""
+        first batch to keep the static size (the caller masks their loss). One jitted gather (eager ops on
+        arrays sharded over many host devices can starve the CPU collectives' threads)."""
         if len(parts) == 1:
-            return dict(parts[0][0])
-        g = len(parts[0][0]["completion"]) // n_groups
+            return parts[0][0]
+        g = len(parts[0][0].completion) // n_groups
         order = [(i, j) for i, (_, s) in enumerate(parts) for j in np.flatnonzero(s)][:n_groups]
         order += [(0, j) for j in np.flatnonzero(~parts[0][1])][:n_groups - len(order)]
-        idx = jnp.asarray(np.concatenate([np.arange(g) + (i * n_groups + j) * g for i, j in order]))
-        return jax.tree.map(lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *[p for p, _ in parts])
+        idx = np.concatenate([np.arange(g) + (i * n_groups + j) * g for i, j in order]).astype(np.int32)
+        return jax.block_until_ready(self._take_rows([p for p, _ in parts], idx))
 
     # -- update ----------------------------------------------------------------------------------------------
     def step(self, state: TrainState, prompts: dict) -> tuple[TrainState, dict]:
@@ -281,8 +327,11 @@ class GRPOLearner:
         rng = jax.random.fold_in(jax.random.key(self.seed), int(state.step))
         batch, metrics = self.rollout(state.params, prompts, rng)
         t0 = time.perf_counter()
-        n_rows = batch["completion"].shape[0]
+        n_rows = batch.completion.shape[0]
         n_mb = n_rows // mini_batch_rows(n_rows, cfg)
+        if cfg.old_logp == "current" and n_mb > 1:
+            raise ValueError(f"grpo.old_logp='current' is exact only with one mini-batch per step; this batch of "
+                             f"{n_rows} rows splits into {n_mb} (ppo_mini_batch_size={cfg.ppo_mini_batch_size})")
         stacked = self._split(batch, n_mb, cfg.group_size) if n_mb > 1 else None
         sums: dict[str, float] = {}
         updates = 0

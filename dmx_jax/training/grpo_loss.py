@@ -1,11 +1,19 @@
 """GRPO-family objective as pure functions over [B, T] arrays, with the names and defaults of EasyR1/verl.
 
-Variants are presets of GRPOConfig (a few lines of defaults each), not forks:
+Variants are configuration, not forks, named as verl names them:
+- `adv_estimator`: grpo (group mean and unbiased std), rloo (leave-one-out mean), reinforce_plus_plus (discounted
+  token returns whitened over the batch);
+- `loss_mode`: vanilla (PPO clip with dual clip), gspo (sequence-level ratio), cispo (clipped, stop-gradient IS
+  weight on the log-prob);
+- KL in the loss (`kl_coef`) and/or in the reward (`kl_reward_coef`), an entropy bonus (`entropy_coeff`), truncated
+  importance sampling of the sampler-trainer mismatch (`tis_cap`).
+Presets are a few lines of defaults each:
 - grpo(): group-normalised advantages (mean and unbiased std + 1e-6), clip 0.2 / 0.3 with dual-clip c = 3,
   k3 ("low_var_kl") KL loss, token-mean (EasyR1's defaults).
 - dr_grpo(): no std normalisation, sum-then-normalise by a constant length (Liu et al. 2025).
 - dapo(): clip-higher (0.2 / 0.28), no KL, token-mean, dynamic sampling (refill with groups that have signal),
   overlong filtering of truncated completions.
+- gspo(): sequence-level ratio clipped to [1 - 3e-4, 1 + 4e-4], seq-mean-token-mean, no KL (GSPO paper v2, 5.1).
 
 Every loss returns (numerator, denominator) so micro-batches, mini-batches and shards combine exactly.
 Numerics follow EasyR1: the log-ratio is clamped to [-20, 20] before exp, k3 clamps its log-ratio to [-20, 20]
@@ -21,7 +29,9 @@ import jax.numpy as jnp
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 KL_ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}      # EasyR1/verl names
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-OLD_LOGP_SOURCES = ("trainer", "sampler")
+OLD_LOGP_SOURCES = ("trainer", "sampler", "current")
+ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
+LOSS_MODES = ("vanilla", "gspo", "cispo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +51,15 @@ class GRPOConfig:
     num_iterations: int = 1             # mu = ppo_epochs: passes over each rollout batch
     ppo_mini_batch_size: int = 0        # prompts (groups) per optimizer update, as verl; 0 = the whole batch
     old_logp: str = "trainer"           # pi_old: "trainer" recomputes (EasyR1) | "sampler" reuses rollout log-probs
+                                        # | "current": stop_gradient of the update's own log-probs, no pi_old pass
+                                        # (exact only on-policy: num_iterations 1, one mini-batch; verl's shortcut)
+    adv_estimator: str = "grpo"         # grpo | rloo | reinforce_plus_plus (verl algorithm.adv_estimator)
+    gamma: float = 1.0                  # reinforce_plus_plus discount (verl algorithm.gamma)
+    loss_mode: str = "vanilla"          # vanilla | gspo | cispo (verl actor.policy_loss.loss_mode)
+    entropy_coeff: float = 0.0          # entropy bonus: loss - coeff * entropy, aggregated as the loss
+    kl_reward_coef: float = 0.0         # KL(pi_old || ref) per token subtracted from the reward (verl use_kl_in_reward)
+    kl_reward_estimator: str = "k1"     # verl algorithm.kl_penalty ("kl")
+    tis_cap: float = 0.0                # truncated IS: token losses x min(pi_old / pi_sampler, cap); 0 = off
     dynamic_sampling: bool = False      # DAPO: keep groups whose rewards differ, refill from further batches
     dynamic_sampling_max_tries: int = 3 # rollout batches per step at most (verl filter_groups.max_num_gen_batches)
     overlong_filtering: bool = False    # DAPO: truncated completions get no loss (still count for advantages)
@@ -62,8 +81,36 @@ class GRPOConfig:
         if self.group_size < 2:
             raise ValueError("grpo.group_size must be >= 2 (advantages are relative within a group), "
                              f"got {self.group_size}")
-        if self.old_logp not in OLD_LOGP_SOURCES:
-            raise ValueError(f"grpo.old_logp must be one of {OLD_LOGP_SOURCES}, got {self.old_logp!r}")
+        for name, allowed in (("old_logp", OLD_LOGP_SOURCES), ("adv_estimator", ADV_ESTIMATORS),
+                              ("loss_mode", LOSS_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"grpo.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.kl_reward_estimator not in KL_ESTIMATORS and self.kl_reward_estimator not in KL_ALIASES:
+            raise ValueError(f"grpo.kl_reward_estimator must be one of {KL_ESTIMATORS + tuple(KL_ALIASES)}, "
+                             f"got {self.kl_reward_estimator!r}")
+        if self.loss_mode == "gspo" and self.loss_agg != "seq-mean-token-mean":
+            raise ValueError("grpo.loss_mode='gspo' averages its sequence-level ratio per row: it needs "
+                             f"loss_agg='seq-mean-token-mean', got {self.loss_agg!r} (GRPOConfig.gspo() sets both)")
+        if self.old_logp == "current" and self.num_iterations != 1:
+            raise ValueError("grpo.old_logp='current' (no pi_old pass) is exact only on-policy: it needs "
+                             f"num_iterations=1, got {self.num_iterations}")
+        if self.old_logp == "current" and self.kl_reward_coef:
+            raise ValueError("grpo.kl_reward_coef > 0 reads pi_old before the update: use old_logp='trainer' "
+                             "or 'sampler', not 'current'")
+        if not self.temperature > 0:
+            raise ValueError(f"grpo.temperature must be > 0 (log-probs are of softmax(logits / T)), "
+                             f"got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
+            raise ValueError(f"grpo.top_p must be in (0, 1] and top_k >= 0, got top_p={self.top_p}, "
+                             f"top_k={self.top_k}")
+        for name in ("entropy_coeff", "kl_coef", "kl_reward_coef", "tis_cap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"grpo.{name} must be >= 0, got {getattr(self, name)}")
+        if self.tis_cap and self.tis_cap < 1.0:
+            raise ValueError(f"grpo.tis_cap must be >= 1 (a cap on pi_old / pi_sampler) or 0 (off), "
+                             f"got {self.tis_cap}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"grpo.gamma must be in (0, 1], got {self.gamma}")
         if self.clip_ratio_dual and self.clip_ratio_dual <= 1.0:
             raise ValueError(f"grpo.clip_ratio_dual must be > 1 (or 0 to disable), got {self.clip_ratio_dual}")
         for name in ("num_iterations", "dynamic_sampling_max_tries", "rollout_micro_batches", "logprob_micro_batches"):
@@ -87,6 +134,16 @@ class GRPOConfig:
         return cls(**{"clip_ratio_high": 0.28, "kl_coef": 0.0, "loss_agg": "token-mean", "dynamic_sampling": True,
                       "overlong_filtering": True, **kw})
 
+    @classmethod
+    def gspo(cls, **kw) -> GRPOConfig:
+        return cls(**{"loss_mode": "gspo", "loss_agg": "seq-mean-token-mean", "clip_ratio_low": 3e-4,
+                      "clip_ratio_high": 4e-4, "clip_ratio_dual": 0.0, "kl_coef": 0.0, **kw})
+
+    @property
+    def needs_reference(self) -> bool:
+        """A reference model's log-probs enter the loss or the reward."""
+        return bool(self.kl_coef or self.kl_reward_coef)
+
 
 def group_advantages(rewards: jax.Array, group_size: int, *, scale_by_std: bool = True, eps: float = 1e-6) -> jax.Array:
     """rewards [B*G] (groups contiguous) -> advantages [B*G]: (r - mean_g) / (std_g + eps), std unbiased."""
@@ -96,6 +153,63 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale_by_std: bool 
         std = jnp.sqrt(jnp.sum(centred ** 2, axis=1, keepdims=True) / (group_size - 1))
         centred = centred / (std + eps)
     return centred.reshape(-1)
+
+
+def rloo_advantages(rewards: jax.Array, group_size: int) -> jax.Array:
+    """rewards [B*G] -> r_i - mean of the other G - 1 rewards of its group (RLOO, verl compute_rloo_outcome_advantage:
+    G / (G - 1) * (r_i - group mean))."""
+    r = rewards.reshape(-1, group_size).astype(jnp.float32)
+    return (group_size / (group_size - 1) * (r - r.mean(axis=1, keepdims=True))).reshape(-1)
+
+
+def masked_whiten(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries, var Bessel-corrected (verl masked_whiten)."""
+    mask = mask.astype(jnp.float32)
+    n = jnp.maximum(mask.sum(), 1.0)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) ** 2) * mask).sum() / n * n / jnp.maximum(n - 1.0, 1.0)
+    return (x - mean) * jax.lax.rsqrt(var + 1e-8)
+
+
+def discounted_returns(token_rewards: jax.Array, mask: jax.Array, gamma: float) -> jax.Array:
+    """[B, T] -> returns[t] = r_t + gamma * returns[t + 1], the running return reset where mask is 0 (verl
+    compute_reinforce_plus_plus_outcome_advantage)."""
+    def back(running, xs):
+        r, m = xs
+        ret = r + gamma * running
+        return ret * m, ret
+    _, rets = jax.lax.scan(back, jnp.zeros(token_rewards.shape[0], jnp.float32),
+                           (token_rewards.T.astype(jnp.float32), mask.T.astype(jnp.float32)), reverse=True)
+    return rets.T
+
+
+def outcome_at_last_token(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """[B] sequence scores -> [B, T] token rewards: each score on its row's last completion token (verl's reward
+    managers), nothing on rows without tokens."""
+    lengths = mask.astype(jnp.int32).sum(axis=1)
+    last = jax.nn.one_hot(jnp.maximum(lengths - 1, 0), mask.shape[1], dtype=jnp.float32)
+    return last * (scores.astype(jnp.float32) * (lengths > 0))[:, None]
+
+
+def compute_advantages(scores: jax.Array, mask: jax.Array, cfg: GRPOConfig,
+                       token_rewards: jax.Array | None = None) -> jax.Array:
+    """Advantages [B, T] (zero off the mask) of `cfg.adv_estimator` from sequence scores [B] (groups contiguous)
+    and optional per-token rewards [B, T] (the KL-in-reward terms). Outcome estimators (grpo, rloo) score a row
+    by its total reward, scores + sum of its token rewards, as verl sums token_level_rewards."""
+    mask = mask.astype(jnp.float32)
+    if cfg.adv_estimator == "reinforce_plus_plus":
+        rewards = outcome_at_last_token(scores, mask)
+        if token_rewards is not None:
+            rewards = rewards + token_rewards * mask
+        return masked_whiten(discounted_returns(rewards, mask, cfg.gamma), mask) * mask
+    total = scores.astype(jnp.float32)
+    if token_rewards is not None:
+        total = total + jnp.sum(token_rewards * mask, axis=1)
+    if cfg.adv_estimator == "rloo":
+        adv = rloo_advantages(total, cfg.group_size)
+    else:
+        adv = group_advantages(total, cfg.group_size, scale_by_std=cfg.scale_by_std, eps=cfg.std_eps)
+    return adv[:, None] * mask
 
 
 def group_has_signal(rewards: jax.Array, group_size: int, tol: float = 1e-6) -> jax.Array:
@@ -183,21 +297,66 @@ def clipped_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array, cfg:
     return pg, {**ind, "ratio": ratio, "approx_kl": -log_ratio}
 
 
+def sequence_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array, mask: jax.Array,
+                       cfg: GRPOConfig) -> tuple[jax.Array, dict]:
+    """GSPO (verl compute_policy_loss_gspo): the row's length-normalised log-ratio s_i, applied per token as
+    sg(s_i) * pi / sg(pi) (log-ratio clamped above at 10), clipped to [1 - low, 1 + high], no dual clip."""
+    log_ratio = (logp - old_logp).astype(jnp.float32)
+    lengths = jnp.maximum(mask.sum(axis=1), 1.0)
+    seq = jnp.sum(log_ratio * mask, axis=1) / lengths
+    lp = logp.astype(jnp.float32)
+    log_s = lp - jax.lax.stop_gradient(lp) + jax.lax.stop_gradient(seq)[:, None]
+    ratio = jnp.exp(jnp.minimum(log_s, 10.0))
+    pg1 = -adv * ratio
+    pg2 = -adv * jnp.clip(ratio, 1.0 - cfg.clip_ratio_low, 1.0 + cfg.clip_ratio_high)
+    ind = {"clip_low": (pg1 < pg2) & (adv < 0), "clip_high": (pg1 < pg2) & (adv > 0)}
+    ind["clip_dual"] = jnp.zeros_like(ind["clip_low"])
+    return jnp.maximum(pg1, pg2), {**ind, "ratio": ratio, "approx_kl": -log_ratio}
+
+
+def clipped_is_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array,
+                         cfg: GRPOConfig) -> tuple[jax.Array, dict]:
+    """CISPO (MiniMax-M1; verl compute_policy_loss_cispo): -sg(clip(ratio, 1 - low, 1 + high)) * A * log pi, so
+    clipped tokens keep their gradient; the log-ratio clamped to +-log_ratio_clamp before exp."""
+    log_ratio = (logp - old_logp).astype(jnp.float32)
+    ratio = jnp.exp(jnp.clip(log_ratio, -cfg.log_ratio_clamp, cfg.log_ratio_clamp))
+    weight = jax.lax.stop_gradient(jnp.clip(ratio, 1.0 - cfg.clip_ratio_low, 1.0 + cfg.clip_ratio_high))
+    ind = {"clip_low": ratio < 1.0 - cfg.clip_ratio_low, "clip_high": ratio > 1.0 + cfg.clip_ratio_high}
+    ind["clip_dual"] = jnp.zeros_like(ind["clip_low"])
+    return -weight * adv * logp.astype(jnp.float32), {**ind, "ratio": ratio, "approx_kl": -log_ratio}
+
+
 def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None, advantages: jax.Array,
-                mask: jax.Array, cfg: GRPOConfig) -> tuple[jax.Array, jax.Array, dict]:
-    """Clipped surrogate + KL. logp/old_logp/ref_logp/mask [B, T], advantages [B].
+                mask: jax.Array, cfg: GRPOConfig, *, is_weights: jax.Array | None = None,
+                entropy: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict]:
+    """Surrogate of `cfg.loss_mode` + KL - entropy bonus. logp/old_logp/ref_logp/mask [B, T], advantages [B] or
+    [B, T]; is_weights [B, T]: truncated IS weights multiplying the surrogate (verl tis_imp_ratio); entropy [B, T]
+    for the bonus. KL and entropy are aggregated as the loss (verl adds agg_loss of each).
 
     Returns (numerator, denominator, metrics) with metric sums over masked tokens (divide by
-    metrics['tokens'] for means): clip fractions low / high / dual, ratio, approx_kl (old vs new, verl ppo_kl), kl.
+    metrics['tokens'] for means): clip fractions low / high / dual, ratio, approx_kl (old vs new, verl ppo_kl), kl,
+    entropy.
     """
     mask = mask.astype(jnp.float32)
-    adv = jnp.broadcast_to(advantages[:, None].astype(jnp.float32), logp.shape)
-    token_loss, ind = clipped_surrogate(logp, old_logp, adv, cfg)
+    adv = advantages.astype(jnp.float32)
+    adv = jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, logp.shape)
+    if cfg.loss_mode == "gspo":
+        token_loss, ind = sequence_surrogate(logp, old_logp, adv, mask, cfg)
+    elif cfg.loss_mode == "cispo":
+        token_loss, ind = clipped_is_surrogate(logp, old_logp, adv, cfg)
+    else:
+        token_loss, ind = clipped_surrogate(logp, old_logp, adv, cfg)
+    if is_weights is not None:
+        token_loss = token_loss * jax.lax.stop_gradient(is_weights.astype(jnp.float32))
     metrics = {}
     if ref_logp is not None and cfg.kl_coef:
         kl = kl_penalty(logp, ref_logp, cfg.kl_estimator, cfg.kl_clamp)
         token_loss = token_loss + cfg.kl_coef * kl
         metrics["kl_sum"] = jnp.sum(kl * mask)
+    if entropy is not None:
+        if cfg.entropy_coeff:
+            token_loss = token_loss - cfg.entropy_coeff * entropy.astype(jnp.float32)
+        metrics["entropy_sum"] = jnp.sum(jax.lax.stop_gradient(entropy.astype(jnp.float32)) * mask)
     num, den = aggregate(token_loss, mask, cfg.loss_agg, cfg.norm_length)
     metrics["tokens"] = jnp.sum(mask)
     for k, v in ind.items():

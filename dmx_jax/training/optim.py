@@ -1,7 +1,10 @@
-"""Optimizer: AdamW with warmup + cosine/constant schedule, global-norm clipping, decay mask."""
+"""Optimizer: AdamW with warmup + cosine/constant schedule, global-norm clipping, decay mask; parameter groups at
+their own learning rates and frozen groups, both named by parameter-path prefixes ("vision", "vision.merger",
+"lm_head"; paths as in BUILD_NOTES' parameter tree)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import jax
@@ -44,10 +47,46 @@ def _decay_mask(params):
         lambda p, _: not path_to_str(p).endswith((".scale", ".bias")), params)
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    parts = []
-    if cfg.clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=_decay_mask))
-    return optax.chain(*parts)
+def under(path: str, prefix: str) -> bool:
+    """The parameter path lies under the prefix ('vision' covers 'vision.merger.fc1.kernel', not 'visionx')."""
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def _adamw(cfg: OptimConfig, updates_per_step: int = 1) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(cfg)
+    if updates_per_step > 1:                     # the schedule advances once per step, not once per update
+        base, schedule = schedule, lambda count: base(count // updates_per_step)
+    return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
+
+
+def make_optimizer(cfg: OptimConfig, *, lr_by_prefix: Mapping[str, float] | None = None,
+                   frozen: Sequence[str] = (), updates_per_step: int = 1) -> optax.GradientTransformation:
+    """AdamW (cfg) with global-norm clipping.
+
+    updates_per_step: optimizer updates in one training step (GRPO: epochs x mini-batches); the learning-rate
+    schedule (warmup, decay, total_steps) then counts steps, as verl and EasyR1 step their scheduler once per
+    rollout.
+
+    lr_by_prefix: parameters under a prefix train at that learning rate (the schedule's shape, cfg's warmup and
+    decay), the longest matching prefix winning. frozen: parameters under these prefixes do not train: their
+    gradients are zeroed before clipping (the norm counts the trained parameters only, as when they take no
+    gradient at all) and the optimizer holds no state for them."""
+    lr_by_prefix, frozen = dict(lr_by_prefix or {}), tuple(frozen)
+    clip = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
+    if not lr_by_prefix and not frozen:
+        return optax.chain(*clip, _adamw(cfg, updates_per_step))
+
+    def label(path, _):
+        name = path_to_str(path)
+        if any(under(name, f) for f in frozen):
+            return "frozen"
+        matches = [p for p in lr_by_prefix if under(name, p)]
+        return max(matches, key=len) if matches else "default"
+
+    labels = lambda params: jax.tree_util.tree_map_with_path(label, params)
+    is_frozen = lambda params: jax.tree.map(lambda lb: lb == "frozen", labels(params))
+    groups = {"default": _adamw(cfg, updates_per_step), **({"frozen": optax.set_to_zero()} if frozen else {}),
+              **{p: _adamw(dataclasses.replace(cfg, learning_rate=lr), updates_per_step)
+                 for p, lr in lr_by_prefix.items()}}
+    zero_frozen = [optax.masked(optax.set_to_zero(), is_frozen)] if frozen else []
+    return optax.chain(*zero_frozen, *clip, optax.multi_transform(groups, labels))

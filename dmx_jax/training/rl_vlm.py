@@ -16,17 +16,20 @@ import jax.numpy as jnp
 from dmx_jax.model.batched import forward_hidden
 from dmx_jax.sampling.generate import completion_positions, generate_arrays
 from dmx_jax.training.grpo_loss import GRPOConfig
+from dmx_jax.training.rollout import PolicyLogprob, Sampler
 
 
-def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...], pad_id: int,
-                   shared_prefill: bool = True, cache_dtype=None):
-    """sample_fn(params, prompts, rng) for GRPOLearner; prompts (every leaf batch-major) carry input_ids,
-    attention_mask, positions [N, 3, T], deltas [N, 1] and optionally pixel_values [N, P, F] + vision_inputs.
+def make_sampler(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...], pad_id: int,
+                   shared_prefill: bool = True, cache_dtype=None, greedy: bool = False) -> Sampler:
+    """The GRPOLearner's Sampler: sample(params, prompts, rng), where prompts (every leaf batch-major) carry
+    input_ids, attention_mask, positions [N, 3, T], deltas [N, 1] and optionally pixel_values [N, P, F] +
+    vision_inputs.
 
     shared_prefill: prompts arrive once per group (P rows) and the sampler returns P * G rows, the G samples
-    sharing one prefill (the learner reads `sample_fn.group_size`); False: prompts arrive repeated G times.
+    sharing one prefill (Sampler.group_size = G); False: prompts arrive repeated G times.
     stop_token_ids: any number of ids (see dmx_jax.sampling.generate.stop_token_ids).
-    cache_dtype: KV-cache dtype (None = the model's compute dtype)."""
+    cache_dtype: KV-cache dtype (None = the model's compute dtype). greedy: argmax tokens (checks; RL samples at
+    algo.temperature, which GRPOConfig requires > 0)."""
     stops = tuple(int(s) for s in stop_token_ids)
     group = algo.group_size if shared_prefill else 1
 
@@ -36,14 +39,13 @@ def make_sample_fn(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...
         vin = None if "vision_inputs" not in prompts else jax.tree.map(jnp.asarray, prompts["vision_inputs"])
         return generate_arrays(graphdef, params, jnp.asarray(prompts["input_ids"]), positions,
                          jnp.asarray(prompts["attention_mask"]), jnp.asarray(prompts["deltas"]).reshape(-1, 1),
-                         pixels, vin, rng, max_new_tokens=algo.max_new_tokens, temperature=algo.temperature,
+                         pixels, vin, rng, max_new_tokens=algo.max_new_tokens,
+                         temperature=0.0 if greedy else algo.temperature,
                          top_k=algo.top_k, top_p=algo.top_p, stop_token_ids=stops, pad_id=pad_id, group_size=group,
                          micro_batches=algo.rollout_micro_batches,
                          cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
 
-    sample_fn.group_size = group
-    sample_fn.stop_token_ids = stops
-    return sample_fn
+    return Sampler(sample_fn, group_size=group, stop_token_ids=stops)
 
 
 def _chunked_token_logprobs(hidden, head, targets, temperature: float, chunk: int, with_entropy: bool):
@@ -79,7 +81,7 @@ def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_s
                         return_entropy: bool = False):
     """Per-token log-probs [N, Tn] of batch['completion'] given the prompt (and its images), under
     softmax(logits / temperature); with return_entropy also the per-token entropy [N, Tn] of that distribution.
-    batch: the prompt arrays of make_sample_fn (positions [N, 3, T], batch-major) plus 'completion' [N, Tn].
+    batch: the prompt arrays of make_sampler (positions [N, 3, T], batch-major) plus 'completion' [N, Tn].
     chunk_size > 0: logits are built chunk_size positions at a time (never [N, Tn, V] at once)."""
     ids, comp = batch["input_ids"], batch["completion"]
     n, t = ids.shape
@@ -97,9 +99,8 @@ def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_s
     return (lp, ent) if return_entropy else lp
 
 
-def make_logprob_fn(algo: GRPOConfig, *, chunk_size: int = 0):
-    """logprob_fn(model, batch, return_entropy=False) for GRPOLearner at the sampling temperature of `algo`;
+def make_policy_logprob(algo: GRPOConfig, *, chunk_size: int = 0) -> PolicyLogprob:
+    """The GRPOLearner's PolicyLogprob (completion_logprobs at the sampling temperature of `algo`, with entropy);
     chunk_size: positions per logits chunk (the runner passes MemoryConfig.loss_chunk)."""
-    fn = functools.partial(completion_logprobs, temperature=algo.temperature, chunk_size=chunk_size)
-    fn.supports_entropy = True
-    return fn
+    return PolicyLogprob(functools.partial(completion_logprobs, temperature=algo.temperature, chunk_size=chunk_size),
+                         with_entropy=True)
