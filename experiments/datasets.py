@@ -39,12 +39,10 @@ def patch_budget(cfg) -> int:
     d = cfg.data
     if d.patch_budget:
         return d.patch_budget
+    from dmx_jax.processing import max_patch_rows, patch_rows
     if d.source == "synthetic":
-        from dmx_jax.processing import smart_resize
-        h, w = smart_resize(d.image_size, d.image_size, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
-        return (h // 14) * (w // 14)
-    side = int(np.sqrt(d.max_pixels)) // 28 * 28 + 28
-    return (side // 14) ** 2
+        return patch_rows(d.image_size, d.image_size, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+    return max_patch_rows(d.max_pixels)
 
 
 def row_encoder(cfg, tok, mcfg, *, reasoning: bool, prompt_only: bool = False,

@@ -93,9 +93,8 @@ def model_config(cfg: PretrainConfig, tok):
 
 
 def patch_budget(cfg: PretrainConfig) -> int:
-    from dmx_jax.processing import smart_resize
-    h, w = smart_resize(cfg.image_size, cfg.image_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-    return (h // 14) * (w // 14)
+    from dmx_jax.processing import patch_rows
+    return patch_rows(cfg.image_size, cfg.image_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 
 
 def row_encoder(cfg: PretrainConfig, tok, mcfg, *, prompt_only: bool = False):

@@ -49,6 +49,22 @@ def resized_size(height: int, width: int, *, patch_size: int = 14, merge_size: i
     return smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
+def patch_rows(height: int, width: int, *, patch_size: int = 14, merge_size: int = 2,
+               min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Patches (rows of pixel_values) of one image of this size after the resize."""
+    h, w = resized_size(height, width, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels,
+                        max_pixels=max_pixels)
+    return (h // patch_size) * (w // patch_size)
+
+
+def max_patch_rows(max_pixels: int, *, patch_size: int = 14, merge_size: int = 2) -> int:
+    """An upper bound on the patches of an image of any aspect ratio under max_pixels: a square one resize
+    factor wider than the largest square that fits."""
+    factor = patch_size * merge_size
+    side = int(np.sqrt(max_pixels)) // factor * factor + factor
+    return (side // patch_size) ** 2
+
+
 def num_image_tokens(grid_thw, merge_size: int = 2) -> np.ndarray:
     """Image tokens per image: t*h*w / merge^2."""
     g = np.asarray(grid_thw).reshape(-1, 3)
