@@ -91,11 +91,12 @@ def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
 
 
 def answer(graphdef, params, mcfg, tok, images: list[np.ndarray], prompt: str, *, task: str, reasoning: bool,
-           max_new_tokens: int, max_pixels: int, min_pixels: int) -> dict:
+           max_new_tokens: int, max_pixels: int, min_pixels: int, instruction_first: bool = False) -> dict:
     from data_pipelines.formatting import parse_answer
     from data_pipelines.pipeline import EncodingConfig, prompt_batch
     from experiments.evaluate import generate_texts
-    enc = EncodingConfig(vision=mcfg.vision, min_pixels=min_pixels, max_pixels=max_pixels, reasoning=reasoning)
+    enc = EncodingConfig(vision=mcfg.vision, min_pixels=min_pixels, max_pixels=max_pixels, reasoning=reasoning,
+                         instruction_first=instruction_first)
     arrays, meta = prompt_batch(images, prompt, tok, enc, task=task)
     text = generate_texts(graphdef, params, arrays, tok, max_new_tokens=max_new_tokens, batch_size=1)[0]
     return {"output": text, "answer": parse_answer(text), "model_size": tuple(meta["image_size"])}
@@ -151,11 +152,13 @@ def main(argv=None) -> int:
         images = [load_image(p) for p in args.image]
         ckpt = Path(args.checkpoint)
         graphdef, params, mcfg, tok = load_checkpoint(ckpt, args.tokenizer)
-        max_pixels = args.max_pixels or _run_max_pixels(ckpt) or 262144
+        run_data = _run_data(ckpt)
+        max_pixels = args.max_pixels or run_data.get("max_pixels") or 262144
         prompt = args.question or TASK_PROMPTS[args.task]
         task = args.task or "vqa"
         res = answer(graphdef, params, mcfg, tok, images, prompt, task=task, reasoning=args.reasoning,
-                     max_new_tokens=args.max_new_tokens, max_pixels=max_pixels, min_pixels=args.min_pixels)
+                     max_new_tokens=args.max_new_tokens, max_pixels=max_pixels, min_pixels=args.min_pixels,
+                     instruction_first=run_data.get("reasoning_instruction") == "before_question")
     except (InferenceError, ValueError, OSError) as e:    # ImageReadError and CheckpointError are ValueErrors
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -165,13 +168,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run_max_pixels(ckpt: Path) -> int | None:
+def _run_data(ckpt: Path) -> dict:
+    """The `data` section of the run that wrote `ckpt` (a run directory or one of its stages), so prompts are
+    rendered as it trained (max_pixels, where the reasoning instruction goes); {} for a Hugging Face folder."""
     for cand in (ckpt / "config.json", ckpt.parent / "config.json"):
         if cand.is_file():
             data = json.loads(cand.read_text()).get("data")
-            if isinstance(data, dict) and "max_pixels" in data:
-                return int(data["max_pixels"])
-    return None
+            if isinstance(data, dict):
+                return data
+    return {}
 
 
 if __name__ == "__main__":
