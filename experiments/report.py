@@ -163,10 +163,8 @@ def validation_points(recs: list[dict]) -> list[tuple[int, dict]]:
     return sorted(by_step.items())
 
 
-def validation_line(run_dir: Path) -> str:
+def validation_line(recs: list[dict]) -> str:
     """One summary line: the GRPO validation reward (and grounding mIoU) at its first and last step."""
-    path = run_dir / "metrics.jsonl"
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
     val = validation_points(recs)
     if not val:
         return ""
@@ -179,7 +177,14 @@ def validation_line(run_dir: Path) -> str:
     return line + "."
 
 
-def plots(run_dir: Path, results: dict, arena: dict | None, baseline: dict | None = None) -> list[str]:
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of run_dir/metrics.jsonl ([] when the run wrote none)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def plots(run_dir: Path, recs: list[dict], results: dict, arena: dict | None,
+          baseline: dict | None = None) -> list[str]:
     """plots/curves.png (SFT losses, GRPO reward with a moving average) and plots/stages.png (per-stage bars with
     CIs; x marks the images-swapped score, a dashed line the question-only baseline)."""
     import matplotlib
@@ -187,7 +192,6 @@ def plots(run_dir: Path, results: dict, arena: dict | None, baseline: dict | Non
     import matplotlib.pyplot as plt
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for st in ("sft", "cold_start"):
@@ -291,13 +295,11 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width)[:2])
 
 
-def metrics_csv(run_dir: Path) -> None:
-    """metrics.jsonl -> metrics.csv (one column per key seen, blanks where a record lacks it)."""
+def metrics_csv(run_dir: Path, records: list[dict]) -> None:
+    """metrics.jsonl's records -> metrics.csv (one column per key seen, blanks where a record lacks it)."""
     import csv
-    src = run_dir / "metrics.jsonl"
-    if not src.is_file():
+    if not records:
         return
-    records = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     keys = list(dict.fromkeys(k for r in records for k, v in r.items() if not isinstance(v, (list, dict))))
     with (run_dir / "metrics.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -309,9 +311,10 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
                   export: bool, baseline: tuple[dict, list[dict]] | None = None) -> str:
     """baseline: (metrics, records) of the question-only baseline (experiments.pipeline), or None."""
     baseline_metrics, baseline_records = baseline or (None, None)
-    metrics_csv(run_dir)
+    recs = read_metrics(run_dir)
+    metrics_csv(run_dir, recs)
     arena = run_stage_arena(outputs, run_dir) if outputs else None
-    figs = plots(run_dir, results, arena, baseline_metrics) if results else []
+    figs = plots(run_dir, recs, results, arena, baseline_metrics) if results else []
     gal = gallery(run_dir, outputs, test_ex)
     export_note = ""
     if export:
@@ -337,7 +340,7 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
              "each given another prompt's image; scores that do not drop mean the answers come from the text. "
              "CIs: 95% bootstrap over examples.", ""]
     lines += [citation_line(results), ""]
-    val_line = validation_line(run_dir)
+    val_line = validation_line(recs)
     if val_line:
         lines += [val_line, ""]
     if arena:

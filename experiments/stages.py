@@ -59,8 +59,8 @@ class StageRecipe:
     metrics); prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch
     with the data source's per-process flag); draw() -> the next prepared batch of the stage's own stream (GRPO's
     dynamic-sampling refill: the stream's state is checkpointed after the step, so a resumed run draws the same).
-    bar_metrics label the progress bar, done_metric goes into DONE.json. validate(params) -> metrics of a fixed
-    held-out slice (validate(params, place)), run every validate_every steps and logged as val/<key>."""
+    bar_metrics label the progress bar, done_metric goes into DONE.json. validate(params, place) -> metrics of a
+    fixed held-out slice, run every validate_every steps and logged as val/<key>."""
 
     build_step: Callable
     prepare: Callable
@@ -239,12 +239,13 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
     if validation_rows and rl_cfg.eval_every > 0:
         val_arrays, val_meta = stack_rows(validation_rows)
         with_box = np.asarray([bool(r["boxes"]) for r in val_meta["rows"]], np.float32)
+        val_inputs = {**prepare(val_arrays, val_meta, None), "with_box": with_box}     # host arrays, built once
         greedy = make_sampler(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
                               pad_id=tokenizer.pad_id, shared_prefill=False, cache_dtype=memory.kv_cache_dtype,
                               greedy=True)
 
         def validate(params, place):
-            prompts = place({**prepare(val_arrays, val_meta, place), "with_box": with_box})
+            prompts = place(val_inputs)
             tokens, _, cmask = greedy.sample(params, prompts, jax.random.key(seed))
             rewards = reward_fn(tokens, cmask, prompts)
             out = {f"reward/{k}": float(jnp.mean(v)) for k, v in rewards.items()}

@@ -20,15 +20,7 @@ from dmx_jax.training.grpo_loss import (
     policy_loss,
     truncated_rows,
 )
-
-
-@pytest.fixture(autouse=True)
-def _torch_float64():
-    """The references run in float64; the default is restored so other test modules' torch models stay fp32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+from tests.helpers.torch_reference import ref_masked_mean, torch_float64  # noqa: F401 (autouse)
 
 
 # ---- torch reference (transcribed from the published formulas) -------------------------------------------------
@@ -39,10 +31,6 @@ def ref_grpo_advantages(scores, group_size, eps=1e-6, norm_by_std=True):
     if norm_by_std:
         out = out / (std + eps)
     return out.reshape(-1)
-
-
-def ref_masked_mean(x, mask):
-    return (x * mask).sum() / mask.sum()
 
 
 def ref_agg_loss(loss_mat, mask, mode):

@@ -28,22 +28,11 @@ from dmx_jax.training.grpo_loss import (
 )
 from dmx_jax.training.rollout import PolicyLogprob, Sampler
 from dmx_jax.training.state import init_train_state
+from tests.helpers.torch_reference import ref_masked_mean, torch_float64  # noqa: F401 (autouse)
 from tests.helpers.toy_lm import ToyLM
 
 
-@pytest.fixture(autouse=True)
-def _torch_float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 # ---- torch transcriptions -------------------------------------------------------------------------------------
-def ref_masked_mean(x, mask):
-    return (x * mask).sum() / mask.sum()
-
-
 def ref_masked_whiten(values, mask):
     mean = ref_masked_mean(values, mask)
     var = ref_masked_mean((values - mean) ** 2, mask)

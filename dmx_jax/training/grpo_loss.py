@@ -73,9 +73,10 @@ class GRPOConfig:
     logprob_micro_batches: int = 1      # sequential slices in the pi_old / reference log-prob passes
 
     def __post_init__(self):
-        if self.kl_estimator not in KL_ESTIMATORS and self.kl_estimator not in KL_ALIASES:
-            raise ValueError(f"grpo.kl_estimator must be one of {KL_ESTIMATORS + tuple(KL_ALIASES)}, "
-                             f"got {self.kl_estimator!r}")
+        for name in ("kl_estimator", "kl_reward_estimator"):
+            if getattr(self, name) not in KL_ESTIMATORS and getattr(self, name) not in KL_ALIASES:
+                raise ValueError(f"grpo.{name} must be one of {KL_ESTIMATORS + tuple(KL_ALIASES)}, "
+                                 f"got {getattr(self, name)!r}")
         if self.loss_agg not in AGGREGATIONS:
             raise ValueError(f"grpo.loss_agg must be one of {AGGREGATIONS}, got {self.loss_agg!r}")
         if self.group_size < 2:
@@ -85,9 +86,6 @@ class GRPOConfig:
                               ("loss_mode", LOSS_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"grpo.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.kl_reward_estimator not in KL_ESTIMATORS and self.kl_reward_estimator not in KL_ALIASES:
-            raise ValueError(f"grpo.kl_reward_estimator must be one of {KL_ESTIMATORS + tuple(KL_ALIASES)}, "
-                             f"got {self.kl_reward_estimator!r}")
         if self.loss_mode == "gspo" and self.loss_agg != "seq-mean-token-mean":
             raise ValueError("grpo.loss_mode='gspo' averages its sequence-level ratio per row: it needs "
                              f"loss_agg='seq-mean-token-mean', got {self.loss_agg!r} (GRPOConfig.gspo() sets both)")
@@ -167,7 +165,7 @@ def masked_whiten(x: jax.Array, mask: jax.Array) -> jax.Array:
     mask = mask.astype(jnp.float32)
     n = jnp.maximum(mask.sum(), 1.0)
     mean = (x * mask).sum() / n
-    var = (((x - mean) ** 2) * mask).sum() / n * n / jnp.maximum(n - 1.0, 1.0)
+    var = (((x - mean) ** 2) * mask).sum() / jnp.maximum(n - 1.0, 1.0)
     return (x - mean) * jax.lax.rsqrt(var + 1e-8)
 
 

@@ -46,7 +46,8 @@ MUTANTS = {
         LOSS, "return (group_size / (group_size - 1) * (r - r.mean(axis=1, keepdims=True))).reshape(-1)",
         "return (r - r.mean(axis=1, keepdims=True)).reshape(-1)", "test_rloo_advantages_match_verl", VARIANTS),
     "whiten_biased_variance": (
-        LOSS, "* n / jnp.maximum(n - 1.0, 1.0)", "", "test_reinforce_plus_plus_advantages_match_verl", VARIANTS),
+        LOSS, ".sum() / jnp.maximum(n - 1.0, 1.0)", ".sum() / n", "test_reinforce_plus_plus_advantages_match_verl",
+        VARIANTS),
     "gspo_ratio_keeps_gradient": (
         LOSS, "+ jax.lax.stop_gradient(seq)[:, None]", "+ seq[:, None]", "test_gspo_loss_and_gradient_match_verl",
         VARIANTS),
