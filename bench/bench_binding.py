@@ -53,13 +53,12 @@ def make_row_nll(graphdef):
     import jax
     from flax import nnx
 
-    from dmx_jax.model.batched import forward_hidden
     from dmx_jax.training.loss import shift_targets, token_losses
 
     @jax.jit
     def row_nll(params, b):
         m = nnx.merge(graphdef, params)
-        h, _ = forward_hidden(m, b["input_ids"], b["positions"].swapaxes(0, 1), b["attention_mask"], b["pixel_values"],
+        h, _ = m.hidden_states(b["input_ids"], b["positions"].swapaxes(0, 1), b["attention_mask"], b["pixel_values"],
                               b["vision_inputs"])
         targets, w = shift_targets(b["input_ids"], b["loss_mask"])
         return (token_losses(m.logits(h), targets) * w).sum(-1)

@@ -201,11 +201,10 @@ def _row_answer_losses(graphdef, params, batch: dict):
     """[B]: each row's mean answer-token loss (teacher forcing), one compile per batch shape."""
     from flax import nnx
 
-    from dmx_jax.model.batched import forward_logits
     from dmx_jax.training.loss import shift_targets, token_losses
     model = nnx.merge(graphdef, params)
-    logits, _ = forward_logits(model, batch["input_ids"], jnp.swapaxes(batch["positions"], 0, 1),
-                               batch["attention_mask"], batch["pixel_values"], batch["vision_inputs"])
+    logits, _ = model.forward(batch["input_ids"], jnp.swapaxes(batch["positions"], 0, 1),
+                              batch["attention_mask"], batch["pixel_values"], batch["vision_inputs"])
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
     w = weights.astype(jnp.float32)
     return (token_losses(logits, targets) * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)

@@ -23,7 +23,6 @@ from data_pipelines.pipeline.encode import EncodingConfig, encode_example
 from data_pipelines.schema import Example
 from data_pipelines.tokenizer import train_sentencepiece
 from dmx_jax.model import Qwen25VL
-from dmx_jax.model.batched import forward_hidden
 from dmx_jax.model.config import small
 from dmx_jax.training.optim import OptimConfig, make_optimizer
 from dmx_jax.training.sft import make_sft_loss
@@ -81,7 +80,7 @@ def test_small_model_learns_which_side_holds_the_blob(tmp_path):
     @jax.jit
     def answered(params, batch):          # every answer token predicted (teacher forcing) -> [B] bool
         model = nnx.merge(graphdef, params)
-        h, _ = forward_hidden(model, batch["input_ids"], batch["positions"].swapaxes(0, 1), batch["attention_mask"],
+        h, _ = model.hidden_states(batch["input_ids"], batch["positions"].swapaxes(0, 1), batch["attention_mask"],
                               batch["pixel_values"], batch["vision_inputs"])
         pred = jnp.argmax(model.logits(h)[:, :-1], -1)
         return jnp.all((pred == batch["input_ids"][:, 1:]) | (batch["loss_mask"][:, 1:] == 0), axis=1)

@@ -12,7 +12,6 @@ from flax import nnx
 
 from data_pipelines.pipeline.batching import stack_rows
 from dmx_jax.model import Qwen25VL, rope_index, tiny, vision_inputs
-from dmx_jax.model.batched import forward_logits
 from dmx_jax.processing.image import preprocess_images
 from dmx_jax.sampling import generate
 from dmx_jax.training.grpo_loss import GRPOConfig
@@ -76,7 +75,7 @@ def rows(model):
 def _forward(graphdef, params, arrays: dict) -> dict:
     """Logits [B, T, V] (positions swapped once to [3, B, T]), SFT loss sum and completion log-probs [B, NEW]."""
     model = nnx.merge(graphdef, params)
-    logits, _ = forward_logits(model, arrays["input_ids"], jnp.swapaxes(arrays["positions"], 0, 1),
+    logits, _ = model.forward(arrays["input_ids"], jnp.swapaxes(arrays["positions"], 0, 1),
                                arrays["attention_mask"], arrays["pixel_values"], arrays["vision_inputs"])
     loss, _, _ = sft_loss(model, arrays)
     return {"logits": logits, "loss": loss, "logprobs": completion_logprobs(model, arrays)}

@@ -8,7 +8,6 @@ import torch
 
 from dmx_jax.hf import load_pretrained
 from dmx_jax.model import rope_index, vision_inputs
-from dmx_jax.model.batched import forward_logits
 from dmx_jax.sampling import completion_positions, generate
 from tests.helpers import hf_reference as R
 
@@ -74,7 +73,7 @@ def test_logprobs_equal_trainer_recomputation_and_stops(setup):
     full_pos, _ = rope_index(full, grid, full_mask, image_token_id=R.IMAGE)
     np.testing.assert_array_equal(np.asarray(pos), full_pos)
     vin = jax.tree.map(jnp.asarray, vision_inputs(grid, cfg.vision))
-    logits, _ = forward_logits(model, jnp.asarray(full), jnp.asarray(pos), jnp.asarray(full_mask), jnp.asarray(pv), vin)
+    logits, _ = model.forward(jnp.asarray(full), jnp.asarray(pos), jnp.asarray(full_mask), jnp.asarray(pv), vin)
     lp = jax.nn.log_softmax(np.asarray(logits)[:, ids.shape[1] - 1:-1], axis=-1)
     recomputed = np.take_along_axis(np.asarray(lp), tokens[..., None], -1)[..., 0]
     assert float(np.abs(recomputed - logps).max()) <= 1e-5

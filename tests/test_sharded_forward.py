@@ -77,7 +77,6 @@ def test_activation_constraints_under_context_mesh_equal_unsharded(setup):
     """Under jax.set_mesh the residual stream, q/k/v, MLP hidden, vision blocks and merger carry sharding
     constraints from the rule table; results equal the unsharded forward on a (2,2,2) mesh, for the packed
     image layout and for per-row images (vmapped tower with spmd_axis_name)."""
-    from dmx_jax.model.batched import forward_logits
     _, model, cfg, inputs = setup
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
@@ -101,7 +100,7 @@ def test_activation_constraints_under_context_mesh_equal_unsharded(setup):
     vin = jax.tree.map(lambda *a: np.stack(a), *[vision_inputs(grid[i:i + 1], cfg.vision) for i in range(8)])
 
     def rowwise(graphdef, params, ids, pos, mask, pv, vin):
-        return forward_logits(nnx.merge(graphdef, params), ids, pos, mask, pv, vin)[0]
+        return nnx.merge(graphdef, params).forward(ids, pos, mask, pv, vin)[0]
 
     want = np.asarray(jax.jit(rowwise, static_argnums=0)(graphdef, params, ids, pos, mask, pv, vin))
     with jax.set_mesh(mesh):

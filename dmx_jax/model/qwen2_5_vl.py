@@ -33,7 +33,8 @@ def merge_image_features_rowwise(embeds, input_ids, features, image_token_id):
 class Qwen25VL(nnx.Module):
     """Qwen2.5-VL: `vision` (window/full attention ViT + merger), `text` (M-RoPE Qwen2 decoder), `lm_head`.
 
-    Jit-friendly pieces: encode_images -> embed -> hidden_states -> logits (forward chains them). The KV cache
+    The one forward path, jit-friendly pieces: encode_images -> embed -> hidden_states -> logits (forward
+    chains them; training, RL, sampling and the transformers-style __call__ all run it). The KV cache
     ({"k", "v": [L, B, S, K, H], "index"}) is written at slots [index, index + T); with a cache, `key_mask`
     (default: `attention_mask`) is [B, S] over cache slots, else [B, T].
     """
@@ -63,18 +64,33 @@ class Qwen25VL(nnx.Module):
         c = self.cfg
         return self.vision(pixel_values, vin, self.dtype, c.vision_remat, c.attention, c.attention_block)
 
-    def embed(self, input_ids, image_features=None):
-        """input_ids [B, T] -> [B, T, D]; the k-th image token (row-major over the batch) gets feature k."""
+    def embed(self, input_ids, pixel_values=None, vision_inputs=None, merge_ids=None) -> jax.Array:
+        """input_ids [B, T] -> [B, T, D], image features at image-token slots. Two image layouts:
+        per row (the data pipeline's): pixel_values [B, P, C*T*p*p], vision_inputs with a leading B, row b's
+        k-th image token takes row b's k-th merged feature (rows encoded under vmap, sharded like the batch
+        under a context mesh); flat (transformers'): pixel_values [P, C*T*p*p] for the whole batch, the k-th
+        image token of the row-major batch takes feature k. merge_ids (default input_ids) decide where
+        features go: a completion that samples the image-pad token is embedded as a plain token."""
         x = self.text.embed_tokens(input_ids, self.dtype)
-        if image_features is not None:
-            x = merge_image_features(x, input_ids, image_features, self.cfg.image_token_id)
-        return x
+        if pixel_values is None:
+            return x
+        where = input_ids if merge_ids is None else merge_ids
+        if pixel_values.ndim == 3:
+            from dmx_jax.sharding.rules import batch_axes_of_context_mesh
+            feats = jax.vmap(self.encode_images, spmd_axis_name=batch_axes_of_context_mesh())(
+                pixel_values, vision_inputs)                                                   # [B, N, D]
+            return merge_image_features_rowwise(x, where, feats, self.cfg.image_token_id)
+        return merge_image_features(x, where, self.encode_images(pixel_values, vision_inputs), self.cfg.image_token_id)
 
     def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
-                      cache=None, key_mask=None):
-        """-> (final-norm hidden [B, T, D], new cache or None); positions [3, B, T]."""
-        feats = None if pixel_values is None else self.encode_images(pixel_values, vision_inputs)
-        x = self.embed(input_ids, feats)
+                      cache=None, key_mask=None, merge_ids=None):
+        """input_ids [B, T], positions [3, B, T] (axis-major; the pipeline's batch-major rows [B, 3, T] are
+        swapped by the caller: the shape is checked, no layout is guessed) -> (final-norm hidden [B, T, D],
+        new cache or None)."""
+        if tuple(positions.shape) != (3, *input_ids.shape):
+            raise ValueError(f"positions must be [3, B, T] for input_ids {tuple(input_ids.shape)}, got "
+                             f"{tuple(positions.shape)} (batch-major rows [B, 3, T]: swap axes 0 and 1)")
+        x = self.embed(input_ids, pixel_values, vision_inputs, merge_ids)
         key_mask = attention_mask if key_mask is None else key_mask
         c = self.cfg
         return self.text(x, positions, key_mask, cache, c.remat, c.attention, c.attention_block)

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dmx_jax.model.batched import forward_hidden, forward_logits
 from dmx_jax.model.positions import rope_index
 from dmx_jax.model.text import init_cache
 from dmx_jax.model.vision import vision_inputs as make_vision_inputs
@@ -79,8 +78,8 @@ def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, v
     b = p * group_size
     cache = init_cache(model.cfg.text, p, t + max_new_tokens, cache_dtype or model.dtype)
     key_mask = jnp.concatenate([attention_mask.astype(jnp.int32), jnp.ones((p, max_new_tokens), jnp.int32)], axis=1)
-    hidden, cache = forward_hidden(model, input_ids, positions, attention_mask, pixel_values, vision_inputs,
-                                   cache=cache, key_mask=key_mask)
+    hidden, cache = model.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs,
+                                        cache=cache, key_mask=key_mask)
     last = model.logits(hidden[:, -1:])[:, 0]                        # [P, V]: never [P, T, V]
     offset = next_position_offset(deltas, attention_mask)            # [P, 1]: slot t + j -> position t + j + offset
     if group_size > 1:                                               # the G samples share the prefilled cache
@@ -103,7 +102,7 @@ def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, v
         j, tokens, logps, cmask, done, cache = carry
         prev = tokens[:, j - 1]
         pos = jnp.broadcast_to((t + j - 1 + offset[:, 0])[None, :, None], (3, b, 1)).astype(jnp.int32)
-        logits, cache = forward_logits(model, prev[:, None], pos, key_mask, cache=cache, key_mask=key_mask)
+        logits, cache = model.forward(prev[:, None], pos, key_mask, cache=cache, key_mask=key_mask)
         tok, lp = pick(logits[:, -1], jax.random.fold_in(rng, j))
         tok = jnp.where(done, pad_id, tok)
         lp = jnp.where(done, 0.0, lp)

@@ -189,7 +189,7 @@ def constrain(x: jax.Array, axes: LogicalAxes, rules: Rules = ACTIVATION_RULES) 
 
     A no-op without a context mesh (plain CPU runs and tests) or on a mesh without the (data, fsdp, tensor)
     axes. Indivisible dimensions stay unsplit (as for parameters). Inside `vmap` the mapped dimension is
-    sharded by the vmap's `spmd_axis_name` (see dmx_jax.model.batched) or left to the partitioner.
+    sharded by the vmap's `spmd_axis_name` (see Qwen25VL.embed) or left to the partitioner.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or any(a not in mesh.shape for a in ("data", "fsdp", "tensor")):

@@ -13,7 +13,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from dmx_jax.model.batched import forward_hidden
 from dmx_jax.sampling.generate import completion_positions, generate_arrays
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.rollout import PolicyLogprob, Sampler
@@ -92,8 +91,8 @@ def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_s
     mask = jnp.concatenate([batch["attention_mask"], jnp.ones_like(comp)], axis=1)
     # image features go to the prompt's image tokens only (a sampled image-pad token is a plain token)
     merge_ids = jnp.concatenate([ids, jnp.full_like(comp, -1)], axis=1)
-    hidden, _ = forward_hidden(model, full, positions, mask, batch.get("pixel_values"), batch.get("vision_inputs"),
-                               merge_ids=merge_ids)
+    hidden, _ = model.hidden_states(full, positions, mask, batch.get("pixel_values"), batch.get("vision_inputs"),
+                                    merge_ids=merge_ids)
     lp, ent = _chunked_token_logprobs(hidden[:, t - 1:-1], model.head_kernel(), comp, float(temperature),
                                       int(chunk_size), return_entropy)
     return (lp, ent) if return_entropy else lp

@@ -10,7 +10,6 @@ import functools
 
 import jax.numpy as jnp
 
-from dmx_jax.model.batched import forward_hidden
 from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
 
 
@@ -19,8 +18,8 @@ def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0, per_row: bool
     weighs every row alike, each row's tokens sharing a weight of 1 (count: rows with answer tokens), so a
     one-word VQA answer counts as much as a 70-token report."""
     positions = jnp.swapaxes(batch["positions"], 0, 1)                           # rows [B, 3, T] -> [3, B, T]
-    hidden, _ = forward_hidden(model, batch["input_ids"], positions, batch["attention_mask"],
-                               batch.get("pixel_values"), batch.get("vision_inputs"))
+    hidden, _ = model.hidden_states(batch["input_ids"], positions, batch["attention_mask"],
+                                    batch.get("pixel_values"), batch.get("vision_inputs"))
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
     if per_row:
         weights = weights.astype(jnp.float32)
