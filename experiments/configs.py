@@ -38,7 +38,8 @@ class DataConfig:
     vqa_family_weights: tuple[tuple[str, float], ...] = ()  # synthetic: VQA question-family weights (vqa.VQA_FAMILIES)
     train_task_mix: tuple[tuple[str, float], ...] = ()  # synthetic: train-split (task, weight); (): the benchmark's
     grounding_locations: bool = False   # synthetic: grounding prompts also name side and zone (guessable boxes)
-    grounding_trace: Literal["anatomy_first", "phrase_first"] = "anatomy_first"  # synthetic: grounding traces
+    grounding_trace: Literal["anatomy_first", "phrase_first", "box_first"] = "anatomy_first"  # synthetic traces
+    vqa_trace: Literal["evidence", "question_first"] = "evidence"  # synthetic: VQA traces (question named first)
     reasoning_instruction: Literal["after_question", "before_question"] = "after_question"  # where reasoning
                                         # prompts put the instruction (the paper: after the question)
     num_workers: int = 0

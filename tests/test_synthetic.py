@@ -542,3 +542,39 @@ def test_grounding_trace_names_the_asked_phrase_first_and_its_boxes_are_the_answ
     assert seen > 40
     default = D.examples("train", 0, SyntheticConfig(), task="grounding").meta["reasoning"]
     assert default.startswith("<think>1. inspect the right lung [") and "matches the" in default
+
+
+def test_box_first_grounding_trace_gives_each_box_right_after_the_phrase_and_the_answer_copies_them():
+    from data_pipelines.synthetic.reasoning import parse_trace
+    for i in range(40):
+        e = D.examples("train", i, SyntheticConfig(grounding_trace="box_first"), task="grounding")
+        cited, boxed = parse_trace(e.meta["reasoning"])
+        answer = [tuple(int(v) for v in m.groups()) for m in re.finditer(r"\[(\d+), (\d+), (\d+), (\d+)\]", boxed)]
+        assert cited == answer, e.meta["reasoning"]
+        if e.meta["findings"]:
+            assert re.match(r"<think>1\. the [a-z ]+ lies at \[\d+, \d+, \d+, \d+\] and shows ", e.meta["reasoning"])
+
+
+def test_question_first_vqa_trace_names_the_asked_finding_first_and_keeps_the_evidence():
+    """Every family: the evidence steps of the default style, in the same order (view reversed), after a short
+    first step that names the asked finding (or the survey's purpose); the answer is unchanged."""
+    qf = SyntheticConfig(vqa_trace="question_first")
+    families = set()
+    for i in range(120):
+        a, b = D.examples("train", i, SyntheticConfig(), task="vqa"), D.examples("train", i, qf, task="vqa")
+        assert a.prompt == b.prompt and a.target == b.target
+        fam, old, new = b.meta["family"], a.meta["reasoning_steps"], b.meta["reasoning_steps"]
+        families.add(fam)
+        name = dict(b.meta["program"]).get("filter_name")
+        if fam == "view":
+            assert new == old[::-1] and "projection" in new[0][0]
+        elif fam in ("count", "abnormality"):
+            verb = "count" if fam == "count" else "list"
+            assert new[0] == (f"{verb} the abnormal findings", ()) and new[1:] == old[1:]
+        else:
+            from data_pipelines.synthetic.vqa import name_phrase
+            assert new[0] == (f"look for the {name_phrase(name)}", ())
+            assert new[1:] == (old[1:] if fam == "presence" else old)
+    assert families >= {"presence", "location", "zone", "level", "size", "view", "count", "abnormality", "type"}
+    with pytest.raises(ValueError, match="vqa_trace"):
+        SyntheticConfig(vqa_trace="answer_first")

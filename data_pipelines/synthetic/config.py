@@ -5,7 +5,8 @@ import dataclasses
 
 import numpy as np
 
-GROUNDING_TRACES = ("anatomy_first", "phrase_first")   # reasoning-trace styles of grounding items
+GROUNDING_TRACES = ("anatomy_first", "phrase_first", "box_first")   # reasoning-trace styles of grounding items
+VQA_TRACES = ("evidence", "question_first")                          # reasoning-trace styles of VQA items
 
 # Detector field of view across the image width at magnification 1; sets the mm per pixel (2.81 mm at 128^2).
 FOV_MM = 360.0
@@ -57,8 +58,10 @@ class SyntheticConfig:
     max_rejections: study variants tried per balanced question before accepting any answer.
     grounding_locations: grounding prompts name the finding's side and zone as well (the benchmark before
       2026-12-04); False: the finding only, so the box has to come from the image.
-    grounding_trace: reasoning-trace style of grounding items, "anatomy_first" or "phrase_first"
+    grounding_trace: reasoning-trace style of grounding items, "anatomy_first", "phrase_first" or "box_first"
       (grounding.grounding_item).
+    vqa_trace: reasoning-trace style of VQA items: "evidence" (the evidence steps alone) or "question_first"
+      (a first step that names what the question asks for, answer-bearing evidence next; reasoning.question_steps).
     heldout: (name, side, zone) never rendered in train/val/test and always present in the heldout split.
     split sizes: the length of each split's index range used by sources (indices beyond raise).
     """
@@ -84,6 +87,7 @@ class SyntheticConfig:
     max_rejections: int = 256
     grounding_locations: bool = False
     grounding_trace: str = "anatomy_first"
+    vqa_trace: str = "evidence"
 
     def __post_init__(self):
         where = "data_pipelines/synthetic/config.py: SyntheticConfig"
@@ -99,6 +103,8 @@ class SyntheticConfig:
             raise ValueError(f"{where}.max_finding_types must be in [1, 4], got {self.max_finding_types}")
         if self.grounding_trace not in GROUNDING_TRACES:
             raise ValueError(f"{where}.grounding_trace must be one of {GROUNDING_TRACES}, got {self.grounding_trace!r}")
+        if self.vqa_trace not in VQA_TRACES:
+            raise ValueError(f"{where}.vqa_trace must be one of {VQA_TRACES}, got {self.vqa_trace!r}")
         if self.seed < 0:
             raise ValueError(f"{where}.seed must be non-negative, got {self.seed}")
         if not self.task_mix or any(w < 0 for _, w in self.task_mix) or sum(w for _, w in self.task_mix) <= 0:

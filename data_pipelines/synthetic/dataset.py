@@ -182,7 +182,7 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
             steps = reasoning.difference_steps(s, question)
             hits = [f for f in s.findings if f.name in {n for n, _ in s.changes}]
         else:
-            steps = reasoning.question_steps(s, question, s.image_size[0])
+            steps = reasoning.question_steps(s, question, s.image_size[0], config.vqa_trace)
             name = dict(question.program).get("filter_name")
             hits = [f for f in s.findings if f.name == name] if name else list(s.findings)
         boxes = tuple(_box(f) for f in hits)

@@ -63,7 +63,9 @@ def grounding_item(study, rng: np.random.Generator, located: bool = False,
     """A phrase -> boxes item; `located`: the phrase names side and zone (module docstring). `trace`:
     "anatomy_first" opens on both lungs' boxes and ends each step on the phrase ("... at [box] in the right
     upper zone matches the lung nodule"); "phrase_first" starts each step from the asked phrase and ends it on
-    the box, so the boxed answer copies the box right before it ("the lung nodule is ... at [box]")."""
+    the box, so the boxed answer copies the box right before it ("the lung nodule is ... at [box]"); "box_first"
+    gives the box right after the phrase, as an SFT answer follows its prompt ("the lung nodule lies at [box]
+    and shows ...")."""
     if trace not in GROUNDING_TRACES:
         raise ValueError(f"grounding trace {trace!r}; expected one of {GROUNDING_TRACES}")
     first = (lungs_step(study),) if trace == "anatomy_first" else ()
@@ -80,6 +82,8 @@ def grounding_item(study, rng: np.random.Generator, located: bool = False,
     where = (lambda f: "") if located else (lambda f: f.where)  # unlocated: the trace reads side and zone
     if trace == "phrase_first":
         steps = tuple(Step(f"the {phrase} is {describe(f)}{where(f)} at {{0}}", (f.bbox,)) for f in group)
+    elif trace == "box_first":
+        steps = tuple(Step(f"the {phrase} lies at {{0}} and shows {describe(f)}{where(f)}", (f.bbox,)) for f in group)
     else:
         steps = first + tuple(Step(f"{describe(f)} at {{0}}{where(f)} matches the {phrase}", (f.bbox,))
                               for f in group)

@@ -104,8 +104,15 @@ def survey_steps(study) -> list[Step]:
     return steps
 
 
-def question_steps(study, question, width: int) -> list[Step]:
-    """Evidence for a VQA answer: the findings the program touches, with their boxes."""
+def question_steps(study, question, width: int, style: str = "evidence") -> list[Step]:
+    """Steps for a VQA answer. "evidence": the findings the program touches, with their boxes;
+    "question_first": a first step naming what the question asks for (so the trace starts next to the question
+    and later steps can look back to it), then that evidence, the answer-bearing step as early as it can be."""
+    if style == "question_first":
+        return _question_first_steps(study, question, width)
+    if style != "evidence":
+        raise ValueError(f"data_pipelines/synthetic/reasoning.py: VQA trace style {style!r}; "
+                         "expected 'evidence' or 'question_first'")
     family = question.family
     prog = dict(question.program)
     name = prog.get("filter_name")
@@ -140,6 +147,18 @@ def question_steps(study, question, width: int) -> list[Step]:
     if family in ("count", "abnormality"):
         return survey_steps(study)
     raise ValueError(f"data_pipelines/synthetic/reasoning.py: no steps for family {family!r}")
+
+
+def _question_first_steps(study, question, width: int) -> list[Step]:
+    family = question.family
+    name = dict(question.program).get("filter_name")
+    evidence = question_steps(study, question, width)
+    if family == "view":
+        return evidence[::-1]                   # the clavicle step states the projection
+    if family in ("count", "abnormality"):     # the survey, its opening lungs step replaced
+        return [Step(f"{'count' if family == 'count' else 'list'} the abnormal findings")] + evidence[1:]
+    look = Step(f"look for the {name_phrase(name)}")   # short: the evidence stays next to the question
+    return [look] + (evidence[1:] if family == "presence" else evidence)
 
 
 def difference_steps(study, question) -> list[Step]:
