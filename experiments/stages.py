@@ -71,6 +71,7 @@ class StageRecipe:
     stack: Callable | None = None               # rows -> (arrays, meta); None: the encoder's stack_rows
     validate: Callable | None = None
     validate_every: int = 0
+    initial_aux: dict | None = None             # the train state's algorithm state (GRPO's adaptive KL coefficient)
 
 
 def _with_validation(on_step: Callable | None, recipe: StageRecipe, spec: StageSpec, writer: MetricsWriter,
@@ -123,7 +124,7 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
     returns final params. on_step(step, metrics, state) runs after every step (e.g. a periodic probe)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     tx = recipe.make_tx(spec.optim)
-    state = init_train_state(params, tx, seed=ctx.seed)
+    state = init_train_state(params, tx, seed=ctx.seed, aux=recipe.initial_aux)
     shardings = state_shardings(state, ctx.mesh)
     ck = Checkpointer(stage_dir / "ckpt", save_every=spec.save_every, keep=2)
     data = batches(rows, spec.batch_size, seed=ctx.seed, stack=recipe.stack)
@@ -205,7 +206,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
     from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
     from dmx_jax.rewards.text_bytes import token_bytes_table
     from dmx_jax.sampling.generate import stop_token_ids
-    from dmx_jax.training.grpo import GRPOLearner, sampling_shardings
+    from dmx_jax.training.grpo import GRPOLearner, initial_aux, sampling_shardings
     from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
     algo, reward_cfg = rl_cfg.algo, PRESETS[rl_cfg.reward_preset]
     table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
@@ -258,7 +259,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
     return StageRecipe(build_step, prepare,
                        bar_metrics=(("reward", "reward/overall"), ("kl", "kl"), ("len", "completion_len_mean")),
                        done_metric=("final_reward", "reward/overall"), validate=validate,
-                       validate_every=rl_cfg.eval_every)
+                       validate_every=rl_cfg.eval_every, initial_aux=initial_aux(algo))
 
 
 def trimmed_stack(rows, multiple: int):

@@ -4,8 +4,8 @@ steps each on the toy LM.
 References transcribed from verl's core_algos.py: compute_rloo_outcome_advantage,
 compute_reinforce_plus_plus_outcome_advantage (with masked_whiten from verl.utils.torch_functional),
 compute_policy_loss_gspo, compute_policy_loss_cispo, the truncated-IS factor of compute_policy_loss_vanilla
-(tis_imp_ratio_cap), apply_kl_penalty (KL in the reward) and the entropy bonus of the actor's loss
-(pg_loss - entropy_coeff * agg_loss(entropy)).
+(tis_imp_ratio_cap), apply_kl_penalty (KL in the reward) with AdaptiveKLController (its adaptive coefficient) and
+the entropy bonus of the actor's loss (pg_loss - entropy_coeff * agg_loss(entropy)).
 """
 import dataclasses
 
@@ -17,11 +17,12 @@ import pytest
 import torch
 from flax import nnx
 
-from dmx_jax.training.grpo import GRPOLearner
+from dmx_jax.training.grpo import GRPOLearner, initial_aux
 from dmx_jax.training.grpo_loss import (
     ADV_ESTIMATORS,
     LOSS_MODES,
     GRPOConfig,
+    adaptive_kl_coef,
     compute_advantages,
     kl_penalty,
     policy_loss,
@@ -38,6 +39,18 @@ def ref_masked_whiten(values, mask):
     var = ref_masked_mean((values - mean) ** 2, mask)
     var = var * mask.sum() / (mask.sum() - 1)                       # unbiased (Bessel)
     return (values - mean) * torch.rsqrt(var + 1e-8)
+
+
+class RefAdaptiveKLController:
+    """verl core_algos.AdaptiveKLController."""
+
+    def __init__(self, init_kl_coef, target_kl, horizon):
+        self.value, self.target, self.horizon = init_kl_coef, target_kl, horizon
+
+    def update(self, current_kl, n_steps):
+        proportional_error = np.clip(current_kl / self.target - 1, -0.2, 0.2)
+        mult = 1 + proportional_error * n_steps / self.horizon
+        self.value *= mult
 
 
 def ref_rloo(scores, group_size):
@@ -361,3 +374,42 @@ def test_learning_rate_schedule_steps_once_per_rollout():
             upd, state = tx.update({"w": jnp.ones(3)}, state, params)
             got.append(float(jnp.abs(upd["w"]).max()))
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_adaptive_kl_coefficient_follows_verls_controller_on_fuzzed_batches():
+    rng = np.random.default_rng(0)
+    for target, horizon in ((0.1, 500), (0.01, 64), (2.0, 10_000)):
+        ref, coef = RefAdaptiveKLController(0.05, target, horizon), 0.05
+        for _ in range(100):
+            kl, n = float(rng.exponential(target)), int(rng.integers(1, 64))     # errors inside and beyond +-0.2
+            ref.update(kl, n)
+            coef = adaptive_kl_coef(coef, kl, n, target, horizon)
+            assert coef == pytest.approx(ref.value, rel=1e-12)
+
+
+def test_adaptive_kl_in_reward_steers_the_coefficient_in_the_train_state_and_checkpoints_it(tmp_path):
+    """Each rollout batch uses the controller's value, which then moves by verl's rule with the batch's KL and
+    row count; the value lives in state.aux and a checkpoint round trip keeps it."""
+    from dmx_jax.training.checkpoint import Checkpointer, abstract_like
+    cfg = GRPOConfig(group_size=4, max_new_tokens=TN, kl_coef=0.0, kl_reward_coef=0.5, kl_ctrl="adaptive",
+                     kl_target=1e-3, kl_horizon=32)
+    learner, state = _toy_learner(cfg)
+    state = state.replace(aux=initial_aux(cfg))
+    ref, seen = RefAdaptiveKLController(0.5, 1e-3, 32), []
+    for _ in range(3):
+        state, m = learner.step(state, PROMPTS)
+        assert m["kl_reward/coef"] == pytest.approx(ref.value, rel=1e-6)      # used before it moves
+        ref.update(m["kl_reward/kl"], 16)                                      # 4 prompts x 4 samples
+        assert float(state.aux["kl_reward_coef"]) == pytest.approx(ref.value, rel=1e-6)
+        seen.append(m["kl_reward/kl"])
+    assert seen[0] == 0.0 and max(seen) > 1e-3            # the fixture drives the error to both clips
+    ck = Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False)
+    ck.save(3, state, force=True)
+    ck.wait()
+    restored, _, _ = ck.restore(abstract_like(state))
+    assert float(restored.aux["kl_reward_coef"]) == float(state.aux["kl_reward_coef"]) != 0.5
+    assert initial_aux(GRPOConfig(group_size=4)) == {}     # fixed coefficient: no state, checkpoints unchanged
+    for bad in (dict(kl_ctrl="pid"), dict(kl_ctrl="adaptive"), dict(kl_ctrl="adaptive", kl_reward_coef=0.1,
+                                                                      kl_target=0.0)):
+        with pytest.raises(ValueError, match="kl_ctrl"):
+            GRPOConfig(group_size=4, **bad)

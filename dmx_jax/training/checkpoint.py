@@ -67,7 +67,9 @@ def as_path(directory: str | os.PathLike) -> epath.Path:
 
 
 def _as_tree(state: TrainState) -> dict:
-    return {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    """The saved tree; `aux` only when it holds something, so stages without algorithm state keep the layout."""
+    tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+    return {**tree, "aux": state.aux} if state.aux else tree
 
 
 class Checkpointer:
@@ -146,7 +148,8 @@ class Checkpointer:
                             s, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
                 continue
             tree = r["state"]
-            state = TrainState(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"])
+            state = TrainState(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"],
+                               aux=tree.get("aux", {}))
             extra = r["extra"] or {}
             return state, self._read_data_state(s, extra.get("data_state")), s
         return None

@@ -49,6 +49,7 @@ from flax import nnx
 
 from dmx_jax.training.grpo_loss import (
     GRPOConfig,
+    adaptive_kl_coef,
     compute_advantages,
     group_has_signal,
     kl_penalty,
@@ -97,6 +98,11 @@ def map_row_slices(fn: Callable, batch: Any, k: int) -> Any:
     if k <= 1:
         return fn(batch)
     return jax.tree.map(lambda o: group_strided_join(o, 1), jax.lax.map(fn, group_strided_split(batch, k, 1)))
+
+
+def initial_aux(cfg: GRPOConfig) -> dict:
+    """The GRPO stage's train-state aux: the adaptive in-reward KL coefficient's starting value, else nothing."""
+    return {"kl_reward_coef": jnp.float32(cfg.kl_reward_coef)} if cfg.kl_ctrl == "adaptive" else {}
 
 
 def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
@@ -233,10 +239,13 @@ class GRPOLearner:
                        truncated=trunc.astype(jnp.float32), loss_mask=cmask)
         return part, rewards, t1 - t0, t2 - t1
 
-    def rollout(self, params: Any, prompts: dict, rng: jax.Array) -> tuple[Rollout, dict]:
+    def rollout(self, params: Any, prompts: dict, rng: jax.Array,
+                kl_reward_coef: float | None = None) -> tuple[Rollout, dict]:
         """Sample, score, select groups, run the pi_old / reference passes and the advantages: the update's batch
-        and this step's rollout metrics."""
+        and this step's rollout metrics. kl_reward_coef: the in-reward KL coefficient (default the config's;
+        `step` passes the adaptive controller's)."""
         cfg = self.cfg
+        kl_reward_coef = cfg.kl_reward_coef if kl_reward_coef is None else kl_reward_coef
         sample_params = params
         if self.sample_shardings is not None:   # one re-layout per rollout phase, in the compute dtype
             sample_params = jax.device_put(cast_floating(params, self.compute_dtype), self.sample_shardings)
@@ -281,9 +290,9 @@ class GRPOLearner:
         token_rewards = None
         if cfg.kl_reward_coef:      # verl apply_kl_penalty: token rewards - beta * KL(pi_old || ref)
             kld = kl_penalty(old_logp, ref_logp, cfg.kl_reward_estimator, cfg.kl_clamp) * cmask
-            token_rewards = -cfg.kl_reward_coef * kld
+            token_rewards = -kl_reward_coef * kld
             row_kl = kld.sum(axis=1) / jnp.maximum(cmask.sum(axis=1), 1.0)
-            metrics.update({"kl_reward/kl": float(row_kl.mean()), "kl_reward/coef": cfg.kl_reward_coef})
+            metrics.update({"kl_reward/kl": float(row_kl.mean()), "kl_reward/coef": float(kl_reward_coef)})
         advantages = self._advantages(batch.scores, loss_mask, token_rewards)
         batch = batch.replace(loss_mask=loss_mask, advantages=advantages, old_logp=old_logp,
                               ref_logp=ref_logp if cfg.kl_coef else None)
@@ -325,7 +334,9 @@ class GRPOLearner:
         state.step advances by exactly 1 (see module docstring)."""
         cfg = self.cfg
         rng = jax.random.fold_in(jax.random.key(self.seed), int(state.step))
-        batch, metrics = self.rollout(state.params, prompts, rng)
+        adaptive = cfg.kl_ctrl == "adaptive"
+        coef = float(state.aux["kl_reward_coef"]) if adaptive else None
+        batch, metrics = self.rollout(state.params, prompts, rng, coef)
         t0 = time.perf_counter()
         n_rows = batch.completion.shape[0]
         n_mb = n_rows // mini_batch_rows(n_rows, cfg)
@@ -344,6 +355,9 @@ class GRPOLearner:
                     sums[k] = sums.get(k, 0.0) + v
         if updates > 1:
             state = self._rewind(state, updates - 1)
+        if adaptive:                # the controller moves after the batch that used it (verl apply_kl_penalty)
+            new = adaptive_kl_coef(coef, metrics["kl_reward/kl"], n_rows, cfg.kl_target, cfg.kl_horizon)
+            state = state.replace(aux={**state.aux, "kl_reward_coef": jnp.float32(new)})
         jax.block_until_ready(state.step)
         metrics["time/update_s"] = time.perf_counter() - t0
         tokens = max(float(sums.pop("tokens")), 1.0)

@@ -5,7 +5,8 @@ Variants are configuration, not forks, named as verl names them:
   token returns whitened over the batch);
 - `loss_mode`: vanilla (PPO clip with dual clip), gspo (sequence-level ratio), cispo (clipped, stop-gradient IS
   weight on the log-prob);
-- KL in the loss (`kl_coef`) and/or in the reward (`kl_reward_coef`), an entropy bonus (`entropy_coeff`), truncated
+- KL in the loss (`kl_coef`) and/or in the reward (`kl_reward_coef`, fixed or adaptive: `kl_ctrl`, its coefficient
+  carried in the train state's `aux`), an entropy bonus (`entropy_coeff`), truncated
   importance sampling of the sampler-trainer mismatch (`tis_cap`).
 Presets are a few lines of defaults each:
 - grpo(): group-normalised advantages (mean and unbiased std + 1e-6), clip 0.2 / 0.3 with dual-clip c = 3,
@@ -32,6 +33,7 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-
 OLD_LOGP_SOURCES = ("trainer", "sampler", "current")
 ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
 LOSS_MODES = ("vanilla", "gspo", "cispo")
+KL_CONTROLLERS = ("fixed", "adaptive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,9 @@ class GRPOConfig:
     entropy_coeff: float = 0.0          # entropy bonus: loss - coeff * entropy, aggregated as the loss
     kl_reward_coef: float = 0.0         # KL(pi_old || ref) per token subtracted from the reward (verl use_kl_in_reward)
     kl_reward_estimator: str = "k1"     # verl algorithm.kl_penalty ("kl")
+    kl_ctrl: str = "fixed"              # fixed | adaptive: the in-reward coefficient (verl algorithm.kl_ctrl.type)
+    kl_target: float = 0.1              # adaptive: the KL the coefficient steers toward (kl_ctrl.target_kl)
+    kl_horizon: int = 10_000            # adaptive: rows over which an error moves it by up to 20% (kl_ctrl.horizon)
     tis_cap: float = 0.0                # truncated IS: token losses x min(pi_old / pi_sampler, cap); 0 = off
     dynamic_sampling: bool = False      # DAPO: keep groups whose rewards differ, refill from further batches
     dynamic_sampling_max_tries: int = 3 # rollout batches per step at most (verl filter_groups.max_num_gen_batches)
@@ -92,6 +97,12 @@ class GRPOConfig:
         if self.old_logp == "current" and self.num_iterations != 1:
             raise ValueError("grpo.old_logp='current' (no pi_old pass) is exact only on-policy: it needs "
                              f"num_iterations=1, got {self.num_iterations}")
+        if self.kl_ctrl not in KL_CONTROLLERS:
+            raise ValueError(f"grpo.kl_ctrl must be one of {KL_CONTROLLERS}, got {self.kl_ctrl!r}")
+        if self.kl_ctrl == "adaptive" and not (self.kl_reward_coef > 0 and self.kl_target > 0 and self.kl_horizon > 0):
+            raise ValueError("grpo.kl_ctrl='adaptive' steers the in-reward KL coefficient: it needs kl_reward_coef > 0 "
+                             f"(the initial value), kl_target > 0 and kl_horizon > 0, got {self.kl_reward_coef}, "
+                             f"{self.kl_target}, {self.kl_horizon}")
         if self.old_logp == "current" and self.kl_reward_coef:
             raise ValueError("grpo.kl_reward_coef > 0 reads pi_old before the update: use old_logp='trainer' "
                              "or 'sampler', not 'current'")
@@ -232,6 +243,14 @@ def truncated_rows(tokens: jax.Array, mask: jax.Array, stop_token_ids=()) -> jax
     if not stop_token_ids:
         return full
     return full & ~jnp.isin(tokens[:, -1], jnp.asarray(stop_token_ids, tokens.dtype))
+
+
+def adaptive_kl_coef(coef: float, current_kl: float, n_rows: int, target: float, horizon: int) -> float:
+    """The in-reward KL coefficient after one rollout batch (Ziegler et al. 2019; verl AdaptiveKLController):
+    the relative error of the batch's mean KL against `target`, clipped to +-0.2, moves the coefficient by
+    error x n_rows / horizon."""
+    error = min(max(current_kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * n_rows / horizon)
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str, clamp: float = 10.0) -> jax.Array:

@@ -77,7 +77,7 @@ def state_shardings(state: TrainState, mesh: Mesh, rules=sharding_rules.TRAIN_RU
     return TrainState(
         params=sharding_rules.tree_shardings(state.params, mesh, rules),
         opt_state=sharding_rules.shardings_like_params(state.opt_state, state.params, mesh, rules),
-        step=replicated, rng=replicated)
+        step=replicated, rng=replicated, aux=jax.tree.map(lambda _: replicated, state.aux))
 
 
 def batch_shardings(batch: dict, mesh: Mesh, rules=sharding_rules.TRAIN_RULES) -> dict:

@@ -68,6 +68,12 @@ MUTANTS = {
         GRPO, "self._advantages(batch.scores, loss_mask, token_rewards)",
         "self._advantages(batch.scores, loss_mask, None)", "test_kl_in_reward_reaches_the_rollout_advantages",
         VARIANTS),
+    "adaptive_kl_never_moves": (
+        GRPO, 'state = state.replace(aux={**state.aux, "kl_reward_coef": jnp.float32(new)})', "pass",
+        "test_adaptive_kl_in_reward_steers_the_coefficient", VARIANTS),
+    "adaptive_kl_error_unclipped": (
+        LOSS, "error = min(max(current_kl / target - 1.0, -0.2), 0.2)", "error = current_kl / target - 1.0",
+        "test_adaptive_kl_coefficient_follows_verls_controller", VARIANTS),
 }
 
 
