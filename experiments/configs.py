@@ -40,6 +40,7 @@ class DataConfig:
     grounding_locations: bool = False   # synthetic: grounding prompts also name side and zone (guessable boxes)
     grounding_trace: Literal["anatomy_first", "phrase_first", "box_first"] = "anatomy_first"  # synthetic traces
     vqa_trace: Literal["evidence", "question_first"] = "evidence"  # synthetic: VQA traces (question named first)
+    trace_box_jitter: int = 0           # synthetic: grounding traces cite moved boxes that their answer copies
     reasoning_instruction: Literal["after_question", "before_question"] = "after_question"  # where reasoning
                                         # prompts put the instruction (the paper: after the question)
     num_workers: int = 0

@@ -132,7 +132,8 @@ def synthetic_examples(cfg) -> tuple[list, list]:
     from data_pipelines.synthetic import SyntheticConfig, examples
     d = cfg.data
     scfg = SyntheticConfig(image_size=d.image_size, seed=cfg.seed, grounding_locations=d.grounding_locations,
-                           grounding_trace=d.grounding_trace, vqa_trace=d.vqa_trace)
+                           grounding_trace=d.grounding_trace, vqa_trace=d.vqa_trace,
+                           trace_box_jitter=d.trace_box_jitter)
     train_cfg = dataclasses.replace(scfg, vqa_family_weights=d.vqa_family_weights,
                                     **({"task_mix": d.train_task_mix} if d.train_task_mix else {}))
     train_ex = [e for e in (examples("train", i, train_cfg) for i in range(d.train_examples)) if e.task in TRAIN_TASKS]

@@ -578,3 +578,25 @@ def test_question_first_vqa_trace_names_the_asked_finding_first_and_keeps_the_ev
     assert families >= {"presence", "location", "zone", "level", "size", "view", "count", "abnormality", "type"}
     with pytest.raises(ValueError, match="vqa_trace"):
         SyntheticConfig(vqa_trace="answer_first")
+
+
+def test_trace_box_jitter_moves_the_cited_boxes_and_the_trace_answer_copies_them():
+    """With trace_box_jitter the grounding trace cites boxes moved by at most that many pixels per edge and its
+    boxed answer is exactly those boxes (a copy, not the truth), while the example's target stays the truth."""
+    from data_pipelines.synthetic.reasoning import parse_trace
+    cfg = SyntheticConfig(grounding_trace="box_first", trace_box_jitter=3)
+    moved = 0
+    for i in range(40):
+        e, plain = (D.examples("train", i, c, task="grounding") for c in (cfg, dataclasses.replace(cfg,
+                                                                                                   trace_box_jitter=0)))
+        assert e.target == plain.target and e.prompt == plain.prompt
+        cited, boxed = parse_trace(e.meta["reasoning"])
+        truth, _ = parse_trace(plain.meta["reasoning"])
+        answer = [tuple(int(v) for v in m.groups()) for m in re.finditer(r"\[(\d+), (\d+), (\d+), (\d+)\]", boxed)]
+        assert cited == answer and len(cited) == len(truth)
+        for c, t in zip(cited, truth):
+            assert max(abs(a - b) for a, b in zip(c, t)) <= 3 and c[0] < c[2] and c[1] < c[3]
+        moved += cited != truth
+    assert moved > 30
+    with pytest.raises(ValueError, match="trace_box_jitter"):
+        SyntheticConfig(trace_box_jitter=-1)

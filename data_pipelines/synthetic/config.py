@@ -62,6 +62,9 @@ class SyntheticConfig:
       (grounding.grounding_item).
     vqa_trace: reasoning-trace style of VQA items: "evidence" (the evidence steps alone) or "question_first"
       (a first step that names what the question asks for, answer-bearing evidence next; reasoning.question_steps).
+    trace_box_jitter: grounding traces cite each box with its edges moved by up to this many pixels and their
+      boxed answer copies the moved boxes, so the answer can only come from the trace (0: the true boxes; the
+      example's target and the reward keep the true boxes).
     heldout: (name, side, zone) never rendered in train/val/test and always present in the heldout split.
     split sizes: the length of each split's index range used by sources (indices beyond raise).
     """
@@ -88,6 +91,7 @@ class SyntheticConfig:
     grounding_locations: bool = False
     grounding_trace: str = "anatomy_first"
     vqa_trace: str = "evidence"
+    trace_box_jitter: int = 0
 
     def __post_init__(self):
         where = "data_pipelines/synthetic/config.py: SyntheticConfig"
@@ -105,6 +109,8 @@ class SyntheticConfig:
             raise ValueError(f"{where}.grounding_trace must be one of {GROUNDING_TRACES}, got {self.grounding_trace!r}")
         if self.vqa_trace not in VQA_TRACES:
             raise ValueError(f"{where}.vqa_trace must be one of {VQA_TRACES}, got {self.vqa_trace!r}")
+        if not 0 <= self.trace_box_jitter <= 16:
+            raise ValueError(f"{where}.trace_box_jitter must be in [0, 16] pixels, got {self.trace_box_jitter}")
         if self.seed < 0:
             raise ValueError(f"{where}.seed must be non-negative, got {self.seed}")
         if not self.task_mix or any(w < 0 for _, w in self.task_mix) or sum(w for _, w in self.task_mix) <= 0:
@@ -185,7 +191,7 @@ def split_of(global_idx: int) -> str:
 # Independent random streams of one study, so that adding a prior or a question never changes the current image.
 STREAMS = {"findings": 1, "prior": 2, "anatomy": 3, "placement": 4, "nuisance": 5, "texture": 6,
            "prior_placement": 7, "prior_nuisance": 8, "prior_texture": 9, "report": 10, "prior_report": 11,
-           "task": 12, "question": 13}
+           "task": 12, "question": 13, "trace_jitter": 14}
 
 
 def rng_for(seed: int, index: int, stream: str, variant: int = 0) -> np.random.Generator:

@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from data_pipelines.boxes import format_boxes_text
 from data_pipelines.schema import CHEXPERT_LABELS, TASKS, Box, Example
 from data_pipelines.synthetic import grounding, reasoning, vqa
 from data_pipelines.synthetic.config import TEST_CYCLE, SyntheticConfig, global_index, rng_for, split_of
@@ -161,7 +162,7 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
     if task not in TASKS:
         raise ValueError(f"data_pipelines/synthetic/dataset.py: unknown task {task!r}; expected one of {TASKS}")
     qrng = rng_for(config.seed, gidx, "question")
-    program, family, question_type = None, None, None
+    program, family, question_type, trace_answer = None, None, None, None
     if task in ("vqa", "difference"):
         families = vqa.VQA_FAMILIES if task == "vqa" else vqa.DIFFERENCE_FAMILIES
         if task == "vqa" and config.vqa_family_weights:
@@ -205,12 +206,18 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
             prompt, target, steps, answer_is_box = item.prompt, item.target, list(item.steps), item.answer_is_box
             boxes = tuple(Box(*map(float, b), label=item.phrase) for b in item.boxes)
             question_type = task
+            if task == "grounding" and config.trace_box_jitter:     # the trace's answer can only be a copy
+                moved = reasoning.jitter_boxes(steps, rng_for(config.seed, gidx, "trace_jitter"),
+                                               config.trace_box_jitter, s.image_size[0])
+                steps = [reasoning.Step(st.text, tuple(moved[b] for b in st.boxes)) for st in steps]
+                trace_answer = format_boxes_text([moved[tuple(b)] for b in item.boxes])
     images = (s.prior.image, s.image) if task == "difference" else (s.image,)
     size = s.image_size
+    trace_answer = trace_answer or target
     meta = {
-        "reasoning": reasoning.render_trace(steps, target),
+        "reasoning": reasoning.render_trace(steps, trace_answer),
         "reasoning_steps": tuple((st.text, st.boxes) for st in steps),
-        "reasoning_negatives": reasoning.negatives(steps, target, size[0], answer_is_box),
+        "reasoning_negatives": reasoning.negatives(steps, trace_answer, size[0], answer_is_box),
         "study_index": gidx, "variant": s.variant, "view": s.view, "ctr": s.ctr,
         "findings": [_finding_meta(f) for f in s.findings], "pixel_spacing_mm": s.pixel_spacing_mm,
         "box_convention": "pixel xyxy of the stored image; x_max, y_max are exclusive pixel edges",

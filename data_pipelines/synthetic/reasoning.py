@@ -186,6 +186,18 @@ def difference_steps(study, question) -> list[Step]:
     return steps or [lungs_step(study, "no interval change in the right lung {0} or the left lung {1}")]
 
 
+def jitter_boxes(steps: Sequence[Step], rng: np.random.Generator, pixels: int, size: int) -> dict[BoxT, BoxT]:
+    """original box -> the box with each edge moved by its own offset in [-pixels, pixels] (inside the image,
+    >= 2 px wide and tall), one draw per distinct box so a box cited twice moves alike."""
+    out: dict[BoxT, BoxT] = {}
+    for b in (b for s in steps for b in s.boxes):
+        if b not in out:
+            x0, y0, x1, y1 = (int(v) + int(d) for v, d in zip(b, rng.integers(-pixels, pixels + 1, size=4)))
+            x0, y0 = min(max(x0, 0), size - 2), min(max(y0, 0), size - 2)
+            out[b] = (x0, y0, min(max(x1, x0 + 2), size), min(max(y1, y0 + 2), size))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- negatives
 
 _SIDE_WORD = re.compile(r"\b(right|left)\b")
