@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from dmx_jax.model.lora import LoraConfig
 from dmx_jax.sharding import MeshConfig
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.optim import OptimConfig
@@ -163,6 +164,7 @@ class ExperimentConfig:
     teacher: TeacherConfig = TeacherConfig()
     rl: RLConfig = RLConfig()
     eval: EvalConfig = EvalConfig()
+    lora: LoraConfig = LoraConfig()     # rank > 0: every stage trains decoder adapters only (dmx_jax.model.lora)
     export_hf: bool = True
 
 

@@ -24,7 +24,8 @@ def initial_model(cfg, mesh, run_dir: Path):
     if cfg.hf_checkpoint:
         from dmx_jax.hf import load_pretrained, read_config
         print(f"[model] loading {cfg.hf_checkpoint} onto mesh {dict(mesh.shape)}", flush=True)
-        mcfg = read_config(cfg.hf_checkpoint).replace(dtype=cfg.dtype, **cfg.memory.model_overrides())
+        mcfg = with_lora(read_config(cfg.hf_checkpoint).replace(dtype=cfg.dtype, **cfg.memory.model_overrides()),
+                         cfg.lora)
         model, mcfg = load_pretrained(cfg.hf_checkpoint, mesh=mesh, config=mcfg)   # computes in cfg.dtype
         data = real_data(cfg, run_dir, mcfg) if cfg.data.source != "synthetic" else synthetic_data(cfg, run_dir, mcfg)
     else:
@@ -33,10 +34,18 @@ def initial_model(cfg, mesh, run_dir: Path):
             from experiments.overrides import ConfigError
             raise ConfigError(f"data.source={cfg.data.source!r} needs hf_checkpoint (a Qwen2.5-VL folder with "
                               f"tokenizer.json); from-scratch models train on the synthetic benchmark only")
-        mcfg = data.model_cfg
+        mcfg = with_lora(data.model_cfg, cfg.lora)
         model = Qwen25VL(mcfg, nnx.Rngs(cfg.seed))
     graphdef, state = nnx.split(model)
-    return graphdef, nnx.to_pure_dict(state), data, mcfg
+    params = nnx.to_pure_dict(state)
+    if cfg.lora.rank:           # the frozen base in the compute dtype: no fp32 master copy, adapters stay fp32
+        from dmx_jax.model.lora import cast_base
+        params = cast_base(params, mcfg.dtype)
+    return graphdef, params, data, mcfg
+
+
+def with_lora(mcfg, lora):
+    return mcfg.replace(text=dataclasses.replace(mcfg.text, lora=lora)) if lora.rank else mcfg
 
 
 def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: bool) -> dict:

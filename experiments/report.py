@@ -327,6 +327,11 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
         if tok_json is not None and tok_json.is_file():                            # a checkpoint's tokenizer.json
             (run_dir / "hf_export" / "tokenizer.json").write_bytes(tok_json.read_bytes())
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
+        if mcfg.text.lora.rank:         # the adapters alone too, for peft on the base checkpoint
+            from dmx_jax.hf import save_adapter
+            save_adapter(params, mcfg, run_dir / "hf_adapter", base_model=cfg.hf_checkpoint)
+            export_note += (f" LoRA adapters: `{run_dir / 'hf_adapter'}` (peft.PeftModel.from_pretrained on the "
+                            "base checkpoint).")
     scored = {**outputs, BASELINE: baseline_records} if baseline_records and outputs else outputs
     diffs = stage_differences(scored, n_bootstrap=cfg.eval.bootstrap) if outputs else {}
     if diffs:

@@ -223,8 +223,10 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                                    pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
                                    cache_dtype=memory.kv_cache_dtype)
         decode_layout = sampling_shardings(ref_params, mesh) if mesh.shape["fsdp"] > 1 else None
+        lora = model_cfg.text.lora.rank > 0     # the reference is the base with the adapters off: no copy
         learner = GRPOLearner(graphdef, algo, tx, sampler=sampler, reward_fn=reward_fn,
-                              logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk), ref_params=ref_params,
+                              logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk),
+                              ref_params=None if lora else ref_params, reference_is_base=lora,
                               seed=seed, place=place, grad_accum=rl_cfg.optim.grad_accum,
                               compute_dtype=model_cfg.dtype, ref_dtype=memory.ref_dtype,
                               ref_offload=memory.ref_offload, sample_shardings=decode_layout,
@@ -306,10 +308,12 @@ def grpo_updates_per_step(rl_cfg) -> int:
 def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step: int = 1) -> StageRecipe:
     """The stage's optimizer with its frozen parameters (stage_cfg.frozen; vision_lr=0 freezes "vision"), the
     vision tower + merger at vision_lr, and the schedule counting steps of `updates_per_step` updates. Each frozen
-    prefix must name parameters of the model."""
+    prefix must name parameters of the model. A model with LoRA adapters trains them alone."""
+    from dmx_jax.model.lora import adapter_count
     frozen = tuple(stage_cfg.frozen) + (("vision",) if stage_cfg.vision_lr == 0 else ())
     lr_by_prefix = {"vision": stage_cfg.vision_lr} if stage_cfg.vision_lr else {}
-    if not frozen and not lr_by_prefix and updates_per_step == 1:
+    adapters_only = params is not None and adapter_count(params) > 0      # LoRA: the adapters train, nothing else
+    if not frozen and not lr_by_prefix and not adapters_only and updates_per_step == 1:
         return recipe
     if params is not None:
         from dmx_jax.sharding.rules import path_to_str
@@ -322,4 +326,5 @@ def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step:
                 raise ConfigError(f"frozen={prefix!r} names no parameter (paths start with {', '.join(tops)}, "
                                   f"e.g. vision, vision.merger, text.embed)")
     return dataclasses.replace(recipe, make_tx=lambda optim: make_optimizer(
-        optim, lr_by_prefix=lr_by_prefix, frozen=frozen, updates_per_step=updates_per_step))
+        optim, lr_by_prefix=lr_by_prefix, frozen=frozen, adapters_only=adapters_only,
+        updates_per_step=updates_per_step))

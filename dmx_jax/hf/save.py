@@ -5,6 +5,7 @@ Writes config.json, generation_config.json and safetensors in the hub layout (`m
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from dmx_jax.hf import mapping
+from dmx_jax.model import lora
 from dmx_jax.model.config import ModelConfig, to_hf_config
 
 _UNITS = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30}
@@ -80,7 +82,8 @@ def plan_shards(sizes: list[tuple[str, int]], limit: int) -> list[list[str]]:
 
 def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB",
                     config: ModelConfig | None = None) -> Path:
-    """Write `model` (a Qwen25VL, or a pure param dict with `config=`) as a Hugging Face folder.
+    """Write `model` (a Qwen25VL, or a pure param dict with `config=`) as a Hugging Face folder; LoRA adapters
+    are merged into their kernels (dmx_jax.hf.adapter.save_adapter writes them as a PEFT folder instead).
 
     Shards are planned from shapes and written one at a time, so the host holds at most one shard plus
     one (stacked) parameter. In a multi-process run every process gathers and process 0 writes.
@@ -94,6 +97,9 @@ def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB
     else:
         cfg = config or model.cfg
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    if cfg.text.lora.rank:          # a plain checkpoint: adapters folded into their kernels
+        params = lora.merge_adapters(params, cfg.text.lora)
+        cfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=lora.LoraConfig()))
     writer = jax.process_index() == 0
     if writer:
         path.mkdir(parents=True, exist_ok=True)

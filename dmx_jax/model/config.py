@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from dmx_jax.model.lora import LoraConfig
+
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_CHOICES = ("none", "dots", "full", "offload")
 ATTENTION_CHOICES = ("xla", "chunked", "cudnn", "splash")
@@ -48,6 +50,7 @@ class TextConfig:
     rope_theta: float = 1e6
     mrope_section: tuple[int, ...] = (16, 24, 24)
     max_position_embeddings: int = 128000
+    lora: LoraConfig = LoraConfig()   # adapters on the decoder's projections (rank 0: none); not an HF field
 
     @property
     def head_dim(self) -> int:

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dmx_jax.model import lora
 from dmx_jax.model.rotary import apply_rotary, rotate_half  # noqa: F401  (re-exported)
 from dmx_jax.sharding.rules import constrain
 
@@ -40,19 +41,22 @@ def activation(name: str):
     raise ValueError(f"unsupported activation {name!r}")
 
 
-def swiglu(x, p: dict, act, hidden_axes: tuple | None = None) -> jax.Array:
-    """down(act(gate(x)) * up(x)); biases used when present. hidden_axes: logical axes of the hidden
-    activation (sharding constraint under a context mesh)."""
-    g = x @ p["gate"]["kernel"].astype(x.dtype)
-    u = x @ p["up"]["kernel"].astype(x.dtype)
-    if "bias" in p["gate"]:
-        g, u = g + p["gate"]["bias"].astype(x.dtype), u + p["up"]["bias"].astype(x.dtype)
+def linear(x, p: dict, lora_scale: float = 0.0) -> jax.Array:
+    """x @ kernel, + bias and + the LoRA term (dmx_jax.model.lora) when p holds them."""
+    y = x @ p["kernel"].astype(x.dtype)
+    if "bias" in p:
+        y = y + p["bias"].astype(x.dtype)
+    d = lora.delta(x, p, 1, lora_scale)
+    return y if d is None else y + d
+
+
+def swiglu(x, p: dict, act, hidden_axes: tuple | None = None, lora_scale: float = 0.0) -> jax.Array:
+    """down(act(gate(x)) * up(x)); biases and adapters used when present. hidden_axes: logical axes of the
+    hidden activation (sharding constraint under a context mesh)."""
+    g, u = linear(x, p["gate"], lora_scale), linear(x, p["up"], lora_scale)
     if hidden_axes is not None:
         g, u = constrain(g, hidden_axes), constrain(u, hidden_axes)
-    y = (act(g) * u) @ p["down"]["kernel"].astype(x.dtype)
-    if "bias" in p["down"]:
-        y = y + p["down"]["bias"].astype(x.dtype)
-    return y
+    return linear(act(g) * u, p["down"], lora_scale)
 
 
 def remat_policy(name: str):

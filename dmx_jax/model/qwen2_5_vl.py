@@ -48,6 +48,8 @@ class Qwen25VL(nnx.Module):
         if not cfg.tie_word_embeddings:
             kernel = jax.random.normal(rngs.params(), (cfg.text.hidden_size, cfg.text.vocab_size)) * 0.02
             self.lm_head = ParamTree({"kernel": kernel.astype(pdt)})
+        if cfg.text.lora.rank:          # last, so the base weights are those of the same seed without adapters
+            self.text.add_adapters(rngs.params())
 
     @property
     def dtype(self):

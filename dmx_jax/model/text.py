@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dmx_jax.model import rotary
+from dmx_jax.model import lora, rotary
 from dmx_jax.model.attention import attention, causal_mask
 from dmx_jax.model.config import TextConfig
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
@@ -29,13 +29,22 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> 
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.zeros((), jnp.int32)}
 
 
-def _qkv(x, p, cos, sin, eps: float):
+def _project(h, p: dict, eq: str, lora_scale: float, n_in: int = 1):
+    """One projection of a layer: h @ kernel (+ bias) (+ the LoRA term when p holds adapters)."""
+    y = jnp.einsum(eq, h, p["kernel"].astype(h.dtype))
+    if "bias" in p:
+        y = y + p["bias"].astype(h.dtype)
+    d = lora.delta(h, p, n_in, lora_scale)
+    return y if d is None else y + d
+
+
+def _qkv(x, p, cos, sin, cfg: TextConfig):
     """Pre-attention half of a layer: (q [B,T,N,H], k, v [B,T,K,H]) with M-RoPE applied to q and k."""
-    a = p["attn"]
-    h = rms_norm(x, p["input_norm"]["scale"], eps)
-    q = jnp.einsum("btd,dnh->btnh", h, a["q"]["kernel"].astype(h.dtype)) + a["q"]["bias"].astype(h.dtype)
-    k = jnp.einsum("btd,dkh->btkh", h, a["k"]["kernel"].astype(h.dtype)) + a["k"]["bias"].astype(h.dtype)
-    v = jnp.einsum("btd,dkh->btkh", h, a["v"]["kernel"].astype(h.dtype)) + a["v"]["bias"].astype(h.dtype)
+    a, s = p["attn"], cfg.lora.scale
+    h = rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps)
+    q = _project(h, a["q"], "btd,dnh->btnh", s)
+    k = _project(h, a["k"], "btd,dkh->btkh", s)
+    v = _project(h, a["v"], "btd,dkh->btkh", s)
     q, k = apply_rotary(q, cos[:, :, None], sin[:, :, None]), apply_rotary(k, cos[:, :, None], sin[:, :, None])
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     k, v = (constrain(a, ("act_batch", "act_length", "act_kv_heads", None)) for a in (k, v))
@@ -45,9 +54,9 @@ def _qkv(x, p, cos, sin, eps: float):
 def _attend_mlp(x, p, q, k, v, mask, cfg: TextConfig, impl: str, block: int):
     """Post-attention half: attention of q over keys/values k, v [B,S,K,H], output projection, residual, MLP."""
     o = attention(q, k, v, mask, impl, block)
-    x = constrain(x + jnp.einsum("btnh,nhd->btd", o, p["attn"]["o"]["kernel"].astype(o.dtype)), RESIDUAL)
+    x = constrain(x + _project(o, p["attn"]["o"], "btnh,nhd->btd", cfg.lora.scale, n_in=2), RESIDUAL)
     x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act),
-                   ("act_batch", "act_length", "act_mlp"))
+                   ("act_batch", "act_length", "act_mlp"), cfg.lora.scale)
     return constrain(x, RESIDUAL)
 
 
@@ -59,7 +68,7 @@ class TextDecoder(nnx.Module):
         init = lambda *shape, scale=0.02: (jax.random.normal(rngs.params(), shape) * scale).astype(param_dtype)
         zeros = lambda *shape: jnp.zeros(shape, param_dtype)
         self.embed = ParamTree({"embedding": init(cfg.vocab_size, d)})
-        self.layers = ParamTree({
+        layers = {
             "input_norm": {"scale": jnp.ones((L, d), param_dtype)},
             "post_attn_norm": {"scale": jnp.ones((L, d), param_dtype)},
             "attn": {"q": {"kernel": init(L, d, n, hd), "bias": zeros(L, n, hd)},
@@ -68,8 +77,17 @@ class TextDecoder(nnx.Module):
                      "o": {"kernel": init(L, n, hd, d)}},
             "mlp": {"gate": {"kernel": init(L, d, f)}, "up": {"kernel": init(L, d, f)},
                     "down": {"kernel": init(L, f, d)}},
-        })
+        }
+        self.layers = ParamTree(layers)
         self.norm = ParamTree({"scale": jnp.ones((d,), param_dtype)})
+
+    def add_adapters(self, key: jax.Array) -> None:
+        """LoRA adapters (cfg.lora) beside the target kernels, fp32 whatever the base's dtype; B = 0."""
+        kernels = {t: getattr(getattr(self.layers, lora.GROUP[t]), t).kernel[...] for t in self.cfg.lora.targets}
+        for group, targets in lora.init_adapters(kernels, self.cfg.lora, key).items():
+            for name, leaves in targets.items():
+                for leaf, value in leaves.items():
+                    setattr(getattr(getattr(self.layers, group), name), leaf, nnx.Param(value))
 
     def embed_tokens(self, input_ids: jax.Array, dtype=jnp.float32) -> jax.Array:
         return self.embed.embedding[...][input_ids].astype(dtype)
@@ -89,7 +107,7 @@ class TextDecoder(nnx.Module):
 
         def body(h, p):
             h = constrain(h, RESIDUAL)
-            q, k, v = _qkv(h, p, cos, sin, cfg.rms_norm_eps)
+            q, k, v = _qkv(h, p, cos, sin, cfg)
             return _attend_mlp(h, p, q, k, v, mask, cfg, attention, attention_block), None
 
         def cached_body(carry, xs):
@@ -98,7 +116,7 @@ class TextDecoder(nnx.Module):
             h, k_all, v_all = carry
             p, layer = xs
             h = constrain(h, RESIDUAL)
-            q, k, v = _qkv(h, p, cos, sin, cfg.rms_norm_eps)
+            q, k, v = _qkv(h, p, cos, sin, cfg)
             k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
             v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
             k_att, v_att = (jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False).astype(h.dtype)

@@ -49,6 +49,16 @@ PARAM_LOGICAL_AXES: tuple[tuple[str, LogicalAxes], ...] = (
     (r"text\.layers\.attn\.o\.kernel", (_L, "heads", "head_dim", "embed")),
     (r"text\.layers\.mlp\.(gate|up)\.kernel", (_L, "embed", "mlp")),
     (r"text\.layers\.mlp\.down\.kernel", (_L, "mlp", "embed")),
+    # LoRA adapters (dmx_jax.model.lora): A keeps its kernel's input axes, B its output axes; the rank is whole
+    (r"text\.layers\.attn\.[qkv]\.lora_a", (_L, "embed", "lora_rank")),
+    (r"text\.layers\.attn\.q\.lora_b", (_L, "lora_rank", "heads", "head_dim")),
+    (r"text\.layers\.attn\.[kv]\.lora_b", (_L, "lora_rank", "kv_heads", "head_dim")),
+    (r"text\.layers\.attn\.o\.lora_a", (_L, "heads", "head_dim", "lora_rank")),
+    (r"text\.layers\.attn\.o\.lora_b", (_L, "lora_rank", "embed")),
+    (r"text\.layers\.mlp\.(gate|up)\.lora_a", (_L, "embed", "lora_rank")),
+    (r"text\.layers\.mlp\.(gate|up)\.lora_b", (_L, "lora_rank", "mlp")),
+    (r"text\.layers\.mlp\.down\.lora_a", (_L, "mlp", "lora_rank")),
+    (r"text\.layers\.mlp\.down\.lora_b", (_L, "lora_rank", "embed")),
     (r"text\.norm\.scale", (None,)),
     (r"lm_head\.kernel", ("embed", "vocab")),
     (r"align_readout\.kernel", ("embed", None)),          # the alignment stage's decoder read-out head
@@ -72,6 +82,7 @@ TRAIN_RULES: Rules = {
     "vision_merge": "fsdp",
     "vision_merge_mlp": "tensor",
     "patches": None,
+    "lora_rank": None,
 }
 SAMPLE_RULES: Rules = {**TRAIN_RULES, "embed": None, "vision_embed": None, "vision_merge": None}
 

@@ -47,6 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from dmx_jax.model.lora import disable_adapters
 from dmx_jax.training.grpo_loss import (
     GRPOConfig,
     adaptive_kl_coef,
@@ -168,22 +169,27 @@ class GRPOLearner:
 
     ref_dtype: dtype of the frozen reference copy (e.g. "bfloat16"; None keeps the policy's dtype);
     ref_offload: keep the reference in host memory between uses; refill: () -> another prompt batch of the same
-    shape, for dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings)."""
+    shape, for dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings);
+    reference_is_base: the KL reference is the policy's own parameters with its LoRA adapters switched off
+    (dmx_jax.model.lora.disable_adapters): no reference copy exists."""
 
     def __init__(self, graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation, *,
                  sampler: Sampler, reward_fn: Callable, logprob: PolicyLogprob, ref_params: Any = None,
                  seed: int = 0, grad_accum: int = 1, compute_dtype=None,
                  place: Callable[[dict], dict] | None = None, ref_dtype=None, ref_offload: bool = False,
-                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None):
+                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None,
+                 reference_is_base: bool = False):
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
         self.sample_shardings, self.compute_dtype = sample_shardings, compute_dtype
         self.shared_prefill = sampler.group_size == cfg.group_size
         self.ref_params, self._ref_shardings = None, None
-        if cfg.needs_reference and ref_params is None:
-            raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need the reference parameters (ref_params)")
-        if ref_params is not None and cfg.needs_reference:
+        self.reference_is_base = reference_is_base and cfg.needs_reference
+        if cfg.needs_reference and ref_params is None and not reference_is_base:
+            raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need the reference parameters (ref_params), or "
+                             "LoRA adapters to switch off (reference_is_base)")
+        if ref_params is not None and cfg.needs_reference and not reference_is_base:
             # own copy (the policy's buffers are donated to the update step), in ref_dtype
             ref = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
             ref = cast_floating(ref, None if ref_dtype is None else jnp.dtype(ref_dtype))
@@ -202,7 +208,7 @@ class GRPOLearner:
             return map_row_slices(run, inputs, k)
 
         self._logp_policy = jax.jit(lambda p, b: logp(p, b, logprob.with_entropy))
-        self._logp_ref = jax.jit(lambda p, b: logp(p, b, False)[0])
+        self._logp_ref = jax.jit(lambda p, b: logp(disable_adapters(p) if reference_is_base else p, b, False)[0])
         self._split = jax.jit(group_strided_split, static_argnums=(1, 2))
         self._take_rows = jax.jit(lambda parts, idx: jax.tree.map(
             lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts))
@@ -281,7 +287,9 @@ class GRPOLearner:
                             "drift/logp_abs_max": float(drift.max()),
                             "entropy": float((entropy * cmask).sum() / n_tok)})
         ref_logp = None
-        if self.ref_params is not None:
+        if self.reference_is_base:      # the policy's own base weights, adapters off: no second copy
+            ref_logp = self._logp_ref(params, batch.inputs)
+        elif self.ref_params is not None:
             ref = self.ref_params
             if self._ref_shardings is not None:     # offloaded: back on device for this pass only
                 ref = jax.device_put(ref, self._ref_shardings)

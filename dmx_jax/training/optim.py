@@ -10,6 +10,7 @@ from typing import Literal
 import jax
 import optax
 
+from dmx_jax.model.lora import is_adapter
 from dmx_jax.sharding.rules import path_to_str
 
 
@@ -60,7 +61,8 @@ def _adamw(cfg: OptimConfig, updates_per_step: int = 1) -> optax.GradientTransfo
 
 
 def make_optimizer(cfg: OptimConfig, *, lr_by_prefix: Mapping[str, float] | None = None,
-                   frozen: Sequence[str] = (), updates_per_step: int = 1) -> optax.GradientTransformation:
+                   frozen: Sequence[str] = (), adapters_only: bool = False,
+                   updates_per_step: int = 1) -> optax.GradientTransformation:
     """AdamW (cfg) with global-norm clipping.
 
     updates_per_step: optimizer updates in one training step (GRPO: epochs x mini-batches); the learning-rate
@@ -70,23 +72,25 @@ def make_optimizer(cfg: OptimConfig, *, lr_by_prefix: Mapping[str, float] | None
     lr_by_prefix: parameters under a prefix train at that learning rate (the schedule's shape, cfg's warmup and
     decay), the longest matching prefix winning. frozen: parameters under these prefixes do not train: their
     gradients are zeroed before clipping (the norm counts the trained parameters only, as when they take no
-    gradient at all) and the optimizer holds no state for them."""
+    gradient at all) and the optimizer holds no state for them. adapters_only: every parameter but the LoRA
+    adapters (dmx_jax.model.lora) is frozen so."""
     lr_by_prefix, frozen = dict(lr_by_prefix or {}), tuple(frozen)
     clip = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    if not lr_by_prefix and not frozen:
+    if not lr_by_prefix and not frozen and not adapters_only:
         return optax.chain(*clip, _adamw(cfg, updates_per_step))
+    freezes = bool(frozen) or adapters_only
 
     def label(path, _):
         name = path_to_str(path)
-        if any(under(name, f) for f in frozen):
+        if any(under(name, f) for f in frozen) or (adapters_only and not is_adapter(name)):
             return "frozen"
         matches = [p for p in lr_by_prefix if under(name, p)]
         return max(matches, key=len) if matches else "default"
 
     labels = lambda params: jax.tree_util.tree_map_with_path(label, params)
     is_frozen = lambda params: jax.tree.map(lambda lb: lb == "frozen", labels(params))
-    groups = {"default": _adamw(cfg, updates_per_step), **({"frozen": optax.set_to_zero()} if frozen else {}),
+    groups = {"default": _adamw(cfg, updates_per_step), **({"frozen": optax.set_to_zero()} if freezes else {}),
               **{p: _adamw(dataclasses.replace(cfg, learning_rate=lr), updates_per_step)
                  for p, lr in lr_by_prefix.items()}}
-    zero_frozen = [optax.masked(optax.set_to_zero(), is_frozen)] if frozen else []
+    zero_frozen = [optax.masked(optax.set_to_zero(), is_frozen)] if freezes else []
     return optax.chain(*zero_frozen, *clip, optax.multi_transform(groups, labels))

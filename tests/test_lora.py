@@ -1,0 +1,185 @@
+"""LoRA adapters (dmx_jax.model.lora): fresh adapters give the base's logits exactly; only adapters train (no
+optimizer state for the base); the merged export and the PEFT folder both give transformers / peft the adapted
+model's logits; a PEFT folder loads back; the GRPO reference with adapters off is the base; a checkpoint round trip
+keeps adapters and their optimizer state."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dmx_jax.hf import load_adapter, load_pretrained, save_adapter, save_pretrained
+from dmx_jax.model.lora import LoraConfig, disable_adapters, is_adapter, merge_adapters
+from dmx_jax.sharding.rules import path_to_str
+from dmx_jax.training.optim import OptimConfig, make_optimizer
+from tests.helpers import hf_reference as R
+
+LORA = LoraConfig(rank=4, alpha=8.0)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A transformers reference model saved as a folder, and its inputs (an image prompt and a text prompt)."""
+    ref = R.make_reference("a", seed=1)
+    path = tmp_path_factory.mktemp("lora_base")
+    ref.save_pretrained(path)
+    f = R.processor()(images=[R.gray_image(84, 112, 9)], return_tensors="np")
+    ids, mask = R.left_pad([R.prompt_ids(R.image_tokens(f["image_grid_thw"]), [[1, 4], [5, 6]]), [1, 2, 3]])
+    return ref, path, (ids, mask, f["pixel_values"], f["image_grid_thw"])
+
+
+def _with_lora(path, lora=LORA):
+    """The base folder loaded with fresh adapters, then every B set to random values (a trained adapter)."""
+    from dmx_jax.hf import read_config
+    cfg = read_config(path)
+    model, cfg = load_pretrained(path, config=cfg.replace(text=dataclasses.replace(cfg.text, lora=lora)))
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    leaves, tree = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    trained = [0.05 * jax.random.normal(k, x.shape) if path_to_str(p).endswith("lora_b") else x
+               for (p, x), k in zip(leaves, keys)]
+    return graphdef, params, jax.tree_util.tree_unflatten(jax.tree.structure(params), trained), cfg
+
+
+def _logits(graphdef, params, inputs):
+    ids, mask, pv, grid = inputs
+    return np.asarray(nnx.merge(graphdef, params)(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask))
+
+
+def test_fresh_adapters_give_the_base_logits_exactly_and_disabled_ones_too(base):
+    ref, path, inputs = base
+    plain, _ = load_pretrained(path)
+    graphdef, fresh, trained, _ = _with_lora(path)
+    want = np.asarray(plain(inputs[0], pixel_values=inputs[2], image_grid_thw=inputs[3], attention_mask=inputs[1]))
+    np.testing.assert_array_equal(_logits(graphdef, fresh, inputs), want)
+    np.testing.assert_array_equal(_logits(graphdef, disable_adapters(trained), inputs), want)
+    assert float(np.abs(_logits(graphdef, trained, inputs) - want).max()) > 1e-3    # trained adapters matter
+
+
+def test_merged_export_gives_transformers_the_adapted_logits(base, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    _, path, inputs = base
+    graphdef, _, trained, cfg = _with_lora(path)
+    save_pretrained(trained, tmp_path / "merged", config=cfg)
+    back = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "merged", attn_implementation="eager").eval()
+    ids, mask, pv, grid = inputs
+    got = R.reference_logits(back, ids, mask, pv, grid)
+    want = _logits(graphdef, trained, inputs)
+    assert float(np.abs(got - want)[mask.astype(bool)].max()) <= 1e-4
+    assert not any("lora" in k for k in back.state_dict())
+
+
+def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(base, tmp_path):
+    peft = pytest.importorskip("peft")
+    _, path, inputs = base
+    graphdef, _, trained, cfg = _with_lora(path)
+    save_adapter(trained, cfg, tmp_path / "adapter", base_model=str(path))
+    ref = R.make_reference("a", seed=1)                       # the same base weights as the folder
+    model = peft.PeftModel.from_pretrained(ref, tmp_path / "adapter").eval()
+    wrapped = [n for n, _ in model.named_modules() if n.endswith(".lora_A")]
+    assert len(wrapped) == len(LORA.targets) * cfg.text.num_hidden_layers        # the decoder's only
+    assert not any("visual" in n for n in wrapped)
+    ids, mask, pv, grid = inputs
+    got = R.reference_logits(model, ids, mask, pv, grid)
+    want = _logits(graphdef, trained, inputs)
+    assert float(np.abs(got - want)[mask.astype(bool)].max()) <= 1e-4
+    plain, plain_cfg = load_pretrained(path)
+    params, lcfg = load_adapter(nnx.to_pure_dict(nnx.state(plain, nnx.Param)), plain_cfg, tmp_path / "adapter")
+    assert lcfg.text.lora == LORA
+    for (p, a), (_, b) in zip(*(jax.tree_util.tree_leaves_with_path(t) for t in (trained, params))):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=0, err_msg=path_to_str(p))
+
+
+def test_only_adapters_train_and_the_base_has_no_optimizer_state(base):
+    _, path, inputs = base
+    graphdef, _, fresh, _ = _with_lora(path)          # B != 0, so A takes a gradient too
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), adapters_only=True)
+    opt_state = tx.init(fresh)
+    adapter_size = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(fresh) if is_adapter(path_to_str(p)))
+    moments = sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim > 0)
+    assert moments == 2 * adapter_size                     # Adam's m and v for the adapters alone
+    ids, mask, pv, grid = inputs
+
+    def loss(params):
+        logits = nnx.merge(graphdef, params)(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 7])
+
+    grads = jax.grad(loss)(fresh)
+    updates, _ = tx.update(grads, opt_state, fresh)
+    new = optax.apply_updates(fresh, updates)
+    for p, a, b in zip(*zip(*jax.tree_util.tree_leaves_with_path(fresh)), jax.tree.leaves(new)):
+        moved = float(jnp.abs(b - a).max())
+        assert (moved > 0) == is_adapter(path_to_str(p)), path_to_str(p)
+
+
+def test_merge_equals_the_adapter_forward_in_the_model_frame(base):
+    _, path, inputs = base
+    graphdef, _, trained, cfg = _with_lora(path)
+    plain_graphdef = nnx.split(load_pretrained(path)[0])[0]
+    merged = merge_adapters(trained, cfg.text.lora)
+    assert not any(is_adapter(path_to_str(p)) for p, _ in jax.tree_util.tree_leaves_with_path(merged))
+    np.testing.assert_allclose(_logits(plain_graphdef, merged, inputs), _logits(graphdef, trained, inputs), atol=1e-4)
+
+
+def test_grpo_reference_is_the_base_with_adapters_off():
+    """reference_is_base: no reference copy; the reference log-probs are the base model's (adapters zeroed)."""
+    from dmx_jax.model import Qwen25VL, tiny
+    from dmx_jax.training.grpo import GRPOLearner
+    from dmx_jax.training.grpo_loss import GRPOConfig
+    from dmx_jax.training.rl_vlm import make_policy_logprob
+    from dmx_jax.training.rollout import Sampler
+    cfg = tiny()
+    lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
+    graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
+    params = nnx.to_pure_dict(state)
+    trained = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.1 if path_to_str(p).endswith("lora_b") else x, params)
+    algo = GRPOConfig(group_size=2, max_new_tokens=4, kl_coef=0.05)
+    logprob = make_policy_logprob(algo)
+    learner = GRPOLearner(graphdef, algo, optax.sgd(0.1), sampler=Sampler(None, 2, ()), reward_fn=None,
+                          logprob=logprob, reference_is_base=True)
+    assert learner.ref_params is None
+    rng = np.random.default_rng(0)
+    t, tn = 6, 4
+    ids = rng.integers(10, 900, (2, t)).astype(np.int32)
+    inputs = {"input_ids": ids, "attention_mask": np.ones((2, t), np.int32),
+              "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (2, 3, t)).copy(),
+              "deltas": np.zeros((2, 1), np.int32),
+              "completion": rng.integers(10, 900, (2, tn)).astype(np.int32),
+              "completion_mask": np.ones((2, tn), np.float32)}
+    got = learner._logp_ref(trained, inputs)
+    base_graphdef, base_state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
+    want, _ = logprob(nnx.merge(base_graphdef, base_state), inputs)
+    policy, _ = logprob(nnx.merge(graphdef, trained), inputs)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    assert float(jnp.abs(policy - want).max()) > 1e-3
+
+
+def test_checkpoint_round_trip_keeps_adapters_and_their_optimizer_state(base, tmp_path):
+    from dmx_jax.training.checkpoint import Checkpointer, abstract_like
+    from dmx_jax.training.state import init_train_state
+    _, path, _ = base
+    _, _, trained, _ = _with_lora(path)
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2), adapters_only=True)
+    state = init_train_state(trained, tx)
+    grads = jax.tree.map(jnp.ones_like, trained)
+    updates, opt = tx.update(grads, state.opt_state, trained)
+    state = state.replace(params=optax.apply_updates(trained, updates), opt_state=opt, step=state.step + 1)
+    ck = Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False)
+    ck.save(1, state, force=True)
+    ck.wait()
+    back, _, step = ck.restore(abstract_like(state))
+    assert step == 1
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_lora_config_is_checked():
+    for bad, match in ((dict(rank=-1), "rank"), (dict(rank=4, targets=("q", "qkv")), "targets"),
+                       (dict(rank=4, alpha=0.0), "alpha")):
+        with pytest.raises(ValueError, match=match):
+            LoraConfig(**bad)
