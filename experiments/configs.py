@@ -198,17 +198,19 @@ def tiny_base() -> ExperimentConfig:
     `python -m experiments.pretrain`), loaded through `hf_checkpoint` as a user loads Qwen2.5-VL-7B-Instruct
     (its tokenizer.json encodes the benchmark; it is scored zero-shot as the `base` row), on the synthetic
     benchmark. Images at the base's max_pixels (128 px studies resized to 140 px: 25 image tokens). The vision
-    tower + merger stay frozen in every stage (fine-tuning them overwrote the base's reading), and reasoning
+    tower + merger stay frozen in every stage (fine-tuning them overwrote the base's reading), reasoning
     prompts put the instruction before the question (the base never saw a 107-token gap between question and
-    answer). Stage settings chosen from the runs in RESULTS.md ("Default run from the miniature base")."""
+    answer), and cold-start traces give each grounding box right after its phrase and name a VQA question's
+    finding first, with the trace's boxes moved a few pixels so its answer must copy them. Stage settings chosen
+    from the runs in RESULTS.md ("Default run from the miniature base")."""
     return ExperimentConfig(
         name="tiny_base", model="base", hf_checkpoint=MINIATURE_BASE,
-        data=DataConfig(on_too_long="skip", max_pixels=168 * 168, grounding_trace="phrase_first",
-                        reasoning_instruction="before_question"),
+        data=DataConfig(on_too_long="skip", max_pixels=168 * 168, grounding_trace="box_first",
+                        vqa_trace="question_first", trace_box_jitter=3, reasoning_instruction="before_question"),
         sft=StageConfig(steps=300, save_every=150, vision_lr=0.0,
                         optim=OptimConfig(learning_rate=5e-4, warmup_steps=20, total_steps=300)),
-        cold_start=StageConfig(steps=300, save_every=150, pad_multiple=64, vision_lr=0.0,
-                               optim=OptimConfig(learning_rate=5e-4, warmup_steps=10, total_steps=300)),
+        cold_start=StageConfig(steps=600, save_every=300, pad_multiple=64, vision_lr=0.0,
+                               optim=OptimConfig(learning_rate=5e-4, warmup_steps=10, total_steps=600)),
         eval=EvalConfig(examples=600, reasoning_max_new_tokens=192),
         rl=RLConfig(steps=24, save_every=12, algo=GRPOConfig(max_new_tokens=192), vision_lr=0.0, eval_every=12,
                     optim=OptimConfig(learning_rate=3e-5, warmup_steps=0, schedule="constant")),
