@@ -31,6 +31,11 @@ def base(tmp_path_factory):
     return ref, path, (ids, mask, f["pixel_values"], f["image_grid_thw"])
 
 
+@pytest.fixture(scope="module")
+def adapted(base):
+    return _with_lora(base[1])
+
+
 def _with_lora(path, lora=LORA):
     """The base folder loaded with fresh adapters, then every B set to random values (a trained adapter)."""
     from dmx_jax.hf import read_config
@@ -45,25 +50,26 @@ def _with_lora(path, lora=LORA):
     return graphdef, params, jax.tree_util.tree_unflatten(jax.tree.structure(params), trained), cfg
 
 
-def _logits(graphdef, params, inputs):
-    ids, mask, pv, grid = inputs
-    return np.asarray(nnx.merge(graphdef, params)(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask))
+def _logits(graphdef, params, inputs, jit=True):
+    ids, mask, pv, grid = inputs               # host inputs: only the parameters are traced
+    run = lambda p: nnx.merge(graphdef, p)(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
+    return np.asarray((jax.jit(run) if jit else run)(params))
 
 
-def test_fresh_adapters_give_the_base_logits_exactly_and_disabled_ones_too(base):
+def test_fresh_adapters_give_the_base_logits_exactly_and_disabled_ones_too(base, adapted):
     ref, path, inputs = base
     plain, _ = load_pretrained(path)
-    graphdef, fresh, trained, _ = _with_lora(path)
+    graphdef, fresh, trained, _ = adapted
     want = np.asarray(plain(inputs[0], pixel_values=inputs[2], image_grid_thw=inputs[3], attention_mask=inputs[1]))
-    np.testing.assert_array_equal(_logits(graphdef, fresh, inputs), want)
-    np.testing.assert_array_equal(_logits(graphdef, disable_adapters(trained), inputs), want)
+    np.testing.assert_array_equal(_logits(graphdef, fresh, inputs, jit=False), want)       # op by op, as `plain`
+    np.testing.assert_array_equal(_logits(graphdef, disable_adapters(trained), inputs, jit=False), want)
     assert float(np.abs(_logits(graphdef, trained, inputs) - want).max()) > 1e-3    # trained adapters matter
 
 
-def test_merged_export_gives_transformers_the_adapted_logits(base, tmp_path):
+def test_merged_export_gives_transformers_the_adapted_logits(base, adapted, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
     _, path, inputs = base
-    graphdef, _, trained, cfg = _with_lora(path)
+    graphdef, _, trained, cfg = adapted
     save_pretrained(trained, tmp_path / "merged", config=cfg)
     back = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "merged", attn_implementation="eager").eval()
     ids, mask, pv, grid = inputs
@@ -73,10 +79,10 @@ def test_merged_export_gives_transformers_the_adapted_logits(base, tmp_path):
     assert not any("lora" in k for k in back.state_dict())
 
 
-def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(base, tmp_path):
+def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(base, adapted, tmp_path):
     peft = pytest.importorskip("peft")
     _, path, inputs = base
-    graphdef, _, trained, cfg = _with_lora(path)
+    graphdef, _, trained, cfg = adapted
     save_adapter(trained, cfg, tmp_path / "adapter", base_model=str(path))
     ref = R.make_reference("a", seed=1)                       # the same base weights as the folder
     model = peft.PeftModel.from_pretrained(ref, tmp_path / "adapter").eval()
@@ -94,9 +100,9 @@ def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(bas
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=0, err_msg=path_to_str(p))
 
 
-def test_only_adapters_train_and_the_base_has_no_optimizer_state(base):
+def test_only_adapters_train_and_the_base_has_no_optimizer_state(base, adapted):
     _, path, inputs = base
-    graphdef, _, fresh, _ = _with_lora(path)          # B != 0, so A takes a gradient too
+    graphdef, _, fresh, _ = adapted                  # B != 0, so A takes a gradient too
     tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), adapters_only=True)
     opt_state = tx.init(fresh)
     adapter_size = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(fresh) if is_adapter(path_to_str(p)))
@@ -108,7 +114,7 @@ def test_only_adapters_train_and_the_base_has_no_optimizer_state(base):
         logits = nnx.merge(graphdef, params)(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
         return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 7])
 
-    grads = jax.grad(loss)(fresh)
+    grads = jax.jit(jax.grad(loss))(fresh)
     updates, _ = tx.update(grads, opt_state, fresh)
     new = optax.apply_updates(fresh, updates)
     for p, a, b in zip(*zip(*jax.tree_util.tree_leaves_with_path(fresh)), jax.tree.leaves(new)):
@@ -116,9 +122,9 @@ def test_only_adapters_train_and_the_base_has_no_optimizer_state(base):
         assert (moved > 0) == is_adapter(path_to_str(p)), path_to_str(p)
 
 
-def test_merge_equals_the_adapter_forward_in_the_model_frame(base):
+def test_merge_equals_the_adapter_forward_in_the_model_frame(base, adapted):
     _, path, inputs = base
-    graphdef, _, trained, cfg = _with_lora(path)
+    graphdef, _, trained, cfg = adapted
     plain_graphdef = nnx.split(load_pretrained(path)[0])[0]
     merged = merge_adapters(trained, cfg.text.lora)
     assert not any(is_adapter(path_to_str(p)) for p, _ in jax.tree_util.tree_leaves_with_path(merged))
@@ -159,11 +165,10 @@ def test_grpo_reference_is_the_base_with_adapters_off():
     assert float(jnp.abs(policy - want).max()) > 1e-3
 
 
-def test_checkpoint_round_trip_keeps_adapters_and_their_optimizer_state(base, tmp_path):
+def test_checkpoint_round_trip_keeps_adapters_and_their_optimizer_state(adapted, tmp_path):
     from dmx_jax.training.checkpoint import Checkpointer, abstract_like
     from dmx_jax.training.state import init_train_state
-    _, path, _ = base
-    _, _, trained, _ = _with_lora(path)
+    _, _, trained, _ = adapted
     tx = make_optimizer(OptimConfig(learning_rate=1e-2), adapters_only=True)
     state = init_train_state(trained, tx)
     grads = jax.tree.map(jnp.ones_like, trained)
