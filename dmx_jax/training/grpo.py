@@ -109,7 +109,7 @@ def initial_aux(cfg: GRPOConfig) -> dict:
 def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
                        logprob: PolicyLogprob, *, grad_accum: int = 1, compute_dtype=None):
     """Pure update step(state, mini_batch: Rollout) -> (state, metrics) minimising the GRPO objective (one
-    optimizer update). Entropy is computed in the update when the bonus needs it or pi_old is 'current' (the
+    optimizer update; state.step is left to the learner, which counts rollout steps). Entropy is computed in the update when the bonus needs it or pi_old is 'current' (the
     rollout then ran no policy pass to log it)."""
     with_entropy = logprob.with_entropy and (cfg.entropy_coeff > 0 or cfg.old_logp == "current")
     if cfg.entropy_coeff > 0 and not logprob.with_entropy:
@@ -130,7 +130,8 @@ def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.Gradie
             metrics["tis/capped_sum"] = jnp.sum((is_weights >= cfg.tis_cap) * batch.loss_mask)
         return num, den, metrics
 
-    return make_train_step(graphdef, loss_fn, tx, grad_accum=grad_accum, compute_dtype=compute_dtype)
+    return make_train_step(graphdef, loss_fn, tx, grad_accum=grad_accum, compute_dtype=compute_dtype,
+                           counts_step=False)
 
 
 def rollout_loss_mask(batch: Rollout, cfg: GRPOConfig) -> jax.Array:
@@ -215,7 +216,7 @@ class GRPOLearner:
         self._loss_mask = jax.jit(functools.partial(rollout_loss_mask, cfg=cfg))
         self._advantages = jax.jit(lambda scores, mask, token_rewards: compute_advantages(scores, mask, cfg,
                                                                                           token_rewards))
-        self._rewind = jax.jit(lambda s, d: s.replace(step=s.step - d), donate_argnums=(0,))
+        self._advance = jax.jit(lambda s: s.replace(step=s.step + 1), donate_argnums=(0,))
 
     # -- rollout ---------------------------------------------------------------------------------------------
     def _sample_and_score(self, params, prompts: dict, rng: jax.Array) -> tuple[Rollout, dict, float, float]:
@@ -361,8 +362,7 @@ class GRPOLearner:
                 updates += 1
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
-        if updates > 1:
-            state = self._rewind(state, updates - 1)
+        state = self._advance(state)        # one rollout step, however many updates it ran
         if adaptive:                # the controller moves after the batch that used it (verl apply_kl_penalty)
             new = adaptive_kl_coef(coef, metrics["kl_reward/kl"], n_rows, cfg.kl_target, cfg.kl_horizon)
             state = state.replace(aux={**state.aux, "kl_reward_coef": jnp.float32(new)})

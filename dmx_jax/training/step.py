@@ -30,8 +30,10 @@ def _split_micro(batch: dict, k: int) -> dict:
 
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, *,
-                    grad_accum: int = 1, compute_dtype=None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The pure step function (not jitted; see `jit_train_step`)."""
+                    grad_accum: int = 1, compute_dtype=None,
+                    counts_step: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The pure step function (not jitted; see `jit_train_step`). counts_step=False leaves state.step alone (GRPO
+    runs several updates per step and advances the step once)."""
 
     def loss_on_params(params, batch, rng):
         model = nnx.merge(graphdef, cast_floating(params, compute_dtype))
@@ -63,7 +65,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1,
+        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + int(counts_step),
                                   rng=jax.random.key_data(rng))
         metrics = {"loss": loss_sum / denom, "tokens": count, "grad_norm": grad_norm, **aux}
         return new_state, metrics
