@@ -22,7 +22,7 @@ from dmx_jax.eval import (
     vqa_scores,
 )
 from dmx_jax.eval.paired import paired_by_key
-from dmx_jax.sampling.generate import generate_arrays
+from dmx_jax.sampling.generate import PROMPT_KEYS, Decoding, generate_arrays
 
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
 
@@ -34,12 +34,10 @@ def generate_texts(graphdef, params, arrays: dict, tokenizer, *, max_new_tokens:
     out = []
     for s in range(0, n, batch_size):
         idx = np.arange(s, s + batch_size) % n           # pad the last chunk by wrapping; extra rows dropped
-        part = jax.tree.map(lambda x: jnp.asarray(x[idx]), arrays)
-        toks, _, cmask = generate_arrays(graphdef, params, part["input_ids"], jnp.swapaxes(part["positions"], 0, 1),
-                                   part["attention_mask"], part["deltas"].reshape(-1, 1), part["pixel_values"],
-                                   part["vision_inputs"], jax.random.key(0), max_new_tokens=max_new_tokens,
-                                   temperature=0.0, top_k=0, top_p=1.0, stop_token_ids=(tokenizer.im_end_id,),
-                                   pad_id=tokenizer.pad_id)
+        part = {k: jax.tree.map(lambda x: jnp.asarray(x[idx]), arrays[k])
+                for k in (*PROMPT_KEYS, "pixel_values", "vision_inputs") if k in arrays}
+        toks, _, cmask = generate_arrays(graphdef, params, part, jax.random.key(0), Decoding(
+            max_new_tokens, stop_token_ids=(tokenizer.im_end_id,), pad_id=tokenizer.pad_id))
         toks, cmask = np.asarray(toks), np.asarray(cmask)
         for r in range(min(batch_size, n - s)):
             ids = [int(t) for t, m in zip(toks[r], cmask[r]) if m and t != tokenizer.im_end_id]

@@ -10,8 +10,10 @@ the KV cache is broadcast to the G samples; prefill computes logits at the last 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,34 +26,47 @@ from dmx_jax.model.vision import vision_inputs as make_vision_inputs
 from dmx_jax.sampling.select import select_tokens
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "stop_token_ids", "pad_id", "cache_dtype", "group_size",
-                                             "micro_batches"))
-def generate_arrays(graphdef, params, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, *,
-              max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop_token_ids: tuple[int, ...],
-              pad_id: int, cache_dtype=None, group_size: int = 1, micro_batches: int = 1):
-    """The sampler's jitted entry point on the data pipeline's arrays (left-padded input_ids, positions [3, B, T],
-    deltas [B, 1], per-row pixel_values + vision_inputs): the evaluation loop and GRPO rollouts call it.
-    P prompt rows -> (tokens, logps, completion_mask) [P * group_size, max_new_tokens], groups contiguous.
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """The static settings of one compiled sampler (hashable: generate_arrays compiles once per Decoding).
+    temperature 0 is greedy; stop_token_ids: any number of ids that end a row; cache_dtype: KV-cache dtype (None:
+    the model's compute dtype); group_size G: samples per prompt sharing one prefill; micro_batches k: the batch
+    decoded as k sequential slices (row i in slice i % k, so a batch sharded in contiguous blocks stays local),
+    each with its own random stream."""
 
-    micro_batches > 1 decodes the batch as that many sequential slices (row i in slice i % k, so a batch
-    sharded in contiguous blocks stays local), each with its own random stream."""
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    cache_dtype: Any = None
+    group_size: int = 1
+    micro_batches: int = 1
+
+
+PROMPT_KEYS = ("input_ids", "attention_mask", "positions", "deltas")   # + optional pixel_values, vision_inputs
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "decoding"))
+def generate_arrays(graphdef, params, prompts: dict, rng, decoding: Decoding):
+    """The sampler's jitted entry point on the data pipeline's prompt arrays: input_ids [P, T] (left-padded),
+    attention_mask [P, T], positions [P, 3, T] (batch-major rows), deltas [P, 1], and per-row pixel_values
+    [P, N, F] + vision_inputs when the prompts have images. The evaluation loop, GRPO rollouts and `generate`
+    call it. -> (tokens, logps, completion_mask) [P * G, max_new_tokens], groups contiguous."""
     model = nnx.merge(graphdef, params)
-    if micro_batches == 1:
-        return _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng,
-                       max_new_tokens, temperature, top_k, top_p, stop_token_ids, pad_id, cache_dtype, group_size)
-    k = micro_batches
+    ids, mask = prompts["input_ids"].astype(jnp.int32), prompts["attention_mask"].astype(jnp.int32)
+    positions = jnp.swapaxes(prompts["positions"], 0, 1).astype(jnp.int32)       # rows [P, 3, T] -> [3, P, T]
+    deltas = prompts["deltas"].astype(jnp.int32).reshape(-1, 1)
+    pixels, vin = prompts.get("pixel_values"), prompts.get("vision_inputs")
+    k = decoding.micro_batches
+    if k == 1:
+        return _decode(model, ids, positions, mask, deltas, pixels, vin, rng, decoding)
     split = lambda x: None if x is None else jax.tree.map(lambda a: _strided_split(a, k, 0), x)
-    xs = (split(input_ids), _strided_split(positions, k, 1), split(attention_mask), split(deltas),
-          split(pixel_values), split(vision_inputs), jax.random.split(rng, k))
-
-    def one(args):
-        ids, pos, mask, dl, pv, vin, key = args
-        return _decode(model, ids, pos, mask, dl, pv, vin, key, max_new_tokens, temperature, top_k, top_p,
-                       stop_token_ids, pad_id, cache_dtype, group_size)
-
-    outs = jax.lax.map(one, xs)
-    return tuple(_strided_join(o, group_size) for o in outs)
+    xs = (split(ids), _strided_split(positions, k, 1), split(mask), split(deltas), split(pixels), split(vin),
+          jax.random.split(rng, k))
+    outs = jax.lax.map(lambda args: _decode(model, *args, decoding), xs)
+    return tuple(_strided_join(o, decoding.group_size) for o in outs)
 
 
 def _strided_split(x, k: int, axis: int):
@@ -70,10 +85,13 @@ def _strided_join(x, group_size: int):
     return jnp.swapaxes(x, 0, 1).reshape((k * n,) + x.shape[3:])
 
 
-def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, max_new_tokens,
-            temperature, top_k, top_p, stop_token_ids, pad_id, cache_dtype, group_size):
+def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng,
+            decoding: Decoding):
     """Prefill P prompts once (vision tower included), logits at the last position only, then broadcast the
     KV cache to the G samples of each group and decode P * G rows."""
+    d = decoding
+    max_new_tokens, group_size, pad_id, stop_token_ids = d.max_new_tokens, d.group_size, d.pad_id, d.stop_token_ids
+    cache_dtype = None if d.cache_dtype is None else jnp.dtype(d.cache_dtype)
     p, t = input_ids.shape
     b = p * group_size
     cache = init_cache(model.cfg.text, p, t + max_new_tokens, cache_dtype or model.dtype)
@@ -90,7 +108,7 @@ def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, v
     stops = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
 
     def pick(logits_last, key):
-        return select_tokens(logits_last, key, temperature=temperature, top_k=top_k, top_p=top_p)
+        return select_tokens(logits_last, key, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p)
 
     tok, lp = pick(last, jax.random.fold_in(rng, 0))
     tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
@@ -189,17 +207,19 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
         ids = np.asarray(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         vin = vision_inputs
-    positions = jnp.asarray(positions)
     if temperature > 0 and rng is None:
         raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(...)")
     graphdef, params = nnx.split(model)
-    tokens, logps, cmask = generate_arrays(
-        graphdef, params, jnp.asarray(ids, jnp.int32), positions.astype(jnp.int32), jnp.asarray(mask, jnp.int32),
-        jnp.asarray(deltas, jnp.int32).reshape(-1, 1), None if pixel_values is None else jnp.asarray(pixel_values),
-        None if vin is None else jax.tree.map(jnp.asarray, vin), rng if rng is not None else jax.random.key(0),
-        max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-        stop_token_ids=tuple(int(s) for s in stop_token_ids),
-        pad_id=int(cfg.pad_token_id if pad_id is None else pad_id))
+    prompts = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
+               "positions": jnp.swapaxes(jnp.asarray(positions), 0, 1), "deltas": jnp.asarray(deltas)}
+    if pixel_values is not None:
+        prompts["pixel_values"] = jnp.asarray(pixel_values)
+    if vin is not None:
+        prompts["vision_inputs"] = jax.tree.map(jnp.asarray, vin)
+    decoding = Decoding(int(max_new_tokens), float(temperature), int(top_k), float(top_p),
+                        tuple(int(s) for s in stop_token_ids), int(cfg.pad_token_id if pad_id is None else pad_id))
+    tokens, logps, cmask = generate_arrays(graphdef, params, prompts, rng if rng is not None else jax.random.key(0),
+                                           decoding)
     return (tokens, (logps, cmask)) if return_logprobs else tokens
 
 

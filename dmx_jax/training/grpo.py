@@ -109,8 +109,8 @@ def initial_aux(cfg: GRPOConfig) -> dict:
 def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
                        logprob: PolicyLogprob, *, grad_accum: int = 1, compute_dtype=None):
     """Pure update step(state, mini_batch: Rollout) -> (state, metrics) minimising the GRPO objective (one
-    optimizer update; state.step is left to the learner, which counts rollout steps). Entropy is computed in the update when the bonus needs it or pi_old is 'current' (the
-    rollout then ran no policy pass to log it)."""
+    optimizer update; state.step is left to the learner, which counts rollout steps). Entropy is computed in
+    the update when the bonus needs it or pi_old is 'current' (the rollout then ran no policy pass to log it)."""
     with_entropy = logprob.with_entropy and (cfg.entropy_coeff > 0 or cfg.old_logp == "current")
     if cfg.entropy_coeff > 0 and not logprob.with_entropy:
         raise ValueError("grpo.entropy_coeff > 0 needs a log-prob function that computes the entropy")

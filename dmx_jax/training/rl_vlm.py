@@ -13,7 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from dmx_jax.sampling.generate import completion_positions, generate_arrays
+from dmx_jax.sampling.generate import PROMPT_KEYS, Decoding, completion_positions, generate_arrays
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.rollout import PolicyLogprob, Sampler
 
@@ -32,17 +32,13 @@ def make_sampler(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...],
     stops = tuple(int(s) for s in stop_token_ids)
     group = algo.group_size if shared_prefill else 1
 
+    decoding = Decoding(algo.max_new_tokens, 0.0 if greedy else algo.temperature, algo.top_k, algo.top_p, stops,
+                        pad_id, None if cache_dtype is None else jnp.dtype(cache_dtype), group,
+                        algo.rollout_micro_batches)
+
     def sample_fn(params, prompts, rng):
-        positions = jnp.swapaxes(jnp.asarray(prompts["positions"]), 0, 1)      # rows [N, 3, T] -> [3, N, T]
-        pixels = None if "pixel_values" not in prompts else jnp.asarray(prompts["pixel_values"])
-        vin = None if "vision_inputs" not in prompts else jax.tree.map(jnp.asarray, prompts["vision_inputs"])
-        return generate_arrays(graphdef, params, jnp.asarray(prompts["input_ids"]), positions,
-                         jnp.asarray(prompts["attention_mask"]), jnp.asarray(prompts["deltas"]).reshape(-1, 1),
-                         pixels, vin, rng, max_new_tokens=algo.max_new_tokens,
-                         temperature=0.0 if greedy else algo.temperature,
-                         top_k=algo.top_k, top_p=algo.top_p, stop_token_ids=stops, pad_id=pad_id, group_size=group,
-                         micro_batches=algo.rollout_micro_batches,
-                         cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
+        arrays = {k: prompts[k] for k in (*PROMPT_KEYS, "pixel_values", "vision_inputs") if k in prompts}
+        return generate_arrays(graphdef, params, jax.tree.map(jnp.asarray, arrays), rng, decoding)
 
     return Sampler(sample_fn, group_size=group, stop_token_ids=stops)
 
