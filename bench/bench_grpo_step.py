@@ -114,6 +114,7 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     from dmx_jax.training.grpo import GRPOLearner
     from dmx_jax.training.grpo_loss import GRPOConfig
     from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
+    from dmx_jax.training.rollout import Reference
     from dmx_jax.training.state import init_train_state
     cfg = model_config(model, layers)
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
@@ -125,8 +126,8 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     learner = GRPOLearner(graphdef, algo, tx,
                           sampler=make_sampler(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
                           reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
-                          logprob=make_policy_logprob(algo, chunk_size=64), ref_params=params,
-                          ref_dtype=ref_dtype)
+                          logprob=make_policy_logprob(algo, chunk_size=64),
+                          reference=Reference(params, dtype=ref_dtype))
     st = init_train_state(params, tx)
     records = []
     for _ in range(steps + 1):

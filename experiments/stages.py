@@ -208,6 +208,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
     from dmx_jax.sampling.generate import stop_token_ids
     from dmx_jax.training.grpo import GRPOLearner, initial_aux, sampling_shardings
     from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
+    from dmx_jax.training.rollout import Reference
     algo, reward_cfg = rl_cfg.algo, PRESETS[rl_cfg.reward_preset]
     table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
     jitted_reward = make_reward_fn(reward_cfg, table, max_new_tokens=algo.max_new_tokens)
@@ -223,13 +224,12 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                                    pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
                                    cache_dtype=memory.kv_cache_dtype)
         decode_layout = sampling_shardings(ref_params, mesh) if mesh.shape["fsdp"] > 1 else None
-        lora = model_cfg.text.lora.rank > 0     # the reference is the base with the adapters off: no copy
+        reference = (Reference(adapters_off=True) if model_cfg.text.lora.rank     # LoRA: the base, no copy
+                     else Reference(ref_params, memory.ref_dtype, memory.ref_offload))
         learner = GRPOLearner(graphdef, algo, tx, sampler=sampler, reward_fn=reward_fn,
-                              logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk),
-                              ref_params=None if lora else ref_params, reference_is_base=lora,
+                              logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk), reference=reference,
                               seed=seed, place=place, grad_accum=rl_cfg.optim.grad_accum,
-                              compute_dtype=model_cfg.dtype, ref_dtype=memory.ref_dtype,
-                              ref_offload=memory.ref_offload, sample_shardings=decode_layout,
+                              compute_dtype=model_cfg.dtype, sample_shardings=decode_layout,
                               refill=draw if algo.dynamic_sampling else None)
         return learner.step
 

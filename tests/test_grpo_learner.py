@@ -9,7 +9,7 @@ from flax import nnx
 from dmx_jax.sampling.select import select_tokens
 from dmx_jax.training.grpo import GRPOLearner
 from dmx_jax.training.grpo_loss import GRPOConfig
-from dmx_jax.training.rollout import PolicyLogprob, Sampler
+from dmx_jax.training.rollout import PolicyLogprob, Reference, Sampler
 from dmx_jax.training.state import init_train_state
 from tests.helpers.toy_lm import ToyLM
 
@@ -54,7 +54,7 @@ def _run(cfg, steps):
     tx = optax.adam(3e-2)
     sample_fn, logprob_fn, reward_fn = _toy_fns(graphdef)
     learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(sample_fn), reward_fn=reward_fn,
-                          logprob=PolicyLogprob(logprob_fn), ref_params=params, seed=0)
+                          logprob=PolicyLogprob(logprob_fn), reference=Reference(params), seed=0)
     state = init_train_state(params, tx)
     prompts = {"prompt": np.random.default_rng(0).integers(0, 32, size=(4, 5)).astype(np.int32)}
     history = []
@@ -113,7 +113,7 @@ def _learner(cfg, **kw):
     tx = optax.adam(3e-2)
     sample_fn, logprob_fn, reward_fn = _toy_fns(graphdef)
     learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(sample_fn), reward_fn=kw.pop("reward_fn", reward_fn),
-                          logprob=PolicyLogprob(logprob_fn), ref_params=params, seed=0, **kw)
+                          logprob=PolicyLogprob(logprob_fn), reference=Reference(params), seed=0, **kw)
     return learner, init_train_state(params, tx)
 
 

@@ -14,6 +14,7 @@ from dmx_jax.sampling.generate import stop_token_ids
 from dmx_jax.training.grpo import GRPOLearner, repeat_prompts
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.rl_vlm import completion_logprobs, make_policy_logprob, make_sampler
+from dmx_jax.training.rollout import Reference
 from dmx_jax.training.state import init_train_state
 from tests.test_grpo_vlm import _prompt_batch
 
@@ -110,8 +111,8 @@ def _bf16_step(old_logp):
 
     tx = optax.sgd(0.0)                      # no update: the ratio measures the old-log-prob source alone
     learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob=make_policy_logprob(algo, chunk_size=4), ref_params=params,
-                          ref_dtype="bfloat16", ref_offload=True)
+                          reward_fn=reward_fn, logprob=make_policy_logprob(algo, chunk_size=4),
+                          reference=Reference(params, dtype="bfloat16", offload=True))
     floats = [x for x in jax.tree.leaves(learner.ref_params) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert all(x.dtype == jnp.bfloat16 for x in floats)
     _, m = learner.step(init_train_state(params, tx), _prompt_batch(cfg, n=2))

@@ -27,7 +27,7 @@ from dmx_jax.training.grpo_loss import (
     kl_penalty,
     policy_loss,
 )
-from dmx_jax.training.rollout import PolicyLogprob, Sampler
+from dmx_jax.training.rollout import PolicyLogprob, Reference, Sampler
 from dmx_jax.training.state import init_train_state
 from tests.helpers.torch_reference import ref_masked_mean, torch_float64  # noqa: F401 (autouse)
 from tests.helpers.toy_lm import ToyLM
@@ -290,7 +290,7 @@ def _toy_learner(cfg):
 
     tx = optax.sgd(0.5)
     learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(sample), reward_fn=reward_fn,
-                          logprob=PolicyLogprob(logprob, with_entropy=True), ref_params=params, seed=0)
+                          logprob=PolicyLogprob(logprob, with_entropy=True), reference=Reference(params), seed=0)
     return learner, init_train_state(params, tx)
 
 

@@ -11,7 +11,7 @@ from dmx_jax.model import ModelConfig, Qwen25VL, rope_index, tiny, vision_inputs
 from dmx_jax.training.grpo import GRPOLearner
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.rl_vlm import completion_logprobs, make_sampler
-from dmx_jax.training.rollout import PolicyLogprob
+from dmx_jax.training.rollout import PolicyLogprob, Reference
 from dmx_jax.training.state import init_train_state
 from tests.helpers import hf_reference as R
 
@@ -89,8 +89,8 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
             from dmx_jax.training.grpo import sampling_shardings
             sample_shardings = sampling_shardings(st.params, mesh)
     learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob=PolicyLogprob(completion_logprobs), ref_params=st.params, seed=0,
-                          place=place, sample_shardings=sample_shardings)
+                          reward_fn=reward_fn, logprob=PolicyLogprob(completion_logprobs),
+                          reference=Reference(st.params), seed=0, place=place, sample_shardings=sample_shardings)
     prompts = _prompt_batch(cfg, n=4)
     if per_process:
         from dmx_jax.sharding import process_slice

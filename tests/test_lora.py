@@ -137,7 +137,7 @@ def test_grpo_reference_is_the_base_with_adapters_off():
     from dmx_jax.training.grpo import GRPOLearner
     from dmx_jax.training.grpo_loss import GRPOConfig
     from dmx_jax.training.rl_vlm import make_policy_logprob
-    from dmx_jax.training.rollout import Sampler
+    from dmx_jax.training.rollout import Reference, Sampler
     cfg = tiny()
     lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
     graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
@@ -147,7 +147,7 @@ def test_grpo_reference_is_the_base_with_adapters_off():
     algo = GRPOConfig(group_size=2, max_new_tokens=4, kl_coef=0.05)
     logprob = make_policy_logprob(algo)
     learner = GRPOLearner(graphdef, algo, optax.sgd(0.1), sampler=Sampler(None, 2, ()), reward_fn=None,
-                          logprob=logprob, reference_is_base=True)
+                          logprob=logprob, reference=Reference(adapters_off=True))
     assert learner.ref_params is None
     rng = np.random.default_rng(0)
     t, tn = 6, 4

@@ -59,7 +59,7 @@ from dmx_jax.training.grpo_loss import (
     policy_loss,
     truncated_rows,
 )
-from dmx_jax.training.rollout import PolicyLogprob, Rollout, Sampler
+from dmx_jax.training.rollout import PolicyLogprob, Reference, Rollout, Sampler
 from dmx_jax.training.state import TrainState, cast_floating
 from dmx_jax.training.step import make_train_step
 
@@ -168,33 +168,30 @@ def _to_host(x: jax.Array) -> np.ndarray:
 class GRPOLearner:
     """Host orchestration of one GRPO iteration per call; each piece inside is jitted.
 
-    ref_dtype: dtype of the frozen reference copy (e.g. "bfloat16"; None keeps the policy's dtype);
-    ref_offload: keep the reference in host memory between uses; refill: () -> another prompt batch of the same
-    shape, for dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings);
-    reference_is_base: the KL reference is the policy's own parameters with its LoRA adapters switched off
-    (dmx_jax.model.lora.disable_adapters): no reference copy exists."""
+    reference: the KL reference (a Reference record); refill: () -> another prompt batch of the same shape, for
+    dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings)."""
 
     def __init__(self, graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation, *,
-                 sampler: Sampler, reward_fn: Callable, logprob: PolicyLogprob, ref_params: Any = None,
+                 sampler: Sampler, reward_fn: Callable, logprob: PolicyLogprob, reference: Reference | None = None,
                  seed: int = 0, grad_accum: int = 1, compute_dtype=None,
-                 place: Callable[[dict], dict] | None = None, ref_dtype=None, ref_offload: bool = False,
-                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None,
-                 reference_is_base: bool = False):
+                 place: Callable[[dict], dict] | None = None,
+                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None):
+        reference = reference or Reference()
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
         self.sample_shardings, self.compute_dtype = sample_shardings, compute_dtype
         self.shared_prefill = sampler.group_size == cfg.group_size
         self.ref_params, self._ref_shardings = None, None
-        self.reference_is_base = reference_is_base and cfg.needs_reference
-        if cfg.needs_reference and ref_params is None and not reference_is_base:
-            raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need the reference parameters (ref_params), or "
-                             "LoRA adapters to switch off (reference_is_base)")
-        if ref_params is not None and cfg.needs_reference and not reference_is_base:
-            # own copy (the policy's buffers are donated to the update step), in ref_dtype
-            ref = jax.tree.map(lambda x: jnp.array(x, copy=True), ref_params)
-            ref = cast_floating(ref, None if ref_dtype is None else jnp.dtype(ref_dtype))
-            self.ref_params, self._ref_shardings = _device_to_host(ref) if ref_offload else (ref, None)
+        self.reference_is_base = reference.adapters_off and cfg.needs_reference
+        if cfg.needs_reference and reference.params is None and not reference.adapters_off:
+            raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need a reference: Reference(params=...), or "
+                             "Reference(adapters_off=True) for a model with LoRA adapters")
+        if reference.params is not None and cfg.needs_reference and not reference.adapters_off:
+            # own copy (the policy's buffers are donated to the update step), in the reference dtype
+            ref = jax.tree.map(lambda x: jnp.array(x, copy=True), reference.params)
+            ref = cast_floating(ref, None if reference.dtype is None else jnp.dtype(reference.dtype))
+            self.ref_params, self._ref_shardings = _device_to_host(ref) if reference.offload else (ref, None)
         self.seed = seed
         self._update = jax.jit(make_policy_update(graphdef, cfg, tx, logprob, grad_accum=grad_accum,
                                                   compute_dtype=compute_dtype), donate_argnums=(0,))
@@ -209,7 +206,7 @@ class GRPOLearner:
             return map_row_slices(run, inputs, k)
 
         self._logp_policy = jax.jit(lambda p, b: logp(p, b, logprob.with_entropy))
-        self._logp_ref = jax.jit(lambda p, b: logp(disable_adapters(p) if reference_is_base else p, b, False)[0])
+        self._logp_ref = jax.jit(lambda p, b: logp(disable_adapters(p) if self.reference_is_base else p, b, False)[0])
         self._split = jax.jit(group_strided_split, static_argnums=(1, 2))
         self._take_rows = jax.jit(lambda parts, idx: jax.tree.map(
             lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts))

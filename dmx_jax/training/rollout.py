@@ -43,6 +43,18 @@ class PolicyLogprob:
         return self.fn(model, inputs), None
 
 
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The KL reference of a GRPO learner. params: a frozen copy of them is kept, in `dtype` (None: as given),
+    in host memory between uses when `offload`. adapters_off: the reference is the policy's own parameters with
+    its LoRA adapters switched off (dmx_jax.model.lora.disable_adapters), and no copy exists."""
+
+    params: Any = None
+    dtype: Any = None
+    offload: bool = False
+    adapters_off: bool = False
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Rollout:
