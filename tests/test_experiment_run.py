@@ -66,14 +66,15 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_records
     assert "evaluating" in first
 
-    # rerunning one stage alone starts it from the earlier stages' final parameters
+    # rerunning one stage alone starts it from the earlier stages' final parameters (cold start: no sampler to
+    # compile; GRPO's path is the same loop)
     import shutil
-    shutil.rmtree(run_dir / "grpo")
-    (run_dir / "eval" / "grpo.json").unlink()
-    assert run.main(["--run-dir", str(run_dir), "--stages", "grpo", *MINI]) == 0
+    shutil.rmtree(run_dir / "cold_start")
+    (run_dir / "eval" / "cold_start.json").unlink()
+    assert run.main(["--run-dir", str(run_dir), "--stages", "cold_start", "--set", "export_hf=false", *MINI]) == 0
     third = capsys.readouterr().out
-    assert "[cold_start] not selected; later stages start from its final parameters" in third, third
-    assert (run_dir / "grpo" / "DONE.json").is_file()
+    assert "[sft] not selected; later stages start from its final parameters" in third, third
+    assert "[cold_start] 2 steps" in third and (run_dir / "cold_start" / "DONE.json").is_file()
 
 
 @pytest.mark.slow

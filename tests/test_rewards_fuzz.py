@@ -178,11 +178,11 @@ def test_paper_reward_has_no_overwriting_scatter():
 
 
 @pytest.mark.slow
-def test_five_thousand_fuzzed_completions_equal_published():
-    completions, gts = _fuzz_rows(4800, seed=11)
+def test_two_thousand_fuzzed_completions_equal_published():
+    completions, gts = _fuzz_rows(1920, seed=11)
     got = _check(completions, gts)
-    assert (got["accuracy"] > 0).sum() > 2000 and got["format"].sum() > 1000
-    completions, gts = _fuzz_rows(200, seed=12, long_chars=4500)
+    assert (got["accuracy"] > 0).sum() > 800 and got["format"].sum() > 400
+    completions, gts = _fuzz_rows(64, seed=12, long_chars=4500)
     assert min(len(c) for c in completions) > 4000
     _check(completions, gts)
 
