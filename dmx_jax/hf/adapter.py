@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from dmx_jax.model.config import ModelConfig
-from dmx_jax.model.lora import GROUP, LoraConfig
+from dmx_jax.model.lora import GROUP, LoraConfig, kernel_split
 
 PREFIX = "base_model.model.model.language_model.layers.{i}."
 MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
@@ -86,8 +86,8 @@ def load_adapter(params: dict, cfg: ModelConfig, path: str | Path) -> tuple[dict
     n = cfg.text.num_hidden_layers
     for t in lora.targets:
         kernel = layers[GROUP[t]][t]["kernel"]
-        split = 2 if t == "o" else 1
-        ins, outs = kernel.shape[1:1 + split], kernel.shape[1 + split:]
+        split = 1 + kernel_split(t)
+        ins, outs = kernel.shape[1:split], kernel.shape[split:]
         a, b = [], []
         for i in range(n):
             name = PREFIX.format(i=i) + MODULES[t]

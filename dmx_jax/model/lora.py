@@ -89,12 +89,10 @@ def merge_adapters(params: dict, lora: LoraConfig) -> dict:
     """Kernels with their adapters folded in (W + scale A B) and the adapter leaves removed: a plain model."""
     def visit(tree):
         if isinstance(tree, dict) and "lora_a" in tree:
-            a, b, w = tree["lora_a"], tree["lora_b"], tree["kernel"]
-            n_in = a.ndim - 2                                            # [L, in..., r]
+            a, b, w = tree["lora_a"], tree["lora_b"], tree["kernel"]          # [L, in..., r], [L, r, out...]
             update = jnp.einsum("lir,lro->lio", a.reshape(a.shape[0], -1, a.shape[-1]),
                                 b.reshape(b.shape[0], b.shape[1], -1)) * lora.scale
             merged = (w.astype(jnp.float32) + update.reshape(w.shape)).astype(w.dtype)
-            assert w.shape[1:1 + n_in] == a.shape[1:-1]
             return {**{k: v for k, v in tree.items() if k not in ADAPTER_LEAVES}, "kernel": merged}
         return {k: visit(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
     return visit(params)
