@@ -106,7 +106,7 @@ def main():
     from dmx_jax.training.optim import OptimConfig
     from experiments.configs import tiny
     from experiments.datasets import encode_all
-    from experiments.pipeline import initial_model, run_alignment
+    from experiments.pipeline import alignment_entry, initial_model, run_entry
     from experiments.stages import RunContext, StageSpec, plan_stage, run_stage
 
     cfg = tiny()
@@ -116,7 +116,8 @@ def main():
     graphdef, params0, data, mcfg = initial_model(cfg, mesh, args.run_dir)
     out_dir = args.run_dir / "bench_binding"
     ctx = RunContext(mesh=mesh, writer=MetricsWriter(out_dir / "metrics.jsonl"), run_config={}, seed=0)
-    params0 = jax.device_get(run_alignment(cfg, data, graphdef, params0, args.run_dir, ctx, True))  # host copy:
+    align = alignment_entry(cfg, data, graphdef, params0, args.run_dir, ctx.writer)
+    params0 = jax.device_get(run_entry(align, params0, args.run_dir, ctx, True)[0])  # host copy:
     # each set's stage donates the parameters it starts from
     tok, rows_out, row_nll = data.tokenizer, [], make_row_nll(graphdef)
     for set_spec in args.sets.split(";"):

@@ -2,6 +2,7 @@
 on the same batch of sampled-like completions (B x T token ids), and their agreement.
 
 usage: python -m bench.bench_rewards [--batch 1024] [--tokens 512] [--no-notes]
+       python -m bench.bench_rewards --budgets [--batch 16] [--tokens 1024]   (cost at the 3B/7B byte budgets)
 """
 from __future__ import annotations
 
@@ -38,6 +39,55 @@ def completions(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
     return texts, gts
 
 
+def qwen_size_table(table: dict, vocab_size: int, longest: int) -> dict:
+    """The tokenizer's table padded to `vocab_size` rows and `longest` bytes per token, its last id a token of
+    `longest` spaces: a stand-in with Qwen2.5's shape (the completions only use the real ids; the budget and the
+    gathers see the real-size table)."""
+    out = {"bytes": np.zeros((vocab_size, longest), np.uint8), "length": np.zeros((vocab_size,), np.int32)}
+    v, k = table["bytes"].shape
+    out["bytes"][:v, :k], out["length"][:v] = table["bytes"], table["length"]
+    out["bytes"][-1], out["length"][-1] = ord(" "), longest
+    return out
+
+
+def budgets(args, tok, ids, mask, gts):
+    """ms per completion of the jitted reward at the byte budgets the scaled presets derive, uncapped and capped."""
+    from dmx_jax.model.config import PRESETS as MODELS
+    from dmx_jax.rewards.combine import PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn, text_budget
+    from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES, token_bytes_table
+    from experiments.configs import PRESETS as RUNS
+    run = RUNS["qwen2_5_vl_7b"]().rl
+    table = qwen_size_table(token_bytes_table(tok, tok.vocab_size), MODELS["qwen2_5_vl_7b"]().text.vocab_size,
+                            QWEN2_5_LONGEST_TOKEN_BYTES)
+    rows = []
+    for name in ("paper", "grounded"):
+        for per_token, answer in ((None, None), (None, run.reward_answer_bytes),
+                                  (run.reward_bytes_per_token, run.reward_answer_bytes)):
+            cfg = RewardConfig(**{**PRESETS[name].__dict__, "bytes_per_token": per_token, "answer_bytes": answer})
+            fn = make_reward_fn(cfg, table, max_new_tokens=args.tokens)
+            truth = jax.tree.map(jax.numpy.asarray, ground_truth_arrays(gts, [[(10, 10, 200, 200)]] * args.batch, cfg))
+            a, m = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn(a, m, truth))
+            compile_s = time.perf_counter() - t0
+            s = timed(lambda: jax.block_until_ready(fn(a, m, truth)), warmup=0, iters=3)
+            budget = text_budget(cfg, table, args.tokens)
+            rows.append([name, f"{args.batch}x{args.tokens}", f"{budget:,}", "completion" if answer is None else
+                         f"{answer:,}", f"{s * 1e3 / args.batch:,.1f}", f"{compile_s:.0f} s",
+                         f"{float(np.mean(np.asarray(out['truncated']))):.3f}",
+                         f"{float(np.mean(np.asarray(out['overall']))):.4f}"])
+            print(rows[-1], flush=True)
+    header = ["preset", "batch x tokens", "text bytes / row", "answer bytes", "CPU ms / row", "compile",
+              "truncated", "mean reward"]
+    print(markdown_table(header, rows))
+    if not args.no_notes:
+        record_result("Reward cost at the 3B / 7B byte budgets", header, rows, key_columns=4, note=(
+            f"Token table of Qwen2.5's shape ({table['bytes'].shape[0]:,} ids x {table['bytes'].shape[1]} bytes, "
+            "the longest token 128 bytes): the uncapped budget is max_new_tokens x 128. Capped rows use the "
+            f"scaled presets' rl.reward_bytes_per_token={run.reward_bytes_per_token} and "
+            f"rl.reward_answer_bytes={run.reward_answer_bytes}. Completions as in the section above."))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=1024)
@@ -45,6 +95,7 @@ def main():
     ap.add_argument("--python-rows", type=int, default=256, help="rows timed for the Python reference (scaled)")
     ap.add_argument("--byte-cap", type=int, default=None, help="cap on the decoder's byte budget")
     ap.add_argument("--no-notes", action="store_true")
+    ap.add_argument("--budgets", action="store_true", help="cost at the 3B/7B presets' byte budgets instead")
     args = ap.parse_args()
     from data_pipelines.tokenizer import train_sentencepiece
     from dmx_jax.rewards import paper
@@ -58,6 +109,8 @@ def main():
     for i, t in enumerate(texts):
         enc = tok.encode(t)[:args.tokens]
         ids[i, :len(enc)], mask[i, :len(enc)] = enc, 1
+    if args.budgets:
+        return budgets(args, tok, ids, mask, gts)
     t0 = time.perf_counter()
     decoded = [tok.decode([int(x) for x, m in zip(r, mr) if m]) for r, mr in zip(ids, mask)]
     s_decode = time.perf_counter() - t0

@@ -146,7 +146,7 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
     return [roofline(row, plan.chip, flops=f, executed=executed, hbm_bytes_per_chip=hbm)]
 
 
-GRPO_STEPS = ("rollout", "logprob", "ref_logp", "update")
+GRPO_STEPS = ("rollout", "logprob", "ref_logp", "update", "reward")
 
 
 def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
@@ -172,6 +172,8 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
                               per_chip_bytes(state), steps)
     if "update" in steps:
         rows += _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref_bytes)
+    if "reward" in steps:
+        rows += _reward_row(plan, rl, n, tn, opt_bytes + per_chip_bytes(state.params) + ref_bytes)
     return rows
 
 
@@ -272,6 +274,54 @@ def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref
                      + 28.0 * plan.n_params / mesh.size)]
 
 
+def _reward_row(plan, rl, n, tn, resident):
+    """The runner's reward program (`score_tokens` with `rl.reward_config()`, the byte budget the runner
+    derives) over a stand-in token table of the model's vocabulary size whose longest token is Qwen2.5's;
+    rows split over data x fsdp, the table replicated. Roofline from XLA's cost analysis of the program."""
+    from dmx_jax.rewards.combine import ground_truth_arrays, score_tokens, text_budget
+    from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES
+    mesh, rep = plan.mesh, NamedSharding(plan.mesh, P())
+    cfg = rl.reward_config()
+    vocab, width = plan.mcfg.text.vocab_size, QWEN2_5_LONGEST_TOKEN_BYTES
+    table = {"bytes": jax.ShapeDtypeStruct((vocab, width), jnp.uint8, sharding=rep),
+             "length": jax.ShapeDtypeStruct((vocab,), jnp.int32, sharding=rep)}
+    budget = text_budget(cfg, {"length": np.array([width])}, tn)
+    one = ground_truth_arrays(["x"], [[]], cfg)
+    truth = {k: batch_leaf((n, *v.shape[1:]), v.dtype, mesh) for k, v in one.items()}
+    tokens, cmask = batch_leaf((n, tn), jnp.int32, mesh), batch_leaf((n, tn), jnp.int32, mesh)
+    answer = "completion buffer" if cfg.answer_bytes is None else f"answer {cfg.answer_bytes} B"
+    row = _row(plan, "grpo", "reward", n, tn, f"{cfg.name}: {n} x {budget} B, {answer}")
+    args = (tokens, cmask, truth, table)
+    compile_row(row, lambda a, m, tr, tab: score_tokens(a, m, tr, tab, cfg, budget), args,
+                in_shardings=jax.tree.map(lambda x: x.sharding, args), out_shardings=None, mesh=mesh,
+                resident_bytes=resident)
+    if row.xla_bytes is not None:
+        row.flops = 0.0          # integer and byte work: no matmul FLOPs for the MXU roofline
+        row.step_time_s = max((row.xla_flops or 0.0) / plan.chip.peak_bf16, row.xla_bytes / plan.chip.hbm_bw)
+    return [row]
+
+
+def grpo_step_summary(rows: list[Row], algo, prompts_per_step: int) -> str | None:
+    """One line per topology: the GRPO step's roofline (rollout, the pi_old pass unless old_logp is 'sampler'
+    or 'current', the reference pass when kl_coef > 0 (the policy program when the reference keeps its dtype),
+    num_iterations x mini-batches updates, the reward) and the reward's share of it."""
+    kl = bool(algo.kl_coef) or bool(algo.kl_reward_coef)
+    mini = prompts_per_step // algo.ppo_mini_batch_size if algo.ppo_mini_batch_size else 1
+    runs = {"rollout": 1, "logprob": int(algo.old_logp == "trainer"), "ref_logp": int(kl),
+            "update": algo.num_iterations * mini, "reward": 1}
+    lines = []
+    for topo in dict.fromkeys(r.topology for r in rows):
+        times = {r.step: r.step_time_s for r in rows if r.stage == "grpo" and r.topology == topo}
+        times.setdefault("ref_logp", times.get("logprob"))
+        if any(times.get(k) is None for k in runs):
+            continue
+        total = sum(runs[k] * times[k] for k in runs)
+        parts = ", ".join(f"{k} {runs[k]} x {times[k]:.2f}" for k in runs if runs[k])
+        lines.append(f"grpo step on {topo}: roofline {total:.2f} s ({parts}); the reward is "
+                     f"{100 * times['reward'] / total:.1f}% of it")
+    return "\n".join(lines) or None
+
+
 def run(cfg, topology: str, stages=STAGES, emit: Callable[[Row], None] | None = None) -> list[Row]:
     plan = make_plan(cfg, topology)
     rows: list[Row] = []
@@ -337,6 +387,9 @@ def main(argv=None) -> int:
         return 2
     if args.markdown:
         print(markdown(rows))
+    summary = grpo_step_summary(rows, cfg.rl.algo, cfg.rl.prompts_per_step)
+    if summary and not args.json:
+        print(summary)
     bad = [r for r in rows if not r.fits]
     for r in bad:
         why = r.error if r.peak_gb is None else f"needs {r.peak_gb:.1f} GiB of {r.hbm_gb:.1f} GiB " \

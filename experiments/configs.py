@@ -93,6 +93,8 @@ class RLConfig:
     optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant")
     algo: GRPOConfig = GRPOConfig(max_new_tokens=256)
     reward_preset: str = "grounded"     # dmx_jax.rewards.combine.PRESETS: "paper" (published) | "grounded"
+    reward_bytes_per_token: int | None = None  # reward decoder budget per new token (None: longest token, no cut)
+    reward_answer_bytes: int | None = None     # boxed-answer buffer (None: the whole completion buffer)
     save_every: int = 10
     vision_lr: float | None = None      # as StageConfig.vision_lr
     frozen: tuple[str, ...] = ()        # as StageConfig.frozen
@@ -100,6 +102,12 @@ class RLConfig:
                                         # (verl, EasyR1) or optimizer updates (epochs x mini-batches per step)
     eval_every: int = 0                 # > 0: validation every N steps on eval_prompts held-out reasoning prompts
     eval_prompts: int = 32              # (greedy answers, the training reward; val/* in metrics and tensorboard)
+
+    def reward_config(self):
+        """The reward preset with this run's buffer caps (cut rows are counted in reward/truncated)."""
+        from dmx_jax.rewards.combine import PRESETS
+        return dataclasses.replace(PRESETS[self.reward_preset], bytes_per_token=self.reward_bytes_per_token,
+                                   answer_bytes=self.reward_answer_bytes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +263,7 @@ def qwen2_5_vl_3b(accum: tuple[int, int, int] = (8, 8, 40), ref_offload: bool = 
                                                                              total_steps=300, grad_accum=cold_acc)),
         rl=RLConfig(steps=500, prompts_per_step=64, algo=GRPOConfig(group_size=5, max_new_tokens=1024,
                                                                     logprob_micro_batches=8),
+                    reward_bytes_per_token=16, reward_answer_bytes=2048,
                     optim=OptimConfig(learning_rate=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.01,
                                       grad_accum=rl_acc)),
         eval=EvalConfig(examples=2000, max_new_tokens=1024),

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flax import nnx
 
@@ -12,7 +14,7 @@ from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.loop import MetricsWriter
 from experiments.datasets import model_config_for, real_data, synthetic_data
 from experiments.evaluate import evaluate_stage
-from experiments.stages import RunContext, StageSpec, align_recipe, load_stage_params, plan_stage, run_stage, stage_done
+from experiments.stages import RunContext, StageSpec, load_stage_params, plan_stage, run_stage, stage_done
 
 SEEN_AUC = 0.75  # alignment print-out: findings whose held-out head AUC reaches this are ones the tower sees
 
@@ -48,27 +50,72 @@ def with_lora(mcfg, lora):
     return mcfg.replace(text=dataclasses.replace(mcfg.text, lora=lora)) if lora.rank else mcfg
 
 
-def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: bool) -> dict:
-    """The alignment stage (before SFT) on the synthetic studies: trains the vision tower + merger and a pooled
-    head, evaluates the head on held-out studies, and returns the full params with the trained tower."""
-    from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
-    sdir = run_dir / "align"
-    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed),
-                                          decoder_readout=cfg.align.decoder_readout))
-    aparams = nnx.to_pure_dict(astate)
-    if stage_done(sdir):
-        print("[align] finished earlier; loading its final parameters", flush=True)
-        return merge_vision(params, load_stage_params(sdir, aparams, ctx.mesh))
+@dataclasses.dataclass(frozen=True)
+class PlanEntry:
+    """One stage of the run, in order. build(stage params) -> (StageSpec, StageRecipe), called only when the
+    stage trains; evaluate(stage params) -> (metrics, records) for the report, or None. enter / leave map the
+    run's parameters to the stage's own and back: alignment trains the tower inside a model with a pooled head,
+    the other stages train the run's parameters as they are."""
+
+    name: str
+    rows: Any
+    build: Callable[[Any], tuple]
+    evaluate: Callable[[Any], tuple | None]
+    enter: Callable[[Any], Any] = lambda params: params
+    leave: Callable[[Any, Any], Any] = lambda params, stage_params: stage_params
+    unit: str = ""                     # what a batch counts, for the start line ("studies", "prompts x G=4")
+
+
+def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected: bool) -> tuple[Any, tuple | None]:
+    """(the run's params after the stage, its evaluation or None). A finished stage is loaded, selected or not
+    (later stages continue from it, as in a full run); a selected one is trained (resuming) and evaluated."""
+    name, sdir = entry.name, run_dir / entry.name
+    done = stage_done(sdir)
+    if done:
+        print(f"[{name}] " + ("finished earlier; loading its final parameters" if selected
+                              else "not selected; later stages start from its final parameters"), flush=True)
+        stage_params = load_stage_params(sdir, entry.enter(params), ctx.mesh)
+        params = entry.leave(params, stage_params)
     if not selected:
-        return params
+        return params, None
+    if not done:
+        spec, recipe = entry.build(entry.enter(params))
+        print(f"[{name}] {spec.steps} steps, batch {spec.batch_size} {entry.unit}".rstrip(), flush=True)
+        stage_params = run_stage(spec, recipe, sdir, entry.enter(params), entry.rows, ctx)
+        params = entry.leave(params, stage_params)
+    return params, entry.evaluate(stage_params)
+
+
+def alignment_entry(cfg, data, graphdef, params, run_dir: Path, writer) -> PlanEntry:
+    """The alignment stage (before SFT) on the synthetic studies: trains the vision tower + merger (and the
+    decoder with decoder_readout) beside a pooled head; its held-out head metrics go to eval/align.json."""
+    from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
+    from experiments.stages import align_recipe
     a = cfg.align
-    print(f"[align] {a.steps} steps, batch {a.batch_size} studies", flush=True)
-    spec = StageSpec("align", a.steps, a.batch_size, a.optim, a.save_every)
-    aparams = run_stage(spec, align_recipe(agraph, a.head_lr), sdir, aparams, data.align, ctx)
-    metrics = align_metrics(agraph, aparams, stack_align_rows(data.align_eval))
-    (run_dir / "eval").mkdir(exist_ok=True)
-    (run_dir / "eval" / "align.json").write_text(json.dumps({"metrics": metrics}, indent=1))
-    ctx.writer.write({"step": a.steps, "eval_stage": "align", **metrics})
+    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed),
+                                          decoder_readout=a.decoder_readout))
+    head = nnx.to_pure_dict(astate)                    # the head's initial parameters (the tower is shared)
+
+    def evaluate(aparams):
+        out = run_dir / "eval" / "align.json"
+        if out.is_file():
+            return None
+        metrics = align_metrics(agraph, aparams, stack_align_rows(data.align_eval))
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps({"metrics": metrics}, indent=1))
+        writer.write({"step": a.steps, "eval_stage": "align", **metrics})
+        print(alignment_line(metrics), flush=True)
+        return None
+
+    return PlanEntry("align", data.align,
+                     build=lambda aparams: (StageSpec("align", a.steps, a.batch_size, a.optim, a.save_every),
+                                            align_recipe(agraph, a.head_lr)),
+                     evaluate=evaluate,
+                     enter=lambda p: {**head, **{k: p[k] for k in head if k in ("vision", "text")}},
+                     leave=merge_vision, unit="studies")
+
+
+def alignment_line(metrics: dict) -> str:
     line = (f"[align] held-out label AUC {metrics['label_auc']:.3f} (accuracy {metrics['label_acc']:.3f}), "
             f"side accuracy {metrics['side_acc']:.3f}, box L1 {metrics['box_l1']:.3f}")
     seen = sorted(((a, n) for n, a in metrics["label_auc_by_finding"].items() if a >= SEEN_AUC), reverse=True)
@@ -76,8 +123,7 @@ def run_alignment(cfg, data, graphdef, params, run_dir: Path, ctx, selected: boo
     if "decoder_label_auc" in metrics:
         line += (f"; decoder read-out AUC {metrics['decoder_label_auc']:.3f}, side {metrics['decoder_side_acc']:.3f}, "
                  f"box L1 {metrics['decoder_box_l1']:.3f}")
-    print(line, flush=True)
-    return merge_vision(params, aparams)
+    return line
 
 
 def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo")) -> str:
@@ -88,11 +134,8 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
     graphdef, params, data, mcfg = initial_model(cfg, mesh, run_dir)
     ctx = RunContext(mesh=mesh, writer=writer, run_config=cfg_json, seed=cfg.seed)
     tok = data.tokenizer
-    sft_rows, cold_rows, rl_rows = data.sft, data.cold_start, data.rl
     eval_plain, eval_reason, test_ex = data.eval_plain, data.eval_reason, data.test_examples
     results, outputs = {}, {}
-    if data.align is not None:
-        params = run_alignment(cfg, data, graphdef, params, run_dir, ctx, "align" in stages)
 
     def arrays_of(rows):
         from data_pipelines.pipeline import stack_rows
@@ -108,29 +151,25 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
     if cfg.hf_checkpoint and "sft" in stages:        # the starting checkpoint, zero-shot on the plain prompts
         results["base"], outputs["base"] = _evaluate_once(run_dir / "eval" / "base.json", "base", graphdef, params,
                                                           [plain_group], tok, cfg, reasoning_ids, writer)
-    plan = [("sft", sft_rows, cfg.sft, False), ("cold_start", cold_rows, cfg.cold_start, True),
-            ("grpo", rl_rows, cfg.rl, True)]
-    for name, rows, scfg, reasoning in plan:
-        sdir, selected = run_dir / name, name in stages
-        done = stage_done(sdir)
-        if done:                         # selected or not, later stages continue from it, as in a full run
-            print(f"[{name}] " + ("finished earlier; loading its final parameters" if selected
-                                  else "not selected; later stages start from its final parameters"), flush=True)
-            params = load_stage_params(sdir, params, mesh)
-        if not selected:
-            continue
-        if not done:
-            spec, recipe = plan_stage(name, scfg, graphdef, mcfg, tok, params, mesh=mesh, seed=cfg.seed,
-                                      memory=cfg.memory, generation_config=_generation_config(cfg),
-                                      validation_rows=eval_reason[:cfg.rl.eval_prompts] if name == "grpo" else None)
-            print(f"[{name}] {spec.steps} steps, batch {spec.batch_size}"
-                  + (f" prompts x G={scfg.algo.group_size}" if name == "grpo" else ""), flush=True)
-            params = run_stage(spec, recipe, sdir, params, rows, ctx)
-        results[name], outputs[name] = _evaluate_once(run_dir / "eval" / f"{name}.json", name, graphdef, params,
-                                                      reasoning_groups if reasoning else [plain_group], tok, cfg,
-                                                      reasoning_ids, writer)
+
+    def stage_entry(name, rows, scfg, reasoning) -> PlanEntry:
+        def build(stage_params):
+            return plan_stage(name, scfg, graphdef, mcfg, tok, stage_params, mesh=mesh, seed=cfg.seed,
+                              memory=cfg.memory, generation_config=_generation_config(cfg),
+                              validation_rows=eval_reason[:cfg.rl.eval_prompts] if name == "grpo" else None)
+        return PlanEntry(name, rows, build, lambda p: _evaluate_once(
+            run_dir / "eval" / f"{name}.json", name, graphdef, p, reasoning_groups if reasoning else [plain_group],
+            tok, cfg, reasoning_ids, writer), unit=f"prompts x G={cfg.rl.algo.group_size}" if name == "grpo" else "")
+
+    plan = ([alignment_entry(cfg, data, graphdef, params, run_dir, writer)] if data.align is not None else []) + [
+        stage_entry("sft", data.sft, cfg.sft, False), stage_entry("cold_start", data.cold_start, cfg.cold_start, True),
+        stage_entry("grpo", data.rl, cfg.rl, True)]
+    for entry in plan:
+        params, evaluated = run_entry(entry, params, run_dir, ctx, entry.name in stages)
+        if evaluated is not None:
+            results[entry.name], outputs[entry.name] = evaluated
     writer.close()
-    baseline = question_only_baseline(sft_rows, eval_plain, run_dir, cfg.eval.bootstrap) if results else None
+    baseline = question_only_baseline(data.sft, eval_plain, run_dir, cfg.eval.bootstrap) if results else None
     from experiments.report import write_outputs
     return write_outputs(cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf,
                          baseline=baseline)

@@ -203,13 +203,13 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
     sampling refills from the same stream. validation_rows (encoded held-out reasoning prompts): every
     rl.eval_every steps they are answered greedily and scored with the same reward (val/reward/<term>,
     val/grounding_miou over the prompts with boxes, val/completion_len_mean)."""
-    from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
+    from dmx_jax.rewards.combine import ground_truth_arrays, make_reward_fn
     from dmx_jax.rewards.text_bytes import token_bytes_table
     from dmx_jax.sampling.generate import stop_token_ids
     from dmx_jax.training.grpo import GRPOLearner, initial_aux, sampling_shardings
     from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
     from dmx_jax.training.rollout import Reference
-    algo, reward_cfg = rl_cfg.algo, PRESETS[rl_cfg.reward_preset]
+    algo, reward_cfg = rl_cfg.algo, rl_cfg.reward_config()
     table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
     jitted_reward = make_reward_fn(reward_cfg, table, max_new_tokens=algo.max_new_tokens)
 

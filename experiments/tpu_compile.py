@@ -139,6 +139,8 @@ class Row:
     step_time_s: float | None = None
     mfu: float | None = None
     compile_s: float = 0.0
+    xla_flops: float | None = None      # XLA's cost analysis of the compiled per-chip program: flops and
+    xla_bytes: float | None = None      # bytes accessed, as its cost model counts them (an estimate)
     error: str | None = None
 
     def text(self) -> str:
@@ -189,6 +191,9 @@ def compile_row(row: Row, fn: Callable, args: tuple, *, in_shardings, out_shardi
             row.error = (lines[0] if lines else type(e).__name__)[:300]
         return row
     row.compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, list) else (cost or {})
+    row.xla_flops, row.xla_bytes = cost.get("flops"), cost.get("bytes accessed")
     ma = compiled.memory_analysis()
     row.argument_gb = ma.argument_size_in_bytes / GiB
     row.output_gb = ma.output_size_in_bytes / GiB

@@ -101,6 +101,10 @@ def validate(cfg) -> Any:
     if rl.eval_every < 0 or rl.eval_prompts < 1:
         raise ConfigError(f"rl.eval_every={rl.eval_every} must be >= 0 (0: no validation) and "
                           f"rl.eval_prompts={rl.eval_prompts} >= 1")
+    for field in ("reward_bytes_per_token", "reward_answer_bytes"):
+        value = getattr(rl, field)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"rl.{field}={value!r} must be a positive integer or None (no cap)")
     if algo.ppo_mini_batch_size and rl.prompts_per_step % algo.ppo_mini_batch_size:
         raise ConfigError(f"rl.algo.ppo_mini_batch_size={algo.ppo_mini_batch_size} must divide "
                           f"rl.prompts_per_step={rl.prompts_per_step} (mini-batches of whole prompt groups)")

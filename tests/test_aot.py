@@ -1,5 +1,6 @@
 """experiments.aot and experiments.tpu_compile: TPU compiles ahead of time on the CPU (libtpu topology,
 JAX_PLATFORMS=cpu kept)."""
+import dataclasses
 import json
 
 import jax
@@ -106,3 +107,25 @@ def test_logprob_micro_batching_in_the_aot_check_equals_one_pass():
     fn = lambda scale, b: b["completion"] * scale + b["mask"].cumsum(-1)
     np.testing.assert_array_equal(_micro_batched(fn, 4)(2.0, batch), fn(2.0, batch))
     assert _micro_batched(fn, 1) is fn
+
+
+def test_reward_row_compiles_the_runners_reward_at_its_byte_budget(monkeypatch):
+    """The fit check's reward row is the runner's program: `score_tokens` under `rl.reward_config()` at the
+    budget the runner derives (max_new_tokens x min(Qwen2.5's longest token, the cap)), rows split over the
+    mesh, with a roofline from XLA's cost analysis. Compiled here on the 8 host devices standing in for v5e-8."""
+    from experiments.configs import tiny
+    from experiments.overrides import apply_overrides
+    monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
+    cfg = apply_overrides(tiny(), ["rl.reward_bytes_per_token=4", "rl.reward_answer_bytes=64",
+                                   "rl.prompts_per_step=8"])
+    plan = aot.make_plan(cfg, "v5e-8")
+    (row,) = aot.grpo_rows(plan, steps=("reward",))
+    tn = cfg.rl.algo.max_new_tokens
+    assert row.step == "reward" and row.global_batch == 8 * cfg.rl.algo.group_size
+    assert f"grounded: {row.global_batch} x {4 * tn} B, answer 64 B" in row.shapes, row.shapes
+    assert row.fits and row.xla_bytes > 0 and row.step_time_s > 0, row.text()
+    steps = dict.fromkeys(aot.GRPO_STEPS[:-1], 1.0)
+    rows = [dataclasses.replace(row, step=s, step_time_s=t) for s, t in steps.items()] + [row]
+    line = aot.grpo_step_summary(rows, cfg.rl.algo, cfg.rl.prompts_per_step)
+    total = 3.0 + row.step_time_s + (1.0 if cfg.rl.algo.kl_coef else 0.0)       # rollout, pi_old, update, reward
+    assert f"roofline {total:.2f} s" in line and f"{100 * row.step_time_s / total:.1f}% of it" in line, line

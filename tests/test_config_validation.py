@@ -46,6 +46,7 @@ BAD = [  # (cli arguments, words the one error line must contain)
     (["--set", "rl.algo.ppo_mini_batch_size=3"], ["rl.algo.ppo_mini_batch_size", "3", "rl.prompts_per_step"]),
     (["--set", "rl.algo.old_logp=current", "--set", "rl.algo.num_iterations=2"], ["old_logp", "num_iterations"]),
     (["--set", "rl.eval_every=-1"], ["rl.eval_every", "-1"]),
+    (["--set", "rl.reward_bytes_per_token=0"], ["rl.reward_bytes_per_token", "0", "positive"]),
     (["--set", "sft.vision_lr=-0.1"], ["sft.vision_lr", "-0.1", "frozen"]),
     (["--run-dir", "gs://bucket/x"], ["gs://bucket/x", "mounted"]),
 ]

@@ -34,6 +34,23 @@ def test_presets_build():
         preset(make().model)                      # every experiment names a real model preset
 
 
+def test_scaled_presets_cap_the_reward_buffers_and_small_ones_do_not():
+    """At Qwen2.5's 128-byte longest token the uncapped decoder keeps 131,072 bytes per 1,024-token completion;
+    the 3B / 7B runs keep 16 per token and a 2,048-byte boxed answer (cut rows counted in reward/truncated)."""
+    from dmx_jax.rewards.combine import PRESETS as REWARDS
+    from dmx_jax.rewards.combine import text_budget
+    from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES
+    qwen = {"length": [QWEN2_5_LONGEST_TOKEN_BYTES]}
+    for name in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
+        rl = PRESETS[name]().rl
+        reward = rl.reward_config()
+        assert reward.name == rl.reward_preset and reward.answer_bytes == 2048
+        assert text_budget(reward, qwen, rl.algo.max_new_tokens) == 16 * 1024
+    rl = tiny().rl
+    assert rl.reward_config() == REWARDS[rl.reward_preset]
+    assert text_budget(rl.reward_config(), qwen, 192) == 192 * 128
+
+
 def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain(monkeypatch):
     import pickle
     from types import SimpleNamespace

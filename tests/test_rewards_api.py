@@ -34,8 +34,17 @@ def test_reward_byte_budget():
     table = {"length": np.array([0, 1, 7, 3], np.int32)}
     assert reward_byte_budget(1024, table) == 7 * 1024
     assert reward_byte_budget(1024, table, cap=4096) == 4096
+    assert reward_byte_budget(1024, table, bytes_per_token=4) == 4 * 1024
+    assert reward_byte_budget(1024, table, bytes_per_token=16) == 7 * 1024       # a cap above the longest token
     with pytest.raises(ValueError):
         reward_byte_budget(0, table)
+
+
+def test_reward_config_rejects_empty_buffers():
+    from dmx_jax.rewards.combine import RewardConfig
+    for field in ("max_text_bytes", "bytes_per_token", "answer_bytes"):
+        with pytest.raises(ValueError, match=field):
+            RewardConfig(**{field: 0})
 
 
 def test_score_texts_shapes_and_errors():

@@ -89,3 +89,23 @@ def test_host_reference_mode_is_the_string_reward(batch):
                                                                       ground_truth_arrays(gts[:8], boxes[:8], cfg))
     want = [paper.paper_reward(t, g)["overall"] for t, g in zip(texts[:8], gts[:8])]
     np.testing.assert_allclose(np.asarray(got["overall"]), want, atol=1e-6)
+
+
+def test_bytes_per_token_cap_scores_short_rows_unchanged_and_counts_cut_rows(batch):
+    """The capped decoder (max_new_tokens x bytes_per_token) gives the uncapped scores to every completion that
+    fits and flags exactly the ones that do not."""
+    tok, ids, mask, texts, gts, boxes = batch
+    table = token_bytes_table(tok, tok.vocab_size)
+    cfg = RewardConfig(**{**PRESETS["grounded"].__dict__, "max_answer_bytes": 256})
+    truth = ground_truth_arrays(gts, boxes, cfg)
+    full = jax.tree.map(np.asarray, make_reward_fn(cfg, table, max_new_tokens=ids.shape[1])(ids, mask, truth))
+    lengths = (table["length"][ids] * (mask > 0)).sum(axis=1)          # each completion's UTF-8 bytes
+    per_token = int(np.median(lengths)) // ids.shape[1] + 1
+    capped_cfg = RewardConfig(**{**cfg.__dict__, "bytes_per_token": per_token})
+    capped = jax.tree.map(np.asarray, make_reward_fn(capped_cfg, table, max_new_tokens=ids.shape[1])(ids, mask, truth))
+    cut = lengths > per_token * ids.shape[1]
+    assert 0 < cut.sum() < len(cut) and not full["truncated"].any()
+    np.testing.assert_array_equal(capped["truncated"], cut.astype(np.float32))
+    for key in full:
+        if key != "truncated":
+            np.testing.assert_array_equal(capped[key][~cut], full[key][~cut], err_msg=key)

@@ -199,12 +199,9 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = N
     if cfg.text.lora.rank:       # fresh adapters on the loaded base (B = 0: the checkpoint's own function)
         layers = target["text"]["layers"]
         kernels = {t: layers[lora.GROUP[t]][t]["kernel"] for t in cfg.text.lora.targets}
-        for group, targets in lora.init_adapters(kernels, cfg.text.lora, jax.random.key(0)).items():
-            for name, leaves in targets.items():
-                for leaf, value in leaves.items():
-                    sharding = (param_sharding(("text", "layers", group, name, leaf), value.shape)
-                                if param_sharding else None)
-                    layers[group][name][leaf] = jax.device_put(value, sharding) if sharding else value
+        for (group, name, leaf), value in lora.init_adapters(kernels, cfg.text.lora, jax.random.key(0)).items():
+            sharding = param_sharding(("text", "layers", group, name, leaf), value.shape) if param_sharding else None
+            layers[group][name][leaf] = jax.device_put(value, sharding) if sharding else value
     if cfg.tie_word_embeddings:  # some exports write the tied head anyway; the embedding is the head
         expected.add("lm_head.weight")
     unexpected = sorted(set(index) - expected)

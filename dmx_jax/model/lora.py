@@ -48,8 +48,9 @@ def kernel_split(name: str) -> int:
 
 
 def init_adapters(kernels: dict, lora: LoraConfig, key: jax.Array, dtype=jnp.float32) -> dict:
-    """{'attn': {'q': {'lora_a', 'lora_b'}, ...}, 'mlp': {...}} for the stacked kernels {'q': [L, ...], ...}:
-    A ~ N(0, 1 / in_features) (PEFT's scale), B = 0."""
+    """{(group, target, 'lora_a' | 'lora_b'): array} for the stacked kernels {'q': [L, ...], ...}, group being
+    the target's layer group ('attn' | 'mlp'): A [L, in..., r] ~ N(0, 1 / in_features) (PEFT's scale),
+    B [L, r, out...] = 0."""
     out: dict = {}
     for i, name in enumerate(lora.targets):
         w = kernels[name]
@@ -57,8 +58,8 @@ def init_adapters(kernels: dict, lora: LoraConfig, key: jax.Array, dtype=jnp.flo
         ins, outs = w.shape[1:split], w.shape[split:]
         fan_in = math.prod(ins)
         a = jax.random.normal(jax.random.fold_in(key, i), (w.shape[0], *ins, lora.rank)) / fan_in ** 0.5
-        out.setdefault(GROUP[name], {})[name] = {"lora_a": a.astype(dtype),
-                                                 "lora_b": jnp.zeros((w.shape[0], lora.rank, *outs), dtype)}
+        out[GROUP[name], name, "lora_a"] = a.astype(dtype)
+        out[GROUP[name], name, "lora_b"] = jnp.zeros((w.shape[0], lora.rank, *outs), dtype)
     return out
 
 

@@ -84,10 +84,8 @@ class TextDecoder(nnx.Module):
     def add_adapters(self, key: jax.Array) -> None:
         """LoRA adapters (cfg.lora) beside the target kernels, fp32 whatever the base's dtype; B = 0."""
         kernels = {t: getattr(getattr(self.layers, lora.GROUP[t]), t).kernel[...] for t in self.cfg.lora.targets}
-        for group, targets in lora.init_adapters(kernels, self.cfg.lora, key).items():
-            for name, leaves in targets.items():
-                for leaf, value in leaves.items():
-                    setattr(getattr(getattr(self.layers, group), name), leaf, nnx.Param(value))
+        for (group, name, leaf), value in lora.init_adapters(kernels, self.cfg.lora, key).items():
+            setattr(getattr(getattr(self.layers, group), name), leaf, nnx.Param(value))
 
     def embed_tokens(self, input_ids: jax.Array, dtype=jnp.float32) -> jax.Array:
         return self.embed.embedding[...][input_ids].astype(dtype)

@@ -35,8 +35,11 @@ class RewardConfig:
     rouge: str = "stemmed"                # "stemmed" (published: Porter, as rouge_score) | "words" (no stemming)
     grounding_f1_weight: float = 0.0      # F1 at IoU 0.5 of the completion's boxes vs the truth boxes
     grounding_iou_weight: float = 0.0     # mean IoU of greedily matched boxes
-    max_text_bytes: int | None = None     # decoded completion buffer; None: tokens x longest token (never cut).
-                                          # The runner passes reward_byte_budget(max_new_tokens, table).
+    max_text_bytes: int | None = None     # decoded completion buffer; None: reward_byte_budget(max_new_tokens,
+                                          # table, bytes_per_token): max_new_tokens x longest token unless capped
+    bytes_per_token: int | None = None    # cap on that budget per generated token (None: the longest token, never
+                                          # cut). Qwen2.5's longest token is 128 bytes, its English text ~4-5 per
+                                          # token: a 16-byte cap costs 8x less and cuts only degenerate rows
     max_answer_bytes: int = 1024          # ground-truth buffer: longer ground truths raise (reports: raise it)
     answer_bytes: int | None = None       # boxed-answer buffer; None: the completion buffer (never cut); a
                                           # longer answer is cut and counted in `truncated`
@@ -50,6 +53,10 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.bleu must be 'char' or 'word', got {self.bleu!r}")
         if not 0.0 <= self.format_weight <= 1.0:
             raise ValueError(f"RewardConfig.format_weight must be in [0, 1], got {self.format_weight}")
+        for name in ("max_text_bytes", "bytes_per_token", "answer_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"RewardConfig.{name} must be >= 1 or None, got {value}")
 
 
 PRESETS = {
@@ -69,13 +76,18 @@ def ground_truth_arrays(answers: Sequence[str], boxes: Sequence[Sequence[Sequenc
     return {"answer": gt, "answer_len": gt_len, "kind": kind, "boxes": box, "box_valid": valid}
 
 
-def reward_byte_budget(max_new_tokens: int, token_table: dict, cap: int | None = None) -> int:
+def reward_byte_budget(max_new_tokens: int, token_table: dict, cap: int | None = None,
+                       bytes_per_token: int | None = None) -> int:
     """Bytes the reward decoder keeps per completion so that no completion of `max_new_tokens` tokens is cut:
-    max_new_tokens x the tokenizer's longest token (`token_table` from text_bytes.token_bytes_table).
-    `cap` bounds it (memory); completions beyond a cap are cut and counted in the `truncated` reward key."""
+    max_new_tokens x the tokenizer's longest token (`token_table` from text_bytes.token_bytes_table, or just
+    its `length` column). `cap` (bytes) and `bytes_per_token` (x max_new_tokens) bound it; completions beyond
+    a bound are cut and counted in the `truncated` reward key."""
     if max_new_tokens < 1:
         raise ValueError(f"reward_byte_budget: max_new_tokens must be >= 1, got {max_new_tokens}")
-    budget = int(max_new_tokens) * max(1, int(np.max(np.asarray(token_table["length"]))))
+    per_token = max(1, int(np.max(np.asarray(token_table["length"]))))
+    if bytes_per_token is not None:
+        per_token = min(per_token, int(bytes_per_token))
+    budget = int(max_new_tokens) * per_token
     return budget if cap is None else min(budget, int(cap))
 
 
@@ -112,18 +124,31 @@ def _total_bytes(tokens, cmask, table):
     return jnp.sum(jnp.where(ok, table["length"][jnp.where(ok, tokens, 0)], 0), axis=1, dtype=jnp.int32)
 
 
+def text_budget(cfg: RewardConfig, token_table: dict, max_new_tokens: int | None) -> int | None:
+    """The decoder's bytes per completion: cfg.max_text_bytes, else reward_byte_budget(max_new_tokens, ...,
+    cfg.bytes_per_token) when max_new_tokens is known, else None (decode_tokens' T x longest token)."""
+    if cfg.max_text_bytes is not None or max_new_tokens is None:
+        return cfg.max_text_bytes
+    return reward_byte_budget(max_new_tokens, token_table, bytes_per_token=cfg.bytes_per_token)
+
+
+def score_tokens(tokens, cmask, truth: dict, token_table: dict, cfg: RewardConfig, max_bytes: int | None) -> dict:
+    """The reward program (pure): token ids [B, T] + completion mask -> score_bytes' dict of float32 [B].
+    `make_reward_fn` jits it with the table closed over; the fit check compiles it with the table abstract."""
+    text, n = decode_tokens(tokens, cmask, token_table, max_bytes)
+    return score_bytes(text, n, truth, cfg, _total_bytes(tokens, cmask, token_table))
+
+
 def make_reward_fn(cfg: RewardConfig, token_table: dict, max_new_tokens: int | None = None) -> Callable:
     """reward_fn(tokens [B, T], completion_mask [B, T], truth dict) -> dict of float32 [B] (jitted).
 
-    The decoder keeps cfg.max_text_bytes bytes per completion; when that is None it keeps
-    reward_byte_budget(max_new_tokens, token_table) (max_new_tokens given) or T x longest token: nothing is
-    cut. Keys: overall, format, accuracy, coordinate, truncated (1.0 where the completion or its boxed answer
-    did not fit and was scored cut; its batch mean is the truncation rate), plus the grounded terms.
+    The decoder keeps `text_budget(cfg, token_table, max_new_tokens)` bytes per completion; with no cap
+    (max_text_bytes and bytes_per_token None) nothing is cut. Keys: overall, format, accuracy, coordinate,
+    truncated (1.0 where the completion or its boxed answer did not fit and was scored cut; its batch mean is
+    the truncation rate), plus the grounded terms.
     """
     table = jax.tree.map(jnp.asarray, token_table)
-    max_bytes = cfg.max_text_bytes
-    if max_bytes is None and max_new_tokens is not None:
-        max_bytes = reward_byte_budget(max_new_tokens, token_table)
+    max_bytes = text_budget(cfg, token_table, max_new_tokens)
 
     if cfg.host_reference:
         def host(tokens, cmask, truth):
@@ -137,7 +162,6 @@ def make_reward_fn(cfg: RewardConfig, token_table: dict, max_new_tokens: int | N
 
     @jax.jit
     def reward_fn(tokens, cmask, truth):
-        text, n = decode_tokens(tokens, cmask, table, max_bytes)
-        return score_bytes(text, n, truth, cfg, _total_bytes(tokens, cmask, table))
+        return score_tokens(tokens, cmask, truth, table, cfg, max_bytes)
 
     return reward_fn

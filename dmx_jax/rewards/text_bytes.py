@@ -22,6 +22,9 @@ from dmx_jax.rewards import paper
 
 WHITESPACE_BYTES = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 TAG_BYTES = b"<>/"            # the characters the published pre-normalisation strips whitespace around
+# Qwen2 / Qwen2.5 byte-level BPE: 151,643 ranked tokens (+ 22 specials), the longest a run of 128 spaces, mean
+# 6.4 bytes; read from the published rank file. Sets the reward's uncapped byte budget at real scale.
+QWEN2_5_LONGEST_TOKEN_BYTES = 128
 
 
 # ----------------------------------------------------------------------------------------------- host side

@@ -184,10 +184,10 @@ class GRPOLearner:
         self.shared_prefill = sampler.group_size == cfg.group_size
         self.ref_params, self._ref_shardings = None, None
         self.reference_is_base = reference.adapters_off and cfg.needs_reference
-        if cfg.needs_reference and reference.params is None and not reference.adapters_off:
-            raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need a reference: Reference(params=...), or "
-                             "Reference(adapters_off=True) for a model with LoRA adapters")
-        if reference.params is not None and cfg.needs_reference and not reference.adapters_off:
+        if cfg.needs_reference and not reference.adapters_off:
+            if reference.params is None:
+                raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need a reference: Reference(params=...), or "
+                                 "Reference(adapters_off=True) for a model with LoRA adapters")
             # own copy (the policy's buffers are donated to the update step), in the reference dtype
             ref = jax.tree.map(lambda x: jnp.array(x, copy=True), reference.params)
             ref = cast_floating(ref, None if reference.dtype is None else jnp.dtype(reference.dtype))
