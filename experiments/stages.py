@@ -230,7 +230,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                               logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk), reference=reference,
                               seed=seed, place=place, grad_accum=rl_cfg.optim.grad_accum,
                               compute_dtype=model_cfg.dtype, sample_shardings=decode_layout,
-                              refill=draw if algo.dynamic_sampling else None)
+                              refill=draw if algo.dynamic_sampling else None, mesh=mesh, state_shardings=shardings)
         return learner.step
 
     def prepare(arrays, meta, place):

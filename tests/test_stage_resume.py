@@ -1,7 +1,8 @@
 """Each stage runner (the supervised recipe SFT and cold start share, and GRPO) stopped by SIGTERM mid-run and
 rerun resumes exactly: the same per-step losses / rewards and the same final parameters as an uninterrupted run
 (SIGKILL of the same machinery is covered by test_kill_resume). Cold start is SFT's recipe, runner and loop on
-reasoning rows, so SFT stands for both."""
+reasoning rows, so SFT stands for both. Parameters and batches are split over 2 devices (FSDP), and no program
+of a run (first start, the interrupted one or the resume) compiles twice."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ from dmx_jax.training.optim import OptimConfig
 from experiments import stages
 from experiments.configs import DataConfig, ExperimentConfig, RLConfig, StageConfig
 from experiments.datasets import build_tokenizer, encode_all, model_config_for
+from tests.helpers.compile_log import compiled_again, compiles
 
 STEPS, STOP_AT = 5, 3
 
@@ -44,7 +46,7 @@ def setup(tmp_path_factory):
 def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
     graphdef, params, rows, tok, mcfg = setup
     params = jax.tree.map(np.array, params)         # fresh buffers: the train step donates its state
-    mesh = make_mesh(MeshConfig(2, 1, 1), devices=jax.devices()[:2])   # batch split over 2 devices
+    mesh = make_mesh(MeshConfig(1, 2, 1), devices=jax.devices()[:2])   # params and batch split over 2 devices
     writer = MetricsWriter(run_dir / "metrics.jsonl")
     if stop_at is not None:                      # a preemption notice arrives while batch `stop_at` is drawn
         real = stages.batches
@@ -69,7 +71,11 @@ def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
         scfg = StageConfig(steps=STEPS, batch_size=2, save_every=2, optim=optim)
     spec, recipe = stages.plan_stage(stage, scfg, graphdef, mcfg, tok, params, mesh=mesh)
     ctx = stages.RunContext(mesh=mesh, writer=writer, run_config={})
-    return stages.run_stage(spec, recipe, run_dir, params, rows[stage], ctx)
+    with compiles() as log:
+        try:
+            return stages.run_stage(spec, recipe, run_dir, params, rows[stage], ctx)
+        finally:        # programs of 3+ arguments: the steps, log-prob passes, sampler, reward (not eager ops)
+            assert compiled_again(log, min_args=3) == {}, f"{stage}: a program compiled twice in one run"
 
 
 def _per_step(run_dir, key):

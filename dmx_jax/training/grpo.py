@@ -175,8 +175,10 @@ class GRPOLearner:
                  sampler: Sampler, reward_fn: Callable, logprob: PolicyLogprob, reference: Reference | None = None,
                  seed: int = 0, grad_accum: int = 1, compute_dtype=None,
                  place: Callable[[dict], dict] | None = None,
-                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None):
+                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None,
+                 mesh: Any = None, state_shardings: TrainState | None = None):
         reference = reference or Reference()
+        self.mesh = mesh                # every program runs under it, so the activation constraints apply
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
@@ -193,8 +195,13 @@ class GRPOLearner:
             ref = cast_floating(ref, None if reference.dtype is None else jnp.dtype(reference.dtype))
             self.ref_params, self._ref_shardings = _device_to_host(ref) if reference.offload else (ref, None)
         self.seed = seed
+        # the state keeps its layout through the update and the step counter (state_shardings in and out), so
+        # each program compiles once per run: left to the partitioner, the update's output layout differs from
+        # its input's on an FSDP mesh and step 2 compiles the update and the log-prob pass again
+        fixed = {} if state_shardings is None else {"in_shardings": (state_shardings, None),
+                                                     "out_shardings": (state_shardings, None)}
         self._update = jax.jit(make_policy_update(graphdef, cfg, tx, logprob, grad_accum=grad_accum,
-                                                  compute_dtype=compute_dtype), donate_argnums=(0,))
+                                                  compute_dtype=compute_dtype), donate_argnums=(0,), **fixed)
         k = cfg.logprob_micro_batches
 
         def logp(params, inputs, with_entropy):
@@ -205,15 +212,25 @@ class GRPOLearner:
                 return lp, (jnp.zeros(lp.shape, jnp.float32) if ent is None else ent)
             return map_row_slices(run, inputs, k)
 
-        self._logp_policy = jax.jit(lambda p, b: logp(p, b, logprob.with_entropy))
-        self._logp_ref = jax.jit(lambda p, b: logp(disable_adapters(p) if self.reference_is_base else p, b, False)[0])
+        def policy_logprobs(params, inputs):
+            return logp(params, inputs, logprob.with_entropy)
+
+        def reference_logprobs(params, inputs):
+            return logp(disable_adapters(params) if self.reference_is_base else params, inputs, False)[0]
+
+        self._logp_policy, self._logp_ref = jax.jit(policy_logprobs), jax.jit(reference_logprobs)
         self._split = jax.jit(group_strided_split, static_argnums=(1, 2))
         self._take_rows = jax.jit(lambda parts, idx: jax.tree.map(
             lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts))
         self._loss_mask = jax.jit(functools.partial(rollout_loss_mask, cfg=cfg))
         self._advantages = jax.jit(lambda scores, mask, token_rewards: compute_advantages(scores, mask, cfg,
                                                                                           token_rewards))
-        self._advance = jax.jit(lambda s: s.replace(step=s.step + 1), donate_argnums=(0,))
+        def advance(state):
+            return state.replace(step=state.step + 1)
+
+        self._advance = jax.jit(advance, donate_argnums=(0,),
+                                **({} if state_shardings is None else {"in_shardings": (state_shardings,),
+                                                                       "out_shardings": state_shardings}))
 
     # -- rollout ---------------------------------------------------------------------------------------------
     def _sample_and_score(self, params, prompts: dict, rng: jax.Array) -> tuple[Rollout, dict, float, float]:
@@ -337,7 +354,13 @@ class GRPOLearner:
     # -- update ----------------------------------------------------------------------------------------------
     def step(self, state: TrainState, prompts: dict) -> tuple[TrainState, dict]:
         """One GRPO iteration: sample with the current policy, then num_iterations x mini-batches updates.
-        state.step advances by exactly 1 (see module docstring)."""
+        state.step advances by exactly 1 (see module docstring). Runs under the learner's mesh, if any."""
+        if self.mesh is None:
+            return self._step(state, prompts)
+        with jax.set_mesh(self.mesh):
+            return self._step(state, prompts)
+
+    def _step(self, state: TrainState, prompts: dict) -> tuple[TrainState, dict]:
         cfg = self.cfg
         rng = jax.random.fold_in(jax.random.key(self.seed), int(state.step))
         adaptive = cfg.kl_ctrl == "adaptive"
