@@ -24,7 +24,8 @@ class DataConfig:
     min_pixels: int = 56 * 56
     max_seq_len: int = 160              # plain SFT rows (prompt + answer), tokens
     patch_budget: int | None = None     # static patch rows per example (None: derived from the images / max_pixels)
-    on_too_long: Literal["error", "skip"] = "error"  # skip: too-long examples are dropped, counted and printed
+    on_too_long: Literal["error", "skip"] = "skip"   # skip: too-long examples are dropped and counted (metrics
+                                                     # data/skipped_too_long, summary.md); error: stop at the first
     reasoning_seq_len: int = 448        # cold-start rows: prompt + reasoning suffix + <think> trace + answer
     prompt_len: int = 80                # left-padded plain prompts for evaluation (tiny default: longest 60)
     reasoning_prompt_len: int = 192     # left-padded reasoning prompts (RL rollouts, evaluation; longest 177)
@@ -174,6 +175,7 @@ class ExperimentConfig:
     eval: EvalConfig = EvalConfig()
     lora: LoraConfig = LoraConfig()     # rank > 0: every stage trains decoder adapters only (dmx_jax.model.lora)
     export_hf: bool = True
+    compile_cache: bool = True          # persistent XLA cache in <run dir>/xla_cache: a restart loads its programs
 
 
 def tiny() -> ExperimentConfig:

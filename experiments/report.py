@@ -177,6 +177,18 @@ def validation_line(recs: list[dict]) -> str:
     return line + "."
 
 
+def skipped_line(recs: list[dict]) -> str:
+    """One summary line: per stage, the training examples dropped as too long (data.on_too_long=skip)."""
+    per_stage: dict[str, int] = {}
+    for r in recs:
+        if r.get("data/skipped_too_long"):
+            per_stage[r["train_stage"]] = per_stage.get(r["train_stage"], 0) + int(r["data/skipped_too_long"])
+    if not per_stage:
+        return ""
+    return ("Examples skipped as longer than the sequence budget (data.on_too_long=skip; `data/skipped_too_long` "
+            "in metrics): " + ", ".join(f"{k} {v}" for k, v in per_stage.items()) + ".")
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The records of run_dir/metrics.jsonl ([] when the run wrote none)."""
     path = run_dir / "metrics.jsonl"
@@ -345,9 +357,9 @@ def write_outputs(cfg, run_dir: Path, graphdef, params, mcfg, results: dict, out
              "each given another prompt's image; scores that do not drop mean the answers come from the text. "
              "CIs: 95% bootstrap over examples.", ""]
     lines += [citation_line(results), ""]
-    val_line = validation_line(recs)
-    if val_line:
-        lines += [val_line, ""]
+    for line in (validation_line(recs), skipped_line(recs)):
+        if line:
+            lines += [line, ""]
     if arena:
         lines += [arena_line(arena), ""]
     lines += [f"![{f}]({f})" for f in figs] + [""] + [f"![{g}]({g})" for g in gal[-1:]] + ["", export_note]

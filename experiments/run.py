@@ -8,6 +8,7 @@ Outputs: DIR/summary.md, DIR/metrics.jsonl, DIR/eval/*.json, DIR/plots/*.png, DI
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -75,14 +76,19 @@ def main(argv=None) -> int:
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from dmx_jax.training.compile_cache import persistent_compile_cache
     from experiments.pipeline import run_pipeline
     t0 = time.time()
+    cache_dir = run_dir / "xla_cache"
     try:
-        summary = run_pipeline(cfg, run_dir, stages=stages)
+        with persistent_compile_cache(cache_dir) if cfg.compile_cache else contextlib.nullcontext() as counts:
+            summary = run_pipeline(cfg, run_dir, stages=stages)
     except _user_errors() as e:            # bad input: one line naming the file / field, no traceback
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     print(summary)
+    if counts is not None:
+        print(counts.line(cache_dir))
     print(f"\nrun directory: {run_dir}  ({time.time() - t0:.0f} s)")
     return 0
 

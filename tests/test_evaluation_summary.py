@@ -119,3 +119,33 @@ def test_trace_box_copy_rate_counts_answers_whose_box_the_trace_cites():
     recs.append({"task": "grounding", "output": "[10, 20, 30, 40]", "boxes_true": [[10, 20, 30, 40]]})  # plain: skipped
     stats = citation_stats(recs, n_bootstrap=20)
     assert abs(stats["trace_box_copy_rate"]["mean"] - 1 / 3) < 1e-9
+
+
+def test_examples_skipped_as_too_long_reach_the_metrics_and_the_summary(tmp_path):
+    """A streamed batch's meta['skipped'] (examples dropped as too long since the last batch) is logged per step as
+    data/skipped_too_long, and summary.md totals it per stage."""
+    import jax.numpy as jnp
+
+    from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
+    from dmx_jax.training.state import TrainState
+    from experiments.report import read_metrics, skipped_line
+
+    class Stream:                                   # three batches; the second follows two skipped examples
+        def __init__(self):
+            self.k = 0
+
+        def __next__(self):
+            self.k += 1
+            return {"x": jnp.ones(2)}, {"skipped": ["a", "b"] if self.k == 2 else []}
+
+        def get_state(self):
+            return {"k": self.k}
+
+    state = TrainState(params={"w": jnp.zeros(())}, opt_state=(), step=jnp.int32(0), rng=jnp.zeros(2, jnp.uint32))
+    step = lambda s, batch: (s.replace(step=s.step + 1), {"loss": jnp.float32(1.0)})
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    train_loop(step, state, Stream(), LoopConfig(num_steps=3, stage="sft", progress=False), LoopIO(writer=writer))
+    writer.close()
+    recs = read_metrics(tmp_path)
+    assert [r["data/skipped_too_long"] for r in recs] == [0, 2, 0]
+    assert "sft 2" in skipped_line(recs) and skipped_line(recs[:1]) == ""

@@ -75,6 +75,9 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     third = capsys.readouterr().out
     assert "[sft] not selected; later stages start from its final parameters" in third, third
     assert "[cold_start] 2 steps" in third and (run_dir / "cold_start" / "DONE.json").is_file()
+    # ... and compiles nothing: every program it runs was compiled by the first run, into <run dir>/xla_cache
+    cache_line = [ln for ln in third.splitlines() if ln.startswith("[compile cache]")]
+    assert cache_line and cache_line[0].endswith(", 0 compiled") and " 0 programs loaded" not in cache_line[0], third
 
 
 @pytest.mark.slow

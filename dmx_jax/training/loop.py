@@ -152,6 +152,8 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
                     f"{f'step {good} in {ck.directory}' if good is not None else 'none'}")
             last = {k: _to_py(v) for k, v in metrics.items()}
             last["step_time_s"] = time.perf_counter() - t0
+            if "skipped" in meta:           # streamed batches: examples dropped as too long since the last batch
+                last["data/skipped_too_long"] = len(meta["skipped"])
             if io.flops_fn is not None:
                 last.update(_throughput(io.flops_fn(arrays), last["step_time_s"], peak))
             if io.writer and (step % cfg.log_every == 0 or step == num_steps):
