@@ -167,14 +167,7 @@ def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int
     def build_step(tx, shardings, place, draw):
         step = make_train_step(graphdef, make_sft_loss(loss_chunk, per_row), tx, grad_accum=grad_accum,
                                compute_dtype=None if model_cfg is None else model_cfg.dtype)
-        compiled = {}
-
-        def run(state, batch):
-            if "step" not in compiled:           # batch shardings are those place_batch gave the first batch
-                compiled["step"] = jit_train_step(step, shardings, jax.tree.map(lambda x: x.sharding, batch),
-                                                  mesh=mesh)
-            return compiled["step"](state, batch)
-        return run
+        return jit_train_step(step, shardings, mesh=mesh)      # the batch keeps the shardings place_batch gave it
 
     def prepare(arrays, meta, place):
         return place({k: v for k, v in arrays.items() if k != "deltas"})
@@ -189,7 +182,7 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
     from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
 
     def build_step(tx, shardings, place, draw):
-        return jax.jit(make_train_step(align_graphdef, make_align_loss(), tx), donate_argnums=(0,))
+        return jit_train_step(make_train_step(align_graphdef, make_align_loss(), tx), shardings)
 
     return StageRecipe(build_step, lambda arrays, meta, place: place(arrays),
                        make_tx=lambda optim: align_optimizer(optim, head_lr=head_lr),

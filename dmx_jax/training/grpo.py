@@ -61,7 +61,7 @@ from dmx_jax.training.grpo_loss import (
 )
 from dmx_jax.training.rollout import PolicyLogprob, Reference, Rollout, Sampler
 from dmx_jax.training.state import TrainState, cast_floating
-from dmx_jax.training.step import make_train_step
+from dmx_jax.training.step import jit_train_step, make_train_step
 
 
 def repeat_prompts(prompts: dict, group_size: int) -> dict:
@@ -198,10 +198,8 @@ class GRPOLearner:
         # the state keeps its layout through the update and the step counter (state_shardings in and out), so
         # each program compiles once per run: left to the partitioner, the update's output layout differs from
         # its input's on an FSDP mesh and step 2 compiles the update and the log-prob pass again
-        fixed = {} if state_shardings is None else {"in_shardings": (state_shardings, None),
-                                                     "out_shardings": (state_shardings, None)}
-        self._update = jax.jit(make_policy_update(graphdef, cfg, tx, logprob, grad_accum=grad_accum,
-                                                  compute_dtype=compute_dtype), donate_argnums=(0,), **fixed)
+        self._update = jit_train_step(make_policy_update(graphdef, cfg, tx, logprob, grad_accum=grad_accum,
+                                                         compute_dtype=compute_dtype), state_shardings)
         k = cfg.logprob_micro_batches
 
         def logp(params, inputs, with_entropy):

@@ -6,6 +6,7 @@ leading axis (so it splits into micro-batches and shards over (data, fsdp)).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -86,20 +87,28 @@ def batch_shardings(batch: dict, mesh: Mesh, rules=sharding_rules.TRAIN_RULES) -
     return jax.tree.map(lambda x: NamedSharding(mesh, sharding_rules.batch_spec(x.ndim, rules)), batch)
 
 
-def jit_train_step(step_fn, state_sharding: TrainState, batch_sharding: dict, mesh: Mesh | None = None):
-    """jit a production step `step(state, batch) -> (state, metrics)` (SFT, cold start, GRPO update) with
-    explicit in/out shardings and the state donated (updated in place), so every leaf keeps its sharding
-    and the step compiles once for the whole run (resumes included). With `mesh`, calls run under
-    `jax.set_mesh(mesh)` so the model's activation constraints (dmx_jax.sharding.rules.constrain) apply.
-    The returned callable exposes the jitted function as `.jitted` (e.g. `.jitted._cache_size()`)."""
-    jitted = jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
-                     out_shardings=(state_sharding, None), donate_argnums=(0,))
-    if mesh is None:
-        return jitted
+@dataclasses.dataclass(frozen=True)
+class MeshProgram:
+    """A jitted program and the mesh its calls run under (`jax.set_mesh`, so the model's activation constraints
+    apply inside); mesh None calls it as it is. `jitted` is the jax.jit object (e.g. `jitted._cache_size()`)."""
 
-    def call(state, batch):
-        with jax.set_mesh(mesh):
-            return jitted(state, batch)
+    jitted: Any
+    mesh: Mesh | None = None
 
-    call.jitted = jitted
-    return call
+    def __call__(self, *args):
+        if self.mesh is None:
+            return self.jitted(*args)
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args)
+
+
+def jit_train_step(step_fn, state_sharding: TrainState | None, batch_sharding: Any = None,
+                   mesh: Mesh | None = None) -> MeshProgram:
+    """The one way a train step is jitted (SFT, cold start, alignment, the GRPO update): `step(state, batch) ->
+    (state, metrics)` with the state donated (updated in place) and, given `state_sharding`, taken and returned
+    in those shardings, so every leaf keeps its layout and the step compiles once for the whole run (resumes
+    included). batch_sharding None takes the placed batch's own shardings; state_sharding None leaves the
+    state's layout to the arguments (single-device library use)."""
+    fixed = {} if state_sharding is None else {"in_shardings": (state_sharding, batch_sharding),
+                                               "out_shardings": (state_sharding, None)}
+    return MeshProgram(jax.jit(step_fn, donate_argnums=(0,), **fixed), mesh)
