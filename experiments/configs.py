@@ -93,7 +93,8 @@ class RLConfig:
     prompts_per_step: int = 4
     optim: OptimConfig = OptimConfig(learning_rate=1e-5, warmup_steps=0, schedule="constant")
     algo: GRPOConfig = GRPOConfig(max_new_tokens=256)
-    reward_preset: str = "grounded"     # dmx_jax.rewards.combine.PRESETS: "paper" (published) | "grounded"
+    reward_preset: str = "grounded"     # dmx_jax.rewards.combine.PRESETS: "paper" (published) | "grounded" |
+                                        # "grounded_answer" (box terms on the boxed answer's boxes)
     reward_bytes_per_token: int | None = None  # reward decoder budget per new token (None: longest token, no cut)
     reward_answer_bytes: int | None = None     # boxed-answer buffer (None: the whole completion buffer)
     save_every: int = 10

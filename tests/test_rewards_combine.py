@@ -57,14 +57,30 @@ def test_paper_preset_equals_string_reward(batch):
     assert got["format"].sum() > 5 and (got["coordinate"] != 0).sum() > 5 and (got["accuracy"] > 0).sum() > 5
 
 
-def test_grounded_preset_box_terms_equal_greedy_matching(batch):
+@pytest.mark.parametrize("preset", ["grounded", "grounded_answer"])
+def test_grounded_preset_box_terms_equal_greedy_matching(batch, preset):
+    """grounded: the boxes a regex finds in the whole completion; grounded_answer: in its last boxed answer."""
     tok, ids, mask, texts, gts, boxes = batch
-    cfg = PRESETS["grounded"]
+    if preset == "grounded_answer":      # the fuzzed answers seldom hold a box: every third row answers with two
+        texts, ids, mask = list(texts), ids.copy(), mask.copy()
+        for i in range(0, len(texts), 3):
+            b = [round(v) + 3 for v in (boxes[i][0] if boxes[i] else (5, 5, 40, 40))]
+            t = f"<think>1. [0, 0, 9, 9]</think> \\boxed{{left {b} and [{b[0]}, {b[1]}, {b[2] + 20}, {b[3]}]}}"
+            enc = tok.encode(t)[:T]
+            ids[i], mask[i] = 0, 0
+            ids[i, :len(enc)], mask[i, :len(enc)] = enc, 1
+            texts[i] = tok.decode(enc)
+    cfg = PRESETS[preset]
     cfg = RewardConfig(**{**cfg.__dict__, "max_text_bytes": 1024, "max_answer_bytes": 256, "answer_bytes": 256})
     got = jax.tree.map(np.asarray, make_reward_fn(cfg, token_bytes_table(tok, tok.vocab_size))(
         ids, mask, ground_truth_arrays(gts, boxes, cfg)))
     for i, (t, truth) in enumerate(zip(texts, boxes)):
-        cited = [[float(v) for v in m.split(",")] for m in BOX.findall(paper.normalise_tags(t))][:cfg.max_boxes]
+        scored = paper.normalise_tags(t)
+        if preset == "grounded_answer":
+            scored = paper.boxed_content(scored)
+            if len(scored.encode()) > cfg.answer_bytes:
+                continue                         # cut at the answer buffer (counted in `truncated`)
+        cited = [[float(v) for v in m.split(",")] for m in BOX.findall(scored)][:cfg.max_boxes]
         if not truth:
             f1 = miou = 0.0                      # prompts without truth boxes are not scored on boxes
         elif not cited:

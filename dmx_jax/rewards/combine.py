@@ -35,6 +35,8 @@ class RewardConfig:
     rouge: str = "stemmed"                # "stemmed" (published: Porter, as rouge_score) | "words" (no stemming)
     grounding_f1_weight: float = 0.0      # F1 at IoU 0.5 of the completion's boxes vs the truth boxes
     grounding_iou_weight: float = 0.0     # mean IoU of greedily matched boxes
+    grounding_boxes: str = "text"         # boxes the two terms score: "text" (every box of the completion) |
+                                          # "answer" (those inside the boxed answer, what evaluation reads)
     max_text_bytes: int | None = None     # decoded completion buffer; None: reward_byte_budget(max_new_tokens,
                                           # table, bytes_per_token): max_new_tokens x longest token unless capped
     bytes_per_token: int | None = None    # cap on that budget per generated token (None: the longest token, never
@@ -49,6 +51,8 @@ class RewardConfig:
     def __post_init__(self):
         if self.rouge not in ("stemmed", "words"):
             raise ValueError(f"RewardConfig.rouge must be 'stemmed' or 'words', got {self.rouge!r}")
+        if self.grounding_boxes not in ("text", "answer"):
+            raise ValueError(f"RewardConfig.grounding_boxes must be 'text' or 'answer', got {self.grounding_boxes!r}")
         if self.bleu not in ("char", "word"):
             raise ValueError(f"RewardConfig.bleu must be 'char' or 'word', got {self.bleu!r}")
         if not 0.0 <= self.format_weight <= 1.0:
@@ -62,6 +66,8 @@ class RewardConfig:
 PRESETS = {
     "paper": RewardConfig(),
     "grounded": RewardConfig(name="grounded", bleu="word", grounding_f1_weight=0.25, grounding_iou_weight=0.25),
+    "grounded_answer": RewardConfig(name="grounded_answer", bleu="word", grounding_f1_weight=0.25,
+                                    grounding_iou_weight=0.25, grounding_boxes="answer"),
 }
 
 
@@ -104,7 +110,8 @@ def score_bytes(text, text_len, truth: dict, cfg: RewardConfig, total_len=None) 
            "coordinate": p["coordinate"] if cfg.coordinate else jnp.zeros_like(acc)}
     overall = (1 - cfg.format_weight) * acc + cfg.format_weight * p["format"] + out["coordinate"]
     if cfg.grounding_f1_weight or cfg.grounding_iou_weight:
-        every = cited_boxes(p["text"], p["text_len"], cfg.max_boxes, whole_text=True)
+        src, src_len = (p["text"], p["text_len"]) if cfg.grounding_boxes == "text" else (p["answer"], p["answer_len"])
+        every = cited_boxes(src, src_len, cfg.max_boxes, whole_text=True)
         g = grounding_reward(every["boxes"], every["box_valid"], truth["boxes"], truth["box_valid"])
         # only prompts with truth boxes are scored on boxes: elsewhere "no box" would earn a free 1.0 and teach
         # the policy to stop citing regions (seen in the first tiny runs)
