@@ -177,6 +177,20 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
     return rows
 
 
+def rollout_params(plan: Plan, mem) -> tuple[Any, int, str]:
+    """(the weights the rollout decodes with, bytes per chip resident beside them, a label) as the runner lays
+    them out: memory.decode_layout="sample" on an FSDP mesh decodes a compute-dtype copy without FSDP while the
+    fp32 train parameters stay resident; otherwise the train parameters themselves."""
+    if mem.decode_layout != "sample" or plan.mesh.shape["fsdp"] == 1:
+        return plan.params, 0, ""
+    from dmx_jax.training.grpo import sampling_shardings
+    dtype = jnp.dtype(plan.mcfg.dtype)
+    copy = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(
+        x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=sh),
+        plan.params, sampling_shardings(plan.params, plan.mesh))
+    return copy, per_chip_bytes(plan.params), f", {dtype.name} weights without FSDP"
+
+
 def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
     from dmx_jax.perf.flops import forward_flops
     from dmx_jax.training import rl_vlm
@@ -187,9 +201,11 @@ def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
     prompts = {**text_batch(rows_in, t, mesh, loss=False), **image_batch(mcfg, rows_in, plan.patches, mesh),
                "deltas": batch_leaf((rows_in, 1), jnp.int32, mesh)}
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
-    row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new")
-    compile_row(row, sampler.sample, (plan.params, prompts, rng),
-                in_shardings=(jax.tree.map(lambda x: x.sharding, plan.params),
+    params, extra, layout = rollout_params(plan, mem)
+    resident += extra
+    row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new{layout}")
+    compile_row(row, sampler.sample, (params, prompts, rng),
+                in_shardings=(jax.tree.map(lambda x: x.sharding, params),
                               jax.tree.map(lambda x: x.sharding, prompts), rng.sharding),
                 out_shardings=None, mesh=mesh, resident_bytes=resident)
     prefill = forward_flops(mcfg, text_tokens=rows_in * t, seq_len=t, image_grids=[grid] * rows_in).total

@@ -138,6 +138,10 @@ class MemoryConfig:
     kv_cache_dtype: str | None = None   # rollout KV cache dtype (None: the compute dtype)
     ref_dtype: str | None = None        # GRPO reference-model parameter dtype (None: as the policy's params)
     ref_offload: bool = False           # keep the reference parameters in host memory between uses
+    decode_layout: Literal["sample", "train"] = "sample"   # GRPO rollout weights on an FSDP mesh: "sample" re-lays
+                                        # out a compute-dtype copy without FSDP (no all-gather per token; the
+                                        # whole model on every chip beside the train state), "train" decodes in
+                                        # the train layout (no copy; weights gathered layer by layer each token)
 
     def __post_init__(self):
         from dmx_jax.model.config import ATTENTION_CHOICES, DTYPES, REMAT_CHOICES
@@ -246,7 +250,8 @@ def _scaled_memory(**kw) -> MemoryConfig:
     """Chosen from `python -m experiments.aot` (BUILD_NOTES.md AOT table). Attention is the pure-JAX blockwise
     kernel (any backend); the Pallas splash kernel is opt-in (`memory.attention=splash`, TPU only)."""
     return MemoryConfig(**{**dict(remat="full", vision_remat="full", attention="chunked", attention_block=512,
-                                  loss_chunk=256, kv_cache_dtype="bfloat16", ref_dtype="bfloat16"), **kw})
+                                  loss_chunk=256, kv_cache_dtype="bfloat16", ref_dtype="bfloat16",
+                                  decode_layout="train"), **kw})
 
 
 def qwen2_5_vl_3b(accum: tuple[int, int, int] = (8, 8, 40), ref_offload: bool = True) -> ExperimentConfig:

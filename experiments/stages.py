@@ -216,7 +216,8 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
         sampler = make_sampler(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
                                    pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
                                    cache_dtype=memory.kv_cache_dtype)
-        decode_layout = sampling_shardings(ref_params, mesh) if mesh.shape["fsdp"] > 1 else None
+        decode_layout = (sampling_shardings(ref_params, mesh)
+                         if mesh.shape["fsdp"] > 1 and memory.decode_layout == "sample" else None)
         reference = (Reference(adapters_off=True) if model_cfg.text.lora.rank     # LoRA: the base, no copy
                      else Reference(ref_params, memory.ref_dtype, memory.ref_offload))
         learner = GRPOLearner(graphdef, algo, tx, sampler=sampler, reward_fn=reward_fn,

@@ -129,3 +129,21 @@ def test_reward_row_compiles_the_runners_reward_at_its_byte_budget(monkeypatch):
     line = aot.grpo_step_summary(rows, cfg.rl.algo, cfg.rl.prompts_per_step)
     total = 3.0 + row.step_time_s + (1.0 if cfg.rl.algo.kl_coef else 0.0)       # rollout, pi_old, update, reward
     assert f"roofline {total:.2f} s" in line and f"{100 * row.step_time_s / total:.1f}% of it" in line, line
+
+
+def test_rollout_row_decodes_with_the_layout_the_runner_uses(monkeypatch):
+    """memory.decode_layout='sample' on an FSDP mesh: the rollout row compiles the compute-dtype copy without FSDP
+    (every chip holds the whole model) with the fp32 train parameters resident beside it, as GRPOLearner's
+    sample_shardings do; 'train' (the scaled presets) decodes the train parameters themselves."""
+    from experiments.configs import tiny
+    from experiments.overrides import apply_overrides
+    monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
+    cfg = apply_overrides(tiny(), ["dtype=bfloat16", "mesh.data=1", "mesh.fsdp=-1"])
+    plan = aot.make_plan(cfg, "v5e-8")
+    train_bytes = tpu_compile.per_chip_bytes(plan.params)
+    copy, resident, label = aot.rollout_params(plan, cfg.memory)
+    whole = sum(x.size for x in jax.tree.leaves(plan.params))
+    assert cfg.memory.decode_layout == "sample" and "bfloat16 weights without FSDP" in label
+    assert resident == train_bytes and tpu_compile.per_chip_bytes(copy) > 1.9 * whole >= 2 * train_bytes
+    same, none, _ = aot.rollout_params(plan, apply_overrides(cfg, ["memory.decode_layout=train"]).memory)
+    assert same is plan.params and none == 0
