@@ -82,20 +82,28 @@ def make_plan(cfg, topology: str) -> Plan:
     if cfg.model not in MODEL_PRESETS:
         raise AotError(f"model preset {cfg.model!r} is unknown (have {', '.join(MODEL_PRESETS)})")
     mcfg = MODEL_PRESETS[cfg.model]().replace(dtype=cfg.dtype, **cfg.memory.model_overrides())
+    if cfg.lora.rank:
+        from experiments.pipeline import with_lora
+        mcfg = with_lora(mcfg, cfg.lora)
     abstract = nnx.eval_shape(lambda: Qwen25VL(mcfg, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
     sh = tree_shardings(params, mesh)
+    if cfg.lora.rank:               # the frozen base in the compute dtype, adapters fp32 (as initial_model)
+        from dmx_jax.model.lora import cast_base
+        params = jax.eval_shape(lambda p: cast_base(p, mcfg.dtype), params)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, sh)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     return Plan(cfg, mcfg, mesh, chip, label, patch_budget(cfg), graphdef, params, n_params)
 
 
-def _state(plan: Plan, optim):
-    from dmx_jax.training.optim import make_optimizer
+def _state(plan: Plan, stage_cfg, updates_per_step: int = 1):
+    """(optimizer, abstract train state, its shardings) of a stage, the optimizer built as the runner builds it
+    (frozen parts and LoRA: no state for what does not train)."""
     from dmx_jax.training.state import TrainState
     from dmx_jax.training.step import state_shardings
-    tx = make_optimizer(optim)
+    from experiments.stages import stage_optimizer
+    tx = stage_optimizer(stage_cfg, plan.params, updates_per_step)(stage_cfg.optim)
     opt = jax.eval_shape(tx.init, plan.params)
     rep = NamedSharding(plan.mesh, P())
     state = TrainState(plan.params, opt, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
@@ -129,7 +137,7 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
     st = cfg.sft if stage == "sft" else cfg.cold_start
     seq = cfg.data.max_seq_len if stage == "sft" else cfg.data.reasoning_seq_len
     b = st.batch_size
-    tx, state, state_sh = _state(plan, st.optim)
+    tx, state, state_sh = _state(plan, st)
     batch = {**text_batch(b, seq, plan.mesh), **image_batch(plan.mcfg, b, plan.patches, plan.mesh)}
     batch_sh = jax.tree.map(lambda x: x.sharding, batch)
     step = make_train_step(plan.graphdef, make_sft_loss(cfg.memory.loss_chunk), tx, grad_accum=st.optim.grad_accum,
@@ -154,12 +162,16 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
     rl, algo, mem = cfg.rl, cfg.rl.algo, cfg.memory
     g, tn, t = algo.group_size, algo.max_new_tokens, cfg.data.reasoning_prompt_len
     n = rl.prompts_per_step * g
-    tx, state, state_sh = _state(plan, rl.optim)
+    from experiments.stages import grpo_updates_per_step
+    tx, state, state_sh = _state(plan, rl, grpo_updates_per_step(rl) if rl.lr_schedule_unit == "rollout" else 1)
     opt_bytes = per_chip_bytes(state.opt_state)
     ref_dtype = jnp.dtype(mem.ref_dtype) if mem.ref_dtype else None
     ref = plan.params if ref_dtype is None else jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype, sharding=x.sharding), plan.params)
-    ref_bytes = 0 if (not algo.kl_coef or mem.ref_offload) else per_chip_bytes(ref)
+    lora = bool(cfg.lora.rank)      # the reference is the base with the adapters off: no copy, no second program
+    if lora:
+        ref, ref_dtype = plan.params, None
+    ref_bytes = 0 if (not algo.kl_coef or mem.ref_offload or lora) else per_chip_bytes(ref)
     rows = []
     grid = _image_grid(plan)
     kv_bytes_row = 2 * mcfg.text.num_hidden_layers * mcfg.text.num_key_value_heads * mcfg.text.head_dim * \

@@ -286,4 +286,15 @@ def qwen2_5_vl_7b() -> ExperimentConfig:
                                mesh=MeshConfig(data=1, fsdp=-1, tensor=1))
 
 
-PRESETS = {"tiny": tiny, "tiny_base": tiny_base, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b}
+def qwen2_5_vl_7b_lora() -> ExperimentConfig:
+    """The 7B preset with LoRA adapters (rank 16, alpha 32, the seven decoder projections) for a 4-chip slice or
+    one GPU: the base frozen in bf16 with no optimizer state, the GRPO reference the base with the adapters off
+    (no copy), decoding in the train layout. Check the slice first: `python -m experiments.aot --config
+    qwen2_5_vl_7b_lora --topology v6e-4`."""
+    base = qwen2_5_vl_7b()
+    return dataclasses.replace(base, name="qwen2_5_vl_7b_lora", lora=LoraConfig(rank=16, alpha=32.0),
+                               memory=dataclasses.replace(base.memory, ref_offload=False))
+
+
+PRESETS = {"tiny": tiny, "tiny_base": tiny_base, "qwen2_5_vl_3b": qwen2_5_vl_3b, "qwen2_5_vl_7b": qwen2_5_vl_7b,
+           "qwen2_5_vl_7b_lora": qwen2_5_vl_7b_lora}

@@ -319,6 +319,15 @@ def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step:
                 tops = sorted({p.split(".")[0] for p in paths})
                 raise ConfigError(f"frozen={prefix!r} names no parameter (paths start with {', '.join(tops)}, "
                                   f"e.g. vision, vision.merger, text.embed)")
-    return dataclasses.replace(recipe, make_tx=lambda optim: make_optimizer(
-        optim, lr_by_prefix=lr_by_prefix, frozen=frozen, adapters_only=adapters_only,
-        updates_per_step=updates_per_step))
+    return dataclasses.replace(recipe, make_tx=stage_optimizer(stage_cfg, params, updates_per_step))
+
+
+def stage_optimizer(stage_cfg, params, updates_per_step: int = 1) -> Callable:
+    """optim -> the stage's optimizer (make_optimizer with its frozen prefixes, vision_lr and, for a model with
+    LoRA adapters, adapters alone): what the runner trains with and the fit check compiles."""
+    from dmx_jax.model.lora import adapter_count
+    frozen = tuple(stage_cfg.frozen) + (("vision",) if stage_cfg.vision_lr == 0 else ())
+    lr_by_prefix = {"vision": stage_cfg.vision_lr} if stage_cfg.vision_lr else {}
+    adapters_only = params is not None and adapter_count(params) > 0
+    return lambda optim: make_optimizer(optim, lr_by_prefix=lr_by_prefix, frozen=frozen,
+                                        adapters_only=adapters_only, updates_per_step=updates_per_step)

@@ -147,3 +147,26 @@ def test_rollout_row_decodes_with_the_layout_the_runner_uses(monkeypatch):
     assert resident == train_bytes and tpu_compile.per_chip_bytes(copy) > 1.9 * whole >= 2 * train_bytes
     same, none, _ = aot.rollout_params(plan, apply_overrides(cfg, ["memory.decode_layout=train"]).memory)
     assert same is plan.params and none == 0
+
+
+def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_reference_copy(monkeypatch):
+    """With lora.rank > 0 the fit check builds what the runner trains: the base in the compute dtype, adapters in
+    fp32, the stage optimizer holding moments for the adapters alone, and GRPO's reference as the policy's own
+    weights (no resident copy, no second log-prob program)."""
+    from dmx_jax.model.lora import adapter_count
+    from experiments.configs import tiny
+    from experiments.overrides import apply_overrides
+    monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
+    cfg = apply_overrides(tiny(), ["dtype=bfloat16", "lora.rank=4", "lora.alpha=8", "rl.algo.kl_coef=0.01",
+                                   "memory.ref_dtype=bfloat16"])
+    plan = aot.make_plan(cfg, "v5e-8")
+    n_adapters = adapter_count(plan.params)
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(plan.params)}
+    assert n_adapters > 0 and "bfloat16" in dtypes
+    _, state, _ = aot._state(plan, cfg.sft)
+    moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
+    assert moments == 2 * n_adapters, (moments, n_adapters)            # Adam's mu and nu of the adapters only
+    monkeypatch.setattr(aot, "_logprob_rows", lambda *a: [a[7], a[8], a[9]])   # (ref, ref_dtype, resident)
+    ref, ref_dtype, resident = aot.grpo_rows(plan, steps=("ref_logp",))
+    assert ref is plan.params and ref_dtype is None
+    assert resident == tpu_compile.per_chip_bytes(state.opt_state)      # optimizer state only: no reference copy

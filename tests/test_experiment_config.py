@@ -28,7 +28,7 @@ def test_bad_overrides_name_the_key(assignment, message):
 def test_presets_build():
     from dmx_jax.model import preset
     expected_model = {"tiny": "small", "tiny_base": "base", "qwen2_5_vl_3b": "qwen2_5_vl_3b",
-                      "qwen2_5_vl_7b": "qwen2_5_vl_7b"}
+                      "qwen2_5_vl_7b": "qwen2_5_vl_7b", "qwen2_5_vl_7b_lora": "qwen2_5_vl_7b"}
     for name, make in PRESETS.items():
         assert make().name == name and make().model == expected_model[name]
         preset(make().model)                      # every experiment names a real model preset
