@@ -223,6 +223,7 @@ class GRPOLearner:
         self._loss_mask = jax.jit(functools.partial(rollout_loss_mask, cfg=cfg))
         self._advantages = jax.jit(lambda scores, mask, token_rewards: compute_advantages(scores, mask, cfg,
                                                                                           token_rewards))
+
         def advance(state):
             return state.replace(step=state.step + 1)
 
