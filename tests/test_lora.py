@@ -188,3 +188,35 @@ def test_lora_config_is_checked():
                        (dict(rank=4, alpha=0.0), "alpha")):
         with pytest.raises(ValueError, match=match):
             LoraConfig(**bad)
+
+
+def test_train_step_differentiates_the_adapters_alone_with_the_same_update(base, adapted):
+    """With adapters the train step takes gradients of the adapters only (the frozen base gets zeros without being
+    differentiated, so no base gradient or accumulator exists: the accumulation carry holds adapter-sized arrays
+    alone) and makes exactly the update of the full-gradient step."""
+    from dmx_jax.training.state import init_train_state
+    from dmx_jax.training.step import make_train_step
+    _, _, inputs = base
+    graphdef, _, fresh, _ = adapted
+    ids, mask, pv, grid = inputs
+    batch = {"weight": jnp.array([1.0, 0.5])}          # two rows (two micro-batches below) weighting one loss
+
+    def loss_fn(model, b, rng):            # the prompt is a constant: the model's call lays out positions on the host
+        logits = model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
+        return jnp.sum(jax.nn.logsumexp(logits, -1) - logits[..., 7]) * jnp.sum(b["weight"]), jnp.float32(1.0), {}
+
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), adapters_only=True)
+    state = init_train_state(fresh, tx)
+    steps = {only: make_train_step(graphdef, loss_fn, tx, grad_accum=1, adapters_only=only) for only in (None, False)}
+    (new_a, m_a), (new_b, m_b) = (jax.jit(s)(state, batch) for s in steps.values())
+    assert float(m_a["loss"]) == pytest.approx(float(m_b["loss"]), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(new_a.params), jax.tree.leaves(new_b.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    adapter_size = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(fresh) if is_adapter(path_to_str(p)))
+
+    def carry_size(only):          # elements carried by the gradient-accumulation scan (2 micro-batches)
+        jaxpr = jax.make_jaxpr(make_train_step(graphdef, loss_fn, tx, grad_accum=2, adapters_only=only))(state, batch)
+        scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
+        return sum(v.aval.size for v in scan.outvars[:scan.params["num_carry"]])
+    assert carry_size(None) == adapter_size + 2                # adapter gradients, loss and token count
+    assert carry_size(False) > 10 * adapter_size

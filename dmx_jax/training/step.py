@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
+from dmx_jax.model import lora
 from dmx_jax.sharding import rules as sharding_rules
 from dmx_jax.training.state import TrainState, cast_floating
 
@@ -31,13 +32,15 @@ def _split_micro(batch: dict, k: int) -> dict:
 
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, *,
-                    grad_accum: int = 1, compute_dtype=None,
-                    counts_step: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    grad_accum: int = 1, compute_dtype=None, counts_step: bool = True,
+                    adapters_only: bool | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The pure step function (not jitted; see `jit_train_step`). counts_step=False leaves state.step alone (GRPO
-    runs several updates per step and advances the step once)."""
+    runs several updates per step and advances the step once). adapters_only (None: whenever the parameters hold
+    LoRA adapters, which then train alone): differentiate and accumulate the adapters only; the frozen base gets
+    zero gradients, so no gradient or accumulator of the base is ever built."""
 
-    def loss_on_params(params, batch, rng):
-        model = nnx.merge(graphdef, cast_floating(params, compute_dtype))
+    def loss_on_params(trained, frozen, split, batch, rng):
+        model = nnx.merge(graphdef, cast_floating(split.join(trained, frozen), compute_dtype))
         loss_sum, count, aux = loss_fn(model, batch, rng)
         return loss_sum, (count, aux)
 
@@ -46,23 +49,26 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.wrap_key_data(state.rng)
         rng, step_rng = jax.random.split(rng)
+        only = lora.adapter_count(state.params) > 0 if adapters_only is None else adapters_only
+        split = _Split.of(state.params, lora.is_adapter if only else None)
+        trained, frozen = split.parts(state.params)
         if grad_accum == 1:
-            (loss_sum, (count, aux)), grads = grad_fn(state.params, batch, step_rng)
+            (loss_sum, (count, aux)), grads = grad_fn(trained, frozen, split, batch, step_rng)
         else:
             micro = _split_micro(batch, grad_accum)
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zeros = jax.tree.map(jnp.zeros_like, trained)
 
             def body(carry, xs):
                 g_acc, l_acc, c_acc = carry
                 mb, r = xs
-                (loss, (c, aux)), g = grad_fn(state.params, mb, r)
+                (loss, (c, aux)), g = grad_fn(trained, frozen, split, mb, r)
                 return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss, c_acc + c), aux
 
             rngs = jax.random.split(step_rng, grad_accum)
             (grads, loss_sum, count), aux = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), (micro, rngs))
             aux = jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
         denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
+        grads = split.join(jax.tree.map(lambda g: g / denom, grads), jax.tree.map(jnp.zeros_like, frozen))
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -72,6 +78,35 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
         return new_state, metrics
 
     return step
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Split:
+    """Which leaves of a parameter tree are differentiated: `parts` cuts the tree into (trained, frozen) leaf
+    lists, `join` puts them back. Without a predicate the tree passes whole: (params, []) and back."""
+
+    treedef: Any
+    trained: tuple[bool, ...] | None        # None: every leaf, the tree itself
+
+    @classmethod
+    def of(cls, params, predicate: Callable[[str], bool] | None) -> _Split:
+        if predicate is None:
+            return cls(None, None)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        return cls(treedef, tuple(bool(predicate(sharding_rules.path_to_str(p))) for p, _ in leaves))
+
+    def parts(self, params) -> tuple[Any, list]:
+        if self.trained is None:
+            return params, []
+        leaves = jax.tree.leaves(params)
+        return ([x for x, t in zip(leaves, self.trained) if t], [x for x, t in zip(leaves, self.trained) if not t])
+
+    def join(self, trained, frozen: list):
+        if self.trained is None:
+            return trained
+        it_t, it_f = iter(trained), iter(frozen)
+        return self.treedef.unflatten([next(it_t) if t else next(it_f) for t in self.trained])
 
 
 def state_shardings(state: TrainState, mesh: Mesh, rules=sharding_rules.TRAIN_RULES) -> TrainState:
