@@ -289,11 +289,9 @@ def qwen2_5_vl_7b() -> ExperimentConfig:
 def qwen2_5_vl_7b_lora() -> ExperimentConfig:
     """The 7B preset with LoRA adapters (rank 16, alpha 32, the seven decoder projections) for a 4-chip slice or
     one GPU: the base frozen in bf16 with no optimizer state, the GRPO reference the base with the adapters off
-    (no copy), decoding in the train layout; 4x the 7B preset's accumulation (SFT's 8 rows a chip needed 38 GiB
-    of temporaries on v6e-4). Check the slice first: `python -m experiments.aot --config
-    qwen2_5_vl_7b_lora --topology v6e-4`."""
-    base = qwen2_5_vl_3b(accum=(16, 16, 80), ref_offload=False)   # micro-batches of 8, 4 and 4 rows: 1-2 a chip
-    base = dataclasses.replace(base, model="qwen2_5_vl_7b")
+    (no copy), decoding in the train layout; the 7B preset's batches and accumulation. Check the slice first:
+    `python -m experiments.aot --config qwen2_5_vl_7b_lora --topology v6e-4`."""
+    base = qwen2_5_vl_7b()
     return dataclasses.replace(base, name="qwen2_5_vl_7b_lora", lora=LoraConfig(rank=16, alpha=32.0),
                                memory=dataclasses.replace(base.memory, ref_offload=False))
 
