@@ -50,10 +50,22 @@ def qwen_size_table(table: dict, vocab_size: int, longest: int) -> dict:
     return out
 
 
+def time_reward(fn, cfg, ids, mask, gts) -> tuple[dict, float, float]:
+    """(the reward dict, seconds of the first call: compile + run, seconds per later call) of a jitted reward on
+    one batch whose prompts all carry the same truth box."""
+    from dmx_jax.rewards.combine import ground_truth_arrays
+    truth = jax.tree.map(jax.numpy.asarray, ground_truth_arrays(gts, [[(10, 10, 200, 200)]] * len(gts), cfg))
+    ids_d, mask_d = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(ids_d, mask_d, truth))
+    compile_s = time.perf_counter() - t0
+    return out, compile_s, timed(lambda: jax.block_until_ready(fn(ids_d, mask_d, truth)), warmup=0, iters=3)
+
+
 def budgets(args, tok, ids, mask, gts):
     """ms per completion of the jitted reward at the byte budgets the scaled presets derive, uncapped and capped."""
     from dmx_jax.model.config import PRESETS as MODELS
-    from dmx_jax.rewards.combine import PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn, text_budget
+    from dmx_jax.rewards.combine import PRESETS, RewardConfig, make_reward_fn, text_budget
     from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES, token_bytes_table
     from experiments.configs import PRESETS as RUNS
     run = RUNS["qwen2_5_vl_7b"]().rl
@@ -64,13 +76,7 @@ def budgets(args, tok, ids, mask, gts):
         for per_token, answer in ((None, None), (None, run.reward_answer_bytes),
                                   (run.reward_bytes_per_token, run.reward_answer_bytes)):
             cfg = RewardConfig(**{**PRESETS[name].__dict__, "bytes_per_token": per_token, "answer_bytes": answer})
-            fn = make_reward_fn(cfg, table, max_new_tokens=args.tokens)
-            truth = jax.tree.map(jax.numpy.asarray, ground_truth_arrays(gts, [[(10, 10, 200, 200)]] * args.batch, cfg))
-            a, m = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(fn(a, m, truth))
-            compile_s = time.perf_counter() - t0
-            s = timed(lambda: jax.block_until_ready(fn(a, m, truth)), warmup=0, iters=3)
+            out, compile_s, s = time_reward(make_reward_fn(cfg, table, max_new_tokens=args.tokens), cfg, ids, mask, gts)
             budget = text_budget(cfg, table, args.tokens)
             rows.append([name, f"{args.batch}x{args.tokens}", f"{budget:,}", "completion" if answer is None else
                          f"{answer:,}", f"{s * 1e3 / args.batch:,.1f}", f"{compile_s:.0f} s",
@@ -99,7 +105,7 @@ def main():
     args = ap.parse_args()
     from data_pipelines.tokenizer import train_sentencepiece
     from dmx_jax.rewards import paper
-    from dmx_jax.rewards.combine import PRESETS, RewardConfig, ground_truth_arrays, make_reward_fn, reward_byte_budget
+    from dmx_jax.rewards.combine import PRESETS, RewardConfig, make_reward_fn, reward_byte_budget
     from dmx_jax.rewards.text_bytes import token_bytes_table
     rng = random.Random(0)
     texts, gts = completions(args.batch, rng)
@@ -119,13 +125,7 @@ def main():
         table = token_bytes_table(tok, tok.vocab_size)
         budget = reward_byte_budget(args.tokens, table, cap=args.byte_cap)
         cfg = RewardConfig(**{**PRESETS[name].__dict__, "max_text_bytes": budget, "max_answer_bytes": 128})
-        fn = make_reward_fn(cfg, table)
-        truth = jax.tree.map(jax.numpy.asarray, ground_truth_arrays(gts, [[(10, 10, 200, 200)]] * args.batch, cfg))
-        ids_d, mask_d = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(ids_d, mask_d, truth))
-        compile_s = time.perf_counter() - t0
-        s_jit = timed(lambda: jax.block_until_ready(fn(ids_d, mask_d, truth)), warmup=0, iters=3)
+        out, compile_s, s_jit = time_reward(make_reward_fn(cfg, table), cfg, ids, mask, gts)
         k = min(args.python_rows, args.batch)
         for t, g in zip(decoded[:8], gts[:8]):                 # warm-up: imports, rouge_score's stemmer
             paper.paper_reward(t, g)

@@ -165,12 +165,10 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
     from experiments.stages import grpo_updates_per_step
     tx, state, state_sh = _state(plan, rl, grpo_updates_per_step(rl) if rl.lr_schedule_unit == "rollout" else 1)
     opt_bytes = per_chip_bytes(state.opt_state)
-    ref_dtype = jnp.dtype(mem.ref_dtype) if mem.ref_dtype else None
+    lora = bool(cfg.lora.rank)      # the reference is the base with the adapters off: no copy, no second program
+    ref_dtype = jnp.dtype(mem.ref_dtype) if mem.ref_dtype and not lora else None
     ref = plan.params if ref_dtype is None else jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype, sharding=x.sharding), plan.params)
-    lora = bool(cfg.lora.rank)      # the reference is the base with the adapters off: no copy, no second program
-    if lora:
-        ref, ref_dtype = plan.params, None
     ref_bytes = 0 if (not algo.kl_coef or mem.ref_offload or lora) else per_chip_bytes(ref)
     rows = []
     grid = _image_grid(plan)
