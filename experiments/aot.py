@@ -133,6 +133,7 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
     from dmx_jax.perf.flops import train_flops
     from dmx_jax.training.sft import make_sft_loss
     from dmx_jax.training.step import make_train_step
+    from experiments.stages import stage_trainable
     cfg = plan.cfg
     st = cfg.sft if stage == "sft" else cfg.cold_start
     seq = cfg.data.max_seq_len if stage == "sft" else cfg.data.reasoning_seq_len
@@ -141,7 +142,7 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
     batch = {**text_batch(b, seq, plan.mesh), **image_batch(plan.mcfg, b, plan.patches, plan.mesh)}
     batch_sh = jax.tree.map(lambda x: x.sharding, batch)
     step = make_train_step(plan.graphdef, make_sft_loss(cfg.memory.loss_chunk), tx, grad_accum=st.optim.grad_accum,
-                           compute_dtype=jnp.dtype(plan.mcfg.dtype))
+                           compute_dtype=jnp.dtype(plan.mcfg.dtype), trainable=stage_trainable(st, plan.params))
     row = _row(plan, stage, "train", b, seq, f"[{b},{seq}] + {plan.patches} patches/row"
                + (f", accum {st.optim.grad_accum}" if st.optim.grad_accum > 1 else ""))
     compile_row(row, step, (state, batch), in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
@@ -213,7 +214,9 @@ def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
     params, extra, layout = rollout_params(plan, mem)
     resident += extra
-    row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new{layout}")
+    k = algo.rollout_micro_batches
+    micro = f", {k} micro-batches" if k > 1 else ""
+    row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new{layout}{micro}")
     compile_row(row, sampler.sample, (params, prompts, rng),
                 in_shardings=(jax.tree.map(lambda x: x.sharding, params),
                               jax.tree.map(lambda x: x.sharding, prompts), rng.sharding),
@@ -221,7 +224,7 @@ def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
     prefill = forward_flops(mcfg, text_tokens=rows_in * t, seq_len=t, image_grids=[grid] * rows_in).total
     dec_tok = forward_flops(mcfg, text_tokens=n, seq_len=2 * t + tn, lm_head_tokens=n).total  # mean context
     decode = dec_tok * tn
-    dec_bytes = tn * (_weight_read_bytes(plan) + n / mesh.size * (t + tn / 2) * kv_bytes_row)
+    dec_bytes = tn * (k * _weight_read_bytes(plan) + n / mesh.size * (t + tn / 2) * kv_bytes_row)  # weights per slice
     t_pre = prefill / (row.chips * plan.chip.peak_bf16)
     t_dec = max(decode / (row.chips * plan.chip.peak_bf16), dec_bytes / plan.chip.hbm_bw)
     row.flops, row.step_time_s = prefill + decode, t_pre + t_dec
@@ -275,6 +278,7 @@ def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref
     from dmx_jax.perf.flops import train_flops
     from dmx_jax.training import rl_vlm
     from dmx_jax.training.grpo import make_policy_update
+    from experiments.stages import stage_trainable
     mesh, mcfg = plan.mesh, plan.mcfg
     from dmx_jax.training.rollout import Rollout
     mini = n if not algo.ppo_mini_batch_size else algo.ppo_mini_batch_size * g
@@ -287,7 +291,8 @@ def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref
                   advantages=tokens(), old_logp=None if algo.old_logp == "current" else tokens(),
                   ref_logp=tokens() if algo.kl_coef else None)
     step = make_policy_update(plan.graphdef, algo, tx, rl_vlm.make_policy_logprob(algo, chunk_size=mem.loss_chunk),
-                              grad_accum=rl.optim.grad_accum, compute_dtype=jnp.dtype(mcfg.dtype))
+                              grad_accum=rl.optim.grad_accum, compute_dtype=jnp.dtype(mcfg.dtype),
+                              trainable=stage_trainable(rl, plan.params))
     row = _row(plan, "grpo", "update", mini, t + tn, f"[{mini},{t}+{tn}]"
                + (f", accum {rl.optim.grad_accum}" if rl.optim.grad_accum > 1 else ""))
     compile_row(row, step, (state, upd), in_shardings=(state_sh, jax.tree.map(lambda x: x.sharding, upd)),

@@ -79,9 +79,10 @@ def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected
     if not selected:
         return params, None
     if not done:
-        spec, recipe = entry.build(entry.enter(params))
+        start = entry.enter(params)
+        spec, recipe = entry.build(start)
         print(f"[{name}] {spec.steps} steps, batch {spec.batch_size} {entry.unit}".rstrip(), flush=True)
-        stage_params = run_stage(spec, recipe, sdir, entry.enter(params), entry.rows, ctx)
+        stage_params = run_stage(spec, recipe, sdir, start, entry.rows, ctx)
         params = entry.leave(params, stage_params)
     return params, entry.evaluate(stage_params)
 

@@ -21,7 +21,7 @@ from data_pipelines.pipeline import stack_rows, trim_right_padding
 from dmx_jax.perf.flops import batch_train_flops
 from dmx_jax.training.checkpoint import Checkpointer
 from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
-from dmx_jax.training.optim import OptimConfig, make_optimizer
+from dmx_jax.training.optim import OptimConfig, Trainable, make_optimizer
 from dmx_jax.training.resume import start_or_resume
 from dmx_jax.training.sft import make_sft_loss
 from dmx_jax.training.state import init_train_state
@@ -55,8 +55,9 @@ class RunContext:
 
 @dataclasses.dataclass(frozen=True)
 class StageRecipe:
-    """What makes a stage itself. build_step(tx, state_shardings, place, draw) -> step(state, inputs) -> (state,
-    metrics); prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch
+    """What makes a stage itself. build_step(tx, trainable, state_shardings, place, draw) -> step(state, inputs) ->
+    (state, metrics), tx = make_tx(optim) and `trainable` (None: Trainable.of(params)) the parameters it trains;
+    prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch
     with the data source's per-process flag); draw() -> the next prepared batch of the stage's own stream (GRPO's
     dynamic-sampling refill: the stream's state is checkpointed after the step, so a resumed run draws the same).
     bar_metrics label the progress bar, done_metric goes into DONE.json. validate(params, place) -> metrics of a
@@ -68,6 +69,7 @@ class StageRecipe:
     bar_metrics: tuple[tuple[str, str], ...] = (("loss", "loss"),)
     done_metric: tuple[str, str] = ("final_loss", "loss")
     make_tx: Callable = make_optimizer          # OptimConfig -> optax transformation
+    trainable: Trainable | None = None
     stack: Callable | None = None               # rows -> (arrays, meta); None: the encoder's stack_rows
     validate: Callable | None = None
     validate_every: int = 0
@@ -135,7 +137,7 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
         arrays, meta = next(data)
         return recipe.prepare(arrays, meta, place)
 
-    step = recipe.build_step(tx, shardings, place, draw)
+    step = recipe.build_step(tx, recipe.trainable, shardings, place, draw)
     if recipe.validate is not None and recipe.validate_every > 0:
         # the validation prompts are the same on every process and few: replicated, any number of them
         on_step = _with_validation(on_step, recipe, spec, ctx.writer, functools.partial(replicate, mesh=ctx.mesh))
@@ -164,9 +166,9 @@ def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int
     shardings in and out (donated) and the placed batch's shardings, under the mesh, so the model's activation
     constraints apply and the step compiles once for the run."""
 
-    def build_step(tx, shardings, place, draw):
+    def build_step(tx, trainable, shardings, place, draw):
         step = make_train_step(graphdef, make_sft_loss(loss_chunk, per_row), tx, grad_accum=grad_accum,
-                               compute_dtype=None if model_cfg is None else model_cfg.dtype)
+                               compute_dtype=None if model_cfg is None else model_cfg.dtype, trainable=trainable)
         return jit_train_step(step, shardings, mesh=mesh)      # the batch keeps the shardings place_batch gave it
 
     def prepare(arrays, meta, place):
@@ -181,8 +183,8 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
     study's labels, sides and boxes from pixels; the head at its own learning rate."""
     from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
 
-    def build_step(tx, shardings, place, draw):
-        return jit_train_step(make_train_step(align_graphdef, make_align_loss(), tx), shardings)
+    def build_step(tx, trainable, shardings, place, draw):
+        return jit_train_step(make_train_step(align_graphdef, make_align_loss(), tx, trainable=trainable), shardings)
 
     return StageRecipe(build_step, lambda arrays, meta, place: place(arrays),
                        make_tx=lambda optim: align_optimizer(optim, head_lr=head_lr),
@@ -211,7 +213,7 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
 
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
 
-    def build_step(tx, shardings, place, draw):
+    def build_step(tx, trainable, shardings, place, draw):
         # group-shared prefill places P prompts (not P x G rows): only when P divides over the batch axes
         sampler = make_sampler(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
                                    pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
@@ -224,7 +226,8 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
                               logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk), reference=reference,
                               seed=seed, place=place, grad_accum=rl_cfg.optim.grad_accum,
                               compute_dtype=model_cfg.dtype, sample_shardings=decode_layout,
-                              refill=draw if algo.dynamic_sampling else None, mesh=mesh, state_shardings=shardings)
+                              refill=draw if algo.dynamic_sampling else None, mesh=mesh, state_shardings=shardings,
+                              trainable=trainable)
         return learner.step
 
     def prepare(arrays, meta, place):
@@ -303,31 +306,34 @@ def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step:
     """The stage's optimizer with its frozen parameters (stage_cfg.frozen; vision_lr=0 freezes "vision"), the
     vision tower + merger at vision_lr, and the schedule counting steps of `updates_per_step` updates. Each frozen
     prefix must name parameters of the model. A model with LoRA adapters trains them alone."""
-    from dmx_jax.model.lora import adapter_count
-    frozen = tuple(stage_cfg.frozen) + (("vision",) if stage_cfg.vision_lr == 0 else ())
-    lr_by_prefix = {"vision": stage_cfg.vision_lr} if stage_cfg.vision_lr else {}
-    adapters_only = params is not None and adapter_count(params) > 0      # LoRA: the adapters train, nothing else
-    if not frozen and not lr_by_prefix and not adapters_only and updates_per_step == 1:
+    trainable = stage_trainable(stage_cfg, params)
+    if trainable.everything and not stage_cfg.vision_lr and updates_per_step == 1:
         return recipe
     if params is not None:
         from dmx_jax.sharding.rules import path_to_str
         from dmx_jax.training.optim import under
         paths = [path_to_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-        for prefix in frozen:
+        for prefix in trainable.frozen:
             if not any(under(p, prefix) for p in paths):
                 from experiments.overrides import ConfigError
                 tops = sorted({p.split(".")[0] for p in paths})
                 raise ConfigError(f"frozen={prefix!r} names no parameter (paths start with {', '.join(tops)}, "
                                   f"e.g. vision, vision.merger, text.embed)")
-    return dataclasses.replace(recipe, make_tx=stage_optimizer(stage_cfg, params, updates_per_step))
+    return dataclasses.replace(recipe, make_tx=stage_optimizer(stage_cfg, params, updates_per_step),
+                               trainable=trainable)
+
+
+def stage_trainable(stage_cfg, params) -> Trainable:
+    """The stage's trained parameters: all but stage_cfg.frozen (and "vision" when vision_lr is 0); a model with
+    LoRA adapters (params None: none) trains them alone."""
+    frozen = tuple(stage_cfg.frozen) + (("vision",) if stage_cfg.vision_lr == 0 else ())
+    return Trainable(frozen) if params is None else Trainable.of(params, frozen)
 
 
 def stage_optimizer(stage_cfg, params, updates_per_step: int = 1) -> Callable:
-    """optim -> the stage's optimizer (make_optimizer with its frozen prefixes, vision_lr and, for a model with
-    LoRA adapters, adapters alone): what the runner trains with and the fit check compiles."""
-    from dmx_jax.model.lora import adapter_count
-    frozen = tuple(stage_cfg.frozen) + (("vision",) if stage_cfg.vision_lr == 0 else ())
+    """optim -> the stage's optimizer (make_optimizer over `stage_trainable`, the vision tower at vision_lr): what
+    the runner trains with and the fit check compiles."""
     lr_by_prefix = {"vision": stage_cfg.vision_lr} if stage_cfg.vision_lr else {}
-    adapters_only = params is not None and adapter_count(params) > 0
-    return lambda optim: make_optimizer(optim, lr_by_prefix=lr_by_prefix, frozen=frozen,
-                                        adapters_only=adapters_only, updates_per_step=updates_per_step)
+    trainable = stage_trainable(stage_cfg, params)
+    return lambda optim: make_optimizer(optim, lr_by_prefix=lr_by_prefix, trainable=trainable,
+                                        updates_per_step=updates_per_step)

@@ -25,7 +25,7 @@ from dmx_jax.training.align import (
     merge_vision,
     stack_align_rows,
 )
-from dmx_jax.training.optim import OptimConfig, make_optimizer
+from dmx_jax.training.optim import OptimConfig, Trainable, make_optimizer
 from dmx_jax.training.state import init_train_state
 from dmx_jax.training.step import make_train_step
 
@@ -94,7 +94,7 @@ def test_learning_rates_of_tower_and_head_are_separate():
     # SFT variant: params["vision"] frozen, the rest at cfg's
     full = {"vision": {"w": jnp.ones(3)}, "text": {"w": jnp.ones(3)}}
     tx = make_optimizer(OptimConfig(learning_rate=0.1, warmup_steps=0, schedule="constant", clip_norm=0),
-                        frozen=("vision",))
+                        trainable=Trainable(frozen=("vision",)))
     upd, _ = tx.update(jax.tree.map(jnp.ones_like, full), tx.init(full), full)
     assert float(jnp.abs(upd["vision"]["w"]).max()) == 0 and float(jnp.abs(upd["text"]["w"]).max()) > 0.05
 

@@ -14,7 +14,7 @@ from flax import nnx
 from dmx_jax.hf import load_adapter, load_pretrained, save_adapter, save_pretrained
 from dmx_jax.model.lora import LoraConfig, disable_adapters, is_adapter, merge_adapters
 from dmx_jax.sharding.rules import path_to_str
-from dmx_jax.training.optim import OptimConfig, make_optimizer
+from dmx_jax.training.optim import OptimConfig, Trainable, make_optimizer
 from tests.helpers import hf_reference as R
 
 LORA = LoraConfig(rank=4, alpha=8.0)
@@ -103,7 +103,8 @@ def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(bas
 def test_only_adapters_train_and_the_base_has_no_optimizer_state(base, adapted):
     _, path, inputs = base
     graphdef, _, fresh, _ = adapted                  # B != 0, so A takes a gradient too
-    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), adapters_only=True)
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"),
+                        trainable=Trainable(adapters_only=True))
     opt_state = tx.init(fresh)
     adapter_size = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(fresh) if is_adapter(path_to_str(p)))
     moments = sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim > 0)
@@ -169,7 +170,7 @@ def test_checkpoint_round_trip_keeps_adapters_and_their_optimizer_state(adapted,
     from dmx_jax.training.checkpoint import Checkpointer, abstract_like
     from dmx_jax.training.state import init_train_state
     _, _, trained, _ = adapted
-    tx = make_optimizer(OptimConfig(learning_rate=1e-2), adapters_only=True)
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2), trainable=Trainable(adapters_only=True))
     state = init_train_state(trained, tx)
     grads = jax.tree.map(jnp.ones_like, trained)
     updates, opt = tx.update(grads, state.opt_state, trained)
@@ -205,9 +206,11 @@ def test_train_step_differentiates_the_adapters_alone_with_the_same_update(base,
         logits = model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
         return jnp.sum(jax.nn.logsumexp(logits, -1) - logits[..., 7]) * jnp.sum(b["weight"]), jnp.float32(1.0), {}
 
-    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), adapters_only=True)
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"),
+                        trainable=Trainable(adapters_only=True))
     state = init_train_state(fresh, tx)
-    steps = {only: make_train_step(graphdef, loss_fn, tx, grad_accum=1, adapters_only=only) for only in (None, False)}
+    everything = Trainable()
+    steps = {only: make_train_step(graphdef, loss_fn, tx, grad_accum=1, trainable=only) for only in (None, everything)}
     (new_a, m_a), (new_b, m_b) = (jax.jit(s)(state, batch) for s in steps.values())
     assert float(m_a["loss"]) == pytest.approx(float(m_b["loss"]), rel=1e-6)
     for a, b in zip(jax.tree.leaves(new_a.params), jax.tree.leaves(new_b.params)):
@@ -215,8 +218,42 @@ def test_train_step_differentiates_the_adapters_alone_with_the_same_update(base,
     adapter_size = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(fresh) if is_adapter(path_to_str(p)))
 
     def carry_size(only):          # elements carried by the gradient-accumulation scan (2 micro-batches)
-        jaxpr = jax.make_jaxpr(make_train_step(graphdef, loss_fn, tx, grad_accum=2, adapters_only=only))(state, batch)
+        jaxpr = jax.make_jaxpr(make_train_step(graphdef, loss_fn, tx, grad_accum=2, trainable=only))(state, batch)
         scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
         return sum(v.aval.size for v in scan.outvars[:scan.params["num_carry"]])
     assert carry_size(None) == adapter_size + 2                # adapter gradients, loss and token count
-    assert carry_size(False) > 10 * adapter_size
+    assert carry_size(everything) > 10 * adapter_size
+
+
+def test_a_frozen_tower_in_full_fine_tuning_is_not_differentiated(base):
+    """Full fine-tuning with the vision tower frozen (StageConfig.frozen / vision_lr=0): the step differentiates the
+    rest only (the accumulation carry holds no vision-sized gradient) and makes the same update as differentiating
+    everything and letting the optimizer drop the tower's gradients."""
+    from dmx_jax.training.state import init_train_state
+    from dmx_jax.training.step import make_train_step
+    _, path, (ids, mask, pv, grid) = base
+    model, _ = load_pretrained(path)
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    batch = {"weight": jnp.array([1.0, 0.5])}
+
+    def loss_fn(model, b, rng):
+        logits = model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
+        return jnp.sum(jax.nn.logsumexp(logits, -1) - logits[..., 7]) * jnp.sum(b["weight"]), jnp.float32(1.0), {}
+
+    frozen = Trainable(frozen=("vision",))
+    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), trainable=frozen)
+    state = init_train_state(params, tx)
+    (new_a, _), (new_b, _) = (jax.jit(make_train_step(graphdef, loss_fn, tx, trainable=t))(state, batch)
+                              for t in (frozen, Trainable()))
+    for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(new_a.params), jax.tree.leaves(new_b.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7, err_msg=path_to_str(p))
+    vision_size = sum(x.size for x in jax.tree.leaves(params["vision"]))
+    total = sum(x.size for x in jax.tree.leaves(params))
+
+    def carry_size(trainable):
+        jaxpr = jax.make_jaxpr(make_train_step(graphdef, loss_fn, tx, grad_accum=2, trainable=trainable))(state, batch)
+        scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
+        return sum(v.aval.size for v in scan.outvars[:scan.params["num_carry"]])
+    assert carry_size(frozen) == total - vision_size + 2            # the text side's gradients, loss, token count
+    assert carry_size(Trainable()) == total + 2

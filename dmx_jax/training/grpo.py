@@ -59,6 +59,7 @@ from dmx_jax.training.grpo_loss import (
     policy_loss,
     truncated_rows,
 )
+from dmx_jax.training.optim import Trainable
 from dmx_jax.training.rollout import PolicyLogprob, Reference, Rollout, Sampler
 from dmx_jax.training.state import TrainState, cast_floating
 from dmx_jax.training.step import jit_train_step, make_train_step
@@ -107,9 +108,11 @@ def initial_aux(cfg: GRPOConfig) -> dict:
 
 
 def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
-                       logprob: PolicyLogprob, *, grad_accum: int = 1, compute_dtype=None):
+                       logprob: PolicyLogprob, *, grad_accum: int = 1, compute_dtype=None,
+                       trainable: Trainable | None = None):
     """Pure update step(state, mini_batch: Rollout) -> (state, metrics) minimising the GRPO objective (one
-    optimizer update; state.step is left to the learner, which counts rollout steps). Entropy is computed in
+    optimizer update of the `trainable` parameters, see make_train_step; state.step is left to the learner, which
+    counts rollout steps). Entropy is computed in
     the update when the bonus needs it or pi_old is 'current' (the rollout then ran no policy pass to log it)."""
     with_entropy = logprob.with_entropy and (cfg.entropy_coeff > 0 or cfg.old_logp == "current")
     if cfg.entropy_coeff > 0 and not logprob.with_entropy:
@@ -131,7 +134,7 @@ def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.Gradie
         return num, den, metrics
 
     return make_train_step(graphdef, loss_fn, tx, grad_accum=grad_accum, compute_dtype=compute_dtype,
-                           counts_step=False)
+                           counts_step=False, trainable=trainable)
 
 
 def rollout_loss_mask(batch: Rollout, cfg: GRPOConfig) -> jax.Array:
@@ -169,14 +172,15 @@ class GRPOLearner:
     """Host orchestration of one GRPO iteration per call; each piece inside is jitted.
 
     reference: the KL reference (a Reference record); refill: () -> another prompt batch of the same shape, for
-    dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings)."""
+    dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings); trainable: the
+    parameters the update differentiates (the optimizer's rule, see make_train_step)."""
 
     def __init__(self, graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation, *,
                  sampler: Sampler, reward_fn: Callable, logprob: PolicyLogprob, reference: Reference | None = None,
                  seed: int = 0, grad_accum: int = 1, compute_dtype=None,
                  place: Callable[[dict], dict] | None = None,
                  refill: Callable[[], dict] | None = None, sample_shardings: Any = None,
-                 mesh: Any = None, state_shardings: TrainState | None = None):
+                 mesh: Any = None, state_shardings: TrainState | None = None, trainable: Trainable | None = None):
         reference = reference or Reference()
         self.mesh = mesh                # every program runs under it, so the activation constraints apply
         self.cfg, self.graphdef = cfg, graphdef
@@ -199,7 +203,8 @@ class GRPOLearner:
         # each program compiles once per run: left to the partitioner, the update's output layout differs from
         # its input's on an FSDP mesh and step 2 compiles the update and the log-prob pass again
         self._update = jit_train_step(make_policy_update(graphdef, cfg, tx, logprob, grad_accum=grad_accum,
-                                                         compute_dtype=compute_dtype), state_shardings)
+                                                         compute_dtype=compute_dtype, trainable=trainable),
+                                      state_shardings)
         k = cfg.logprob_micro_batches
 
         def logp(params, inputs, with_entropy):

@@ -10,7 +10,7 @@ from typing import Literal
 import jax
 import optax
 
-from dmx_jax.model.lora import is_adapter
+from dmx_jax.model.lora import adapter_count, is_adapter
 from dmx_jax.sharding.rules import path_to_str
 
 
@@ -60,9 +60,32 @@ def _adamw(cfg: OptimConfig, updates_per_step: int = 1) -> optax.GradientTransfo
     return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainable:
+    """Which parameters train, by dotted path: all but those under a `frozen` prefix; with adapters_only, the LoRA
+    adapters (dmx_jax.model.lora) alone. The one rule the optimizer (no state for the rest) and the train step
+    (no gradient for the rest) both read."""
+
+    frozen: tuple[str, ...] = ()
+    adapters_only: bool = False
+
+    @classmethod
+    def of(cls, params, frozen: Sequence[str] = ()) -> Trainable:
+        """A model holding LoRA adapters trains them alone; otherwise everything but `frozen`."""
+        return cls(tuple(frozen), adapters_only=adapter_count(params) > 0)
+
+    @property
+    def everything(self) -> bool:
+        return not self.frozen and not self.adapters_only
+
+    def __call__(self, path: str) -> bool:
+        if self.adapters_only and not is_adapter(path):
+            return False
+        return not any(under(path, f) for f in self.frozen)
+
+
 def make_optimizer(cfg: OptimConfig, *, lr_by_prefix: Mapping[str, float] | None = None,
-                   frozen: Sequence[str] = (), adapters_only: bool = False,
-                   updates_per_step: int = 1) -> optax.GradientTransformation:
+                   trainable: Trainable = Trainable(), updates_per_step: int = 1) -> optax.GradientTransformation:
     """AdamW (cfg) with global-norm clipping.
 
     updates_per_step: optimizer updates in one training step (GRPO: epochs x mini-batches); the learning-rate
@@ -70,19 +93,18 @@ def make_optimizer(cfg: OptimConfig, *, lr_by_prefix: Mapping[str, float] | None
     rollout.
 
     lr_by_prefix: parameters under a prefix train at that learning rate (the schedule's shape, cfg's warmup and
-    decay), the longest matching prefix winning. frozen: parameters under these prefixes do not train: their
+    decay), the longest matching prefix winning. trainable: the parameters it rejects do not train: their
     gradients are zeroed before clipping (the norm counts the trained parameters only, as when they take no
-    gradient at all) and the optimizer holds no state for them. adapters_only: every parameter but the LoRA
-    adapters (dmx_jax.model.lora) is frozen so."""
-    lr_by_prefix, frozen = dict(lr_by_prefix or {}), tuple(frozen)
+    gradient at all) and the optimizer holds no state for them."""
+    lr_by_prefix = dict(lr_by_prefix or {})
     clip = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
-    if not lr_by_prefix and not frozen and not adapters_only:
+    if not lr_by_prefix and trainable.everything:
         return optax.chain(*clip, _adamw(cfg, updates_per_step))
-    freezes = bool(frozen) or adapters_only
+    freezes = not trainable.everything
 
     def label(path, _):
         name = path_to_str(path)
-        if any(under(name, f) for f in frozen) or (adapters_only and not is_adapter(name)):
+        if not trainable(name):
             return "frozen"
         matches = [p for p in lr_by_prefix if under(name, p)]
         return max(matches, key=len) if matches else "default"

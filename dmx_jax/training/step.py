@@ -16,8 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from dmx_jax.model import lora
 from dmx_jax.sharding import rules as sharding_rules
+from dmx_jax.training.optim import Trainable
 from dmx_jax.training.state import TrainState, cast_floating
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, jax.Array, dict]]
@@ -33,11 +33,12 @@ def _split_micro(batch: dict, k: int) -> dict:
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, *,
                     grad_accum: int = 1, compute_dtype=None, counts_step: bool = True,
-                    adapters_only: bool | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    trainable: Trainable | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The pure step function (not jitted; see `jit_train_step`). counts_step=False leaves state.step alone (GRPO
-    runs several updates per step and advances the step once). adapters_only (None: whenever the parameters hold
-    LoRA adapters, which then train alone): differentiate and accumulate the adapters only; the frozen base gets
-    zero gradients, so no gradient or accumulator of the base is ever built."""
+    runs several updates per step and advances the step once). trainable (the optimizer's; None:
+    `Trainable.of(params)`, the LoRA adapters alone when the parameters hold them, else everything): only those
+    leaves are differentiated and accumulated; the rest get zero gradients, so no gradient or accumulator of a
+    frozen tower or base is ever built."""
 
     def loss_on_params(trained, frozen, split, batch, rng):
         model = nnx.merge(graphdef, cast_floating(split.join(trained, frozen), compute_dtype))
@@ -49,8 +50,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.wrap_key_data(state.rng)
         rng, step_rng = jax.random.split(rng)
-        only = lora.adapter_count(state.params) > 0 if adapters_only is None else adapters_only
-        split = _Split.of(state.params, lora.is_adapter if only else None)
+        which = Trainable.of(state.params) if trainable is None else trainable
+        split = _Split.of(state.params, None if which.everything else which)
         trained, frozen = split.parts(state.params)
         if grad_accum == 1:
             (loss_sum, (count, aux)), grads = grad_fn(trained, frozen, split, batch, step_rng)
