@@ -52,7 +52,7 @@ def save_adapter(params: dict, cfg: ModelConfig, path: str | Path, *, base_model
     save_file(adapter_tensors(params, lora), str(path / WEIGHTS_FILE), metadata={"format": "pt"})
     names = "|".join(MODULES[t].split(".")[-1] for t in lora.targets)
     config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model, "r": lora.rank,
-              "lora_alpha": lora.alpha, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+              "lora_alpha": lora.alpha, "lora_dropout": lora.dropout, "bias": "none", "fan_in_fan_out": False,
               "target_modules": rf".*language_model\.layers\.\d+\.(self_attn|mlp)\.({names})",
               "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
               "modules_to_save": None, "layers_to_transform": None, "revision": None}
@@ -73,7 +73,8 @@ def read_adapter_config(path: str | Path) -> LoraConfig:
     modules = c.get("target_modules") or []
     text = modules if isinstance(modules, str) else " ".join(modules)
     targets = tuple(t for t, m in MODULES.items() if m.split(".")[-1] in text)
-    return LoraConfig(rank=int(c["r"]), alpha=float(c["lora_alpha"]), targets=targets)
+    return LoraConfig(rank=int(c["r"]), alpha=float(c["lora_alpha"]), targets=targets,
+                      dropout=float(c.get("lora_dropout") or 0.0))
 
 
 def load_adapter(params: dict, cfg: ModelConfig, path: str | Path) -> tuple[dict, ModelConfig]:

@@ -41,22 +41,26 @@ def activation(name: str):
     raise ValueError(f"unsupported activation {name!r}")
 
 
-def linear(x, p: dict, lora_scale: float = 0.0) -> jax.Array:
-    """x @ kernel, + bias and + the LoRA term (dmx_jax.model.lora) when p holds them."""
+def linear(x, p: dict, lora_scale: float = 0.0, lora_key: jax.Array | None = None,
+           lora_rate: float = 0.0) -> jax.Array:
+    """x @ kernel, + bias and + the LoRA term (dmx_jax.model.lora, its input dropped out with lora_key at
+    lora_rate) when p holds them."""
     y = x @ p["kernel"].astype(x.dtype)
     if "bias" in p:
         y = y + p["bias"].astype(x.dtype)
-    d = lora.delta(x, p, 1, lora_scale)
+    d = lora.delta(x, p, 1, lora_scale, lora_key, lora_rate)
     return y if d is None else y + d
 
 
-def swiglu(x, p: dict, act, hidden_axes: tuple | None = None, lora_scale: float = 0.0) -> jax.Array:
+def swiglu(x, p: dict, act, hidden_axes: tuple | None = None, lora_scale: float = 0.0,
+           lora_key: jax.Array | None = None, lora_rate: float = 0.0) -> jax.Array:
     """down(act(gate(x)) * up(x)); biases and adapters used when present. hidden_axes: logical axes of the
-    hidden activation (sharding constraint under a context mesh)."""
-    g, u = linear(x, p["gate"], lora_scale), linear(x, p["up"], lora_scale)
+    hidden activation (sharding constraint under a context mesh). lora_key: the layer's adapter dropout key."""
+    drop = lambda name: (lora.projection_key(lora_key, name), lora_rate)
+    g, u = linear(x, p["gate"], lora_scale, *drop("gate")), linear(x, p["up"], lora_scale, *drop("up"))
     if hidden_axes is not None:
         g, u = constrain(g, hidden_axes), constrain(u, hidden_axes)
-    return linear(act(g) * u, p["down"], lora_scale)
+    return linear(act(g) * u, p["down"], lora_scale, *drop("down"))
 
 
 def remat_policy(name: str):

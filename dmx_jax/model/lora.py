@@ -5,7 +5,8 @@ A target projection `W` (q, k, v, o, gate, up, down; kernels stacked over layers
 fresh adapters gives the base model's outputs exactly. The forward reads the adapters where it reads the kernel
 (one forward path); training freezes everything else (`is_adapter`); the GRPO reference is the same parameters
 with B zeroed (`disable_adapters`: no second copy of the base); export merges them into the kernels or writes
-them in the PEFT layout (dmx_jax.hf).
+them in the PEFT layout (dmx_jax.hf). Dropout (PEFT's lora_dropout) acts on the adapter's input alone,
+(dropout(x) A) B, and only in a forward given a dropout key.
 """
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ ADAPTER_LEAVES = ("lora_a", "lora_b")
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """rank 0: no adapters. alpha: the update is scaled by alpha / rank (PEFT's lora_alpha)."""
+    """rank 0: no adapters. alpha: the update is scaled by alpha / rank (PEFT's lora_alpha). dropout: the rate
+    of inverted dropout on each adapter's input (PEFT's lora_dropout), active only in a forward given a dropout
+    key, which the supervised loss passes. GRPO's log-prob passes and update run without one, as the ratio
+    pi / pi_old must compare one deterministic function of the parameters."""
 
     rank: int = 0
     alpha: float = 16.0
     targets: tuple[str, ...] = TARGETS
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.rank < 0:
@@ -36,6 +41,8 @@ class LoraConfig:
             raise ValueError(f"lora.targets must be a non-empty subset of {TARGETS}, got {self.targets}")
         if self.rank and not self.alpha > 0:
             raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def scale(self) -> float:
@@ -63,11 +70,25 @@ def init_adapters(kernels: dict, lora: LoraConfig, key: jax.Array, dtype=jnp.flo
     return out
 
 
-def delta(x: jax.Array, p: dict, n_in: int, scale: float) -> jax.Array | None:
-    """The adapter's term (x A) B * scale for one layer's projection dict p (None without adapters); x [..., in]
-    with n_in input axes: a [in..., r], b [r, out...]."""
+def projection_key(key: jax.Array | None, name: str) -> jax.Array | None:
+    """A layer's dropout key folded with the target's index: each projection draws its own mask (None stays None)."""
+    return None if key is None else jax.random.fold_in(key, TARGETS.index(name))
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout: each entry of x kept with probability 1 - rate and scaled by 1 / (1 - rate)."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def delta(x: jax.Array, p: dict, n_in: int, scale: float, key: jax.Array | None = None,
+          rate: float = 0.0) -> jax.Array | None:
+    """The adapter's term (dropout(x) A) B * scale for one layer's projection dict p (None without adapters);
+    x [..., in] with n_in input axes: a [in..., r], b [r, out...]. Dropout only with a key and rate > 0."""
     if "lora_a" not in p:
         return None
+    if key is not None and rate > 0:
+        x = dropout(x, rate, key)
     a, b = p["lora_a"].astype(x.dtype), p["lora_b"].astype(x.dtype)
     xa = jnp.tensordot(x, a, axes=n_in)                                   # [..., r]
     return jnp.tensordot(xa, b, axes=1) * jnp.asarray(scale, x.dtype)      # [..., out...]

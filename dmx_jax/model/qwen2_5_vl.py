@@ -85,17 +85,17 @@ class Qwen25VL(nnx.Module):
         return merge_image_features(x, where, self.encode_images(pixel_values, vision_inputs), self.cfg.image_token_id)
 
     def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
-                      cache=None, key_mask=None, merge_ids=None):
+                      cache=None, key_mask=None, merge_ids=None, dropout_key=None):
         """input_ids [B, T], positions [3, B, T] (axis-major; the pipeline's batch-major rows [B, 3, T] are
         swapped by the caller: the shape is checked, no layout is guessed) -> (final-norm hidden [B, T, D],
-        new cache or None)."""
+        new cache or None). dropout_key: the decoder adapters' dropout (training); None: deterministic."""
         if tuple(positions.shape) != (3, *input_ids.shape):
             raise ValueError(f"positions must be [3, B, T] for input_ids {tuple(input_ids.shape)}, got "
                              f"{tuple(positions.shape)} (batch-major rows [B, 3, T]: swap axes 0 and 1)")
         x = self.embed(input_ids, pixel_values, vision_inputs, merge_ids)
         key_mask = attention_mask if key_mask is None else key_mask
         c = self.cfg
-        return self.text(x, positions, key_mask, cache, c.remat, c.attention, c.attention_block)
+        return self.text(x, positions, key_mask, cache, c.remat, c.attention, c.attention_block, dropout_key)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [B, T, D] -> logits [B, T, V] in fp32 (accumulated in fp32 whatever the compute dtype)."""
@@ -103,10 +103,10 @@ class Qwen25VL(nnx.Module):
                           preferred_element_type=jnp.float32)
 
     def forward(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None, cache=None,
-                key_mask=None):
+                key_mask=None, dropout_key=None):
         """-> (logits [B, T, V] fp32, new cache or None)."""
         h, cache = self.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs, cache,
-                                      key_mask)
+                                      key_mask, dropout_key=dropout_key)
         return self.logits(h), cache
 
     def __call__(self, input_ids, *, pixel_values=None, image_grid_thw=None, attention_mask=None, position_ids=None,

@@ -29,34 +29,44 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> 
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.zeros((), jnp.int32)}
 
 
-def _project(h, p: dict, eq: str, lora_scale: float, n_in: int = 1):
-    """One projection of a layer: h @ kernel (+ bias) (+ the LoRA term when p holds adapters)."""
+def _project(h, p: dict, eq: str, lora_scale: float, n_in: int = 1, key: jax.Array | None = None,
+             rate: float = 0.0):
+    """One projection of a layer: h @ kernel (+ bias) (+ the LoRA term when p holds adapters, its input dropped
+    out at `rate` when given this projection's key)."""
     y = jnp.einsum(eq, h, p["kernel"].astype(h.dtype))
     if "bias" in p:
         y = y + p["bias"].astype(h.dtype)
-    d = lora.delta(h, p, n_in, lora_scale)
+    d = lora.delta(h, p, n_in, lora_scale, key, rate)
     return y if d is None else y + d
 
 
-def _qkv(x, p, cos, sin, cfg: TextConfig):
-    """Pre-attention half of a layer: (q [B,T,N,H], k, v [B,T,K,H]) with M-RoPE applied to q and k."""
+def _adapter_dropout(key: jax.Array | None, name: str, cfg: TextConfig) -> dict:
+    """The adapter dropout arguments of one projection from the layer's key (None: none)."""
+    return {"key": lora.projection_key(key, name), "rate": cfg.lora.dropout}
+
+
+def _qkv(x, p, cos, sin, cfg: TextConfig, key: jax.Array | None = None):
+    """Pre-attention half of a layer: (q [B,T,N,H], k, v [B,T,K,H]) with M-RoPE applied to q and k. key: the
+    layer's adapter dropout key."""
     a, s = p["attn"], cfg.lora.scale
     h = rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps)
-    q = _project(h, a["q"], "btd,dnh->btnh", s)
-    k = _project(h, a["k"], "btd,dkh->btkh", s)
-    v = _project(h, a["v"], "btd,dkh->btkh", s)
+    q = _project(h, a["q"], "btd,dnh->btnh", s, **_adapter_dropout(key, "q", cfg))
+    k = _project(h, a["k"], "btd,dkh->btkh", s, **_adapter_dropout(key, "k", cfg))
+    v = _project(h, a["v"], "btd,dkh->btkh", s, **_adapter_dropout(key, "v", cfg))
     q, k = apply_rotary(q, cos[:, :, None], sin[:, :, None]), apply_rotary(k, cos[:, :, None], sin[:, :, None])
     q = constrain(q, ("act_batch", "act_length", "act_heads", None))
     k, v = (constrain(a, ("act_batch", "act_length", "act_kv_heads", None)) for a in (k, v))
     return q, k, v
 
 
-def _attend_mlp(x, p, q, k, v, mask, cfg: TextConfig, impl: str, block: int):
-    """Post-attention half: attention of q over keys/values k, v [B,S,K,H], output projection, residual, MLP."""
+def _attend_mlp(x, p, q, k, v, mask, cfg: TextConfig, impl: str, block: int, key: jax.Array | None = None):
+    """Post-attention half: attention of q over keys/values k, v [B,S,K,H], output projection, residual, MLP.
+    key: the layer's adapter dropout key."""
     o = attention(q, k, v, mask, impl, block)
-    x = constrain(x + _project(o, p["attn"]["o"], "btnh,nhd->btd", cfg.lora.scale, n_in=2), RESIDUAL)
+    o = _project(o, p["attn"]["o"], "btnh,nhd->btd", cfg.lora.scale, n_in=2, **_adapter_dropout(key, "o", cfg))
+    x = constrain(x + o, RESIDUAL)
     x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act),
-                   ("act_batch", "act_length", "act_mlp"), cfg.lora.scale)
+                   ("act_batch", "act_length", "act_mlp"), cfg.lora.scale, key, cfg.lora.dropout)
     return constrain(x, RESIDUAL)
 
 
@@ -92,45 +102,52 @@ class TextDecoder(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: dict | None = None,
                  remat: str = "none", attention: str = "xla",
-                 attention_block: int = 512) -> tuple[jax.Array, dict | None]:
+                 attention_block: int = 512, dropout_key: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
         """x [B,T,D], positions [3,B,T], key_mask [B,S] (S = T without cache) -> (hidden [B,T,D], cache).
 
-        attention: "xla" | "chunked" | "cudnn" | "splash" (dmx_jax.model.attention); masks stay structural."""
+        attention: "xla" | "chunked" | "cudnn" | "splash" (dmx_jax.model.attention); masks stay structural.
+        dropout_key: drop out the adapters' inputs at cfg.lora.dropout (training); None: deterministic."""
         cfg = self.cfg
         b, t, _ = x.shape
         cos, sin = mrope_cos_sin(positions, cfg)
         index = jnp.zeros((), jnp.int32) if cache is None else cache["index"]
         mask = causal_mask(key_mask, index, t)                      # queries at slots index.., keys [B, S]
         layers = jax.tree.map(lambda a: a.astype(x.dtype), values(self.layers))
+        layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
+        drop = dropout_key if cfg.lora.rank and cfg.lora.dropout > 0 else None
 
-        def body(h, p):
-            h = constrain(h, RESIDUAL)
-            q, k, v = _qkv(h, p, cos, sin, cfg)
-            return _attend_mlp(h, p, q, k, v, mask, cfg, attention, attention_block), None
+        def layer_key(layer):
+            return None if drop is None else jax.random.fold_in(drop, layer)
+
+        def body(h, xs):
+            p, layer = xs
+            h, key = constrain(h, RESIDUAL), layer_key(layer)
+            q, k, v = _qkv(h, p, cos, sin, cfg, key)
+            return _attend_mlp(h, p, q, k, v, mask, cfg, attention, attention_block, key), None
 
         def cached_body(carry, xs):
             # the cache rides in the carry and each layer writes only its T new slots in place (a scan output
             # would rewrite the whole [B, S, K, H] slice of every layer at every decode step)
             h, k_all, v_all = carry
             p, layer = xs
-            h = constrain(h, RESIDUAL)
-            q, k, v = _qkv(h, p, cos, sin, cfg)
+            h, key = constrain(h, RESIDUAL), layer_key(layer)
+            q, k, v = _qkv(h, p, cos, sin, cfg, key)
             k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
             v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
             k_att, v_att = (jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False).astype(h.dtype)
                             for a in (k_all, v_all))
-            return (_attend_mlp(h, p, q, k_att, v_att, mask, cfg, attention, attention_block), k_all, v_all), None
+            return (_attend_mlp(h, p, q, k_att, v_att, mask, cfg, attention, attention_block, key), k_all, v_all), None
 
         policy = remat_policy(remat)
         if cache is None:
             if policy is not None:
                 body = jax.checkpoint(body, policy=policy)
-            x, _ = jax.lax.scan(body, x, layers)
+            x, _ = jax.lax.scan(body, x, (layers, layer_ids))
             new_cache = None
         else:
             if policy is not None:
                 cached_body = jax.checkpoint(cached_body, policy=policy)
             (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache["k"], cache["v"]),
-                                                (layers, jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)))
+                                                (layers, layer_ids))
             new_cache = {"k": k_all, "v": v_all, "index": index + t}
         return rms_norm(x, self.norm.scale[...].astype(x.dtype), cfg.rms_norm_eps), new_cache

@@ -16,10 +16,12 @@ from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
 def sft_loss(model, batch: dict, rng=None, *, chunk_size: int = 0, per_row: bool = False):
     """(loss sum, count, {}): per_row=False weighs every answer token alike (count: tokens); per_row=True
     weighs every row alike, each row's tokens sharing a weight of 1 (count: rows with answer tokens), so a
-    one-word VQA answer counts as much as a 70-token report."""
+    one-word VQA answer counts as much as a 70-token report. rng: the adapters' dropout key when the model's
+    lora.dropout > 0 (None: no dropout)."""
     positions = jnp.swapaxes(batch["positions"], 0, 1)                           # rows [B, 3, T] -> [3, B, T]
+    dropout_key = rng if model.cfg.text.lora.dropout > 0 else None
     hidden, _ = model.hidden_states(batch["input_ids"], positions, batch["attention_mask"],
-                                    batch.get("pixel_values"), batch.get("vision_inputs"))
+                                    batch.get("pixel_values"), batch.get("vision_inputs"), dropout_key=dropout_key)
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
     if per_row:
         weights = weights.astype(jnp.float32)
