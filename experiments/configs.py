@@ -289,10 +289,12 @@ def qwen2_5_vl_7b() -> ExperimentConfig:
 def qwen2_5_vl_7b_lora() -> ExperimentConfig:
     """The 7B preset with LoRA adapters (rank 16, alpha 32, the seven decoder projections) for a 4-chip slice or
     one GPU: the base frozen in bf16 with no optimizer state, the GRPO reference the base with the adapters off
-    (no copy), decoding in the train layout; the 7B preset's batches and accumulation. Check the slice first:
-    `python -m experiments.aot --config qwen2_5_vl_7b_lora --topology v6e-4`."""
+    (no copy), decoding in the train layout in two sequential halves (the KV cache of all 320 rollouts at once
+    outgrows a 16 GiB v5e chip); the 7B preset's batches and accumulation. Check the slice first:
+    `python -m experiments.aot --config qwen2_5_vl_7b_lora --topology v5e-4,v6e-4`."""
     base = qwen2_5_vl_7b()
-    return dataclasses.replace(base, name="qwen2_5_vl_7b_lora", lora=LoraConfig(rank=16, alpha=32.0),
+    rl = dataclasses.replace(base.rl, algo=dataclasses.replace(base.rl.algo, rollout_micro_batches=2))
+    return dataclasses.replace(base, name="qwen2_5_vl_7b_lora", lora=LoraConfig(rank=16, alpha=32.0), rl=rl,
                                memory=dataclasses.replace(base.memory, ref_offload=False))
 
 
