@@ -14,6 +14,7 @@ finished sft / cold_start stages and runs `--stages grpo` on them.
 usage: python -m bench.bench_ablation [--seeds 0,1,2] [--root runs/ablation] [--set key=value ...]
                                       [--no-reward-ablation] [--no-notes]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,15 +31,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, record_result
 
 STAGES = ("sft", "cold_start", "grpo")
-BASE = "base"                # eval/base.json: the starting checkpoint zero-shot (runs from a pretrained base)
-BASELINE = "question_only"   # eval/question_only.json: the no-image, no-model baseline (data_pipelines.blind)
-METRICS = (("VQA score", lambda m: m.get("vqa_score")),
-           ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
-           ("Acc@0.5", lambda m: m.get("grounding", {}).get("acc_at_0_5")),
-           ("report rule-CheXpert micro-F1", lambda m: m.get("report_label_f1", {}).get("micro_f1_14")),
-           ("grounded-format rate", lambda m: {"mean": m.get("grounded_format_rate", np.nan), "ci": [np.nan] * 2}),
-           ("image drop VQA", lambda m: m.get("image_control", {}).get("drop", {}).get("vqa_score")),
-           ("image drop mIoU", lambda m: m.get("image_control", {}).get("drop", {}).get("grounding.miou")))
+BASE = "base"  # eval/base.json: the starting checkpoint zero-shot (runs from a pretrained base)
+BASELINE = "question_only"  # eval/question_only.json: the no-image, no-model baseline (data_pipelines.blind)
+METRICS = (
+    ("VQA score", lambda m: m.get("vqa_score")),
+    ("grounding mIoU", lambda m: m.get("grounding", {}).get("miou")),
+    ("Acc@0.5", lambda m: m.get("grounding", {}).get("acc_at_0_5")),
+    ("report rule-CheXpert micro-F1", lambda m: m.get("report_label_f1", {}).get("micro_f1_14")),
+    ("grounded-format rate", lambda m: {"mean": m.get("grounded_format_rate", np.nan), "ci": [np.nan] * 2}),
+    ("image drop VQA", lambda m: m.get("image_control", {}).get("drop", {}).get("vqa_score")),
+    ("image drop mIoU", lambda m: m.get("image_control", {}).get("drop", {}).get("grounding.miou")),
+)
 PAIRED = (("vqa_score", "VQA"), ("grounding.miou", "mIoU"), ("grounding.acc_at_0_5", "Acc@0.5"))
 
 
@@ -66,8 +69,9 @@ def cell(s) -> str:
 
 def mean_cell(summaries: list) -> str:
     """mean ± std over seeds of the summaries' means."""
-    vals = np.array([s["mean"] if isinstance(s, dict) and s.get("mean") is not None else np.nan for s in summaries],
-                    float)
+    vals = np.array(
+        [s["mean"] if isinstance(s, dict) and s.get("mean") is not None else np.nan for s in summaries], float
+    )
     if not np.isfinite(vals).any():
         return "–"
     return f"{np.nanmean(vals):.3f} ± {np.nanstd(vals):.3f}"
@@ -81,6 +85,7 @@ def diff_cell(d) -> str:
 def stage_tables(evals: dict) -> tuple[list[str], list[list], list[str], list[list]]:
     """evals {seed: {stage: eval json}} -> (header, rows) of the stage table and of the paired differences."""
     from experiments.report import DIFF_PAIRS, stage_differences
+
     header = ["seed", "stage", *(name for name, _ in METRICS)]
     rows = []
     for seed, by_stage in evals.items():
@@ -106,20 +111,31 @@ def reward_rows(runs: dict) -> tuple[list[str], list[list], list[list]]:
     """runs {seed: {preset: grpo eval json}} -> (header, rows per seed/preset + means, paired rows)."""
     from dmx_jax.eval.paired import paired_by_key
     from experiments.evaluate import citation_stats, example_scores
+
     header = ["seed", "reward preset", "VQA", "mIoU", "Acc@0.5", "answers citing a box", "IoU of cited boxes"]
     rows, paired, by_preset = [], [], {}
     for seed, presets in runs.items():
         for preset, ev in presets.items():
             m = ev["metrics"]
             cites = m.get("citations") or citation_stats(ev["records"])
-            vals = [m.get("vqa_score"), m.get("grounding", {}).get("miou"), m.get("grounding", {}).get("acc_at_0_5"),
-                    cites["cite_rate"], cites["cited_box_iou"]]
+            vals = [
+                m.get("vqa_score"),
+                m.get("grounding", {}).get("miou"),
+                m.get("grounding", {}).get("acc_at_0_5"),
+                cites["cite_rate"],
+                cites["cited_box_iou"],
+            ]
             by_preset.setdefault(preset, []).append(vals)
             rows.append([seed, preset, *(cell(v) for v in vals)])
         if {"paper", "grounded"} <= set(presets):
             a, b = example_scores(presets["paper"]["records"]), example_scores(presets["grounded"]["records"])
-            paired.append([seed, "grounded − paper",
-                           *(diff_cell(paired_by_key(a[k], b[k]) if k in a and k in b else None) for k, _ in PAIRED)])
+            paired.append(
+                [
+                    seed,
+                    "grounded − paper",
+                    *(diff_cell(paired_by_key(a[k], b[k]) if k in a and k in b else None) for k, _ in PAIRED),
+                ]
+            )
     for preset, vals in by_preset.items():
         rows.append(["mean ± std", preset, *(mean_cell([v[i] for v in vals]) for i in range(5))])
     return header, rows, paired
@@ -147,7 +163,7 @@ def main():
             continue
         paper_dir = Path(args.root) / f"seed{seed}-paper"
         if not (paper_dir / "eval" / "grpo.json").is_file():
-            for st in ("sft", "cold_start"):                 # the same finished stages, GRPO with the paper reward
+            for st in ("sft", "cold_start"):  # the same finished stages, GRPO with the paper reward
                 if not (paper_dir / st).exists():
                     shutil.copytree(run_dir / st, paper_dir / st)
             run(paper_dir, seed, [*args.overrides, "rl.reward_preset=paper"], stages="grpo")
@@ -156,24 +172,39 @@ def main():
     out = [markdown_table(header, rows), "", markdown_table(d_header, d_rows)]
     if rewards:
         r_header, r_rows, r_paired = reward_rows(rewards)
-        out += ["", markdown_table(r_header, r_rows), "",
-                markdown_table(["seed", "comparison", "Δ VQA", "Δ mIoU", "Δ Acc@0.5"], r_paired)]
+        out += [
+            "",
+            markdown_table(r_header, r_rows),
+            "",
+            markdown_table(["seed", "comparison", "Δ VQA", "Δ mIoU", "Δ Acc@0.5"], r_paired),
+        ]
     print("\n".join(out))
     if args.no_notes:
         return
-    note = (f"Default run, seeds {args.seeds}{' with ' + ' '.join(args.overrides) if args.overrides else ''}. "
-            "Cells: value [95% bootstrap CI over held-out examples]; 'mean ± std' over seeds. Image drop: real "
-            "minus images-swapped score on the same prompts (paired CI).")
+    note = (
+        f"Default run, seeds {args.seeds}{' with ' + ' '.join(args.overrides) if args.overrides else ''}. "
+        "Cells: value [95% bootstrap CI over held-out examples]; 'mean ± std' over seeds. Image drop: real "
+        "minus images-swapped score on the same prompts (paired CI)."
+    )
     record_result("Miniature stage ablation over seeds", header, rows, note=note, key_columns=2)
-    record_result("Miniature stage differences (paired, same prompts)", d_header, d_rows,
-                  note="Paired bootstrap over the held-out prompts; * the 95% CI excludes 0.", key_columns=2)
+    record_result(
+        "Miniature stage differences (paired, same prompts)",
+        d_header,
+        d_rows,
+        note="Paired bootstrap over the held-out prompts; * the 95% CI excludes 0.",
+        key_columns=2,
+    )
     if rewards:
-        record_result("Reward ablation: paper vs grounded preset from the same cold-start checkpoint",
-                      r_header, r_rows, key_columns=2,
-                      note="GRPO from each seed's cold-start checkpoint; citing: share of VQA / grounding outputs "
-                      "with a box anywhere; IoU of cited boxes: mean best IoU with a truth box over the cited boxes "
-                      "of citing answers to prompts with truth boxes. Paired grounded − paper: "
-                      + "; ".join(" ".join(str(c) for c in r) for r in r_paired))
+        record_result(
+            "Reward ablation: paper vs grounded preset from the same cold-start checkpoint",
+            r_header,
+            r_rows,
+            key_columns=2,
+            note="GRPO from each seed's cold-start checkpoint; citing: share of VQA / grounding outputs "
+            "with a box anywhere; IoU of cited boxes: mean best IoU with a truth box over the cited boxes "
+            "of citing answers to prompts with truth boxes. Paired grounded − paper: "
+            + "; ".join(" ".join(str(c) for c in r) for r in r_paired),
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ usage: python -m bench.bench_binding --run-dir DIR [--sets "Cardiomegaly;all"] [
 DIR holds (or gets, --align-steps) an alignment stage of the default config; tokenizer and data are the default
 run's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,10 @@ def presence_examples(split: str, start: int, n: int, findings: tuple[str, ...],
     negatives subsampled to the positives' count per finding (truth: the study's CheXpert labels)."""
     from data_pipelines.synthetic import SyntheticConfig, examples
     from data_pipelines.synthetic.vqa import FINDING_NAMES, _with_article, name_phrase
+
     scfg = SyntheticConfig(image_size=128, seed=0)
     studies = [examples(split, start + i, scfg, task="classification") for i in range(n)]
-    labels = np.stack([np.asarray(s.labels)[1:] == 1 for s in studies])          # [n, 13], "No Finding" dropped
+    labels = np.stack([np.asarray(s.labels)[1:] == 1 for s in studies])  # [n, 13], "No Finding" dropped
     rng = np.random.default_rng(seed)
     out = []
     for f in findings:
@@ -42,9 +44,16 @@ def presence_examples(split: str, start: int, n: int, findings: tuple[str, ...],
         for i in np.flatnonzero(pos | keep_neg):
             s = studies[i]
             question = f"Is there {_with_article(name_phrase(f))} in this image?"
-            out.append(dataclasses.replace(s, task="vqa", prompt=question,
-                                           target="yes" if pos[i] else "no", example_id=f"{s.example_id}/{f}",
-                                           meta={**s.meta, "finding": f}))
+            out.append(
+                dataclasses.replace(
+                    s,
+                    task="vqa",
+                    prompt=question,
+                    target="yes" if pos[i] else "no",
+                    example_id=f"{s.example_id}/{f}",
+                    meta={**s.meta, "finding": f},
+                )
+            )
     return out
 
 
@@ -58,10 +67,12 @@ def make_row_nll(graphdef):
     @jax.jit
     def row_nll(params, b):
         m = nnx.merge(graphdef, params)
-        h, _ = m.hidden_states(b["input_ids"], b["positions"].swapaxes(0, 1), b["attention_mask"], b["pixel_values"],
-                              b["vision_inputs"])
+        h, _ = m.hidden_states(
+            b["input_ids"], b["positions"].swapaxes(0, 1), b["attention_mask"], b["pixel_values"], b["vision_inputs"]
+        )
         targets, w = shift_targets(b["input_ids"], b["loss_mask"])
         return (token_losses(m.logits(h), targets) * w).sum(-1)
+
     return row_nll
 
 
@@ -71,16 +82,17 @@ def answer_nll(row_nll, params, rows: list[dict], swap: bool, batch: int = 32) -
     import jax.numpy as jnp
 
     from data_pipelines.pipeline import stack_rows
+
     out = []
     for k in range(0, len(rows), batch):
-        chunk = rows[k:k + batch]
-        chunk = chunk + rows[:batch - len(chunk)]               # one compiled shape; extra rows dropped below
+        chunk = rows[k : k + batch]
+        chunk = chunk + rows[: batch - len(chunk)]  # one compiled shape; extra rows dropped below
         a, _ = stack_rows(chunk)
         a = {key: v for key, v in a.items() if key != "deltas"}
         if swap:
             a["pixel_values"] = np.roll(a["pixel_values"], 7, axis=0)
         out.append(np.asarray(row_nll(params, jax.tree.map(jnp.asarray, a))))
-    return np.concatenate(out)[:len(rows)]
+    return np.concatenate(out)[: len(rows)]
 
 
 def main():
@@ -132,12 +144,24 @@ def main():
         train_rows = enc(train)
         cand = {a: enc([dataclasses.replace(e, target=a) for e in test]) for a in ("yes", "no")}
         tag = "all 13" if set_spec == "all" else set_spec
-        spec = StageSpec(f"binding {tag}", args.steps, args.batch,
-                         OptimConfig(learning_rate=args.lr, warmup_steps=20, total_steps=args.steps), 10 ** 9)
-        _, recipe = plan_stage("sft", dataclasses.replace(cfg.sft, vision_lr=0.0), graphdef, mcfg, tok, params0,
-                               mesh=mesh)
-        params = run_stage(spec, recipe, out_dir / tag.replace(" ", "_").replace(",", "+"),
-                           jax.tree.map(jnp.asarray, params0), train_rows, ctx)
+        spec = StageSpec(
+            f"binding {tag}",
+            args.steps,
+            args.batch,
+            OptimConfig(learning_rate=args.lr, warmup_steps=20, total_steps=args.steps),
+            10**9,
+        )
+        _, recipe = plan_stage(
+            "sft", dataclasses.replace(cfg.sft, vision_lr=0.0), graphdef, mcfg, tok, params0, mesh=mesh
+        )
+        params = run_stage(
+            spec,
+            recipe,
+            out_dir / tag.replace(" ", "_").replace(",", "+"),
+            jax.tree.map(jnp.asarray, params0),
+            train_rows,
+            ctx,
+        )
         truth = np.array([e.target == "yes" for e in test])
         finding = np.array([e.meta["finding"] for e in test])
         correct = {}
@@ -147,15 +171,35 @@ def main():
         diff = paired_difference(correct[True], correct[False])
         per = sorted(((float(correct[False][finding == f].mean()), f) for f in findings), reverse=True)
         best = ", ".join(f"{f} {a:.2f}" for a, f in per[:3])
-        rows_out.append([tag, len(train_rows), f"{args.steps} x {args.batch}", len(test),
-                         f"{correct[False].mean():.3f}", f"{correct[True].mean():.3f}",
-                         f"{diff['mean']:.3f} [{diff['ci'][0]:.3f}, {diff['ci'][1]:.3f}]", best,
-                         f"{time.perf_counter() - t0:.0f}"])
+        rows_out.append(
+            [
+                tag,
+                len(train_rows),
+                f"{args.steps} x {args.batch}",
+                len(test),
+                f"{correct[False].mean():.3f}",
+                f"{correct[True].mean():.3f}",
+                f"{diff['mean']:.3f} [{diff['ci'][0]:.3f}, {diff['ci'][1]:.3f}]",
+                best,
+                f"{time.perf_counter() - t0:.0f}",
+            ]
+        )
         print(rows_out[-1], flush=True)
-    header = ["findings asked", "train rows", "steps x batch", "held-out questions", "accuracy", "images swapped",
-              "drop [95% CI]", "best findings (accuracy)", "seconds"]
-    note = (f"`small` after an alignment stage of {cfg.align.steps} steps, tower frozen, SFT lr {args.lr}; "
-            f"answer = lower teacher-forced NLL of yes / no; peak RSS {peak_rss_gb():.1f} GB")
+    header = [
+        "findings asked",
+        "train rows",
+        "steps x batch",
+        "held-out questions",
+        "accuracy",
+        "images swapped",
+        "drop [95% CI]",
+        "best findings (accuracy)",
+        "seconds",
+    ]
+    note = (
+        f"`small` after an alignment stage of {cfg.align.steps} steps, tower frozen, SFT lr {args.lr}; "
+        f"answer = lower teacher-forced NLL of yes / no; peak RSS {peak_rss_gb():.1f} GB"
+    )
     print(note + "\n" + markdown_table(header, rows_out))
     if not args.no_notes:
         record_result("Binding a named finding to the image (presence questions)", header, rows_out, note=note + ".")

@@ -7,6 +7,7 @@ full-attention blocks; narrow widths so the CPU run takes seconds) is saved with
 and loaded by dmx_jax.hf.load_pretrained; the same pixel_values / image_grid_thw go to both. Reports the
 median wall time of a forward (after compile / warm-up), the speed-up and max |d logits|.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,17 +22,45 @@ IMAGE, VSTART, VEND = 997, 995, 996
 
 def reference(depth=4, hidden=128, heads=2):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, hidden_act="silu", rms_norm_eps=1e-6,
-                         max_position_embeddings=8192,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False),
-        vision_config=dict(depth=depth, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads,
-                           in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           out_hidden_size=128, fullatt_block_indexes=[1, 3], hidden_act="silu", tokens_per_second=2),
-        image_token_id=IMAGE, video_token_id=998, vision_start_token_id=VSTART, vision_end_token_id=VEND,
-        tie_word_embeddings=False)
+        text_config=dict(
+            vocab_size=1000,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_act="silu",
+            rms_norm_eps=1e-6,
+            max_position_embeddings=8192,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=depth,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_heads=heads,
+            in_channels=3,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            out_hidden_size=128,
+            fullatt_block_indexes=[1, 3],
+            hidden_act="silu",
+            tokens_per_second=2,
+        ),
+        image_token_id=IMAGE,
+        video_token_id=998,
+        vision_start_token_id=VSTART,
+        vision_end_token_id=VEND,
+        tie_word_embeddings=False,
+    )
     cfg._attn_implementation = "eager"
     return Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
@@ -39,11 +68,15 @@ def reference(depth=4, hidden=128, heads=2):
 def inputs(n_images: int, size: int, seed: int = 0):
     from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
     r = np.random.default_rng(seed)
-    imgs = [Image.fromarray(r.integers(0, 255, (size + 40 * i, size - 24 * i), dtype=np.uint8), "L")
-            for i in range(n_images)]
-    f = Qwen2VLImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=56 * 56,
-                                 max_pixels=262_144)(images=imgs, return_tensors="np")
+    imgs = [
+        Image.fromarray(r.integers(0, 255, (size + 40 * i, size - 24 * i), dtype=np.uint8), "L")
+        for i in range(n_images)
+    ]
+    f = Qwen2VLImageProcessorPil(
+        patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=56 * 56, max_pixels=262_144
+    )(images=imgs, return_tensors="np")
     grid = f["image_grid_thw"]
     ids = [1, 10, 11]
     for g in grid:
@@ -66,6 +99,7 @@ def main(argv=None):
 
     from dmx_jax.hf import load_pretrained, read_config
     from dmx_jax.model import rope_index, vision_inputs
+
     torch.manual_seed(0)
     ref = reference()
     ids, mask, pv, grid = inputs(args.images, args.size)
@@ -79,15 +113,22 @@ def main(argv=None):
     args_j = (state, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(mask), jnp.asarray(pv), vin)
     got = np.asarray(fwd(*args_j))
     t_jax = timed(lambda: jax.block_until_ready(fwd(*args_j)), warmup=1, iters=args.iters)
-    ti = dict(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask), pixel_values=torch.as_tensor(pv),
-              image_grid_thw=torch.as_tensor(grid), mm_token_type_ids=torch.as_tensor((ids == IMAGE).astype(np.int64)))
+    ti = dict(
+        input_ids=torch.as_tensor(ids),
+        attention_mask=torch.as_tensor(mask),
+        pixel_values=torch.as_tensor(pv),
+        image_grid_thw=torch.as_tensor(grid),
+        mm_token_type_ids=torch.as_tensor((ids == IMAGE).astype(np.int64)),
+    )
     with torch.no_grad():
         want = ref(**ti).logits.numpy()
         t_torch = timed(lambda: ref(**ti), warmup=1, iters=args.iters)
     patches = int(np.prod(grid, axis=-1).sum())
-    print(f"{machine()} | {args.images} images/row, {patches} patches, T={ids.shape[1]}, attention={args.attention} | "
-          f"dmx-jax jit {1e3 * t_jax:.1f} ms, transformers eager {1e3 * t_torch:.1f} ms, speed-up "
-          f"{t_torch / t_jax:.2f}x | max|dlogits| {np.abs(got - want).max():.1e}")
+    print(
+        f"{machine()} | {args.images} images/row, {patches} patches, T={ids.shape[1]}, attention={args.attention} | "
+        f"dmx-jax jit {1e3 * t_jax:.1f} ms, transformers eager {1e3 * t_torch:.1f} ms, speed-up "
+        f"{t_torch / t_jax:.2f}x | max|dlogits| {np.abs(got - want).max():.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Reports new tokens/s and the ratio, and checks that both produced the same token
 
 usage: python -m bench.bench_generate [--configs tiny,qwen0_5b] [--batches 1,8] [--new 64] [--no-notes]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ from bench.common import markdown_table, record_result, timed
 def prompts(cfg, batch: int, prompt_len: int = 96, image_hw=(224, 224)):
     """Left-padded prompts of different lengths, one image each (HF layout: flat pixel_values)."""
     from dmx_jax.processing import preprocess_images
+
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, image_hw, dtype=np.uint8) for _ in range(batch)]
     f = preprocess_images(imgs, max_pixels=image_hw[0] * image_hw[1])
@@ -30,12 +32,12 @@ def prompts(cfg, batch: int, prompt_len: int = 96, image_hw=(224, 224)):
     ids = np.zeros((batch, prompt_len), np.int64)
     mask = np.zeros_like(ids)
     for b in range(batch):
-        n = prompt_len - 4 * (b % 3)                       # ragged: left padding differs per row
+        n = prompt_len - 4 * (b % 3)  # ragged: left padding differs per row
         row = rng.integers(10, cfg.text_config.vocab_size - 10, size=n)
         row[1] = cfg.vision_start_token_id
-        row[2:2 + n_img] = cfg.image_token_id
+        row[2 : 2 + n_img] = cfg.image_token_id
         row[2 + n_img] = cfg.vision_end_token_id
-        ids[b, prompt_len - n:], mask[b, prompt_len - n:] = row, 1
+        ids[b, prompt_len - n :], mask[b, prompt_len - n :] = row, 1
     return ids, mask, f["pixel_values"], f["image_grid_thw"]
 
 
@@ -52,8 +54,10 @@ def main():
 
     from dmx_jax.hf import load_pretrained, save_pretrained  # noqa: F401 - weights go through the HF files
     from dmx_jax.sampling import generate
+
     torch.set_num_threads(os.cpu_count())
     import tempfile
+
     rows = []
     for name in args.configs.split(","):
         cfg = hf_config(name)
@@ -64,40 +68,76 @@ def main():
             model, _ = load_pretrained(d)
         for batch in (int(b) for b in args.batches.split(",")):
             ids, mask, pv, grid = prompts(cfg, batch)
-            t = {"input_ids": torch.as_tensor(ids), "attention_mask": torch.as_tensor(mask),
-                 "pixel_values": torch.as_tensor(pv), "image_grid_thw": torch.as_tensor(grid)}
+            t = {
+                "input_ids": torch.as_tensor(ids),
+                "attention_mask": torch.as_tensor(mask),
+                "pixel_values": torch.as_tensor(pv),
+                "image_grid_thw": torch.as_tensor(grid),
+            }
             t["mm_token_type_ids"] = (t["input_ids"] == cfg.image_token_id).int()
             out_ref = {}
 
             def run_hf(ref=ref):
                 with torch.no_grad():
-                    out_ref["t"] = ref.generate(**t, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
-                                                eos_token_id=None, pad_token_id=0)
+                    out_ref["t"] = ref.generate(
+                        **t,
+                        max_new_tokens=args.new,
+                        min_new_tokens=args.new,
+                        do_sample=False,
+                        eos_token_id=None,
+                        pad_token_id=0,
+                    )
 
             out_jax = {}
 
             def run_jax(model=model):
-                out_jax["t"] = jax.block_until_ready(generate(model, ids, pixel_values=pv, image_grid_thw=grid,
-                                                              attention_mask=mask, max_new_tokens=args.new))
+                out_jax["t"] = jax.block_until_ready(
+                    generate(
+                        model, ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask, max_new_tokens=args.new
+                    )
+                )
 
             s_jax = timed(run_jax, warmup=1, iters=3)
             s_hf = timed(run_hf, warmup=1, iters=2 if name != "tiny" else 3)
-            same = np.array_equal(np.asarray(out_jax["t"]), out_ref["t"][:, ids.shape[1]:].numpy())
+            same = np.array_equal(np.asarray(out_jax["t"]), out_ref["t"][:, ids.shape[1] :].numpy())
             new = batch * args.new
-            rows.append([name, batch, f"{ids.shape[1]} (+{int(grid[0].prod()) // 4} image)", args.new,
-                         f"{new / s_jax:,.0f}", f"{new / s_hf:,.0f}", f"{s_hf / s_jax:.2f}x", "yes" if same else "NO"])
+            rows.append(
+                [
+                    name,
+                    batch,
+                    f"{ids.shape[1]} (+{int(grid[0].prod()) // 4} image)",
+                    args.new,
+                    f"{new / s_jax:,.0f}",
+                    f"{new / s_hf:,.0f}",
+                    f"{s_hf / s_jax:.2f}x",
+                    "yes" if same else "NO",
+                ]
+            )
             print(rows[-1], flush=True)
         # the timing closures hold ref and model through their defaults: drop them too before the next config
         del ref, model, run_hf, run_jax
-    header = ["config", "batch", "prompt tokens", "new tokens", "dmx-jax new tok/s", "transformers generate new tok/s",
-              "speed-up", "same tokens"]
+    header = [
+        "config",
+        "batch",
+        "prompt tokens",
+        "new tokens",
+        "dmx-jax new tok/s",
+        "transformers generate new tok/s",
+        "speed-up",
+        "same tokens",
+    ]
     table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        record_result("Greedy generation with images vs transformers generate", header, rows, key_columns=2,
-                      note="fp32. Both greedy, no stop tokens, fixed new-token count; transformers with sdpa attention "
-                      "and its dynamic KV cache; dmx-jax jitted prefill + while_loop decode over a preallocated cache "
-                      "(compile excluded by a warm-up call; the same shapes never recompile).")
+        record_result(
+            "Greedy generation with images vs transformers generate",
+            header,
+            rows,
+            key_columns=2,
+            note="fp32. Both greedy, no stop tokens, fixed new-token count; transformers with sdpa attention "
+            "and its dynamic KV cache; dmx-jax jitted prefill + while_loop decode over a preallocated cache "
+            "(compile excluded by a warm-up call; the same shapes never recompile).",
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ usage: python -m bench.bench_grpo_step [--model small|qwen0_5b] [--steps 3] [--p
 --layers N keeps N decoder layers of the text tower (CPU time); --notes fills the table's notes column
 (e.g. what else shared the machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,7 @@ PHASES = ("rollout", "reward", "logprob", "update")
 
 def model_config(name: str, layers: int | None = None):
     import dataclasses
+
     cfg = _model_config(name)
     if layers:
         cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_hidden_layers=layers))
@@ -41,18 +43,39 @@ def model_config(name: str, layers: int | None = None):
 
 def _model_config(name: str):
     from dmx_jax.model.config import ModelConfig, TextConfig, VisionConfig, small
+
     if name == "small":
         return small()
     if name == "qwen0_5b":
         v = 151936
         return ModelConfig(
-            text=TextConfig(vocab_size=v, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                            num_attention_heads=14, num_key_value_heads=2, mrope_section=(8, 12, 12),
-                            max_position_embeddings=4096),
-            vision=VisionConfig(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, window_size=112,
-                                fullatt_block_indexes=(3,), out_hidden_size=896),
-            image_token_id=v - 3, video_token_id=v - 4, vision_start_token_id=v - 2, vision_end_token_id=v - 1,
-            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+            text=TextConfig(
+                vocab_size=v,
+                hidden_size=896,
+                intermediate_size=4864,
+                num_hidden_layers=24,
+                num_attention_heads=14,
+                num_key_value_heads=2,
+                mrope_section=(8, 12, 12),
+                max_position_embeddings=4096,
+            ),
+            vision=VisionConfig(
+                depth=4,
+                hidden_size=256,
+                intermediate_size=512,
+                num_heads=4,
+                window_size=112,
+                fullatt_block_indexes=(3,),
+                out_hidden_size=896,
+            ),
+            image_token_id=v - 3,
+            video_token_id=v - 4,
+            vision_start_token_id=v - 2,
+            vision_end_token_id=v - 1,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
     raise SystemExit(f"unknown --model {name!r} (small | qwen0_5b)")
 
 
@@ -62,42 +85,56 @@ def prompt_batch(cfg, n: int, prompt_len: int = 96, image_hw=(224, 224)) -> dict
 
     from dmx_jax.model import rope_index, vision_inputs
     from dmx_jax.processing import preprocess_images
+
     rng = np.random.default_rng(1)
     f = preprocess_images([rng.integers(0, 256, image_hw, dtype=np.uint8)], max_pixels=image_hw[0] * image_hw[1])
     grid = f["image_grid_thw"]
-    n_img = int(grid[0].prod()) // cfg.vision.spatial_merge_size ** 2
+    n_img = int(grid[0].prod()) // cfg.vision.spatial_merge_size**2
     ids = np.zeros((n, prompt_len), np.int32)
     mask = np.zeros_like(ids)
     for b in range(n):
         k = prompt_len - 4 * (b % 3)
         row = rng.integers(10, min(cfg.text.vocab_size, 2000) - 10, size=k)
         row[1], row[2 + n_img] = cfg.vision_start_token_id, cfg.vision_end_token_id
-        row[2:2 + n_img] = cfg.image_token_id
-        ids[b, prompt_len - k:], mask[b, prompt_len - k:] = row, 1
+        row[2 : 2 + n_img] = cfg.image_token_id
+        ids[b, prompt_len - k :], mask[b, prompt_len - k :] = row, 1
     pos, deltas = [], []
     for b in range(n):
-        p, d = rope_index(ids[b:b + 1], grid, mask[b:b + 1], spatial_merge_size=cfg.vision.spatial_merge_size,
-                          image_token_id=cfg.image_token_id)
+        p, d = rope_index(
+            ids[b : b + 1],
+            grid,
+            mask[b : b + 1],
+            spatial_merge_size=cfg.vision.spatial_merge_size,
+            image_token_id=cfg.image_token_id,
+        )
         pos.append(p[:, 0]), deltas.append(d[0])
     vin = vision_inputs(grid, cfg.vision)
-    return {"input_ids": ids, "attention_mask": mask, "positions": np.stack(pos).astype(np.int32),
-            "deltas": np.stack(deltas).astype(np.int32), "pixel_values": np.stack([f["pixel_values"]] * n),
-            "vision_inputs": jax.tree.map(lambda x: np.stack([x] * n), vin)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "positions": np.stack(pos).astype(np.int32),
+        "deltas": np.stack(deltas).astype(np.int32),
+        "pixel_values": np.stack([f["pixel_values"]] * n),
+        "vision_inputs": jax.tree.map(lambda x: np.stack([x] * n), vin),
+    }
 
 
 def toy_reward(tokens, mask, truth):
     import jax.numpy as jnp
+
     return {"overall": jnp.mean((tokens % 7 == 0).astype(jnp.float32) * mask, axis=1)}
 
 
 def reward_setup(vocab: int, n: int, preset: str = "paper"):
     """The jitted `paper` reward over a synthetic byte table (1-4 printable bytes per token) and truths."""
     from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
+
     rng = np.random.default_rng(0)
     length = rng.integers(1, 5, size=vocab).astype(np.int32)
     table = rng.integers(32, 127, size=(vocab, 4)).astype(np.uint8) * (np.arange(4)[None] < length[:, None])
     if preset == "toy":
         import jax
+
         return jax.jit(toy_reward), {"answer": np.zeros((n, 1), np.uint8)}
     cfg = PRESETS[preset]
     truth = ground_truth_arrays(["no acute cardiopulmonary abnormality"] * n, [[]] * n, cfg)
@@ -105,8 +142,18 @@ def reward_setup(vocab: int, n: int, preset: str = "paper"):
     return fn, truth
 
 
-def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: bool, preset: str,
-        optimizer: str = "adamw", ref_dtype: str | None = None, layers: int | None = None) -> dict:
+def run(
+    model: str,
+    prompts: int,
+    group: int,
+    max_new: int,
+    steps: int,
+    shared: bool,
+    preset: str,
+    optimizer: str = "adamw",
+    ref_dtype: str | None = None,
+    layers: int | None = None,
+) -> dict:
     import optax
     from flax import nnx
 
@@ -116,18 +163,23 @@ def run(model: str, prompts: int, group: int, max_new: int, steps: int, shared: 
     from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
     from dmx_jax.training.rollout import Reference
     from dmx_jax.training.state import init_train_state
+
     cfg = model_config(model, layers)
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     params = nnx.to_pure_dict(state)
     algo = GRPOConfig(group_size=group, max_new_tokens=max_new, temperature=1.0, kl_coef=0.01)
     reward, truth = reward_setup(cfg.text.vocab_size, prompts, preset)
     batch = {**prompt_batch(cfg, prompts), "reward_truth": truth}
-    tx = optax.adamw(1e-6) if optimizer == "adamw" else optax.sgd(1e-6)    # sgd: no moments (host RAM)
-    learner = GRPOLearner(graphdef, algo, tx,
-                          sampler=make_sampler(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
-                          reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
-                          logprob=make_policy_logprob(algo, chunk_size=64),
-                          reference=Reference(params, dtype=ref_dtype))
+    tx = optax.adamw(1e-6) if optimizer == "adamw" else optax.sgd(1e-6)  # sgd: no moments (host RAM)
+    learner = GRPOLearner(
+        graphdef,
+        algo,
+        tx,
+        sampler=make_sampler(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
+        reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
+        logprob=make_policy_logprob(algo, chunk_size=64),
+        reference=Reference(params, dtype=ref_dtype),
+    )
     st = init_train_state(params, tx)
     records = []
     for _ in range(steps + 1):
@@ -155,24 +207,44 @@ def main():
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
     import jax
+
     modes = {"both": (False, True), "shared": (True,), "repeated": (False,)}[args.prefill]
-    res = {s: run(args.model, args.prompts, args.group, args.max_new_tokens, args.steps, s, args.reward, args.optimizer,
-                 args.ref_dtype, args.layers) for s in modes}
+    res = {
+        s: run(
+            args.model,
+            args.prompts,
+            args.group,
+            args.max_new_tokens,
+            args.steps,
+            s,
+            args.reward,
+            args.optimizer,
+            args.ref_dtype,
+            args.layers,
+        )
+        for s in modes
+    }
     total = model_config(args.model).text.num_hidden_layers
     label = args.model if not args.layers or args.layers == total else f"{args.model} ({args.layers} of {total} layers)"
     n = args.prompts * args.group
-    header = (["model", "prefill", "prompts x G", "new tokens", "reward"] + [f"{p} ms" for p in PHASES]
-              + ["step ms", "reward share", "notes"])
-    rows = [[label, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens,
-             args.reward]
-            + [f"{r[f'time/{p}_s'] * 1e3:,.1f}" for p in PHASES]
-            + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}", args.notes]
-            for s, r in res.items()]
-    note = (f"Random weights, one 224 px image per prompt, {n} rollouts run to max_new_tokens, "
-            f"optimizer {args.optimizer}, reference dtype {args.ref_dtype or 'as policy'}, "
-            f"median of {args.steps} steps after the compiling one ({jax.devices()[0].device_kind}). `shared`: the G "
-            "samples of a prompt share one vision + prompt prefill (KV cache broadcast); `repeated`: the prompt "
-            "batch is repeated G times before prefill. log-prob = pi_old recomputation + reference.")
+    header = (
+        ["model", "prefill", "prompts x G", "new tokens", "reward"]
+        + [f"{p} ms" for p in PHASES]
+        + ["step ms", "reward share", "notes"]
+    )
+    rows = [
+        [label, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens, args.reward]
+        + [f"{r[f'time/{p}_s'] * 1e3:,.1f}" for p in PHASES]
+        + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}", args.notes]
+        for s, r in res.items()
+    ]
+    note = (
+        f"Random weights, one 224 px image per prompt, {n} rollouts run to max_new_tokens, "
+        f"optimizer {args.optimizer}, reference dtype {args.ref_dtype or 'as policy'}, "
+        f"median of {args.steps} steps after the compiling one ({jax.devices()[0].device_kind}). `shared`: the G "
+        "samples of a prompt share one vision + prompt prefill (KV cache broadcast); `repeated`: the prompt "
+        "batch is repeated G times before prefill. log-prob = pi_old recomputation + reference."
+    )
     print(markdown_table(header, rows) + "\n" + note + f"\n{machine()}")
     if not args.no_notes:
         record_result("GRPO step breakdown", header, rows, note=note, key_columns=5)

@@ -7,6 +7,7 @@ Chance is AUROC 0.5. Labels: CheXpert columns of the generator's truth, 1 = pres
 
 usage: python -m bench.bench_learnability [--train 4000] [--test 1000] [--steps 1500] [--no-notes]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ from bench.common import markdown_table, record_result
 def studies(split: str, n: int, scfg):
     from data_pipelines.synthetic import study
     from dmx_jax.processing import preprocess_images
+
     out = [study(split, i, scfg) for i in range(n)]
-    proc = preprocess_images([s.image for s in out], min_pixels=56 * 56, max_pixels=scfg.image_size ** 2)
+    proc = preprocess_images([s.image for s in out], min_pixels=56 * 56, max_pixels=scfg.image_size**2)
     grid = proc["image_grid_thw"]
     if len({tuple(g) for g in grid.tolist()}) != 1:
         raise ValueError("studies rendered at different sizes")
@@ -61,10 +63,12 @@ def main():
     vin = jax.tree.map(jnp.asarray, vision_inputs(grid[None], vcfg))
     encoder = VisionEncoder(vcfg, nnx.Rngs(0))
     graphdef, enc_params = nnx.split(encoder)
-    params = {"encoder": nnx.to_pure_dict(enc_params),
-              "head": {"w": jnp.zeros((vcfg.out_hidden_size, y_train.shape[1])), "b": jnp.zeros(y_train.shape[1])}}
+    params = {
+        "encoder": nnx.to_pure_dict(enc_params),
+        "head": {"w": jnp.zeros((vcfg.out_hidden_size, y_train.shape[1])), "b": jnp.zeros(y_train.shape[1])},
+    }
 
-    def logits_fn(p, pixels):                                   # pixels [B, P, F] -> [B, 14]
+    def logits_fn(p, pixels):  # pixels [B, P, F] -> [B, 14]
         enc = nnx.merge(graphdef, p["encoder"])
         feats = jax.vmap(lambda pv: enc(pv, vin))(pixels).mean(axis=1)
         return feats @ p["head"]["w"] + p["head"]["b"]
@@ -74,8 +78,9 @@ def main():
 
     @jax.jit
     def step(p, o, pixels, labels):
-        loss, g = jax.value_and_grad(
-            lambda q: optax.sigmoid_binary_cross_entropy(logits_fn(q, pixels), labels).mean())(p)
+        loss, g = jax.value_and_grad(lambda q: optax.sigmoid_binary_cross_entropy(logits_fn(q, pixels), labels).mean())(
+            p
+        )
         upd, o = tx.update(g, o, p)
         return optax.apply_updates(p, upd), o, loss
 
@@ -86,9 +91,11 @@ def main():
         params, opt, loss = step(params, opt, x_train[idx], y_train[idx].astype(np.float32))
     float(loss)
     t_train = time.perf_counter() - t0
-    score = np.concatenate([np.asarray(jax.jit(logits_fn)(params, x_test[i:i + 100]))
-                            for i in range(0, args.test, 100)])
+    score = np.concatenate(
+        [np.asarray(jax.jit(logits_fn)(params, x_test[i : i + 100])) for i in range(0, args.test, 100)]
+    )
     from dmx_jax.training.align import label_auc
+
     per_label = label_auc(score, y_test)
     rows, aucs = [], {}
     for k, name in enumerate(CHEXPERT_LABELS):
@@ -100,9 +107,11 @@ def main():
         rows.append([name, n_pos, f"{a:.3f}"])
     findings = [a for name, a in aucs.items() if name != "No Finding"]
     rows.append([f"mean over {len(findings)} findings", "", f"{np.mean(findings):.3f}"])
-    head = (f"vision tower of `small` + linear head, from scratch, {args.steps} steps x batch {args.batch} on "
-            f"{args.train} studies ({t_train:.0f} s train, {t_data:.0f} s to render); held-out {args.test} test "
-            f"studies; chance AUROC 0.5; final train BCE {float(loss):.3f}")
+    head = (
+        f"vision tower of `small` + linear head, from scratch, {args.steps} steps x batch {args.batch} on "
+        f"{args.train} studies ({t_train:.0f} s train, {t_data:.0f} s to render); held-out {args.test} test "
+        f"studies; chance AUROC 0.5; final train BCE {float(loss):.3f}"
+    )
     header = ["finding", "held-out positives", "AUROC"]
     table = markdown_table(header, rows)
     print(head + "\n" + table)

@@ -4,6 +4,7 @@ on the same batch of sampled-like completions (B x T token ids), and their agree
 usage: python -m bench.bench_rewards [--batch 1024] [--tokens 512] [--no-notes]
        python -m bench.bench_rewards --budgets [--batch 16] [--tokens 1024]   (cost at the 3B/7B byte budgets)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,30 @@ from bench.common import markdown_table, record_result, timed
 
 def completions(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
     """Completions in the paper's format with varied quality, and ground truths of the three kinds."""
-    words = ["the", "left", "right", "lung", "base", "pleural", "effusion", "small", "moderate", "opacity", "heart",
-             "no", "pneumothorax", "edema"]
-    answers = ["yes", "no", "left", "pleural effusion|edema", "cardiomegaly|atelectasis|edema",
-               "small left pleural effusion with adjacent basal atelectasis"]
+    words = [
+        "the",
+        "left",
+        "right",
+        "lung",
+        "base",
+        "pleural",
+        "effusion",
+        "small",
+        "moderate",
+        "opacity",
+        "heart",
+        "no",
+        "pneumothorax",
+        "edema",
+    ]
+    answers = [
+        "yes",
+        "no",
+        "left",
+        "pleural effusion|edema",
+        "cardiomegaly|atelectasis|edema",
+        "small left pleural effusion with adjacent basal atelectasis",
+    ]
     texts, gts = [], []
     for _ in range(n):
         gt = rng.choice(answers)
@@ -54,6 +75,7 @@ def time_reward(fn, cfg, ids, mask, gts) -> tuple[dict, float, float]:
     """(the reward dict, seconds of the first call: compile + run, seconds per later call) of a jitted reward on
     one batch whose prompts all carry the same truth box."""
     from dmx_jax.rewards.combine import ground_truth_arrays
+
     truth = jax.tree.map(jax.numpy.asarray, ground_truth_arrays(gts, [[(10, 10, 200, 200)]] * len(gts), cfg))
     ids_d, mask_d = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
     t0 = time.perf_counter()
@@ -68,30 +90,58 @@ def budgets(args, tok, ids, mask, gts):
     from dmx_jax.rewards.combine import PRESETS, RewardConfig, make_reward_fn, text_budget
     from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES, token_bytes_table
     from experiments.configs import PRESETS as RUNS
+
     run = RUNS["qwen2_5_vl_7b"]().rl
-    table = qwen_size_table(token_bytes_table(tok, tok.vocab_size), MODELS["qwen2_5_vl_7b"]().text.vocab_size,
-                            QWEN2_5_LONGEST_TOKEN_BYTES)
+    table = qwen_size_table(
+        token_bytes_table(tok, tok.vocab_size), MODELS["qwen2_5_vl_7b"]().text.vocab_size, QWEN2_5_LONGEST_TOKEN_BYTES
+    )
     rows = []
     for name in ("paper", "grounded"):
-        for per_token, answer in ((None, None), (None, run.reward_answer_bytes),
-                                  (run.reward_bytes_per_token, run.reward_answer_bytes)):
+        for per_token, answer in (
+            (None, None),
+            (None, run.reward_answer_bytes),
+            (run.reward_bytes_per_token, run.reward_answer_bytes),
+        ):
             cfg = RewardConfig(**{**PRESETS[name].__dict__, "bytes_per_token": per_token, "answer_bytes": answer})
             out, compile_s, s = time_reward(make_reward_fn(cfg, table, max_new_tokens=args.tokens), cfg, ids, mask, gts)
             budget = text_budget(cfg, table, args.tokens)
-            rows.append([name, f"{args.batch}x{args.tokens}", f"{budget:,}", "completion" if answer is None else
-                         f"{answer:,}", f"{s * 1e3 / args.batch:,.1f}", f"{compile_s:.0f} s",
-                         f"{float(np.mean(np.asarray(out['truncated']))):.3f}",
-                         f"{float(np.mean(np.asarray(out['overall']))):.4f}"])
+            rows.append(
+                [
+                    name,
+                    f"{args.batch}x{args.tokens}",
+                    f"{budget:,}",
+                    "completion" if answer is None else f"{answer:,}",
+                    f"{s * 1e3 / args.batch:,.1f}",
+                    f"{compile_s:.0f} s",
+                    f"{float(np.mean(np.asarray(out['truncated']))):.3f}",
+                    f"{float(np.mean(np.asarray(out['overall']))):.4f}",
+                ]
+            )
             print(rows[-1], flush=True)
-    header = ["preset", "batch x tokens", "text bytes / row", "answer bytes", "CPU ms / row", "compile",
-              "truncated", "mean reward"]
+    header = [
+        "preset",
+        "batch x tokens",
+        "text bytes / row",
+        "answer bytes",
+        "CPU ms / row",
+        "compile",
+        "truncated",
+        "mean reward",
+    ]
     print(markdown_table(header, rows))
     if not args.no_notes:
-        record_result("Reward cost at the 3B / 7B byte budgets", header, rows, key_columns=4, note=(
-            f"Token table of Qwen2.5's shape ({table['bytes'].shape[0]:,} ids x {table['bytes'].shape[1]} bytes, "
-            "the longest token 128 bytes): the uncapped budget is max_new_tokens x 128. Capped rows use the "
-            f"scaled presets' rl.reward_bytes_per_token={run.reward_bytes_per_token} and "
-            f"rl.reward_answer_bytes={run.reward_answer_bytes}. Completions as in the section above."))
+        record_result(
+            "Reward cost at the 3B / 7B byte budgets",
+            header,
+            rows,
+            key_columns=4,
+            note=(
+                f"Token table of Qwen2.5's shape ({table['bytes'].shape[0]:,} ids x {table['bytes'].shape[1]} bytes, "
+                "the longest token 128 bytes): the uncapped budget is max_new_tokens x 128. Capped rows use the "
+                f"scaled presets' rl.reward_bytes_per_token={run.reward_bytes_per_token} and "
+                f"rl.reward_answer_bytes={run.reward_answer_bytes}. Completions as in the section above."
+            ),
+        )
 
 
 def main():
@@ -107,14 +157,15 @@ def main():
     from dmx_jax.rewards import paper
     from dmx_jax.rewards.combine import PRESETS, RewardConfig, make_reward_fn, reward_byte_budget
     from dmx_jax.rewards.text_bytes import token_bytes_table
+
     rng = random.Random(0)
     texts, gts = completions(args.batch, rng)
     tok = train_sentencepiece(texts[:300] + gts, 2048, tempfile.mkdtemp())
     ids = np.zeros((args.batch, args.tokens), np.int32)
     mask = np.zeros_like(ids)
     for i, t in enumerate(texts):
-        enc = tok.encode(t)[:args.tokens]
-        ids[i, :len(enc)], mask[i, :len(enc)] = enc, 1
+        enc = tok.encode(t)[: args.tokens]
+        ids[i, : len(enc)], mask[i, : len(enc)] = enc, 1
     if args.budgets:
         return budgets(args, tok, ids, mask, gts)
     t0 = time.perf_counter()
@@ -127,7 +178,7 @@ def main():
         cfg = RewardConfig(**{**PRESETS[name].__dict__, "max_text_bytes": budget, "max_answer_bytes": 128})
         out, compile_s, s_jit = time_reward(make_reward_fn(cfg, table), cfg, ids, mask, gts)
         k = min(args.python_rows, args.batch)
-        for t, g in zip(decoded[:8], gts[:8]):                 # warm-up: imports, rouge_score's stemmer
+        for t, g in zip(decoded[:8], gts[:8]):  # warm-up: imports, rouge_score's stemmer
             paper.paper_reward(t, g)
         t0 = time.perf_counter()
         ref = [paper.paper_reward(t, g) for t, g in zip(decoded[:k], gts[:k])]
@@ -137,24 +188,46 @@ def main():
             got = np.asarray(out["overall"])[:k]
             want = np.array([r["overall"] for r in ref])
             rank = lambda x: np.argsort(np.argsort(x))
-            agree = (f"max |diff| {np.abs(got - want).max():.2e} (float32), "
-                     f"Spearman {np.corrcoef(rank(got), rank(want))[0, 1]:.4f}")
+            agree = (
+                f"max |diff| {np.abs(got - want).max():.2e} (float32), "
+                f"Spearman {np.corrcoef(rank(got), rank(want))[0, 1]:.4f}"
+            )
         agree += f", truncated {float(np.mean(np.asarray(out['truncated']))):.3f}, budget {budget} B"
-        rows.append([name, f"{args.batch}x{args.tokens}", f"{s_jit * 1e3:,.0f} ms", f"{compile_s:.1f} s",
-                     f"{s_py * 1e3:,.0f} + {s_decode * 1e3:,.0f} ms", f"{(s_py + s_decode) / s_jit:,.2f}x", agree])
+        rows.append(
+            [
+                name,
+                f"{args.batch}x{args.tokens}",
+                f"{s_jit * 1e3:,.0f} ms",
+                f"{compile_s:.1f} s",
+                f"{s_py * 1e3:,.0f} + {s_decode * 1e3:,.0f} ms",
+                f"{(s_py + s_decode) / s_jit:,.2f}x",
+                agree,
+            ]
+        )
         print(rows[-1], flush=True)
-    header = ["preset", "batch x tokens", "jitted (per call)", "compile",
-              "Python reference (paper_reward + detokenise)", "Python time / jitted time",
-              "agreement with the string reward"]
+    header = [
+        "preset",
+        "batch x tokens",
+        "jitted (per call)",
+        "compile",
+        "Python reference (paper_reward + detokenise)",
+        "Python time / jitted time",
+        "agreement with the string reward",
+    ]
     table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        record_result("Rewards: jitted array reward vs Python string reward", header, rows, key_columns=2, note=
-                      "Python time (after a warm-up call) is measured on `--python-rows` rows and scaled to the "
-                      "batch; it scores the decoded strings (format regex over the text, BLEU/ROUGE over the short "
-                      "boxed answer); detokenising the batch on the host is timed separately. The jitted reward "
-                      "starts from token ids on the device. The grounded preset adds the greedy IoU terms and is "
-                      "compared with the same string reference.")
+        record_result(
+            "Rewards: jitted array reward vs Python string reward",
+            header,
+            rows,
+            key_columns=2,
+            note="Python time (after a warm-up call) is measured on `--python-rows` rows and scaled to the "
+            "batch; it scores the decoded strings (format regex over the text, BLEU/ROUGE over the short "
+            "boxed answer); detokenising the batch on the host is timed separately. The jitted reward "
+            "starts from token ids on the device. The grounded preset adds the greedy IoU terms and is "
+            "compared with the same string reference.",
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and a contact sheet of samples with their finding boxes (docs/synthetic_samples.
 
 usage: python -m bench.bench_synthetic [--n 200] [--size 128] [--no-notes]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def main():
     args = ap.parse_args()
     from data_pipelines.synthetic import SyntheticConfig, examples, sample
     from data_pipelines.synthetic.preview import contact_sheet
+
     cfg = SyntheticConfig(image_size=args.size)
-    sample(0, 0, cfg)                                            # warm caches
+    sample(0, 0, cfg)  # warm caches
     t0 = time.process_time()
     studies = [sample(1, i, cfg) for i in range(args.n)]
     per_study = (time.process_time() - t0) / args.n
@@ -36,8 +38,13 @@ def main():
     Path(args.sheet).parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(studies[:8], args.sheet, columns=4, zoom=2)
     rows = [[f"{args.size} px", args.n, f"{per_study * 1e3:.2f} ms", f"{per_example * 1e3:.2f} ms", args.sheet]]
-    header = ["image", "samples", "CPU time per study (render + findings + report)",
-              "per task example (incl. VQA / reasoning)", "contact sheet"]
+    header = [
+        "image",
+        "samples",
+        "CPU time per study (render + findings + report)",
+        "per task example (incl. VQA / reasoning)",
+        "contact sheet",
+    ]
     table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:

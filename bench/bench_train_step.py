@@ -4,6 +4,7 @@ and the peak RSS growth of each framework's phase.
 
 usage: python -m bench.bench_train_step [--configs tiny,qwen0_5b] [--batch 2] [--seq 256] [--no-notes]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,28 +23,63 @@ from dmx_jax.perf.flops import mfu, peak_flops_per_device
 
 SHAPES = {
     # text tower of Qwen2.5-0.5B (494M params with the 151,936 vocab) with a 4-block vision tower
-    "qwen0_5b": dict(text=dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                               num_attention_heads=14, num_key_value_heads=2, mrope_section=[8, 12, 12]),
-                     vision=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4)),
-    "tiny": dict(text=dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, mrope_section=[2, 3, 3]),
-                 vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2)),
+    "qwen0_5b": dict(
+        text=dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            mrope_section=[8, 12, 12],
+        ),
+        vision=dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4),
+    ),
+    "tiny": dict(
+        text=dict(
+            vocab_size=1024,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=[2, 3, 3],
+        ),
+        vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2),
+    ),
 }
 
 
 def hf_config(name):
     from transformers import Qwen2_5_VLConfig
+
     s = SHAPES[name]
     t, v = s["text"], s["vision"]
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(**{k: t[k] for k in t if k != "mrope_section"}, hidden_act="silu", rms_norm_eps=1e-6,
-                         max_position_embeddings=4096, tie_word_embeddings=False,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                          "mrope_section": t["mrope_section"]}),
-        vision_config=dict(**v, patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                           fullatt_block_indexes=[v["depth"] - 1], out_hidden_size=t["hidden_size"], hidden_act="silu"),
-        image_token_id=t["vocab_size"] - 3, video_token_id=t["vocab_size"] - 4,
-        vision_start_token_id=t["vocab_size"] - 2, vision_end_token_id=t["vocab_size"] - 1, tie_word_embeddings=False)
+        text_config=dict(
+            **{k: t[k] for k in t if k != "mrope_section"},
+            hidden_act="silu",
+            rms_norm_eps=1e-6,
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": t["mrope_section"]},
+        ),
+        vision_config=dict(
+            **v,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[v["depth"] - 1],
+            out_hidden_size=t["hidden_size"],
+            hidden_act="silu",
+        ),
+        image_token_id=t["vocab_size"] - 3,
+        video_token_id=t["vocab_size"] - 4,
+        vision_start_token_id=t["vocab_size"] - 2,
+        vision_end_token_id=t["vocab_size"] - 1,
+        tie_word_embeddings=False,
+    )
     return cfg
 
 
@@ -51,19 +87,21 @@ def step_flops(hf_cfg, ids, grid) -> float:
     """Model FLOPs of one train step (dmx_jax.perf.flops: decoder, head, vision tower and merger)."""
     from dmx_jax.model.config import ModelConfig
     from dmx_jax.perf.flops import train_flops
+
     mcfg = ModelConfig.from_hf_config(hf_cfg.to_dict())
     return train_flops(mcfg, text_tokens=ids.size, seq_len=ids.shape[1], image_grids=np.asarray(grid).tolist()).total
 
 
 def make_batch(cfg, batch, seq, image_hw=(224, 224)):
     from dmx_jax.processing import preprocess_images
+
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, image_hw, dtype=np.uint8) for _ in range(batch)]
     f = preprocess_images(imgs, max_pixels=image_hw[0] * image_hw[1])
     n_img = int(f["image_grid_thw"][0].prod()) // 4
     ids = rng.integers(10, cfg.text_config.vocab_size - 10, size=(batch, seq)).astype(np.int64)
     ids[:, 2] = cfg.vision_start_token_id
-    ids[:, 3:3 + n_img] = cfg.image_token_id
+    ids[:, 3 : 3 + n_img] = cfg.image_token_id
     ids[:, 3 + n_img] = cfg.vision_end_token_id
     return ids, np.ones_like(ids), f["pixel_values"], f["image_grid_thw"], n_img * batch
 
@@ -71,6 +109,7 @@ def make_batch(cfg, batch, seq, image_hw=(224, 224)):
 def bench_torch(cfg, ids, mask, pv, grid, attn):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
+
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation=attn).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -100,6 +139,7 @@ def bench_jax(cfg, ids, mask, pv, grid):
     from dmx_jax.training.sft import make_sft_loss
     from dmx_jax.training.state import init_train_state
     from dmx_jax.training.step import make_train_step
+
     mcfg = from_hf_config(cfg.to_dict())
     model = Qwen25VL(mcfg, nnx.Rngs(0))
     graphdef, state = nnx.split(model)
@@ -109,11 +149,15 @@ def bench_jax(cfg, ids, mask, pv, grid):
     pos, _ = rope_index(ids, grid, mask, image_token_id=mcfg.image_token_id)
     b = ids.shape[0]
     per = pv.shape[0] // b
-    vin = [vision_inputs(grid[i:i + 1], mcfg.vision) for i in range(b)]
-    batch = {"input_ids": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask, jnp.int32),
-             "loss_mask": jnp.ones_like(jnp.asarray(ids, jnp.int32)), "positions": jnp.asarray(pos.transpose(1, 0, 2)),
-             "pixel_values": jnp.asarray(pv.reshape(b, per, -1)),
-             "vision_inputs": jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *vin)}
+    vin = [vision_inputs(grid[i : i + 1], mcfg.vision) for i in range(b)]
+    batch = {
+        "input_ids": jnp.asarray(ids, jnp.int32),
+        "attention_mask": jnp.asarray(mask, jnp.int32),
+        "loss_mask": jnp.ones_like(jnp.asarray(ids, jnp.int32)),
+        "positions": jnp.asarray(pos.transpose(1, 0, 2)),
+        "pixel_values": jnp.asarray(pv.reshape(b, per, -1)),
+        "vision_inputs": jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *vin),
+    }
     step = jax.jit(make_train_step(graphdef, make_sft_loss(), tx), donate_argnums=(0,))
     holder = [st]
 
@@ -133,6 +177,7 @@ def main():
     args = ap.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest")
     import torch
+
     torch.set_num_threads(os.cpu_count())
     rows = []
     for name in args.configs.split(","):
@@ -147,21 +192,43 @@ def main():
         r2 = peak_rss_gb()
         flops = step_flops(cfg, ids, grid)
         util = mfu(flops, s_jax, jax.device_count(), peak_flops_per_device(jax.devices()[0].device_kind))
-        rows.append([name, f"{args.batch}x{args.seq}", f"{toks - n_img}+{n_img}", f"{toks / s_jax:,.0f}",
-                     f"{toks / s_eager:,.0f}", f"{toks / s_sdpa:,.0f}",
-                     f"{s_eager / s_jax:.2f}x / {s_sdpa / s_jax:.2f}x",
-                     f"{flops / s_jax / 1e12:.3f}" + ("" if util is None else f" ({util:.1%} MFU)"),
-                     f"{r1 - r0:.2f} / {r2 - r1:.2f}"])
+        rows.append(
+            [
+                name,
+                f"{args.batch}x{args.seq}",
+                f"{toks - n_img}+{n_img}",
+                f"{toks / s_jax:,.0f}",
+                f"{toks / s_eager:,.0f}",
+                f"{toks / s_sdpa:,.0f}",
+                f"{s_eager / s_jax:.2f}x / {s_sdpa / s_jax:.2f}x",
+                f"{flops / s_jax / 1e12:.3f}" + ("" if util is None else f" ({util:.1%} MFU)"),
+                f"{r1 - r0:.2f} / {r2 - r1:.2f}",
+            ]
+        )
         print(rows[-1], flush=True)
-    header = ["config", "batch", "text+image tokens", "dmx-jax tok/s", "torch eager tok/s", "torch sdpa tok/s",
-              "speed-up vs eager / sdpa", "dmx-jax model TFLOP/s (vision counted)", "peak RSS growth GB (jax / torch)"]
+    header = [
+        "config",
+        "batch",
+        "text+image tokens",
+        "dmx-jax tok/s",
+        "torch eager tok/s",
+        "torch sdpa tok/s",
+        "speed-up vs eager / sdpa",
+        "dmx-jax model TFLOP/s (vision counted)",
+        "peak RSS growth GB (jax / torch)",
+    ]
     table = markdown_table(header, rows)
     print(table)
     if not args.no_notes:
-        record_result("SFT train step vs transformers + torch", header, rows, key_columns=2, note=
-                      "fp32, AdamW. Peak RSS growth is the process high-water mark increase during each phase "
-                      "(jax first), so the "
-                      "torch figure is only what torch needed beyond jax's peak.")
+        record_result(
+            "SFT train step vs transformers + torch",
+            header,
+            rows,
+            key_columns=2,
+            note="fp32, AdamW. Peak RSS growth is the process high-water mark increase during each phase "
+            "(jax first), so the "
+            "torch figure is only what torch needed beyond jax's peak.",
+        )
 
 
 if __name__ == "__main__":

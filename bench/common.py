@@ -5,6 +5,7 @@
 replaces the rows with the same key instead of appending another section. The parsing and merging are pure
 functions over the file's text; `record_result` is the one file write.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -31,7 +32,7 @@ def machine() -> str:
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def timed(fn, *, warmup: int = 1, iters: int = 3) -> float:
@@ -84,16 +85,17 @@ def parse_section(body: str) -> tuple[str, list[str], list[list[str]], str]:
     return above, header, rows, note
 
 
-def merge_rows(old_header: list[str], old_rows: list[list[str]], header: list[str], rows: list[list[str]],
-               key_columns: int) -> tuple[list[str], list[list[str]]]:
+def merge_rows(
+    old_header: list[str], old_rows: list[list[str]], header: list[str], rows: list[list[str]], key_columns: int
+) -> tuple[list[str], list[list[str]]]:
     """New rows (already stamped with date and machine) first, then the old rows that they do not replace.
 
     An old row is replaced when its machine and its first `key_columns` data columns (matched by column name)
     equal a new row's. Columns only the old table has are kept at the end, blank in the new rows."""
     extra = [h for h in old_header if h not in header]
     out_header = header + extra
-    keys = {(r[1], *r[2:2 + key_columns]) for r in rows}
-    key_names = ["machine", *header[2:2 + key_columns]]
+    keys = {(r[1], *r[2 : 2 + key_columns]) for r in rows}
+    key_names = ["machine", *header[2 : 2 + key_columns]]
     out = [list(r) + [""] * len(extra) for r in rows]
     for r in old_rows:
         by_name = dict(zip(old_header, r))
@@ -108,8 +110,17 @@ def render_section(title: str, above: str, header: list[str], rows: list[list], 
     return "\n\n".join(b for b in blocks if b) + "\n"
 
 
-def update_results(text: str, benchmark: str, header: list[str], rows: list[list], *, note: str = "",
-                   key_columns: int = 1, date: str, machine: str) -> str:
+def update_results(
+    text: str,
+    benchmark: str,
+    header: list[str],
+    rows: list[list],
+    *,
+    note: str = "",
+    key_columns: int = 1,
+    date: str,
+    machine: str,
+) -> str:
     """RESULTS.md text with `rows` recorded under `## benchmark`; every other section kept as it is.
 
     A missing section is created first after the intro. `note` replaces the paragraph below the table (an
@@ -134,10 +145,21 @@ def update_results(text: str, benchmark: str, header: list[str], rows: list[list
     return intro + "\n".join(bodies)
 
 
-def record_result(benchmark: str, header: list[str], rows: list[list], note: str = "", key_columns: int = 1,
-                  path: Path = RESULTS) -> None:
+def record_result(
+    benchmark: str, header: list[str], rows: list[list], note: str = "", key_columns: int = 1, path: Path = RESULTS
+) -> None:
     """Record a benchmark's rows in RESULTS.md with today's date and this machine (see update_results)."""
     text = path.read_text() if path.exists() else ""
-    path.write_text(update_results(text, benchmark, header, rows, note=note, key_columns=key_columns,
-                                   date=datetime.date.today().isoformat(), machine=machine()))
+    path.write_text(
+        update_results(
+            text,
+            benchmark,
+            header,
+            rows,
+            note=note,
+            key_columns=key_columns,
+            date=datetime.date.today().isoformat(),
+            machine=machine(),
+        )
+    )
     print(f"recorded {len(rows)} rows under '## {benchmark}' in {path}")

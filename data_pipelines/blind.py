@@ -10,6 +10,7 @@ Scored with the model's own metrics, it says how much of a stage's VQA score or 
 next to the images-swapped control, which says how much of the stage's own answers the image changes. It reads
 the row encoder's metadata and answers in the targets' box format (data_pipelines.boxes), hence lives here.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict

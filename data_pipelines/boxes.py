@@ -13,6 +13,7 @@ Conventions:
   Qwen2.5-VL    absolute integer pixels of the *resized* model input, whose size comes from smart_resize
                 (sides multiples of 28, area within [min_pixels, max_pixels]).
 """
+
 from __future__ import annotations
 
 import re
@@ -106,15 +107,23 @@ def format_chexinstruct_box(bins: Sequence[int], ref: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------- Qwen2.5-VL
 
 
-def smart_resize(height: int, width: int, *, factor: int = QWEN_FACTOR, min_pixels: int = QWEN_MIN_PIXELS,
-                 max_pixels: int = QWEN_MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(
+    height: int,
+    width: int,
+    *,
+    factor: int = QWEN_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> tuple[int, int]:
     """(resized_height, resized_width) as Qwen2.5-VL's image processor computes it (dmx_jax.processing's)."""
     from dmx_jax.processing import smart_resize as resize
+
     return resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def qwen_input_size(size: Size, *, factor: int = QWEN_FACTOR, min_pixels: int = QWEN_MIN_PIXELS,
-                    max_pixels: int = QWEN_MAX_PIXELS) -> Size:
+def qwen_input_size(
+    size: Size, *, factor: int = QWEN_FACTOR, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS
+) -> Size:
     """(width', height') of the model input for a stored image of (width, height)."""
     h, w = smart_resize(size[1], size[0], factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     return w, h

@@ -8,6 +8,7 @@ Every box written as [x1, y1, x2, y2] in the prompt or the answer is rescaled fr
 pixels to the pixels of the resized image the model sees (paper convention: absolute resized-pixel
 coordinates).
 """
+
 from __future__ import annotations
 
 import re
@@ -64,9 +65,17 @@ def answer_text(example: Example, reasoning: bool) -> str:
     return example.target
 
 
-def render(example: Example, tokenizer, image_tokens: list[int], resized_sizes: list[tuple[int, int]] | None = None, *,
-           reasoning: bool = False, with_answer: bool = True, reasoning_prompt: bool | None = None,
-           instruction_first: bool = False) -> dict:
+def render(
+    example: Example,
+    tokenizer,
+    image_tokens: list[int],
+    resized_sizes: list[tuple[int, int]] | None = None,
+    *,
+    reasoning: bool = False,
+    with_answer: bool = True,
+    reasoning_prompt: bool | None = None,
+    instruction_first: bool = False,
+) -> dict:
     """-> {'input_ids' int32 [L], 'loss_mask' int32 [L], 'prompt_len' int, 'answer' str}.
 
     image_tokens: tokens per image (t*h*w/merge^2). resized_sizes: (w, h) the model sees per image, for
@@ -75,8 +84,9 @@ def render(example: Example, tokenizer, image_tokens: list[int], resized_sizes: 
     question sits next to the answer (the paper appends it after the question).
     """
     if len(image_tokens) != len(example.images):
-        raise ValueError(f"example {example.example_id}: {len(example.images)} images but "
-                         f"{len(image_tokens)} token counts")
+        raise ValueError(
+            f"example {example.example_id}: {len(example.images)} images but {len(image_tokens)} token counts"
+        )
     size = example.image_sizes[example.box_image_index] if example.image_sizes else None
     resized = (resized_sizes or list(example.image_sizes))[example.box_image_index] if example.image_sizes else None
     fix = (lambda s: rescale_box_text(s, size, resized)) if size and resized else (lambda s: s)
@@ -96,5 +106,9 @@ def render(example: Example, tokenizer, image_tokens: list[int], resized_sizes: 
         ans = enc(answer) + [tokenizer.im_end_id]
         ids += ans + enc("\n")
         mask += [1] * len(ans) + [0] * (len(ids) - prompt_len - len(ans))
-    return {"input_ids": np.asarray(ids, np.int32), "loss_mask": np.asarray(mask, np.int32), "prompt_len": prompt_len,
-            "answer": answer}
+    return {
+        "input_ids": np.asarray(ids, np.int32),
+        "loss_mask": np.asarray(mask, np.int32),
+        "prompt_len": prompt_len,
+        "answer": answer,
+    }

@@ -6,6 +6,7 @@ scaled. MONOCHROME1 is inverted last so bone is always bright.
 PNG/JPEG: integer images are divided by their dtype maximum (255 or 65535), so 8- and 16-bit files keep
 their absolute scale; colour is reduced to luma (ITU-R 601, as Pillow's "L"), alpha is ignored.
 """
+
 from __future__ import annotations
 
 import io
@@ -171,7 +172,7 @@ def voi_to_unit(values: np.ndarray, ds: Any, index: int = 0) -> np.ndarray | Non
         # than 255 (8-bit LUT) above the first mapped value wrap around instead of clamping to the last entry.
         position = np.clip(np.rint(values).astype(np.int64) - first, 0, (entries or 65536) - 1)
         position = np.minimum(position, table.size - 1)
-        top = max(2.0 ** bits - 1.0, float(table.max()))
+        top = max(2.0**bits - 1.0, float(table.max()))
         return table[position] / top
     if "WindowCenter" in ds and "WindowWidth" in ds:
         center = _multi_value(ds["WindowCenter"].value, index)
@@ -194,8 +195,7 @@ def window_to_unit(values: np.ndarray, center: float, width: float, function: st
     if function == "LINEAR_EXACT":
         if width <= 0:
             raise ValueError(f"LINEAR_EXACT window width must be > 0, got {width}")
-        return np.where(x <= center - width / 2, 0.0,
-                        np.where(x > center + width / 2, 1.0, (x - center) / width + 0.5))
+        return np.where(x <= center - width / 2, 0.0, np.where(x > center + width / 2, 1.0, (x - center) / width + 0.5))
     if function == "SIGMOID":
         if width <= 0:
             raise ValueError(f"SIGMOID window width must be > 0, got {width}")
@@ -210,8 +210,9 @@ def _lut_table(item: Any, ds: Any) -> np.ndarray:
         tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         little = tsyntax.is_little_endian if tsyntax is not None else True
         return np.frombuffer(value, dtype="<u2" if little else ">u2").astype(np.float64)
-    return np.asarray(value if isinstance(value, (list, tuple)) or hasattr(value, "__len__") else [value],
-                      dtype=np.float64).ravel()
+    return np.asarray(
+        value if isinstance(value, (list, tuple)) or hasattr(value, "__len__") else [value], dtype=np.float64
+    ).ravel()
 
 
 def _multi_value(value: Any, index: int) -> float:

@@ -6,6 +6,7 @@ can map them to any other convention (see data_pipelines.boxes).
 Labels are the 14 CheXpert observations in CheXpert `train.csv` column order with
 1.0 positive, 0.0 negative, -1.0 uncertain, NaN not mentioned.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,20 +15,31 @@ from typing import Any
 import numpy as np
 
 CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )
 CHEXPERT5_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 
 # Task names shared by adapters, formatting, rewards and evaluation.
 TASKS: tuple[str, ...] = (
-    "findings",      # generate the FINDINGS section
-    "impression",    # generate the IMPRESSION section
-    "vqa",           # question -> short answer / `|` list / sentence
-    "difference",    # VQA on a (prior, current) pair
-    "grounding",     # phrase -> box(es)
-    "referring",     # box -> phrase
+    "findings",  # generate the FINDINGS section
+    "impression",  # generate the IMPRESSION section
+    "vqa",  # question -> short answer / `|` list / sentence
+    "difference",  # VQA on a (prior, current) pair
+    "grounding",  # phrase -> box(es)
+    "referring",  # box -> phrase
     "classification",  # image -> finding list
 )
 
@@ -80,6 +92,7 @@ class Example:
             raise ValueError(f"example {self.example_id!r}: unknown task {self.task!r}; expected one of {TASKS}")
         if len(self.images) != len(self.image_sizes):
             raise ValueError(
-                f"example {self.example_id!r}: {len(self.images)} images but {len(self.image_sizes)} image_sizes")
+                f"example {self.example_id!r}: {len(self.images)} images but {len(self.image_sizes)} image_sizes"
+            )
         if self.labels is not None and np.shape(self.labels) != (len(CHEXPERT_LABELS),):
             raise ValueError(f"example {self.example_id!r}: labels must have shape (14,), got {np.shape(self.labels)}")

@@ -1,6 +1,7 @@
 """Tokenizers behind one interface: a real Qwen2.5-VL tokenizer.json (byte-level BPE) and a small
 SentencePiece model trained on the synthetic corpus with the same special tokens (the tiny default).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,6 +56,7 @@ class HFTokenizer(_SpecialIds):
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> HFTokenizer:
         from tokenizers import Tokenizer as _T
+
         p = Path(path)
         if p.is_dir():
             p = p / "tokenizer.json"
@@ -98,6 +100,7 @@ class SentencePieceTokenizer(_SpecialIds):
 
     def __init__(self, model_proto: bytes):
         import sentencepiece as spm
+
         self.model_proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self._sp.get_piece_size()
@@ -122,10 +125,12 @@ class SentencePieceTokenizer(_SpecialIds):
         return self._bytes[int(token_id)]
 
 
-def train_sentencepiece(corpus: Iterable[str], vocab_size: int,
-                        cache_dir: str | os.PathLike | None = None) -> SentencePieceTokenizer:
+def train_sentencepiece(
+    corpus: Iterable[str], vocab_size: int, cache_dir: str | os.PathLike | None = None
+) -> SentencePieceTokenizer:
     """Train (or load from cache, keyed by corpus + settings hash) a BPE model with byte fallback."""
     import sentencepiece as spm
+
     lines = [ln for ln in corpus if ln.strip()]
     # byte fallback needs 256 byte pieces + every corpus character + the special symbols
     vocab_size = max(vocab_size, 256 + len(set("".join(lines))) + len(SPECIAL_TOKENS) + 8)
@@ -135,11 +140,26 @@ def train_sentencepiece(corpus: Iterable[str], vocab_size: int,
         return SentencePieceTokenizer(cache.read_bytes())
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type="bpe",
-        user_defined_symbols=list(SPECIAL_TOKENS[1:]) + ["<think>", "</think>", "\\boxed{"], byte_fallback=True,
-        character_coverage=1.0, pad_id=0, unk_id=1, bos_id=-1, eos_id=2, eos_piece="<|endoftext|>",
-        split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False, normalization_rule_name="identity",
-        num_threads=1, minloglevel=2, hard_vocab_limit=False)
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        user_defined_symbols=list(SPECIAL_TOKENS[1:]) + ["<think>", "</think>", "\\boxed{"],
+        byte_fallback=True,
+        character_coverage=1.0,
+        pad_id=0,
+        unk_id=1,
+        bos_id=-1,
+        eos_id=2,
+        eos_piece="<|endoftext|>",
+        split_digits=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
+        hard_vocab_limit=False,
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     tmp.write_bytes(buf.getvalue())
@@ -148,8 +168,10 @@ def train_sentencepiece(corpus: Iterable[str], vocab_size: int,
 
 
 # Qwen2's pre-tokenizer split: BPE never merges across these pieces (digits stay single, as in Qwen2.5-VL).
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-              r"|\s+(?!\S)|\s+")
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 
 
 def train_byte_level_bpe(corpus: Iterable[str], vocab_size: int, path: str | os.PathLike) -> HFTokenizer:
@@ -157,12 +179,21 @@ def train_byte_level_bpe(corpus: Iterable[str], vocab_size: int, path: str | os.
     `corpus` and written to `path`; deterministic in the corpus. Any text round-trips (256 byte symbols)."""
     from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as _T
+
     tok = _T(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), "isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS) + ["<|video_pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS) + ["<|video_pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([ln for ln in corpus if ln.strip()], trainer)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(path))

@@ -9,11 +9,11 @@ Nothing here imports torch, transformers or experiments. What a library user nee
 
 Rewards (`dmx_jax.rewards.score_texts`, `paper_reward`) and metrics (`dmx_jax.eval`) live in their packages.
 """
+
 from dmx_jax.hf import load_pretrained, save_pretrained
 from dmx_jax.model import ModelConfig, Qwen25VL, preset
 from dmx_jax.processing import preprocess_images
 from dmx_jax.sampling.generate import generate
 
 __version__ = "0.1.0"
-__all__ = ["ModelConfig", "Qwen25VL", "generate", "load_pretrained", "preprocess_images", "preset",
-           "save_pretrained"]
+__all__ = ["ModelConfig", "Qwen25VL", "generate", "load_pretrained", "preprocess_images", "preset", "save_pretrained"]

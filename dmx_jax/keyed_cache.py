@@ -3,6 +3,7 @@
 Serves the cold-start teacher's reply cache and Report Arena's verdict cache. A record stores its own key;
 a missing, torn or foreign file (another key, not a JSON object) reads as a miss and is rewritten later.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,6 +40,5 @@ class KeyedJsonCache:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({**record, "key": key}, ensure_ascii=False, sort_keys=True) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(json.dumps({**record, "key": key}, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ Rows come from the one encoder, data_pipelines.pipeline.encode (fixed seq_len an
 so every jitted step compiles once). Both iterators are deterministic in (seed, position) and expose
 get_state/set_state for exact resume.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -56,13 +57,22 @@ class GrainBatches:
         import jax
 
         from data_pipelines.pipeline import make_dataset
+
         if batch_size % jax.process_count():
             raise ValueError(f"batch size {batch_size} is not divisible by {jax.process_count()} processes")
-        ds = make_dataset(source.examples, batch_size=batch_size // jax.process_count(),
-                          buckets=[(source.seq_len, source.patch_budget)], encode_fn=source.encode_fn,
-                          does_not_fit=(DoesNotFit,), seed=seed, num_epochs=None,
-                          shard_index=jax.process_index(), shard_count=jax.process_count(),
-                          worker_count=source.workers, too_long="skip" if source.skip_too_long else "raise")
+        ds = make_dataset(
+            source.examples,
+            batch_size=batch_size // jax.process_count(),
+            buckets=[(source.seq_len, source.patch_budget)],
+            encode_fn=source.encode_fn,
+            does_not_fit=(DoesNotFit,),
+            seed=seed,
+            num_epochs=None,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+            worker_count=source.workers,
+            too_long="skip" if source.skip_too_long else "raise",
+        )
         self._it = iter(ds)
 
     def __iter__(self):
@@ -84,7 +94,7 @@ class GrainSource:
     """What a stage reads from a real dataset: Examples (images as paths) and how to encode them."""
 
     examples: list
-    encode_fn: RowEncoder       # encode_fn(example, seq_len=, patch_budget=) -> row
+    encode_fn: RowEncoder  # encode_fn(example, seq_len=, patch_budget=) -> row
     seq_len: int
     patch_budget: int
     skip_too_long: bool = False

@@ -1,4 +1,5 @@
 """Evaluate one stage on held-out prompts: greedy generation, then VQA, grounding, report and label scores."""
+
 from __future__ import annotations
 
 import re
@@ -27,17 +28,26 @@ from dmx_jax.sampling.generate import PROMPT_KEYS, Decoding, generate_arrays
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
 
 
-def generate_texts(graphdef, params, arrays: dict, tokenizer, *, max_new_tokens: int,
-                   batch_size: int = 16) -> list[str]:
+def generate_texts(
+    graphdef, params, arrays: dict, tokenizer, *, max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
     """Greedy completions for left-padded prompt arrays (chunks of batch_size, one compiled shape)."""
     n = arrays["input_ids"].shape[0]
     out = []
     for s in range(0, n, batch_size):
-        idx = np.arange(s, s + batch_size) % n           # pad the last chunk by wrapping; extra rows dropped
-        part = {k: jax.tree.map(lambda x: jnp.asarray(x[idx]), arrays[k])
-                for k in (*PROMPT_KEYS, "pixel_values", "vision_inputs") if k in arrays}
-        toks, _, cmask = generate_arrays(graphdef, params, part, jax.random.key(0), Decoding(
-            max_new_tokens, stop_token_ids=(tokenizer.im_end_id,), pad_id=tokenizer.pad_id))
+        idx = np.arange(s, s + batch_size) % n  # pad the last chunk by wrapping; extra rows dropped
+        part = {
+            k: jax.tree.map(lambda x: jnp.asarray(x[idx]), arrays[k])
+            for k in (*PROMPT_KEYS, "pixel_values", "vision_inputs")
+            if k in arrays
+        }
+        toks, _, cmask = generate_arrays(
+            graphdef,
+            params,
+            part,
+            jax.random.key(0),
+            Decoding(max_new_tokens, stop_token_ids=(tokenizer.im_end_id,), pad_id=tokenizer.pad_id),
+        )
         toks, cmask = np.asarray(toks), np.asarray(cmask)
         for r in range(min(batch_size, n - s)):
             ids = [int(t) for t, m in zip(toks[r], cmask[r]) if m and t != tokenizer.im_end_id]
@@ -50,10 +60,13 @@ def report_text_scores(preds: list[str], refs: list[str], n_bootstrap: int) -> d
     corpus = nlg_scores(preds, refs, meteor=False)
     per = nlg_sample_scores(preds, refs, meteor=False)
     out = {k: {"mean": v} for k, v in corpus.items()}
-    out["rouge_l"]["ci"] = list(bootstrap_ci(per["rouge_l"], n=n_bootstrap))          # ROUGE-L is a sample mean
+    out["rouge_l"]["ci"] = list(bootstrap_ci(per["rouge_l"], n=n_bootstrap))  # ROUGE-L is a sample mean
     idx = np.arange(len(preds))
-    lo_hi = bootstrap_ci(idx, lambda i: nlg_scores([preds[j] for j in i], [refs[j] for j in i], meteor=False)["bleu_4"],
-                         n=min(n_bootstrap, 200))
+    lo_hi = bootstrap_ci(
+        idx,
+        lambda i: nlg_scores([preds[j] for j in i], [refs[j] for j in i], meteor=False)["bleu_4"],
+        n=min(n_bootstrap, 200),
+    )
     out["bleu_4"]["ci"] = list(lo_hi)
     return out
 
@@ -64,8 +77,10 @@ def report_label_scores(preds: list[str], refs: list[str], n_bootstrap: int) -> 
     full = chexpert_f1(p, r)
     out = {}
     for key in ("micro_f1_14", "macro_f1_14", "micro_f1_5", "macro_f1_5"):
-        out[key] = {"mean": full[key], "ci": list(bootstrap_ci((p, r), lambda a, b, k=key: chexpert_f1(a, b)[k],
-                                                                n=min(n_bootstrap, 500)))}
+        out[key] = {
+            "mean": full[key],
+            "ci": list(bootstrap_ci((p, r), lambda a, b, k=key: chexpert_f1(a, b)[k], n=min(n_bootstrap, 500))),
+        }
     out["labeler"] = "rule-CheXpert (dmx_jax.eval.chexpert_labeler), not CheXbert"
     return out
 
@@ -89,9 +104,12 @@ def vqa_grounding_metrics(answers: list[str], rows: list[dict], n_bootstrap: int
     out: dict = {}
     vqa = [i for i, r in enumerate(rows) if r["task"] in VQA_TASKS]
     if vqa:
-        out["vqa_score"] = vqa_scores([answers[i] for i in vqa], [rows[i]["target"] for i in vqa],
-                                      question_types=[rows[i]["question_type"] for i in vqa],
-                                      n_bootstrap=n_bootstrap)["overall"]
+        out["vqa_score"] = vqa_scores(
+            [answers[i] for i in vqa],
+            [rows[i]["target"] for i in vqa],
+            question_types=[rows[i]["question_type"] for i in vqa],
+            n_bootstrap=n_bootstrap,
+        )["overall"]
     grd = [i for i, r in enumerate(rows) if r["task"] == "grounding"]
     if grd:
         pred = [boxes_in(answers[i])[:1] or [(0.0, 0.0, 0.0, 0.0)] for i in grd]
@@ -137,10 +155,15 @@ def citation_stats(records: list[dict], n_bootstrap: int = 200) -> dict:
     share whose answer box is one the trace cites ("trace_box_copy_rate")."""
     recs = [r for r in records if r["task"] in IMAGE_TASKS]
     cites = [bool(boxes_in(r["output"])) for r in recs]
-    ious = [float(box_iou(np.asarray(boxes_in(r["output"])), np.asarray(r["boxes_true"], np.float64)).max(1).mean())
-            for r, c in zip(recs, cites) if c and r["boxes_true"]]
-    out = {"cite_rate": summarise(np.asarray(cites, np.float64), n_bootstrap),
-           "cited_box_iou": summarise(np.asarray(ious, np.float64), n_bootstrap)}
+    ious = [
+        float(box_iou(np.asarray(boxes_in(r["output"])), np.asarray(r["boxes_true"], np.float64)).max(1).mean())
+        for r, c in zip(recs, cites)
+        if c and r["boxes_true"]
+    ]
+    out = {
+        "cite_rate": summarise(np.asarray(cites, np.float64), n_bootstrap),
+        "cited_box_iou": summarise(np.asarray(ious, np.float64), n_bootstrap),
+    }
     copies = [trace_box_copied(r["output"]) for r in records if r["task"] == "grounding" and "</think>" in r["output"]]
     if copies:
         out["trace_box_copy_rate"] = summarise(np.asarray(copies, np.float64), n_bootstrap)
@@ -164,8 +187,13 @@ def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> t
         idx = np.array([i for i, r in enumerate(group_rows) if r["task"] in IMAGE_TASKS])
         if len(idx) < 2:
             continue
-        texts += generate_texts(graphdef, params, _rolled_images(arrays, idx, tokenizer.image_pad_id), tokenizer,
-                                max_new_tokens=max_new_tokens)
+        texts += generate_texts(
+            graphdef,
+            params,
+            _rolled_images(arrays, idx, tokenizer.image_pad_id),
+            tokenizer,
+            max_new_tokens=max_new_tokens,
+        )
         rows += [group_rows[i] for i in idx]
     answers = [parse_answer(t) for t in texts]
     return vqa_grounding_metrics(answers, rows, n_bootstrap), {r["example_id"]: a for r, a in zip(rows, answers)}
@@ -188,20 +216,31 @@ def image_drop_by_question_type(records: list[dict], n_bootstrap: int) -> dict:
     out = {}
     for t in sorted({qtype[i] for i in swapped if i in real}):
         ids = [i for i in swapped if i in real and qtype[i] == t]
-        out[t] = {"real": float(np.mean([real[i] for i in ids])), "swapped": float(np.mean([swapped[i] for i in ids])),
-                  "drop": paired_by_key({i: swapped[i] for i in ids}, {i: real[i] for i in ids}, n_bootstrap)}
+        out[t] = {
+            "real": float(np.mean([real[i] for i in ids])),
+            "swapped": float(np.mean([swapped[i] for i in ids])),
+            "drop": paired_by_key({i: swapped[i] for i in ids}, {i: real[i] for i in ids}, n_bootstrap),
+        }
     return out
 
 
 def example_record(row: dict, output: str, answer: str) -> dict:
     """One eval/<stage>.json record: a held-out row's metadata with the generated output and its parsed answer."""
-    return {"example_id": row["example_id"], "task": row["task"], "question_type": row["question_type"],
-            "output": output, "answer": answer, "target": row["target"], "boxes_true": row["boxes"],
-            "image_size": row["image_size"]}
+    return {
+        "example_id": row["example_id"],
+        "task": row["task"],
+        "question_type": row["question_type"],
+        "output": output,
+        "answer": answer,
+        "target": row["target"],
+        "boxes_true": row["boxes"],
+        "image_size": row["image_size"],
+    }
 
 
-def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200,
-                   format_ids: set | None = None, control: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_stage(
+    graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200, format_ids: set | None = None, control: bool = False
+) -> tuple[dict, list[dict]]:
     """groups: [(prompt arrays, rows, max_new_tokens)] (one compiled shape each) -> (metrics, per-example records).
 
     Answers are the last \\boxed{} (else the text after </think>, else the whole output).
@@ -226,8 +265,11 @@ def evaluate_stage(graphdef, params, groups, tokenizer, *, n_bootstrap: int = 20
         metrics["report_nlg"] = report_text_scores(preds, refs, n_bootstrap)
         metrics["report_label_f1"] = report_label_scores(preds, refs, n_bootstrap)
     # grounded reasoning: share of outputs in the think-then-boxed format that cite at least one box
-    fmt = [bool(re.search(r"<think>.*\[\d+, \d+, \d+, \d+\].*</think>.*\\boxed\{", t, re.S))
-           for t, r in zip(texts, rows) if format_ids is None or r["example_id"] in format_ids]
+    fmt = [
+        bool(re.search(r"<think>.*\[\d+, \d+, \d+, \d+\].*</think>.*\\boxed\{", t, re.S))
+        for t, r in zip(texts, rows)
+        if format_ids is None or r["example_id"] in format_ids
+    ]
     metrics["grounded_format_rate"] = float(np.mean(fmt)) if fmt else 0.0
     metrics["citations"] = citation_stats(records, n_bootstrap)
     if control:

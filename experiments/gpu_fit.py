@@ -14,6 +14,7 @@ budget, not a measurement.
     python -m experiments.aot --config qwen2_5_vl_7b_lora --topology v6e-4 --json > rows.jsonl
     python -m experiments.gpu_fit rows.jsonl --topology v6e-4 --hbm 79.6
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,24 @@ import sys
 
 from experiments.tpu_compile import Row
 
-UNSLICED_STEPS = ("reward",)        # programs the runner runs over the whole batch at once
+UNSLICED_STEPS = ("reward",)  # programs the runner runs over the whole batch at once
 
 
 def gpu_row(row: Row, hbm_gib: float, label: str = "1 GPU") -> Row:
     """The one-GPU row for a compiled slice row (see the module docstring); a row without memory stays an error."""
     n = row.chips
-    out = dataclasses.replace(row, topology=label, chips=1, hbm_gb=hbm_gib, compile_s=0.0, step_time_s=None,
-                              mfu=None, xla_flops=None, xla_bytes=None,
-                              shapes=f"{row.shapes}; per-device slice of {row.topology} x {n}")
+    out = dataclasses.replace(
+        row,
+        topology=label,
+        chips=1,
+        hbm_gb=hbm_gib,
+        compile_s=0.0,
+        step_time_s=None,
+        mfu=None,
+        xla_flops=None,
+        xla_bytes=None,
+        shapes=f"{row.shapes}; per-device slice of {row.topology} x {n}",
+    )
     if row.peak_gb is None:
         return out
     state = row.argument_gb + row.output_gb - row.alias_gb + row.resident_gb
@@ -56,6 +66,7 @@ def read_rows(lines) -> list[Row]:
 
 def main(argv=None) -> int:
     from experiments.aot import markdown
+
     ap = argparse.ArgumentParser(prog="python -m experiments.gpu_fit", description=__doc__.splitlines()[0])
     ap.add_argument("rows", help="a file of `python -m experiments.aot --json` lines")
     ap.add_argument("--topology", required=True, help="the slice whose rows to carry over (e.g. v6e-4)")

@@ -4,6 +4,7 @@ Loads a checkpoint (a Hugging Face Qwen2.5-VL folder, e.g. a run's `hf_export/`,
 directory such as `runs/tiny/grpo`), reads PNG/JPEG/DICOM images, answers greedily (with the paper's <think>
 suffix when --reasoning), prints the reasoning and the answer, and writes a PNG with the cited boxes drawn.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ TASK_PROMPTS = {
     "impression": "Generate the IMPRESSION section of the radiology report for this chest X-ray.",
     "classification": "Which findings are present in this chest X-ray? List them separated by '|'.",
 }
-SP_MODEL = "dmx_tokenizer.model"   # SentencePiece model shipped next to a tiny run's HF export
+SP_MODEL = "dmx_tokenizer.model"  # SentencePiece model shipped next to a tiny run's HF export
 
 
 class InferenceError(ValueError):
@@ -27,12 +28,14 @@ class InferenceError(ValueError):
 
 def load_tokenizer(folder: Path):
     from data_pipelines.tokenizer import HFTokenizer, SentencePieceTokenizer
+
     if (folder / "tokenizer.json").is_file():
         return HFTokenizer.from_file(folder / "tokenizer.json")
     if (folder / SP_MODEL).is_file():
         return SentencePieceTokenizer((folder / SP_MODEL).read_bytes())
-    raise InferenceError(f"{folder}: no tokenizer.json (Qwen2.5-VL) or {SP_MODEL} (dmx-jax tiny run) found; "
-                         f"pass --tokenizer")
+    raise InferenceError(
+        f"{folder}: no tokenizer.json (Qwen2.5-VL) or {SP_MODEL} (dmx-jax tiny run) found; pass --tokenizer"
+    )
 
 
 def load_checkpoint(path: Path, tokenizer_path: Path | None = None):
@@ -40,15 +43,18 @@ def load_checkpoint(path: Path, tokenizer_path: Path | None = None):
     from flax import nnx
 
     from dmx_jax.hf import load_pretrained
+
     if not path.exists():
         raise InferenceError(f"checkpoint {path} does not exist")
-    if (path / "final_params").is_dir():                       # a finished stage of a run directory
+    if (path / "final_params").is_dir():  # a finished stage of a run directory
         return _load_stage(path, tokenizer_path)
-    if (path / "hf_export").is_dir():                          # a run directory: use its final export
+    if (path / "hf_export").is_dir():  # a run directory: use its final export
         path = path / "hf_export"
     if not (path / "config.json").is_file():
-        raise InferenceError(f"{path}: neither a Hugging Face folder (config.json + *.safetensors) nor a finished "
-                             f"stage of a run directory (final_params/)")
+        raise InferenceError(
+            f"{path}: neither a Hugging Face folder (config.json + *.safetensors) nor a finished "
+            f"stage of a run directory (final_params/)"
+        )
     tok = load_tokenizer(tokenizer_path or path)
     model, mcfg = load_pretrained(path)
     graphdef, state = nnx.split(model)
@@ -64,11 +70,13 @@ def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
     from experiments.overrides import config_from_dict
     from experiments.pipeline import model_config_for
     from experiments.stages import load_stage_params
+
     run_dir = stage_dir.parent
     cfg = config_from_dict(PRESETS["tiny"](), json.loads((run_dir / "config.json").read_text()))
     tok_files = sorted((run_dir / "tokenizer").glob("*.model")) if tokenizer_path is None else []
-    if cfg.hf_checkpoint:                         # a run from a checkpoint: its config and tokenizer.json
+    if cfg.hf_checkpoint:  # a run from a checkpoint: its config and tokenizer.json
         from dmx_jax.hf import read_config
+
         given = Path(cfg.data.tokenizer).parent if cfg.data.tokenizer else Path(cfg.hf_checkpoint)
         tok, mcfg = load_tokenizer(tokenizer_path or given), read_config(cfg.hf_checkpoint)
     else:
@@ -76,6 +84,7 @@ def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
             tok = load_tokenizer(tokenizer_path)
         elif tok_files:
             from data_pipelines.tokenizer import SentencePieceTokenizer
+
             tok = SentencePieceTokenizer(tok_files[-1].read_bytes())
         else:
             raise InferenceError(f"{run_dir}/tokenizer has no SentencePiece model; pass --tokenizer")
@@ -85,18 +94,38 @@ def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
     try:
         params = load_stage_params(stage_dir, like, make_mesh(MeshConfig(1, 1, 1)))
     except (ValueError, KeyError) as e:
-        raise InferenceError(f"{stage_dir}/final_params does not match the model of {run_dir}/config.json: "
-                             f"{str(e).splitlines()[0]}") from None
+        raise InferenceError(
+            f"{stage_dir}/final_params does not match the model of {run_dir}/config.json: {str(e).splitlines()[0]}"
+        ) from None
     return graphdef, params, mcfg, tok
 
 
-def answer(graphdef, params, mcfg, tok, images: list[np.ndarray], prompt: str, *, task: str, reasoning: bool,
-           max_new_tokens: int, max_pixels: int, min_pixels: int, instruction_first: bool = False) -> dict:
+def answer(
+    graphdef,
+    params,
+    mcfg,
+    tok,
+    images: list[np.ndarray],
+    prompt: str,
+    *,
+    task: str,
+    reasoning: bool,
+    max_new_tokens: int,
+    max_pixels: int,
+    min_pixels: int,
+    instruction_first: bool = False,
+) -> dict:
     from data_pipelines.formatting import parse_answer
     from data_pipelines.pipeline import EncodingConfig, prompt_batch
     from experiments.evaluate import generate_texts
-    enc = EncodingConfig(vision=mcfg.vision, min_pixels=min_pixels, max_pixels=max_pixels, reasoning=reasoning,
-                         instruction_first=instruction_first)
+
+    enc = EncodingConfig(
+        vision=mcfg.vision,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        reasoning=reasoning,
+        instruction_first=instruction_first,
+    )
     arrays, meta = prompt_batch(images, prompt, tok, enc, task=task)
     text = generate_texts(graphdef, params, arrays, tok, max_new_tokens=max_new_tokens, batch_size=1)[0]
     return {"output": text, "answer": parse_answer(text), "model_size": tuple(meta["image_size"])}
@@ -105,11 +134,13 @@ def answer(graphdef, params, mcfg, tok, images: list[np.ndarray], prompt: str, *
 def draw_boxes(image: np.ndarray, model_size: tuple[int, int], text: str, out: Path, title: str) -> int:
     """Boxes cited in `text` (model-input pixels) drawn on `image` (stored pixels); returns how many."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     from experiments.evaluate import boxes_in, printable
+
     mw, mh = model_size
     fig, ax = plt.subplots(figsize=(5, 5.6))
     ax.imshow(np.clip(image, 0, 1), cmap="gray", extent=(0, mw, mh, 0))
@@ -149,6 +180,7 @@ def main(argv=None) -> int:
         if bool(args.question) == bool(args.task):
             raise InferenceError("give exactly one of --question or --task")
         from data_pipelines.image_io import load_image
+
         images = [load_image(p) for p in args.image]
         ckpt = Path(args.checkpoint)
         graphdef, params, mcfg, tok = load_checkpoint(ckpt, args.tokenizer)
@@ -156,10 +188,21 @@ def main(argv=None) -> int:
         max_pixels = args.max_pixels or run_data.get("max_pixels") or 262144
         prompt = args.question or TASK_PROMPTS[args.task]
         task = args.task or "vqa"
-        res = answer(graphdef, params, mcfg, tok, images, prompt, task=task, reasoning=args.reasoning,
-                     max_new_tokens=args.max_new_tokens, max_pixels=max_pixels, min_pixels=args.min_pixels,
-                     instruction_first=run_data.get("reasoning_instruction") == "before_question")
-    except (InferenceError, ValueError, OSError) as e:    # ImageReadError and CheckpointError are ValueErrors
+        res = answer(
+            graphdef,
+            params,
+            mcfg,
+            tok,
+            images,
+            prompt,
+            task=task,
+            reasoning=args.reasoning,
+            max_new_tokens=args.max_new_tokens,
+            max_pixels=max_pixels,
+            min_pixels=args.min_pixels,
+            instruction_first=run_data.get("reasoning_instruction") == "before_question",
+        )
+    except (InferenceError, ValueError, OSError) as e:  # ImageReadError and CheckpointError are ValueErrors
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     n = draw_boxes(images[-1], res["model_size"], res["output"], args.out, f"Q: {prompt[:70]}\nA: {res['answer'][:70]}")

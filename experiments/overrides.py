@@ -1,4 +1,5 @@
 """`--set a.b.c=value` overrides on nested frozen dataclasses, with errors that name the key."""
+
 from __future__ import annotations
 
 import ast
@@ -55,8 +56,9 @@ def apply_override(cfg: Any, key: str, value: str, full_key: str | None = None) 
         raise ConfigError(f"--set {key}: {type(cfg).__name__} has no fields")
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     if head not in fields:
-        raise ConfigError(f"--set {key}: unknown field {head!r} in {type(cfg).__name__}; "
-                          f"known: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"--set {key}: unknown field {head!r} in {type(cfg).__name__}; known: {', '.join(sorted(fields))}"
+        )
     current = getattr(cfg, head)
     if rest:
         return dataclasses.replace(cfg, **{head: apply_override(current, rest, value, key)})
@@ -76,7 +78,7 @@ def apply_overrides(cfg: Any, assignments: list[str]) -> Any:
         key, value = key.strip(), value.strip()
         try:
             cfg = apply_override(cfg, key, value)
-        except ValueError as e:                     # a config's own __post_init__ check
+        except ValueError as e:  # a config's own __post_init__ check
             if isinstance(e, ConfigError):
                 raise
             raise ConfigError(f"--set {key}={value}: {str(e).splitlines()[0]}") from None

@@ -1,4 +1,5 @@
 """The end-to-end experiment: build data, run the three stages, evaluate, compare, export, summarise."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,23 +26,29 @@ def initial_model(cfg, mesh, run_dir: Path):
     """(graphdef, params, RunData): pretrained weights placed on the mesh, or a from-scratch model."""
     if cfg.hf_checkpoint:
         from dmx_jax.hf import load_pretrained, read_config
+
         print(f"[model] loading {cfg.hf_checkpoint} onto mesh {dict(mesh.shape)}", flush=True)
-        mcfg = with_lora(read_config(cfg.hf_checkpoint).replace(dtype=cfg.dtype, **cfg.memory.model_overrides()),
-                         cfg.lora)
-        model, mcfg = load_pretrained(cfg.hf_checkpoint, mesh=mesh, config=mcfg)   # computes in cfg.dtype
+        mcfg = with_lora(
+            read_config(cfg.hf_checkpoint).replace(dtype=cfg.dtype, **cfg.memory.model_overrides()), cfg.lora
+        )
+        model, mcfg = load_pretrained(cfg.hf_checkpoint, mesh=mesh, config=mcfg)  # computes in cfg.dtype
         data = real_data(cfg, run_dir, mcfg) if cfg.data.source != "synthetic" else synthetic_data(cfg, run_dir, mcfg)
     else:
         data = synthetic_data(cfg, run_dir) if cfg.data.source == "synthetic" else None
         if data is None:
             from experiments.overrides import ConfigError
-            raise ConfigError(f"data.source={cfg.data.source!r} needs hf_checkpoint (a Qwen2.5-VL folder with "
-                              f"tokenizer.json); from-scratch models train on the synthetic benchmark only")
+
+            raise ConfigError(
+                f"data.source={cfg.data.source!r} needs hf_checkpoint (a Qwen2.5-VL folder with "
+                f"tokenizer.json); from-scratch models train on the synthetic benchmark only"
+            )
         mcfg = with_lora(data.model_cfg, cfg.lora)
         model = Qwen25VL(mcfg, nnx.Rngs(cfg.seed))
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
-    if cfg.lora.rank:           # the frozen base in the compute dtype: no fp32 master copy, adapters stay fp32
+    if cfg.lora.rank:  # the frozen base in the compute dtype: no fp32 master copy, adapters stay fp32
         from dmx_jax.model.lora import cast_base
+
         params = cast_base(params, mcfg.dtype)
     return graphdef, params, data, mcfg
 
@@ -63,7 +70,7 @@ class PlanEntry:
     evaluate: Callable[[Any], tuple | None]
     enter: Callable[[Any], Any] = lambda params: params
     leave: Callable[[Any, Any], Any] = lambda params, stage_params: stage_params
-    unit: str = ""                     # what a batch counts, for the start line ("studies", "prompts x G=4")
+    unit: str = ""  # what a batch counts, for the start line ("studies", "prompts x G=4")
 
 
 def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected: bool) -> tuple[Any, tuple | None]:
@@ -72,8 +79,15 @@ def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected
     name, sdir = entry.name, run_dir / entry.name
     done = stage_done(sdir)
     if done:
-        print(f"[{name}] " + ("finished earlier; loading its final parameters" if selected
-                              else "not selected; later stages start from its final parameters"), flush=True)
+        print(
+            f"[{name}] "
+            + (
+                "finished earlier; loading its final parameters"
+                if selected
+                else "not selected; later stages start from its final parameters"
+            ),
+            flush=True,
+        )
         stage_params = load_stage_params(sdir, entry.enter(params), ctx.mesh)
         params = entry.leave(params, stage_params)
     if not selected:
@@ -92,10 +106,12 @@ def alignment_entry(cfg, data, graphdef, params, run_dir: Path, writer) -> PlanE
     decoder with decoder_readout) beside a pooled head; its held-out head metrics go to eval/align.json."""
     from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
     from experiments.stages import align_recipe
+
     a = cfg.align
-    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed),
-                                          decoder_readout=a.decoder_readout))
-    head = nnx.to_pure_dict(astate)                    # the head's initial parameters (the tower is shared)
+    agraph, astate = nnx.split(
+        AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed), decoder_readout=a.decoder_readout)
+    )
+    head = nnx.to_pure_dict(astate)  # the head's initial parameters (the tower is shared)
 
     def evaluate(aparams):
         out = run_dir / "eval" / "align.json"
@@ -108,22 +124,32 @@ def alignment_entry(cfg, data, graphdef, params, run_dir: Path, writer) -> PlanE
         print(alignment_line(metrics), flush=True)
         return None
 
-    return PlanEntry("align", data.align,
-                     build=lambda aparams: (StageSpec("align", a.steps, a.batch_size, a.optim, a.save_every),
-                                            align_recipe(agraph, a.head_lr)),
-                     evaluate=evaluate,
-                     enter=lambda p: {**head, **{k: p[k] for k in head if k in ("vision", "text")}},
-                     leave=merge_vision, unit="studies")
+    return PlanEntry(
+        "align",
+        data.align,
+        build=lambda aparams: (
+            StageSpec("align", a.steps, a.batch_size, a.optim, a.save_every),
+            align_recipe(agraph, a.head_lr),
+        ),
+        evaluate=evaluate,
+        enter=lambda p: {**head, **{k: p[k] for k in head if k in ("vision", "text")}},
+        leave=merge_vision,
+        unit="studies",
+    )
 
 
 def alignment_line(metrics: dict) -> str:
-    line = (f"[align] held-out label AUC {metrics['label_auc']:.3f} (accuracy {metrics['label_acc']:.3f}), "
-            f"side accuracy {metrics['side_acc']:.3f}, box L1 {metrics['box_l1']:.3f}")
+    line = (
+        f"[align] held-out label AUC {metrics['label_auc']:.3f} (accuracy {metrics['label_acc']:.3f}), "
+        f"side accuracy {metrics['side_acc']:.3f}, box L1 {metrics['box_l1']:.3f}"
+    )
     seen = sorted(((a, n) for n, a in metrics["label_auc_by_finding"].items() if a >= SEEN_AUC), reverse=True)
     line += f"; AUC >= {SEEN_AUC}: " + (", ".join(f"{n} {a:.2f}" for a, n in seen) or "none")
     if "decoder_label_auc" in metrics:
-        line += (f"; decoder read-out AUC {metrics['decoder_label_auc']:.3f}, side {metrics['decoder_side_acc']:.3f}, "
-                 f"box L1 {metrics['decoder_box_l1']:.3f}")
+        line += (
+            f"; decoder read-out AUC {metrics['decoder_label_auc']:.3f}, side {metrics['decoder_side_acc']:.3f}, "
+            f"box L1 {metrics['decoder_box_l1']:.3f}"
+        )
     return line
 
 
@@ -140,6 +166,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
 
     def arrays_of(rows):
         from data_pipelines.pipeline import stack_rows
+
         a, _ = stack_rows(rows)
         return a, [r["meta"] for r in rows]
 
@@ -147,24 +174,55 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
     # stages trained to reason answer the reasoning tasks with <think>; reports and labels keep the plain prompt
     reasoning_ids = {r["meta"]["example_id"] for r in eval_reason}
     plain_only = [r for r in eval_plain if r["meta"]["example_id"] not in reasoning_ids]
-    reasoning_groups = [(*arrays_of(rows), n) for rows, n in ((eval_reason, cfg.eval.reasoning_max_new_tokens),
-                                                              (plain_only, cfg.eval.max_new_tokens)) if rows]
-    if cfg.hf_checkpoint and "sft" in stages:        # the starting checkpoint, zero-shot on the plain prompts
-        results["base"], outputs["base"] = _evaluate_once(run_dir / "eval" / "base.json", "base", graphdef, params,
-                                                          [plain_group], tok, cfg, reasoning_ids, writer)
+    reasoning_groups = [
+        (*arrays_of(rows), n)
+        for rows, n in ((eval_reason, cfg.eval.reasoning_max_new_tokens), (plain_only, cfg.eval.max_new_tokens))
+        if rows
+    ]
+    if cfg.hf_checkpoint and "sft" in stages:  # the starting checkpoint, zero-shot on the plain prompts
+        results["base"], outputs["base"] = _evaluate_once(
+            run_dir / "eval" / "base.json", "base", graphdef, params, [plain_group], tok, cfg, reasoning_ids, writer
+        )
 
     def stage_entry(name, rows, scfg, reasoning) -> PlanEntry:
         def build(stage_params):
-            return plan_stage(name, scfg, graphdef, mcfg, tok, stage_params, mesh=mesh, seed=cfg.seed,
-                              memory=cfg.memory, generation_config=_generation_config(cfg),
-                              validation_rows=eval_reason[:cfg.rl.eval_prompts] if name == "grpo" else None)
-        return PlanEntry(name, rows, build, lambda p: _evaluate_once(
-            run_dir / "eval" / f"{name}.json", name, graphdef, p, reasoning_groups if reasoning else [plain_group],
-            tok, cfg, reasoning_ids, writer), unit=f"prompts x G={cfg.rl.algo.group_size}" if name == "grpo" else "")
+            return plan_stage(
+                name,
+                scfg,
+                graphdef,
+                mcfg,
+                tok,
+                stage_params,
+                mesh=mesh,
+                seed=cfg.seed,
+                memory=cfg.memory,
+                generation_config=_generation_config(cfg),
+                validation_rows=eval_reason[: cfg.rl.eval_prompts] if name == "grpo" else None,
+            )
+
+        return PlanEntry(
+            name,
+            rows,
+            build,
+            lambda p: _evaluate_once(
+                run_dir / "eval" / f"{name}.json",
+                name,
+                graphdef,
+                p,
+                reasoning_groups if reasoning else [plain_group],
+                tok,
+                cfg,
+                reasoning_ids,
+                writer,
+            ),
+            unit=f"prompts x G={cfg.rl.algo.group_size}" if name == "grpo" else "",
+        )
 
     plan = ([alignment_entry(cfg, data, graphdef, params, run_dir, writer)] if data.align is not None else []) + [
-        stage_entry("sft", data.sft, cfg.sft, False), stage_entry("cold_start", data.cold_start, cfg.cold_start, True),
-        stage_entry("grpo", data.rl, cfg.rl, True)]
+        stage_entry("sft", data.sft, cfg.sft, False),
+        stage_entry("cold_start", data.cold_start, cfg.cold_start, True),
+        stage_entry("grpo", data.rl, cfg.rl, True),
+    ]
     for entry in plan:
         params, evaluated = run_entry(entry, params, run_dir, ctx, entry.name in stages)
         if evaluated is not None:
@@ -172,36 +230,48 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
     writer.close()
     baseline = question_only_baseline(data.sft, eval_plain, run_dir, cfg.eval.bootstrap) if results else None
     from experiments.report import write_outputs
-    return write_outputs(cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf,
-                         baseline=baseline)
+
+    return write_outputs(
+        cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf, baseline=baseline
+    )
 
 
-def _evaluate_once(eval_file: Path, name: str, graphdef, params, groups, tok, cfg, reasoning_ids,
-                   writer) -> tuple[dict, list[dict]]:
+def _evaluate_once(
+    eval_file: Path, name: str, graphdef, params, groups, tok, cfg, reasoning_ids, writer
+) -> tuple[dict, list[dict]]:
     """(metrics, records) of `params` on the held-out groups, read back from eval_file when a run wrote it."""
     if eval_file.is_file():
         saved = json.loads(eval_file.read_text())
         return saved["metrics"], saved["records"]
     print(f"[{name}] evaluating on {sum(len(g[1]) for g in groups)} held-out prompts", flush=True)
-    metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=cfg.eval.bootstrap,
-                                      format_ids=reasoning_ids, control=cfg.eval.image_control)
+    metrics, records = evaluate_stage(
+        graphdef,
+        params,
+        groups,
+        tok,
+        n_bootstrap=cfg.eval.bootstrap,
+        format_ids=reasoning_ids,
+        control=cfg.eval.image_control,
+    )
     save_eval(eval_file, metrics, records)
     writer.write({"step": 0, "eval_stage": name, **_flat(metrics)})
     return metrics, records
 
 
-def question_only_baseline(train_rows, eval_rows: list[dict], run_dir: Path,
-                           n_bootstrap: int) -> tuple[dict, list[dict]] | None:
+def question_only_baseline(
+    train_rows, eval_rows: list[dict], run_dir: Path, n_bootstrap: int
+) -> tuple[dict, list[dict]] | None:
     """(metrics, records) of data_pipelines.blind on the held-out prompts, from in-memory SFT rows (synthetic
     data; None for streamed real data), saved as eval/question_only.json."""
     if not isinstance(train_rows, list):
         return None
     from data_pipelines.blind import question_only_answers
     from experiments.evaluate import example_record, vqa_grounding_metrics
+
     test = [r["meta"] for r in eval_rows]
     answers = question_only_answers([r["meta"] for r in train_rows], test)
     metrics = vqa_grounding_metrics(answers, test, n_bootstrap)
-    records = [example_record(r, a, a) for r, a in zip(test, answers)]        # its output is its answer
+    records = [example_record(r, a, a) for r, a in zip(test, answers)]  # its output is its answer
     save_eval(run_dir / "eval" / "question_only.json", metrics, records)
     return metrics, records
 

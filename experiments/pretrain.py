@@ -8,6 +8,7 @@ finding) into DIR/probe.jsonl. Checkpoints every `save_every` steps; rerunning t
 At the end it writes a Hugging Face folder (config.json, model.safetensors, tokenizer.json, README.md card)
 to --out, which `dmx_jax.load_pretrained`, transformers and `experiments.run --set hf_checkpoint=` open.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,34 +31,34 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "miniature_bas
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    seed: int = 0                       # parameter init and nothing else: the corpus is fixed by its own seed
-    model: str = "base"                 # dmx_jax.model preset
-    image_size: int = 128               # synthetic render size (the benchmark's)
+    seed: int = 0  # parameter init and nothing else: the corpus is fixed by its own seed
+    model: str = "base"  # dmx_jax.model preset
+    image_size: int = 128  # synthetic render size (the benchmark's)
     min_pixels: int = 56 * 56
-    max_pixels: int = 168 * 168         # 128 px studies resized to 140 px: 10 x 10 patches, 25 image tokens
-    seq_len: int = 160                  # rows: chat template + 36 image tokens + prompt + answer
+    max_pixels: int = 168 * 168  # 128 px studies resized to 140 px: 10 x 10 patches, 25 image tokens
+    seq_len: int = 160  # rows: chat template + 36 image tokens + prompt + answer
     vocab_size: int = 2048
-    tokenizer_studies: int = 1500       # studies whose texts (corpus + report-style texts) train the tokenizer
-    align_steps: int = 2400             # first: the tower learns the study's labels, sides and boxes
+    tokenizer_studies: int = 1500  # studies whose texts (corpus + report-style texts) train the tokenizer
+    align_steps: int = 2400  # first: the tower learns the study's labels, sides and boxes
     align_batch_size: int = 32
     align_optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=2400)
     align_head_lr: float = 1e-2
-    align_readout: bool = False         # the decoder also reads the targets at a describe prompt's answer start
-    readout_len: int = 72               # the alignment read-out's prompt row (describe prompt), tokens
-    vision_lr: float = 1e-4             # tower + merger in the corpus stage: keep what the alignment taught
-    loss_weighting: str = "row"         # "row": each row's answer weighs alike (a yes/no answer as much as a
-                                        # 40-token box list); "token": every answer token alike
+    align_readout: bool = False  # the decoder also reads the targets at a describe prompt's answer start
+    readout_len: int = 72  # the alignment read-out's prompt row (describe prompt), tokens
+    vision_lr: float = 1e-4  # tower + merger in the corpus stage: keep what the alignment taught
+    loss_weighting: str = "row"  # "row": each row's answer weighs alike (a yes/no answer as much as a
+    # 40-token box list); "token": every answer token alike
     steps: int = 1200
     batch_size: int = 32
     optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50, total_steps=1200, weight_decay=0.01)
-    focus_steps: int = 1500             # then the detection-heavy mix (FOCUS_MIX) on fresh studies; its cosine
-                                        # schedule spans focus_steps (focus_optim.total_steps is ignored)
+    focus_steps: int = 1500  # then the detection-heavy mix (FOCUS_MIX) on fresh studies; its cosine
+    # schedule spans focus_steps (focus_optim.total_steps is ignored)
     focus_optim: OptimConfig = OptimConfig(learning_rate=5e-4, warmup_steps=50, total_steps=0, weight_decay=0.01)
-    focus_vision_lr: float = 3e-4       # the tower learns to localise in the focus stage
+    focus_vision_lr: float = 3e-4  # the tower learns to localise in the focus stage
     save_every: int = 200
     probe_every: int = 150
     probe_studies: int = 96
-    align_probe_studies: int = 256      # held-out studies whose pooled-head AUC per finding the align probe reads
+    align_probe_studies: int = 256  # held-out studies whose pooled-head AUC per finding the align probe reads
     probe_max_new_tokens: int = 48
 
     def __post_init__(self):
@@ -76,6 +77,7 @@ def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
     from data_pipelines.formatting import SYSTEM_PROMPT, reasoning_suffix
     from data_pipelines.synthetic import SyntheticConfig, examples
     from data_pipelines.synthetic.pretrain import PRETRAIN_SEED, pretrain_example
+
     scfg = SyntheticConfig(image_size=cfg.image_size, seed=PRETRAIN_SEED)
     out = [SYSTEM_PROMPT, reasoning_suffix(), "system\n", "user\n", "assistant\n"]
     for i in range(cfg.tokenizer_studies):
@@ -89,19 +91,26 @@ def model_config(cfg: PretrainConfig, tok):
     """The preset with the tokenizer's vocabulary and special ids."""
     from dmx_jax.model import preset
     from experiments.datasets import with_tokenizer
+
     return with_tokenizer(preset(cfg.model), tok, video_token_id=tok.token_to_id("<|video_pad|>"))
 
 
 def patch_budget(cfg: PretrainConfig) -> int:
     from dmx_jax.processing import patch_rows
+
     return patch_rows(cfg.image_size, cfg.image_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
 
 
 def row_encoder(cfg: PretrainConfig, tok, mcfg, *, prompt_only: bool = False):
     """The project's row encoder at the recipe's pixel limits (prompt_only: left-padded generation prompts)."""
     from data_pipelines.pipeline import EncodingConfig, RowEncoder
-    return RowEncoder(tok, EncodingConfig(vision=mcfg.vision, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                          prompt_only=prompt_only))
+
+    return RowEncoder(
+        tok,
+        EncodingConfig(
+            vision=mcfg.vision, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, prompt_only=prompt_only
+        ),
+    )
 
 
 def row_source(cfg: PretrainConfig, tok, mcfg, mix=None, start: int = 0):
@@ -111,6 +120,7 @@ def row_source(cfg: PretrainConfig, tok, mcfg, mix=None, start: int = 0):
     from data_pipelines.pipeline import DoesNotFit
     from data_pipelines.synthetic.pretrain import CORPUS_MIX, pretrain_example
     from experiments.data import IndexedSource
+
     mix = mix or CORPUS_MIX
     encoder = row_encoder(cfg, tok, mcfg)
     budget = patch_budget(cfg)
@@ -122,6 +132,7 @@ def row_source(cfg: PretrainConfig, tok, mcfg, mix=None, start: int = 0):
                 return encoder(pretrain_example(i, cfg.image_size, mix), seq_len=cfg.seq_len, patch_budget=budget)
             except DoesNotFit:
                 i += 1 << 38
+
     return IndexedSource(row_fn)
 
 
@@ -133,6 +144,7 @@ def align_source(cfg: PretrainConfig, tok, mcfg):
     from data_pipelines.pipeline.align import align_rows
     from data_pipelines.synthetic.pretrain import PROMPTS, pretrain_example
     from experiments.data import IndexedSource
+
     encoder = row_encoder(cfg, tok, mcfg, prompt_only=True)
     budget = patch_budget(cfg)
 
@@ -140,9 +152,16 @@ def align_source(cfg: PretrainConfig, tok, mcfg):
         return encoder(dc.replace(ex, prompt=PROMPTS["describe"][0]), seq_len=cfg.readout_len, patch_budget=budget)
 
     def row_fn(i: int) -> dict:
-        return align_rows([pretrain_example(i, cfg.image_size)], mcfg.vision, patch_budget=budget,
-                          min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, dedupe=False,
-                          prompt_row=prompt_row if cfg.align_readout else None)[0]
+        return align_rows(
+            [pretrain_example(i, cfg.image_size)],
+            mcfg.vision,
+            patch_budget=budget,
+            min_pixels=cfg.min_pixels,
+            max_pixels=cfg.max_pixels,
+            dedupe=False,
+            prompt_row=prompt_row if cfg.align_readout else None,
+        )[0]
+
     return IndexedSource(row_fn)
 
 
@@ -151,9 +170,13 @@ def probe_groups(cfg: PretrainConfig, tok, mcfg, tasks: tuple[str, ...] = ("vqa"
     task 'vqa', detection prompts 'grounding'), one compiled shape."""
     from data_pipelines.pipeline import stack_rows
     from data_pipelines.synthetic.pretrain import probe_examples
+
     encoder = row_encoder(cfg, tok, mcfg, prompt_only=True)
-    rows = [encoder(e, seq_len=cfg.seq_len, patch_budget=patch_budget(cfg))
-            for e in probe_examples(cfg.probe_studies, cfg.image_size) if e.task in tasks]
+    rows = [
+        encoder(e, seq_len=cfg.seq_len, patch_budget=patch_budget(cfg))
+        for e in probe_examples(cfg.probe_studies, cfg.image_size)
+        if e.task in tasks
+    ]
     arrays, _ = stack_rows(rows)
     arrays.pop("loss_mask")
     return [(arrays, [r["meta"] for r in rows], cfg.probe_max_new_tokens)]
@@ -163,24 +186,25 @@ def probe(graphdef, params, groups, tok, task_batch: tuple[dict, np.ndarray] | N
     """Presence accuracy and detection mIoU, real and with images swapped, overall and per CheXpert finding;
     with task_batch (task_rows), the teacher-forced answer loss per task, real vs swapped ("task_loss")."""
     from experiments.evaluate import evaluate_stage, example_scores
+
     metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=200, control=True)
     real, swapped = example_scores(records), example_scores(records, "control_answer")
     control = metrics["image_control"]
-    out: dict = {"presence_acc": metrics.get("vqa_score", {}).get("mean", np.nan),
-                 "detect_miou": metrics.get("grounding", {}).get("miou", {}).get("mean", np.nan),
-                 "presence_acc_swapped": control.get("vqa_score", {}).get("mean", np.nan),
-                 "detect_miou_swapped": control.get("grounding", {}).get("miou", {}).get("mean", np.nan),
-                 "by_finding": {},
-                 "samples": [{k: r.get(k) for k in ("example_id", "target", "answer", "control_answer")}
-                             for r in records[:6]]}
+    out: dict = {
+        "presence_acc": metrics.get("vqa_score", {}).get("mean", np.nan),
+        "detect_miou": metrics.get("grounding", {}).get("miou", {}).get("mean", np.nan),
+        "presence_acc_swapped": control.get("vqa_score", {}).get("mean", np.nan),
+        "detect_miou_swapped": control.get("grounding", {}).get("miou", {}).get("mean", np.nan),
+        "by_finding": {},
+        "samples": [{k: r.get(k) for k in ("example_id", "target", "answer", "control_answer")} for r in records[:6]],
+    }
     for key, metric in (("presence", "vqa_score"), ("detect", "grounding.miou")):
         by: dict = {}
         for i, v in real.get(metric, {}).items():
             by.setdefault(i.rsplit("/", 1)[1], []).append((v, swapped[metric].get(i, np.nan)))
         for name, vals in by.items():
             a = np.asarray(vals)
-            out["by_finding"].setdefault(name, {})[key] = [float(a[:, 0].mean()), float(np.nanmean(a[:, 1])),
-                                                           len(a)]
+            out["by_finding"].setdefault(name, {})[key] = [float(a[:, 0].mean()), float(np.nanmean(a[:, 1])), len(a)]
     if task_batch is not None:
         out["task_loss"] = task_losses(graphdef, params, *task_batch)
     return out
@@ -190,6 +214,7 @@ def task_rows(cfg: PretrainConfig, tok, mcfg, n: int = 96) -> tuple[dict, np.nda
     """Teacher-forcing rows of every task on held-out probe studies (index PROBE_START + i) and their task names."""
     from data_pipelines.pipeline import stack_rows
     from data_pipelines.synthetic.pretrain import PROBE_START
+
     source = row_source(cfg, tok, mcfg)
     rows = [source.row_fn(PROBE_START + i) for i in range(n)]
     arrays, _ = stack_rows(rows)
@@ -202,9 +227,15 @@ def _row_answer_losses(graphdef, params, batch: dict):
     from flax import nnx
 
     from dmx_jax.training.loss import shift_targets, token_losses
+
     model = nnx.merge(graphdef, params)
-    logits, _ = model.forward(batch["input_ids"], jnp.swapaxes(batch["positions"], 0, 1),
-                              batch["attention_mask"], batch["pixel_values"], batch["vision_inputs"])
+    logits, _ = model.forward(
+        batch["input_ids"],
+        jnp.swapaxes(batch["positions"], 0, 1),
+        batch["attention_mask"],
+        batch["pixel_values"],
+        batch["vision_inputs"],
+    )
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
     w = weights.astype(jnp.float32)
     return (token_losses(logits, targets) * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
@@ -214,23 +245,32 @@ def task_losses(graphdef, params, arrays: dict, tasks: np.ndarray) -> dict[str, 
     """{task: [answer loss per token with real images, with images rolled by one row, rows]}: how much each
     task's answers depend on which image is shown (the mean over a row's answer tokens, then over rows)."""
     roll = np.roll(np.arange(len(tasks)), 1)
-    swapped = dict(arrays, pixel_values=arrays["pixel_values"][roll],
-                   vision_inputs=jax.tree.map(lambda x: np.asarray(x)[roll], arrays["vision_inputs"]))
+    swapped = dict(
+        arrays,
+        pixel_values=arrays["pixel_values"][roll],
+        vision_inputs=jax.tree.map(lambda x: np.asarray(x)[roll], arrays["vision_inputs"]),
+    )
     real, other = (np.asarray(_row_answer_losses(graphdef, params, b)) for b in (arrays, swapped))
-    return {str(t): [float(real[tasks == t].mean()), float(other[tasks == t].mean()), int((tasks == t).sum())]
-            for t in sorted(set(tasks))}
+    return {
+        str(t): [float(real[tasks == t].mean()), float(other[tasks == t].mean()), int((tasks == t).sum())]
+        for t in sorted(set(tasks))
+    }
 
 
 def plot_probe(probes: list[dict], path: Path) -> None:
     """Held-out probe over steps, real images vs images swapped: greedy presence accuracy, detection mIoU and
     the teacher-forced answer loss of the tasks whose answers depend most on the image."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     steps = [p["step"] for p in probes]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, key, title in ((axes[0], "presence_acc", "presence accuracy (greedy; 'no' to all: 0.67)"),
-                           (axes[1], "detect_miou", "detection mIoU (first box)")):
+    for ax, key, title in (
+        (axes[0], "presence_acc", "presence accuracy (greedy; 'no' to all: 0.67)"),
+        (axes[1], "detect_miou", "detection mIoU (first box)"),
+    ):
         ax.plot(steps, [p[key] for p in probes], "o-", label="real images")
         ax.plot(steps, [p[key + "_swapped"] for p in probes], "s--", label="images swapped")
         ax.set_title(title, fontsize=10)
@@ -256,42 +296,62 @@ def plot_probe(probes: list[dict], path: Path) -> None:
 
 def write_card(out: Path, cfg: PretrainConfig, mcfg, info: dict) -> None:
     """README.md model card: command, corpus, steps, time, probe results and file hashes."""
-    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in sorted(out.iterdir()) if p.suffix in (".json", ".safetensors") and p.is_file()}
+    digests = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.iterdir())
+        if p.suffix in (".json", ".safetensors") and p.is_file()
+    }
     last = info["probe"]
     n_params = info["parameters"]
     lines = [
-        "# dmx-jax miniature base (Qwen2.5-VL architecture)", "",
+        "# dmx-jax miniature base (Qwen2.5-VL architecture)",
+        "",
         f"A {n_params / 1e6:.1f}M-parameter Qwen2.5-VL-shaped model pretrained from scratch on the dmx-jax",
         "synthetic CXR pretraining corpus (`data_pipelines.synthetic.pretrain`: studies of their own seed,",
-        "never a benchmark train or test study), meant to stand in for Qwen2.5-VL-7B in the CPU default run.", "",
-        "## Reproduce", "```bash", info["command"], "```",
+        "never a benchmark train or test study), meant to stand in for Qwen2.5-VL-7B in the CPU default run.",
+        "",
+        "## Reproduce",
+        "```bash",
+        info["command"],
+        "```",
         f"Alignment: {cfg.align_steps} steps x {cfg.align_batch_size} studies (tower + merger, pooled label / side "
         f"/ box head); corpus: {cfg.steps} steps x {cfg.batch_size} rows = {cfg.steps * cfg.batch_size:,} rows (one "
         f"fresh study each), lr {cfg.optim.learning_rate} cosine"
-        + (f"; focus: {cfg.focus_steps} steps x {cfg.batch_size} rows of the detection-heavy mix on fresh studies, "
-           f"lr {cfg.focus_optim.learning_rate} cosine, tower lr {cfg.focus_vision_lr}" if cfg.focus_steps else "")
+        + (
+            f"; focus: {cfg.focus_steps} steps x {cfg.batch_size} rows of the detection-heavy mix on fresh studies, "
+            f"lr {cfg.focus_optim.learning_rate} cosine, tower lr {cfg.focus_vision_lr}"
+            if cfg.focus_steps
+            else ""
+        )
         + f"; every row's answer weighted alike. Wall time of "
         f"the segments run in this run directory: {info['wall_s'] / 60:.0f} min on {info['machine']} (a stage "
-        "finished in an earlier directory, such as a committed alignment, is not counted).", "",
+        "finished in an earlier directory, such as a committed alignment, is not counted).",
+        "",
         "## Architecture",
         f"vision: {mcfg.vision.depth} blocks x {mcfg.vision.hidden_size} wide, {mcfg.vision.patch_size} px patches, "
         f"2x2 merge; text: {mcfg.text.num_hidden_layers} layers x {mcfg.text.hidden_size}, head_dim "
         f"{mcfg.text.head_dim}, rope_theta {mcfg.text.rope_theta:g}, mrope_section {list(mcfg.text.mrope_section)}; "
         f"vocab {mcfg.text.vocab_size} (byte-level BPE, `tokenizer.json`). Images: {cfg.image_size} px studies "
-        f"at max_pixels {cfg.max_pixels}.", "",
-        "## Corpus", "Tasks (own templates): describe (every finding with severity, side, zone and box), detect",
-        "(finding phrase -> all its boxes, or none), presence (13 findings, balanced yes/no), count, side, view.", "",
+        f"at max_pixels {cfg.max_pixels}.",
+        "",
+        "## Corpus",
+        "Tasks (own templates): describe (every finding with severity, side, zone and box), detect",
+        "(finding phrase -> all its boxes, or none), presence (13 findings, balanced yes/no), count, side, view.",
+        "",
         f"## Held-out probe ({cfg.probe_studies} probe studies, step {info['steps']})",
         f"presence accuracy {last['presence_acc']:.3f} (images swapped {last['presence_acc_swapped']:.3f}); "
-        f"detection mIoU {last['detect_miou']:.3f} (swapped {last['detect_miou_swapped']:.3f}).", "",
+        f"detection mIoU {last['detect_miou']:.3f} (swapped {last['detect_miou_swapped']:.3f}).",
+        "",
         "Teacher-forced answer loss per token on held-out rows, real / swapped images (rows): "
         + "; ".join(f"{t} {v[0]:.3f} / {v[1]:.3f} ({v[2]})" for t, v in last.get("task_loss", {}).items())
-        + ".", "",
-        "| finding | presence real / swapped (n) | detection mIoU real / swapped (n) |", "|---|---|---|"]
+        + ".",
+        "",
+        "| finding | presence real / swapped (n) | detection mIoU real / swapped (n) |",
+        "|---|---|---|",
+    ]
     for name, d in sorted(last["by_finding"].items()):
         p, g = d.get("presence"), d.get("detect")
-        cell = (lambda v: f"{v[0]:.2f} / {v[1]:.2f} ({v[2]})" if v else "-")
+        cell = lambda v: f"{v[0]:.2f} / {v[1]:.2f} ({v[2]})" if v else "-"
         lines.append(f"| {name} | {cell(p)} | {cell(g)} |")
     lines += ["", "## Files (sha256)"] + [f"- `{k}` {v}" for k, v in digests.items()]
     (out / "README.md").write_text("\n".join(lines) + "\n")
@@ -305,14 +365,17 @@ def align(cfg: PretrainConfig, graphdef, params, adir: Path, tok, mcfg, ctx):
 
     from dmx_jax.training.align import AlignModel, merge_vision, stack_align_rows
     from experiments.stages import StageSpec, align_recipe, load_stage_params, run_stage, stage_done
+
     if cfg.align_steps <= 0:
         return params
-    agraph, astate = nnx.split(AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed),
-                                          decoder_readout=cfg.align_readout))
+    agraph, astate = nnx.split(
+        AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed), decoder_readout=cfg.align_readout)
+    )
     aparams = nnx.to_pure_dict(astate)
     if stage_done(adir):
         return merge_vision(params, load_stage_params(adir, aparams, ctx.mesh))
     from data_pipelines.synthetic.pretrain import PROBE_START
+
     source = align_source(cfg, tok, mcfg)
     held_out = stack_align_rows([source.row_fn(PROBE_START + j) for j in range(cfg.align_probe_studies)])
 
@@ -320,18 +383,22 @@ def align(cfg: PretrainConfig, graphdef, params, adir: Path, tok, mcfg, ctx):
         if step % cfg.probe_every and step != cfg.align_steps:
             return
         from dmx_jax.training.align import align_metrics
+
         m = align_metrics(agraph, state.params, held_out)
         with (adir.parent / "align_probe.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, "loss": metrics["loss"], **m}) + "\n")
-        ctx.writer.write({"step": step, "probe_stage": "align",
-                          **{k: v for k, v in m.items() if isinstance(v, float)}})
+        ctx.writer.write({"step": step, "probe_stage": "align", **{k: v for k, v in m.items() if isinstance(v, float)}})
         seen = ", ".join(f"{n} {a:.2f}" for n, a in sorted(m["label_auc_by_finding"].items(), key=lambda x: -x[1])[:4])
-        print(f"\n[align probe] step {step}: held-out label AUC {m['label_auc']:.3f} (best: {seen}), side accuracy "
-              f"{m['side_acc']:.3f}, box L1 {m['box_l1']:.3f}", flush=True)
+        print(
+            f"\n[align probe] step {step}: held-out label AUC {m['label_auc']:.3f} (best: {seen}), side accuracy "
+            f"{m['side_acc']:.3f}, box L1 {m['box_l1']:.3f}",
+            flush=True,
+        )
 
     spec = StageSpec("align", cfg.align_steps, cfg.align_batch_size, cfg.align_optim, cfg.save_every)
-    return merge_vision(params, run_stage(spec, align_recipe(agraph, cfg.align_head_lr), adir, aparams, source, ctx,
-                                          on_step=on_step))
+    return merge_vision(
+        params, run_stage(spec, align_recipe(agraph, cfg.align_head_lr), adir, aparams, source, ctx, on_step=on_step)
+    )
 
 
 def parse_args(argv=None):
@@ -345,6 +412,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from experiments.overrides import ConfigError, apply_overrides
+
     try:
         cfg = apply_overrides(PretrainConfig(), args.overrides)
     except (ConfigError, ValueError) as e:
@@ -366,63 +434,91 @@ def main(argv=None) -> int:
     if tok_path.is_file():
         tok = HFTokenizer.from_file(tok_path)
     else:
-        print(f"[pretrain] training a {cfg.vocab_size}-token byte-level BPE on {cfg.tokenizer_studies} studies' texts",
-              flush=True)
+        print(
+            f"[pretrain] training a {cfg.vocab_size}-token byte-level BPE on {cfg.tokenizer_studies} studies' texts",
+            flush=True,
+        )
         tok = train_byte_level_bpe(tokenizer_corpus(cfg), cfg.vocab_size, tok_path)
     mcfg = model_config(cfg, tok)
     graphdef, state = nnx.split(Qwen25VL(mcfg, nnx.Rngs(cfg.seed)))
     params = nnx.to_pure_dict(state)
     n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-    print(f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} rows, patch budget "
-          f"{patch_budget(cfg)}, seq {cfg.seq_len}", flush=True)
-    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])      # one device: the CPU recipe
+    print(
+        f"[pretrain] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps x {cfg.batch_size} rows, patch budget "
+        f"{patch_budget(cfg)}, seq {cfg.seq_len}",
+        flush=True,
+    )
+    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])  # one device: the CPU recipe
     writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
-    ctx = RunContext(mesh=mesh, writer=writer, run_config=json.loads(json.dumps(dataclasses.asdict(cfg))),
-                     seed=cfg.seed)
+    ctx = RunContext(
+        mesh=mesh, writer=writer, run_config=json.loads(json.dumps(dataclasses.asdict(cfg))), seed=cfg.seed
+    )
     groups, task_batch = probe_groups(cfg, tok, mcfg), task_rows(cfg, tok, mcfg, cfg.probe_studies)
     probe_file = run_dir / "probe.jsonl"
-    wall = run_dir / "wall.json"                        # wall time summed over the resumed segments
+    wall = run_dir / "wall.json"  # wall time summed over the resumed segments
     wall_before = json.loads(wall.read_text())["wall_s"] if wall.is_file() else 0.0
 
     def run_probe(step: int, loss: float, params) -> None:
         p = probe(graphdef, params, groups, tok, task_batch)
         with probe_file.open("a") as f:
             f.write(json.dumps({"step": step, "loss": loss, **p}) + "\n")
-        writer.write({"step": step, "probe_stage": "pretrain",
-                      **{k: v for k, v in p.items() if isinstance(v, float)}})
-        print(f"\n[probe] step {step}: presence {p['presence_acc']:.3f} (swapped {p['presence_acc_swapped']:.3f}), "
-              f"detection mIoU {p['detect_miou']:.3f} (swapped {p['detect_miou_swapped']:.3f})", flush=True)
-        print("  answer loss real / swapped: " + ", ".join(f"{t} {v[0]:.3f} / {v[1]:.3f}"
-                                                          for t, v in p["task_loss"].items()), flush=True)
+        writer.write({"step": step, "probe_stage": "pretrain", **{k: v for k, v in p.items() if isinstance(v, float)}})
+        print(
+            f"\n[probe] step {step}: presence {p['presence_acc']:.3f} (swapped {p['presence_acc_swapped']:.3f}), "
+            f"detection mIoU {p['detect_miou']:.3f} (swapped {p['detect_miou_swapped']:.3f})",
+            flush=True,
+        )
+        print(
+            "  answer loss real / swapped: "
+            + ", ".join(f"{t} {v[0]:.3f} / {v[1]:.3f}" for t, v in p["task_loss"].items()),
+            flush=True,
+        )
         for r in p["samples"][:4]:
-            print(f"  {r['example_id']}: target {r['target']!r} -> {r['answer']!r} (swapped {r['control_answer']!r})",
-                  flush=True)
+            print(
+                f"  {r['example_id']}: target {r['target']!r} -> {r['answer']!r} (swapped {r['control_answer']!r})",
+                flush=True,
+            )
         wall.write_text(json.dumps({"wall_s": wall_before + time.time() - t0}))
 
     def probing(first_step: int, last_step: int):
         def on_step(step: int, metrics: dict, state) -> None:
             if step % cfg.probe_every == 0 or first_step + step == last_step:
                 run_probe(first_step + step, metrics["loss"], state.params)
+
         return on_step
 
     from data_pipelines.synthetic.pretrain import FOCUS_MIX, FOCUS_START
     from dmx_jax.training.optim import make_optimizer
     from experiments.stages import load_stage_params
+
     total_steps = cfg.steps + cfg.focus_steps
     params = align(cfg, graphdef, params, run_dir / "align", tok, mcfg, ctx)
-    stages = [(StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every), cfg.vision_lr,
-               row_source(cfg, tok, mcfg), 0)]
+    stages = [
+        (
+            StageSpec("pretrain", cfg.steps, cfg.batch_size, cfg.optim, cfg.save_every),
+            cfg.vision_lr,
+            row_source(cfg, tok, mcfg),
+            0,
+        )
+    ]
     if cfg.focus_steps:
         focus_optim = dataclasses.replace(cfg.focus_optim, total_steps=cfg.focus_steps)
-        stages.append((StageSpec("focus", cfg.focus_steps, cfg.batch_size, focus_optim, cfg.save_every),
-                       cfg.focus_vision_lr, row_source(cfg, tok, mcfg, FOCUS_MIX, FOCUS_START), cfg.steps))
+        stages.append(
+            (
+                StageSpec("focus", cfg.focus_steps, cfg.batch_size, focus_optim, cfg.save_every),
+                cfg.focus_vision_lr,
+                row_source(cfg, tok, mcfg, FOCUS_MIX, FOCUS_START),
+                cfg.steps,
+            )
+        )
     for spec, vision_lr, source, first_step in stages:
         sdir = run_dir / spec.name
         if not stage_done(sdir):
             recipe = dataclasses.replace(
                 sft_recipe(graphdef, mcfg, mesh=mesh, per_row=cfg.loss_weighting == "row"),
-                stack=functools.partial(trimmed_stack, multiple=32),                   # rows ~half seq_len
-                make_tx=lambda optim, lr=vision_lr: make_optimizer(optim, lr_by_prefix={"vision": lr}))
+                stack=functools.partial(trimmed_stack, multiple=32),  # rows ~half seq_len
+                make_tx=lambda optim, lr=vision_lr: make_optimizer(optim, lr_by_prefix={"vision": lr}),
+            )
             run_stage(spec, recipe, sdir, params, source, ctx, on_step=probing(first_step, total_steps))
         params = load_stage_params(sdir, params, mesh)
     writer.close()
@@ -434,9 +530,14 @@ def main(argv=None) -> int:
     (out / "tokenizer.json").write_bytes(tok_path.read_bytes())
     elapsed = wall_before + time.time() - t0
     wall.write_text(json.dumps({"wall_s": elapsed}))
-    info = {"command": "python -m experiments.pretrain " + " ".join(f"--set {o}" for o in args.overrides),
-            "wall_s": elapsed, "machine": "a 2-core x86_64 CPU", "steps": total_steps, "probe": probes[-1],
-            "parameters": n_params}
+    info = {
+        "command": "python -m experiments.pretrain " + " ".join(f"--set {o}" for o in args.overrides),
+        "wall_s": elapsed,
+        "machine": "a 2-core x86_64 CPU",
+        "steps": total_steps,
+        "probe": probes[-1],
+        "parameters": n_params,
+    }
     write_card(out, cfg, mcfg, info)
     plot_probe(probes, run_dir / "probe.png")
     print(f"[pretrain] wrote {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB)", flush=True)

@@ -4,6 +4,7 @@ resume, signals, final save and the DONE marker live here once; a stage supplies
     recipe = sft_recipe(graphdef, model_cfg, chunk)          # or grpo_recipe(...)
     params = run_stage(StageSpec("sft", cfg.sft.steps, ...), recipe, stage_dir, params, rows, ctx)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,23 +69,26 @@ class StageRecipe:
     flops_fn: Callable | None = None
     bar_metrics: tuple[tuple[str, str], ...] = (("loss", "loss"),)
     done_metric: tuple[str, str] = ("final_loss", "loss")
-    make_tx: Callable = make_optimizer          # OptimConfig -> optax transformation
+    make_tx: Callable = make_optimizer  # OptimConfig -> optax transformation
     trainable: Trainable | None = None
-    stack: Callable | None = None               # rows -> (arrays, meta); None: the encoder's stack_rows
+    stack: Callable | None = None  # rows -> (arrays, meta); None: the encoder's stack_rows
     validate: Callable | None = None
     validate_every: int = 0
-    initial_aux: dict | None = None             # the train state's algorithm state (GRPO's adaptive KL coefficient)
+    initial_aux: dict | None = None  # the train state's algorithm state (GRPO's adaptive KL coefficient)
 
 
-def _with_validation(on_step: Callable | None, recipe: StageRecipe, spec: StageSpec, writer: MetricsWriter,
-                     place: Callable):
+def _with_validation(
+    on_step: Callable | None, recipe: StageRecipe, spec: StageSpec, writer: MetricsWriter, place: Callable
+):
     """on_step that also runs recipe.validate every recipe.validate_every steps (and at the last step)."""
+
     def hook(step: int, metrics: dict, state) -> None:
         if on_step is not None:
             on_step(step, metrics, state)
         if step % recipe.validate_every == 0 or step == spec.steps:
             val = recipe.validate(state.params, place)
             writer.write({"step": step, "train_stage": spec.name, **{f"val/{k}": v for k, v in val.items()}})
+
     return hook
 
 
@@ -98,6 +102,7 @@ def load_stage_params(stage_dir: Path, params_like, mesh):
     import orbax.checkpoint as ocp
 
     from dmx_jax.sharding.rules import tree_shardings
+
     shard = tree_shardings(params_like, mesh)
     target = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params_like, shard)
     with ocp.StandardCheckpointer() as loader:
@@ -110,6 +115,7 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
     own rows (the grain pipeline's shards). The same code runs on one CPU and on a multi-host TPU pod."""
     from dmx_jax.sharding import global_array, process_slice
     from dmx_jax.sharding.rules import batch_spec
+
     rows = slice(None) if per_process else process_slice(len(jax.tree.leaves(arrays)[0]))
     return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
 
@@ -117,11 +123,19 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
 def replicate(tree, mesh):
     """A host pytree equal on every process -> global arrays replicated over the mesh."""
     from dmx_jax.sharding.distributed import replicated_array
+
     return jax.tree.map(lambda x: replicated_array(x, mesh), tree)
 
 
-def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, rows, ctx: RunContext,
-              on_step: Callable | None = None):
+def run_stage(
+    spec: StageSpec,
+    recipe: StageRecipe,
+    stage_dir: Path,
+    params,
+    rows,
+    ctx: RunContext,
+    on_step: Callable | None = None,
+):
     """Train one stage from `params` on `rows` (encoded rows, a GrainSource or an IndexedSource); resumable;
     returns final params. on_step(step, metrics, state) runs after every step (e.g. a periodic probe)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -142,8 +156,14 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
         # the validation prompts are the same on every process and few: replicated, any number of them
         on_step = _with_validation(on_step, recipe, spec, ctx.writer, functools.partial(replicate, mesh=ctx.mesh))
     loop = LoopConfig(num_steps=spec.steps, stage=spec.name, bar_metrics=recipe.bar_metrics)
-    io = LoopIO(checkpointer=ck, writer=ctx.writer, run_config=ctx.run_config, flops_fn=recipe.flops_fn,
-                prepare=lambda arrays, meta: recipe.prepare(arrays, meta, place), on_step=on_step)
+    io = LoopIO(
+        checkpointer=ck,
+        writer=ctx.writer,
+        run_config=ctx.run_config,
+        flops_fn=recipe.flops_fn,
+        prepare=lambda arrays, meta: recipe.prepare(arrays, meta, place),
+        on_step=on_step,
+    )
     state, summary = train_loop(step, state, data, loop, io)
     if summary["preempted"]:
         ck.close()
@@ -151,25 +171,37 @@ def run_stage(spec: StageSpec, recipe: StageRecipe, stage_dir: Path, params, row
     ck.save(int(state.step), state, force=True)
     ck.close()
     import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as saver:          # what the next stage loads
+
+    with ocp.StandardCheckpointer() as saver:  # what the next stage loads
         saver.save((stage_dir / "final_params").absolute(), state.params, force=True)
     key, metric = recipe.done_metric
-    info = {"stage": spec.name, "steps": int(state.step), "resumed_from": start,
-            key: summary["last_metrics"].get(metric)}
+    info = {
+        "stage": spec.name,
+        "steps": int(state.step),
+        "resumed_from": start,
+        key: summary["last_metrics"].get(metric),
+    }
     (stage_dir / DONE).write_text(json.dumps(info))
     return state.params
 
 
-def sft_recipe(graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int = 1, mesh=None,
-               per_row: bool = False) -> StageRecipe:
+def sft_recipe(
+    graphdef, model_cfg=None, *, loss_chunk: int = 0, grad_accum: int = 1, mesh=None, per_row: bool = False
+) -> StageRecipe:
     """Supervised stages (SFT, cold start): answer-only cross-entropy; the step is jitted with the state's
     shardings in and out (donated) and the placed batch's shardings, under the mesh, so the model's activation
     constraints apply and the step compiles once for the run."""
 
     def build_step(tx, trainable, shardings, place, draw):
-        step = make_train_step(graphdef, make_sft_loss(loss_chunk, per_row), tx, grad_accum=grad_accum,
-                               compute_dtype=None if model_cfg is None else model_cfg.dtype, trainable=trainable)
-        return jit_train_step(step, shardings, mesh=mesh)      # the batch keeps the shardings place_batch gave it
+        step = make_train_step(
+            graphdef,
+            make_sft_loss(loss_chunk, per_row),
+            tx,
+            grad_accum=grad_accum,
+            compute_dtype=None if model_cfg is None else model_cfg.dtype,
+            trainable=trainable,
+        )
+        return jit_train_step(step, shardings, mesh=mesh)  # the batch keeps the shardings place_batch gave it
 
     def prepare(arrays, meta, place):
         return place({k: v for k, v in arrays.items() if k != "deltas"})
@@ -186,13 +218,27 @@ def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
     def build_step(tx, trainable, shardings, place, draw):
         return jit_train_step(make_train_step(align_graphdef, make_align_loss(), tx, trainable=trainable), shardings)
 
-    return StageRecipe(build_step, lambda arrays, meta, place: place(arrays),
-                       make_tx=lambda optim: align_optimizer(optim, head_lr=head_lr),
-                       stack=lambda rows: (stack_align_rows(rows), {"example_ids": []}))
+    return StageRecipe(
+        build_step,
+        lambda arrays, meta, place: place(arrays),
+        make_tx=lambda optim: align_optimizer(optim, head_lr=head_lr),
+        stack=lambda rows: (stack_align_rows(rows), {"example_ids": []}),
+    )
 
 
-def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, memory: MemoryConfig, seed: int = 0,
-                generation_config: dict | None = None, validation_rows: list | None = None) -> StageRecipe:
+def grpo_recipe(
+    graphdef,
+    rl_cfg,
+    tokenizer,
+    ref_params,
+    *,
+    mesh,
+    model_cfg,
+    memory: MemoryConfig,
+    seed: int = 0,
+    generation_config: dict | None = None,
+    validation_rows: list | None = None,
+) -> StageRecipe:
     """GRPO with the jitted reward preset `rl_cfg.reward_preset` (rewards computed on device from token ids);
     the prompt stream carries each prompt's reward ground truth, built from the rows' targets and boxes. Dynamic
     sampling refills from the same stream. validation_rows (encoded held-out reasoning prompts): every
@@ -204,45 +250,74 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
     from dmx_jax.training.grpo import GRPOLearner, initial_aux, sampling_shardings
     from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
     from dmx_jax.training.rollout import Reference
+
     algo, reward_cfg = rl_cfg.algo, rl_cfg.reward_config()
     table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
     jitted_reward = make_reward_fn(reward_cfg, table, max_new_tokens=algo.max_new_tokens)
 
-    def reward_fn(tokens, cmask, rep):          # all on device: ids -> bytes -> parse -> scores
+    def reward_fn(tokens, cmask, rep):  # all on device: ids -> bytes -> parse -> scores
         return jitted_reward(tokens, cmask, rep["reward_truth"])
 
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
 
     def build_step(tx, trainable, shardings, place, draw):
         # group-shared prefill places P prompts (not P x G rows): only when P divides over the batch axes
-        sampler = make_sampler(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
-                                   pad_id=tokenizer.pad_id, shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
-                                   cache_dtype=memory.kv_cache_dtype)
-        decode_layout = (sampling_shardings(ref_params, mesh)
-                         if mesh.shape["fsdp"] > 1 and memory.decode_layout == "sample" else None)
-        reference = (Reference(adapters_off=True) if model_cfg.text.lora.rank     # LoRA: the base, no copy
-                     else Reference(ref_params, memory.ref_dtype, memory.ref_offload))
-        learner = GRPOLearner(graphdef, algo, tx, sampler=sampler, reward_fn=reward_fn,
-                              logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk), reference=reference,
-                              seed=seed, place=place, grad_accum=rl_cfg.optim.grad_accum,
-                              compute_dtype=model_cfg.dtype, sample_shardings=decode_layout,
-                              refill=draw if algo.dynamic_sampling else None, mesh=mesh, state_shardings=shardings,
-                              trainable=trainable)
+        sampler = make_sampler(
+            graphdef,
+            algo,
+            stop_token_ids=stop_token_ids(tokenizer, generation_config),
+            pad_id=tokenizer.pad_id,
+            shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
+            cache_dtype=memory.kv_cache_dtype,
+        )
+        decode_layout = (
+            sampling_shardings(ref_params, mesh)
+            if mesh.shape["fsdp"] > 1 and memory.decode_layout == "sample"
+            else None
+        )
+        reference = (
+            Reference(adapters_off=True)
+            if model_cfg.text.lora.rank  # LoRA: the base, no copy
+            else Reference(ref_params, memory.ref_dtype, memory.ref_offload)
+        )
+        learner = GRPOLearner(
+            graphdef,
+            algo,
+            tx,
+            sampler=sampler,
+            reward_fn=reward_fn,
+            logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk),
+            reference=reference,
+            seed=seed,
+            place=place,
+            grad_accum=rl_cfg.optim.grad_accum,
+            compute_dtype=model_cfg.dtype,
+            sample_shardings=decode_layout,
+            refill=draw if algo.dynamic_sampling else None,
+            mesh=mesh,
+            state_shardings=shardings,
+            trainable=trainable,
+        )
         return learner.step
 
     def prepare(arrays, meta, place):
-        truth = ground_truth_arrays([r["target"] for r in meta["rows"]], [r["boxes"] for r in meta["rows"]],
-                                    reward_cfg)
+        truth = ground_truth_arrays([r["target"] for r in meta["rows"]], [r["boxes"] for r in meta["rows"]], reward_cfg)
         return {**{k: v for k, v in arrays.items() if k != "loss_mask"}, "reward_truth": truth}
 
     validate = None
     if validation_rows and rl_cfg.eval_every > 0:
         val_arrays, val_meta = stack_rows(validation_rows)
         with_box = np.asarray([bool(r["boxes"]) for r in val_meta["rows"]], np.float32)
-        val_inputs = {**prepare(val_arrays, val_meta, None), "with_box": with_box}     # host arrays, built once
-        greedy = make_sampler(graphdef, algo, stop_token_ids=stop_token_ids(tokenizer, generation_config),
-                              pad_id=tokenizer.pad_id, shared_prefill=False, cache_dtype=memory.kv_cache_dtype,
-                              greedy=True)
+        val_inputs = {**prepare(val_arrays, val_meta, None), "with_box": with_box}  # host arrays, built once
+        greedy = make_sampler(
+            graphdef,
+            algo,
+            stop_token_ids=stop_token_ids(tokenizer, generation_config),
+            pad_id=tokenizer.pad_id,
+            shared_prefill=False,
+            cache_dtype=memory.kv_cache_dtype,
+            greedy=True,
+        )
 
         def validate(params, place):
             prompts = place(val_inputs)
@@ -255,10 +330,15 @@ def grpo_recipe(graphdef, rl_cfg, tokenizer, ref_params, *, mesh, model_cfg, mem
             out["completion_len_mean"] = float(jnp.mean(jnp.sum(cmask, axis=1)))
             return out
 
-    return StageRecipe(build_step, prepare,
-                       bar_metrics=(("reward", "reward/overall"), ("kl", "kl"), ("len", "completion_len_mean")),
-                       done_metric=("final_reward", "reward/overall"), validate=validate,
-                       validate_every=rl_cfg.eval_every, initial_aux=initial_aux(algo))
+    return StageRecipe(
+        build_step,
+        prepare,
+        bar_metrics=(("reward", "reward/overall"), ("kl", "kl"), ("len", "completion_len_mean")),
+        done_metric=("final_reward", "reward/overall"),
+        validate=validate,
+        validate_every=rl_cfg.eval_every,
+        initial_aux=initial_aux(algo),
+    )
 
 
 def trimmed_stack(rows, multiple: int):
@@ -267,17 +347,34 @@ def trimmed_stack(rows, multiple: int):
     return trim_right_padding(arrays, multiple), meta
 
 
-def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params, *, mesh, seed: int = 0,
-               memory=None, generation_config: dict | None = None,
-               validation_rows: list | None = None) -> tuple[StageSpec, StageRecipe]:
+def plan_stage(
+    name: str,
+    stage_cfg,
+    graphdef,
+    model_cfg,
+    tokenizer,
+    ref_params,
+    *,
+    mesh,
+    seed: int = 0,
+    memory=None,
+    generation_config: dict | None = None,
+    validation_rows: list | None = None,
+) -> tuple[StageSpec, StageRecipe]:
     """The schedule and recipe of stage `name` from its config section (cfg.sft / cfg.cold_start: StageConfig,
     cfg.rl: RLConfig) and the run's MemoryConfig. GRPO's reference model is `ref_params` (the parameters the
     stage starts from); validation_rows: GRPO's held-out validation prompts (see grpo_recipe)."""
     memory = memory if memory is not None else MemoryConfig()
     if name != "grpo":
         spec = StageSpec(name, stage_cfg.steps, stage_cfg.batch_size, stage_cfg.optim, stage_cfg.save_every)
-        recipe = sft_recipe(graphdef, model_cfg, grad_accum=stage_cfg.optim.grad_accum, mesh=mesh,
-                            loss_chunk=memory.loss_chunk, per_row=stage_cfg.loss_weighting == "row")
+        recipe = sft_recipe(
+            graphdef,
+            model_cfg,
+            grad_accum=stage_cfg.optim.grad_accum,
+            mesh=mesh,
+            loss_chunk=memory.loss_chunk,
+            per_row=stage_cfg.loss_weighting == "row",
+        )
         if stage_cfg.pad_multiple > 0:
             trimmed = functools.partial(trimmed_stack, multiple=stage_cfg.pad_multiple)
             recipe = dataclasses.replace(recipe, stack=trimmed)
@@ -286,11 +383,24 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if n_rollouts % shards:
         from experiments.overrides import ConfigError
-        raise ConfigError(f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
-                          f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)")
+
+        raise ConfigError(
+            f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
+            f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)"
+        )
     spec = StageSpec(name, stage_cfg.steps, stage_cfg.prompts_per_step, stage_cfg.optim, stage_cfg.save_every)
-    recipe = grpo_recipe(graphdef, stage_cfg, tokenizer, ref_params, mesh=mesh, model_cfg=model_cfg, memory=memory,
-                         seed=seed, generation_config=generation_config, validation_rows=validation_rows)
+    recipe = grpo_recipe(
+        graphdef,
+        stage_cfg,
+        tokenizer,
+        ref_params,
+        mesh=mesh,
+        model_cfg=model_cfg,
+        memory=memory,
+        seed=seed,
+        generation_config=generation_config,
+        validation_rows=validation_rows,
+    )
     per_step = grpo_updates_per_step(stage_cfg) if stage_cfg.lr_schedule_unit == "rollout" else 1
     return spec, _with_param_groups(recipe, stage_cfg, ref_params, updates_per_step=per_step)
 
@@ -298,8 +408,9 @@ def plan_stage(name: str, stage_cfg, graphdef, model_cfg, tokenizer, ref_params,
 def grpo_updates_per_step(rl_cfg) -> int:
     """Optimizer updates in one GRPO step: epochs x mini-batches of ppo_mini_batch_size prompts."""
     algo = rl_cfg.algo
-    return algo.num_iterations * (rl_cfg.prompts_per_step // algo.ppo_mini_batch_size if algo.ppo_mini_batch_size
-                                  else 1)
+    return algo.num_iterations * (
+        rl_cfg.prompts_per_step // algo.ppo_mini_batch_size if algo.ppo_mini_batch_size else 1
+    )
 
 
 def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step: int = 1) -> StageRecipe:
@@ -312,15 +423,20 @@ def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step:
     if params is not None:
         from dmx_jax.sharding.rules import path_to_str
         from dmx_jax.training.optim import under
+
         paths = [path_to_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
         for prefix in trainable.frozen:
             if not any(under(p, prefix) for p in paths):
                 from experiments.overrides import ConfigError
+
                 tops = sorted({p.split(".")[0] for p in paths})
-                raise ConfigError(f"frozen={prefix!r} names no parameter (paths start with {', '.join(tops)}, "
-                                  f"e.g. vision, vision.merger, text.embed)")
-    return dataclasses.replace(recipe, make_tx=stage_optimizer(stage_cfg, params, updates_per_step),
-                               trainable=trainable)
+                raise ConfigError(
+                    f"frozen={prefix!r} names no parameter (paths start with {', '.join(tops)}, "
+                    f"e.g. vision, vision.merger, text.embed)"
+                )
+    return dataclasses.replace(
+        recipe, make_tx=stage_optimizer(stage_cfg, params, updates_per_step), trainable=trainable
+    )
 
 
 def stage_trainable(stage_cfg, params) -> Trainable:
@@ -335,5 +451,6 @@ def stage_optimizer(stage_cfg, params, updates_per_step: int = 1) -> Callable:
     the runner trains with and the fit check compiles."""
     lr_by_prefix = {"vision": stage_cfg.vision_lr} if stage_cfg.vision_lr else {}
     trainable = stage_trainable(stage_cfg, params)
-    return lambda optim: make_optimizer(optim, lr_by_prefix=lr_by_prefix, trainable=trainable,
-                                        updates_per_step=updates_per_step)
+    return lambda optim: make_optimizer(
+        optim, lr_by_prefix=lr_by_prefix, trainable=trainable, updates_per_step=updates_per_step
+    )

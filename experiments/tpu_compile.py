@@ -4,6 +4,7 @@ and a roofline step time. `experiments.aot` builds the stages' real steps on top
 
 libtpu: `pip install "jax[tpu]==<installed jax>"` (the `tpu` extra); works with JAX_PLATFORMS=cpu.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,30 +14,44 @@ import re
 import time
 from collections.abc import Callable
 
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # other processes on this host may hold libtpu's lock
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes on this host may hold libtpu's lock
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-GiB = 2 ** 30
+GiB = 2**30
 
 # slice name -> libtpu topology; chips = product of the topology dims
-SLICES = {"v4-8": "v4:2x2x1", "v4-16": "v4:2x2x2", "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4",
-          "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v6e-4": "v6e:2x2",
-          "v6e-8": "v6e:2x4", "v6e-16": "v6e:4x4"}
+SLICES = {
+    "v4-8": "v4:2x2x1",
+    "v4-16": "v4:2x2x2",
+    "v5e-4": "v5e:2x2",
+    "v5e-8": "v5e:2x4",
+    "v5e-16": "v5e:4x4",
+    "v5p-8": "v5p:2x2x1",
+    "v5p-16": "v5p:2x2x2",
+    "v5p-32": "v5p:2x2x4",
+    "v6e-4": "v6e:2x2",
+    "v6e-8": "v6e:2x4",
+    "v6e-16": "v6e:4x4",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    hbm_gib: float          # usable HBM per chip (what XLA:TPU reports as available)
-    hbm_bw: float           # bytes/s
-    peak_bf16: float        # FLOP/s
+    hbm_gib: float  # usable HBM per chip (what XLA:TPU reports as available)
+    hbm_bw: float  # bytes/s
+    peak_bf16: float  # FLOP/s
 
 
-CHIPS = {"v4": Chip(32.0, 1.2e12, 275e12), "v5e": Chip(15.75, 8.19e11, 197e12),
-         "v5p": Chip(95.74, 2.765e12, 459e12), "v6e": Chip(32.0, 1.64e12, 918e12)}
+CHIPS = {
+    "v4": Chip(32.0, 1.2e12, 275e12),
+    "v5e": Chip(15.75, 8.19e11, 197e12),
+    "v5p": Chip(95.74, 2.765e12, 459e12),
+    "v6e": Chip(32.0, 1.64e12, 918e12),
+}
 
 
 class AotError(Exception):
@@ -48,13 +63,16 @@ def resolve_topology(name: str) -> tuple[str, str, Chip]:
     topo = SLICES.get(name.lower(), name)
     m = re.fullmatch(r"(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})", topo.lower())
     if not m:
-        raise AotError(f"unknown topology {name!r}: use a slice name ({', '.join(SLICES)}) or a libtpu topology "
-                       f"such as 'v5p:2x2x1' (generation v4|v5e|v5p|v6e)")
+        raise AotError(
+            f"unknown topology {name!r}: use a slice name ({', '.join(SLICES)}) or a libtpu topology "
+            f"such as 'v5p:2x2x1' (generation v4|v5e|v5p|v6e)"
+        )
     return name, topo.lower(), CHIPS[m.group(1)]
 
 
 def topology_devices(topo: str) -> list:
     from jax.experimental import topologies
+
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topo).devices)
     except ImportError as e:
@@ -67,6 +85,7 @@ def topology_devices(topo: str) -> list:
 def libtpu_available() -> bool:
     try:
         import libtpu  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -81,6 +100,7 @@ def _sds(shape, dtype, mesh, spec=None):
 def batch_leaf(shape, dtype, mesh):
     """An abstract batch-major leaf, its rows split over data x fsdp (replicated when they do not divide)."""
     from dmx_jax.sharding.rules import batch_spec
+
     spec = batch_spec(len(shape))
     n = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
     if shape[0] % n:
@@ -90,12 +110,18 @@ def batch_leaf(shape, dtype, mesh):
 
 def image_batch(mcfg, rows: int, patches: int, mesh) -> dict:
     """Abstract per-row images: pixel_values [B, P, F] + vision_inputs (what the data pipeline emits)."""
-    unit = mcfg.vision.spatial_merge_size ** 2
+    unit = mcfg.vision.spatial_merge_size**2
     b = lambda shape, dt=jnp.int32: batch_leaf(shape, dt, mesh)
-    return {"pixel_values": b((rows, patches, mcfg.vision.patch_dim), jnp.float32),
-            "vision_inputs": {"rot_hw": b((rows, patches, 2)), "window_seg": b((rows, patches)),
-                              "full_seg": b((rows, patches)), "window_index": b((rows, patches // unit)),
-                              "reverse_index": b((rows, patches // unit))}}
+    return {
+        "pixel_values": b((rows, patches, mcfg.vision.patch_dim), jnp.float32),
+        "vision_inputs": {
+            "rot_hw": b((rows, patches, 2)),
+            "window_seg": b((rows, patches)),
+            "full_seg": b((rows, patches)),
+            "window_index": b((rows, patches // unit)),
+            "reverse_index": b((rows, patches // unit)),
+        },
+    }
 
 
 def text_batch(rows: int, seq: int, mesh, *, loss: bool = True) -> dict:
@@ -139,42 +165,52 @@ class Row:
     step_time_s: float | None = None
     mfu: float | None = None
     compile_s: float = 0.0
-    xla_flops: float | None = None      # XLA's cost analysis of the compiled per-chip program: flops and
-    xla_bytes: float | None = None      # bytes accessed, as its cost model counts them (an estimate)
+    xla_flops: float | None = None  # XLA's cost analysis of the compiled per-chip program: flops and
+    xla_bytes: float | None = None  # bytes accessed, as its cost model counts them (an estimate)
     error: str | None = None
 
     def text(self) -> str:
         if self.peak_gb is None:
             mem = f"error: {self.error}"
         else:
-            mem = (f"args {self.argument_gb:6.2f} out {self.output_gb:6.2f} alias {self.alias_gb:6.2f} "
-                   f"temp {self.temp_gb:6.2f} resident {self.resident_gb:5.2f} peak {self.peak_gb:6.2f}/"
-                   f"{self.hbm_gb:.1f} GiB {'fits' if self.fits else 'DOES NOT FIT'} "
-                   f"headroom {100 * self.headroom:5.1f}%")
+            mem = (
+                f"args {self.argument_gb:6.2f} out {self.output_gb:6.2f} alias {self.alias_gb:6.2f} "
+                f"temp {self.temp_gb:6.2f} resident {self.resident_gb:5.2f} peak {self.peak_gb:6.2f}/"
+                f"{self.hbm_gb:.1f} GiB {'fits' if self.fits else 'DOES NOT FIT'} "
+                f"headroom {100 * self.headroom:5.1f}%"
+            )
             if self.error:
                 mem += f" ({self.error})"
-        perf = "" if self.step_time_s is None else \
-            f" | {self.flops / 1e12:9.1f} TFLOP  roofline {self.step_time_s:8.3f} s  MFU {100 * (self.mfu or 0):4.1f}%"
-        return (f"{self.stage:10s} {self.step:9s} {self.topology:8s} {self.chips:3d} chips | params "
-                f"{self.params / 1e9:5.2f}B | batch {self.global_batch:4d} {self.shapes:34s} | {mem}{perf}")
+        perf = ""
+        if self.step_time_s is not None:
+            perf = f" | {self.flops / 1e12:9.1f} TFLOP  roofline {self.step_time_s:8.3f} s  "
+            perf += f"MFU {100 * (self.mfu or 0):4.1f}%"
+        return (
+            f"{self.stage:10s} {self.step:9s} {self.topology:8s} {self.chips:3d} chips | params "
+            f"{self.params / 1e9:5.2f}B | batch {self.global_batch:4d} {self.shapes:34s} | {mem}{perf}"
+        )
 
 
 _OOM = re.compile(r"HLO temporaries \(([\d.]+)([GMK])\) exceed(?:s)? available HBM \(([\d.]+)([GMK])\)")
 
 
 def _gib(value: str, unit: str) -> float:
-    return float(value) * {"G": 1, "M": 1 / 1024, "K": 1 / 1024 ** 2}[unit]
+    return float(value) * {"G": 1, "M": 1 / 1024, "K": 1 / 1024**2}[unit]
 
 
-def compile_row(row: Row, fn: Callable, args: tuple, *, in_shardings, out_shardings, donate=(), mesh,
-                resident_bytes: int = 0) -> Row:
+def compile_row(
+    row: Row, fn: Callable, args: tuple, *, in_shardings, out_shardings, donate=(), mesh, resident_bytes: int = 0
+) -> Row:
     """Compile `fn` for the abstract `args`; fill the memory columns (an OOM becomes a row, not a traceback)."""
     t0 = time.perf_counter()
     row.resident_gb = resident_bytes / GiB
     try:
         with jax.set_mesh(mesh):
-            compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                               donate_argnums=donate).lower(*args).compile()
+            compiled = (
+                jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate)
+                .lower(*args)
+                .compile()
+            )
     except Exception as e:
         msg = str(e)
         m = _OOM.search(msg)

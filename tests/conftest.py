@@ -3,6 +3,7 @@
 This is the only place jax.config is touched in the suite. XLA_FLAGS must be set before jax
 initialises its backend, hence at import time of this file.
 """
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

@@ -1,5 +1,6 @@
 """experiments.aot and experiments.tpu_compile: TPU compiles ahead of time on the CPU (libtpu topology,
 JAX_PLATFORMS=cpu kept)."""
+
 import dataclasses
 import json
 
@@ -10,8 +11,9 @@ import pytest
 
 from experiments import aot, tpu_compile
 
-needs_libtpu = pytest.mark.skipif(not tpu_compile.libtpu_available(),
-                                  reason="libtpu is not importable: pip install 'jax[tpu]' (the tpu extra)")
+needs_libtpu = pytest.mark.skipif(
+    not tpu_compile.libtpu_available(), reason="libtpu is not importable: pip install 'jax[tpu]' (the tpu extra)"
+)
 
 
 def test_unknown_topology_is_one_line(capsys):
@@ -32,19 +34,40 @@ def test_step_that_does_not_fit_is_a_row_with_numbers():
     rep = jax.sharding.NamedSharding(plan_mesh, jax.sharding.PartitionSpec())
     x = jax.ShapeDtypeStruct((100_000,), jnp.float32, sharding=rep)
     row = tpu_compile.Row("sft", "train", "v5e-4", 4, 16.0, 0, 1, 1, "")
-    tpu_compile.compile_row(row, lambda v: jnp.cumsum(jnp.outer(v, v), axis=0)[-1], (x,), in_shardings=None,
-                    out_shardings=None, mesh=plan_mesh)
+    tpu_compile.compile_row(
+        row,
+        lambda v: jnp.cumsum(jnp.outer(v, v), axis=0)[-1],
+        (x,),
+        in_shardings=None,
+        out_shardings=None,
+        mesh=plan_mesh,
+    )
     assert row.fits is False and row.peak_gb > row.hbm_gb and row.headroom < 0, row
     assert "DOES NOT FIT" in row.text() and "RESOURCE_EXHAUSTED" in row.text()
     js = json.loads(aot.row_json(row))
     assert js["fits"] is False and js["peak_gb"] > js["hbm_gb"] and js["topology"] == "v5e-4"
 
 
-@pytest.mark.slow      # ~20 s idle, 90 s on the shared 2-core machine
+@pytest.mark.slow  # ~20 s idle, 90 s on the shared 2-core machine
 @needs_libtpu
 def test_tiny_sft_rows_and_json(capsys):
-    rc = aot.main(["--config", "tiny", "--topology", "v5e-4", "--stage", "sft", "--json",
-                   "--set", "model=tiny", "--set", "memory.loss_chunk=64", "--set", "memory.attention=chunked"])
+    rc = aot.main(
+        [
+            "--config",
+            "tiny",
+            "--topology",
+            "v5e-4",
+            "--stage",
+            "sft",
+            "--json",
+            "--set",
+            "model=tiny",
+            "--set",
+            "memory.loss_chunk=64",
+            "--set",
+            "memory.attention=chunked",
+        ]
+    )
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
     assert rc == 0 and len(lines) == 1
     row = json.loads(lines[0])
@@ -61,6 +84,7 @@ def test_7b_grpo_update_fits_v5p_8():
     micro-batches) compiles for v5p-8 and fits HBM with 10% headroom. One 7B program compiles in ~5 minutes
     here, so CI compiles this one; every stage's row is `python -m experiments.aot --stage all` (RESULTS.md)."""
     from experiments.configs import PRESETS
+
     plan = aot.make_plan(PRESETS["qwen2_5_vl_7b"](), "v5p-8")
     rows = list(aot.grpo_rows(plan, steps=("update",)))
     for r in rows:
@@ -79,8 +103,12 @@ def test_splash_attention_compiles_for_v5p_at_7b_attention_shapes():
     from jax.sharding import PartitionSpec as P
 
     from dmx_jax.model.attention import attention, causal_mask
-    mesh = Mesh(np.asarray(tpu_compile.topology_devices("v5p:2x2x1")).reshape(1, 4, 1), ("data", "fsdp", "tensor"),
-                axis_types=(AxisType.Auto,) * 3)
+
+    mesh = Mesh(
+        np.asarray(tpu_compile.topology_devices("v5p:2x2x1")).reshape(1, 4, 1),
+        ("data", "fsdp", "tensor"),
+        axis_types=(AxisType.Auto,) * 3,
+    )
     rows = NamedSharding(mesh, P("fsdp"))
     q = jax.ShapeDtypeStruct((16, 1024, 28, 128), jnp.bfloat16, sharding=rows)
     kv = jax.ShapeDtypeStruct((16, 1024, 4, 128), jnp.bfloat16, sharding=rows)
@@ -97,12 +125,13 @@ def test_splash_attention_compiles_for_v5p_at_7b_attention_shapes():
         compiled = jax.jit(loss).lower(q, kv, kv, key_mask).compile()
     hlo = compiled.as_text()
     assert "tpu_custom_call" in hlo, "the splash kernel is not in the compiled step"
-    assert compiled.memory_analysis().temp_size_in_bytes < 4 * 2 ** 30
+    assert compiled.memory_analysis().temp_size_in_bytes < 4 * 2**30
 
 
 def test_logprob_micro_batching_in_the_aot_check_equals_one_pass():
     """The AOT log-prob row compiles the pass as GRPOLearner runs it: logprob_micro_batches sequential slices."""
     from experiments.aot import _micro_batched
+
     batch = {"completion": jnp.arange(24.0).reshape(8, 3), "mask": jnp.ones((8, 3))}
     fn = lambda scale, b: b["completion"] * scale + b["mask"].cumsum(-1)
     np.testing.assert_array_equal(_micro_batched(fn, 4)(2.0, batch), fn(2.0, batch))
@@ -115,9 +144,9 @@ def test_reward_row_compiles_the_runners_reward_at_its_byte_budget(monkeypatch):
     mesh, with a roofline from XLA's cost analysis. Compiled here on the 8 host devices standing in for v5e-8."""
     from experiments.configs import tiny
     from experiments.overrides import apply_overrides
+
     monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
-    cfg = apply_overrides(tiny(), ["rl.reward_bytes_per_token=4", "rl.reward_answer_bytes=64",
-                                   "rl.prompts_per_step=8"])
+    cfg = apply_overrides(tiny(), ["rl.reward_bytes_per_token=4", "rl.reward_answer_bytes=64", "rl.prompts_per_step=8"])
     plan = aot.make_plan(cfg, "v5e-8")
     (row,) = aot.grpo_rows(plan, steps=("reward",))
     tn = cfg.rl.algo.max_new_tokens
@@ -127,7 +156,7 @@ def test_reward_row_compiles_the_runners_reward_at_its_byte_budget(monkeypatch):
     steps = dict.fromkeys(aot.GRPO_STEPS[:-1], 1.0)
     rows = [dataclasses.replace(row, step=s, step_time_s=t) for s, t in steps.items()] + [row]
     line = aot.grpo_step_summary(rows, cfg.rl.algo, cfg.rl.prompts_per_step)
-    total = 3.0 + row.step_time_s + (1.0 if cfg.rl.algo.kl_coef else 0.0)       # rollout, pi_old, update, reward
+    total = 3.0 + row.step_time_s + (1.0 if cfg.rl.algo.kl_coef else 0.0)  # rollout, pi_old, update, reward
     assert f"roofline {total:.2f} s" in line and f"{100 * row.step_time_s / total:.1f}% of it" in line, line
 
 
@@ -137,6 +166,7 @@ def test_rollout_row_decodes_with_the_layout_the_runner_uses(monkeypatch):
     sample_shardings do; 'train' (the scaled presets) decodes the train parameters themselves."""
     from experiments.configs import tiny
     from experiments.overrides import apply_overrides
+
     monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
     cfg = apply_overrides(tiny(), ["dtype=bfloat16", "mesh.data=1", "mesh.fsdp=-1"])
     plan = aot.make_plan(cfg, "v5e-8")
@@ -156,17 +186,19 @@ def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_reference_copy
     from dmx_jax.model.lora import adapter_count
     from experiments.configs import tiny
     from experiments.overrides import apply_overrides
+
     monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
-    cfg = apply_overrides(tiny(), ["dtype=bfloat16", "lora.rank=4", "lora.alpha=8", "rl.algo.kl_coef=0.01",
-                                   "memory.ref_dtype=bfloat16"])
+    cfg = apply_overrides(
+        tiny(), ["dtype=bfloat16", "lora.rank=4", "lora.alpha=8", "rl.algo.kl_coef=0.01", "memory.ref_dtype=bfloat16"]
+    )
     plan = aot.make_plan(cfg, "v5e-8")
     n_adapters = adapter_count(plan.params)
     dtypes = {str(x.dtype) for x in jax.tree.leaves(plan.params)}
     assert n_adapters > 0 and "bfloat16" in dtypes
     _, state, _ = aot._state(plan, cfg.sft)
     moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
-    assert moments == 2 * n_adapters, (moments, n_adapters)            # Adam's mu and nu of the adapters only
-    monkeypatch.setattr(aot, "_logprob_rows", lambda *a: [a[7], a[8], a[9]])   # (ref, ref_dtype, resident)
+    assert moments == 2 * n_adapters, (moments, n_adapters)  # Adam's mu and nu of the adapters only
+    monkeypatch.setattr(aot, "_logprob_rows", lambda *a: [a[7], a[8], a[9]])  # (ref, ref_dtype, resident)
     ref, ref_dtype, resident = aot.grpo_rows(plan, steps=("ref_logp",))
     assert ref is plan.params and ref_dtype is None
-    assert resident == tpu_compile.per_chip_bytes(state.opt_state)      # optimizer state only: no reference copy
+    assert resident == tpu_compile.per_chip_bytes(state.opt_state)  # optimizer state only: no reference copy

@@ -1,5 +1,6 @@
 """Memory-efficient attention (dmx_jax.model.attention): chunked online softmax == dense (fp32, 1e-5) on
 left padding, GQA, vision segments and KV-cache decoding, and through the whole model with images."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,11 +23,11 @@ def _qkv(b, t, s, n, k, h, seed=0):
 @pytest.mark.parametrize("block", [1, 5, 16, 64])
 def test_chunked_equals_dense_causal_left_padded(block):
     q, k, v = _qkv(3, 37, 37, 4, 2, 8)
-    key_mask = jnp.asarray(np.arange(37)[None] >= np.array([[0], [5], [20]]), jnp.int32)   # left padding
+    key_mask = jnp.asarray(np.arange(37)[None] >= np.array([[0], [5], [20]]), jnp.int32)  # left padding
     mask = causal_mask(key_mask, 0, 37)
     want = attention(q, k, v, mask, "xla")
     got = attention(q, k, v, mask, "chunked", block)
-    assert float(jnp.abs(got - want).max()) <= TOL       # padded query rows too (uniform over keys in both)
+    assert float(jnp.abs(got - want).max()) <= TOL  # padded query rows too (uniform over keys in both)
 
 
 def test_chunked_equals_dense_with_cache_prefill_and_decode():
@@ -68,6 +69,7 @@ def test_unknown_implementation_and_config_validation():
 def test_splash_interpret_equals_dense_causal_padded():
     """The Pallas kernel in interpret mode (CPU): causal + left padding as segment ids, GQA."""
     from dmx_jax.model.attention import splash_attention
+
     q, k, v = _qkv(2, 128, 128, 4, 2, 64, seed=4)
     key_mask = jnp.asarray(np.arange(128)[None] >= np.array([[0], [30]]), jnp.int32)
     mask = causal_mask(key_mask, 0, 128)
@@ -83,9 +85,9 @@ def _images_batch(cfg):
     grid = np.array([[1, 8, 12], [1, 4, 8]])
     r = np.random.default_rng(0)
     pv = r.normal(size=(int(np.prod(grid, -1).sum()), cfg.vision.patch_dim)).astype(np.float32)
-    n = [int(np.prod(g)) // m ** 2 for g in grid]
+    n = [int(np.prod(g)) // m**2 for g in grid]
     img = lambda k: [cfg.vision_start_token_id] + [cfg.image_token_id] * k + [cfg.vision_end_token_id]
-    rows = [[1, 5] + img(n[0]) + [6, 7, 8], [1] + img(n[1]) + [9, 10, 11, 12]]   # decode steps are text
+    rows = [[1, 5] + img(n[0]) + [6, 7, 8], [1] + img(n[1]) + [9, 10, 11, 12]]  # decode steps are text
     t = max(map(len, rows))
     ids = np.array([[0] * (t - len(r)) + r for r in rows])
     mask = np.array([[0] * (t - len(r)) + [1] * len(r) for r in rows])
@@ -99,11 +101,12 @@ def test_model_forward_and_kv_cache_chunked_equals_xla():
     ids, mask, pv, grid = _images_batch(cfg)
     pos, _ = rope_index(ids, grid, mask, spatial_merge_size=2, image_token_id=cfg.image_token_id)
     vin = jax.tree.map(jnp.asarray, vision_inputs(grid, cfg.vision))
-    assert vin["window_seg"].max() > 2          # several windows
+    assert vin["window_seg"].max() > 2  # several windows
 
     def run(impl):
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen25VL(cfg.replace(attention=impl, attention_block=16),
-                                                                 nnx.Rngs(0))))
+        graphdef = nnx.graphdef(
+            nnx.eval_shape(lambda: Qwen25VL(cfg.replace(attention=impl, attention_block=16), nnx.Rngs(0)))
+        )
 
         @jax.jit
         def step(state, ids, pos, key_mask, cache, pv=None, vin=None):
@@ -116,7 +119,7 @@ def test_model_forward_and_kv_cache_chunked_equals_xla():
         logits, cache = step(state, ids[:, :t0], pos[:, :, :t0], mask, cache, pv, vin)
         got = [np.asarray(logits)]
         for i in range(t0, t):
-            logits, cache = step(state, ids[:, i:i + 1], pos[:, :, i:i + 1], mask, cache)
+            logits, cache = step(state, ids[:, i : i + 1], pos[:, :, i : i + 1], mask, cache)
             got.append(np.asarray(logits))
         return full, np.concatenate(got, axis=1)
 
@@ -131,14 +134,15 @@ def test_model_forward_and_kv_cache_chunked_equals_xla():
 def test_local_segment_attention_equals_dense_on_vision_windows():
     """Window blocks of the vision tower computed per query block over a bounded key range == dense masked."""
     from dmx_jax.model.attention import local_segment_attention
+
     cfg = tiny().vision
     vin = vision_inputs(np.array([[1, 8, 12], [1, 4, 8], [1, 12, 4]]), cfg, pad_to=256)
     seg = jnp.asarray(vin["window_seg"])
-    window = (cfg.window_size // cfg.spatial_merge_size // cfg.patch_size) ** 2 * cfg.spatial_merge_size ** 2
+    window = (cfg.window_size // cfg.spatial_merge_size // cfg.patch_size) ** 2 * cfg.spatial_merge_size**2
     assert np.bincount(np.asarray(seg))[:-1].max() <= window
     q, k, v = (x[0] for x in _qkv(1, 256, 256, 2, 2, 16, seed=7))
     want = attention(q[None], k[None], v[None], segment_mask(seg), "xla")[0]
-    real = np.asarray(seg) != np.asarray(seg).max()       # padding patches are dropped after the merger
+    real = np.asarray(seg) != np.asarray(seg).max()  # padding patches are dropped after the merger
     for block in (8, 16, 32):
         got = local_segment_attention(q, k, v, seg, window, block)
         assert float(jnp.abs(got - want)[real].max()) <= TOL

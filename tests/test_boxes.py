@@ -1,4 +1,5 @@
 """Box converters: fuzzed round trips (numpy RNG), plain-Python references, transformers' smart_resize."""
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,10 @@ def test_chexinstruct_bins_match_reference_and_decode_within_a_bin():
         inside = np.all(xyxy <= scale, axis=1)
         assert np.all(np.abs(back - xyxy)[inside] <= 0.0105 * scale + 1e-9)
     assert B.format_chexinstruct_box([26, 42, 78, 79]) == "<|box|>(26,42),(78,79)<|/box|>"
-    assert B.format_chexinstruct_box([1, 2, 3, 4], ref="pneumothorax") == \
-        "<|ref|>pneumothorax<|/ref|><|box|>(1,2),(3,4)<|/box|>"
+    assert (
+        B.format_chexinstruct_box([1, 2, 3, 4], ref="pneumothorax")
+        == "<|ref|>pneumothorax<|/ref|><|box|>(1,2),(3,4)<|/box|>"
+    )
 
 
 def test_smart_resize_matches_transformers():
@@ -90,8 +93,11 @@ def test_smart_resize_matches_transformers():
     rng = np.random.default_rng(RNG_SEED + 3)
     cases = [(int(rng.integers(1, 5000)), int(rng.integers(1, 5000))) for _ in range(400)]
     cases += [(1955, 1841), (1024, 1024), (3056, 2544), (10, 1000), (28, 28), (27, 29), (14, 14)]
-    settings = [dict(min_pixels=56 * 56, max_pixels=262_144), dict(min_pixels=256 * 28 * 28, max_pixels=1_003_520),
-                dict(min_pixels=3136, max_pixels=12_845_056)]
+    settings = [
+        dict(min_pixels=56 * 56, max_pixels=262_144),
+        dict(min_pixels=256 * 28 * 28, max_pixels=1_003_520),
+        dict(min_pixels=3136, max_pixels=12_845_056),
+    ]
     for h, w in cases:
         if max(h, w) / min(h, w) > 200:
             with pytest.raises(ValueError):
@@ -109,8 +115,9 @@ def test_smart_resize_agrees_with_dmx_jax_processing_if_present():
     if not hasattr(processing, "smart_resize"):
         pytest.skip("dmx_jax.processing.smart_resize not written yet")
     for h, w in [(1955, 1841), (1024, 1024), (300, 4000), (50, 60)]:
-        assert tuple(processing.smart_resize(h, w, factor=28, min_pixels=3136, max_pixels=262_144)) == \
-            B.smart_resize(h, w, min_pixels=3136, max_pixels=262_144)
+        assert tuple(processing.smart_resize(h, w, factor=28, min_pixels=3136, max_pixels=262_144)) == B.smart_resize(
+            h, w, min_pixels=3136, max_pixels=262_144
+        )
 
 
 def test_qwen_coordinates_reference_and_round_trip():
@@ -123,8 +130,12 @@ def test_qwen_coordinates_reference_and_round_trip():
         assert qwen.dtype == np.int64
         sx, sy = resized[0] / size[0], resized[1] / size[1]
         for box, q in zip(xyxy, qwen):  # plain-Python reference: scale, round half to even, clamp to the input
-            ref = [min(max(round(box[0] * sx), 0), resized[0]), min(max(round(box[1] * sy), 0), resized[1]),
-                   min(max(round(box[2] * sx), 0), resized[0]), min(max(round(box[3] * sy), 0), resized[1])]
+            ref = [
+                min(max(round(box[0] * sx), 0), resized[0]),
+                min(max(round(box[1] * sy), 0), resized[1]),
+                min(max(round(box[2] * sx), 0), resized[0]),
+                min(max(round(box[3] * sy), 0), resized[1]),
+            ]
             assert q.tolist() == ref
         back = B.qwen_to_xyxy(qwen, size)
         tol = np.array([0.5 / sx, 0.5 / sy, 0.5 / sx, 0.5 / sy]) + 1e-6
@@ -139,8 +150,10 @@ def test_qwen_with_explicit_resized_size_and_pixel_budget():
     big = B.qwen_input_size(size, max_pixels=28 * 28 * 1280)
     small = B.qwen_input_size(size)
     assert big[0] * big[1] > small[0] * small[1]
-    assert B.qwen_to_xyxy(B.xyxy_to_qwen(box, size, max_pixels=28 * 28 * 1280), size,
-                          max_pixels=28 * 28 * 1280).tolist() == box  # exact when the scale is a clean ratio
+    assert (
+        B.qwen_to_xyxy(B.xyxy_to_qwen(box, size, max_pixels=28 * 28 * 1280), size, max_pixels=28 * 28 * 1280).tolist()
+        == box
+    )  # exact when the scale is a clean ratio
 
 
 def test_box_text_round_trip():

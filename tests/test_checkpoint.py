@@ -1,4 +1,5 @@
 """Checkpointer: exact round trip, restore onto another mesh, fallback past a corrupt latest step."""
+
 import os
 import signal
 
@@ -16,9 +17,13 @@ from dmx_jax.training.step import state_shardings
 
 def _params(seed=0):
     rng = np.random.default_rng(seed)
-    return {"text": {"embed": {"embedding": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)},
-                     "layers": {"mlp": {"up": {"kernel": jnp.asarray(rng.normal(size=(2, 8, 16)), jnp.float32)}}}},
-            "lm_head": {"kernel": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)}}
+    return {
+        "text": {
+            "embed": {"embedding": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)},
+            "layers": {"mlp": {"up": {"kernel": jnp.asarray(rng.normal(size=(2, 8, 16)), jnp.float32)}}},
+        },
+        "lm_head": {"kernel": jnp.asarray(rng.normal(size=(8, 16)), jnp.float32)},
+    }
 
 
 def _state_on(mesh):

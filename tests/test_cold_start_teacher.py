@@ -1,5 +1,6 @@
 """Cold-start teacher synthesis against a local stub OpenAI-compatible server: validation, rejection counts,
 retries with backoff, the reply cache, key hygiene, the frame round trip through formatting, and the CLI."""
+
 from __future__ import annotations
 
 import base64
@@ -76,11 +77,16 @@ class Stub:
             return 400, {}, f"bad request, Authorization: {handler.headers.get('Authorization')}".encode()
         if mode == "garbage":
             return 200, {}, b"<html>not json at all"
-        content = {"ok": good_reply(text, truth), "fenced": good_reply(text, truth, fence=True, tight=True),
-                   "nothink": f"The answer is \\boxed{{{truth}}}", "wrong": good_reply(text, "no"),
-                   "permuted": good_reply(text, " | ".join(reversed(truth.upper().split("|")))),
-                   "paraphrase": good_reply(text, PARAPHRASE), "longwrong": good_reply(text, LONG_WRONG),
-                   "oob": good_reply(text, truth).replace("<think>", f"<think>0. margin [0, 0, {w + 9}, 10]; ")}
+        content = {
+            "ok": good_reply(text, truth),
+            "fenced": good_reply(text, truth, fence=True, tight=True),
+            "nothink": f"The answer is \\boxed{{{truth}}}",
+            "wrong": good_reply(text, "no"),
+            "permuted": good_reply(text, " | ".join(reversed(truth.upper().split("|")))),
+            "paraphrase": good_reply(text, PARAPHRASE),
+            "longwrong": good_reply(text, LONG_WRONG),
+            "oob": good_reply(text, truth).replace("<think>", f"<think>0. margin [0, 0, {w + 9}, 10]; "),
+        }
         content["429once"] = content["500once"] = content["ground"] = content["ok"]
         body = {"choices": [{"message": {"role": "assistant", "content": content[mode]}}]}
         return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
@@ -98,8 +104,11 @@ class Stub:
                 parts = user if isinstance(user, list) else [{"type": "text", "text": user}]
                 text = next(p["text"] for p in parts if p["type"] == "text")
                 mode = re.search(r"^Question: (\w+)", text, re.M).group(1)
-                sizes = [Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).size
-                         for p in parts if p["type"] == "image_url"]
+                sizes = [
+                    Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).size
+                    for p in parts
+                    if p["type"] == "image_url"
+                ]
                 with stub.lock:
                     stub.total += 1
                     n = stub.calls[mode] = stub.calls.get(mode, 0) + 1
@@ -144,17 +153,36 @@ def image_path(tmp_path):
 
 
 def make_example(mode, image, task="vqa", target="yes", boxes=((130, 410, 377, 702, "nodule"),)):
-    return Example(example_id=f"ex-{mode}", dataset="stub", task=task, images=(image,), image_sizes=(SIZE,),
-                   prompt=f"{mode} is there an abnormality?", target=target, boxes=tuple(Box(*b) for b in boxes))
+    return Example(
+        example_id=f"ex-{mode}",
+        dataset="stub",
+        task=task,
+        images=(image,),
+        image_sizes=(SIZE,),
+        prompt=f"{mode} is there an abnormality?",
+        target=target,
+        boxes=tuple(Box(*b) for b in boxes),
+    )
 
 
 EXPECTED = {  # mode -> (outcome, requests sent for it)
-    "ok": ("accepted", 1), "fenced": ("accepted", 1), "permuted": ("accepted", 1), "paraphrase": ("accepted", 1),
-    "429once": ("accepted", 2), "500once": ("accepted", 2), "ground": ("accepted", 1),
-    "wrong": ("wrong_answer", 1), "longwrong": ("wrong_answer", 1), "nothink": ("bad_format", 1),
-    "garbage": ("unparseable", 1), "oob": ("box_out_of_bounds", 1), "slow": ("timeout", RETRIES + 1),
-    "429always": ("rate_limited", RETRIES + 1), "500always": ("http_error", RETRIES + 1),
-    "missing": ("http_error", 1), "echo": ("http_error", 1),
+    "ok": ("accepted", 1),
+    "fenced": ("accepted", 1),
+    "permuted": ("accepted", 1),
+    "paraphrase": ("accepted", 1),
+    "429once": ("accepted", 2),
+    "500once": ("accepted", 2),
+    "ground": ("accepted", 1),
+    "wrong": ("wrong_answer", 1),
+    "longwrong": ("wrong_answer", 1),
+    "nothink": ("bad_format", 1),
+    "garbage": ("unparseable", 1),
+    "oob": ("box_out_of_bounds", 1),
+    "slow": ("timeout", RETRIES + 1),
+    "429always": ("rate_limited", RETRIES + 1),
+    "500always": ("http_error", RETRIES + 1),
+    "missing": ("http_error", 1),
+    "echo": ("http_error", 1),
 }
 
 
@@ -168,8 +196,16 @@ def all_examples(image):
 
 
 def config(url, **kw):
-    return TeacherConfig(base_url=url, model="stub-teacher", timeout_s=TIMEOUT, max_retries=RETRIES,
-                         backoff_base_s=0.01, backoff_cap_s=1.0, concurrency=4, **kw)
+    return TeacherConfig(
+        base_url=url,
+        model="stub-teacher",
+        timeout_s=TIMEOUT,
+        max_retries=RETRIES,
+        backoff_base_s=0.01,
+        backoff_cap_s=1.0,
+        concurrency=4,
+        **kw,
+    )
 
 
 def test_synthesize_counts_retries_cache_and_key_hygiene(server, image_path, tmp_path, caplog):
@@ -200,8 +236,10 @@ def test_synthesize_counts_retries_cache_and_key_hygiene(server, image_path, tmp
         assert ex.target.endswith(f"\\boxed{{{src.target}}}")  # the ground truth, verbatim
         # the stored-frame trace renders (formatting's rescale) to exactly what the teacher wrote
         assert rescale_box_text(ex.target, SIZE, resized) == ex.meta["reasoning_resized"]
-        cited = [list(map(int, b)) for b in re.findall(r"\[(\d+), (\d+), (\d+), (\d+)\]",
-                                                       ex.meta["reasoning_resized"].split("</think>")[0])]
+        cited = [
+            list(map(int, b))
+            for b in re.findall(r"\[(\d+), (\d+), (\d+), (\d+)\]", ex.meta["reasoning_resized"].split("</think>")[0])
+        ]
         assert cited[0] == xyxy_to_qwen([130, 410, 377, 702], SIZE).tolist()  # the finding box the teacher got
     ground = next(e for e in first.accepted if e.example_id == "ex-ground")
     assert ground.meta["teacher_answer"] == "[" + ", ".join(map(str, xyxy_to_qwen([130, 410, 377, 702], SIZE))) + "]"
@@ -237,20 +275,23 @@ def test_key_never_in_errors(server, tmp_path, monkeypatch):
     assert "ex-ok" in str(err.value) and "missing.png" in str(err.value) and SECRET not in str(err.value)
 
 
-@pytest.mark.parametrize("text, ok", [
-    ("<think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes}", True),
-    ("<think>1. a [1,2,3,4]</think> \\boxed{yes}.", True),
-    ("```text\n<think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes}\n```", True),
-    ("<think>1. a</think>\nThe answer is: \\boxed{yes}", False),  # no box cited
-    ("The answer is: \\boxed{yes}", False),  # no think block
-    ("<think></think>\nThe answer is: \\boxed{yes}", False),  # empty block
-    ("<think>1. a [1, 2, 3, 4]</think>\nThe answer is: yes", False),  # no \boxed
-    ("<think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes", False),  # unbalanced
-    ("<think>1. a [1, 2, 3, 4]</think>\nI think \\boxed{yes} but maybe no", False),  # chatter
-    ("Sure! <think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes}", False),  # preamble
-    ("<think>1. a [1, 2, 3, 4] \\boxed{no}</think>\nThe answer is: \\boxed{yes}", False),
-    ("<think>1. a [1, 2, 3, 4]</think><think>2.</think>\\boxed{yes}", False),
-])
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("<think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes}", True),
+        ("<think>1. a [1,2,3,4]</think> \\boxed{yes}.", True),
+        ("```text\n<think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes}\n```", True),
+        ("<think>1. a</think>\nThe answer is: \\boxed{yes}", False),  # no box cited
+        ("The answer is: \\boxed{yes}", False),  # no think block
+        ("<think></think>\nThe answer is: \\boxed{yes}", False),  # empty block
+        ("<think>1. a [1, 2, 3, 4]</think>\nThe answer is: yes", False),  # no \boxed
+        ("<think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes", False),  # unbalanced
+        ("<think>1. a [1, 2, 3, 4]</think>\nI think \\boxed{yes} but maybe no", False),  # chatter
+        ("Sure! <think>1. a [1, 2, 3, 4]</think>\nThe answer is: \\boxed{yes}", False),  # preamble
+        ("<think>1. a [1, 2, 3, 4] \\boxed{no}</think>\nThe answer is: \\boxed{yes}", False),
+        ("<think>1. a [1, 2, 3, 4]</think><think>2.</think>\\boxed{yes}", False),
+    ],
+)
 def test_parse_reply_format(text, ok):
     trace, why = parse_reply(text)
     assert (trace is not None) == ok, why
@@ -258,17 +299,31 @@ def test_parse_reply_format(text, ok):
         assert trace.answer == "yes" and trace.boxes == ((1, 2, 3, 4),) and "[1, 2, 3, 4]" in trace.body
 
 
-@pytest.mark.parametrize("answer, truth, task, agree", [
-    ("Yes.", "yes", "vqa", True), ("no", "yes", "vqa", False), ("left  lower LOBE", "left lower lobe", "vqa", True),
-    ("b | A", "a|b", "classification", True), ("a|b|c", "a|b", "classification", False),
-    ("a", "a|b", "classification", False), ("[1,2,3,4]", "[1, 2, 3, 4]", "grounding", True),
-    ("[1, 2, 3, 5]", "[1, 2, 3, 4]", "grounding", False), (PARAPHRASE, LONG_TRUTH, "findings", True),
-    (LONG_WRONG, LONG_TRUTH, "findings", False), ("", LONG_TRUTH, "findings", False),
-    ("Possible small left pleural effusion, no pneumothorax, normal heart size.", LONG_TRUTH, "impression", False),
-    ("the left side has a small effusion", "small effusion on the left side", "vqa", False),  # short: exact only
-    ("the effusion on the left side is small", "there is a small effusion on the left side", "vqa", True),  # 9 words
-    ("the pneumothorax on the left side is small", "there is a small effusion on the left side", "vqa", False),
-])
+@pytest.mark.parametrize(
+    "answer, truth, task, agree",
+    [
+        ("Yes.", "yes", "vqa", True),
+        ("no", "yes", "vqa", False),
+        ("left  lower LOBE", "left lower lobe", "vqa", True),
+        ("b | A", "a|b", "classification", True),
+        ("a|b|c", "a|b", "classification", False),
+        ("a", "a|b", "classification", False),
+        ("[1,2,3,4]", "[1, 2, 3, 4]", "grounding", True),
+        ("[1, 2, 3, 5]", "[1, 2, 3, 4]", "grounding", False),
+        (PARAPHRASE, LONG_TRUTH, "findings", True),
+        (LONG_WRONG, LONG_TRUTH, "findings", False),
+        ("", LONG_TRUTH, "findings", False),
+        ("Possible small left pleural effusion, no pneumothorax, normal heart size.", LONG_TRUTH, "impression", False),
+        ("the left side has a small effusion", "small effusion on the left side", "vqa", False),  # short: exact only
+        (
+            "the effusion on the left side is small",
+            "there is a small effusion on the left side",
+            "vqa",
+            True,
+        ),  # 9 words
+        ("the pneumothorax on the left side is small", "there is a small effusion on the left side", "vqa", False),
+    ],
+)
 def test_answers_agree(answer, truth, task, agree):
     assert answers_agree(answer, truth, task, long_answer_min_words=8) is agree
 
@@ -279,8 +334,10 @@ def test_stored_frame_round_trips_through_formatting():
         size = (int(rng.integers(64, 3000)), int(rng.integers(64, 3000)))
         resized = qwen_input_size(size)
         w, h = resized
-        boxes = [(int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(0, w + 1)),
-                  int(rng.integers(0, h + 1))) for _ in range(3)]
+        boxes = [
+            (int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(0, w + 1)), int(rng.integers(0, h + 1)))
+            for _ in range(3)
+        ]
         text = "1. a " + "; ".join("[" + ", ".join(map(str, b)) + "]" for b in boxes)
         stored = to_stored_frame(text, size, resized)
         assert rescale_box_text(stored, size, resized) == text, (size, text, stored)
@@ -298,13 +355,44 @@ def test_retry_after_parsing():
 def test_cli_writes_generic_jsonl(server, image_path, tmp_path, capsys):
     stub, url = server
     dump = tmp_path / "dump.jsonl"
-    rows = [{"id": f"r-{m}", "images": [image_path], "question": f"{m} is there an effusion?", "answer": a,
-             "task": t, "split": "train"} for m, a, t in
-            [("ok", "yes", "vqa"), ("wrong", "yes", "vqa"), ("permuted", ["Edema", "Atelectasis"], "classification")]]
+    rows = [
+        {
+            "id": f"r-{m}",
+            "images": [image_path],
+            "question": f"{m} is there an effusion?",
+            "answer": a,
+            "task": t,
+            "split": "train",
+        }
+        for m, a, t in [
+            ("ok", "yes", "vqa"),
+            ("wrong", "yes", "vqa"),
+            ("permuted", ["Edema", "Atelectasis"], "classification"),
+        ]
+    ]
     dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out" / "cold.jsonl"
-    assert cli_main(["--adapter", "generic", "--root", str(dump), "--out", str(out), "--base-url", url,
-                     "--model", "stub-teacher", "--timeout", str(TIMEOUT), "--concurrency", "2"]) == 0
+    assert (
+        cli_main(
+            [
+                "--adapter",
+                "generic",
+                "--root",
+                str(dump),
+                "--out",
+                str(out),
+                "--base-url",
+                url,
+                "--model",
+                "stub-teacher",
+                "--timeout",
+                str(TIMEOUT),
+                "--concurrency",
+                "2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["accepted"] == summary["written"] == 2 and summary["rejected"]["wrong_answer"] == 1
     back = list(load_generic(out, columns=read_jsonl_columns(), split="train"))
@@ -344,5 +432,9 @@ def test_template_file_fields_are_checked(tmp_path):
     good.write_text("---USER---\nQ=${question} A=${answer} S=${width}x${height}\n${boxes}")
     ex = make_example("ok", "unused.png", task="grounding", target="[100, 125, 500, 625]")
     msgs = messages(ex, load_template(good), teacher_fields(ex, SIZE, (400, 500)), send_images=False)
-    assert msgs == [{"role": "user", "content": "Q=ok is there an abnormality? A=[40, 50, 200, 250] S=400x500\n"
-                                                "- nodule: [52, 164, 151, 281]"}]
+    assert msgs == [
+        {
+            "role": "user",
+            "content": "Q=ok is there an abnormality? A=[40, 50, 200, 250] S=400x500\n- nodule: [52, 164, 151, 281]",
+        }
+    ]

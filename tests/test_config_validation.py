@@ -1,5 +1,6 @@
 """Every wrong config value stops `python -m experiments.run` before any compute, with one line that names the
 field, the value and what is allowed (no traceback); the README's TPU and GPU commands build their mesh."""
+
 from __future__ import annotations
 
 import json
@@ -61,12 +62,17 @@ def test_bad_value_stops_at_once_with_one_line(argv, words, capsys, tmp_path):
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
     for w in words:
         assert w in err, (w, err)
-    assert not any(tmp_path.iterdir())                        # nothing was rendered, trained or written
+    assert not any(tmp_path.iterdir())  # nothing was rendered, trained or written
 
 
 def test_cli_error_is_one_line_in_a_fresh_process(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "experiments.run", "--set", "rl.reward_preset=papr",
-                        "--run-dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "--set", "rl.reward_preset=papr", "--run-dir", str(tmp_path / "run")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()] and "papr" in r.stderr
     assert not (tmp_path / "run").exists()
 
@@ -76,26 +82,32 @@ def test_saved_config_with_a_bad_value_is_caught_by_validate():
     saved["mesh"] = {"data": -1, "fsdp": -1, "tensor": 1}
     with pytest.raises(ConfigError, match="mesh.data and mesh.fsdp are both -1"):
         validate(config_from_dict(tiny(), saved))
-    validate(tiny())                                          # the presets themselves pass
+    validate(tiny())  # the presets themselves pass
 
 
 def test_setting_a_mesh_axis_to_minus_one_releases_the_presets_other():
     from experiments.configs import qwen2_5_vl_7b
+
     cfg = apply_overrides(qwen2_5_vl_7b(), ["mesh.tensor=2", "mesh.data=-1"])
     assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (-1, 1, 2)
-    cfg = apply_overrides(cfg, ["mesh.fsdp=-1"])                # the axis named last takes the rest
+    cfg = apply_overrides(cfg, ["mesh.fsdp=-1"])  # the axis named last takes the rest
     assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (1, -1, 2)
     validate(cfg)
 
 
-@pytest.mark.parametrize("argv,mesh", [
-    # README, "On a Cloud TPU pod": the 7B preset with --set mesh.fsdp=-1
-    (["--config", "qwen2_5_vl_7b", "--set", "mesh.fsdp=-1"], {"data": 1, "fsdp": 8, "tensor": 1}),
-    # README, "On GPUs": one node with 8 GPUs, mesh.fsdp=8
-    (["--config", "qwen2_5_vl_7b", "--set", "mesh.fsdp=8"], {"data": 1, "fsdp": 8, "tensor": 1}),
-    (["--config", "qwen2_5_vl_7b", "--set", "mesh.tensor=4", "--set", "mesh.fsdp=-1"],
-     {"data": 1, "fsdp": 2, "tensor": 4}),
-])
+@pytest.mark.parametrize(
+    "argv,mesh",
+    [
+        # README, "On a Cloud TPU pod": the 7B preset with --set mesh.fsdp=-1
+        (["--config", "qwen2_5_vl_7b", "--set", "mesh.fsdp=-1"], {"data": 1, "fsdp": 8, "tensor": 1}),
+        # README, "On GPUs": one node with 8 GPUs, mesh.fsdp=8
+        (["--config", "qwen2_5_vl_7b", "--set", "mesh.fsdp=8"], {"data": 1, "fsdp": 8, "tensor": 1}),
+        (
+            ["--config", "qwen2_5_vl_7b", "--set", "mesh.tensor=4", "--set", "mesh.fsdp=-1"],
+            {"data": 1, "fsdp": 2, "tensor": 4},
+        ),
+    ],
+)
 def test_readme_scale_commands_build_their_mesh_on_8_devices(argv, mesh, capsys):
     assert main([*argv, "--dry-run", "--distributed", "off"]) == 0
     plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -4,6 +4,7 @@ caller opts in, a skip that is logged once per skipped example; never a silent w
 Fixtures are written in the real formats by tests/helpers/real_formats.py; expected values come from the values
 passed to the writers (or plain-Python references), never from the adapters under test.
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,7 +56,7 @@ def _damage(data: bytes, how: str, kind: str) -> bytes:
         return data[: len(data) - 40]
     if how == "corrupt_header":  # magic bytes overwritten: JPEG SOI, PNG signature, DICOM 'DICM' + file meta
         start = 128 if kind == "dicom" else 0
-        return data[:start] + bytes([0xA5]) * 48 + data[start + 48:]
+        return data[:start] + bytes([0xA5]) * 48 + data[start + 48 :]
     if how == "noise":
         return bytes(np.random.default_rng(5).integers(0, 256, len(data), dtype=np.uint8))
     raise AssertionError(how)
@@ -90,26 +91,39 @@ def _edit_column(path, column, new_name=None):
     header, rows = _read_table(path)
     i = header.index(column)
     if new_name is None:
-        header, rows = header[:i] + header[i + 1:], [r[:i] + r[i + 1:] for r in rows]
+        header, rows = header[:i] + header[i + 1 :], [r[:i] + r[i + 1 :] for r in rows]
     else:
-        header = header[:i] + [new_name] + header[i + 1:]
+        header = header[:i] + [new_name] + header[i + 1 :]
     rf.write_csv(path, header, rows)
 
 
-MIMIC_STUDY = dict(subject=10000032, study=50414267, split="train",
-                   images=[("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "PA", (24, 20))],
-                   report=rf.mimic_report("The lungs are clear.", "No acute process."),
-                   labels={"No Finding": 1.0, "Edema": 0.0})
-MIMIC_STUDY_2 = dict(subject=10000764, study=57375967, split="train",
-                     images=[("096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4", "AP", (16, 16))],
-                     report=rf.mimic_report("Small left effusion.", "Effusion."), labels={"Edema": 1.0})
+MIMIC_STUDY = dict(
+    subject=10000032,
+    study=50414267,
+    split="train",
+    images=[("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "PA", (24, 20))],
+    report=rf.mimic_report("The lungs are clear.", "No acute process."),
+    labels={"No Finding": 1.0, "Edema": 0.0},
+)
+MIMIC_STUDY_2 = dict(
+    subject=10000764,
+    study=57375967,
+    split="train",
+    images=[("096052b7-d256dc40-453a102b-fa7d01c6-1b22c6b4", "AP", (16, 16))],
+    report=rf.mimic_report("Small left effusion.", "Effusion."),
+    labels={"Edema": 1.0},
+)
 CHEXPERT_HEADER = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *rf.CHEXPERT_TRAIN_ORDER)
-CHEXPERT_REL = ("CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
-                "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg")
+CHEXPERT_REL = (
+    "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg",
+    "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg",
+)
 VINDR_HEADER = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
 IMG_A, IMG_B = "9a5094b2563a1ef3ff50dc5c7ff71345", "50a418190bc3fb1ef1633bf9678929b3"
-MS_PATHS = ("files/p15/p15451130/s56960634/c1aec6b5-1a4b8e2a-bbb8f7d1-5b1c4d9e-8f2a6b3c.jpg",
-            "files/p11/p11111111/s52222222/0f3c5e2a-1b2c3d4e-5f6a7b8c-9d0e1f2a-3b4c5d6e.jpg")
+MS_PATHS = (
+    "files/p15/p15451130/s56960634/c1aec6b5-1a4b8e2a-bbb8f7d1-5b1c4d9e-8f2a6b3c.jpg",
+    "files/p11/p11111111/s52222222/0f3c5e2a-1b2c3d4e-5f6a7b8c-9d0e1f2a-3b4c5d6e.jpg",
+)
 
 
 def _mimic(root, studies=(MIMIC_STUDY, MIMIC_STUDY_2), **kw):
@@ -131,8 +145,7 @@ def _chexpert(root, label_cells=(("1.0", "0.0"), ("-1.0", "")), write_images=Tru
 
 
 def _dicom(path, w=30, h=20):
-    return rf.write_dicom(path, np.random.default_rng(0).integers(0, 4096, (h, w)).astype(np.uint16),
-                          bits_stored=12)
+    return rf.write_dicom(path, np.random.default_rng(0).integers(0, 4096, (h, w)).astype(np.uint16), bits_stored=12)
 
 
 def _vindr(root, boxes, sizes=None, write_images=True):
@@ -146,8 +159,10 @@ def _vindr(root, boxes, sizes=None, write_images=True):
 
 def _ms_cxr(root, boxes=((2, 3, 10, 8), (20, 4, 5, 6)), write_images=True):
     """One phrase per image; boxes[i] is the (x, y, w, h) of image i, both images 40 x 30."""
-    rows = [(p.rsplit("/", 1)[1][:-4], 1, 2, "Pneumonia", f"opacity {i}", p, *box, 40, 30, "train")
-            for i, (p, box) in enumerate(zip(MS_PATHS, boxes))]
+    rows = [
+        (p.rsplit("/", 1)[1][:-4], 1, 2, "Pneumonia", f"opacity {i}", p, *box, 40, 30, "train")
+        for i, (p, box) in enumerate(zip(MS_PATHS, boxes))
+    ]
     rf.write_csv(root / "MS_CXR_Local_Alignment_v1.1.0.csv", rf.MS_CXR_HEADER, rows)
     if write_images:
         for p in MS_PATHS:
@@ -158,17 +173,42 @@ def _ms_cxr(root, boxes=((2, 3, 10, 8), (20, 4, 5, 6)), write_images=True):
 # ------------------------------------------------------------------------------------- missing columns
 
 COLUMN_CASES = {  # name: (build(root) -> root, load(root) -> iterator, csv file name, column, new name or None)
-    "mimic_metadata_renamed": (_mimic, lambda r: load_mimic_cxr(r), "mimic-cxr-2.0.0-metadata.csv.gz",
-                               "ViewPosition", "View Position"),
+    "mimic_metadata_renamed": (
+        _mimic,
+        lambda r: load_mimic_cxr(r),
+        "mimic-cxr-2.0.0-metadata.csv.gz",
+        "ViewPosition",
+        "View Position",
+    ),
     "mimic_split_missing": (_mimic, lambda r: load_mimic_cxr(r), "mimic-cxr-2.0.0-split.csv.gz", "split", None),
-    "mimic_labels_renamed": (_mimic, lambda r: load_mimic_cxr(r, tasks=("classification",)),
-                             "mimic-cxr-2.0.0-chexpert.csv.gz", "Pleural Effusion", "Effusion"),
-    "chexpert_label_missing": (_chexpert, lambda r: load_chexpert(r), "CheXpert-v1.0-small/train.csv",
-                               "Cardiomegaly", None),
-    "chexpert_path_renamed": (_chexpert, lambda r: load_chexpert(r), "CheXpert-v1.0-small/train.csv",
-                              "Frontal/Lateral", "Frontal Lateral"),
-    "vindr_renamed": (lambda r: _vindr(r, [(IMG_A, "Cardiomegaly", "R1", 1, 2, 3, 4)]), lambda r: load_vindr(r),
-                      "train.csv", "x_min", "xmin"),
+    "mimic_labels_renamed": (
+        _mimic,
+        lambda r: load_mimic_cxr(r, tasks=("classification",)),
+        "mimic-cxr-2.0.0-chexpert.csv.gz",
+        "Pleural Effusion",
+        "Effusion",
+    ),
+    "chexpert_label_missing": (
+        _chexpert,
+        lambda r: load_chexpert(r),
+        "CheXpert-v1.0-small/train.csv",
+        "Cardiomegaly",
+        None,
+    ),
+    "chexpert_path_renamed": (
+        _chexpert,
+        lambda r: load_chexpert(r),
+        "CheXpert-v1.0-small/train.csv",
+        "Frontal/Lateral",
+        "Frontal Lateral",
+    ),
+    "vindr_renamed": (
+        lambda r: _vindr(r, [(IMG_A, "Cardiomegaly", "R1", 1, 2, 3, 4)]),
+        lambda r: load_vindr(r),
+        "train.csv",
+        "x_min",
+        "xmin",
+    ),
     "ms_cxr_missing": (_ms_cxr, lambda r: load_ms_cxr(r), "MS_CXR_Local_Alignment_v1.1.0.csv", "label_text", None),
 }
 
@@ -249,10 +289,13 @@ def test_mimic_empty_report_raises_or_is_skipped_with_a_warning(tmp_path, caplog
         list(load_mimic_cxr(root))
     assert "empty" in str(info.value) and str(MIMIC_STUDY["study"]) in str(info.value)
     with caplog.at_level(logging.WARNING, logger=ADAPTER_LOG):
-        out = list(load_mimic_cxr(root, tasks=("findings", "impression", "classification"),
-                                  skip_missing_reports=True))
-    assert [e.example_id for e in out] == ["mimic-cxr/s50414267/classification", "mimic-cxr/s57375967/findings",
-                                           "mimic-cxr/s57375967/impression", "mimic-cxr/s57375967/classification"]
+        out = list(load_mimic_cxr(root, tasks=("findings", "impression", "classification"), skip_missing_reports=True))
+    assert [e.example_id for e in out] == [
+        "mimic-cxr/s50414267/classification",
+        "mimic-cxr/s57375967/findings",
+        "mimic-cxr/s57375967/impression",
+        "mimic-cxr/s57375967/classification",
+    ]
     (skip,) = _skips(caplog)
     assert str(report) in skip and "empty" in skip
 
@@ -323,8 +366,9 @@ def test_chexpert_label_cells(tmp_path, cell):
         assert "'Cardiomegaly'" in message and CHEXPERT_REL[1] in message and cell.strip() in message, message
     else:
         out = list(load_chexpert(root))
-        np.testing.assert_array_equal([e.labels[rf.CHEXPERT_TRAIN_ORDER.index("Cardiomegaly")] for e in out],
-                                      [0.0, expected])
+        np.testing.assert_array_equal(
+            [e.labels[rf.CHEXPERT_TRAIN_ORDER.index("Cardiomegaly")] for e in out], [0.0, expected]
+        )
 
 
 def test_mimic_label_table_bad_value_names_file_and_study(tmp_path):

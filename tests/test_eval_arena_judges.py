@@ -1,4 +1,5 @@
 """OpenAI-compatible judge against a local stub server: retries, garbage, key hygiene, cache reruns."""
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,16 @@ def server(monkeypatch):
 
 def make_judge(url, **kw):
     sleeps = []
-    judge = OpenAICompatibleJudge(url, "stub-model", concurrency=3, timeout=CLIENT_TIMEOUT, max_retries=3,
-                                  backoff_s=0.01, sleep=sleeps.append, **kw)
+    judge = OpenAICompatibleJudge(
+        url,
+        "stub-model",
+        concurrency=3,
+        timeout=CLIENT_TIMEOUT,
+        max_retries=3,
+        backoff_s=0.01,
+        sleep=sleeps.append,
+        **kw,
+    )
     return judge, sleeps
 
 
@@ -129,9 +138,11 @@ def test_arena_with_http_judge_counts_unparseable_caches_and_hides_key(server, m
     monkeypatch.setenv("DMX_JUDGE_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
     refs = {"s1": Report("ok"), "s2": Report("ok"), "s3": Report("garbage-json"), "s4": Report("429-twice")}
-    systems = {"good": {s: Report("small left effusion") for s in refs},
-               "bad": {s: Report("no acute disease") for s in refs},
-               "also_good": {s: Report("left effusion") for s in ("s1", "s2", "s4")}}
+    systems = {
+        "good": {s: Report("small left effusion") for s in refs},
+        "bad": {s: Report("no acute disease") for s in refs},
+        "also_good": {s: Report("left effusion") for s in ("s1", "s2", "s4")},
+    }
     judge, _ = make_judge(url)
     first = run_arena(refs, systems, [judge], cache=tmp_path / "cache", n_bootstrap=50)
     bias = first["judges"][0]["position_bias"]
@@ -182,13 +193,22 @@ def test_rubric_judge_is_offline_deterministic_and_labelled(tmp_path):
     wrong_side = Report("Small right pleural effusion and mild cardiomegaly.", ((60, 40, 80, 60),))
     negated = Report("No pleural effusion. Normal heart size.")
     rubric = RubricJudge()
-    scores = {n: rubric.components(r, ref)["total"] for n, r in
-              (("good", good), ("wrong_side", wrong_side), ("negated", negated))}
+    scores = {
+        n: rubric.components(r, ref)["total"]
+        for n, r in (("good", good), ("wrong_side", wrong_side), ("negated", negated))
+    }
     assert scores["good"] > scores["wrong_side"] > scores["negated"]
     assert rubric.components(good, ref)["labels"] == 1.0 and rubric.components(wrong_side, ref)["sides"] == 0.0
-    verdicts = [r.verdict for r in rubric.judge([JudgeRequest("s", ref, good, negated),
-                                                 JudgeRequest("s", ref, negated, good),
-                                                 JudgeRequest("s", ref, good, good)])]
+    verdicts = [
+        r.verdict
+        for r in rubric.judge(
+            [
+                JudgeRequest("s", ref, good, negated),
+                JudgeRequest("s", ref, negated, good),
+                JudgeRequest("s", ref, good, good),
+            ]
+        )
+    ]
     assert verdicts == ["A", "B", "TIE"]
     out = run_arena({"s": ref}, {"x": {"s": good}, "y": {"s": negated}}, [rubric], cache=tmp_path, n_bootstrap=20)
     assert out["judges"][0]["label"] == "offline rubric judge"

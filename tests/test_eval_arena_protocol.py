@@ -1,4 +1,5 @@
 """Arena protocol: both presentation orders, consistency rule, position-bias stats, judges combined, JSONL input."""
+
 from __future__ import annotations
 
 import json
@@ -62,6 +63,7 @@ def test_position_biased_judge_gives_ties_and_is_reported():
 def test_win_in_one_order_and_tie_in_the_other_is_a_tie():
     def half(ref, a, b):  # only says "best" wins when it is shown first
         return "A" if a == "best" else "TIE"
+
     out = run_arena(REFS, {k: SYSTEMS[k] for k in ("best", "mid")}, [ScriptedJudge("half", half)], n_bootstrap=20)
     assert out["judges"][0]["position_bias"]["inconsistent"] == 8
     assert out["combined"]["win_rate"][0][1] == 0.5
@@ -94,13 +96,18 @@ def test_studies_missing_for_a_system_are_compared_among_the_others():
 
 def test_load_reports_jsonl(tmp_path):
     path = tmp_path / "gen.jsonl"
-    path.write_text('{"study_id": "a", "report": "No effusion.", "boxes": [[1, 2, 3, 4]]}\n\n'
-                    '{"study_id": "b", "report": "Cardiomegaly."}\n')
+    path.write_text(
+        '{"study_id": "a", "report": "No effusion.", "boxes": [[1, 2, 3, 4]]}\n\n'
+        '{"study_id": "b", "report": "Cardiomegaly."}\n'
+    )
     reports = load_reports_jsonl(path)
     assert reports == {"a": Report("No effusion.", ((1.0, 2.0, 3.0, 4.0),)), "b": Report("Cardiomegaly.")}
-    for bad, message in [('{"study_id": "a"}', "field 'report'"), ("not json", "invalid JSON"),
-                         ('{"study_id": "a", "report": "x", "boxes": [[1, 2]]}', "4 numbers"),
-                         ('{"study_id": "a", "report": "x"}\n{"study_id": "a", "report": "y"}', "duplicate")]:
+    for bad, message in [
+        ('{"study_id": "a"}', "field 'report'"),
+        ("not json", "invalid JSON"),
+        ('{"study_id": "a", "report": "x", "boxes": [[1, 2]]}', "4 numbers"),
+        ('{"study_id": "a", "report": "x"}\n{"study_id": "a", "report": "y"}', "duplicate"),
+    ]:
         path.write_text(bad + "\n")
         with pytest.raises(ValueError, match=message) as e:
             load_reports_jsonl(path)
@@ -108,12 +115,20 @@ def test_load_reports_jsonl(tmp_path):
 
 
 def test_rubric_arena_on_generated_reports_end_to_end(tmp_path):
-    refs = {"s1": Report("Small left pleural effusion."), "s2": Report("Moderate cardiomegaly. No pneumothorax."),
-            "s3": Report("Right lower lobe consolidation concerning for pneumonia.")}
-    systems = {"copy": dict(refs),
-               "generic": {s: Report("No acute cardiopulmonary process.") for s in refs},
-               "wrong": {"s1": Report("Small right pleural effusion."), "s2": Report("Large right pneumothorax."),
-                         "s3": Report("Left lower lobe atelectasis.")}}
+    refs = {
+        "s1": Report("Small left pleural effusion."),
+        "s2": Report("Moderate cardiomegaly. No pneumothorax."),
+        "s3": Report("Right lower lobe consolidation concerning for pneumonia."),
+    }
+    systems = {
+        "copy": dict(refs),
+        "generic": {s: Report("No acute cardiopulmonary process.") for s in refs},
+        "wrong": {
+            "s1": Report("Small right pleural effusion."),
+            "s2": Report("Large right pneumothorax."),
+            "s3": Report("Left lower lobe atelectasis."),
+        },
+    }
     rubric = RubricJudge()
     out = run_arena(refs, systems, [rubric], cache=tmp_path, n_bootstrap=100)
     assert out["combined"]["ranking"][0] == "copy"
@@ -123,18 +138,38 @@ def test_rubric_arena_on_generated_reports_end_to_end(tmp_path):
 
 def test_command_line_runs_the_rubric_arena(tmp_path, capsys):
     from dmx_jax.eval.arena.__main__ import main
-    rows = {"ref": ["Small left pleural effusion.", "Mild cardiomegaly."],
-            "good": ["Small left pleural effusion.", "Mild cardiomegaly."],
-            "bad": ["Large right pneumothorax.", "No cardiomegaly."]}
+
+    rows = {
+        "ref": ["Small left pleural effusion.", "Mild cardiomegaly."],
+        "good": ["Small left pleural effusion.", "Mild cardiomegaly."],
+        "bad": ["Large right pneumothorax.", "No cardiomegaly."],
+    }
     paths = {}
     for name, texts in rows.items():
         paths[name] = tmp_path / f"{name}.jsonl"
         lines = [json.dumps({"study_id": f"s{i}", "report": t}) for i, t in enumerate(texts)]
         paths[name].write_text("\n".join(lines) + "\n")
     out = tmp_path / "arena.json"
-    assert main(["--references", str(paths["ref"]), "--system", f"good={paths['good']}", "--system",
-                 f"bad={paths['bad']}", "--rubric", "--cache", str(tmp_path / "c"), "--bootstrap", "20",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--references",
+                str(paths["ref"]),
+                "--system",
+                f"good={paths['good']}",
+                "--system",
+                f"bad={paths['bad']}",
+                "--rubric",
+                "--cache",
+                str(tmp_path / "c"),
+                "--bootstrap",
+                "20",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "offline rubric judge" in printed and printed.index("good") < printed.index("bad ")
     assert json.loads(out.read_text())["combined"]["ranking"] == ["good", "bad"]

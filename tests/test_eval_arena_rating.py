@@ -1,4 +1,5 @@
 """Bradley-Terry / Elo / win rates: recovery of known strengths and agreement with a generic optimiser."""
+
 from __future__ import annotations
 
 import numpy as np

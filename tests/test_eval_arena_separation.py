@@ -1,5 +1,6 @@
 """The offline rubric judge grades partial agreement: systems whose report label F1 differs by >= 0.1 separate
 in Report Arena with non-overlapping CIs, and only equivalent reports tie."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +9,16 @@ from dmx_jax.eval.arena import JudgeRequest, Report, RubricJudge, run_arena
 from dmx_jax.eval.label_f1 import rule_chexpert_f1
 
 # finding -> sentence template ({sev} severity word, {side} side); every phrase is one the labeler reads
-PHRASES = {"Pleural Effusion": "{sev} {side} pleural effusion.", "Pneumothorax": "{sev} {side} pneumothorax.",
-           "Consolidation": "{sev} {side} lower lobe consolidation.",
-           "Atelectasis": "{sev} {side} basilar atelectasis.",
-           "Lung Lesion": "{sev} {side} upper lobe nodule.", "Cardiomegaly": "{sev} cardiomegaly.",
-           "Edema": "{sev} pulmonary edema.", "Fracture": "{sev} {side} rib fracture."}
+PHRASES = {
+    "Pleural Effusion": "{sev} {side} pleural effusion.",
+    "Pneumothorax": "{sev} {side} pneumothorax.",
+    "Consolidation": "{sev} {side} lower lobe consolidation.",
+    "Atelectasis": "{sev} {side} basilar atelectasis.",
+    "Lung Lesion": "{sev} {side} upper lobe nodule.",
+    "Cardiomegaly": "{sev} cardiomegaly.",
+    "Edema": "{sev} pulmonary edema.",
+    "Fracture": "{sev} {side} rib fracture.",
+}
 SEVERITIES, SIDES = ("small", "moderate", "large"), ("left", "right")
 NORMAL = "No acute cardiopulmonary process."
 
@@ -64,8 +70,8 @@ def test_rubric_grades_partial_agreement_severity_and_negation():
     hedged = score("Possible large left pleural effusion. Small right pneumothorax. Moderate cardiomegaly.")
     negated = score("No pleural effusion. No pneumothorax. Normal heart size.")
     assert full == 1.0 and full > hedged > two > one > negated
-    assert full > wrong_sev > one                          # severity words count
-    assert negated == score(NORMAL)                       # negations are absences, not findings
+    assert full > wrong_sev > one  # severity words count
+    assert negated == score(NORMAL)  # negations are absences, not findings
 
 
 def test_stages_differing_in_label_f1_separate_with_non_overlapping_cis(tmp_path):
@@ -75,9 +81,11 @@ def test_stages_differing_in_label_f1_separate_with_non_overlapping_cis(tmp_path
     refs = {f"s{i}": Report(write(fs)) for i, fs in enumerate(truth)}
     systems = {name: {f"s{i}": Report(write(fs)) for i, fs in enumerate(out)} for name, out in outputs.items()}
     systems["good_copy"] = dict(systems["good"])
-    f1 = {n: rule_chexpert_f1([systems[n][s].text for s in refs], [refs[s].text for s in refs])["micro_f1_14"]
-          for n in outputs}
-    assert f1["good"] - f1["fair"] >= 0.1, f1                     # the premise of the test
+    f1 = {
+        n: rule_chexpert_f1([systems[n][s].text for s in refs], [refs[s].text for s in refs])["micro_f1_14"]
+        for n in outputs
+    }
+    assert f1["good"] - f1["fair"] >= 0.1, f1  # the premise of the test
     out = run_arena(refs, systems, [RubricJudge()], cache=tmp_path, n_bootstrap=200)
     r = out["combined"]["ratings"]
     assert r["fair"]["bt_ci"][1] < min(r["good"]["bt_ci"][0], r["good_copy"]["bt_ci"][0])
@@ -86,8 +94,9 @@ def test_stages_differing_in_label_f1_separate_with_non_overlapping_cis(tmp_path
     assert abs(r["good"]["bt"] - r["good_copy"]["bt"]) < 1e-6
     judge = RubricJudge()
     verdicts = judge.judge([JudgeRequest(s, refs[s], systems["good"][s], systems["fair"][s]) for s in refs])
-    same = [judge.components(systems["good"][s], refs[s])["total"]
-            == judge.components(systems["fair"][s], refs[s])["total"]
-            for s in refs]
-    assert [v.verdict == "TIE" for v in verdicts] == same       # a tie only when the rubric scores are equal
+    same = [
+        judge.components(systems["good"][s], refs[s])["total"] == judge.components(systems["fair"][s], refs[s])["total"]
+        for s in refs
+    ]
+    assert [v.verdict == "TIE" for v in verdicts] == same  # a tie only when the rubric scores are equal
     assert sum(same) < len(refs) / 2

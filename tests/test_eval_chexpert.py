@@ -1,4 +1,5 @@
 """Rule-based CheXpert labeler: hand-written negation / uncertainty / aggregation cases, gold rows, F1."""
+
 from __future__ import annotations
 
 import math
@@ -38,10 +39,14 @@ CASES = [  # (text, expected labels of the mentioned classes; No Finding checked
     ("Lungs are clear without consolidation.", {"Consolidation": 0}),
     ("Small left pleural effusion. No pneumothorax.", {"Pleural Effusion": 1, "Pneumothorax": 0}),
     ("No pneumothorax, but there is a small right pleural effusion.", {"Pneumothorax": 0, "Pleural Effusion": 1}),
-    ("No focal consolidation, pleural effusion, or pneumothorax.",
-     {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0}),
-    ("No evidence of focal airspace consolidation, pleural effusion or pneumothorax.",
-     {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0}),
+    (
+        "No focal consolidation, pleural effusion, or pneumothorax.",
+        {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0},
+    ),
+    (
+        "No evidence of focal airspace consolidation, pleural effusion or pneumothorax.",
+        {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0},
+    ),
     ("Pneumothorax is not seen.", {"Pneumothorax": 0}),
     ("Heart size is normal.", {"Cardiomegaly": 0}),
     ("Normal heart size.", {"Cardiomegaly": 0}),
@@ -71,12 +76,16 @@ CASES = [  # (text, expected labels of the mentioned classes; No Finding checked
     ("Normal heart size. Possible mild CHF.", {"Cardiomegaly": 0, "Edema": U}),  # Cardiomegaly explicitly stated
     ("No evidence of heart failure.", {"Edema": 0}),
     ("Interval resolution of the left lower lobe consolidation.", {"Consolidation": 0}),
-    ("Bibasilar opacities, right greater than left, are likely atelectasis, though infection cannot be excluded.",
-     {"Lung Opacity": 1, "Atelectasis": U, "Pneumonia": U}),
+    (
+        "Bibasilar opacities, right greater than left, are likely atelectasis, though infection cannot be excluded.",
+        {"Lung Opacity": 1, "Atelectasis": U, "Pneumonia": U},
+    ),
     ("No pneumothorax and the heart is enlarged.", {"Pneumothorax": 0, "Cardiomegaly": 1}),
     ("Interval removal of the right chest tube without pneumothorax.", {"Support Devices": 0, "Pneumothorax": 0}),
-    ("Cardiac and mediastinal contours are within normal limits.",
-     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0}),
+    (
+        "Cardiac and mediastinal contours are within normal limits.",
+        {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0},
+    ),
     ("Left basilar airspace opacity, likely atelectasis.", {"Lung Opacity": 1, "Atelectasis": U}),
     ("Lungs are clear.", {}),
     ("No acute cardiopulmonary process.", {}),
@@ -90,6 +99,7 @@ def test_hand_written_case(text, expected):
 
 def test_label_order_is_the_schema_order():
     from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS
+
     assert CHEXPERT_LABELS == SCHEMA14 and CHEXPERT5_LABELS == SCHEMA5
     out = chexpert_labels(["No effusion.", "Cardiomegaly."])
     assert out.shape == (2, 14) and out.dtype == np.float32
@@ -113,13 +123,19 @@ def test_no_finding_rule():
 
 # chexpert-labeler's labeled_reports.csv (MIT): four reports with their published labels.
 GOLD = [
-    ("Heart size normal and lungs are clear. No edema or pneumonia. No effusion",
-     {"No Finding": 1, "Cardiomegaly": 0, "Edema": 0, "Pneumonia": 0, "Pleural Effusion": 0}),
-    ("1. Left pleural effusion with adjacent atelectasis. Right effusion is also present.\n\n"
-     "2. Cardiomegaly without overt edema.",
-     {"Cardiomegaly": 1, "Edema": 0, "Atelectasis": 1, "Pleural Effusion": 1}),
-    ("Minimal patchy airspace disease within the lingula, may reflect atelectasis or consolidation.",
-     {"Lung Opacity": 1, "Consolidation": U, "Atelectasis": U}),
+    (
+        "Heart size normal and lungs are clear. No edema or pneumonia. No effusion",
+        {"No Finding": 1, "Cardiomegaly": 0, "Edema": 0, "Pneumonia": 0, "Pleural Effusion": 0},
+    ),
+    (
+        "1. Left pleural effusion with adjacent atelectasis. Right effusion is also present.\n\n"
+        "2. Cardiomegaly without overt edema.",
+        {"Cardiomegaly": 1, "Edema": 0, "Atelectasis": 1, "Pleural Effusion": 1},
+    ),
+    (
+        "Minimal patchy airspace disease within the lingula, may reflect atelectasis or consolidation.",
+        {"Lung Opacity": 1, "Consolidation": U, "Atelectasis": U},
+    ),
     ("1. Stable mild cardiomegaly. 2. Hyperexpanded but clear lungs.", {"Cardiomegaly": 1}),
 ]
 
@@ -131,8 +147,10 @@ def test_chexpert_labeler_gold_rows(text, expected):
 
 def _reference_f1(pred, ref, classes):
     """Plain-Python micro / macro F1 (uncertain as positive, empty classes score 0)."""
+
     def pos(v):
         return v == 1.0 or v == -1.0
+
     per, tp_all, fp_all, fn_all = [], 0, 0, 0
     for c in classes:
         tp = sum(1 for p, r in zip(pred, ref) if pos(p[c]) and pos(r[c]))
@@ -174,6 +192,7 @@ def test_rule_chexpert_f1_on_reports():
 
 # ------------------------------------------------------- real IU-Xray reports against their MeSH annotations
 
+
 @pytest.fixture(scope="module")
 def iu_reports():
     """(FINDINGS + IMPRESSION text, MeSH major terms) of every IU-Xray report (torchxrayvision wheel)."""
@@ -181,6 +200,7 @@ def iu_reports():
     import xml.etree.ElementTree as ET
 
     from helpers import real_formats as rf
+
     wheel, reason = rf.fetch_wheel("torchxrayvision")
     if wheel is None:
         pytest.skip(f"IU-Xray reports unavailable: {reason}")
@@ -201,10 +221,16 @@ def test_agrees_with_iu_xray_mesh_annotations(iu_reports):
     """The radiologists' MeSH terms are independent labels: a MeSH finding should be labelled present
     (1 or -1) and a MeSH 'normal' report should get No Finding."""
     labels = chexpert_labels([text for text, _ in iu_reports])
-    for mesh, label, floor in [("Cardiomegaly", "Cardiomegaly", 0.95), ("Pleural Effusion", "Pleural Effusion", 0.95),
-                               ("Pulmonary Atelectasis", "Atelectasis", 0.9), ("Opacity", "Lung Opacity", 0.9),
-                               ("Consolidation", "Consolidation", 0.95), ("Pneumonia", "Pneumonia", 0.95),
-                               ("Fractures, Bone", "Fracture", 0.9), ("Nodule", "Lung Lesion", 0.85)]:
+    for mesh, label, floor in [
+        ("Cardiomegaly", "Cardiomegaly", 0.95),
+        ("Pleural Effusion", "Pleural Effusion", 0.95),
+        ("Pulmonary Atelectasis", "Atelectasis", 0.9),
+        ("Opacity", "Lung Opacity", 0.9),
+        ("Consolidation", "Consolidation", 0.95),
+        ("Pneumonia", "Pneumonia", 0.95),
+        ("Fractures, Bone", "Fracture", 0.9),
+        ("Nodule", "Lung Lesion", 0.85),
+    ]:
         rows = [i for i, (_, terms) in enumerate(iu_reports) if any(t.startswith(mesh) for t in terms)]
         values = labels[rows, L[label]]
         assert len(rows) >= 20 and np.mean((values == 1) | (values == -1)) >= floor, (mesh, len(rows))
@@ -217,6 +243,7 @@ def test_recovers_the_synthetic_generators_labels():
     writes; the labeler must recover those labels from the text alone."""
     dataset = pytest.importorskip("data_pipelines.synthetic.dataset")
     from data_pipelines.synthetic.config import SyntheticConfig
+
     config = SyntheticConfig()
     studies = []
     for i in range(400):

@@ -1,4 +1,5 @@
 """BLEU / ROUGE-L / CIDEr-D parity with pycocoevalcap on synthetic and real (IU-Xray) report pairs."""
+
 from __future__ import annotations
 
 import random
@@ -19,16 +20,24 @@ coco_rouge = pytest.importorskip("pycocoevalcap.rouge.rouge")
 coco_cider = pytest.importorskip("pycocoevalcap.cider.cider")
 
 SENTENCES = [
-    "the heart size is normal .", "the cardiomediastinal silhouette is within normal limits .",
-    "no pleural effusion or pneumothorax .", "there is a small left pleural effusion .",
-    "mild cardiomegaly is again noted .", "lungs are clear without focal consolidation .",
+    "the heart size is normal .",
+    "the cardiomediastinal silhouette is within normal limits .",
+    "no pleural effusion or pneumothorax .",
+    "there is a small left pleural effusion .",
+    "mild cardiomegaly is again noted .",
+    "lungs are clear without focal consolidation .",
     "patchy opacity in the right lower lobe may represent atelectasis or pneumonia .",
-    "no acute cardiopulmonary process .", "endotracheal tube terminates 4 cm above the carina .",
+    "no acute cardiopulmonary process .",
+    "endotracheal tube terminates 4 cm above the carina .",
     "stable moderate bilateral pleural effusions with bibasilar atelectasis .",
-    "pulmonary vascular congestion and mild interstitial edema .", "no acute osseous abnormality .",
-    "right picc line tip in the lower svc .", "degenerative changes of the thoracic spine .",
-    "a 1 cm nodule projects over the left upper lobe .", "no evidence of pneumothorax .",
-    "the the the heart heart .", "effusion effusion effusion .",
+    "pulmonary vascular congestion and mild interstitial edema .",
+    "no acute osseous abnormality .",
+    "right picc line tip in the lower svc .",
+    "degenerative changes of the thoracic spine .",
+    "a 1 cm nodule projects over the left upper lobe .",
+    "no evidence of pneumothorax .",
+    "the the the heart heart .",
+    "effusion effusion effusion .",
 ]
 
 
@@ -37,7 +46,7 @@ def synthetic_report(rng: random.Random) -> str:
     words = text.split()
     if rng.random() < 0.3:  # word-level edits so predictions are near, not equal, to references
         i = rng.randrange(len(words))
-        words[i:i + 1] = rng.choice([[], ["mild"], ["left", "basilar"], [words[i], words[i]]])
+        words[i : i + 1] = rng.choice([[], ["mild"], ["left", "basilar"], [words[i], words[i]]])
     return " ".join(words)
 
 
@@ -72,8 +81,7 @@ def test_lcs_matches_dynamic_programming_on_fuzzed_tokens():
         table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
         for i in range(1, len(a) + 1):
             for j in range(1, len(b) + 1):
-                table[i][j] = (table[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1]
-                               else max(table[i - 1][j], table[i][j - 1]))
+                table[i][j] = table[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(table[i - 1][j], table[i][j - 1])
         assert lcs_length(a, b) == table[-1][-1] == lcs_length(b, a)
 
 
@@ -89,11 +97,24 @@ def test_parity_synthetic_single_and_multi_reference():
 
 
 def test_parity_edge_cases():
-    preds = ["", "effusion", "no pleural effusion .", "no  pleural effusion .", "the heart heart heart is normal .",
-             "mild cardiomegaly", "no pleural effusion ."]
-    refs = [["no effusion ."], ["small effusion", "effusion"], ["no pleural effusion ."],
-            ["no pleural effusion ."], ["the heart is normal ."], ["mild cardiomegaly .", "stable mild cardiomegaly"],
-            ["no effusion", "no pleural effusion or pneumothorax"]]  # last: two refs equally close in length
+    preds = [
+        "",
+        "effusion",
+        "no pleural effusion .",
+        "no  pleural effusion .",
+        "the heart heart heart is normal .",
+        "mild cardiomegaly",
+        "no pleural effusion .",
+    ]
+    refs = [
+        ["no effusion ."],
+        ["small effusion", "effusion"],
+        ["no pleural effusion ."],
+        ["no pleural effusion ."],
+        ["the heart is normal ."],
+        ["mild cardiomegaly .", "stable mild cardiomegaly"],
+        ["no effusion", "no pleural effusion or pneumothorax"],
+    ]  # last: two refs equally close in length
     assert_parity(preds, refs)
     assert nlg_sample_scores(preds[2:3] * 2, refs[2:3] * 2, meteor=False)["bleu_4"][0] == pytest.approx(1.0)
 
@@ -123,11 +144,11 @@ def test_meteor_matches_the_jar_when_available():
     if not ok:
         pytest.skip(f"METEOR unavailable: {why}")
     from pycocoevalcap.meteor.meteor import Meteor
+
     rng = random.Random(3)
     preds = [synthetic_report(rng) for _ in range(6)]
     refs = [[synthetic_report(rng)] for _ in range(6)]
-    want, want_samples = Meteor().compute_score(dict(enumerate(refs)),
-                                                {i: [p] for i, p in enumerate(preds)})
+    want, want_samples = Meteor().compute_score(dict(enumerate(refs)), {i: [p] for i, p in enumerate(preds)})
     got = nlg_scores(preds, refs)
     assert got["meteor"] == pytest.approx(want, abs=1e-6)
     assert 0 < got["meteor"] < 1

@@ -1,4 +1,5 @@
 """VQA scoring rules, grounding IoU / matching, and the bootstrap CI."""
+
 from __future__ import annotations
 
 import random
@@ -16,6 +17,7 @@ coco_rouge = pytest.importorskip("pycocoevalcap.rouge.rouge")
 
 # ---------------------------------------------------------------------------------------------------- VQA
 
+
 def test_short_answers_exact_match_after_normalisation():
     assert vqa_sample_score("Yes.", "yes") == 1.0
     assert vqa_sample_score("  Left  lung ", "left lung") == 1.0
@@ -29,14 +31,17 @@ def test_list_answers_item_f1():
     assert vqa_sample_score("effusion | edema", "effusion | atelectasis") == pytest.approx(0.5)  # P=R=1/2
     precision, recall = 1.0, 1 / 3
     assert vqa_sample_score("effusion", "effusion | atelectasis | edema") == pytest.approx(
-        2 * precision * recall / (precision + recall))
+        2 * precision * recall / (precision + recall)
+    )
     assert vqa_sample_score("nothing", "effusion | edema") == 0.0
 
 
 def test_sentence_answers_mean_of_bleu1_and_rouge_l_as_pycocoevalcap():
-    pairs = [("There is a small left pleural effusion.", "Small left pleural effusion is seen."),
-             ("The heart is normal in size", "Heart size is normal."),
-             ("No.", "There is no pneumothorax.")]
+    pairs = [
+        ("There is a small left pleural effusion.", "Small left pleural effusion is seen."),
+        ("The heart is normal in size", "Heart size is normal."),
+        ("No.", "There is no pneumothorax."),
+    ]
     for pred, ref in pairs:
         tok = lambda s: " ".join(s.lower().replace(".", " .").split())
         b, b_samples = coco_bleu.Bleu(1).compute_score({0: [tok(ref)]}, {0: [tok(pred)]}, verbose=0)
@@ -64,6 +69,7 @@ def test_vqa_scores_grouping_and_rule():
 
 
 # ---------------------------------------------------------------------------------------------- grounding
+
 
 def _iou_plain(a, b):
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -123,8 +129,9 @@ def test_grounding_sample_cases():
 def test_grounding_scores_grouping():
     preds = [[[0, 0, 10, 10]], [[0, 0, 4, 10]], [[100, 100, 120, 120]]]
     refs = [[[0, 0, 10, 10]], [[0, 0, 10, 10]], [[100, 100, 110, 110]]]
-    out = grounding_scores(preds, refs, datasets=["ms-cxr", "ms-cxr", "vindr"],
-                           groups=["Edema", "Edema", "Pneumothorax"], n_bootstrap=100)
+    out = grounding_scores(
+        preds, refs, datasets=["ms-cxr", "ms-cxr", "vindr"], groups=["Edema", "Edema", "Pneumothorax"], n_bootstrap=100
+    )
     assert out["overall"]["acc_at_0_5"]["mean"] == pytest.approx(1 / 3)
     assert out["by_dataset"]["ms-cxr"]["top1_iou"]["Edema"]["mean"] == pytest.approx((1 + 0.4) / 2)
     assert out["by_dataset"]["vindr"]["miou"]["Pneumothorax"]["mean"] == pytest.approx(0.25)
@@ -133,6 +140,7 @@ def test_grounding_scores_grouping():
 
 
 # ---------------------------------------------------------------------------------------------- bootstrap
+
 
 def test_bootstrap_ci_matches_normal_theory_width_and_is_seeded():
     values = np.random.default_rng(0).normal(3.0, 2.0, size=400)

@@ -1,12 +1,16 @@
 """Run summary and evaluation controls: the Report Arena line states ratings with CIs and whether any stage
 separated; the images-swapped control only swaps between rows with as many image tokens."""
+
 from experiments.report import arena_line
 
 
 def _arena(cis):
     ratings = {st: {"bt_elo_scale": (lo + hi) / 2, "bt_elo_scale_ci": [lo, hi]} for st, (lo, hi) in cis.items()}
-    return {"n_studies": 40, "judges": [{"label": "offline rubric judge"}],
-            "combined": {"n_comparisons": 120, "ranking": list(cis), "ratings": ratings}}
+    return {
+        "n_studies": 40,
+        "judges": [{"label": "offline rubric judge"}],
+        "combined": {"n_comparisons": 120, "ranking": list(cis), "ratings": ratings},
+    }
 
 
 def test_arena_line_says_when_stages_separate():
@@ -21,10 +25,14 @@ def test_images_swapped_only_between_rows_with_as_many_image_tokens():
     import numpy as np
 
     from experiments.evaluate import _rolled_images
+
     img = 7
     ids = np.array([[img, 1, 1], [img, img, 1], [img, 2, 2], [img, img, 3], [img, 4, 4]])
-    arrays = {"input_ids": ids, "pixel_values": np.arange(5)[:, None] * np.ones((5, 2)),
-              "vision_inputs": {"rot_hw": np.arange(5)[:, None]}}
+    arrays = {
+        "input_ids": ids,
+        "pixel_values": np.arange(5)[:, None] * np.ones((5, 2)),
+        "vision_inputs": {"rot_hw": np.arange(5)[:, None]},
+    }
     out = _rolled_images(arrays, np.arange(5), img)
     # one-image rows 0, 2, 4 cycle among themselves; two-image rows 1, 3 swap
     assert out["pixel_values"][:, 0].tolist() == [4, 3, 0, 1, 2]
@@ -37,9 +45,16 @@ def _records(answers: dict, control: dict | None = None):
     recs = []
     for eid, ans in answers.items():
         task = "vqa" if eid.startswith("v") else "grounding"
-        rec = {"example_id": eid, "task": task, "question_type": None, "output": ans, "answer": ans,
-               "target": "yes" if task == "vqa" else "[0, 0, 10, 10]", "boxes_true": [] if task == "vqa" else
-               [[0.0, 0.0, 10.0, 10.0]], "image_size": (64, 64)}
+        rec = {
+            "example_id": eid,
+            "task": task,
+            "question_type": None,
+            "output": ans,
+            "answer": ans,
+            "target": "yes" if task == "vqa" else "[0, 0, 10, 10]",
+            "boxes_true": [] if task == "vqa" else [[0.0, 0.0, 10.0, 10.0]],
+            "image_size": (64, 64),
+        }
         if control is not None:
             rec["control_answer"] = control[eid]
         recs.append(rec)
@@ -50,9 +65,10 @@ def test_paired_difference_is_tighter_than_unpaired_and_flags_zero():
     import numpy as np
 
     from dmx_jax.eval.paired import paired_difference
+
     rng = np.random.default_rng(0)
     a = rng.random(300)
-    b = a + 0.05 + 0.02 * rng.standard_normal(300)           # b better by 0.05 on every item, small noise
+    b = a + 0.05 + 0.02 * rng.standard_normal(300)  # b better by 0.05 on every item, small noise
     d = paired_difference(a, b)
     assert abs(d["mean"] - 0.05) < 0.01 and d["ci"][0] > 0.04 and d["excludes_zero"] and d["n"] == 300
     same = paired_difference(a, a + 0.02 * rng.standard_normal(300))
@@ -62,10 +78,13 @@ def test_paired_difference_is_tighter_than_unpaired_and_flags_zero():
 def test_stage_differences_and_image_drop_from_records():
     from experiments.evaluate import citation_stats, example_scores, image_drop
     from experiments.report import difference_table, stage_differences
+
     n = 60
     good = {**{f"v{i}": "yes" for i in range(n)}, **{f"g{i}": "[0, 0, 10, 10]" for i in range(n)}}
-    bad = {**{f"v{i}": ("yes" if i % 4 == 0 else "no") for i in range(n)},
-           **{f"g{i}": ("[0, 0, 10, 10]" if i % 4 == 0 else "[30, 30, 40, 40]") for i in range(n)}}
+    bad = {
+        **{f"v{i}": ("yes" if i % 4 == 0 else "no") for i in range(n)},
+        **{f"g{i}": ("[0, 0, 10, 10]" if i % 4 == 0 else "[30, 30, 40, 40]") for i in range(n)},
+    }
     scores = example_scores(_records(good))
     assert set(scores) == {"vqa_score", "grounding.miou", "grounding.acc_at_0_5"} and len(scores["vqa_score"]) == n
     diffs = stage_differences({"sft": _records(bad), "cold_start": _records(good), "grpo": _records(good)})
@@ -88,15 +107,18 @@ def test_image_drop_by_question_type_splits_the_vqa_drop():
     type's real / swapped means equal a plain count, grounding rows stay out, and the summary table shows both."""
     from experiments.evaluate import image_drop_by_question_type
     from experiments.report import question_type_table
+
     n = 40
     good = {**{f"v{i}": "yes" for i in range(2 * n)}, **{f"g{i}": "[0, 0, 10, 10]" for i in range(5)}}
-    control = {**{f"v{i}": ("no" if i < n and i % 2 else "yes") for i in range(2 * n)},
-               **{f"g{i}": "[30, 30, 40, 40]" for i in range(5)}}
+    control = {
+        **{f"v{i}": ("no" if i < n and i % 2 else "yes") for i in range(2 * n)},
+        **{f"g{i}": "[30, 30, 40, 40]" for i in range(5)},
+    }
     recs = _records(good, control=control)
     for r in recs:
         if r["task"] == "vqa":
             r["question_type"] = "presence" if int(r["example_id"][1:]) < n else "location"
-    recs[-6]["task"], recs[-6]["question_type"] = "classification", None   # v79: no question type
+    recs[-6]["task"], recs[-6]["question_type"] = "classification", None  # v79: no question type
     by_type = image_drop_by_question_type(recs, n_bootstrap=200)
     assert set(by_type) == {"presence", "location", "classification"}
     pres = by_type["presence"]
@@ -111,6 +133,7 @@ def test_image_drop_by_question_type_splits_the_vqa_drop():
 
 def test_trace_box_copy_rate_counts_answers_whose_box_the_trace_cites():
     from experiments.evaluate import citation_stats, trace_box_copied
+
     copied = "<think>the effusion at [10, 20, 30, 40] on the left</think>\nThe answer is: \\boxed{[10, 20, 30, 40]}"
     moved = "<think>the effusion at [10, 20, 30, 40] on the left</think>\nThe answer is: \\boxed{[11, 20, 30, 40]}"
     assert trace_box_copied(copied) and not trace_box_copied(moved)
@@ -130,7 +153,7 @@ def test_examples_skipped_as_too_long_reach_the_metrics_and_the_summary(tmp_path
     from dmx_jax.training.state import TrainState
     from experiments.report import read_metrics, skipped_line
 
-    class Stream:                                   # three batches; the second follows two skipped examples
+    class Stream:  # three batches; the second follows two skipped examples
         def __init__(self):
             self.k = 0
 

@@ -1,4 +1,5 @@
 """`python -m experiments.run` end to end on a miniature config: every output, HF export, resume, bad config."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,42 @@ import pytest
 
 from experiments import run
 
-MINI = ["--set", "model=tiny", "--set", "data.train_examples=48", "--set", "eval.examples=10",
-        "--set", "eval.bootstrap=20",
-        "--set", "sft.steps=3", "--set", "cold_start.steps=2", "--set", "rl.steps=2", "--set", "rl.prompts_per_step=2",
-        "--set", "rl.algo.max_new_tokens=12", "--set", "eval.max_new_tokens=8",
-        "--set", "eval.reasoning_max_new_tokens=12", "--set", "sft.save_every=2",
-        "--set", "align.steps=2", "--set", "align.batch_size=8",
-        "--set", "rl.eval_every=1", "--set", "rl.eval_prompts=3", "--set", "rl.algo.dynamic_sampling=true"]
+MINI = [
+    "--set",
+    "model=tiny",
+    "--set",
+    "data.train_examples=48",
+    "--set",
+    "eval.examples=10",
+    "--set",
+    "eval.bootstrap=20",
+    "--set",
+    "sft.steps=3",
+    "--set",
+    "cold_start.steps=2",
+    "--set",
+    "rl.steps=2",
+    "--set",
+    "rl.prompts_per_step=2",
+    "--set",
+    "rl.algo.max_new_tokens=12",
+    "--set",
+    "eval.max_new_tokens=8",
+    "--set",
+    "eval.reasoning_max_new_tokens=12",
+    "--set",
+    "sft.save_every=2",
+    "--set",
+    "align.steps=2",
+    "--set",
+    "align.batch_size=8",
+    "--set",
+    "rl.eval_every=1",
+    "--set",
+    "rl.eval_prompts=3",
+    "--set",
+    "rl.algo.dynamic_sampling=true",
+]
 
 
 @pytest.mark.slow
@@ -28,7 +58,7 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     assert set(align_metrics) >= {"label_acc", "label_auc", "side_acc"}
     summary = (run_dir / "summary.md").read_text()
     assert "| sft |" in summary and "| grpo |" in summary and "Report Arena" in summary
-    blind = json.loads((run_dir / "eval" / "question_only.json").read_text())      # the no-image baseline
+    blind = json.loads((run_dir / "eval" / "question_only.json").read_text())  # the no-image baseline
     assert "| question_only (no model, no image) |" in summary and "grpo − question_only" in summary
     sft_eval = json.loads((run_dir / "eval" / "sft.json").read_text())
     assert [r["example_id"] for r in blind["records"]] == [r["example_id"] for r in sft_eval["records"]]
@@ -44,16 +74,18 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     assert [r["step"] for r in val] == [1, 2] and all("val/reward/format" in r for r in val)
     assert "GRPO validation" in summary
     grpo = [r for r in records if r.get("train_stage") == "grpo" and "dynamic_sampling/rollouts" in r]
-    assert len(grpo) == 2 and max(r["dynamic_sampling/rollouts"] for r in grpo) > 1     # refilled from the stream
+    assert len(grpo) == 2 and max(r["dynamic_sampling/rollouts"] for r in grpo) > 1  # refilled from the stream
 
     # the export opens in transformers and computes the same logits as the run's final parameters
     import numpy as np
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
+
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(run_dir / "hf_export").eval()
     from dmx_jax.hf import load_pretrained
+
     model, _ = load_pretrained(run_dir / "hf_export")
-    ids = np.array([[40, 41, 42, 43, 44]], np.int32)          # ordinary tokens (ids < 10 are specials)
+    ids = np.array([[40, 41, 42, 43, 44]], np.int32)  # ordinary tokens (ids < 10 are specials)
     with torch.no_grad():
         ref = hf(input_ids=torch.tensor(ids, dtype=torch.long)).logits.numpy()
     ours = np.asarray(model(ids))
@@ -62,13 +94,14 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     # rerun: nothing is retrained or re-evaluated
     assert run.main(["--run-dir", str(run_dir), *MINI]) == 0
     second = capsys.readouterr().out
-    assert second.count("finished earlier") == 4 and "evaluating" not in second, second   # align + 3 stages
+    assert second.count("finished earlier") == 4 and "evaluating" not in second, second  # align + 3 stages
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_records
     assert "evaluating" in first
 
     # rerunning one stage alone starts it from the earlier stages' final parameters (cold start: no sampler to
     # compile; GRPO's path is the same loop)
     import shutil
+
     shutil.rmtree(run_dir / "cold_start")
     (run_dir / "eval" / "cold_start.json").unlink()
     assert run.main(["--run-dir", str(run_dir), "--stages", "cold_start", "--set", "export_hf=false", *MINI]) == 0
@@ -91,20 +124,36 @@ def test_synthetic_run_from_a_checkpoint_uses_its_tokenizer_and_scores_the_base(
     from dmx_jax.model import Qwen25VL, preset
     from experiments.datasets import with_tokenizer
     from experiments.pretrain import PretrainConfig, tokenizer_corpus
-    ckpt = tmp_path / "ckpt"                           # a tiny checkpoint whose BPE knows the benchmark's words
+
+    ckpt = tmp_path / "ckpt"  # a tiny checkpoint whose BPE knows the benchmark's words
     tok = train_byte_level_bpe(tokenizer_corpus(PretrainConfig(tokenizer_studies=40)), 1024, ckpt / "tokenizer.json")
     m = with_tokenizer(preset("tiny"), tok)
     save_pretrained(Qwen25VL(m, nnx.Rngs(0)), ckpt, config=m)
     run_dir = tmp_path / "run"
-    short = ["--set", f"hf_checkpoint={tmp_path / 'ckpt'}", "--set", "align.steps=0",
-             "--set", "data.train_examples=24", "--set", "eval.examples=8", "--set", "eval.bootstrap=20",
-             "--set", "sft.steps=2", "--set", "eval.max_new_tokens=8", "--set", "export_hf=false"]
+    short = [
+        "--set",
+        f"hf_checkpoint={tmp_path / 'ckpt'}",
+        "--set",
+        "align.steps=0",
+        "--set",
+        "data.train_examples=24",
+        "--set",
+        "eval.examples=8",
+        "--set",
+        "eval.bootstrap=20",
+        "--set",
+        "sft.steps=2",
+        "--set",
+        "eval.max_new_tokens=8",
+        "--set",
+        "export_hf=false",
+    ]
     assert run.main(["--run-dir", str(run_dir), "--stages", "sft", *short]) == 0
     out = capsys.readouterr().out
     assert "[model] loading" in out and "[align]" not in out
     base = json.loads((run_dir / "eval" / "base.json").read_text())
     assert "image_control" in base["metrics"] and len(base["records"]) == 8
-    assert not (run_dir / "tokenizer").exists()                     # the checkpoint's tokenizer.json, not a new one
+    assert not (run_dir / "tokenizer").exists()  # the checkpoint's tokenizer.json, not a new one
     summary = (run_dir / "summary.md").read_text()
     assert "| base |" in summary and "| sft |" in summary and "sft − base" in summary
 

@@ -1,4 +1,5 @@
 """GRPO end to end on the toy LM: mean reward rises; sampler-vs-trainer drift is ~0; variants run."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +40,7 @@ def _toy_fns(graphdef):
     def logprob_fn(model, batch):
         logits = full_logits(model, batch["prompt"], batch["completion"])
         p = batch["prompt"].shape[1]
-        lp = jax.nn.log_softmax(logits[:, p - 1:-1].astype(jnp.float32), -1)
+        lp = jax.nn.log_softmax(logits[:, p - 1 : -1].astype(jnp.float32), -1)
         return jnp.take_along_axis(lp, batch["completion"][..., None], -1)[..., 0]
 
     def reward_fn(tokens, mask, rep):
@@ -53,8 +54,16 @@ def _run(cfg, steps):
     params = nnx.to_pure_dict(st)
     tx = optax.adam(3e-2)
     sample_fn, logprob_fn, reward_fn = _toy_fns(graphdef)
-    learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(sample_fn), reward_fn=reward_fn,
-                          logprob=PolicyLogprob(logprob_fn), reference=Reference(params), seed=0)
+    learner = GRPOLearner(
+        graphdef,
+        cfg,
+        tx,
+        sampler=Sampler(sample_fn),
+        reward_fn=reward_fn,
+        logprob=PolicyLogprob(logprob_fn),
+        reference=Reference(params),
+        seed=0,
+    )
     state = init_train_state(params, tx)
     prompts = {"prompt": np.random.default_rng(0).integers(0, 32, size=(4, 5)).astype(np.int32)}
     history = []
@@ -112,8 +121,17 @@ def _learner(cfg, **kw):
     params = nnx.to_pure_dict(st)
     tx = optax.adam(3e-2)
     sample_fn, logprob_fn, reward_fn = _toy_fns(graphdef)
-    learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(sample_fn), reward_fn=kw.pop("reward_fn", reward_fn),
-                          logprob=PolicyLogprob(logprob_fn), reference=Reference(params), seed=0, **kw)
+    learner = GRPOLearner(
+        graphdef,
+        cfg,
+        tx,
+        sampler=Sampler(sample_fn),
+        reward_fn=kw.pop("reward_fn", reward_fn),
+        logprob=PolicyLogprob(logprob_fn),
+        reference=Reference(params),
+        seed=0,
+        **kw,
+    )
     return learner, init_train_state(params, tx)
 
 
@@ -126,10 +144,10 @@ def test_resume_with_several_updates_per_step_is_exact():
     assert summary["steps_run"] == 4 and int(full.step) == 4
     assert int(full.opt_state[0].count) == 4 * 2 * 2
     assert summary["last_metrics"]["updates"] == 4.0
-    _, state = _learner(cfg)            # the learner keeps no step state: one instance serves both runs
+    _, state = _learner(cfg)  # the learner keeps no step state: one instance serves both runs
     data = _Prompts()
     half, _ = _loop(learner.step, state, data, 2)
-    saved = jax.tree.map(np.array, half), data.get_state()          # what a checkpoint holds
+    saved = jax.tree.map(np.array, half), data.get_state()  # what a checkpoint holds
     data = _Prompts()
     data.set_state(saved[1])
     resumed, summary = _loop(learner.step, jax.tree.map(jnp.asarray, saved[0]), data, 4)
@@ -146,7 +164,7 @@ def test_mini_batches_match_manual_updates():
     rng = jax.random.fold_in(jax.random.key(0), 0)
     batch, _ = learner.rollout(state.params, prompts, rng)
     manual = jax.tree.map(jnp.array, state)
-    for groups in ([0, 2], [1, 3]):                       # group-strided: group g in mini-batch g % 2
+    for groups in ([0, 2], [1, 3]):  # group-strided: group g in mini-batch g % 2
         rows = np.concatenate([np.arange(4) + 4 * g for g in groups])
         manual, _ = learner._update(manual, jax.tree.map(lambda x: x[rows], batch))
     stepped, m = learner.step(state, prompts)
@@ -158,6 +176,7 @@ def test_mini_batches_match_manual_updates():
 def test_dynamic_sampling_refills_groups_with_signal():
     """Prompts starting with an even token get a constant reward (no signal); refill batches supply groups with
     signal until the static batch of 4 groups is full of them."""
+
     def reward_fn(tokens, mask, rep):
         live = (rep["prompt"][:, 0] % 2 == 1).astype(jnp.float32)
         return {"overall": live * jnp.mean((tokens == TARGET).astype(jnp.float32) + 0.01 * tokens, axis=1)}
@@ -167,9 +186,9 @@ def test_dynamic_sampling_refills_groups_with_signal():
     cfg = GRPOConfig.dapo(group_size=4, max_new_tokens=TN, dynamic_sampling_max_tries=3, overlong_filtering=False)
     learner, state = _learner(cfg, reward_fn=reward_fn, refill=lambda: {"prompt": next(extra)})
     batch, m = learner.rollout(state.params, {"prompt": first}, jax.random.key(3))
-    assert batch.completion.shape == (16, TN)           # static: 4 groups x G
+    assert batch.completion.shape == (16, TN)  # static: 4 groups x G
     firsts = np.asarray(batch.inputs["prompt"][::4, 0])
-    assert firsts.tolist() == [3, 5, 7, 9]                 # 1 from the first batch, 3 refilled, in order
+    assert firsts.tolist() == [3, 5, 7, 9]  # 1 from the first batch, 3 refilled, in order
     assert m["dynamic_sampling/rollouts"] == 2.0 and m["frac_zero_std_groups"] == 0.75
     assert float(np.asarray(batch.loss_mask).sum()) == 16 * TN
     # without refill the static batch keeps its zero-signal groups, masked out of the loss
@@ -177,7 +196,7 @@ def test_dynamic_sampling_refills_groups_with_signal():
     batch, m = learner.rollout(state.params, {"prompt": first}, jax.random.key(3))
     lm = np.asarray(batch.loss_mask).reshape(4, 4, TN)
     assert lm[2].all() and not lm[[0, 1, 3]].any()
-    assert m["completion_len_mean"] == TN                  # measured before the mask
+    assert m["completion_len_mean"] == TN  # measured before the mask
 
 
 @pytest.mark.slow
@@ -185,6 +204,7 @@ def test_micro_batched_logprob_pass_and_sampler_old_logp_option():
     """logprob_micro_batches slices the pi_old / reference passes without changing them; old_logp='sampler'
     reuses the rollout's log-probs (drift still reported)."""
     import dataclasses
+
     cfg = GRPOConfig(group_size=4, kl_coef=0.01, max_new_tokens=TN)
     prompts, rng = next(_Prompts())[0], jax.random.key(5)
     learner, state = _learner(cfg)
@@ -196,5 +216,5 @@ def test_micro_batched_logprob_pass_and_sampler_old_logp_option():
     learner, _ = _learner(dataclasses.replace(cfg, old_logp="sampler"))
     samp, m2 = learner.rollout(state.params, prompts, rng)
     assert float(jnp.abs(samp.old_logp - whole.old_logp).max()) == pytest.approx(m2["drift/logp_abs_max"])
-    assert m["entropy"] == 0.0                              # the toy log-prob function computes no entropy
+    assert m["entropy"] == 0.0  # the toy log-prob function computes no entropy
     assert m["completion_len_max"] == TN and m["truncation_rate"] == 1.0

@@ -1,4 +1,5 @@
 """GRPO objective against hand-computed values on a 2-prompt x 2-sample example, and its gradient."""
+
 import math
 
 import jax
@@ -62,8 +63,9 @@ def test_policy_loss_and_grad_match_hand_computation(mode):
     mask = [[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]
     rewards = jnp.array([1.0, 0.2, 0.0, 1.5])
     adv = np.asarray(group_advantages(rewards, 2))
-    cfg = GRPOConfig(group_size=2, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_dual=0, kl_coef=0.05,
-                     loss_agg=mode)
+    cfg = GRPOConfig(
+        group_size=2, clip_ratio_low=0.2, clip_ratio_high=0.28, clip_ratio_dual=0, kl_coef=0.05, loss_agg=mode
+    )
 
     def f(lp):
         num, den, _ = policy_loss(lp, jnp.array(old), jnp.array(ref), jnp.asarray(adv), jnp.array(mask), cfg)
@@ -81,8 +83,10 @@ def test_policy_loss_and_grad_match_hand_computation(mode):
             up[b][t] += h
             dn = [row[:] for row in logp]
             dn[b][t] -= h
-            fd = (_hand_loss(up, old, ref, adv.tolist(), mask, 0.2, 0.28, 0.05, mode)
-                  - _hand_loss(dn, old, ref, adv.tolist(), mask, 0.2, 0.28, 0.05, mode)) / (2 * h)
+            fd = (
+                _hand_loss(up, old, ref, adv.tolist(), mask, 0.2, 0.28, 0.05, mode)
+                - _hand_loss(dn, old, ref, adv.tolist(), mask, 0.2, 0.28, 0.05, mode)
+            ) / (2 * h)
             assert g[b, t] == pytest.approx(fd, abs=2e-3), (b, t)
     assert g[0, 2] == 0 and g[2, 1] == 0  # masked tokens get no gradient
 

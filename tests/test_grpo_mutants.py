@@ -11,6 +11,7 @@ that the test below for it fails):
 The learner tests use a fake sampler on the toy LM: fixed completions of chosen lengths and fixed rewards, so every
 mask, group and penalty is known in advance. References are plain numpy transcriptions of verl's formulas.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ from dmx_jax.training.rollout import PolicyLogprob, Sampler
 from dmx_jax.training.state import init_train_state
 from tests.helpers.toy_lm import ToyLM
 
-TN = 6          # completion slots (= max_new_tokens = DAPO's max response length)
+TN = 6  # completion slots (= max_new_tokens = DAPO's max response length)
 
 
 def _logprobs(model, batch):
@@ -32,7 +33,7 @@ def _logprobs(model, batch):
     ids = jnp.concatenate([batch["prompt"], batch["completion"]], axis=1)
     logits = model.hidden(ids) @ model.lm_head.kernel[...]
     p = batch["prompt"].shape[1]
-    lp = jax.nn.log_softmax(logits[:, p - 1:-1].astype(jnp.float32), -1)
+    lp = jax.nn.log_softmax(logits[:, p - 1 : -1].astype(jnp.float32), -1)
     return jnp.take_along_axis(lp, batch["completion"][..., None], -1)[..., 0]
 
 
@@ -67,14 +68,20 @@ def _learner(cfg, rewards, lengths, *, offset=0.0, lr=1.0):
     params = nnx.to_pure_dict(st)
     tx = optax.sgd(lr)
     overall = jnp.asarray(rewards, jnp.float32)
-    learner = GRPOLearner(graphdef, cfg, tx, sampler=Sampler(_fake_sampler(graphdef, lengths, offset)),
-                          reward_fn=lambda tokens, mask, rep: {"overall": overall}, logprob=PolicyLogprob(_logprobs),
-                          seed=0)
+    learner = GRPOLearner(
+        graphdef,
+        cfg,
+        tx,
+        sampler=Sampler(_fake_sampler(graphdef, lengths, offset)),
+        reward_fn=lambda tokens, mask, rep: {"overall": overall},
+        logprob=PolicyLogprob(_logprobs),
+        seed=0,
+    )
     return learner, init_train_state(params, tx), graphdef
 
 
 def _copy(state):
-    return jax.tree.map(jnp.array, state)        # the update donates its state
+    return jax.tree.map(jnp.array, state)  # the update donates its state
 
 
 def _max_diff(a, b):
@@ -116,8 +123,9 @@ MASK_LENGTHS = [6, 3, 4, 2, 2, 5, 3, 4, 5, 6, 1, 3]
 def test_rows_masked_out_of_the_loss_do_not_reach_the_update(masking, masked_rows):
     """One learner step (one SGD update) on a batch whose dynamic-sampling or overlong mask removes some rows equals
     the update on the batch without those rows; with padding tokens changed too, as masked tokens do not count."""
-    cfg = GRPOConfig.dapo(group_size=4, max_new_tokens=TN, **{"dynamic_sampling": False, "overlong_filtering": False,
-                                                               masking: True})
+    cfg = GRPOConfig.dapo(
+        group_size=4, max_new_tokens=TN, **{"dynamic_sampling": False, "overlong_filtering": False, masking: True}
+    )
     learner, state, _ = _learner(cfg, MASK_REWARDS, MASK_LENGTHS)
     prompts = _prompts(3)
     batch, _ = learner.rollout(state.params, prompts, jax.random.key(0))
@@ -191,7 +199,7 @@ def test_overlong_penalty_is_added_once():
     assert m["reward/overlong_penalty"] == pytest.approx(pen.mean(), abs=1e-6)
     assert m["reward/overall"] == pytest.approx(np.mean(np.add(raw, pen)), abs=1e-6)
     want = _verl_advantages(np.add(raw, pen), 4)
-    assert np.abs(_verl_advantages(np.add(raw, 2 * pen), 4) - want).max() > 1e-2   # twice would show
+    assert np.abs(_verl_advantages(np.add(raw, 2 * pen), 4) - want).max() > 1e-2  # twice would show
     np.testing.assert_allclose(np.asarray(batch.advantages)[:, 0], want, atol=1e-5)
 
 
@@ -217,8 +225,12 @@ def test_seq_mean_aggregations_skip_fully_masked_rows():
     seq-mean-token-sum and NaN for seq-mean-token-mean)."""
     loss = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
     mask = jnp.array([[1, 1, 0], [0, 0, 0], [1, 1, 1]])
-    want = {"token-mean": 27 / 5, "seq-mean-token-mean": (1.5 + 8) / 2, "seq-mean-token-sum": (3 + 24) / 2,
-            "seq-mean-token-sum-norm": (3 + 24) / 2 / 3}
+    want = {
+        "token-mean": 27 / 5,
+        "seq-mean-token-mean": (1.5 + 8) / 2,
+        "seq-mean-token-sum": (3 + 24) / 2,
+        "seq-mean-token-sum-norm": (3 + 24) / 2 / 3,
+    }
     for mode, value in want.items():
         num, den = aggregate(loss, mask, mode)
         assert float(num / den) == pytest.approx(value, rel=1e-6), mode
@@ -231,8 +243,14 @@ def test_seq_mean_aggregations_skip_fully_masked_rows():
     adv = rng.normal(size=6)
     for mode in ("seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
         cfg = GRPOConfig(group_size=2, kl_coef=0.0, clip_ratio_dual=0.0, loss_agg=mode)
-        num, den, _ = policy_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32), None,
-                                  jnp.asarray(adv, jnp.float32), jnp.asarray(m, jnp.float32), cfg)
+        num, den, _ = policy_loss(
+            jnp.asarray(logp, jnp.float32),
+            jnp.asarray(old, jnp.float32),
+            None,
+            jnp.asarray(adv, jnp.float32),
+            jnp.asarray(m, jnp.float32),
+            cfg,
+        )
         ratio = np.exp(logp - old)
         pg = np.maximum(-adv[:, None] * ratio, -adv[:, None] * np.clip(ratio, 0.8, 1.3))
         assert float(num / den) == pytest.approx(_verl_agg_loss(pg, m, mode), rel=1e-5), mode

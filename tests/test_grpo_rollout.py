@@ -1,5 +1,6 @@
 """GRPO rollouts through the real tiny Qwen2.5-VL: temperature-consistent log-probs, group-shared prefill,
 stop tokens, chunked log-probs, micro-batches, and the bf16 sampler-trainer drift (measured and printed)."""
+
 import dataclasses
 
 import jax
@@ -44,11 +45,11 @@ def test_sampler_logprobs_equal_trainer_at_temperature(model_and_prompts):
     model = nnx.merge(graphdef, params)
     batch = _batch(prompts, tokens, cmask)
     (lp0, ent0), (lp3, ent3) = (make_policy_logprob(algo, chunk_size=c)(model, batch, entropy=True) for c in (0, 3))
-    for lp in (lp0, lp3):                                        # whole and chunked over positions
+    for lp in (lp0, lp3):  # whole and chunked over positions
         np.testing.assert_allclose(np.asarray(lp), np.asarray(slp), atol=1e-5)
     np.testing.assert_allclose(np.asarray(ent3), np.asarray(ent0), atol=1e-5)
     assert np.all(np.asarray(ent0) > 0)
-    at_one = completion_logprobs(model, batch)                  # T = 1 is a different policy
+    at_one = completion_logprobs(model, batch)  # T = 1 is a different policy
     assert float(jnp.abs(at_one - slp).max()) > 1e-2
 
 
@@ -66,7 +67,7 @@ def test_group_shared_prefill_equals_repeated_prompts(model_and_prompts):
     np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
     np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(a[2]), np.asarray(b[2]))
-    assert len({tuple(r) for r in np.asarray(a[0])[:G]}) > 1     # the G samples of a group differ
+    assert len({tuple(r) for r in np.asarray(a[0])[:G]}) > 1  # the G samples of a group differ
 
 
 def test_any_number_of_stop_tokens_and_micro_batches(model_and_prompts):
@@ -76,8 +77,9 @@ def test_any_number_of_stop_tokens_and_micro_batches(model_and_prompts):
     toks, _, _ = greedy.sample(params, prompts, jax.random.key(0))
     toks = np.asarray(toks)
     # micro-batched rollout (2 slices of the prompt batch) gives the greedy tokens of the whole batch
-    micro = make_sampler(graphdef, dataclasses.replace(algo, rollout_micro_batches=2), stop_token_ids=(), pad_id=0,
-                         greedy=True)
+    micro = make_sampler(
+        graphdef, dataclasses.replace(algo, rollout_micro_batches=2), stop_token_ids=(), pad_id=0, greedy=True
+    )
     np.testing.assert_array_equal(np.asarray(micro.sample(params, prompts, jax.random.key(0))[0]), toks)
     # two stop ids: row 0 stops at the first of either, row G (second prompt) likewise
     stops = (int(toks[0, 2]), int(toks[G, 4]))
@@ -86,7 +88,7 @@ def test_any_number_of_stop_tokens_and_micro_batches(model_and_prompts):
     t2, m2 = np.asarray(t2), np.asarray(m2)
     for row in (0, G):
         first = int(np.flatnonzero(np.isin(toks[row], stops))[0])
-        assert m2[row, :first + 1].all() and not m2[row, first + 1:].any() and (t2[row, first + 1:] == 0).all()
+        assert m2[row, : first + 1].all() and not m2[row, first + 1 :].any() and (t2[row, first + 1 :] == 0).all()
 
 
 def test_stop_token_ids_from_tokenizer_and_generation_config():
@@ -109,10 +111,16 @@ def _bf16_step(old_logp):
     def reward_fn(tokens, mask, prompts):
         return {"overall": jnp.mean((tokens < cfg.text.vocab_size // 8).astype(jnp.float32) * mask, axis=1)}
 
-    tx = optax.sgd(0.0)                      # no update: the ratio measures the old-log-prob source alone
-    learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob=make_policy_logprob(algo, chunk_size=4),
-                          reference=Reference(params, dtype="bfloat16", offload=True))
+    tx = optax.sgd(0.0)  # no update: the ratio measures the old-log-prob source alone
+    learner = GRPOLearner(
+        graphdef,
+        algo,
+        tx,
+        sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
+        reward_fn=reward_fn,
+        logprob=make_policy_logprob(algo, chunk_size=4),
+        reference=Reference(params, dtype="bfloat16", offload=True),
+    )
     floats = [x for x in jax.tree.leaves(learner.ref_params) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert all(x.dtype == jnp.bfloat16 for x in floats)
     _, m = learner.step(init_train_state(params, tx), _prompt_batch(cfg, n=2))
@@ -125,9 +133,11 @@ def test_bf16_drift_is_measured_and_trainer_old_logp_gives_ratio_one(capsys):
     with pi_old from the trainer the first ratio is 1 whatever the drift (no clipping on numerical noise)."""
     m = _bf16_step("trainer")
     with capsys.disabled():
-        print(f"\nbf16 tiny model, {2 * G} rollouts x {NEW} tokens: sampler-trainer |dlogp| mean "
-              f"{m['drift/logp_abs_mean']:.2e} max {m['drift/logp_abs_max']:.2e}; first-update ratio - 1 = "
-              f"{m['ratio'] - 1:.1e}, approx_kl {m['approx_kl']:.1e}")
+        print(
+            f"\nbf16 tiny model, {2 * G} rollouts x {NEW} tokens: sampler-trainer |dlogp| mean "
+            f"{m['drift/logp_abs_mean']:.2e} max {m['drift/logp_abs_max']:.2e}; first-update ratio - 1 = "
+            f"{m['ratio'] - 1:.1e}, approx_kl {m['approx_kl']:.1e}"
+        )
     assert np.isfinite(m["drift/logp_abs_max"]) and m["drift/logp_abs_max"] < 0.1
     assert abs(m["ratio"] - 1) < 1e-6 and abs(m["approx_kl"]) < 1e-6
     assert m["clip_low"] + m["clip_high"] + m["clip_dual"] == 0

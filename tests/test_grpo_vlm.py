@@ -1,5 +1,6 @@
 """GRPO with images through the real tiny Qwen2.5-VL: sampler log-probs == trainer log-probs (drift ~0),
 per-example image batches work end to end, and a few updates raise a toy reward."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,11 +33,16 @@ def _prompt_batch(cfg: ModelConfig, n=2, patch_budget=64):
     ids, mask = R.left_pad(rows)
     pos, deltas = [], []
     for r in range(n):
-        p, d = rope_index(ids[r:r + 1], grids[r], mask[r:r + 1], image_token_id=cfg.image_token_id)
+        p, d = rope_index(ids[r : r + 1], grids[r], mask[r : r + 1], image_token_id=cfg.image_token_id)
         pos.append(p[:, 0]), deltas.append(d[0])
-    return {"input_ids": ids.astype(np.int32), "attention_mask": mask.astype(np.int32),
-            "positions": np.stack(pos).astype(np.int32), "deltas": np.stack(deltas).astype(np.int32),
-            "pixel_values": np.stack(pvs), "vision_inputs": jax.tree.map(lambda *x: np.stack(x), *vins)}
+    return {
+        "input_ids": ids.astype(np.int32),
+        "attention_mask": mask.astype(np.int32),
+        "positions": np.stack(pos).astype(np.int32),
+        "deltas": np.stack(deltas).astype(np.int32),
+        "pixel_values": np.stack(pvs),
+        "vision_inputs": jax.tree.map(lambda *x: np.stack(x), *vins),
+    }
 
 
 @pytest.mark.slow
@@ -46,12 +52,20 @@ def test_vlm_grpo_drift_and_reward():
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     algo = GRPOConfig(group_size=8, max_new_tokens=6, temperature=1.0, kl_coef=0.0)
+
     def reward_fn(tokens, mask, prompts):  # dense toy reward: share of tokens from the lowest 1/8 of the vocab
         return {"overall": jnp.mean((tokens < cfg.text.vocab_size // 8).astype(jnp.float32) * mask, axis=1)}
 
     tx = optax.adam(6e-2)
-    learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob=PolicyLogprob(completion_logprobs), seed=0)
+    learner = GRPOLearner(
+        graphdef,
+        algo,
+        tx,
+        sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
+        reward_fn=reward_fn,
+        logprob=PolicyLogprob(completion_logprobs),
+        seed=0,
+    )
     st = init_train_state(params, tx)
     prompts = _prompt_batch(cfg)
     hist = []
@@ -60,7 +74,7 @@ def test_vlm_grpo_drift_and_reward():
         hist.append(m)
     assert max(h["drift/logp_abs_max"] for h in hist) < 1e-4
     phases = ("rollout", "reward", "logprob", "update")
-    assert all(h[f"time/{p}_s"] > 0 for h in hist for p in phases)       # the step's time breakdown is logged
+    assert all(h[f"time/{p}_s"] > 0 for h in hist for p in phases)  # the step's time breakdown is logged
     rewards = [h["reward/overall"] for h in hist]
     assert np.mean(rewards[-3:]) > np.mean(rewards[:3]) + 0.1, rewards
 
@@ -70,6 +84,7 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
     from dmx_jax.sharding import MeshConfig, make_mesh
     from dmx_jax.training.step import state_shardings
     from experiments.stages import place_batch
+
     cfg = tiny()
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     algo = GRPOConfig(group_size=4, max_new_tokens=5, temperature=1.0, kl_coef=0.04)
@@ -77,8 +92,8 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
     def reward_fn(tokens, mask, prompts):
         return {"overall": jnp.mean((tokens < cfg.text.vocab_size // 8).astype(jnp.float32) * mask, axis=1)}
 
-    tx = optax.sgd(1.0)         # not Adam: its update of a near-zero gradient is +-lr whatever the round-off
-    start = jax.tree.map(np.array, nnx.to_pure_dict(state))          # host copy: the update donates the state
+    tx = optax.sgd(1.0)  # not Adam: its update of a near-zero gradient is +-lr whatever the round-off
+    start = jax.tree.map(np.array, nnx.to_pure_dict(state))  # host copy: the update donates the state
     st = init_train_state(nnx.to_pure_dict(state), tx)
     place, sample_shardings = None, None
     if mesh_shape:
@@ -87,21 +102,34 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
         place = lambda rep: place_batch(rep, mesh, per_process=per_process)
         if sample_layout:
             from dmx_jax.training.grpo import sampling_shardings
+
             sample_shardings = sampling_shardings(st.params, mesh)
-    learner = GRPOLearner(graphdef, algo, tx, sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
-                          reward_fn=reward_fn, logprob=PolicyLogprob(completion_logprobs),
-                          reference=Reference(st.params), seed=0, place=place, sample_shardings=sample_shardings)
+    learner = GRPOLearner(
+        graphdef,
+        algo,
+        tx,
+        sampler=make_sampler(graphdef, algo, stop_token_ids=(), pad_id=0),
+        reward_fn=reward_fn,
+        logprob=PolicyLogprob(completion_logprobs),
+        reference=Reference(st.params),
+        seed=0,
+        place=place,
+        sample_shardings=sample_shardings,
+    )
     prompts = _prompt_batch(cfg, n=4)
     if per_process:
         from dmx_jax.sharding import process_slice
+
         prompts = jax.tree.map(lambda x: x[process_slice(4)], prompts)
     hist = []
     for _ in range(2):
         st, m = learner.step(st, prompts)
         hist.append(m)
     from jax.experimental import multihost_utils
-    moved = jax.tree.map(lambda a, b: np.asarray(multihost_utils.process_allgather(a, tiled=True)) - b,
-                         st.params, start)
+
+    moved = jax.tree.map(
+        lambda a, b: np.asarray(multihost_utils.process_allgather(a, tiled=True)) - b, st.params, start
+    )
     return hist, moved
 
 
@@ -117,7 +145,7 @@ def _assert_same_steps(ref, got):
         for k in ("reward/overall", "loss", "kl", "drift/logp_abs_max", "completion_len_mean"):
             np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
     scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(ref_moved))
-    assert scale > 1e-4                                      # the updates did move the weights
+    assert scale > 1e-4  # the updates did move the weights
     for a, b in zip(jax.tree.leaves(ref_moved), jax.tree.leaves(moved)):
         np.testing.assert_allclose(b, a, atol=1e-3 * scale)
 
@@ -142,6 +170,7 @@ def test_two_process_rollouts_equal_one_device(tmp_path, one_device_steps):
     import pickle
 
     from tests.helpers.processes import run_workers
+
     out = tmp_path / "grpo.pkl"
     run_workers("tests/helpers/grpo_multihost_worker.py", 2, out, timeout=400)
     _assert_same_steps(one_device_steps, pickle.loads(out.read_bytes()))

@@ -1,4 +1,5 @@
 """HF round trip (dmx-jax -> save_pretrained -> transformers) and clear errors for bad folders."""
+
 import json
 import shutil
 
@@ -28,6 +29,7 @@ def _inputs():
 @pytest.mark.parametrize("shard", [None, "40KB"])
 def test_round_trip_opens_in_transformers(hf_folder, tmp_path, shard):
     from transformers import Qwen2_5_VLForConditionalGeneration
+
     ref, src = hf_folder
     model, cfg = load_pretrained(src)
     out = tmp_path / "export"
@@ -124,19 +126,51 @@ def test_tied_checkpoint_with_a_stored_head_loads(tmp_path):
 
 # The hub config.json of Qwen/Qwen2.5-VL-7B-Instruct (transformers 4.x flat layout, rope_scaling + rope_theta).
 HUB_7B_FLAT = {
-    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
-    "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656, "hidden_act": "silu",
-    "hidden_size": 3584, "initializer_range": 0.02, "intermediate_size": 18944, "max_position_embeddings": 128000,
-    "max_window_layers": 28, "model_type": "qwen2_5_vl", "num_attention_heads": 28, "num_hidden_layers": 28,
-    "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
-    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.41.2", "use_cache": True,
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "hidden_act": "silu",
+    "hidden_size": 3584,
+    "initializer_range": 0.02,
+    "intermediate_size": 18944,
+    "max_position_embeddings": 128000,
+    "max_window_layers": 28,
+    "model_type": "qwen2_5_vl",
+    "num_attention_heads": 28,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.41.2",
+    "use_cache": True,
     "use_sliding_window": False,
-    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
-                      "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14,
-                      "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
-                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2},
-    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064,
+    "vision_config": {
+        "depth": 32,
+        "hidden_act": "silu",
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "in_chans": 3,
+        "out_hidden_size": 3584,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "spatial_patch_size": 14,
+        "window_size": 112,
+        "fullatt_block_indexes": [7, 15, 23, 31],
+        "tokens_per_second": 2,
+        "temporal_patch_size": 2,
+    },
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+    "vocab_size": 152064,
 }
 
 
@@ -145,6 +179,7 @@ def test_config_layouts_agree_with_transformers():
     from transformers import Qwen2_5_VLConfig
 
     from dmx_jax.model import ModelConfig, qwen2_5_vl_7b
+
     flat = ModelConfig.from_hf_config(HUB_7B_FLAT)
     parsed_by_hf = ModelConfig.from_hf_config(Qwen2_5_VLConfig(**HUB_7B_FLAT).to_dict())
     assert flat == parsed_by_hf == qwen2_5_vl_7b()
@@ -165,6 +200,7 @@ def test_full_size_presets_match_transformers_tensor_names_and_shapes(preset):
 
     from dmx_jax.hf import mapping
     from dmx_jax.model import PRESETS, Qwen25VL
+
     cfg = PRESETS[preset]()
     with torch.device("meta"):
         hf = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**cfg.to_hf_config()))
@@ -187,6 +223,7 @@ def test_full_size_presets_match_transformers_tensor_names_and_shapes(preset):
 
 def test_non_qwen_config_dict_is_rejected():
     from dmx_jax.model import ModelConfig
+
     with pytest.raises(ValueError, match="model_type is 'qwen2_vl', expected 'qwen2_5_vl'"):
         ModelConfig.from_hf_config({**HUB_7B_FLAT, "model_type": "qwen2_vl"})
 
@@ -196,6 +233,7 @@ def test_import_without_torch_or_transformers(tmp_path):
     import os
     import subprocess
     import sys
+
     code = f"""
 import sys
 class Blocker:
@@ -213,8 +251,13 @@ assert not any(k.split(".")[0] in ("torch", "transformers") for k in sys.modules
 print("ok")
 """
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(__import__("pathlib").Path(__file__).parents[1]),
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
 
 
@@ -226,6 +269,7 @@ def test_bfloat16_export_equals_torch_cast(hf_folder, tmp_path):
     save_pretrained(model, tmp_path / "bf16")
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
     from safetensors.torch import load_file as load_torch
+
     got = load_torch(str(tmp_path / "bf16" / "model.safetensors"))
     want = {k: v.to(torch.bfloat16) for k, v in load_torch(str(src / "model.safetensors")).items()}
     assert set(got) == set(want)
@@ -240,6 +284,7 @@ def test_model_from_checkpoint_computes_in_the_requested_dtype(hf_folder):
 
     from dmx_jax.hf import read_config
     from dmx_jax.model import rope_index
+
     _, hf_folder = hf_folder
     cfg = read_config(hf_folder).replace(dtype="bfloat16")
     model, got_cfg = load_pretrained(hf_folder, config=cfg)

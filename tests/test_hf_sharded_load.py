@@ -6,6 +6,7 @@ load and the mapping table's to_jax applied to whole tensors, every array carrie
 and a counting wrapper around the file reads shows that each device callback of a sharded parameter reads
 exactly its shard's elements, never a whole on-disk tensor.
 """
+
 import json
 import math
 
@@ -114,6 +115,7 @@ def test_sharded_load_reads_only_each_devices_shard(folder, monkeypatch):
             out = cb(index)
             calls.append((shape, sharding, index, np.shape(out), current[0]))
             return out
+
         return real_make(shape, sharding, wrapped, dtype=dtype)
 
     monkeypatch.setattr(safetensors, "safe_open", CountingHandle)
@@ -136,9 +138,15 @@ def test_sharded_load_reads_only_each_devices_shard(folder, monkeypatch):
         want = rule(tuple(k.split(".")), v.shape)
         assert v.sharding.is_equivalent_to(want, v.ndim) and v.sharding.spec == want.spec, (k, v.sharding, want)
     split = {k for k, v in got.items() if not v.sharding.is_fully_replicated}
-    assert {"text.embed.embedding", "text.layers.attn.q.kernel", "text.layers.attn.k.kernel",
-            "text.layers.mlp.down.kernel", "vision.blocks.attn.qkv.kernel", "vision.blocks.attn.proj.kernel",
-            "vision.merger.fc1.kernel"} <= split
+    assert {
+        "text.embed.embedding",
+        "text.layers.attn.q.kernel",
+        "text.layers.attn.k.kernel",
+        "text.layers.mlp.down.kernel",
+        "vision.blocks.attn.qkv.kernel",
+        "vision.blocks.attn.proj.kernel",
+        "vision.merger.fc1.kernel",
+    } <= split
 
     # 3. reads: each device callback of a sharded parameter reads its shard's elements and no whole tensor
     assert len(calls) >= len(got)

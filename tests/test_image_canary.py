@@ -8,6 +8,7 @@ accuracy >= 0.95): rope_theta 1e6 / 100 / 30 stay at 0.50 for 300-400 steps at l
 bands of head_dim 32 turn too little per image column); theta 10 reaches it at ~300 steps, theta 3 (the `small`
 preset now) at ~100. At theta 3: lr 1e-3 constant ~100 steps (a loss spike at 200), lr 2e-3 constant ~150,
 cosine over 200 steps only (lr 0.6e-3 by step 100) stayed at 0.50 through step 200."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,7 @@ from dmx_jax.training.sft import make_sft_loss
 from dmx_jax.training.state import init_train_state
 from dmx_jax.training.step import make_train_step
 
-SIZE, SEQ, PATCHES = 112, 72, 64           # 8 x 8 patches -> 4 x 4 image tokens
+SIZE, SEQ, PATCHES = 112, 72, 64  # 8 x 8 patches -> 4 x 4 image tokens
 QUESTION = "Which side of the image holds the large bright blob?"
 SIDES = ("left", "right")
 STEPS, BATCH, LR = 200, 8, 1e-3
@@ -47,13 +48,26 @@ def blob_image(rng: np.random.Generator, side: int) -> np.ndarray:
 
 def canary_examples(split: str, n: int, seed: int) -> list[Example]:
     rng = np.random.default_rng(seed)
-    return [Example(f"canary/{split}/{i}", "canary", "vqa", (blob_image(rng, i % 2),), ((SIZE, SIZE),), QUESTION,
-                    SIDES[i % 2], split=split) for i in range(n)]
+    return [
+        Example(
+            f"canary/{split}/{i}",
+            "canary",
+            "vqa",
+            (blob_image(rng, i % 2),),
+            ((SIZE, SIZE),),
+            QUESTION,
+            SIDES[i % 2],
+            split=split,
+        )
+        for i in range(n)
+    ]
 
 
 def stack(rows: list[dict]) -> dict:
-    out = {k: np.stack([r[k] for r in rows]) for k in ("input_ids", "attention_mask", "loss_mask", "positions",
-                                                        "pixel_values")}
+    out = {
+        k: np.stack([r[k] for r in rows])
+        for k in ("input_ids", "attention_mask", "loss_mask", "positions", "pixel_values")
+    }
     out["vision_inputs"] = {k: np.stack([r["vision_inputs"][k] for r in rows]) for k in rows[0]["vision_inputs"]}
     return out
 
@@ -62,10 +76,17 @@ def stack(rows: list[dict]) -> dict:
 def test_small_model_learns_which_side_holds_the_blob(tmp_path):
     tok = train_sentencepiece([QUESTION, *SIDES, SYSTEM_PROMPT, "system\n", "user\n", "assistant\n"], 340, tmp_path)
     base = small()
-    cfg = dataclasses.replace(base, text=dataclasses.replace(base.text, vocab_size=tok.vocab_size),
-                              image_token_id=tok.image_pad_id, vision_start_token_id=tok.vision_start_id,
-                              vision_end_token_id=tok.vision_end_id, video_token_id=tok.vocab_size - 1,
-                              bos_token_id=tok.im_start_id, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
+    cfg = dataclasses.replace(
+        base,
+        text=dataclasses.replace(base.text, vocab_size=tok.vocab_size),
+        image_token_id=tok.image_pad_id,
+        vision_start_token_id=tok.vision_start_id,
+        vision_end_token_id=tok.vision_end_id,
+        video_token_id=tok.vocab_size - 1,
+        bos_token_id=tok.im_start_id,
+        eos_token_id=tok.im_end_id,
+        pad_token_id=tok.pad_id,
+    )
     enc = EncodingConfig(vision=cfg.vision, min_pixels=SIZE * SIZE, max_pixels=SIZE * SIZE)
     encode = lambda exs: stack([encode_example(e, tok, enc, seq_len=SEQ, patch_budget=PATCHES) for e in exs])
     train, test = encode(canary_examples("train", 512, 0)), encode(canary_examples("test", 200, 1))
@@ -78,10 +99,15 @@ def test_small_model_learns_which_side_holds_the_blob(tmp_path):
     step = jax.jit(make_train_step(graphdef, make_sft_loss(), tx), donate_argnums=(0,))
 
     @jax.jit
-    def answered(params, batch):          # every answer token predicted (teacher forcing) -> [B] bool
+    def answered(params, batch):  # every answer token predicted (teacher forcing) -> [B] bool
         model = nnx.merge(graphdef, params)
-        h, _ = model.hidden_states(batch["input_ids"], batch["positions"].swapaxes(0, 1), batch["attention_mask"],
-                              batch["pixel_values"], batch["vision_inputs"])
+        h, _ = model.hidden_states(
+            batch["input_ids"],
+            batch["positions"].swapaxes(0, 1),
+            batch["attention_mask"],
+            batch["pixel_values"],
+            batch["vision_inputs"],
+        )
         pred = jnp.argmax(model.logits(h)[:, :-1], -1)
         return jnp.all((pred == batch["input_ids"][:, 1:]) | (batch["loss_mask"][:, 1:] == 0), axis=1)
 
@@ -92,7 +118,7 @@ def test_small_model_learns_which_side_holds_the_blob(tmp_path):
     acc = float(np.mean(answered(st.params, test)))
     # the same prompts given the image of the opposite-side neighbour: a model reading the image flips its answer
     swapped = dict(test)
-    order = np.arange(200) ^ 1                                   # 0<->1, 2<->3, ...: left and right images swap
+    order = np.arange(200) ^ 1  # 0<->1, 2<->3, ...: left and right images swap
     swapped["pixel_values"] = test["pixel_values"][order]
     swapped["vision_inputs"] = jax.tree.map(lambda x: x[order], test["vision_inputs"])
     acc_swapped = float(np.mean(answered(st.params, swapped)))

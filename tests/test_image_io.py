@@ -1,5 +1,6 @@
 """data_pipelines.load_image / image_size on DICOM, PNG and JPEG files written here, corrupt files, and the
 real chest CR DICOM shipped in the pydicom-data 1.0.0 wheel (downloaded to a cache, never installed)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,7 @@ def _stored(bits: int, signed: bool, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if signed:
         return rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (H, W)).astype(np.int16)
-    return rng.integers(0, 2 ** bits, (H, W)).astype(np.uint16)
+    return rng.integers(0, 2**bits, (H, W)).astype(np.uint16)
 
 
 def _pydicom_reference(path) -> np.ndarray:
@@ -32,10 +33,10 @@ def _pydicom_reference(path) -> np.ndarray:
         raw = item.LUTData
         table = (np.frombuffer(raw, "<u2") if isinstance(raw, bytes) else np.asarray(raw)).astype(np.float64)
         index = np.clip(np.rint(values).astype(np.int64) - first, 0, (entries or 65536) - 1)
-        out = table[index] / (2.0 ** bits - 1)
+        out = table[index] / (2.0**bits - 1)
     elif "WindowCenter" in ds:
         if ds.PixelRepresentation == 0:
-            lo, hi = 0.0, 2.0 ** ds.BitsStored - 1
+            lo, hi = 0.0, 2.0**ds.BitsStored - 1
         else:
             lo, hi = -(2.0 ** (ds.BitsStored - 1)), 2.0 ** (ds.BitsStored - 1) - 1
         if "RescaleSlope" in ds:
@@ -50,20 +51,31 @@ DICOM_CASES = {
     "m2_16bit_plain": dict(photometric="MONOCHROME2", bits_stored=16),
     "m1_12bit_rescale": dict(photometric="MONOCHROME1", bits_stored=12, rescale=(2.0, -1000.0)),
     "m2_12bit_window": dict(photometric="MONOCHROME2", bits_stored=12, window=(2048.0, 1500.0)),
-    "m1_15bit_window_rescale": dict(photometric="MONOCHROME1", bits_stored=15, window=(300.0, 9000.0),
-                                    rescale=(0.5, -4000.0)),
-    "m2_16bit_linear_exact": dict(photometric="MONOCHROME2", bits_stored=16, window=(30000.0, 20000.0),
-                                  voi_function="LINEAR_EXACT"),
-    "m2_12bit_sigmoid": dict(photometric="MONOCHROME2", bits_stored=12, window=(1800.0, 1200.0),
-                             voi_function="SIGMOID"),
+    "m1_15bit_window_rescale": dict(
+        photometric="MONOCHROME1", bits_stored=15, window=(300.0, 9000.0), rescale=(0.5, -4000.0)
+    ),
+    "m2_16bit_linear_exact": dict(
+        photometric="MONOCHROME2", bits_stored=16, window=(30000.0, 20000.0), voi_function="LINEAR_EXACT"
+    ),
+    "m2_12bit_sigmoid": dict(
+        photometric="MONOCHROME2", bits_stored=12, window=(1800.0, 1200.0), voi_function="SIGMOID"
+    ),
     "m2_12bit_signed_window": dict(photometric="MONOCHROME2", bits_stored=12, signed=True, window=(0.0, 2000.0)),
-    "m1_12bit_voi_lut_over_window": dict(photometric="MONOCHROME1", bits_stored=12, window=(10.0, 20.0),
-                                         voi_lut=([4096, 0, 16],
-                                                  [int(65535 * (i / 4095) ** 0.5) for i in range(4096)])),
-    "m2_12bit_voi_lut_ow": dict(photometric="MONOCHROME2", bits_stored=12, lut_vr="OW",
-                                voi_lut=([2048, 1000, 12], [(7 * i) % 4096 for i in range(2048)])),
-    "m2_16bit_voi_lut_offset": dict(photometric="MONOCHROME2", bits_stored=16,
-                                    voi_lut=([256, 30000, 8], list(range(256)))),
+    "m1_12bit_voi_lut_over_window": dict(
+        photometric="MONOCHROME1",
+        bits_stored=12,
+        window=(10.0, 20.0),
+        voi_lut=([4096, 0, 16], [int(65535 * (i / 4095) ** 0.5) for i in range(4096)]),
+    ),
+    "m2_12bit_voi_lut_ow": dict(
+        photometric="MONOCHROME2",
+        bits_stored=12,
+        lut_vr="OW",
+        voi_lut=([2048, 1000, 12], [(7 * i) % 4096 for i in range(2048)]),
+    ),
+    "m2_16bit_voi_lut_offset": dict(
+        photometric="MONOCHROME2", bits_stored=16, voi_lut=([256, 30000, 8], list(range(256)))
+    ),
 }
 
 
@@ -107,8 +119,9 @@ def test_monochrome1_is_inverted_so_bone_is_bright(tmp_path):
     bone[:, 7:10] = True  # a "spine" band
     attenuation = np.where(bone, 3500, 800).astype(np.uint16) + _stored(6, False, seed=5)
     m2 = write_dicom(tmp_path / "m2.dcm", attenuation, photometric="MONOCHROME2", bits_stored=12)
-    m1 = write_dicom(tmp_path / "m1.dcm", (4095 - attenuation).astype(np.uint16), photometric="MONOCHROME1",
-                     bits_stored=12)
+    m1 = write_dicom(
+        tmp_path / "m1.dcm", (4095 - attenuation).astype(np.uint16), photometric="MONOCHROME1", bits_stored=12
+    )
     for path in (m1, m2):
         image = load_image(path)
         assert image[bone].min() > image[~bone].max()
@@ -138,8 +151,9 @@ def test_color_png_is_reduced_to_luma_and_alpha_ignored(tmp_path):
     np.testing.assert_array_equal(load_image(write_png(tmp_path / "c4.png", rgba, mode="RGBA")), from_rgb)
     gray = rng.integers(0, 256, (H, W), dtype=np.uint8)  # ChestX-ray14's few RGBA files are gray + opaque alpha
     gray_rgba = np.stack([gray, gray, gray, np.full_like(gray, 255)], axis=-1)
-    np.testing.assert_allclose(load_image(write_png(tmp_path / "g4.png", gray_rgba, mode="RGBA")), gray / 255.0,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        load_image(write_png(tmp_path / "g4.png", gray_rgba, mode="RGBA")), gray / 255.0, atol=1e-6
+    )
     la = np.stack([gray, np.full_like(gray, 7)], axis=-1)
     np.testing.assert_allclose(load_image(write_png(tmp_path / "la.png", la, mode="LA")), gray / 255.0, atol=1e-7)
 
@@ -240,8 +254,8 @@ def test_real_chest_cr_dicom(pydicom_data_wheel):
     # Bone bright: the mediastinum / spine column is brighter than both lung fields on this PA film.
     h, w = image.shape
     rows = slice(int(0.3 * h), int(0.6 * h))
-    centre = image[rows, int(0.45 * w):int(0.55 * w)].mean()
-    lungs = image[rows, int(0.2 * w):int(0.32 * w)].mean(), image[rows, int(0.68 * w):int(0.8 * w)].mean()
+    centre = image[rows, int(0.45 * w) : int(0.55 * w)].mean()
+    lungs = image[rows, int(0.2 * w) : int(0.32 * w)].mean(), image[rows, int(0.68 * w) : int(0.8 * w)].mean()
     assert centre > max(lungs) + 0.1, (centre, lungs)
     # The JPEG 2000 lossless copy of the same radiograph decodes to the same array.
     np.testing.assert_array_equal(load_image(wheel_member(pydicom_data_wheel, PYDICOM_DATA + "RG1_J2KR.dcm")), image)

@@ -1,5 +1,6 @@
 """Imports flow one way: experiments -> data_pipelines -> dmx_jax (bench and tests above them all), read from the
 source with `ast` (module- and function-level imports), and the module import graph has no cycle."""
+
 from __future__ import annotations
 
 import ast
@@ -43,7 +44,7 @@ class _Imports(ast.NodeVisitor):
     def visit_ImportFrom(self, node):
         base = node.module or ""
         if node.level:
-            base = ".".join(self.package[:len(self.package) - node.level + 1] + ([base] if base else []))
+            base = ".".join(self.package[: len(self.package) - node.level + 1] + ([base] if base else []))
         self.found += [(node.lineno, base if a.name == "*" else f"{base}.{a.name}") for a in node.names]
 
 
@@ -98,15 +99,18 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_library_imports_nothing_above_it():
-    bad = [f"{modules()[m].relative_to(ROOT)}:{line} imports {dotted}"
-           for m in modules() for line, dotted in imports(m, module_level=False)
-           if dotted.split(".")[0] in FORBIDDEN.get(m.split(".")[0], ())]
+    bad = [
+        f"{modules()[m].relative_to(ROOT)}:{line} imports {dotted}"
+        for m in modules()
+        for line, dotted in imports(m, module_level=False)
+        if dotted.split(".")[0] in FORBIDDEN.get(m.split(".")[0], ())
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_module_import_graph_has_no_cycle():
     edges = graph()
-    assert "data_pipelines.pipeline.encode" in edges["data_pipelines.pipeline.dataset"]      # the walk sees imports
+    assert "data_pipelines.pipeline.encode" in edges["data_pipelines.pipeline.dataset"]  # the walk sees imports
     assert not (found := cycles(edges)), found
 
 

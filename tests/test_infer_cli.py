@@ -1,4 +1,5 @@
 """experiments.infer: answers from an HF folder with PNG and DICOM inputs, draws boxes, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from experiments.pipeline import model_config_for
 from tests.helpers.real_formats import write_dicom
 
 
-class _Cfg:          # the fields model_config_for reads
+class _Cfg:  # the fields model_config_for reads
     from experiments.configs import MemoryConfig
+
     hf_checkpoint, model, dtype, memory = None, "tiny", "float32", MemoryConfig()
 
 
@@ -39,17 +41,38 @@ def checkpoint(tmp_path_factory):
 
 def test_answers_png_and_dicom_and_draws(checkpoint, tmp_path, capsys):
     out = tmp_path / "pred.png"
-    rc = infer.main(["--checkpoint", str(checkpoint / "hf"), "--image", str(checkpoint / "cxr.png"),
-                     "--image", str(checkpoint / "cxr.dcm"), "--question", "Is there an effusion?", "--reasoning",
-                     "--max-new-tokens", "8", "--max-pixels", str(56 * 56), "--out", str(out)])
+    rc = infer.main(
+        [
+            "--checkpoint",
+            str(checkpoint / "hf"),
+            "--image",
+            str(checkpoint / "cxr.png"),
+            "--image",
+            str(checkpoint / "cxr.dcm"),
+            "--question",
+            "Is there an effusion?",
+            "--reasoning",
+            "--max-new-tokens",
+            "8",
+            "--max-pixels",
+            str(56 * 56),
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "answer:" in text and out.is_file()
     assert Image.open(out).size[0] > 100
 
 
 def test_draw_boxes_counts_cited_boxes(tmp_path):
-    n = infer.draw_boxes(np.zeros((50, 40), np.float32), (40, 50), "<think>a [1, 2, 10, 20] b [5, 5, 30, 40]</think>",
-                         tmp_path / "b.png", "t")
+    n = infer.draw_boxes(
+        np.zeros((50, 40), np.float32),
+        (40, 50),
+        "<think>a [1, 2, 10, 20] b [5, 5, 30, 40]</think>",
+        tmp_path / "b.png",
+        "t",
+    )
     assert n == 2 and (tmp_path / "b.png").is_file()
 
 
@@ -75,6 +98,11 @@ def test_bad_input_is_one_line_error(checkpoint, tmp_path, capsys, case):
     assert infer.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
-    expect = {"missing_image": "nope.png", "no_image": "--image", "corrupt_dicom": "bad.dcm",
-              "wrong_shape": "mlp", "not_a_checkpoint": "config.json"}[case]
+    expect = {
+        "missing_image": "nope.png",
+        "no_image": "--image",
+        "corrupt_dicom": "bad.dcm",
+        "wrong_shape": "mlp",
+        "not_a_checkpoint": "config.json",
+    }[case]
     assert expect in err, err

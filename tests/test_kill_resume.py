@@ -1,4 +1,5 @@
 """SIGKILL mid-run + restart reproduces the uninterrupted losses exactly; SIGTERM saves before exiting."""
+
 import json
 import signal
 import subprocess
@@ -18,8 +19,13 @@ def _losses(run_dir):
 
 
 def _start(run_dir, steps, sleep):
-    return subprocess.Popen([sys.executable, str(WORKER), str(run_dir), str(steps), str(sleep)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(run_dir), str(steps), str(sleep)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_step(run_dir, step, proc, timeout=120):
@@ -67,6 +73,7 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
     import json
 
     from tests.helpers.processes import run_workers
+
     run_workers("tests/helpers/preempt_worker.py", 2, tmp_path, timeout=300, extra=("cut",))
     cut = [json.loads((tmp_path / f"cut_{i}.json").read_text()) for i in range(2)]
     assert [c["preempted"] for c in cut] == [True, True]

@@ -2,6 +2,7 @@
 optimizer state for the base); the merged export and the PEFT folder both give transformers / peft the adapted
 model's logits; a PEFT folder loads back; the GRPO reference with adapters off is the base; a checkpoint round trip
 keeps adapters and their optimizer state."""
+
 import dataclasses
 
 import jax
@@ -39,19 +40,22 @@ def adapted(base):
 def _with_lora(path, lora=LORA):
     """The base folder loaded with fresh adapters, then every B set to random values (a trained adapter)."""
     from dmx_jax.hf import read_config
+
     cfg = read_config(path)
     model, cfg = load_pretrained(path, config=cfg.replace(text=dataclasses.replace(cfg.text, lora=lora)))
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     leaves, tree = jax.tree_util.tree_flatten_with_path(params)
     keys = jax.random.split(jax.random.key(3), len(leaves))
-    trained = [0.05 * jax.random.normal(k, x.shape) if path_to_str(p).endswith("lora_b") else x
-               for (p, x), k in zip(leaves, keys)]
+    trained = [
+        0.05 * jax.random.normal(k, x.shape) if path_to_str(p).endswith("lora_b") else x
+        for (p, x), k in zip(leaves, keys)
+    ]
     return graphdef, params, jax.tree_util.tree_unflatten(jax.tree.structure(params), trained), cfg
 
 
 def _logits(graphdef, params, inputs, jit=True):
-    ids, mask, pv, grid = inputs               # host inputs: only the parameters are traced
+    ids, mask, pv, grid = inputs  # host inputs: only the parameters are traced
     run = lambda p: nnx.merge(graphdef, p)(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
     return np.asarray((jax.jit(run) if jit else run)(params))
 
@@ -61,13 +65,14 @@ def test_fresh_adapters_give_the_base_logits_exactly_and_disabled_ones_too(base,
     plain, _ = load_pretrained(path)
     graphdef, fresh, trained, _ = adapted
     want = np.asarray(plain(inputs[0], pixel_values=inputs[2], image_grid_thw=inputs[3], attention_mask=inputs[1]))
-    np.testing.assert_array_equal(_logits(graphdef, fresh, inputs, jit=False), want)       # op by op, as `plain`
+    np.testing.assert_array_equal(_logits(graphdef, fresh, inputs, jit=False), want)  # op by op, as `plain`
     np.testing.assert_array_equal(_logits(graphdef, disable_adapters(trained), inputs, jit=False), want)
-    assert float(np.abs(_logits(graphdef, trained, inputs) - want).max()) > 1e-3    # trained adapters matter
+    assert float(np.abs(_logits(graphdef, trained, inputs) - want).max()) > 1e-3  # trained adapters matter
 
 
 def test_merged_export_gives_transformers_the_adapted_logits(base, adapted, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
+
     _, path, inputs = base
     graphdef, _, trained, cfg = adapted
     save_pretrained(trained, tmp_path / "merged", config=cfg)
@@ -84,10 +89,10 @@ def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(bas
     _, path, inputs = base
     graphdef, _, trained, cfg = adapted
     save_adapter(trained, cfg, tmp_path / "adapter", base_model=str(path))
-    ref = R.make_reference("a", seed=1)                       # the same base weights as the folder
+    ref = R.make_reference("a", seed=1)  # the same base weights as the folder
     model = peft.PeftModel.from_pretrained(ref, tmp_path / "adapter").eval()
     wrapped = [n for n, _ in model.named_modules() if n.endswith(".lora_A")]
-    assert len(wrapped) == len(LORA.targets) * cfg.text.num_hidden_layers        # the decoder's only
+    assert len(wrapped) == len(LORA.targets) * cfg.text.num_hidden_layers  # the decoder's only
     assert not any("visual" in n for n in wrapped)
     ids, mask, pv, grid = inputs
     got = R.reference_logits(model, ids, mask, pv, grid)
@@ -102,13 +107,14 @@ def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(bas
 
 def test_only_adapters_train_and_the_base_has_no_optimizer_state(base, adapted):
     _, path, inputs = base
-    graphdef, _, fresh, _ = adapted                  # B != 0, so A takes a gradient too
-    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"),
-                        trainable=Trainable(adapters_only=True))
+    graphdef, _, fresh, _ = adapted  # B != 0, so A takes a gradient too
+    tx = make_optimizer(
+        OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), trainable=Trainable(adapters_only=True)
+    )
     opt_state = tx.init(fresh)
     adapter_size = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(fresh) if is_adapter(path_to_str(p)))
     moments = sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim > 0)
-    assert moments == 2 * adapter_size                     # Adam's m and v for the adapters alone
+    assert moments == 2 * adapter_size  # Adam's m and v for the adapters alone
     ids, mask, pv, grid = inputs
 
     def loss(params):
@@ -139,25 +145,35 @@ def test_grpo_reference_is_the_base_with_adapters_off():
     from dmx_jax.training.grpo_loss import GRPOConfig
     from dmx_jax.training.rl_vlm import make_policy_logprob
     from dmx_jax.training.rollout import Reference, Sampler
+
     cfg = tiny()
     lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
     graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
     params = nnx.to_pure_dict(state)
-    trained = jax.tree_util.tree_map_with_path(
-        lambda p, x: x + 0.1 if path_to_str(p).endswith("lora_b") else x, params)
+    trained = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.1 if path_to_str(p).endswith("lora_b") else x, params)
     algo = GRPOConfig(group_size=2, max_new_tokens=4, kl_coef=0.05)
     logprob = make_policy_logprob(algo)
-    learner = GRPOLearner(graphdef, algo, optax.sgd(0.1), sampler=Sampler(None, 2, ()), reward_fn=None,
-                          logprob=logprob, reference=Reference(adapters_off=True))
+    learner = GRPOLearner(
+        graphdef,
+        algo,
+        optax.sgd(0.1),
+        sampler=Sampler(None, 2, ()),
+        reward_fn=None,
+        logprob=logprob,
+        reference=Reference(adapters_off=True),
+    )
     assert learner.ref_params is None
     rng = np.random.default_rng(0)
     t, tn = 6, 4
     ids = rng.integers(10, 900, (2, t)).astype(np.int32)
-    inputs = {"input_ids": ids, "attention_mask": np.ones((2, t), np.int32),
-              "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (2, 3, t)).copy(),
-              "deltas": np.zeros((2, 1), np.int32),
-              "completion": rng.integers(10, 900, (2, tn)).astype(np.int32),
-              "completion_mask": np.ones((2, tn), np.float32)}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": np.ones((2, t), np.int32),
+        "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (2, 3, t)).copy(),
+        "deltas": np.zeros((2, 1), np.int32),
+        "completion": rng.integers(10, 900, (2, tn)).astype(np.int32),
+        "completion_mask": np.ones((2, tn), np.float32),
+    }
     got = learner._logp_ref(trained, inputs)
     base_graphdef, base_state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     want, _ = logprob(nnx.merge(base_graphdef, base_state), inputs)
@@ -169,6 +185,7 @@ def test_grpo_reference_is_the_base_with_adapters_off():
 def test_checkpoint_round_trip_keeps_adapters_and_their_optimizer_state(adapted, tmp_path):
     from dmx_jax.training.checkpoint import Checkpointer, abstract_like
     from dmx_jax.training.state import init_train_state
+
     _, _, trained, _ = adapted
     tx = make_optimizer(OptimConfig(learning_rate=1e-2), trainable=Trainable(adapters_only=True))
     state = init_train_state(trained, tx)
@@ -185,8 +202,11 @@ def test_checkpoint_round_trip_keeps_adapters_and_their_optimizer_state(adapted,
 
 
 def test_lora_config_is_checked():
-    for bad, match in ((dict(rank=-1), "rank"), (dict(rank=4, targets=("q", "qkv")), "targets"),
-                       (dict(rank=4, alpha=0.0), "alpha")):
+    for bad, match in (
+        (dict(rank=-1), "rank"),
+        (dict(rank=4, targets=("q", "qkv")), "targets"),
+        (dict(rank=4, alpha=0.0), "alpha"),
+    ):
         with pytest.raises(ValueError, match=match):
             LoraConfig(**bad)
 
@@ -197,17 +217,19 @@ def test_train_step_differentiates_the_adapters_alone_with_the_same_update(base,
     alone) and makes exactly the update of the full-gradient step."""
     from dmx_jax.training.state import init_train_state
     from dmx_jax.training.step import make_train_step
+
     _, _, inputs = base
     graphdef, _, fresh, _ = adapted
     ids, mask, pv, grid = inputs
-    batch = {"weight": jnp.array([1.0, 0.5])}          # two rows (two micro-batches below) weighting one loss
+    batch = {"weight": jnp.array([1.0, 0.5])}  # two rows (two micro-batches below) weighting one loss
 
-    def loss_fn(model, b, rng):            # the prompt is a constant: the model's call lays out positions on the host
+    def loss_fn(model, b, rng):  # the prompt is a constant: the model's call lays out positions on the host
         logits = model(ids, pixel_values=pv, image_grid_thw=grid, attention_mask=mask)
         return jnp.sum(jax.nn.logsumexp(logits, -1) - logits[..., 7]) * jnp.sum(b["weight"]), jnp.float32(1.0), {}
 
-    tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"),
-                        trainable=Trainable(adapters_only=True))
+    tx = make_optimizer(
+        OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), trainable=Trainable(adapters_only=True)
+    )
     state = init_train_state(fresh, tx)
     everything = Trainable()
     steps = {only: make_train_step(graphdef, loss_fn, tx, grad_accum=1, trainable=only) for only in (None, everything)}
@@ -217,11 +239,12 @@ def test_train_step_differentiates_the_adapters_alone_with_the_same_update(base,
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
     adapter_size = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(fresh) if is_adapter(path_to_str(p)))
 
-    def carry_size(only):          # elements carried by the gradient-accumulation scan (2 micro-batches)
+    def carry_size(only):  # elements carried by the gradient-accumulation scan (2 micro-batches)
         jaxpr = jax.make_jaxpr(make_train_step(graphdef, loss_fn, tx, grad_accum=2, trainable=only))(state, batch)
         scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
-        return sum(v.aval.size for v in scan.outvars[:scan.params["num_carry"]])
-    assert carry_size(None) == adapter_size + 2                # adapter gradients, loss and token count
+        return sum(v.aval.size for v in scan.outvars[: scan.params["num_carry"]])
+
+    assert carry_size(None) == adapter_size + 2  # adapter gradients, loss and token count
     assert carry_size(everything) > 10 * adapter_size
 
 
@@ -231,6 +254,7 @@ def test_a_frozen_tower_in_full_fine_tuning_is_not_differentiated(base):
     everything and letting the optimizer drop the tower's gradients."""
     from dmx_jax.training.state import init_train_state
     from dmx_jax.training.step import make_train_step
+
     _, path, (ids, mask, pv, grid) = base
     model, _ = load_pretrained(path)
     graphdef, state = nnx.split(model)
@@ -244,8 +268,9 @@ def test_a_frozen_tower_in_full_fine_tuning_is_not_differentiated(base):
     frozen = Trainable(frozen=("vision",))
     tx = make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant"), trainable=frozen)
     state = init_train_state(params, tx)
-    (new_a, _), (new_b, _) = (jax.jit(make_train_step(graphdef, loss_fn, tx, trainable=t))(state, batch)
-                              for t in (frozen, Trainable()))
+    (new_a, _), (new_b, _) = (
+        jax.jit(make_train_step(graphdef, loss_fn, tx, trainable=t))(state, batch) for t in (frozen, Trainable())
+    )
     for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(new_a.params), jax.tree.leaves(new_b.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7, err_msg=path_to_str(p))
     vision_size = sum(x.size for x in jax.tree.leaves(params["vision"]))
@@ -254,6 +279,7 @@ def test_a_frozen_tower_in_full_fine_tuning_is_not_differentiated(base):
     def carry_size(trainable):
         jaxpr = jax.make_jaxpr(make_train_step(graphdef, loss_fn, tx, grad_accum=2, trainable=trainable))(state, batch)
         scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan")
-        return sum(v.aval.size for v in scan.outvars[:scan.params["num_carry"]])
-    assert carry_size(frozen) == total - vision_size + 2            # the text side's gradients, loss, token count
+        return sum(v.aval.size for v in scan.outvars[: scan.params["num_carry"]])
+
+    assert carry_size(frozen) == total - vision_size + 2  # the text side's gradients, loss, token count
     assert carry_size(Trainable()) == total + 2

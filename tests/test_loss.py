@@ -1,4 +1,5 @@
 """Chunked cross-entropy equals the direct one (value and gradient) and a numpy reference."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

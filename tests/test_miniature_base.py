@@ -1,6 +1,7 @@
 """The shipped miniature base (models/miniature_base): its card's hashes, equal logits in dmx-jax and
 transformers, and a held-out probe that fails when the vision path is broken (it describes a study better
 with its own image than with another study's)."""
+
 import hashlib
 import json
 import re
@@ -32,6 +33,7 @@ def _probe_image(size: int):
     from PIL import Image
 
     from data_pipelines.synthetic.pretrain import probe_examples
+
     img = np.asarray(probe_examples(1, size)[0].images[0])
     return Image.fromarray(img.astype(np.uint8)).convert("RGB")
 
@@ -42,23 +44,39 @@ def test_base_gives_the_same_logits_in_dmx_jax_and_transformers():
     from data_pipelines.tokenizer import HFTokenizer
     from dmx_jax.hf import load_pretrained
     from tests.helpers import hf_reference as R
+
     cfg = json.loads((BASE / "config.json").read_text())
     model, mcfg = load_pretrained(BASE)
     ref = Qwen2_5_VLForConditionalGeneration.from_pretrained(BASE, attn_implementation="eager").eval()
     f = R.processor(min_pixels=56 * 56, max_pixels=168 * 168)(images=[_probe_image(128)], return_tensors="np")
     n = R.image_tokens(f["image_grid_thw"])[0]
     tok = HFTokenizer.from_file(BASE / "tokenizer.json")
-    ids = np.asarray([tok.encode("user\n") + [cfg["vision_start_token_id"]] + [cfg["image_token_id"]] * n
-                      + [cfg["vision_end_token_id"]] + tok.encode("Is this projection PA or AP?")])
+    ids = np.asarray(
+        [
+            tok.encode("user\n")
+            + [cfg["vision_start_token_id"]]
+            + [cfg["image_token_id"]] * n
+            + [cfg["vision_end_token_id"]]
+            + tok.encode("Is this projection PA or AP?")
+        ]
+    )
     mask = np.ones_like(ids)
     with torch.no_grad():
         t = torch.as_tensor(ids)
-        want = ref(input_ids=t, attention_mask=torch.as_tensor(mask),
-                   pixel_values=torch.as_tensor(f["pixel_values"]),
-                   image_grid_thw=torch.as_tensor(f["image_grid_thw"]),
-                   mm_token_type_ids=(t == cfg["image_token_id"]).int()).logits.float().numpy()
-    got = np.asarray(model(ids, pixel_values=f["pixel_values"], image_grid_thw=f["image_grid_thw"],
-                           attention_mask=mask))
+        want = (
+            ref(
+                input_ids=t,
+                attention_mask=torch.as_tensor(mask),
+                pixel_values=torch.as_tensor(f["pixel_values"]),
+                image_grid_thw=torch.as_tensor(f["image_grid_thw"]),
+                mm_token_type_ids=(t == cfg["image_token_id"]).int(),
+            )
+            .logits.float()
+            .numpy()
+        )
+    got = np.asarray(
+        model(ids, pixel_values=f["pixel_values"], image_grid_thw=f["image_grid_thw"], attention_mask=mask)
+    )
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
 
@@ -72,6 +90,7 @@ def test_base_describes_detects_and_answers_from_the_image_it_is_shown():
     from data_pipelines.tokenizer import HFTokenizer
     from dmx_jax.hf import load_pretrained
     from experiments.pretrain import PretrainConfig, task_losses, task_rows
+
     model, mcfg = load_pretrained(BASE)
     tok = HFTokenizer.from_file(BASE / "tokenizer.json")
     graphdef, state = nnx.split(model)

@@ -5,6 +5,7 @@ so these tests cover the loader and the name table as well as the model. Config 
 2 KV heads, mrope (2,3,3), merge 2, full attention in vision block 1. Config "b": tied head, 2 heads / 1 KV
 head, mrope (4,4,4), merge 3, full attention in vision block 0.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,16 +31,20 @@ def pair(request, tmp_path_factory):
 
 def _images(cfg, sizes, seed):
     m = cfg.vision.spatial_merge_size
-    f = R.processor(merge_size=m)(images=[R.gray_image(h, w, seed + i) for i, (h, w) in enumerate(sizes)],
-                                  return_tensors="np")
+    f = R.processor(merge_size=m)(
+        images=[R.gray_image(h, w, seed + i) for i, (h, w) in enumerate(sizes)], return_tensors="np"
+    )
     return f["pixel_values"], f["image_grid_thw"], R.image_tokens(f["image_grid_thw"], merge=m)
 
 
 def _reference_positions(ref, ids, mask, grid):
     ids_t = torch.as_tensor(ids)
-    pos, delta = ref.model.get_rope_index(ids_t, (ids_t == R.IMAGE).int(),
-                                          None if grid is None else torch.as_tensor(grid),
-                                          attention_mask=torch.as_tensor(mask))
+    pos, delta = ref.model.get_rope_index(
+        ids_t,
+        (ids_t == R.IMAGE).int(),
+        None if grid is None else torch.as_tensor(grid),
+        attention_mask=torch.as_tensor(mask),
+    )
     return pos.numpy(), delta.numpy()
 
 
@@ -108,7 +113,7 @@ def test_jitted_forward_with_padded_patches(pair):
     pv, grid, n = _images(cfg, [(84, 112)], 7)
     ids, mask = R.left_pad([R.prompt_ids(n, [[1, 3], [4]])])
     pos, _ = _reference_positions(ref, ids, mask, grid)
-    unit = cfg.vision.spatial_merge_size ** 2
+    unit = cfg.vision.spatial_merge_size**2
     extra = 2 * unit
     vin = vision_inputs(grid, cfg.vision, pad_to=pv.shape[0] + extra)
     pv_padded = np.concatenate([pv, np.random.default_rng(0).normal(size=(extra, pv.shape[1])).astype(np.float32)])
@@ -146,7 +151,7 @@ def test_kv_cache_prefill_then_decode_equals_full_forward(pair):
     logits, cache = step(state, ids[:, :t0], pos[:, :, :t0], mask, cache, pv, vin)
     got = [np.asarray(logits)]
     for i in range(t0, t):
-        logits, cache = step(state, ids[:, i:i + 1], pos[:, :, i:i + 1], mask, cache)
+        logits, cache = step(state, ids[:, i : i + 1], pos[:, :, i : i + 1], mask, cache)
         got.append(np.asarray(logits))
     assert int(cache["index"]) == t
     got = np.concatenate(got, axis=1)
@@ -158,8 +163,11 @@ def test_kv_cache_prefill_then_decode_equals_full_forward(pair):
 def test_video_inputs_are_rejected(pair):
     _, _, model, _ = pair
     with pytest.raises(NotImplementedError, match="video"):
-        model(np.ones((1, 4), np.int64), pixel_values_videos=np.zeros((4, 1176), np.float32),
-              video_grid_thw=np.array([[2, 2, 2]]))
+        model(
+            np.ones((1, 4), np.int64),
+            pixel_values_videos=np.zeros((4, 1176), np.float32),
+            video_grid_thw=np.array([[2, 2, 2]]),
+        )
 
 
 def test_remat_policies_and_bf16_compute(pair):
@@ -168,6 +176,7 @@ def test_remat_policies_and_bf16_compute(pair):
     if name != "a":
         pytest.skip("one config is enough")
     from dmx_jax.model import Qwen25VL
+
     pv, grid, n = _images(cfg, [(56, 84)], 9)
     ids, mask = R.left_pad([R.prompt_ids(n, [[1, 3], [4, 5]])])
     pos, _ = rope_index(ids, grid, mask, spatial_merge_size=2, image_token_id=R.IMAGE)
@@ -190,8 +199,9 @@ def test_remat_policies_and_bf16_compute(pair):
     base, base_grads = run()
     logits, grads = run(remat="dots")
     np.testing.assert_allclose(logits, base, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5),
-                 grads, base_grads)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5), grads, base_grads
+    )
     np.testing.assert_allclose(run(grad=False, remat="full")[0], base, atol=1e-6)
     low, _ = run(grad=False, dtype="bfloat16")
     rel = float(np.abs(low - base).max() / np.abs(base).max())
@@ -203,10 +213,13 @@ def test_chunked_attention_keeps_transformers_parity(pair):
     """attention="chunked" (online softmax over key blocks of 8) against transformers: images, left padding."""
     name, ref, model, cfg = pair
     from dmx_jax.model import Qwen25VL
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen25VL(cfg.replace(attention="chunked", attention_block=8),
-                                                             nnx.Rngs(0))))
+
+    graphdef = nnx.graphdef(
+        nnx.eval_shape(lambda: Qwen25VL(cfg.replace(attention="chunked", attention_block=8), nnx.Rngs(0)))
+    )
     chunked = nnx.merge(graphdef, nnx.state(model))
     pv, grid, n = _images(cfg, [(168, 224), (112, 56), (84, 140)], 2)
-    ids, mask = R.left_pad([R.prompt_ids(n[:2], [[1, 10], [30, 31], [40, 41, 42]]),
-                            R.prompt_ids(n[2:], [[1], [50, 51]])])
+    ids, mask = R.left_pad(
+        [R.prompt_ids(n[:2], [[1, 10], [30, 31], [40, 41, 42]]), R.prompt_ids(n[2:], [[1], [50, 51]])]
+    )
     _compare(f"{name} chunked attention, two images, left-padded", ref, chunked, ids, mask, pv, grid)

@@ -2,6 +2,7 @@
 takes axis-major [3, B, T], and every entry point that takes pipeline arrays converts explicitly. A batch of
 exactly 3 rows whose images differ in size gives each row its own positions: batched logits, SFT loss, completion
 log-probs and greedy tokens equal those of each row alone (and transformers' logits), for 1, 2, 3 and 5 rows."""
+
 import functools
 
 import jax
@@ -18,9 +19,9 @@ from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.rl_vlm import completion_logprobs, make_sampler
 from dmx_jax.training.sft import sft_loss
 
-pytestmark = pytest.mark.slow        # ~40 s of compiles (5 rows alone, 4 batch sizes) on 2 cores
+pytestmark = pytest.mark.slow  # ~40 s of compiles (5 rows alone, 4 batch sizes) on 2 cores
 
-SIZES = ((56, 84), (84, 56), (112, 84), (56, 112), (84, 84))   # (h, w) per row: a different image grid in each
+SIZES = ((56, 84), (84, 56), (112, 84), (56, 112), (84, 84))  # (h, w) per row: a different image grid in each
 PIX = dict(min_pixels=56 * 56, max_pixels=112 * 112)
 NEW, TOL, HF_TOL = 4, 1e-5, 1e-4
 
@@ -31,8 +32,9 @@ def model():
     graphdef, state = nnx.split(Qwen25VL(tiny(), nnx.Rngs(0)))
     leaves, tree = jax.tree.flatten(nnx.to_pure_dict(state))
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    nnx.replace_by_pure_dict(state, tree.unflatten([x + 0.08 * jax.random.normal(k, x.shape, x.dtype)
-                                                    for k, x in zip(keys, leaves)]))
+    nnx.replace_by_pure_dict(
+        state, tree.unflatten([x + 0.08 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+    )
     return nnx.merge(graphdef, state)
 
 
@@ -41,12 +43,20 @@ def _row(cfg, b: int) -> dict:
     h, w = SIZES[b]
     img = np.random.default_rng(b).random((h, w)).astype(np.float32)
     v = cfg.vision
-    f = preprocess_images([img], patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-                          merge_size=v.spatial_merge_size, **PIX)
-    n = int(np.prod(f["image_grid_thw"][0])) // v.spatial_merge_size ** 2
+    f = preprocess_images(
+        [img],
+        patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size,
+        merge_size=v.spatial_merge_size,
+        **PIX,
+    )
+    n = int(np.prod(f["image_grid_thw"][0])) // v.spatial_merge_size**2
     ids = [1, 10 + b, cfg.vision_start_token_id] + [cfg.image_token_id] * n + [cfg.vision_end_token_id]
-    return {"ids": np.asarray(ids + [20 + k for k in range(b + 1)], np.int32), "pv": f["pixel_values"],
-            "grid": f["image_grid_thw"]}
+    return {
+        "ids": np.asarray(ids + [20 + k for k in range(b + 1)], np.int32),
+        "pv": f["pixel_values"],
+        "grid": f["image_grid_thw"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +71,25 @@ def rows(model):
         pad = t - len(r["ids"])
         ids = np.concatenate([np.full(pad, cfg.pad_token_id, np.int32), r["ids"]])
         mask = (np.arange(t) >= pad).astype(np.int32)
-        pos, delta = rope_index(ids[None], r["grid"], mask[None], spatial_merge_size=cfg.vision.spatial_merge_size,
-                                image_token_id=cfg.image_token_id)
-        encoded.append({"input_ids": ids, "attention_mask": mask, "loss_mask": mask, "positions": pos[:, 0],
-                        "deltas": delta[0], "pixel_values": np.pad(r["pv"], ((0, p - len(r["pv"])), (0, 0))),
-                        "vision_inputs": vision_inputs(r["grid"], cfg.vision, pad_to=p), "meta": {"example_id": k}})
+        pos, delta = rope_index(
+            ids[None],
+            r["grid"],
+            mask[None],
+            spatial_merge_size=cfg.vision.spatial_merge_size,
+            image_token_id=cfg.image_token_id,
+        )
+        encoded.append(
+            {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "loss_mask": mask,
+                "positions": pos[:, 0],
+                "deltas": delta[0],
+                "pixel_values": np.pad(r["pv"], ((0, p - len(r["pv"])), (0, 0))),
+                "vision_inputs": vision_inputs(r["grid"], cfg.vision, pad_to=p),
+                "meta": {"example_id": k},
+            }
+        )
     arrays, _ = stack_rows(encoded)
     arrays["completion"] = np.random.default_rng(3).integers(30, 900, (len(raw), NEW)).astype(np.int32)
     return raw, arrays
@@ -75,8 +99,13 @@ def rows(model):
 def _forward(graphdef, params, arrays: dict) -> dict:
     """Logits [B, T, V] (positions swapped once to [3, B, T]), SFT loss sum and completion log-probs [B, NEW]."""
     model = nnx.merge(graphdef, params)
-    logits, _ = model.forward(arrays["input_ids"], jnp.swapaxes(arrays["positions"], 0, 1),
-                               arrays["attention_mask"], arrays["pixel_values"], arrays["vision_inputs"])
+    logits, _ = model.forward(
+        arrays["input_ids"],
+        jnp.swapaxes(arrays["positions"], 0, 1),
+        arrays["attention_mask"],
+        arrays["pixel_values"],
+        arrays["vision_inputs"],
+    )
     loss, _, _ = sft_loss(model, arrays)
     return {"logits": logits, "loss": loss, "logprobs": completion_logprobs(model, arrays)}
 
@@ -89,10 +118,11 @@ def _outputs(model, arrays: dict) -> dict:
     out = jax.tree.map(np.asarray, _forward(graphdef, params, arrays))
     prompts = {k: v for k, v in arrays.items() if k not in ("loss_mask", "completion")}
     out["tokens"] = np.asarray(generate(model, **prompts, max_new_tokens=NEW))
-    greedy = make_sampler(graphdef, GRPOConfig(group_size=2, max_new_tokens=NEW), stop_token_ids=(), pad_id=0,
-                          greedy=True)
+    greedy = make_sampler(
+        graphdef, GRPOConfig(group_size=2, max_new_tokens=NEW), stop_token_ids=(), pad_id=0, greedy=True
+    )
     sampled, _, _ = greedy.sample(params, prompts, jax.random.key(0))
-    out["sampled"] = np.asarray(sampled)[::2]                      # the first of each group of 2 greedy samples
+    out["sampled"] = np.asarray(sampled)[::2]  # the first of each group of 2 greedy samples
     return out
 
 
@@ -116,6 +146,7 @@ def batched(model, rows):
         if n not in cache:
             cache[n] = _outputs(model, _take(rows[1], slice(0, n)))
         return cache[n]
+
     return get
 
 
@@ -139,6 +170,7 @@ def reference(model, tmp_path_factory):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from dmx_jax.hf import save_pretrained
+
     folder = tmp_path_factory.mktemp("tiny_hf")
     save_pretrained(model, folder)
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, attn_implementation="eager").eval()
@@ -148,13 +180,21 @@ def reference(model, tmp_path_factory):
 def test_batched_logits_equal_transformers(model, rows, alone, batched, reference, n):
     """The same rows through transformers (flat pixel layout, its own positions): the rows' logits."""
     import torch
+
     raw, arrays = rows
     ids, mask = (torch.as_tensor(arrays[k][:n].astype(np.int64)) for k in ("input_ids", "attention_mask"))
     with torch.no_grad():
-        want = reference(input_ids=ids, attention_mask=mask,
-                         pixel_values=torch.as_tensor(np.concatenate([r["pv"] for r in raw[:n]])),
-                         image_grid_thw=torch.as_tensor(np.concatenate([r["grid"] for r in raw[:n]])),
-                         mm_token_type_ids=(ids == model.cfg.image_token_id).int()).logits.float().numpy()
+        want = (
+            reference(
+                input_ids=ids,
+                attention_mask=mask,
+                pixel_values=torch.as_tensor(np.concatenate([r["pv"] for r in raw[:n]])),
+                image_grid_thw=torch.as_tensor(np.concatenate([r["grid"] for r in raw[:n]])),
+                mm_token_type_ids=(ids == model.cfg.image_token_id).int(),
+            )
+            .logits.float()
+            .numpy()
+        )
     valid = arrays["attention_mask"][:n].astype(bool)
     got = np.stack([a["logits"][0] for a in alone[:n]])
     assert float(np.abs(got - want)[valid].max()) <= HF_TOL

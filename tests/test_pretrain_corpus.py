@@ -1,5 +1,6 @@
 """The pretraining corpus (data_pipelines.synthetic.pretrain): task mixes draw what they say, checked on a
 few hundred rows; a malformed mix is refused before any rendering."""
+
 from __future__ import annotations
 
 import collections
@@ -26,7 +27,7 @@ def test_mix_draws_its_task_weights_and_detection_balance(mix, start):
     weights = dict(mix.task_weights)
     total = sum(weights.values())
     for task, w in weights.items():
-        if task in ("side", "view"):         # a side question on a study without findings becomes a view one
+        if task in ("side", "view"):  # a side question on a study without findings becomes a view one
             continue
         assert abs(tasks[task] / n - w / total) < 0.08, (task, tasks)
     assert set(tasks) <= set(weights) | {"view"}
@@ -38,9 +39,15 @@ def test_same_index_and_mix_give_the_same_row():
     assert (a.prompt, a.target) == (b.prompt, b.target) and (a.images[0] == b.images[0]).all()
 
 
-@pytest.mark.parametrize("kw", [dict(task_weights=(("paint", 1.0),)), dict(task_weights=()),
-                                dict(task_weights=(("detect", -1.0),)),
-                                dict(task_weights=(("detect", 1.0),), detect_present=1.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(task_weights=(("paint", 1.0),)),
+        dict(task_weights=()),
+        dict(task_weights=(("detect", -1.0),)),
+        dict(task_weights=(("detect", 1.0),), detect_present=1.5),
+    ],
+)
 def test_malformed_mix_is_refused(kw):
     with pytest.raises(ValueError, match="CorpusMix"):
         CorpusMix(**kw)
@@ -49,6 +56,7 @@ def test_malformed_mix_is_refused(kw):
 def test_probe_neighbours_are_different_studies():
     """The images-swapped control hands each probe prompt its neighbour's image: never its own study's."""
     from data_pipelines.synthetic.pretrain import probe_examples
+
     study = [e.example_id.split("/")[2] for e in probe_examples(24)]
     assert len(study) > 30
     assert all(a != b for a, b in zip(study, study[1:]))

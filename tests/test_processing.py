@@ -1,4 +1,5 @@
 """preprocess_images equals transformers' PIL Qwen2-VL image processor (grid exact, pixels <= 1e-5)."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,8 +9,10 @@ from dmx_jax.processing import num_image_tokens, preprocess_images, smart_resize
 
 def _ref(min_pixels, max_pixels):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    return Qwen2VLImageProcessorPil(patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=min_pixels,
-                                    max_pixels=max_pixels)
+
+    return Qwen2VLImageProcessorPil(
+        patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=min_pixels, max_pixels=max_pixels
+    )
 
 
 SIZES = [(56, 56), (100, 333), (512, 512), (600, 480), (37, 1500), (2000, 28), (29, 29), (1024, 768), (224, 3000)]
@@ -37,8 +40,9 @@ def test_several_images_arrays_and_token_counts():
     assert out["image_grid_thw"].shape == (2, 3)
     assert out["pixel_values"].shape == (int(out["image_grid_thw"].prod(1).sum()), 1176)
     np.testing.assert_array_equal(num_image_tokens(out["image_grid_thw"]), out["image_grid_thw"].prod(1) // 4)
-    ref = _ref(56 * 56, 128 * 128)(images=[Image.fromarray(np.round(gray_f * 255).astype(np.uint8), "L")],
-                                   return_tensors="np")
+    ref = _ref(56 * 56, 128 * 128)(
+        images=[Image.fromarray(np.round(gray_f * 255).astype(np.uint8), "L")], return_tensors="np"
+    )
     n0 = int(out["image_grid_thw"][0].prod())
     assert float(np.abs(out["pixel_values"][:n0] - ref["pixel_values"]).max()) <= 1e-5
 
@@ -49,6 +53,7 @@ def test_errors_and_smart_resize():
     with pytest.raises(ValueError, match="image 1: image contains NaN"):
         preprocess_images([np.zeros((30, 30), np.float32), np.full((30, 30), np.nan, np.float32)])
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as ref_resize
+
     rng = np.random.default_rng(2)
     for h, w in rng.integers(10, 4000, size=(300, 2)):
         if max(h, w) / min(h, w) <= 200:

@@ -1,4 +1,5 @@
 """The README's "Use it as a library" block runs as written on a tiny checkpoint and a real PNG file."""
+
 from __future__ import annotations
 
 import re

@@ -1,6 +1,7 @@
 """Remote run / checkpoint directories: one clear line when the etils.epath backend is missing (naming the
 pyproject extra that installs it), gs:// checkpoint paths handed to orbax unchanged, and a save / restore
 through an etils.epath Path."""
+
 import tomllib
 from pathlib import Path
 
@@ -76,14 +77,18 @@ def test_gs_checkpoint_path_reaches_orbax_unchanged(gcs_backend, tmp_path, monke
     (google-cloud-storage stand-in): the URI is kept as given, orbax's manager holds the same URI and
     creates and lists the folder through epath."""
     from orbax.checkpoint._src.path import gcs_utils
+
     monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+
     def local(p):
         return str(p).replace("gs://", f"{tmp_path}/", 1)
 
     def one(fn, path, *a, **k):
         return fn(local(path), *a, **k)
-    with epath_testing.mock_epath(exists=one, isdir=one, listdir=one, glob=one, makedirs=one, mkdir=one,
-                                  stat=one, walk=one):
+
+    with epath_testing.mock_epath(
+        exists=one, isdir=one, listdir=one, glob=one, makedirs=one, mkdir=one, stat=one, walk=one
+    ):
         ck = Checkpointer("gs://bucket/run/ckpt", save_every=1, async_save=False)
         assert str(ck.directory) == "gs://bucket/run/ckpt" and str(ck._mngr.directory) == "gs://bucket/run/ckpt"
         assert ck.all_steps() == []

@@ -1,4 +1,5 @@
 """The README's test command is exactly what CI runs; dmx_jax imports without the test-only references."""
+
 import re
 import subprocess
 import sys
@@ -31,9 +32,12 @@ sys.meta_path.insert(0, Block())
 
 
 def test_library_imports_without_test_only_packages():
-    mods = [p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
-            for pkg in ("dmx_jax", "data_pipelines") for p in (ROOT / pkg).rglob("*.py")
-            if "__main__" not in p.name]
+    mods = [
+        p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+        for pkg in ("dmx_jax", "data_pipelines")
+        for p in (ROOT / pkg).rglob("*.py")
+        if "__main__" not in p.name
+    ]
     code = BLOCKER + f"import importlib\nfor m in {sorted(mods)!r}:\n    importlib.import_module(m)\nprint('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

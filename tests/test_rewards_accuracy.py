@@ -1,4 +1,5 @@
 """Array accuracy reward == plain-Python references on fuzzed strings (one compiled shape per function)."""
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,28 @@ def accuracy_ref(answer, gt, bleu="char", rouge="stemmed"):
 
 def _fuzz(n, seed):
     rng = np.random.default_rng(seed)
-    words = ["effusion", "left", "right", "Lung", "no", "yes", "the", "a", "edema", "base", "|", " | ", "x1", "small",
-             "pleural", "heart", "  ", "\t", ".", ","]
+    words = [
+        "effusion",
+        "left",
+        "right",
+        "Lung",
+        "no",
+        "yes",
+        "the",
+        "a",
+        "edema",
+        "base",
+        "|",
+        " | ",
+        "x1",
+        "small",
+        "pleural",
+        "heart",
+        "  ",
+        "\t",
+        ".",
+        ",",
+    ]
     out = []
     for _ in range(n):
         k = int(rng.integers(0, 9))
@@ -61,9 +82,20 @@ def _fuzz(n, seed):
 def pairs():
     hyps, refs = _fuzz(300, 0), _fuzz(300, 1)
     # hand cases: empty, equal, case, duplicates in lists, short hypotheses, repeated n-grams
-    hand = [("", "pleural effusion on the left"), ("a", "ab"), ("abab", "abab"), ("Yes", "yes"), ("yes ", "yes"),
-            ("a|b|a", "a|c"), ("a | b", "b|a"), ("|", "a|"), ("left lung base", "left lung base"),
-            ("aaaa aaaa", "aaaa"), ("x", "x"), ("the the the", "the cat the")]
+    hand = [
+        ("", "pleural effusion on the left"),
+        ("a", "ab"),
+        ("abab", "abab"),
+        ("Yes", "yes"),
+        ("yes ", "yes"),
+        ("a|b|a", "a|c"),
+        ("a | b", "b|a"),
+        ("|", "a|"),
+        ("left lung base", "left lung base"),
+        ("aaaa aaaa", "aaaa"),
+        ("x", "x"),
+        ("the the the", "the cat the"),
+    ]
     hyps += [h for h, _ in hand]
     refs += [r for _, r in hand]
     return hyps, refs
@@ -89,8 +121,9 @@ def test_word_level_scores_equal_references(pairs):
     got = np.asarray(jax.jit(A.rouge1_words)(h, hl, r, rl))
     np.testing.assert_allclose(got, [rouge1_words_ref(a, b) for a, b in zip(hyps, refs)], atol=1e-6)
     got = np.asarray(jax.jit(A.word_bleu, static_argnums=4)(h, hl, r, rl, (0.25,) * 4))
-    np.testing.assert_allclose(got, [word_bleu_ref(b, a, (0.25,) * 4) for a, b in zip(hyps, refs)], atol=1e-6,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        got, [word_bleu_ref(b, a, (0.25,) * 4) for a, b in zip(hyps, refs)], atol=1e-6, rtol=1e-5
+    )
 
 
 def test_list_and_short_branches_are_exact(pairs):
@@ -107,11 +140,12 @@ def test_accuracy_score_equals_reference(pairs, bleu, rouge):
     hyps, refs = pairs
     h, hl = _arr(hyps)
     g, gl, kind = map(jax.numpy.asarray, encode_ground_truth(refs, L))
-    got = np.asarray(jax.jit(A.accuracy_score, static_argnames=("bleu", "rouge"))(h, hl, g, gl, kind, bleu=bleu,
-                                                                                   rouge=rouge))
+    got = np.asarray(
+        jax.jit(A.accuracy_score, static_argnames=("bleu", "rouge"))(h, hl, g, gl, kind, bleu=bleu, rouge=rouge)
+    )
     want = np.array([accuracy_ref(a, b, bleu, rouge) for a, b in zip(hyps, refs)])
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
-    assert {paper.ground_truth_kind(x) for x in refs} == {0, 1, 2}      # every branch exercised
+    assert {paper.ground_truth_kind(x) for x in refs} == {0, 1, 2}  # every branch exercised
 
 
 def test_list_f1_counts_every_item():

@@ -2,6 +2,7 @@
 of fuzzed completions: report sentences over a generated vocabulary of inflected English and radiology words
 (every Porter step exercised), completions over 4,000 characters, and a 1,024-token completion decoded from
 token ids on device."""
+
 from __future__ import annotations
 
 import random
@@ -23,45 +24,342 @@ from dmx_jax.rewards.text_bytes import encode_texts, token_bytes_table
 from tests.helpers import reward_fuzz as F
 from tests.test_rewards_paper import published_reward
 
-STEMS = ["relat", "condit", "valen", "hesit", "digit", "conform", "radic", "differ", "vil", "analog", "predic", "oper",
-         "feud", "decis", "hope", "callous", "formal", "sensit", "sensib", "triplic", "electr", "good", "reviv",
-         "allow", "infer", "airlin", "gyroscop", "adjust", "defens", "irrit", "replac", "depend", "adopt", "homolog",
-         "commun", "activ", "angular", "effect", "bowdler", "probat", "rat", "ceas", "control", "roll", "agr",
-         "plaster", "motor", "hop", "tan", "fall", "hiss", "fizz", "fail", "fil", "happ", "enjoy", "geo", "theo",
-         "archaeo", "philo", "lung", "opac", "effus", "pleur", "cardi", "atelect", "consolid", "edem", "nodul",
-         "calcif", "fract", "hyper", "ton", "syzyg", "pony", "cat", "caress", "dilat", "obstruct", "infiltr", "ventil",
-         "perfor", "margin", "thicken", "widen", "blunt", "eleva", "compress", "collaps", "aerat", "expan", "stabl",
-         "chang", "interv", "persist", "resol", "improv", "worsen", "demonstr", "suggest", "indic", "visual", "identif",
-         "evalu", "compar", "measur", "local", "associ"]
-SUFFIXES = ("", "s", "es", "ed", "ing", "ation", "ational", "tional", "ness", "ly", "ies", "ied", "y", "ize", "izer",
-            "ization", "ment", "ement", "ent", "ence", "ance", "enci", "anci", "able", "ible", "bli", "alli", "entli",
-            "eli", "ousli", "ous", "ousness", "ive", "iveness", "fulness", "ful", "fulli", "al", "alism", "aliti",
-            "iviti", "biliti", "logi", "logy", "icate", "ative", "alize", "iciti", "ical", "er", "ic", "ant", "ion",
-            "ou", "ism", "ate", "iti", "e", "ll", "sses", "ss", "eed", "at", "bl", "iz", "ated", "ating", "ying")
-RADIOLOGY = ["pneumothorax", "pneumothoraces", "effusion", "effusions", "atelectasis", "atelectatic", "cardiomegaly",
-             "cardiomediastinal", "opacity", "opacities", "opacification", "consolidation", "consolidative", "nodule",
-             "nodular", "nodules", "hilar", "hila", "mediastinum", "mediastinal", "pleural", "pulmonary", "vascular",
-             "vasculature", "congestion", "congested", "edema", "edematous", "interstitial", "infiltrate",
-             "infiltrates", "infiltration", "hyperinflation", "hyperinflated", "emphysema", "emphysematous", "fibrosis",
-             "fibrotic", "granuloma", "granulomas", "calcified", "calcification", "calcifications", "fracture",
-             "fractures", "fractured", "sternotomy", "cardiac", "silhouette", "enlarged", "enlargement", "tortuous",
-             "tortuosity", "aorta", "aortic", "degenerative", "thoracic", "lumbar", "scoliosis", "kyphosis",
-             "costophrenic", "hemidiaphragm", "hemidiaphragms", "elevated", "elevation", "bibasilar", "basilar",
-             "bilateral", "bilaterally", "unilateral", "retrocardiac", "perihilar", "lingula", "lingular", "lobe",
-             "lobes", "lobar", "apical", "apices", "pacemaker", "pacer", "catheter", "catheters", "tube", "tubes",
-             "endotracheal", "enteric", "nasogastric", "terminating", "terminates", "projecting", "projects",
-             "unchanged", "unremarkable", "stable", "stably", "improved", "improving", "worsening", "worsened",
-             "increased", "increasing", "decreased", "decreasing", "redemonstrated", "demonstrates", "suggests",
-             "suggestive", "compatible", "consistent", "possibly", "probably", "likely", "minimal", "minimally", "mild",
-             "mildly", "moderate", "moderately", "severe", "severely", "small", "smaller", "large", "larger",
-             "layering", "loculated", "subsegmental", "subpleural", "dependent", "airspace", "airspaces", "disease",
-             "diseases", "process", "processes", "sky", "skies", "dying", "lying", "tying", "news", "innings",
-             "outings", "cannings", "howe", "proceed", "exceed", "succeed"]
+STEMS = [
+    "relat",
+    "condit",
+    "valen",
+    "hesit",
+    "digit",
+    "conform",
+    "radic",
+    "differ",
+    "vil",
+    "analog",
+    "predic",
+    "oper",
+    "feud",
+    "decis",
+    "hope",
+    "callous",
+    "formal",
+    "sensit",
+    "sensib",
+    "triplic",
+    "electr",
+    "good",
+    "reviv",
+    "allow",
+    "infer",
+    "airlin",
+    "gyroscop",
+    "adjust",
+    "defens",
+    "irrit",
+    "replac",
+    "depend",
+    "adopt",
+    "homolog",
+    "commun",
+    "activ",
+    "angular",
+    "effect",
+    "bowdler",
+    "probat",
+    "rat",
+    "ceas",
+    "control",
+    "roll",
+    "agr",
+    "plaster",
+    "motor",
+    "hop",
+    "tan",
+    "fall",
+    "hiss",
+    "fizz",
+    "fail",
+    "fil",
+    "happ",
+    "enjoy",
+    "geo",
+    "theo",
+    "archaeo",
+    "philo",
+    "lung",
+    "opac",
+    "effus",
+    "pleur",
+    "cardi",
+    "atelect",
+    "consolid",
+    "edem",
+    "nodul",
+    "calcif",
+    "fract",
+    "hyper",
+    "ton",
+    "syzyg",
+    "pony",
+    "cat",
+    "caress",
+    "dilat",
+    "obstruct",
+    "infiltr",
+    "ventil",
+    "perfor",
+    "margin",
+    "thicken",
+    "widen",
+    "blunt",
+    "eleva",
+    "compress",
+    "collaps",
+    "aerat",
+    "expan",
+    "stabl",
+    "chang",
+    "interv",
+    "persist",
+    "resol",
+    "improv",
+    "worsen",
+    "demonstr",
+    "suggest",
+    "indic",
+    "visual",
+    "identif",
+    "evalu",
+    "compar",
+    "measur",
+    "local",
+    "associ",
+]
+SUFFIXES = (
+    "",
+    "s",
+    "es",
+    "ed",
+    "ing",
+    "ation",
+    "ational",
+    "tional",
+    "ness",
+    "ly",
+    "ies",
+    "ied",
+    "y",
+    "ize",
+    "izer",
+    "ization",
+    "ment",
+    "ement",
+    "ent",
+    "ence",
+    "ance",
+    "enci",
+    "anci",
+    "able",
+    "ible",
+    "bli",
+    "alli",
+    "entli",
+    "eli",
+    "ousli",
+    "ous",
+    "ousness",
+    "ive",
+    "iveness",
+    "fulness",
+    "ful",
+    "fulli",
+    "al",
+    "alism",
+    "aliti",
+    "iviti",
+    "biliti",
+    "logi",
+    "logy",
+    "icate",
+    "ative",
+    "alize",
+    "iciti",
+    "ical",
+    "er",
+    "ic",
+    "ant",
+    "ion",
+    "ou",
+    "ism",
+    "ate",
+    "iti",
+    "e",
+    "ll",
+    "sses",
+    "ss",
+    "eed",
+    "at",
+    "bl",
+    "iz",
+    "ated",
+    "ating",
+    "ying",
+)
+RADIOLOGY = [
+    "pneumothorax",
+    "pneumothoraces",
+    "effusion",
+    "effusions",
+    "atelectasis",
+    "atelectatic",
+    "cardiomegaly",
+    "cardiomediastinal",
+    "opacity",
+    "opacities",
+    "opacification",
+    "consolidation",
+    "consolidative",
+    "nodule",
+    "nodular",
+    "nodules",
+    "hilar",
+    "hila",
+    "mediastinum",
+    "mediastinal",
+    "pleural",
+    "pulmonary",
+    "vascular",
+    "vasculature",
+    "congestion",
+    "congested",
+    "edema",
+    "edematous",
+    "interstitial",
+    "infiltrate",
+    "infiltrates",
+    "infiltration",
+    "hyperinflation",
+    "hyperinflated",
+    "emphysema",
+    "emphysematous",
+    "fibrosis",
+    "fibrotic",
+    "granuloma",
+    "granulomas",
+    "calcified",
+    "calcification",
+    "calcifications",
+    "fracture",
+    "fractures",
+    "fractured",
+    "sternotomy",
+    "cardiac",
+    "silhouette",
+    "enlarged",
+    "enlargement",
+    "tortuous",
+    "tortuosity",
+    "aorta",
+    "aortic",
+    "degenerative",
+    "thoracic",
+    "lumbar",
+    "scoliosis",
+    "kyphosis",
+    "costophrenic",
+    "hemidiaphragm",
+    "hemidiaphragms",
+    "elevated",
+    "elevation",
+    "bibasilar",
+    "basilar",
+    "bilateral",
+    "bilaterally",
+    "unilateral",
+    "retrocardiac",
+    "perihilar",
+    "lingula",
+    "lingular",
+    "lobe",
+    "lobes",
+    "lobar",
+    "apical",
+    "apices",
+    "pacemaker",
+    "pacer",
+    "catheter",
+    "catheters",
+    "tube",
+    "tubes",
+    "endotracheal",
+    "enteric",
+    "nasogastric",
+    "terminating",
+    "terminates",
+    "projecting",
+    "projects",
+    "unchanged",
+    "unremarkable",
+    "stable",
+    "stably",
+    "improved",
+    "improving",
+    "worsening",
+    "worsened",
+    "increased",
+    "increasing",
+    "decreased",
+    "decreasing",
+    "redemonstrated",
+    "demonstrates",
+    "suggests",
+    "suggestive",
+    "compatible",
+    "consistent",
+    "possibly",
+    "probably",
+    "likely",
+    "minimal",
+    "minimally",
+    "mild",
+    "mildly",
+    "moderate",
+    "moderately",
+    "severe",
+    "severely",
+    "small",
+    "smaller",
+    "large",
+    "larger",
+    "layering",
+    "loculated",
+    "subsegmental",
+    "subpleural",
+    "dependent",
+    "airspace",
+    "airspaces",
+    "disease",
+    "diseases",
+    "process",
+    "processes",
+    "sky",
+    "skies",
+    "dying",
+    "lying",
+    "tying",
+    "news",
+    "innings",
+    "outings",
+    "cannings",
+    "howe",
+    "proceed",
+    "exceed",
+    "succeed",
+]
 
 
 def vocabulary() -> list[str]:
     words = {s + x for s in STEMS for x in SUFFIXES} | set(RADIOLOGY)
-    return sorted(w for w in words if len(w) > 3)            # rouge_score stems only these
+    return sorted(w for w in words if len(w) > 3)  # rouge_score stems only these
 
 
 def report(rng: random.Random, vocab: list[str], n_words: int) -> str:
@@ -92,8 +390,8 @@ def test_vocabulary_exercises_every_porter_step():
             changed[name] += y != x
             x = y
     assert min(changed.values()) >= 5, changed
-    words = vocab + ["q" * 40 + w for w in vocab[::7]] + ["yay" * 15 + w for w in vocab[::11]]    # heads
-    text, length = encode_texts([" ".join(words[i:i + 40]) for i in range(0, len(words), 40)], 2560)
+    words = vocab + ["q" * 40 + w for w in vocab[::7]] + ["yay" * 15 + w for w in vocab[::11]]  # heads
+    text, length = encode_texts([" ".join(words[i : i + 40]) for i in range(0, len(words), 40)], 2560)
     slots = jax.jit(porter.long_word_slots)(text, length)
     keys = ("w", "n", "head_len", "head_m", "head_vowel", "prev_vowel")
     w, n = jax.jit(jax.vmap(porter.stem_slots))(*(slots[k] for k in keys))
@@ -101,8 +399,8 @@ def test_vocabulary_exercises_every_porter_step():
     got = []
     for row in range(text.shape[0]):
         for s in np.nonzero(valid[row])[0]:
-            head_bytes = bytes(text[row, start[row, s]:start[row, s] + head[row, s]])
-            got.append((head_bytes + bytes(w[row, s, :n[row, s]])).decode())
+            head_bytes = bytes(text[row, start[row, s] : start[row, s] + head[row, s]])
+            got.append((head_bytes + bytes(w[row, s, : n[row, s]])).decode())
     want = [ps.stem(x) for x in words]
     assert len(got) == len(want)
     bad = [(x, g, e) for x, g, e in zip(words, got, want) if g != e]
@@ -115,20 +413,22 @@ def _fuzz_rows(n: int, seed: int, long_chars: int = 0):
     completions, gts = [], []
     for i in range(n):
         kind = i % 4
-        if kind == 0:                                    # format / box / tag fuzz with a fuzzed ground truth
+        if kind == 0:  # format / box / tag fuzz with a fuzzed ground truth
             c, g = F.completion(rng, max_pieces=14), F.ground_truth(rng)
-        else:                                            # report sentences against a report ground truth
+        else:  # report sentences against a report ground truth
             g = report(rng, vocab, rng.randint(3, 40))
             if kind == 1:
                 ans = report(rng, vocab, rng.randint(0, 40))
-            elif kind == 2:                              # a noisy copy of the ground truth: high overlap
+            elif kind == 2:  # a noisy copy of the ground truth: high overlap
                 words = g.split()
                 rng.shuffle(words)
-                ans = " ".join(words[:rng.randint(0, len(words))])
+                ans = " ".join(words[: rng.randint(0, len(words))])
             else:
                 ans = g.lower() if rng.random() < 0.5 else g
-            steps = "; ".join(f"{report(rng, vocab, rng.randint(2, 12))} {F.cited_box(rng, strict=True)}"
-                              for _ in range(rng.randint(0, 4)))
+            steps = "; ".join(
+                f"{report(rng, vocab, rng.randint(2, 12))} {F.cited_box(rng, strict=True)}"
+                for _ in range(rng.randint(0, 4))
+            )
             c = f"<think>{steps}</think>\nThe answer is: \\boxed{{{ans}}}"
         if long_chars:
             pad = report(rng, vocab, long_chars // 6)
@@ -145,7 +445,7 @@ def _fuzz_rows(n: int, seed: int, long_chars: int = 0):
 
 def _check(completions, gts, chunk: int = 2048):
     # one jitted call per 2,048 rows
-    parts = [score_texts(completions[i:i + chunk], gts[i:i + chunk]) for i in range(0, len(completions), chunk)]
+    parts = [score_texts(completions[i : i + chunk], gts[i : i + chunk]) for i in range(0, len(completions), chunk)]
     got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     want = [published_reward(c, g) for c, g in zip(completions, gts)]
     for key in ("format", "coordinate"):
@@ -173,6 +473,7 @@ def test_paper_reward_has_no_overwriting_scatter():
     text, n = encode_texts(["<think>[1, 2, 3, 4]</think> \\boxed{left lung effusions}"], 128)
     truth = ground_truth_arrays(["small left pleural effusions"], [[]], cfg)
     from dmx_jax.rewards.combine import score_bytes
+
     prims = _primitives(jax.make_jaxpr(lambda t, k, tr: score_bytes(t, k, tr, cfg))(text, n, truth).jaxpr)
     assert "scatter" not in prims, sorted(p for p in prims if "scatter" in p)
 
@@ -195,6 +496,7 @@ def test_fuzzed_completions_equal_published_quick():
 @pytest.mark.slow
 def test_1024_token_completion_on_device_equals_paper_reward(tmp_path):
     from data_pipelines.tokenizer import train_sentencepiece
+
     rng = random.Random(5)
     vocab = vocabulary()
     gt = report(rng, vocab, 30)
@@ -202,7 +504,7 @@ def test_1024_token_completion_on_device_equals_paper_reward(tmp_path):
     tok = train_sentencepiece([body, gt] + vocab[:500], 600, tmp_path)
     head = tok.encode(f"<think>{body[:300]} [10, 20, 30, 40]</think>\nThe answer is: \\boxed{{")
     tail = tok.encode("}")
-    ans = tok.encode(gt + " " + body[300:])[:1024 - len(head) - len(tail)]
+    ans = tok.encode(gt + " " + body[300:])[: 1024 - len(head) - len(tail)]
     ids = np.array([head + ans + tail], np.int32)
     assert ids.shape[1] == 1024
     table = token_bytes_table(tok, tok.vocab_size)
@@ -225,4 +527,5 @@ def test_1024_token_completion_on_device_equals_paper_reward(tmp_path):
 
 def dataclass_replace(cfg, **kw):
     import dataclasses
+
     return dataclasses.replace(cfg, **kw)

@@ -1,5 +1,6 @@
 """dmx_jax.rewards.paper equals DeepMedix-R1's published compute_xray_score, restated here from the actual
 nltk, rouge_score and mathruler functions it calls, on hand-picked edge cases and fuzzed completions."""
+
 import math
 import random
 import re
@@ -64,37 +65,52 @@ def assert_same(completion: str, gt: str):
 
 LONG_GT = "There is a small left pleural effusion with basal atelectasis."
 CASES = [
-    ("", "Yes"), ("", LONG_GT), ("", "a|b"), ("<think>", "Yes"), ("<think>reason", LONG_GT),
-    ("<think>a</think>The answer is: \\boxed{Yes", "Yes"),                        # truncated box
-    ("<think>a</think>\\boxed{Yes}", "Yes"), ("<think>a</think>\\boxed{yes}", "YES"),
-    ("<think>a</think>\\boxed{ Yes }", " Yes"),                                  # unstripped short GT
-    ("think>a</think>\\boxed{x}", "x"), ("<think>a<think>b</think>\\boxed{x}", "x"),
-    ("<think>a</think></think>\\boxed{x}\\boxed{y}", "y"),                        # repeated tags, last box
-    ("<think>a</think>\\boxed{x}\\boxed{y", "x"),                                 # unclosed last box -> None
-    ("<think>a</think>\\boxed{}", "x y z w"), ("<think>a</think>\\boxed{   }", "x"),
-    ("<think>a</think>\\boxed{\\frac{1}{2}} tail", "\\frac{1}{2}"),               # nested braces
-    ("<think>a</think>\\boxed{{a}{b}", "x"), ("<think>a</think>\\boxed{}}", "x"),
-    ("<think>a</think>\\boxed{None}", "None"), ("no box at all", "None"), ("no box", "none"),
+    ("", "Yes"),
+    ("", LONG_GT),
+    ("", "a|b"),
+    ("<think>", "Yes"),
+    ("<think>reason", LONG_GT),
+    ("<think>a</think>The answer is: \\boxed{Yes", "Yes"),  # truncated box
+    ("<think>a</think>\\boxed{Yes}", "Yes"),
+    ("<think>a</think>\\boxed{yes}", "YES"),
+    ("<think>a</think>\\boxed{ Yes }", " Yes"),  # unstripped short GT
+    ("think>a</think>\\boxed{x}", "x"),
+    ("<think>a<think>b</think>\\boxed{x}", "x"),
+    ("<think>a</think></think>\\boxed{x}\\boxed{y}", "y"),  # repeated tags, last box
+    ("<think>a</think>\\boxed{x}\\boxed{y", "x"),  # unclosed last box -> None
+    ("<think>a</think>\\boxed{}", "x y z w"),
+    ("<think>a</think>\\boxed{   }", "x"),
+    ("<think>a</think>\\boxed{\\frac{1}{2}} tail", "\\frac{1}{2}"),  # nested braces
+    ("<think>a</think>\\boxed{{a}{b}", "x"),
+    ("<think>a</think>\\boxed{}}", "x"),
+    ("<think>a</think>\\boxed{None}", "None"),
+    ("no box at all", "None"),
+    ("no box", "none"),
     ("<think>a</think>\\boxed{Effusion | atelectasis| effusion}", "effusion|Atelectasis|effusion|edema"),
-    ("<think>a</think>\\boxed{a|b}", "a|a|a"), ("<think>a</think>\\boxed{|}", "|"),
-    ("  < think >  x [1, 2, 3, 4] < / think >\n\\boxed{ a / b }", "a/b"),        # whitespace around tags
+    ("<think>a</think>\\boxed{a|b}", "a|a|a"),
+    ("<think>a</think>\\boxed{|}", "|"),
+    ("  < think >  x [1, 2, 3, 4] < / think >\n\\boxed{ a / b }", "a/b"),  # whitespace around tags
     ("\t<think>\n[1,2,3,4][5, 6,\t7,\n8]</think>\\boxed{x}", "x"),
-    ("\x0b<think>\x1c[1,2,3,4]\r</think>\\boxed{x}", "x"), ("\u00a0\u2003<think>a</think>\\boxed{x}", "x"),
+    ("\x0b<think>\x1c[1,2,3,4]\r</think>\\boxed{x}", "x"),
+    ("\u00a0\u2003<think>a</think>\\boxed{x}", "x"),
     ("\x1f\x0c<think>a</think>\\boxed{a \x1d/\x1e b}", "a/b"),
-    ("<think>[1,2,3,513] [0,0,0,512]</think>\\boxed{x}", "x"),                  # > 512 and == 512
+    ("<think>[1,2,3,513] [0,0,0,512]</think>\\boxed{x}", "x"),  # > 512 and == 512
     ("<think>[1,2,3,512.0000001][-600,0,0,0][+513,1,1,1]</think>", "x"),
-    ("<think>[512.00000000000005684341886080801486968994140625,0,0,0]</think>", "x"),   # tie: rounds to 512
+    ("<think>[512.00000000000005684341886080801486968994140625,0,0,0]</think>", "x"),  # tie: rounds to 512
     ("<think>[512.00000000000005684341886080801486968994140626,0,0,0]</think>", "x"),
     ("<think>[.5,-.5,+.5,0512][5.,1,2,3][1.2.3,1,2,3][1,2,3][1,2,3,4,5][ 1,2,3,4][1,2,3,4 ]</think>", "x"),
-    ("<think>" + "[1,2,3,4]" * 5 + "</think>\\boxed{x}", "x"),                    # > 3 boxes: capped
+    ("<think>" + "[1,2,3,4]" * 5 + "</think>\\boxed{x}", "x"),  # > 3 boxes: capped
     ("<think>" + "[1,2,3,4]" * 3 + "[1,2,3,999]" + "[1,2,3,4]" * 4 + "</think>", "x"),
-    ("<think>" + "[999,1,1,1]" * 4 + "</think>", "x"),                            # no lower bound
+    ("<think>" + "[999,1,1,1]" * 4 + "</think>", "x"),  # no lower bound
     ("<think>[1,2,3,4]</think><think>[1,2,3,4][5,6,7,8]</think>\\boxed{x}", "x"),  # second think block ignored
-    ("<think>[1,2,3,\u0663]\u00a0[1,\u00a02,3,4]</think>\\boxed{\u00e9}", "\u00c9"),   # Unicode \d, \s, lower
+    ("<think>[1,2,3,\u0663]\u00a0[1,\u00a02,3,4]</think>\\boxed{\u00e9}", "\u00c9"),  # Unicode \d, \s, lower
     ("<think>x</think>\\boxed{the lung is clear}", "The lung is clear."),
-    ("<think>x</think>\\boxed{a}", "b c d"), ("<think>x</think>\\boxed{bcd}", "b c d"),
-    ("<think>x</think>\\boxed{" + LONG_GT + "}", LONG_GT), ("<think>x</think>\\boxed{" + LONG_GT * 3 + "}", LONG_GT),
-    ("<think>x</think>\\boxed{effusions are seen}", LONG_GT), ("\\boxed{ zzz }", "q r s"),
+    ("<think>x</think>\\boxed{a}", "b c d"),
+    ("<think>x</think>\\boxed{bcd}", "b c d"),
+    ("<think>x</think>\\boxed{" + LONG_GT + "}", LONG_GT),
+    ("<think>x</think>\\boxed{" + LONG_GT * 3 + "}", LONG_GT),
+    ("<think>x</think>\\boxed{effusions are seen}", LONG_GT),
+    ("\\boxed{ zzz }", "q r s"),
     ("\\boxed{a|b}", "a|" + " ".join(["w"] * 25)),
 ]
 
@@ -109,7 +125,7 @@ def test_fuzzed_completions_match_published():
     for i in range(400):
         gt = reward_fuzz.ground_truth(rng)
         completion = reward_fuzz.completion(rng, unicode=i % 4 == 0)
-        if i % 5 == 0 and gt.strip():                 # answers built from the ground truth: high BLEU/F1
+        if i % 5 == 0 and gt.strip():  # answers built from the ground truth: high BLEU/F1
             completion = "<think>x</think>\\boxed{" + gt[: rng.randint(0, len(gt))] + "}"
         assert_same(completion, gt)
 
@@ -131,8 +147,17 @@ def test_fuzz_reaches_every_branch():
 
 def test_char_bleu_matches_nltk_on_edge_lengths():
     smooth = SmoothingFunction().method2
-    pairs = [("abc", "x"), ("abcd", "a"), ("a", "abcdef"), ("aaaa", "aaaaaaa"), ("ab ab ab", "ab"), (" ", " "),
-             ("abcdefgh", "abcdefgh"), ("abc", "cba"), ("hello world", "world hello")]
+    pairs = [
+        ("abc", "x"),
+        ("abcd", "a"),
+        ("a", "abcdef"),
+        ("aaaa", "aaaaaaa"),
+        ("ab ab ab", "ab"),
+        (" ", " "),
+        ("abcdefgh", "abcdefgh"),
+        ("abc", "cba"),
+        ("hello world", "world hello"),
+    ]
     for ref, hyp in pairs:
         for w in [(1, 0, 0, 0), (0.25, 0.25, 0.25, 0.25)]:
             want = sentence_bleu([ref], hyp, weights=w, smoothing_function=smooth)

@@ -1,5 +1,6 @@
 """Jitted byte-array parsing (dmx_jax.rewards.text_bytes / parse) equals plain-Python regex references on
 fuzzed ASCII completions; decode_tokens equals the tokenizers' own decode."""
+
 import math
 import random
 import re
@@ -18,11 +19,29 @@ MAX_BOXES = 4
 BOX_RE = r"\[([-+]?\d*\.?\d+(?:,\s*[-+]?\d*\.?\d+){3})\]"
 
 # numbers whose "> 512" decision needs float64 rounding, not float32 or naive digit comparison
-TIE = "512.00000000000005684341886080801486968994140625"            # 512 + 2^-44 exactly: rounds to 512
-NEAR_512 = [TIE, TIE[:-1] + "6", TIE[:-1] + "4", TIE + "0000001", "512.0000000000000568", "512.0000000000000569",
-            "512.000000001", "512.0", "0512.00", "000000511.9999999999999999999", "512.00000000000000000001",
-            "+512.1", "-512.1", "-0", "513", "1000", "0.5", ".000000000000000000000000000000000000000000001",
-            "99999999999999999999999999999999999999999999999999", "12.3456789012345678901234567890123456789012"]
+TIE = "512.00000000000005684341886080801486968994140625"  # 512 + 2^-44 exactly: rounds to 512
+NEAR_512 = [
+    TIE,
+    TIE[:-1] + "6",
+    TIE[:-1] + "4",
+    TIE + "0000001",
+    "512.0000000000000568",
+    "512.0000000000000569",
+    "512.000000001",
+    "512.0",
+    "0512.00",
+    "000000511.9999999999999999999",
+    "512.00000000000000000001",
+    "+512.1",
+    "-512.1",
+    "-0",
+    "513",
+    "1000",
+    "0.5",
+    ".000000000000000000000000000000000000000000001",
+    "99999999999999999999999999999999999999999999999999",
+    "12.3456789012345678901234567890123456789012",
+]
 
 
 def reference(completion: str) -> dict:
@@ -32,20 +51,36 @@ def reference(completion: str) -> dict:
     boxes = [[a.strip() for a in m.split(",")] for m in re.findall(BOX_RE, blocks[0])] if blocks else []
     over = [max(float(a) for a in b) > 512 for b in boxes]
     m = sum(-4 if o else 1 for o in over)
-    return {"text": text.encode(), "format": bool(re.fullmatch(r"<think>.*</think>.*\\boxed\{.*\}.*", text, re.DOTALL)),
-            "answer": paper.scored_answer(text).encode(), "boxes": boxes, "over": over,
-            "coordinate": np.float32(0.15 if m >= 3 else m / 20), "published_coordinate": paper.coordinate_score(text)}
+    return {
+        "text": text.encode(),
+        "format": bool(re.fullmatch(r"<think>.*</think>.*\\boxed\{.*\}.*", text, re.DOTALL)),
+        "answer": paper.scored_answer(text).encode(),
+        "boxes": boxes,
+        "over": over,
+        "coordinate": np.float32(0.15 if m >= 3 else m / 20),
+        "published_coordinate": paper.coordinate_score(text),
+    }
 
 
 def _completions():
     rng = random.Random(7)
     out = [reward_fuzz.completion(rng) for _ in range(300)]
     out += ["<think>[" + ",".join(rng.sample(NEAR_512, 4)) + "]</think>" for _ in range(40)]
-    out += ["<think>" + " ".join(reward_fuzz.cited_box(rng, strict=True) for _ in range(rng.randint(3, 9))) + "</think>"
-            for _ in range(30)]
-    out += ["", "<think>", "\\boxed{", "\\boxed{}", "\\boxed{ \t}", "\\boxed{\\boxed{a}}",
-            "<think>a</think>\\boxed{a}}",
-            "<think>[1,2,3,4]" * 3 + "</think>", "<think>" + "[1,2,3,4]" * 4 + "[1,2,3,999]</think>"]
+    out += [
+        "<think>" + " ".join(reward_fuzz.cited_box(rng, strict=True) for _ in range(rng.randint(3, 9))) + "</think>"
+        for _ in range(30)
+    ]
+    out += [
+        "",
+        "<think>",
+        "\\boxed{",
+        "\\boxed{}",
+        "\\boxed{ \t}",
+        "\\boxed{\\boxed{a}}",
+        "<think>a</think>\\boxed{a}}",
+        "<think>[1,2,3,4]" * 3 + "</think>",
+        "<think>" + "[1,2,3,4]" * 4 + "[1,2,3,999]</think>",
+    ]
     return out
 
 
@@ -72,11 +107,11 @@ def test_normalise_format_answer_match_reference(parsed):
     completions, out = parsed
     for i, c in enumerate(completions):
         ref = reference(c)
-        assert bytes(out["text"][i, :out["text_len"][i]]) == ref["text"], c
-        assert not out["text"][i, out["text_len"][i]:].any(), c
+        assert bytes(out["text"][i, : out["text_len"][i]]) == ref["text"], c
+        assert not out["text"][i, out["text_len"][i] :].any(), c
         assert out["format"][i] == float(ref["format"]), c
-        assert bytes(out["answer"][i, :out["answer_len"][i]]) == ref["answer"], c
-        assert not out["answer"][i, out["answer_len"][i]:].any(), c
+        assert bytes(out["answer"][i, : out["answer_len"][i]]) == ref["answer"], c
+        assert not out["answer"][i, out["answer_len"][i] :].any(), c
 
 
 def test_cited_boxes_and_coordinate_match_reference(parsed):
@@ -91,8 +126,8 @@ def test_cited_boxes_and_coordinate_match_reference(parsed):
         for box, strings in zip(out["boxes"][i], ref["boxes"]):
             with np.errstate(over="ignore"):
                 want = np.array([float(s) for s in strings], np.float32)
-            np.testing.assert_allclose(box, want, rtol=2e-7, atol=1.2e-38, err_msg=c)   # denormals may flush
-            for got, s in zip(box, strings):          # correctly rounded for <= 7 significant, <= 10 decimals
+            np.testing.assert_allclose(box, want, rtol=2e-7, atol=1.2e-38, err_msg=c)  # denormals may flush
+            for got, s in zip(box, strings):  # correctly rounded for <= 7 significant, <= 10 decimals
                 digits = s.lstrip("+-").split(".")
                 if len((digits[0] + "".join(digits[1:])).lstrip("0")) <= 7 and len(digits[-1]) <= 10:
                     assert got == np.float32(float(s)), (c, s)
@@ -105,7 +140,7 @@ def test_cited_boxes_and_coordinate_match_reference(parsed):
 
 def test_half_ulp_constant_is_exact():
     digits = "".join(map(str, parse._HALF_ULP_DIGITS[:44]))
-    assert Fraction(int(digits), 10 ** 44) == Fraction(1, 2 ** 44) and parse._HALF_ULP_DIGITS[44] == 0
+    assert Fraction(int(digits), 10**44) == Fraction(1, 2**44) and parse._HALF_ULP_DIGITS[44] == 0
     assert float(TIE) == 512.0 and float(TIE[:-1] + "6") > 512.0
 
 
@@ -118,19 +153,28 @@ def test_encode_ground_truth_kinds():
         tb.encode_texts(["x" * 9], 8)
 
 
-CORPUS = ["<think>The left lower lobe shows opacity [12, 34, 56, 78].</think> The answer is: \\boxed{effusion}",
-          "No pneumothorax. The heart is enlarged.", "Pleural effusion | atelectasis", "ünïcode 肺 text"] * 10
+CORPUS = [
+    "<think>The left lower lobe shows opacity [12, 34, 56, 78].</think> The answer is: \\boxed{effusion}",
+    "No pneumothorax. The heart is enlarged.",
+    "Pleural effusion | atelectasis",
+    "ünïcode 肺 text",
+] * 10
 
 
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     spm = train_sentencepiece(CORPUS, 320, tmp_path_factory.mktemp("spm"))
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=list(SPECIAL_TOKENS),
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     path = tmp_path_factory.mktemp("hf") / "tokenizer.json"
     tok.save(str(path))
     return {"spm": spm, "hf": HFTokenizer.from_file(path)}
@@ -146,13 +190,13 @@ def test_decode_tokens_matches_tokenizer_decode(tokenizers, name):
     ids = np.full((len(rows), width), tok.pad_id, np.int32)
     mask = np.zeros_like(ids, bool)
     for i, r in enumerate(rows):
-        ids[i, :len(r)] = r
+        ids[i, : len(r)] = r
         mask[i] = [rng.random() < 0.8 for _ in range(width)]
         if i % 3 == 0:
-            ids[i, 0], mask[i, 0] = tok.im_start_id, True             # special tokens decode to nothing
+            ids[i, 0], mask[i, 0] = tok.im_start_id, True  # special tokens decode to nothing
             ids[i, -1], mask[i, -1] = tok.im_end_id, True
-    table = tb.token_bytes_table(tok, tok.vocab_size + 7)             # padded embedding rows -> no bytes
-    assert table["length"][tok.vocab_size:].sum() == 0 and table["length"][tok.im_end_id] == 0
+    table = tb.token_bytes_table(tok, tok.vocab_size + 7)  # padded embedding rows -> no bytes
+    assert table["length"][tok.vocab_size :].sum() == 0 and table["length"][tok.im_end_id] == 0
     ids[1, 2], mask[1, 2] = tok.vocab_size + 3, True
     text, text_len = jax.jit(tb.decode_tokens)(ids, mask, table)
     got = tb.decode_texts(text, text_len)
@@ -160,9 +204,10 @@ def test_decode_tokens_matches_tokenizer_decode(tokenizers, name):
         kept = [int(t) for t, m in zip(ids[i], mask[i]) if m and t not in tok.special_ids and t < tok.vocab_size]
         assert got[i] == tok.decode(kept), (name, i)
     short, short_len = jax.jit(tb.decode_tokens, static_argnames="max_len")(ids, mask, table, max_len=16)
-    assert tb.decode_texts(short, short_len) == [bytes(r[:min(n, 16)]).decode("utf-8", "replace")
-                                                 for r, n in zip(np.asarray(text), np.asarray(text_len))]
-    if name == "spm":   # unmasked full rows reproduce the text exactly
+    assert tb.decode_texts(short, short_len) == [
+        bytes(r[: min(n, 16)]).decode("utf-8", "replace") for r, n in zip(np.asarray(text), np.asarray(text_len))
+    ]
+    if name == "spm":  # unmasked full rows reproduce the text exactly
         assert tok.decode(rows[5]) == texts[5]
     assert not np.asarray(text)[np.arange(text.shape[1])[None, :] >= np.asarray(text_len)[:, None]].any()
 

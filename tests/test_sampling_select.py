@@ -1,4 +1,5 @@
 """Token selection against numpy references: truncation sets, and sampled frequencies."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

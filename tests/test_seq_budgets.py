@@ -15,6 +15,7 @@ give about 4 on English), so text counts come out higher than Qwen's would: the 
 No tokenizer can emit fewer tokens than Qwen2's pre-tokenizer pieces: that lower bound is printed beside each
 count (pytest -s).
 """
+
 import ast
 import dataclasses
 import os
@@ -36,8 +37,10 @@ from experiments.datasets import patch_budget
 ROOT = Path(__file__).resolve().parents[1]
 QWEN_VOCAB = 151_665
 # Qwen2's pre-tokenizer split (tokenizer.json of Qwen2.5-VL): digits are single pieces.
-QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
-              r"|\s+(?!\S)|\s+")
+QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 
 LONG_REPORT = (  # a long MIMIC-style FINDINGS section (~230 words), not part of the tokenizer's training text
     "PA and lateral views of the chest were obtained. Compared to the prior radiograph from three days earlier, "
@@ -55,13 +58,20 @@ LONG_REPORT = (  # a long MIMIC-style FINDINGS section (~230 words), not part of
     "bypass grafting. Degenerative changes of the thoracic spine with mild dextroscoliosis are seen. Old healed "
     "fractures of the left fifth through seventh posterolateral ribs are again demonstrated. Surgical clips in "
     "the right upper quadrant are consistent with prior cholecystectomy. No free intraperitoneal air beneath "
-    "the hemidiaphragms. Recommend follow-up radiographs after diuresis to reassess the left lower lobe.")
+    "the hemidiaphragms. Recommend follow-up radiographs after diuresis to reassess the left lower lobe."
+)
 
-STEP = ("{k}. There is a focal opacity in the left lower lung zone with [{x1}, {y1}, {x2}, {y2}], partly obscuring "
-        "the hemidiaphragm and compatible with atelectasis or early consolidation; ")
-PROMPTS = (prompts.FINDINGS_PROMPT, prompts.IMPRESSION_PROMPT, prompts.CLASSIFICATION_PROMPT,
-           prompts.GROUNDING_PROMPT.format(phrase="left lower lobe consolidation with small pleural effusion"),
-           prompts.REFERRING_PROMPT.format(box="[1203, 1876, 2544, 3011]"))
+STEP = (
+    "{k}. There is a focal opacity in the left lower lung zone with [{x1}, {y1}, {x2}, {y2}], partly obscuring "
+    "the hemidiaphragm and compatible with atelectasis or early consolidation; "
+)
+PROMPTS = (
+    prompts.FINDINGS_PROMPT,
+    prompts.IMPRESSION_PROMPT,
+    prompts.CLASSIFICATION_PROMPT,
+    prompts.GROUNDING_PROMPT.format(phrase="left lower lobe consolidation with small pleural effusion"),
+    prompts.REFERRING_PROMPT.format(box="[1203, 1876, 2544, 3011]"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +80,29 @@ def tok(tmp_path_factory):
     if given:
         return HFTokenizer.from_file(given)
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
     t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), "isolated"),
-                                               pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    t.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     t.decoder = decoders.ByteLevel()
     corpus = [p.read_text() for p in (ROOT / "README.md", ROOT / "BUILD_NOTES.md")]
     corpus += [p.read_text() for p in (ROOT / "data_pipelines" / "templates").glob("*.txt")]
     for p in (ROOT / "data_pipelines" / "synthetic").glob("*.py"):  # the synthetic reports' radiology phrases
-        corpus += [n.value for n in ast.walk(ast.parse(p.read_text()))
-                   if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-    trainer = trainers.BpeTrainer(vocab_size=QWEN_VOCAB, special_tokens=list(SPECIAL_TOKENS) + ["<think>", "</think>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        corpus += [
+            n.value
+            for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=QWEN_VOCAB,
+        special_tokens=list(SPECIAL_TOKENS) + ["<think>", "</think>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     t.train_from_iterator(corpus, trainer)
     path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
     t.save(str(path))
@@ -96,6 +118,7 @@ class QwenPieces:
 
     def __init__(self):
         from tokenizers import Regex, pre_tokenizers
+
         self._split = pre_tokenizers.Split(Regex(QWEN_SPLIT), "isolated")
 
     def encode(self, text: str) -> list[int]:
@@ -125,9 +148,16 @@ def _trace(tok, n_tokens: int, stored: tuple[int, int], model: tuple[int, int]) 
 
 def _study(w: int, h: int, prompt: str, target: str, trace: str | None = None) -> Example:
     pixels = np.random.default_rng(w).random((h, w), dtype=np.float32)
-    return Example(example_id=f"cxr{w}x{h}", dataset="mimic_cxr", task="findings", images=(pixels,),
-                   image_sizes=((w, h),), prompt=prompt, target=target,
-                   meta={"reasoning": trace} if trace else {})
+    return Example(
+        example_id=f"cxr{w}x{h}",
+        dataset="mimic_cxr",
+        task="findings",
+        images=(pixels,),
+        image_sizes=((w, h),),
+        prompt=prompt,
+        target=target,
+        meta={"reasoning": trace} if trace else {},
+    )
 
 
 @pytest.mark.parametrize("name", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
@@ -156,13 +186,20 @@ def test_every_stage_row_of_a_real_size_cxr_fits_the_preset(name, tok):
                 assert patches == 1280 and patches <= budget, (w, h, patches, budget)  # 320 image tokens
                 worst = max(worst, (tokens, patches, prompt))
             tokens, patches, prompt = worst
-            lower = measure(_study(w, h, prompt, LONG_REPORT, trace if enc.reasoning else None), QwenPieces(), enc,
-                            cache)[0]
+            lower = measure(
+                _study(w, h, prompt, LONG_REPORT, trace if enc.reasoning else None), QwenPieces(), enc, cache
+            )[0]
             report.append(f"{name} {w}x{h} {kind}: {tokens} tokens (Qwen lower bound {lower}) / {seq_len}")
             assert lower <= tokens, report[-1]
             assert tokens <= seq_len, "does not fit: " + report[-1]
-            row = encode_example(_study(w, h, prompt, LONG_REPORT, trace if enc.reasoning else None), tok, enc,
-                                 seq_len=seq_len, patch_budget=budget, image_cache=cache)
+            row = encode_example(
+                _study(w, h, prompt, LONG_REPORT, trace if enc.reasoning else None),
+                tok,
+                enc,
+                seq_len=seq_len,
+                patch_budget=budget,
+                image_cache=cache,
+            )
             assert row["input_ids"].shape == (seq_len,) and row["pixel_values"].shape[0] == budget
             if kind == "cold_start":  # the trace is the preset's full generation length, <|im_end|> included
                 assert int(row["loss_mask"].sum()) == n_new

@@ -1,5 +1,6 @@
 """Sharded forward (with images) equals the unsharded one on four mesh shapes; weights really are split
 as the rule table says; load_pretrained(mesh=...) places tensors directly in their shardings."""
+
 import jax
 import numpy as np
 import pytest
@@ -45,18 +46,23 @@ def test_sharded_forward_equals_unsharded(setup, shape):
     sharded = jax.device_put(params, sh)
     ids, pos, mask, pv, vin = inputs
     bspec = NamedSharding(mesh, batch_spec(2))
-    placed = (jax.device_put(ids, bspec), jax.device_put(pos, NamedSharding(mesh, batch_spec(3, batch_axis=1))),
-              jax.device_put(mask, bspec), pv, vin)
+    placed = (
+        jax.device_put(ids, bspec),
+        jax.device_put(pos, NamedSharding(mesh, batch_spec(3, batch_axis=1))),
+        jax.device_put(mask, bspec),
+        pv,
+        vin,
+    )
     got = np.asarray(jax.jit(_forward, static_argnums=0)(graphdef, sharded, placed))
     valid = mask.astype(bool)
     assert float(np.abs(got - want)[valid].max()) <= 1e-5
-    q = sharded["text"]["layers"]["attn"]["q"]["kernel"]           # [L, D, N, H] = [2, 64, 4, 16]
-    up = sharded["text"]["layers"]["mlp"]["up"]["kernel"]          # [L, D, F]   = [2, 64, 128]
+    q = sharded["text"]["layers"]["attn"]["q"]["kernel"]  # [L, D, N, H] = [2, 64, 4, 16]
+    up = sharded["text"]["layers"]["mlp"]["up"]["kernel"]  # [L, D, F]   = [2, 64, 128]
     fsdp, tensor = mesh.shape["fsdp"], mesh.shape["tensor"]
     split = lambda n, k: n // k if n % k == 0 else n
     assert q.addressable_shards[0].data.shape == (2, split(64, fsdp), split(4, tensor), 16)
     assert up.addressable_shards[0].data.shape == (2, split(64, fsdp), split(128, tensor))
-    qkv = sharded["vision"]["blocks"]["attn"]["qkv"]["kernel"]     # [Lv, Dv, 3, Nv, Hv] = [2, 32, 3, 2, 16]
+    qkv = sharded["vision"]["blocks"]["attn"]["qkv"]["kernel"]  # [Lv, Dv, 3, Nv, Hv] = [2, 32, 3, 2, 16]
     assert qkv.addressable_shards[0].data.shape == (2, split(32, fsdp), 3, split(2, tensor), 16)
     if shape != (8, 1, 1):
         assert np.prod(up.addressable_shards[0].data.shape) < np.prod(up.shape)  # really split
@@ -97,7 +103,7 @@ def test_activation_constraints_under_context_mesh_equal_unsharded(setup):
     ids, mask = R.left_pad([R.prompt_ids(n, [[1, 7 + i % 3], [8]]) for i in range(8)])
     pos, _ = rope_index(ids, grid, mask, image_token_id=R.IMAGE)
     pv = f["pixel_values"].reshape(8, -1, f["pixel_values"].shape[-1])
-    vin = jax.tree.map(lambda *a: np.stack(a), *[vision_inputs(grid[i:i + 1], cfg.vision) for i in range(8)])
+    vin = jax.tree.map(lambda *a: np.stack(a), *[vision_inputs(grid[i : i + 1], cfg.vision) for i in range(8)])
 
     def rowwise(graphdef, params, ids, pos, mask, pv, vin):
         return nnx.merge(graphdef, params).forward(ids, pos, mask, pv, vin)[0]

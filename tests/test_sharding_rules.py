@@ -1,4 +1,5 @@
 """The sharding table: every parameter path is covered, specs follow the rules, indivisible dims replicate."""
+
 import jax
 import numpy as np
 import pytest
@@ -21,24 +22,38 @@ def _fake_params(L=2, D=16, N=4, K=2, H=4, F=32, V=64, Dv=8, Nv=2, Hv=4, Fv=16, 
     return {
         "vision": {
             "patch_embed": {"kernel": z(C, Dv)},
-            "blocks": {"norm1": {"scale": z(L, Dv)}, "norm2": {"scale": z(L, Dv)},
-                       "attn": {"qkv": {"kernel": z(L, Dv, 3, Nv, Hv), "bias": z(L, 3, Nv, Hv)},
-                                "proj": {"kernel": z(L, Nv, Hv, Dv), "bias": z(L, Dv)}},
-                       "mlp": {"gate": {"kernel": z(L, Dv, Fv), "bias": z(L, Fv)},
-                               "up": {"kernel": z(L, Dv, Fv), "bias": z(L, Fv)},
-                               "down": {"kernel": z(L, Fv, Dv), "bias": z(L, Dv)}}},
-            "merger": {"ln_q": {"scale": z(Dv)}, "fc1": {"kernel": z(Dv * m * m, Dv * m * m), "bias": z(Dv * m * m)},
-                       "fc2": {"kernel": z(Dv * m * m, D), "bias": z(D)}},
+            "blocks": {
+                "norm1": {"scale": z(L, Dv)},
+                "norm2": {"scale": z(L, Dv)},
+                "attn": {
+                    "qkv": {"kernel": z(L, Dv, 3, Nv, Hv), "bias": z(L, 3, Nv, Hv)},
+                    "proj": {"kernel": z(L, Nv, Hv, Dv), "bias": z(L, Dv)},
+                },
+                "mlp": {
+                    "gate": {"kernel": z(L, Dv, Fv), "bias": z(L, Fv)},
+                    "up": {"kernel": z(L, Dv, Fv), "bias": z(L, Fv)},
+                    "down": {"kernel": z(L, Fv, Dv), "bias": z(L, Dv)},
+                },
+            },
+            "merger": {
+                "ln_q": {"scale": z(Dv)},
+                "fc1": {"kernel": z(Dv * m * m, Dv * m * m), "bias": z(Dv * m * m)},
+                "fc2": {"kernel": z(Dv * m * m, D), "bias": z(D)},
+            },
         },
         "text": {
             "embed": {"embedding": z(V, D)},
-            "layers": {"input_norm": {"scale": z(L, D)}, "post_attn_norm": {"scale": z(L, D)},
-                       "attn": {"q": {"kernel": z(L, D, N, H), "bias": z(L, N, H)},
-                                "k": {"kernel": z(L, D, K, H), "bias": z(L, K, H)},
-                                "v": {"kernel": z(L, D, K, H), "bias": z(L, K, H)},
-                                "o": {"kernel": z(L, N, H, D)}},
-                       "mlp": {"gate": {"kernel": z(L, D, F)}, "up": {"kernel": z(L, D, F)},
-                               "down": {"kernel": z(L, F, D)}}},
+            "layers": {
+                "input_norm": {"scale": z(L, D)},
+                "post_attn_norm": {"scale": z(L, D)},
+                "attn": {
+                    "q": {"kernel": z(L, D, N, H), "bias": z(L, N, H)},
+                    "k": {"kernel": z(L, D, K, H), "bias": z(L, K, H)},
+                    "v": {"kernel": z(L, D, K, H), "bias": z(L, K, H)},
+                    "o": {"kernel": z(L, N, H, D)},
+                },
+                "mlp": {"gate": {"kernel": z(L, D, F)}, "up": {"kernel": z(L, D, F)}, "down": {"kernel": z(L, F, D)}},
+            },
             "norm": {"scale": z(D)},
         },
         "lm_head": {"kernel": z(D, V)},
@@ -78,6 +93,7 @@ def test_size_one_axes_are_dropped_and_specs_apply_to_whole_tree():
 
 def test_optimizer_moments_follow_parameters():
     import optax
+
     mesh = make_mesh(MeshConfig(1, 8, 1))
     params = _fake_params()
     opt_state = jax.eval_shape(optax.adamw(1e-3).init, params)

@@ -3,6 +3,7 @@ rerun resumes exactly: the same per-step losses / rewards and the same final par
 (SIGKILL of the same machinery is covered by test_kill_resume). Cold start is SFT's recipe, runner and loop on
 reasoning rows, so SFT stands for both. Parameters and batches are split over 2 devices (FSDP), and no program
 of a run (first start, the interrupted one or the resume) compiles twice."""
+
 from __future__ import annotations
 
 import json
@@ -30,25 +31,32 @@ STEPS, STOP_AT = 5, 3
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from data_pipelines.synthetic import SyntheticConfig, examples
-    cfg = ExperimentConfig(model="tiny", data=DataConfig(image_size=64, max_pixels=64 * 64, min_pixels=28 * 28,
-                                                         reasoning_seq_len=512, on_too_long="skip"))
+
+    cfg = ExperimentConfig(
+        model="tiny",
+        data=DataConfig(
+            image_size=64, max_pixels=64 * 64, min_pixels=28 * 28, reasoning_seq_len=512, on_too_long="skip"
+        ),
+    )
     scfg = SyntheticConfig(image_size=64, seed=0)
     ex = [examples("train", i, scfg, task="referring") for i in range(12)]
     corpus = [examples("train", i, scfg) for i in range(300)]
     tok = build_tokenizer(corpus, 2048, tmp_path_factory.mktemp("tok"))
     mcfg = model_config_for(cfg, tok)
-    rows = {"sft": encode_all(ex, tok, mcfg, cfg, 160, reasoning=False),
-            "grpo": encode_all(ex, tok, mcfg, cfg, 256, reasoning=True, prompt_only=True)}
+    rows = {
+        "sft": encode_all(ex, tok, mcfg, cfg, 160, reasoning=False),
+        "grpo": encode_all(ex, tok, mcfg, cfg, 256, reasoning=True, prompt_only=True),
+    }
     graphdef, state = nnx.split(Qwen25VL(mcfg, nnx.Rngs(0)))
     return graphdef, nnx.to_pure_dict(state), rows, tok, mcfg
 
 
 def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
     graphdef, params, rows, tok, mcfg = setup
-    params = jax.tree.map(np.array, params)         # fresh buffers: the train step donates its state
-    mesh = make_mesh(MeshConfig(1, 2, 1), devices=jax.devices()[:2])   # params and batch split over 2 devices
+    params = jax.tree.map(np.array, params)  # fresh buffers: the train step donates its state
+    mesh = make_mesh(MeshConfig(1, 2, 1), devices=jax.devices()[:2])  # params and batch split over 2 devices
     writer = MetricsWriter(run_dir / "metrics.jsonl")
-    if stop_at is not None:                      # a preemption notice arrives while batch `stop_at` is drawn
+    if stop_at is not None:  # a preemption notice arrives while batch `stop_at` is drawn
         real = stages.batches
 
         def batches_with_sigterm(*a, **k):
@@ -60,13 +68,20 @@ def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
                     if self.position // max(self.batch_size, 1) == stop_at:
                         os.kill(os.getpid(), signal.SIGTERM)
                     return nxt(self)
+
             it.__class__ = Stopping
             return it
+
         monkeypatch.setattr(stages, "batches", batches_with_sigterm)
     optim = OptimConfig(learning_rate=3e-3, warmup_steps=0, schedule="constant")
     if stage == "grpo":
-        scfg = RLConfig(steps=STEPS, prompts_per_step=2, save_every=2, optim=optim,
-                        algo=GRPOConfig(group_size=2, max_new_tokens=8, kl_coef=0.02))
+        scfg = RLConfig(
+            steps=STEPS,
+            prompts_per_step=2,
+            save_every=2,
+            optim=optim,
+            algo=GRPOConfig(group_size=2, max_new_tokens=8, kl_coef=0.02),
+        )
     else:
         scfg = StageConfig(steps=STEPS, batch_size=2, save_every=2, optim=optim)
     spec, recipe = stages.plan_stage(stage, scfg, graphdef, mcfg, tok, params, mesh=mesh)
@@ -74,7 +89,7 @@ def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
     with compiles() as log:
         try:
             return stages.run_stage(spec, recipe, run_dir, params, rows[stage], ctx)
-        finally:        # programs of 3+ arguments: the steps, log-prob passes, sampler, reward (not eager ops)
+        finally:  # programs of 3+ arguments: the steps, log-prob passes, sampler, reward (not eager ops)
             assert compiled_again(log, min_args=3) == {}, f"{stage}: a program compiled twice in one run"
 
 

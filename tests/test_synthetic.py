@@ -5,6 +5,7 @@ References are independent of the generator: a plain keyword CheXpert labeler wr
 from masks with argwhere, a re-render without each lesion to locate the pixels it changed, and a regex /
 brace-matching parser for the trace format.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,17 @@ from data_pipelines.synthetic import vqa
 from data_pipelines.synthetic.config import SyntheticConfig
 
 CFG = SyntheticConfig()
-SIDE_NAMES = ("Lung Lesion", "Consolidation", "Pneumonia", "Lung Opacity", "Atelectasis", "Pleural Effusion",
-              "Pneumothorax", "Fracture", "Pleural Other")
+SIDE_NAMES = (
+    "Lung Lesion",
+    "Consolidation",
+    "Pneumonia",
+    "Lung Opacity",
+    "Atelectasis",
+    "Pleural Effusion",
+    "Pneumothorax",
+    "Fracture",
+    "Pleural Other",
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +100,7 @@ def test_laterality_patient_right_is_image_left():
         s = D.study("train", i, SyntheticConfig(p_normal=1.0))
         heart, w = s.anatomy_boxes["heart"], s.image_size[0]
         rows = slice(heart[1] + 4, heart[3] - 4)
-        assert s.image[rows, w // 2 + 4:w // 2 + 20].mean() > s.image[rows, w // 2 - 20:w // 2 - 4].mean() + 0.03
+        assert s.image[rows, w // 2 + 4 : w // 2 + 20].mean() > s.image[rows, w // 2 - 20 : w // 2 - 4].mean() + 0.03
 
 
 def test_laterality_of_every_lateral_finding(train_studies):
@@ -141,7 +151,7 @@ def test_lesion_pixels_lie_inside_its_mask():
         scene = S.realize(S.plan_study(CFG.seed, C.global_index("train", i, CFG), CFG), CFG)
         full = S.render_scene(scene, CFG)
         for k, spec in enumerate(scene.findings):
-            without = dataclasses.replace(scene, findings=scene.findings[:k] + scene.findings[k + 1:])
+            without = dataclasses.replace(scene, findings=scene.findings[:k] + scene.findings[k + 1 :])
             diff = np.abs(S.render_scene(without, CFG).image - full.image) > 1e-6
             assert not np.any(diff & ~_dilate(full.masks[k])), spec.name
             if spec.name not in ("Cardiomegaly", "Enlarged Cardiomediastinum"):  # anatomy-only findings
@@ -168,10 +178,18 @@ def test_other_sizes_scale_boxes():
 # --------------------------------------------------------------------------------------- report / labels
 
 _KEYWORDS = {
-    "Pleural Effusion": r"effusion", "Pneumothorax": r"pneumothorax", "Consolidation": r"consolidation",
-    "Pneumonia": r"pneumonia", "Atelectasis": r"atelectasis", "Edema": r"edema", "Lung Opacity": r"opacit",
-    "Lung Lesion": r"nodule|\bmass\b", "Cardiomegaly": r"cardiomegaly|cardiac silhouette|heart size",
-    "Enlarged Cardiomediastinum": r"mediastin", "Fracture": r"fracture", "Pleural Other": r"pleural thickening",
+    "Pleural Effusion": r"effusion",
+    "Pneumothorax": r"pneumothorax",
+    "Consolidation": r"consolidation",
+    "Pneumonia": r"pneumonia",
+    "Atelectasis": r"atelectasis",
+    "Edema": r"edema",
+    "Lung Opacity": r"opacit",
+    "Lung Lesion": r"nodule|\bmass\b",
+    "Cardiomegaly": r"cardiomegaly|cardiac silhouette|heart size",
+    "Enlarged Cardiomediastinum": r"mediastin",
+    "Fracture": r"fracture",
+    "Pleural Other": r"pleural thickening",
     "Support Devices": r"pacemaker|catheter|tube",
 }
 _NEGATION = re.compile(r"\bno\b|\bnormal\b|resolution|resolved|without")
@@ -235,8 +253,19 @@ def _family_answers(family: str, n: int, with_prior: bool = False) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("family,n", [("presence", 300), ("location", 300), ("zone", 150), ("level", 120),
-                                      ("size", 120), ("view", 120), ("count", 120), ("type", 150)])
+@pytest.mark.parametrize(
+    "family,n",
+    [
+        ("presence", 300),
+        ("location", 300),
+        ("zone", 150),
+        ("level", 120),
+        ("size", 120),
+        ("view", 120),
+        ("count", 120),
+        ("type", 150),
+    ],
+)
 def test_answers_are_balanced_within_family(family, n):
     answers = _family_answers(family, n)
     space = vqa.ANSWERS[family]
@@ -270,7 +299,7 @@ def test_splits_are_disjoint_index_ranges():
     ranges = [(C.global_index(s, 0, CFG), C.global_index(s, CFG.split_size(s) - 1, CFG)) for s in C.SPLITS]
     for k, (a0, a1) in enumerate(ranges):
         assert C.split_of(a0) == C.split_of(a1) == C.SPLITS[k]
-        for b0, b1 in ranges[k + 1:]:
+        for b0, b1 in ranges[k + 1 :]:
             assert a1 < b0 or b1 < a0
     with pytest.raises(IndexError):
         C.global_index("val", CFG.val_size, CFG)
@@ -337,7 +366,8 @@ def test_reasoning_traces_parse_and_box_the_target():
             assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in boxes)
             if task == "grounding":
                 assert [tuple(map(int, b)) for b in _BOX.findall(ex.target)] == [
-                    tuple(int(v) for v in b.as_tuple()) for b in ex.boxes]
+                    tuple(int(v) for v in b.as_tuple()) for b in ex.boxes
+                ]
             negatives = ex.meta["reasoning_negatives"]
             shifted = _TRACE.match(negatives["shifted_box"])
             shifted_boxes = [tuple(map(int, b)) for b in _BOX.findall(shifted.group("think"))]
@@ -349,6 +379,7 @@ def test_reasoning_traces_parse_and_box_the_target():
 def test_trace_steps_rerender_in_another_box_frame():
     from data_pipelines import boxes as B
     from data_pipelines.synthetic.reasoning import Step, render_trace
+
     ex = D.examples("train", 1, CFG, task="grounding")
     steps = [Step(text, boxes) for text, boxes in ex.meta["reasoning_steps"]]
     assert render_trace(steps, ex.target) == ex.meta["reasoning"]
@@ -389,8 +420,13 @@ def test_examples_follow_the_schema_and_programs_reproduce_answers():
                 assert 0 <= b.x_min < b.x_max <= 128 and 0 <= b.y_min < b.y_max <= 128
             if task in ("vqa", "difference"):
                 assert ex.question_type and "program" in ex.meta
-                s = D.sample(CFG.seed, ex.meta["study_index"], CFG, variant=ex.meta["variant"],
-                             with_prior=True if task == "difference" else None)
+                s = D.sample(
+                    CFG.seed,
+                    ex.meta["study_index"],
+                    CFG,
+                    variant=ex.meta["variant"],
+                    with_prior=True if task == "difference" else None,
+                )
                 assert vqa.execute(ex.meta["program"], s.facts()) == ex.target
                 if ex.question_type != "abnormality":
                     assert len(ex.target.split()) <= 2 or ex.meta["family"] == "describe_changes"
@@ -417,8 +453,13 @@ def test_vqa_answers_match_plain_reference():
     for i in range(60):
         for task in ("vqa", "difference"):
             ex = D.examples("train", i, CFG, task=task)
-            s = D.sample(CFG.seed, ex.meta["study_index"], CFG, variant=ex.meta["variant"],
-                         with_prior=True if task == "difference" else None)
+            s = D.sample(
+                CFG.seed,
+                ex.meta["study_index"],
+                CFG,
+                variant=ex.meta["variant"],
+                with_prior=True if task == "difference" else None,
+            )
             ref = _reference_answer(ex.meta["family"], ex.meta["program"], s)
             if ref is not None:
                 assert ex.target == ref, (ex.prompt, ex.target, ref)
@@ -448,11 +489,13 @@ def test_difficulty_lowers_lesion_contrast():
         out = S.render_scene(scene, cfg)
         bare = S.render_scene(dataclasses.replace(scene, findings=()), cfg)
         return float(np.mean([np.abs(out.image - bare.image)[m].mean() for m in out.masks]))
+
     assert contrast(0.0) > 1.5 * contrast(1.0)
 
 
 def test_contact_sheet_writes_png(tmp_path, train_studies):
     from data_pipelines.synthetic.preview import contact_sheet
+
     sheet = contact_sheet(train_studies[:8], str(tmp_path / "sheet.png"))
     assert sheet.shape == (2 * 256, 4 * 256, 3) and (tmp_path / "sheet.png").stat().st_size > 1000
 
@@ -469,14 +512,17 @@ def test_render_speed_is_measured():
     for i in range(30):
         D.sample(0, i, cfg)
     sample_ms = (time.perf_counter() - t0) / 30 * 1e3
-    print(f"\nrender_scene 128^2: {render_ms:.2f} ms/image; sample() incl. plan, geometry, report, priors: "
-          f"{sample_ms:.2f} ms/study")
+    print(
+        f"\nrender_scene 128^2: {render_ms:.2f} ms/image; sample() incl. plan, geometry, report, priors: "
+        f"{sample_ms:.2f} ms/study"
+    )
 
 
 def test_test_split_has_the_stratified_evaluation_mix():
     """600 test indices hold exactly 216 grounding, 312 VQA-type and 72 report prompts; other splits keep
     drawing from task_mix, and test_task_mix=None restores the random draw in the test split."""
     from collections import Counter
+
     cfg = SyntheticConfig()
     cycle = cfg.task_cycle()
     counts = Counter(cycle[i % len(cycle)] for i in range(600))
@@ -508,6 +554,7 @@ def test_grounding_prompts_leave_side_and_zone_to_the_image():
     """Default prompts name the finding only and box every instance of it (both sides of a bilateral effusion);
     grounding_locations=True names side and zone (the older, guessable benchmark)."""
     from data_pipelines.synthetic.findings import KIND_PHRASES, PHRASES
+
     located_cfg = dataclasses.replace(CFG, grounding_locations=True)
     multi_side = located_zone = 0
     for i in range(80):
@@ -516,8 +563,9 @@ def test_grounding_prompts_leave_side_and_zone_to_the_image():
         if phrase in ("heart", "right lung", "left lung"):
             continue
         assert not re.search(r"\b(right|left|upper|middle|lower|zone|bilateral)\b", ex.prompt), ex.prompt
-        same = [f for f in ex.meta["findings"]
-                if (KIND_PHRASES[f["kind"]] if f["kind"] else PHRASES[f["name"]]) == phrase]
+        same = [
+            f for f in ex.meta["findings"] if (KIND_PHRASES[f["kind"]] if f["kind"] else PHRASES[f["name"]]) == phrase
+        ]
         assert [tuple(int(v) for v in b.as_tuple()) for b in ex.boxes] == [tuple(f["bbox"]) for f in same]
         multi_side += len({f["side"] for f in same}) > 1
         located = D.examples("train", i, located_cfg, task="grounding")
@@ -530,6 +578,7 @@ def test_grounding_trace_names_the_asked_phrase_first_and_its_boxes_are_the_answ
     answer's boxes, in order, the last one right before the answer (no anatomy step), so the answer is a copy;
     the default (anatomy-first) trace opens on both lungs' boxes."""
     from data_pipelines.synthetic.reasoning import parse_trace
+
     seen = 0
     for i in range(80):
         e = D.examples("train", i, SyntheticConfig(grounding_trace="phrase_first"), task="grounding")
@@ -546,6 +595,7 @@ def test_grounding_trace_names_the_asked_phrase_first_and_its_boxes_are_the_answ
 
 def test_box_first_grounding_trace_gives_each_box_right_after_the_phrase_and_the_answer_copies_them():
     from data_pipelines.synthetic.reasoning import parse_trace
+
     for i in range(40):
         e = D.examples("train", i, SyntheticConfig(grounding_trace="box_first"), task="grounding")
         cited, boxed = parse_trace(e.meta["reasoning"])
@@ -573,6 +623,7 @@ def test_question_first_vqa_trace_names_the_asked_finding_first_and_keeps_the_ev
             assert new[0] == (f"{verb} the abnormal findings", ()) and new[1:] == old[1:]
         else:
             from data_pipelines.synthetic.vqa import name_phrase
+
             assert new[0] == (f"look for the {name_phrase(name)}", ())
             assert new[1:] == (old[1:] if fam == "presence" else old)
     assert families >= {"presence", "location", "zone", "level", "size", "view", "count", "abnormality", "type"}
@@ -584,11 +635,13 @@ def test_trace_box_jitter_moves_the_cited_boxes_and_the_trace_answer_copies_them
     """With trace_box_jitter the grounding trace cites boxes moved by at most that many pixels per edge and its
     boxed answer is exactly those boxes (a copy, not the truth), while the example's target stays the truth."""
     from data_pipelines.synthetic.reasoning import parse_trace
+
     cfg = SyntheticConfig(grounding_trace="box_first", trace_box_jitter=3)
     moved = 0
     for i in range(40):
-        e, plain = (D.examples("train", i, c, task="grounding") for c in (cfg, dataclasses.replace(cfg,
-                                                                                                   trace_box_jitter=0)))
+        e, plain = (
+            D.examples("train", i, c, task="grounding") for c in (cfg, dataclasses.replace(cfg, trace_box_jitter=0))
+        )
         assert e.target == plain.target and e.prompt == plain.prompt
         cited, boxed = parse_trace(e.meta["reasoning"])
         truth, _ = parse_trace(plain.meta["reasoning"])

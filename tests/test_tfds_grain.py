@@ -3,6 +3,7 @@
 References: the synthetic generator's own Examples, load_image on the fixture files (written in the real
 IU-Xray / MS-CXR formats by tests/helpers/real_formats.py) and experiments.data.encode (the driver's encoder).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,13 @@ SYN = dict(seed=5, image_size=64, train_size=12, val_size=3, test_size=2, heldou
 def deep_equal(a, b) -> bool:
     """Structural equality with container types kept (tuple != list) and NaN == NaN."""
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        )
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
@@ -129,8 +135,16 @@ def test_synthetic_8bit_and_tasks(tmp_path):
 def write_iu_fixture(root):
     """Two IU-Xray reports: one with an 8-bit and a 16-bit PNG, one with a single 8-bit PNG."""
     folder = root / "ecgen-radiology"
-    rf.write_iu_report(folder, 1, {"INDICATION": "Cough", "FINDINGS": "Heart size is normal. Lungs are clear.",
-                                   "IMPRESSION": "No acute disease."}, ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"])
+    rf.write_iu_report(
+        folder,
+        1,
+        {
+            "INDICATION": "Cough",
+            "FINDINGS": "Heart size is normal. Lungs are clear.",
+            "IMPRESSION": "No acute disease.",
+        },
+        ["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"],
+    )
     rf.write_iu_report(folder, 2, {"FINDINGS": "", "IMPRESSION": "Stable cardiomegaly."}, ["CXR2_IM-0652-1001"])
     rf.write_png(root / "NLMCXR_png" / "CXR1_1_IM-0001-3001.png", rf.tiny_gray(40, 32, seed=1))
     wide = np.random.default_rng(2).integers(0, 65536, (36, 30), dtype=np.uint16)
@@ -142,10 +156,15 @@ def write_ms_cxr_fixture(root):
     """Three MS-CXR rows on two MIMIC JPGs (boxes, grounding/referring, train/test)."""
     d1, d2 = "c1aec6b5-1a4b8e2a-bbb8f7d1-5b1c4d9e-8f2a6b3c", "0f3c5e2a-1b2c3d4e-5f6a7b8c-9d0e1f2a-3b4c5d6e"
     p1, p2 = f"files/p15/p15451130/s56960634/{d1}.jpg", f"files/p11/p11111111/s52222222/{d2}.jpg"
-    rf.write_csv(root / "ms" / "MS_CXR_Local_Alignment_v1.1.0.csv", rf.MS_CXR_HEADER, [
-        (d1, 15451130, 56960634, "Pneumonia", "bilateral opacities", p1, 4, 5, 10, 12, 40, 30, "train"),
-        (d1, 15451130, 56960634, "Pneumonia", "bilateral opacities", p1, 20, 6, 8.5, 11.25, 40, 30, "train"),
-        (d2, 11111111, 52222222, "Cardiomegaly", "enlarged heart", p2, 1.5, 2, 6, 7.75, 12, 12, "test")])
+    rf.write_csv(
+        root / "ms" / "MS_CXR_Local_Alignment_v1.1.0.csv",
+        rf.MS_CXR_HEADER,
+        [
+            (d1, 15451130, 56960634, "Pneumonia", "bilateral opacities", p1, 4, 5, 10, 12, 40, 30, "train"),
+            (d1, 15451130, 56960634, "Pneumonia", "bilateral opacities", p1, 20, 6, 8.5, 11.25, 40, 30, "train"),
+            (d2, 11111111, 52222222, "Cardiomegaly", "enlarged heart", p2, 1.5, 2, 6, 7.75, 12, 12, "test"),
+        ],
+    )
     rf.write_jpeg(root / "mimic" / p1, rf.tiny_gray(40, 30, seed=4))
     rf.write_jpeg(root / "mimic" / p2, rf.tiny_gray(12, 12, seed=5))
 
@@ -183,8 +202,15 @@ def test_unreadable_image_names_the_example(tmp_path):
 
 def test_meta_codec_keeps_container_types():
     rng = np.random.default_rng(0)
-    meta = {"t": (1, (2.5, "a"), [3, (None, True)]), "nan": float("nan"), "arr": rng.random((2, 3)),
-            "ints": np.arange(4, dtype=np.int16), "keys": {(1, 2): "pair", 3: [()]}, "empty": {}, "s": "x"}
+    meta = {
+        "t": (1, (2.5, "a"), [3, (None, True)]),
+        "nan": float("nan"),
+        "arr": rng.random((2, 3)),
+        "ints": np.arange(4, dtype=np.int16),
+        "keys": {(1, 2): "pair", 3: [()]},
+        "empty": {},
+        "s": "x",
+    }
     assert deep_equal(decode_meta(encode_meta(meta)), meta)
     with pytest.raises(TypeError, match="meta.bad"):
         encode_meta({"bad": object()})
@@ -196,6 +222,7 @@ def test_encode_png_bit_depth_choice():
     from PIL import Image
 
     from data_pipelines.image_io import decode_image_bytes
+
     on_grid = (np.arange(60, dtype=np.float64).reshape(6, 10) / 255.0).astype(np.float32)
     off_grid = np.random.default_rng(1).random((6, 10)).astype(np.float32)
     assert Image.open(io.BytesIO(encode_png(on_grid))).mode == "L"
@@ -215,8 +242,9 @@ BUCKETS = [(200, 32), (160, 16), (480, 32)]  # unsorted on purpose; tried as (16
 def pool():
     """12 mixed-task examples (16 patches each) + 2 difference examples (2 images, 32 patches)."""
     syn = SyntheticConfig(**SYN)
-    return ([examples("train", i, syn) for i in range(12)]
-            + [examples("val", i, syn, task="difference") for i in range(2)])
+    return [examples("train", i, syn) for i in range(12)] + [
+        examples("val", i, syn, task="difference") for i in range(2)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +280,12 @@ def check_batches_against_reference(batches, by_id, tok, enc, buckets):
     for arrays, meta in batches:
         seq_len, patch_budget = meta["bucket"]
         assert meta["bucket"] in order
-        assert arrays["input_ids"].shape == arrays["loss_mask"].shape == arrays["attention_mask"].shape \
+        assert (
+            arrays["input_ids"].shape
+            == arrays["loss_mask"].shape
+            == arrays["attention_mask"].shape
             == (len(meta["valid"]), seq_len)
+        )
         assert arrays["positions"].shape == (len(meta["valid"]), 3, seq_len)
         assert arrays["pixel_values"].shape[:2] == (len(meta["valid"]), patch_budget)
         for i, (eid, ok) in enumerate(zip(meta["example_ids"], meta["valid"])):
@@ -273,9 +305,17 @@ def test_experiment_rows_come_from_the_one_encoder(pool, tok, reasoning, prompt_
     from experiments.configs import tiny as tiny_experiment
     from experiments.datasets import encode_all
     from experiments.overrides import apply_overrides
+
     enc = encoding(reasoning=reasoning, prompt_only=prompt_only)
-    cfg = apply_overrides(tiny_experiment(), [f"data.min_pixels={MIN_PIXELS}", f"data.max_pixels={MAX_PIXELS}",
-                                              "data.patch_budget=40", "data.on_too_long=error"])
+    cfg = apply_overrides(
+        tiny_experiment(),
+        [
+            f"data.min_pixels={MIN_PIXELS}",
+            f"data.max_pixels={MAX_PIXELS}",
+            "data.patch_budget=40",
+            "data.on_too_long=error",
+        ],
+    )
     examples_ = pool[:4] + pool[-1:]
     cache: dict = {}
     rows = encode_all(examples_, tok, MODEL, cfg, 1500, cache, reasoning=reasoning, prompt_only=prompt_only)
@@ -285,7 +325,7 @@ def test_experiment_rows_come_from_the_one_encoder(pool, tok, reasoning, prompt_
         batched = {k: (v[None] if k not in ("meta", "vision_inputs") else v) for k, v in got.items()}
         batched["vision_inputs"] = {k: v[None] for k, v in got["vision_inputs"].items()}
         assert_row_matches_reference(batched, got["meta"], 0, want)
-        assert got["meta"]["image"] is other["meta"]["image"]           # decoded once, shared through the cache
+        assert got["meta"]["image"] is other["meta"]["image"]  # decoded once, shared through the cache
         assert measure(ex, tok, enc)[0] == int(got["attention_mask"].sum())
     with pytest.raises(DoesNotFit, match=pool[0].example_id):
         encode_all(pool[:1], tok, MODEL, cfg, 8, reasoning=reasoning, prompt_only=prompt_only)
@@ -314,8 +354,9 @@ def test_tfds_source_feeds_the_pipeline(synthetic_dir, tok):
     source = tfds.data_source(f"dmx_synthetic/{config.name}", data_dir=str(data_dir), split="train")
     enc = encoding(reasoning=True)
     buckets = [(600, 16), (1500, 16)]
-    batches = list(iter(make_dataset(source, tokenizer=tok, encoding=enc, batch_size=2, buckets=buckets, seed=0,
-                                     remainder="pad")))
+    batches = list(
+        iter(make_dataset(source, tokenizer=tok, encoding=enc, batch_size=2, buckets=buckets, seed=0, remainder="pad"))
+    )
     by_id = {(ex := record_to_example(source[i])).example_id: ex for i in range(len(source))}
     check_batches_against_reference(batches, by_id, tok, enc, buckets)
     assert sorted(eid for _, m in batches for eid, ok in zip(m["example_ids"], m["valid"]) if ok) == sorted(by_id)
@@ -324,28 +365,47 @@ def test_tfds_source_feeds_the_pipeline(synthetic_dir, tok):
 def test_two_process_shards_are_disjoint_and_complete(pool, tok):
     ids = []
     for shard in range(2):
-        ds = make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=BUCKETS, seed=9,
-                          shard_index=shard, shard_count=2, remainder="pad")
+        ds = make_dataset(
+            pool,
+            tokenizer=tok,
+            encoding=encoding(),
+            batch_size=2,
+            buckets=BUCKETS,
+            seed=9,
+            shard_index=shard,
+            shard_count=2,
+            remainder="pad",
+        )
         ids.append([eid for _, m in iter(ds) for eid, ok in zip(m["example_ids"], m["valid"]) if ok])
     assert not set(ids[0]) & set(ids[1])
     assert sorted(ids[0] + ids[1]) == sorted(e.example_id for e in pool)
     with pytest.raises(ValueError, match="shard_index"):
-        make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=BUCKETS, shard_index=2,
-                     shard_count=2)
+        make_dataset(
+            pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=BUCKETS, shard_index=2, shard_count=2
+        )
 
 
 def test_seeded_shuffle_and_epochs(pool, tok):
     def run(seed, epochs):
-        ds = make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=BUCKETS, seed=seed,
-                          num_epochs=epochs, remainder="pad")
+        ds = make_dataset(
+            pool,
+            tokenizer=tok,
+            encoding=encoding(),
+            batch_size=2,
+            buckets=BUCKETS,
+            seed=seed,
+            num_epochs=epochs,
+            remainder="pad",
+        )
         return [eid for _, m in iter(ds) for eid, ok in zip(m["example_ids"], m["valid"]) if ok]
 
     a, b, c = run(1, 1), run(1, 1), run(2, 1)
     assert a == b and a != c and sorted(a) == sorted(c)
     two = run(1, 2)
     assert sorted(two) == sorted(a + a)
-    one_bucket = make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=1, buckets=[(1500, 32)], seed=1,
-                              num_epochs=2)
+    one_bucket = make_dataset(
+        pool, tokenizer=tok, encoding=encoding(), batch_size=1, buckets=[(1500, 32)], seed=1, num_epochs=2
+    )
     stream = [m["example_ids"][0] for _, m in iter(one_bucket)]  # batch_size 1, one bucket: the row order
     n = len(pool)
     assert sorted(stream[:n]) == sorted(stream[n:]) == sorted(e.example_id for e in pool)
@@ -369,8 +429,16 @@ def test_state_save_and_restore_continues_exactly(pool, tok):
     import json
 
     def make():
-        return make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=[(160, 16), (480, 32)],
-                            seed=4, num_epochs=2, remainder="pad")
+        return make_dataset(
+            pool,
+            tokenizer=tok,
+            encoding=encoding(),
+            batch_size=2,
+            buckets=[(160, 16), (480, 32)],
+            seed=4,
+            num_epochs=2,
+            remainder="pad",
+        )
 
     it = iter(make())
     states, batches = [it.get_state()], []
@@ -388,8 +456,16 @@ def test_too_long_raise_or_skip(pool, tok):
     buckets = [(160, 32)]  # findings / impression / difference rows need more tokens
     with pytest.raises(DoesNotFit, match="fit no bucket"):
         list(iter(make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=buckets, seed=0)))
-    ds = make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=buckets, seed=0,
-                      too_long="skip", remainder="pad")
+    ds = make_dataset(
+        pool,
+        tokenizer=tok,
+        encoding=encoding(),
+        batch_size=2,
+        buckets=buckets,
+        seed=0,
+        too_long="skip",
+        remainder="pad",
+    )
     it = iter(ds)
     batches = list(it)
     kept = [eid for _, m in batches for eid, ok in zip(m["example_ids"], m["valid"]) if ok]
@@ -413,8 +489,16 @@ def test_worker_processes_cover_the_epoch_and_resume(pool, tok):
     import gc
 
     def make():
-        return make_dataset(pool, tokenizer=tok, encoding=encoding(), batch_size=2, buckets=BUCKETS, seed=6,
-                            remainder="pad", worker_count=2)
+        return make_dataset(
+            pool,
+            tokenizer=tok,
+            encoding=encoding(),
+            batch_size=2,
+            buckets=BUCKETS,
+            seed=6,
+            remainder="pad",
+            worker_count=2,
+        )
 
     it = iter(make())
     first = [next(it) for _ in range(2)]

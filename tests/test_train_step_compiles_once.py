@@ -1,6 +1,7 @@
 """The production jit (explicit in/out shardings, donated state, context mesh) compiles the SFT step once
 over 3 steps and a checkpoint resume on a (2,2,2) mesh: small leaves (norm scales, biases, their moments)
 come back with the shardings they went in with."""
+
 import jax
 import numpy as np
 import pytest
@@ -51,5 +52,12 @@ def test_sft_step_compiles_once_over_steps_and_resume(tmp_path):
     state, m = step(restored, _batch(mesh, 3)[0])
     assert step.jitted._cache_size() == 1, "the step recompiled after a resume"
     assert np.isfinite(float(m["loss"])) and losses[-1] < losses[0] + 1.0
-    jax.tree.map(lambda a, s: None if a.sharding.is_equivalent_to(s, a.ndim) else (_ for _ in ()).throw(
-        AssertionError(f"leaf came back with {a.sharding}, expected {s}")), state, sh)
+    jax.tree.map(
+        lambda a, s: (
+            None
+            if a.sharding.is_equivalent_to(s, a.ndim)
+            else (_ for _ in ()).throw(AssertionError(f"leaf came back with {a.sharding}, expected {s}"))
+        ),
+        state,
+        sh,
+    )

@@ -1,4 +1,5 @@
 """Sharded train steps equal one device; gradient accumulation equals one big batch; 2 CPU processes agree."""
+
 import json
 
 import jax.experimental.multihost_utils  # noqa: F401  (used by train_common)
@@ -24,14 +25,13 @@ def _on_one_device():
 
     import tests.helpers.train_common as tc
     from dmx_jax.sharding import MeshConfig, make_mesh
+
     orig = tc.make_mesh
     tc.make_mesh = lambda cfg: make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     try:
         return tc.run_steps(mesh_shape=(1, 1, 1), steps=3)
     finally:
         tc.make_mesh = orig
-
-
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """In-memory training batches cut to their longest row (StageConfig.pad_multiple): the SFT loss and its gradient
 are those of the full-length batch, left-padded prompt batches are never cut, and the cut length rounds up."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +28,8 @@ def test_cut_length_rounds_up_and_prompts_stay():
     cut = trim_right_padding(batch, 16)
     assert cut["input_ids"].shape == (3, 32) and cut["positions"].shape == (3, 3, 32)
     assert trim_right_padding(batch, 0)["input_ids"].shape == (3, 48)
-    assert trim_right_padding(_right_padded([47, 3]), 16)["input_ids"].shape == (2, 48)   # 47 -> 48: unchanged
-    left = {k: v[:, ::-1].copy() for k, v in batch.items()}                               # left-padded prompts
+    assert trim_right_padding(_right_padded([47, 3]), 16)["input_ids"].shape == (2, 48)  # 47 -> 48: unchanged
+    left = {k: v[:, ::-1].copy() for k, v in batch.items()}  # left-padded prompts
     assert trim_right_padding(left, 16)["input_ids"].shape == (3, 48)
 
 
@@ -46,5 +47,6 @@ def test_cut_batch_has_the_same_loss_and_gradient():
     assert cut_batch["input_ids"].shape[1] == 32
     cut = jax.value_and_grad(loss)(params, cut_batch)
     np.testing.assert_allclose(float(cut[0]), float(full[0]), rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7),
-                 cut[1], full[1])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7), cut[1], full[1]
+    )

@@ -5,6 +5,7 @@ Common keywords: split ('train' / 'val' / 'test' or an alias such as 'validate')
 source's tasks), missing_images ('error' | 'skip' | 'allow'; 'allow' keeps the path with the size from
 the source's metadata, or (0, 0) when unknown).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -44,5 +45,12 @@ def load_dataset(name: str, root, **kwargs) -> Iterator[Example]:
     return ADAPTERS[name](root, **kwargs)
 
 
-__all__ = ["ADAPTERS", "GenericColumns", "MissingColumnError", "ReportSections", "load_dataset",
-           "parse_report_sections", *(f.__name__ for f in ADAPTERS.values())]
+__all__ = [
+    "ADAPTERS",
+    "GenericColumns",
+    "MissingColumnError",
+    "ReportSections",
+    "load_dataset",
+    "parse_report_sections",
+    *(f.__name__ for f in ADAPTERS.values()),
+]

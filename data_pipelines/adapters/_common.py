@@ -1,4 +1,5 @@
 """Shared plumbing for the dataset adapters: file lookup, CSV by column name, splits, images, prompts."""
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,17 @@ GROUNDING_PROMPT = "Locate the following finding in the chest X-ray and give its
 REFERRING_PROMPT = "What finding is shown in the region {box} of this chest X-ray?"
 
 MISSING_IMAGE_POLICIES = ("error", "skip", "allow")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
-                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validate": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 class MissingColumnError(ValueError):
@@ -82,8 +92,9 @@ def open_text(path: PathLike) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def read_csv(path: PathLike, required: Sequence[str] = (),
-             header_fix: Callable[[list[str]], list[str]] | None = None) -> Iterator[dict[str, str]]:
+def read_csv(
+    path: PathLike, required: Sequence[str] = (), header_fix: Callable[[list[str]], list[str]] | None = None
+) -> Iterator[dict[str, str]]:
     """Rows of a CSV as dicts keyed by header name; checks `required` columns first.
 
     header_fix rewrites the raw header cells (for files whose header does not match their rows).
@@ -119,8 +130,9 @@ def require_field(path: PathLike, record: dict, fields: Sequence[str], where: st
     """Like check_columns for JSON records; `where` says which item (e.g. 'item 3')."""
     missing = [k for k in fields if k not in record]
     if missing:
-        raise MissingColumnError(f"{path}{(' ' + where) if where else ''}: missing field(s) {missing}; "
-                                 f"found {sorted(record)}")
+        raise MissingColumnError(
+            f"{path}{(' ' + where) if where else ''}: missing field(s) {missing}; found {sorted(record)}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ splits, tasks
@@ -150,8 +162,9 @@ def check_policy(missing_images: str) -> None:
         raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
 
 
-def check_arguments(adapter: str, tasks: Iterable[str], supported: Sequence[str], missing_images: str,
-                    split: str | None) -> tuple[tuple[str, ...], str | None]:
+def check_arguments(
+    adapter: str, tasks: Iterable[str], supported: Sequence[str], missing_images: str, split: str | None
+) -> tuple[tuple[str, ...], str | None]:
     """An adapter's common arguments checked at call time: (tasks, canonical split or None)."""
     tasks = check_tasks(tasks, supported, adapter)
     check_policy(missing_images)
@@ -169,8 +182,9 @@ def resolve_image(path: Path, alternatives: Sequence[Path] = ()) -> Path:
     return path
 
 
-def sized_image(path: Path, missing_images: str, known_size: tuple[int, int] | None = None,
-                source: str = "") -> tuple[str, tuple[int, int]]:
+def sized_image(
+    path: Path, missing_images: str, known_size: tuple[int, int] | None = None, source: str = ""
+) -> tuple[str, tuple[int, int]]:
     """(path, (width, height)) for one image under the missing-image policy.
 
     known_size (from the source's metadata) avoids opening the file; a missing file with policy 'allow'
@@ -181,13 +195,19 @@ def sized_image(path: Path, missing_images: str, known_size: tuple[int, int] | N
             return str(path), known_size
         return str(path), image_size(path)
     if missing_images == "skip":
-        log.warning("skipping an example: image not found: %s%s (missing_images='skip')", path,
-                    f" (listed in {source})" if source else "")
+        log.warning(
+            "skipping an example: image not found: %s%s (missing_images='skip')",
+            path,
+            f" (listed in {source})" if source else "",
+        )
         raise SkipExample(str(path))
     if missing_images == "allow":
         return str(path), known_size or (0, 0)
-    raise ImageReadError(path, f"file not found{(' (listed in ' + source + ')') if source else ''}; "
-                               "pass missing_images='skip' or 'allow' to tolerate missing images")
+    raise ImageReadError(
+        path,
+        f"file not found{(' (listed in ' + source + ')') if source else ''}; "
+        "pass missing_images='skip' or 'allow' to tolerate missing images",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ labels

@@ -10,6 +10,7 @@ Images: images/<Image Index> or images_NNN/images/<Image Index>. Splits from tra
 Bad boxes: a negative w or h raises ValueError naming the file and image; boxes reaching outside the image
 are kept as given and their indices listed in meta['boxes_outside_image'].
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,7 @@ def expand_bracket_header(cells: list[str]) -> list[str]:
         j = i
         while "]" not in cells[j] and j + 1 < len(cells):
             j += 1
-        base, inner = ",".join(cells[i:j + 1]).split("[", 1)
+        base, inner = ",".join(cells[i : j + 1]).split("[", 1)
         out.extend(f"{base}[{name.strip()}]" for name in inner.rstrip("]").split(","))
         i = j + 1
     return out
@@ -70,9 +71,13 @@ def _age(text: str) -> int | None:
 
 
 @c.checked_eagerly
-def load_chestxray14(root: c.PathLike, *, split: str | None = None,
-                     tasks: Sequence[str] = ("classification", "grounding"),
-                     missing_images: str = "error") -> Iterator[Example]:
+def load_chestxray14(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("classification", "grounding"),
+    missing_images: str = "error",
+) -> Iterator[Example]:
     """Classification: one Example per Data_Entry row. Grounding: one per (image, BBox label)."""
     tasks, want = c.check_arguments("load_chestxray14", tasks, SUPPORTED_TASKS, missing_images, split)
     if want == "val":
@@ -82,8 +87,9 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
     if want is not None and not split_of:
         raise FileNotFoundError(f"{root}: split {want!r} needs train_val_list.txt / test_list.txt")
     find = _ImageFinder(root)
-    entry_path = (c.find_file(root, "Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
-                  if "classification" in tasks else None)
+    entry_path = (
+        c.find_file(root, "Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv") if "classification" in tasks else None
+    )
     box_path = c.find_file(root, "BBox_List_2017.csv") if "grounding" in tasks else None
     yield c.CHECKED
 
@@ -108,13 +114,25 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
             split_name, image_path, size = found
             findings = tuple(f.strip() for f in row["Finding Labels"].split("|") if f.strip())
             original = c.as_int_size(row.get("OriginalImage[Width]", ""), row.get("OriginalImage[Height]", ""))
-            yield Example(example_id=f"{DATASET}/{name}/classification", dataset=DATASET, task="classification",
-                          images=(image_path,), image_sizes=(size,), prompt=c.CLASSIFICATION_PROMPT,
-                          target="|".join(findings), split=split_name,
-                          meta={"findings": findings, "patient_id": row["Patient ID"],
-                                "age": _age(row.get("Patient Age", "")), "sex": row.get("Patient Gender", ""),
-                                "view": row["View Position"], "original_size": original,
-                                "follow_up": row.get("Follow-up #", "")})
+            yield Example(
+                example_id=f"{DATASET}/{name}/classification",
+                dataset=DATASET,
+                task="classification",
+                images=(image_path,),
+                image_sizes=(size,),
+                prompt=c.CLASSIFICATION_PROMPT,
+                target="|".join(findings),
+                split=split_name,
+                meta={
+                    "findings": findings,
+                    "patient_id": row["Patient ID"],
+                    "age": _age(row.get("Patient Age", "")),
+                    "sex": row.get("Patient Gender", ""),
+                    "view": row["View Position"],
+                    "original_size": original,
+                    "follow_up": row.get("Follow-up #", ""),
+                },
+            )
 
     if box_path is not None:
         path = box_path
@@ -134,8 +152,15 @@ def load_chestxray14(root: c.PathLike, *, split: str | None = None,
             c.check_xywh(path, f"image {name} label {source_label!r}", xywh)
             xyxy = xywh_to_xyxy(xywh)
             boxes = tuple(Box(*map(float, b), label=label) for b in xyxy)
-            yield Example(example_id=f"{DATASET}/{name}/grounding/{label}", dataset=DATASET, task="grounding",
-                          images=(image_path,), image_sizes=(size,), prompt=c.GROUNDING_PROMPT.format(phrase=label),
-                          target=format_boxes_text(xyxy), boxes=boxes, split=split_name,
-                          meta={"source_label": source_label,
-                                "boxes_outside_image": c.boxes_outside_image(xyxy, size)})
+            yield Example(
+                example_id=f"{DATASET}/{name}/grounding/{label}",
+                dataset=DATASET,
+                task="grounding",
+                images=(image_path,),
+                image_sizes=(size,),
+                prompt=c.GROUNDING_PROMPT.format(phrase=label),
+                target=format_boxes_text(xyxy),
+                boxes=boxes,
+                split=split_name,
+                meta={"source_label": source_label, "boxes_outside_image": c.boxes_outside_image(xyxy, size)},
+            )

@@ -5,6 +5,7 @@ cells look like `CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg
 CheXpert Plus: `root` holds df_chexpert_plus_240401.csv and the images; `path_to_image` is relative to root
 (a `.png` twin or a `PNG/` prefix is also tried). Consecutive rows of one report become one example.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -31,13 +32,21 @@ def _csv_dir(root: Path) -> Path:
 
 
 @c.checked_eagerly
-def load_chexpert(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("classification",),
-                  missing_images: str = "error") -> Iterator[Example]:
+def load_chexpert(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("classification",),
+    missing_images: str = "error",
+) -> Iterator[Example]:
     """One classification Example per image; labels are the 14 CheXpert columns read by name."""
     _, want = c.check_arguments("load_chexpert", tasks, SUPPORTED_TASKS, missing_images, split)
     csv_dir = _csv_dir(Path(root))
-    splits = [want] if want is not None else [s for s in _SPLIT_FILES
-                                             if any((csv_dir / (_SPLIT_FILES[s] + z)).is_file() for z in ("", ".gz"))]
+    splits = (
+        [want]
+        if want is not None
+        else [s for s in _SPLIT_FILES if any((csv_dir / (_SPLIT_FILES[s] + z)).is_file() for z in ("", ".gz"))]
+    )
     paths = {s: c.find_file(csv_dir, _SPLIT_FILES[s]) for s in splits}
     yield c.CHECKED
     for split_name, path in paths.items():
@@ -49,11 +58,23 @@ def load_chexpert(root: c.PathLike, *, split: str | None = None, tasks: Sequence
             except c.SkipExample:
                 continue
             labels = c.chexpert_vector(row, f"{path}: row Path={row['Path']!r}")
-            yield Example(example_id=f"chexpert/{row['Path']}", dataset="chexpert", task="classification",
-                          images=(image_path,), image_sizes=(size,), prompt=c.CLASSIFICATION_PROMPT,
-                          target=c.positive_findings(labels), labels=labels, split=split_name,
-                          meta={"sex": row.get("Sex", ""), "age": row.get("Age", ""),
-                                "view": row["Frontal/Lateral"], "ap_pa": row.get("AP/PA", "")})
+            yield Example(
+                example_id=f"chexpert/{row['Path']}",
+                dataset="chexpert",
+                task="classification",
+                images=(image_path,),
+                image_sizes=(size,),
+                prompt=c.CLASSIFICATION_PROMPT,
+                target=c.positive_findings(labels),
+                labels=labels,
+                split=split_name,
+                meta={
+                    "sex": row.get("Sex", ""),
+                    "age": row.get("Age", ""),
+                    "view": row["Frontal/Lateral"],
+                    "ap_pa": row.get("AP/PA", ""),
+                },
+            )
 
 
 def _plus_report_key(row: dict[str, str]) -> tuple[str, ...]:
@@ -68,9 +89,14 @@ def _present(text: str) -> str:
 
 
 @c.checked_eagerly
-def load_chexpert_plus(root: c.PathLike, *, split: str | None = None,
-                       tasks: Sequence[str] = ("findings", "impression"), csv_name: str = PLUS_CSV,
-                       missing_images: str = "error") -> Iterator[Example]:
+def load_chexpert_plus(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("findings", "impression"),
+    csv_name: str = PLUS_CSV,
+    missing_images: str = "error",
+) -> Iterator[Example]:
     """One Example per (report, task) from section_findings / section_impression; frontal images first."""
     tasks, want = c.check_arguments("load_chexpert_plus", tasks, PLUS_SUPPORTED_TASKS, missing_images, split)
     root = Path(root)
@@ -92,15 +118,26 @@ def load_chexpert_plus(root: c.PathLike, *, split: str | None = None,
         except c.SkipExample:
             return
         key = "/".join(_plus_report_key(group[0]))
-        for task, column, prompt in (("findings", "section_findings", c.FINDINGS_PROMPT),
-                                     ("impression", "section_impression", c.IMPRESSION_PROMPT)):
+        for task, column, prompt in (
+            ("findings", "section_findings", c.FINDINGS_PROMPT),
+            ("impression", "section_impression", c.IMPRESSION_PROMPT),
+        ):
             text = _present(group[0][column])
             if task in tasks and text:
-                yield Example(example_id=f"chexpert-plus/{key}/{task}", dataset="chexpert-plus", task=task,
-                              images=tuple(p for p, _ in images), image_sizes=tuple(s for _, s in images),
-                              prompt=prompt, target=text, split=split_name,
-                              meta={"paths": tuple(r["path_to_image"] for r in group),
-                                    "views": tuple(r.get("frontal_lateral", "") for r in group)})
+                yield Example(
+                    example_id=f"chexpert-plus/{key}/{task}",
+                    dataset="chexpert-plus",
+                    task=task,
+                    images=tuple(p for p, _ in images),
+                    image_sizes=tuple(s for _, s in images),
+                    prompt=prompt,
+                    target=text,
+                    split=split_name,
+                    meta={
+                        "paths": tuple(r["path_to_image"] for r in group),
+                        "views": tuple(r.get("frontal_lateral", "") for r in group),
+                    },
+                )
 
     group: list[dict[str, str]] = []
     for row in c.read_csv(path, _PLUS_COLUMNS):

@@ -6,6 +6,7 @@ in memory with load_image's decoder. Relative paths are resolved against `image_
 dump's folder). Records without a split value are 'test' (a benchmark dump). Parquet is read lazily with
 pyarrow, in record batches.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,14 @@ from data_pipelines.image_io import decode_image_bytes
 from data_pipelines.schema import TASKS, Box, Example
 
 DEFAULT_TASK_ALIASES: Mapping[str, str] = {
-    "report": "findings", "report_findings": "findings", "report_impression": "impression",
-    "qa": "vqa", "open": "vqa", "closed": "vqa", "diff_vqa": "difference", "detection": "grounding",
+    "report": "findings",
+    "report_findings": "findings",
+    "report_impression": "impression",
+    "qa": "vqa",
+    "open": "vqa",
+    "closed": "vqa",
+    "diff_vqa": "difference",
+    "detection": "grounding",
 }
 
 
@@ -82,11 +89,18 @@ def _image(cell: Any, image_root: Path, missing_images: str, where: str) -> tupl
 
 
 @c.checked_eagerly
-def load_generic(path: c.PathLike, *, split: str | None = None, tasks: Sequence[str] | None = None,
-                 columns: GenericColumns = GenericColumns(), image_root: c.PathLike | None = None,
-                 dataset: str = "generic", default_task: str = "vqa",
-                 task_aliases: Mapping[str, str] = DEFAULT_TASK_ALIASES,
-                 missing_images: str = "error") -> Iterator[Example]:
+def load_generic(
+    path: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] | None = None,
+    columns: GenericColumns = GenericColumns(),
+    image_root: c.PathLike | None = None,
+    dataset: str = "generic",
+    default_task: str = "vqa",
+    task_aliases: Mapping[str, str] = DEFAULT_TASK_ALIASES,
+    missing_images: str = "error",
+) -> Iterator[Example]:
     """One Example per record; `tasks` (default: all) filters by the mapped task name."""
     c.check_policy(missing_images)
     wanted = None if tasks is None else c.check_tasks(tasks, TASKS, "load_generic")
@@ -121,8 +135,14 @@ def load_generic(path: c.PathLike, *, split: str | None = None, tasks: Sequence[
         answer = record[columns.answer]
         yield Example(
             example_id=str(record.get(columns.example_id, index) if columns.example_id else index),
-            dataset=dataset, task=task, images=tuple(p for p, _ in images), image_sizes=tuple(s for _, s in images),
+            dataset=dataset,
+            task=task,
+            images=tuple(p for p, _ in images),
+            image_sizes=tuple(s for _, s in images),
             prompt=c.clean_text(record[columns.question]),
             target="|".join(map(str, answer)) if isinstance(answer, (list, tuple)) else str(answer).strip(),
-            boxes=boxes, question_type=(record.get(columns.question_type) if columns.question_type else None),
-            split=split_name, meta={"source": where})
+            boxes=boxes,
+            question_type=(record.get(columns.question_type) if columns.question_type else None),
+            split=split_name,
+            meta={"source": where},
+        )

@@ -6,6 +6,7 @@ archive, or a folder holding that archive. Each report's sections are
 read from `images_dir` (default root/NLMCXR_png) as <id>.png. Reports without images are skipped.
 IU-Xray has no official split; every example is 'test' (DeepMedix evaluates on it).
 """
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,11 @@ def iter_report_xml(root: c.PathLike) -> Iterator[tuple[str, bytes]]:
             yield str(path), path.read_bytes()
     elif archive.is_file():
         with tarfile.open(archive, "r:*") as tar:  # read in archive order: seeking back in a .tgz is slow
-            files = [(m.name, tar.extractfile(m).read()) for m in tar  # type: ignore[union-attr]
-                     if m.isfile() and m.name.endswith(".xml")]
+            files = [
+                (m.name, tar.extractfile(m).read())
+                for m in tar  # type: ignore[union-attr]
+                if m.isfile() and m.name.endswith(".xml")
+            ]
         for member_name, data in sorted(files, key=lambda f: _number(f[0])):
             yield f"{archive}:{member_name}", data
     else:
@@ -57,15 +61,23 @@ def parse_report_xml(data: bytes, name: str = "<xml>") -> dict:
         if label:
             sections[label] = c.clean_text("".join(node.itertext()))
     uid = tree.find("uId")
-    return {"uid": uid.get("id", "") if uid is not None else "",
-            "sections": sections,
-            "image_ids": [n.get("id", "") for n in tree.iter("parentImage") if n.get("id")],
-            "mesh_major": [c.clean_text(n.text) for n in tree.iter("major") if n.text]}
+    return {
+        "uid": uid.get("id", "") if uid is not None else "",
+        "sections": sections,
+        "image_ids": [n.get("id", "") for n in tree.iter("parentImage") if n.get("id")],
+        "mesh_major": [c.clean_text(n.text) for n in tree.iter("major") if n.text],
+    }
 
 
 @c.checked_eagerly
-def load_iu_xray(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("findings", "impression"),
-                 images_dir: c.PathLike | None = None, missing_images: str = "error") -> Iterator[Example]:
+def load_iu_xray(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("findings", "impression"),
+    images_dir: c.PathLike | None = None,
+    missing_images: str = "error",
+) -> Iterator[Example]:
     """One Example per (report, task) with a non-empty section; images in parentImage order."""
     tasks = c.check_tasks(tasks, SUPPORTED_TASKS, "load_iu_xray")
     c.check_policy(missing_images)
@@ -74,8 +86,9 @@ def load_iu_xray(root: c.PathLike, *, split: str | None = None, tasks: Sequence[
     root = Path(root)
     default_root = (root.parent if root.is_file() else root) / "NLMCXR_png"
     image_root = Path(images_dir) if images_dir is not None else default_root
-    if not (root.is_file() or (root / ARCHIVE).is_file() or any(root.glob("*.xml"))
-            or (root / "ecgen-radiology").is_dir()):
+    if not (
+        root.is_file() or (root / ARCHIVE).is_file() or any(root.glob("*.xml")) or (root / "ecgen-radiology").is_dir()
+    ):
         raise FileNotFoundError(f"{root}: no ecgen-radiology/*.xml and no {ARCHIVE}")
     yield c.CHECKED
     for name, data in iter_report_xml(root):
@@ -83,19 +96,36 @@ def load_iu_xray(root: c.PathLike, *, split: str | None = None, tasks: Sequence[
         if not report["image_ids"]:
             continue
         try:
-            images = [c.sized_image(c.resolve_image(image_root / f"{i}.png", [image_root / f"{i}.jpg"]),
-                                    missing_images, source=name) for i in report["image_ids"]]
+            images = [
+                c.sized_image(
+                    c.resolve_image(image_root / f"{i}.png", [image_root / f"{i}.jpg"]), missing_images, source=name
+                )
+                for i in report["image_ids"]
+            ]
         except c.SkipExample:
             continue
         uid = report["uid"] or Path(name).stem
-        for task, label, prompt in (("findings", "FINDINGS", c.FINDINGS_PROMPT),
-                                    ("impression", "IMPRESSION", c.IMPRESSION_PROMPT)):
+        for task, label, prompt in (
+            ("findings", "FINDINGS", c.FINDINGS_PROMPT),
+            ("impression", "IMPRESSION", c.IMPRESSION_PROMPT),
+        ):
             text = report["sections"].get(label, "")
             if task in tasks and text:
-                yield Example(example_id=f"{DATASET}/{uid}/{task}", dataset=DATASET, task=task,
-                              images=tuple(p for p, _ in images), image_sizes=tuple(s for _, s in images),
-                              prompt=prompt, target=text, split="test",
-                              meta={"uid": uid, "image_ids": tuple(report["image_ids"]), "source": name,
-                                    "indication": report["sections"].get("INDICATION", ""),
-                                    "comparison": report["sections"].get("COMPARISON", ""),
-                                    "mesh_major": tuple(report["mesh_major"])})
+                yield Example(
+                    example_id=f"{DATASET}/{uid}/{task}",
+                    dataset=DATASET,
+                    task=task,
+                    images=tuple(p for p, _ in images),
+                    image_sizes=tuple(s for _, s in images),
+                    prompt=prompt,
+                    target=text,
+                    split="test",
+                    meta={
+                        "uid": uid,
+                        "image_ids": tuple(report["image_ids"]),
+                        "source": name,
+                        "indication": report["sections"].get("INDICATION", ""),
+                        "comparison": report["sections"].get("COMPARISON", ""),
+                        "mesh_major": tuple(report["mesh_major"]),
+                    },
+                )

@@ -8,6 +8,7 @@ Layout under `root` (PhysioNet mimic-cxr-jpg 2.x):
 Reports (MIMIC-CXR project, `reports_root`, default `root`): files/p10/p10000032/s50414267.txt.
 One example per study and task; images are the study's images, PA first, then AP, then the rest.
 """
+
 from __future__ import annotations
 
 import re
@@ -63,23 +64,31 @@ def read_labels(root: c.PathLike, labeler: str) -> dict[tuple[str, str], object]
     labels = {}
     for row in c.read_csv(path, ("subject_id", "study_id", *CHEXPERT_LABELS)):
         labels[(str(int(row["subject_id"])), str(int(row["study_id"])))] = c.chexpert_vector(
-            row, f"{path}: subject_id {row['subject_id']} study_id {row['study_id']}")
+            row, f"{path}: subject_id {row['subject_id']} study_id {row['study_id']}"
+        )
     return labels
 
 
 @c.checked_eagerly
-def load_mimic_cxr(root: c.PathLike, *, split: str | None = None,
-                   tasks: Sequence[str] = ("findings", "impression"), reports_root: c.PathLike | None = None,
-                   labeler: str = "chexpert", views: Sequence[str] | None = None,
-                   max_images_per_study: int | None = None, missing_images: str = "error",
-                   skip_missing_reports: bool = False) -> Iterator[Example]:
+def load_mimic_cxr(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("findings", "impression"),
+    reports_root: c.PathLike | None = None,
+    labeler: str = "chexpert",
+    views: Sequence[str] | None = None,
+    max_images_per_study: int | None = None,
+    missing_images: str = "error",
+    skip_missing_reports: bool = False,
+) -> Iterator[Example]:
     """Yields one Example per (study, task) of MIMIC-CXR-JPG.
 
-    labeler: 'chexpert' or 'negbio' label table for the classification task. views: keep only these
-    ViewPosition values (e.g. ('PA', 'AP')). A study without a FINDINGS (IMPRESSION) section yields no
-    findings (impression) example; a study without a label row yields no classification example.
-A missing or empty (whitespace-only) report file raises FileNotFoundError naming it, unless
-skip_missing_reports=True, which skips the study's report tasks with one logged warning per study.
+        labeler: 'chexpert' or 'negbio' label table for the classification task. views: keep only these
+        ViewPosition values (e.g. ('PA', 'AP')). A study without a FINDINGS (IMPRESSION) section yields no
+        findings (impression) example; a study without a label row yields no classification example.
+    A missing or empty (whitespace-only) report file raises FileNotFoundError naming it, unless
+    skip_missing_reports=True, which skips the study's report tasks with one logged warning per study.
     """
     tasks, want_split = c.check_arguments("load_mimic_cxr", tasks, SUPPORTED_TASKS, missing_images, split)
     root = Path(root)
@@ -92,8 +101,10 @@ skip_missing_reports=True, which skips the study's report tasks with one logged 
     keep_views = None if views is None else {v.upper() for v in views}
     yield c.CHECKED
 
-    split_of = {r["dicom_id"]: c.normalize_split(r["split"], str(split_path))
-                for r in c.read_csv(split_path, ("dicom_id", "split"))}
+    split_of = {
+        r["dicom_id"]: c.normalize_split(r["split"], str(split_path))
+        for r in c.read_csv(split_path, ("dicom_id", "split"))
+    }
     labels = read_labels(root, labeler) if "classification" in tasks else {}
 
     for study_id, rows in read_metadata(root).items():
@@ -110,35 +121,70 @@ skip_missing_reports=True, which skips the study's report tasks with one logged 
             continue
         folder = study_dir(files_root, subject_id, study_id)
         try:
-            images = [c.sized_image(folder / f"{r['dicom_id']}.jpg", missing_images,
-                                    c.as_int_size(r["Columns"], r["Rows"]), str(metadata_path)) for r in rows]
+            images = [
+                c.sized_image(
+                    folder / f"{r['dicom_id']}.jpg",
+                    missing_images,
+                    c.as_int_size(r["Columns"], r["Rows"]),
+                    str(metadata_path),
+                )
+                for r in rows
+            ]
         except c.SkipExample:
             continue
-        base = dict(dataset=DATASET, images=tuple(p for p, _ in images),
-                    image_sizes=tuple(s for _, s in images), split=study_split)
-        meta = {"subject_id": subject_id, "study_id": study_id, "dicom_ids": tuple(r["dicom_id"] for r in rows),
-                "view_positions": tuple(r["ViewPosition"] for r in rows)}
+        base = dict(
+            dataset=DATASET,
+            images=tuple(p for p, _ in images),
+            image_sizes=tuple(s for _, s in images),
+            split=study_split,
+        )
+        meta = {
+            "subject_id": subject_id,
+            "study_id": study_id,
+            "dicom_ids": tuple(r["dicom_id"] for r in rows),
+            "view_positions": tuple(r["ViewPosition"] for r in rows),
+        }
 
         if "findings" in tasks or "impression" in tasks:
             report_path = study_dir(reports_files, subject_id, study_id).with_suffix(".txt")
             report_text = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
             if report_text.strip():
                 sections = parse_report_sections(report_text)
-                for task, text, prompt in (("findings", sections.findings, c.FINDINGS_PROMPT),
-                                           ("impression", sections.impression, c.IMPRESSION_PROMPT)):
+                for task, text, prompt in (
+                    ("findings", sections.findings, c.FINDINGS_PROMPT),
+                    ("impression", sections.impression, c.IMPRESSION_PROMPT),
+                ):
                     if task in tasks and text:
-                        yield Example(example_id=f"{DATASET}/s{study_id}/{task}", task=task, prompt=prompt,
-                                      target=text, meta={**meta, "report_path": str(report_path)}, **base)
+                        yield Example(
+                            example_id=f"{DATASET}/s{study_id}/{task}",
+                            task=task,
+                            prompt=prompt,
+                            target=text,
+                            meta={**meta, "report_path": str(report_path)},
+                            **base,
+                        )
             elif not skip_missing_reports:
                 problem = "is empty" if report_path.is_file() else "not found"
-                raise FileNotFoundError(f"report {problem}: {report_path} (study {study_id}); set reports_root "
-                                        "to the MIMIC-CXR report tree or skip_missing_reports=True")
+                raise FileNotFoundError(
+                    f"report {problem}: {report_path} (study {study_id}); set reports_root "
+                    "to the MIMIC-CXR report tree or skip_missing_reports=True"
+                )
             else:
-                c.log.warning("skipping the report tasks of study %s: report %s: %s (skip_missing_reports=True)",
-                              study_id, "is empty" if report_path.is_file() else "not found", report_path)
+                c.log.warning(
+                    "skipping the report tasks of study %s: report %s: %s (skip_missing_reports=True)",
+                    study_id,
+                    "is empty" if report_path.is_file() else "not found",
+                    report_path,
+                )
         if "classification" in tasks:
             vector = labels.get((subject_id, study_id))
             if vector is not None:
-                yield Example(example_id=f"{DATASET}/s{study_id}/classification", task="classification",
-                              prompt=c.CLASSIFICATION_PROMPT, target=c.positive_findings(vector), labels=vector,
-                              meta=meta, **base)
+                yield Example(
+                    example_id=f"{DATASET}/s{study_id}/classification",
+                    task="classification",
+                    prompt=c.CLASSIFICATION_PROMPT,
+                    target=c.positive_findings(vector),
+                    labels=vector,
+                    meta=meta,
+                    **base,
+                )

@@ -6,6 +6,7 @@ and whitespace, e.g. ` FINDINGS:  `. The text of a section runs to the next head
 normalised with a small alias table; the fallbacks `last_paragraph` and `comparison` mirror the official
 `mimic_cxr_sectioned.csv` columns.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,12 +14,23 @@ import re
 
 _HEADER = re.compile(r"^[ \t]*([A-Z][A-Z ()/,-]*?)[ \t]*:(?=\s|$)", re.MULTILINE)
 _ALIASES = {
-    "finding": "findings", "findings": "findings",
-    "impression": "impression", "impressions": "impression", "conclusion": "impression",
-    "conclusions": "impression", "findings and impression": "impression", "impression and findings": "impression",
-    "comparison": "comparison", "comparisons": "comparison",
-    "indication": "indication", "indications": "indication", "history": "history",
-    "clinical history": "history", "technique": "technique", "examination": "examination", "exam": "examination",
+    "finding": "findings",
+    "findings": "findings",
+    "impression": "impression",
+    "impressions": "impression",
+    "conclusion": "impression",
+    "conclusions": "impression",
+    "findings and impression": "impression",
+    "impression and findings": "impression",
+    "comparison": "comparison",
+    "comparisons": "comparison",
+    "indication": "indication",
+    "indications": "indication",
+    "history": "history",
+    "clinical history": "history",
+    "technique": "technique",
+    "examination": "examination",
+    "exam": "examination",
 }
 _ADDENDUM_RULE = re.compile(r"^\s*_{5,}\s*$", re.MULTILINE)
 
@@ -44,7 +56,7 @@ def split_sections(text: str) -> list[tuple[str, str]]:
     start = 0
     name = "preamble"
     for m in matches:
-        out.append((name, _collapse(text[start:m.start()])))
+        out.append((name, _collapse(text[start : m.start()])))
         raw = _collapse(m.group(1)).lower()
         name = _ALIASES.get(raw, raw)
         start = m.end()
@@ -69,5 +81,10 @@ def parse_report_sections(text: str) -> ReportSections:
         if body:
             joined.setdefault(name, []).append(body)
     get = lambda key: " ".join(joined.get(key, []))
-    return ReportSections(findings=get("findings"), impression=get("impression"), comparison=get("comparison"),
-                          last_paragraph=_last_paragraph(text), sections=tuple(sections))
+    return ReportSections(
+        findings=get("findings"),
+        impression=get("impression"),
+        comparison=get("comparison"),
+        last_paragraph=_last_paragraph(text),
+        sections=tuple(sections),
+    )

@@ -12,6 +12,7 @@ Classification target: classes found by any reader ('|'-joined, source vocabular
 Bad boxes: x_max < x_min or y_max < y_min (or a partly empty box) raises ValueError naming the file, image and
 reader; boxes reaching outside the image are kept as given and listed in meta['boxes_outside_image'].
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -24,9 +25,23 @@ from data_pipelines.schema import Box, Example
 DATASET = "vindr-cxr"
 SUPPORTED_TASKS = ("grounding", "classification")
 NO_FINDING = "No finding"
-KAGGLE_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
-                  "Infiltration", "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion",
-                  "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "No finding")
+KAGGLE_CLASSES = (
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "No finding",
+)
 _BOX_COLUMNS = ("image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max")
 
 
@@ -50,8 +65,9 @@ def _read_boxes(path: Path, images: dict[str, _Image]) -> None:
             try:
                 xyxy = tuple(float(v) for v in vindr_to_xyxy([float(v) for v in coords]))
             except ValueError as e:
-                raise ValueError(f"{path}: image {row['image_id']} reader {row['rad_id']}: bad box {coords}: "
-                                 f"{e}") from None
+                raise ValueError(
+                    f"{path}: image {row['image_id']} reader {row['rad_id']}: bad box {coords}: {e}"
+                ) from None
             entry.boxes.append((name, row["rad_id"], xyxy))  # type: ignore[arg-type]
         elif any(coords):
             raise ValueError(f"{path}: image {row['image_id']} has a partial box {coords}")
@@ -90,8 +106,13 @@ def _layout(root: Path, split: str | None) -> list[tuple[str, Path, Path | None,
 
 
 @c.checked_eagerly
-def load_vindr(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("grounding", "classification"),
-               missing_images: str = "error") -> Iterator[Example]:
+def load_vindr(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("grounding", "classification"),
+    missing_images: str = "error",
+) -> Iterator[Example]:
     """Grounding: one Example per (image, class with boxes). Classification: one Example per image."""
     tasks = c.check_tasks(tasks, SUPPORTED_TASKS, "load_vindr")
     c.check_policy(missing_images)
@@ -108,27 +129,40 @@ def load_vindr(root: c.PathLike, *, split: str | None = None, tasks: Sequence[st
             dicom = image_dir / f"{image_id}.dicom"
             alternatives = [dicom.with_suffix(s) for s in (".dcm", ".png", ".jpg")]
             try:
-                image_path, size = c.sized_image(c.resolve_image(dicom, alternatives), missing_images,
-                                                 source=str(box_path))
+                image_path, size = c.sized_image(
+                    c.resolve_image(dicom, alternatives), missing_images, source=str(box_path)
+                )
             except c.SkipExample:
                 continue
             base = dict(dataset=DATASET, images=(image_path,), image_sizes=(size,), split=split_name)
             if "classification" in tasks:
-                union = sorted({n for names in entry.readers.values() for n in names},
-                               key=lambda n: (rank.get(n, len(rank)), n))
-                yield Example(example_id=f"{DATASET}/{image_id}/classification", task="classification",
-                              prompt=c.CLASSIFICATION_PROMPT, target="|".join(union) if union else NO_FINDING,
-                              meta={"image_id": image_id,
-                                    "reader_findings": {r: tuple(v) for r, v in entry.readers.items()}}, **base)
+                union = sorted(
+                    {n for names in entry.readers.values() for n in names}, key=lambda n: (rank.get(n, len(rank)), n)
+                )
+                yield Example(
+                    example_id=f"{DATASET}/{image_id}/classification",
+                    task="classification",
+                    prompt=c.CLASSIFICATION_PROMPT,
+                    target="|".join(union) if union else NO_FINDING,
+                    meta={"image_id": image_id, "reader_findings": {r: tuple(v) for r, v in entry.readers.items()}},
+                    **base,
+                )
             if "grounding" in tasks:
                 by_class: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = {}
                 for name, rad_id, xyxy in entry.boxes:
                     by_class.setdefault(name, []).append((rad_id, xyxy))
                 for name, items in by_class.items():
                     boxes = tuple(Box(*xyxy, label=name) for _, xyxy in items)
-                    yield Example(example_id=f"{DATASET}/{image_id}/grounding/{name}", task="grounding",
-                                  prompt=c.GROUNDING_PROMPT.format(phrase=name),
-                                  target=format_boxes_text([b.as_tuple() for b in boxes]), boxes=boxes,
-                                  meta={"image_id": image_id, "box_rad_ids": tuple(r for r, _ in items),
-                                        "boxes_outside_image": c.boxes_outside_image([x for _, x in items], size)},
-                                  **base)
+                    yield Example(
+                        example_id=f"{DATASET}/{image_id}/grounding/{name}",
+                        task="grounding",
+                        prompt=c.GROUNDING_PROMPT.format(phrase=name),
+                        target=format_boxes_text([b.as_tuple() for b in boxes]),
+                        boxes=boxes,
+                        meta={
+                            "image_id": image_id,
+                            "box_rad_ids": tuple(r for r, _ in items),
+                            "boxes_outside_image": c.boxes_outside_image([x for _, x in items], size),
+                        },
+                        **base,
+                    )

@@ -10,6 +10,7 @@ VQA-RAD: root/'VQA_RAD Dataset Public.json', images in root/'VQA_RAD Image Folde
   test_freeform / test_para marks the test split.
 SLAKE: root/{train,validate,test}.json, images in root/imgs/<img_name>.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,14 @@ def _json_items(path: Path) -> list[dict]:
 
 
 @c.checked_eagerly
-def load_mimic_cxr_vqa(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",),
-                       mimic_root: c.PathLike | None = None, missing_images: str = "error") -> Iterator[Example]:
+def load_mimic_cxr_vqa(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("vqa",),
+    mimic_root: c.PathLike | None = None,
+    missing_images: str = "error",
+) -> Iterator[Example]:
     _, want = c.check_arguments("load_mimic_cxr_vqa", tasks, VQA_TASKS, missing_images, split)
     root = Path(root)
     folder = root / "dataset" if (root / "dataset").is_dir() else root
@@ -71,21 +78,34 @@ def load_mimic_cxr_vqa(root: c.PathLike, *, split: str | None = None, tasks: Seq
                 image_path, size = c.sized_image(image, missing_images, source=str(path))
             except c.SkipExample:
                 continue
-            yield Example(example_id=f"mimic-cxr-vqa/{split_name}/{item.get('idx', i)}", dataset="mimic-cxr-vqa",
-                          task="vqa", images=(image_path,), image_sizes=(size,), prompt=c.clean_text(item["question"]),
-                          target=_answer_text(item["answer"]), question_type=item.get("content_type"),
-                          split=split_name,
-                          meta={k: item[k] for k in ("semantic_type", "template", "image_id", "subject_id",
-                                                     "study_id") if k in item})
+            yield Example(
+                example_id=f"mimic-cxr-vqa/{split_name}/{item.get('idx', i)}",
+                dataset="mimic-cxr-vqa",
+                task="vqa",
+                images=(image_path,),
+                image_sizes=(size,),
+                prompt=c.clean_text(item["question"]),
+                target=_answer_text(item["answer"]),
+                question_type=item.get("content_type"),
+                split=split_name,
+                meta={
+                    k: item[k] for k in ("semantic_type", "template", "image_id", "subject_id", "study_id") if k in item
+                },
+            )
 
 
 # --------------------------------------------------------------------------------------- Medical-Diff-VQA
 
 
 @c.checked_eagerly
-def load_medical_diff_vqa(root: c.PathLike, *, split: str | None = None,
-                          tasks: Sequence[str] = ("vqa", "difference"), mimic_root: c.PathLike | None = None,
-                          missing_images: str = "error") -> Iterator[Example]:
+def load_medical_diff_vqa(
+    root: c.PathLike,
+    *,
+    split: str | None = None,
+    tasks: Sequence[str] = ("vqa", "difference"),
+    mimic_root: c.PathLike | None = None,
+    missing_images: str = "error",
+) -> Iterator[Example]:
     tasks, want = c.check_arguments("load_medical_diff_vqa", tasks, DIFF_TASKS, missing_images, split)
     root = Path(root)
     mimic = Path(mimic_root) if mimic_root is not None else root
@@ -116,19 +136,27 @@ def load_medical_diff_vqa(root: c.PathLike, *, split: str | None = None,
             images = [study_image(row["ref_id"], row_no), current] if task == "difference" else [current]
         except c.SkipExample:
             continue
-        yield Example(example_id=f"medical-diff-vqa/{row_no - 2}", dataset="medical-diff-vqa", task=task,
-                      images=tuple(p for p, _ in images), image_sizes=tuple(s for _, s in images),
-                      prompt=c.clean_text(row["question"]), target=c.clean_text(row["answer"]),
-                      question_type=kind, split=split_name,
-                      meta={"study_id": row["study_id"], "subject_id": row["subject_id"], "ref_id": row["ref_id"]})
+        yield Example(
+            example_id=f"medical-diff-vqa/{row_no - 2}",
+            dataset="medical-diff-vqa",
+            task=task,
+            images=tuple(p for p, _ in images),
+            image_sizes=tuple(s for _, s in images),
+            prompt=c.clean_text(row["question"]),
+            target=c.clean_text(row["answer"]),
+            question_type=kind,
+            split=split_name,
+            meta={"study_id": row["study_id"], "subject_id": row["subject_id"], "ref_id": row["ref_id"]},
+        )
 
 
 # ------------------------------------------------------------------------------------------------ VQA-RAD
 
 
 @c.checked_eagerly
-def load_vqa_rad(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",),
-                 missing_images: str = "error") -> Iterator[Example]:
+def load_vqa_rad(
+    root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",), missing_images: str = "error"
+) -> Iterator[Example]:
     _, want = c.check_arguments("load_vqa_rad", tasks, VQA_TASKS, missing_images, split)
     root = Path(root)
     path = c.find_file(root, "VQA_RAD Dataset Public.json")
@@ -141,23 +169,32 @@ def load_vqa_rad(root: c.PathLike, *, split: str | None = None, tasks: Sequence[
         if want is not None and split_name != want:
             continue
         try:
-            image_path, size = c.sized_image(root / "VQA_RAD Image Folder" / item["image_name"], missing_images,
-                                             source=str(path))
+            image_path, size = c.sized_image(
+                root / "VQA_RAD Image Folder" / item["image_name"], missing_images, source=str(path)
+            )
         except c.SkipExample:
             continue
-        yield Example(example_id=f"vqa-rad/{item.get('qid', i)}", dataset="vqa-rad", task="vqa",
-                      images=(image_path,), image_sizes=(size,), prompt=c.clean_text(item["question"]),
-                      target=_answer_text(item["answer"]), question_type=item.get("question_type"),
-                      split=split_name,
-                      meta={k: item[k] for k in ("qid", "answer_type", "phrase_type") if k in item})
+        yield Example(
+            example_id=f"vqa-rad/{item.get('qid', i)}",
+            dataset="vqa-rad",
+            task="vqa",
+            images=(image_path,),
+            image_sizes=(size,),
+            prompt=c.clean_text(item["question"]),
+            target=_answer_text(item["answer"]),
+            question_type=item.get("question_type"),
+            split=split_name,
+            meta={k: item[k] for k in ("qid", "answer_type", "phrase_type") if k in item},
+        )
 
 
 # -------------------------------------------------------------------------------------------------- SLAKE
 
 
 @c.checked_eagerly
-def load_slake(root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",),
-               missing_images: str = "error") -> Iterator[Example]:
+def load_slake(
+    root: c.PathLike, *, split: str | None = None, tasks: Sequence[str] = ("vqa",), missing_images: str = "error"
+) -> Iterator[Example]:
     _, want = c.check_arguments("load_slake", tasks, VQA_TASKS, missing_images, split)
     root = Path(root)
     files = [(s, root / n) for s, n in (("train", "train.json"), ("val", "validate.json"), ("test", "test.json"))]
@@ -175,9 +212,15 @@ def load_slake(root: c.PathLike, *, split: str | None = None, tasks: Sequence[st
                 image_path, size = c.sized_image(root / "imgs" / item["img_name"], missing_images, source=str(path))
             except c.SkipExample:
                 continue
-            yield Example(example_id=f"slake/{item.get('qid', f'{split_name}-{i}')}", dataset="slake", task="vqa",
-                          images=(image_path,), image_sizes=(size,), prompt=c.clean_text(item["question"]),
-                          target=_answer_text(item["answer"]), question_type=item.get("content_type"),
-                          split=split_name,
-                          meta={k: item[k] for k in ("qid", "img_id", "answer_type", "location", "base_type")
-                                if k in item})
+            yield Example(
+                example_id=f"slake/{item.get('qid', f'{split_name}-{i}')}",
+                dataset="slake",
+                task="vqa",
+                images=(image_path,),
+                image_sizes=(size,),
+                prompt=c.clean_text(item["question"]),
+                target=_answer_text(item["answer"]),
+                question_type=item.get("content_type"),
+                split=split_name,
+                meta={k: item[k] for k in ("qid", "img_id", "answer_type", "location", "base_type") if k in item},
+            )

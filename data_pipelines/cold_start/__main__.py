@@ -4,6 +4,7 @@ Loads a dataset with a data_pipelines adapter, asks the teacher for a grounded t
 accepted samples as generic JSONL (see output.py) and prints the summary as JSON. The API key is read from
 the environment variable named by --api-key-env, never from the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,19 +48,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = TeacherConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-                           temperature=args.temperature, max_tokens=args.max_tokens, timeout_s=args.timeout,
-                           max_retries=args.max_retries, backoff_base_s=args.backoff_base,
-                           backoff_cap_s=args.backoff_cap, concurrency=args.concurrency,
-                           prompt_template=args.template, send_images=args.send_images)
+    config = TeacherConfig(
+        base_url=args.base_url,
+        model=args.model,
+        api_key_env=args.api_key_env,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
+        backoff_base_s=args.backoff_base,
+        backoff_cap_s=args.backoff_cap,
+        concurrency=args.concurrency,
+        prompt_template=args.template,
+        send_images=args.send_images,
+    )
     kwargs = {"split": args.split}
     if args.tasks:
         kwargs["tasks"] = [t.strip() for t in args.tasks.split(",") if t.strip()]
     examples = load_dataset(args.adapter, args.root, **kwargs)
     if args.limit is not None:
         examples = itertools.islice(examples, args.limit)
-    result = synthesize(examples, config, cache_dir=args.cache_dir or f"{args.out}.cache",
-                        retry_failed=args.retry_failed)
+    result = synthesize(
+        examples, config, cache_dir=args.cache_dir or f"{args.out}.cache", retry_failed=args.retry_failed
+    )
     written = write_jsonl(result.accepted, args.out)
     json.dump({**result.summary, "written": written, "out": args.out}, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -9,6 +9,7 @@ Timeouts, connection errors, 429 and 5xx are retried up to max_retries times; ot
 The key is read from the environment per request and used only in the Authorization header; every text
 this module returns or logs is passed through `redact` first (a server may echo request headers).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,15 +56,16 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 def backoff_delay(config: TeacherConfig, attempt: int, retry_after: float | None) -> float:
     """Wait before retry `attempt` (0-based): exponential, at least Retry-After, at most backoff_cap_s."""
-    delay = config.backoff_base_s * (2 ** attempt)
+    delay = config.backoff_base_s * (2**attempt)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return min(delay, config.backoff_cap_s)
 
 
 def _is_timeout(error: BaseException) -> bool:
-    return isinstance(error, (TimeoutError, socket.timeout)) or isinstance(getattr(error, "reason", None),
-                                                                          (TimeoutError, socket.timeout))
+    return isinstance(error, (TimeoutError, socket.timeout)) or isinstance(
+        getattr(error, "reason", None), (TimeoutError, socket.timeout)
+    )
 
 
 class TeacherClient:
@@ -119,8 +121,9 @@ class TeacherClient:
                 detail = self.redact(f"{type(e).__name__}: {getattr(e, 'reason', e)}")
             if attempt < c.max_retries:
                 delay = backoff_delay(c, attempt, retry_after)
-                log.warning("teacher %s %s: %s; retry %d/%d in %.2fs", c.model, label, detail, attempt + 1,
-                            c.max_retries, delay)
+                log.warning(
+                    "teacher %s %s: %s; retry %d/%d in %.2fs", c.model, label, detail, attempt + 1, c.max_retries, delay
+                )
                 self._sleep(delay)
         log.error("teacher %s %s: giving up after %d attempts (%s)", c.model, label, sent, detail)
         return Completion(None, failure, f"{detail} after {sent} attempts", sent)

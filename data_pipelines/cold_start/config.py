@@ -3,6 +3,7 @@
 The API key never lives here: `api_key_env` names the environment variable that holds it, and the client
 reads that variable at request time, only to build the Authorization header.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,10 @@ class TeacherConfig:
         if self.max_retries < 0:
             bad("max_retries", f"must be >= 0, got {self.max_retries}")
         if self.backoff_base_s < 0 or self.backoff_cap_s < self.backoff_base_s:
-            bad("backoff_cap_s", f"need 0 <= backoff_base_s <= backoff_cap_s, got {self.backoff_base_s}, "
-                                 f"{self.backoff_cap_s}")
+            bad(
+                "backoff_cap_s",
+                f"need 0 <= backoff_base_s <= backoff_cap_s, got {self.backoff_base_s}, {self.backoff_cap_s}",
+            )
         if self.concurrency < 1:
             bad("concurrency", f"must be >= 1, got {self.concurrency}")
         if self.max_tokens < 1:

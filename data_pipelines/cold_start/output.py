@@ -5,6 +5,7 @@ question, answer (the reasoning trace), boxes (stored-pixel xyxy of the last ima
 teacher and reasoning_resized, which load_generic ignores. Read them back with
 load_generic(path, columns=read_jsonl_columns()).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,11 +30,20 @@ def _record(example: Example) -> dict:
         if not isinstance(image, (str, os.PathLike)):
             raise ValueError(f"{where}: in-memory image arrays cannot be written to JSONL; save them as files")
         images.append(str(Path(image).resolve()))
-    return {"id": example.example_id, "dataset": example.dataset, "task": example.task, "split": example.split,
-            "question_type": example.question_type, "images": images, "question": example.prompt,
-            "answer": example.target, "boxes": [list(b.as_tuple()) for b in example.boxes],
-            "ground_truth": example.meta.get("answer"), "teacher": example.meta.get("teacher"),
-            "reasoning_resized": example.meta.get("reasoning_resized")}
+    return {
+        "id": example.example_id,
+        "dataset": example.dataset,
+        "task": example.task,
+        "split": example.split,
+        "question_type": example.question_type,
+        "images": images,
+        "question": example.prompt,
+        "answer": example.target,
+        "boxes": [list(b.as_tuple()) for b in example.boxes],
+        "ground_truth": example.meta.get("answer"),
+        "teacher": example.meta.get("teacher"),
+        "reasoning_resized": example.meta.get("reasoning_resized"),
+    }
 
 
 def write_jsonl(examples: Iterable[Example], path: str | os.PathLike) -> int:

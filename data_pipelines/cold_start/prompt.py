@@ -5,6 +5,7 @@ frame the trained model will cite boxes in: boxes written in the question or ans
 as data_pipelines.formatting renders them for the model, and the finding boxes are rescaled the same way
 and clipped to the image.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,8 +46,11 @@ def load_template(path: str | os.PathLike | None = None) -> TeacherTemplate:
     if USER_SPLIT not in text:
         raise ValueError(f"{where}: missing the {USER_SPLIT} line between the system and user parts")
     system, user = (part.strip() for part in text.split(USER_SPLIT, 1))
-    unknown = {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(user + system)
-               if m.group("named") or m.group("braced")} - set(FIELDS)
+    unknown = {
+        m.group("named") or m.group("braced")
+        for m in string.Template.pattern.finditer(user + system)
+        if m.group("named") or m.group("braced")
+    } - set(FIELDS)
     if unknown:
         raise ValueError(f"{where}: unknown template fields {sorted(unknown)}; known: {list(FIELDS)}")
     return TeacherTemplate(text, string.Template(system), string.Template(user))
@@ -71,16 +75,26 @@ def _clip(box, resized: Size) -> tuple[float, ...]:
 
 def teacher_fields(example: Example, size: Size, resized: Size) -> dict[str, str]:
     """Template fields for one example, every coordinate in the resized frame."""
-    lines = [f"- {b.label or 'finding'}: {format_box(_clip(scale_box(b.as_tuple(), size, resized), resized))}"
-             for b in example.boxes]
+    lines = [
+        f"- {b.label or 'finding'}: {format_box(_clip(scale_box(b.as_tuple(), size, resized), resized))}"
+        for b in example.boxes
+    ]
     n = len(example.images)
     k = example.box_image_index % n + 1
-    note = (f"Images: {n}, the prior study first and the current study last; the size and every box refer to "
-            f"image {k}.\n" if n > 1 else "")
-    return {"task": example.task, "images_note": note, "width": str(resized[0]), "height": str(resized[1]),
-            "question": rescale_box_text(example.prompt, size, resized),
-            "answer": rescale_box_text(example.target, size, resized),
-            "boxes": "\n".join(lines) or "none annotated"}
+    note = (
+        f"Images: {n}, the prior study first and the current study last; the size and every box refer to image {k}.\n"
+        if n > 1
+        else ""
+    )
+    return {
+        "task": example.task,
+        "images_note": note,
+        "width": str(resized[0]),
+        "height": str(resized[1]),
+        "question": rescale_box_text(example.prompt, size, resized),
+        "answer": rescale_box_text(example.target, size, resized),
+        "boxes": "\n".join(lines) or "none annotated",
+    }
 
 
 def image_data_url(image, resized: Size) -> str:
@@ -96,8 +110,14 @@ def image_data_url(image, resized: Size) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def messages(example: Example, template: TeacherTemplate, fields: dict[str, str], *, send_images: bool,
-             resized_size_fn: ResizeFn | None = None) -> list[dict]:
+def messages(
+    example: Example,
+    template: TeacherTemplate,
+    fields: dict[str, str],
+    *,
+    send_images: bool,
+    resized_size_fn: ResizeFn | None = None,
+) -> list[dict]:
     """OpenAI chat messages: system text, then the user turn (images first when sent, then the text)."""
     system = template.system.safe_substitute(fields)
     user_text = template.user.safe_substitute(fields)
@@ -105,8 +125,10 @@ def messages(example: Example, template: TeacherTemplate, fields: dict[str, str]
         user: str | list[dict] = user_text
     else:
         fn = resized_size_fn or qwen_input_size
-        user = [{"type": "image_url", "image_url": {"url": image_data_url(img, tuple(fn(tuple(s))))}}
-                for img, s in zip(example.images, example.image_sizes)]
+        user = [
+            {"type": "image_url", "image_url": {"url": image_data_url(img, tuple(fn(tuple(s))))}}
+            for img, s in zip(example.images, example.image_sizes)
+        ]
         user.append({"type": "text", "text": user_text})
     out = [{"role": "system", "content": system}] if system else []
     return out + [{"role": "user", "content": user}]

@@ -8,6 +8,7 @@ convention; data_pipelines.formatting rescales them to exactly the teacher's res
 ground-truth target verbatim inside \\boxed{}. meta also gets 'reasoning_resized' (the trace as the model
 sees it), 'answer' (the original target), 'teacher_answer' (the teacher's boxed text) and 'teacher' (model).
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -50,29 +51,47 @@ class _Job:
 
 
 def _image_ids(example: Example) -> list[str]:
-    return [os.fspath(i) if isinstance(i, (str, os.PathLike))
-            else hashlib.sha256(np.ascontiguousarray(i).tobytes()).hexdigest() for i in example.images]
+    return [
+        os.fspath(i)
+        if isinstance(i, (str, os.PathLike))
+        else hashlib.sha256(np.ascontiguousarray(i).tobytes()).hexdigest()
+        for i in example.images
+    ]
 
 
 def _plan(example: Example, config: TeacherConfig, template, resized_size_fn: ResizeFn | None) -> _Job:
     size, resized = box_frame(example, resized_size_fn)
     fields = teacher_fields(example, size, resized)
-    key = cache_key(model=config.model, template_text=template.text, example_id=example.example_id,
-                    prompt=example.prompt, target=example.target, user_text=template.user.safe_substitute(fields),
-                    temperature=config.temperature, max_tokens=config.max_tokens,
-                    images=_image_ids(example) if config.send_images else None)
+    key = cache_key(
+        model=config.model,
+        template_text=template.text,
+        example_id=example.example_id,
+        prompt=example.prompt,
+        target=example.target,
+        user_text=template.user.safe_substitute(fields),
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        images=_image_ids(example) if config.send_images else None,
+    )
     return _Job(example, size, resized, fields, key)
 
 
 def _request(job: _Job, client: TeacherClient, template, config: TeacherConfig, resized_size_fn) -> dict:
     try:
-        msgs = messages(job.example, template, job.fields, send_images=config.send_images,
-                        resized_size_fn=resized_size_fn)
+        msgs = messages(
+            job.example, template, job.fields, send_images=config.send_images, resized_size_fn=resized_size_fn
+        )
     except (OSError, ValueError) as e:  # an unreadable image
         raise ValueError(f"example {job.example.example_id!r}: cannot build the teacher request: {e}") from e
     reply: Completion = client.complete(msgs, label=f"example {job.example.example_id}")
-    return {"example_id": job.example.example_id, "model": config.model, "content": reply.content,
-            "failure": reply.failure, "detail": reply.detail, "requests": reply.requests}
+    return {
+        "example_id": job.example.example_id,
+        "model": config.model,
+        "content": reply.content,
+        "failure": reply.failure,
+        "detail": reply.detail,
+        "requests": reply.requests,
+    }
 
 
 def _judge(job: _Job, record: dict, config: TeacherConfig) -> tuple[str, str, Example | None]:
@@ -88,8 +107,14 @@ def _judge(job: _Job, record: dict, config: TeacherConfig) -> tuple[str, str, Ex
     if not tr.answers_agree(parsed.answer, job.fields["answer"], ex.task, config.long_answer_min_words):
         return "wrong_answer", f"teacher {parsed.answer[:120]!r} vs truth {job.fields['answer'][:120]!r}", None
     stored = tr.render(tr.to_stored_frame(parsed.body, job.size, job.resized), ex.target)
-    meta = {**ex.meta, "reasoning": stored, "reasoning_resized": tr.render(parsed.body, job.fields["answer"]),
-            "answer": ex.target, "teacher_answer": parsed.answer, "teacher": config.model}
+    meta = {
+        **ex.meta,
+        "reasoning": stored,
+        "reasoning_resized": tr.render(parsed.body, job.fields["answer"]),
+        "answer": ex.target,
+        "teacher_answer": parsed.answer,
+        "teacher": config.model,
+    }
     return "accepted", "", dataclasses.replace(ex, target=stored, meta=meta)
 
 
@@ -99,9 +124,16 @@ def _progress_enabled(progress: bool | None) -> bool:
     return sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
 
 
-def synthesize(examples: Iterable[Example], config: TeacherConfig, *, cache_dir: str | os.PathLike,
-               resized_size_fn: ResizeFn | None = None, retry_failed: bool = False, progress: bool | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> SynthesisResult:
+def synthesize(
+    examples: Iterable[Example],
+    config: TeacherConfig,
+    *,
+    cache_dir: str | os.PathLike,
+    resized_size_fn: ResizeFn | None = None,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SynthesisResult:
     """Teacher traces for `examples`, validated and cached.
 
     resized_size_fn: stored (w, h) -> model input (w, h); default boxes.qwen_input_size (max 262,144 px).
@@ -127,8 +159,11 @@ def synthesize(examples: Iterable[Example], config: TeacherConfig, *, cache_dir:
     cache_hits = len(replies)
     stale = sum(r.get("failure") in TRANSPORT_FAILURES for r in replies.values())
     if stale:
-        log.warning("reusing %d cached teacher failures (timeouts / HTTP errors); pass retry_failed=True "
-                    "(CLI --retry-failed) to request them again", stale)
+        log.warning(
+            "reusing %d cached teacher failures (timeouts / HTTP errors); pass retry_failed=True "
+            "(CLI --retry-failed) to request them again",
+            stale,
+        )
     requests, bad_inputs = 0, []
     bar = None
     if todo and _progress_enabled(progress):
@@ -136,8 +171,9 @@ def synthesize(examples: Iterable[Example], config: TeacherConfig, *, cache_dir:
 
         bar = tqdm(total=len(todo), desc=f"teacher {config.model}", unit="req")
     with concurrent.futures.ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-        futures = {pool.submit(_request, job, client, template, config, resized_size_fn): key
-                   for key, job in todo.items()}
+        futures = {
+            pool.submit(_request, job, client, template, config, resized_size_fn): key for key, job in todo.items()
+        }
         for future in concurrent.futures.as_completed(futures):
             key = futures[future]
             try:
@@ -164,8 +200,22 @@ def synthesize(examples: Iterable[Example], config: TeacherConfig, *, cache_dir:
             accepted.append(example)
         else:
             rejected[outcome] += 1
-    summary = {"teacher": config.model, "examples": len(jobs), "accepted": len(accepted), "rejected": rejected,
-               "requests": requests, "cache_hits": cache_hits, "unique_prompts": len(replies)}
-    log.info("cold-start teacher %s: %d/%d accepted, rejected %s, %d requests, %d cache hits", config.model,
-             len(accepted), len(jobs), {k: v for k, v in rejected.items() if v}, requests, cache_hits)
+    summary = {
+        "teacher": config.model,
+        "examples": len(jobs),
+        "accepted": len(accepted),
+        "rejected": rejected,
+        "requests": requests,
+        "cache_hits": cache_hits,
+        "unique_prompts": len(replies),
+    }
+    log.info(
+        "cold-start teacher %s: %d/%d accepted, rejected %s, %d requests, %d cache hits",
+        config.model,
+        len(accepted),
+        len(jobs),
+        {k: v for k, v in rejected.items() if v},
+        requests,
+        cache_hits,
+    )
     return SynthesisResult(accepted, summary, records)

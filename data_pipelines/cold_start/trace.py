@@ -12,6 +12,7 @@ Rejections, checked in this order:
   wrong_answer       the boxed answer disagrees with the ground truth (answers_agree).
 Boxes may be written with or without the space after each comma; accepted traces cite them canonically.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,21 +46,21 @@ def parse_reply(text: str) -> tuple[Trace | None, str]:
         text = fenced.group(1).strip()
     if not text.startswith("<think>") or text.count("<think>") != 1 or text.count("</think>") != 1:
         return None, "expected exactly one leading <think>...</think> block"
-    body, tail = text[len("<think>"):].split("</think>", 1)
+    body, tail = text[len("<think>") :].split("</think>", 1)
     body = body.strip()
     if not body or "\\boxed" in body:
         return None, "the <think> block is empty or holds the \\boxed answer"
     span = last_boxed_span(tail)
     if span is None:
         return None, "no balanced \\boxed{...} after </think>"
-    rest = (tail[:span[0]] + tail[span[1]:]).strip()
+    rest = (tail[: span[0]] + tail[span[1] :]).strip()
     if not _TAIL_OK.fullmatch(rest):
         return None, f"unexpected text around the answer: {rest[:80]!r}"
     boxes = tuple(tuple(int(round(float(v))) for v in m.groups()) for m in _BOX.finditer(body))
     if not boxes:
         return None, "no box [x_min, y_min, x_max, y_max] cited inside <think>"
     canonical = _BOX.sub(lambda m: format_box([float(v) for v in m.groups()]), body)
-    return Trace(canonical, tail[span[0] + len("\\boxed{"):span[1] - 1].strip(), boxes), ""  # type: ignore[arg-type]
+    return Trace(canonical, tail[span[0] + len("\\boxed{") : span[1] - 1].strip(), boxes), ""  # type: ignore[arg-type]
 
 
 def boxes_in_bounds(boxes, resized: Size) -> bool:

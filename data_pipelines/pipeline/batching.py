@@ -10,6 +10,7 @@ State (JSON): {'parent': the row reader's state, 'position': rows read, 'pending
 buffered rows in arrival order, 'skipped': count}. Restoring re-reads the buffered rows by position
 (deterministic), so a restored iterator yields exactly the batches the original would have.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ def trim_right_padding(arrays: dict, multiple: int) -> dict:
     keep = min(t, -(-(int(used[-1]) + 1) // multiple) * multiple)
     if keep == t:
         return arrays
-    out = {**arrays, "positions": arrays["positions"][..., :keep]}      # positions [B, 3, T]
+    out = {**arrays, "positions": arrays["positions"][..., :keep]}  # positions [B, 3, T]
     for k in ("input_ids", "attention_mask", "loss_mask"):
         out[k] = arrays[k][:, :keep]
     return out
@@ -72,8 +73,15 @@ def _pad_row(row: dict) -> dict:
 class BucketBatchIterDataset(grain.IterDataset):
     """Batches of batch_size same-bucket rows from a MapDataset of `Encoded` elements."""
 
-    def __init__(self, rows: grain.MapDataset, *, buckets: Sequence[Bucket], batch_size: int,
-                 remainder: str = "drop", read_options: grain.ReadOptions | None = None):
+    def __init__(
+        self,
+        rows: grain.MapDataset,
+        *,
+        buckets: Sequence[Bucket],
+        batch_size: int,
+        remainder: str = "drop",
+        read_options: grain.ReadOptions | None = None,
+    ):
         super().__init__(rows)
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -95,7 +103,7 @@ class BucketBatchIterDataset(grain.IterDataset):
         return f"BucketBatchIterDataset(buckets={self.buckets}, batch_size={self.batch_size}, {self.remainder})"
 
 
-MAX_SKIPS_IN_A_ROW = 10_000   # skipped examples without a batch in between before giving up
+MAX_SKIPS_IN_A_ROW = 10_000  # skipped examples without a batch in between before giving up
 
 
 class BucketBatchIterator(grain.DatasetIterator):
@@ -130,10 +138,12 @@ class BucketBatchIterator(grain.DatasetIterator):
             if item.bucket < 0:
                 self._skipped += 1
                 self._skipped_ids.append(item.example_id)
-                if len(self._skipped_ids) >= MAX_SKIPS_IN_A_ROW:   # e.g. an endless stream where nothing fits
-                    raise DoesNotFit(f"{len(self._skipped_ids)} examples in a row fit no bucket "
-                                     f"{list(self._ds.buckets)} (last: {item.example_id}); raise the sequence / "
-                                     f"patch budgets")
+                if len(self._skipped_ids) >= MAX_SKIPS_IN_A_ROW:  # e.g. an endless stream where nothing fits
+                    raise DoesNotFit(
+                        f"{len(self._skipped_ids)} examples in a row fit no bucket "
+                        f"{list(self._ds.buckets)} (last: {item.example_id}); raise the sequence / "
+                        f"patch budgets"
+                    )
                 continue
             self._pending.append((item.bucket, self._position - 1, item.row))
             if sum(p[0] == item.bucket for p in self._pending) == self._ds.batch_size:
@@ -143,9 +153,13 @@ class BucketBatchIterator(grain.DatasetIterator):
         raise StopIteration
 
     def get_state(self) -> dict[str, Any]:
-        return {"parent": self._parent.get_state(), "position": self._position,
-                "pending": [[b, pos] for b, pos, _ in self._pending], "skipped": self._skipped,
-                "skipped_ids": list(self._skipped_ids)}
+        return {
+            "parent": self._parent.get_state(),
+            "position": self._position,
+            "pending": [[b, pos] for b, pos, _ in self._pending],
+            "skipped": self._skipped,
+            "skipped_ids": list(self._skipped_ids),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["parent"])
@@ -156,8 +170,10 @@ class BucketBatchIterator(grain.DatasetIterator):
         for b, pos in state["pending"]:
             item: Encoded = self._rows[int(pos)]
             if item.bucket != int(b):
-                raise ValueError(f"restored state: row {pos} is now in bucket {item.bucket}, was {b} "
-                                 f"(the source, tokenizer or encoding changed since the state was saved)")
+                raise ValueError(
+                    f"restored state: row {pos} is now in bucket {item.bucket}, was {b} "
+                    f"(the source, tokenizer or encoding changed since the state was saved)"
+                )
             self._pending.append((int(b), int(pos), item.row))
 
     def __str__(self) -> str:

@@ -16,6 +16,7 @@ images, preprocess, render, pad to the first bucket that fits (too_long='raise' 
 Note for multi-host training: each process draws its own bucket sequence; processes that must step in
 lockstep on one global batch shape should use a single bucket (or agree on shapes outside this pipeline).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ def as_example(item: Any) -> Example:
         return item
     if isinstance(item, Mapping) and "example_id" in item and "images" in item:
         from data_pipelines.tfds.records import record_to_example
+
         return record_to_example(item)
     raise TypeError(f"make_dataset: source items must be Examples or dmx tfds records, got {type(item).__name__}")
 
@@ -47,8 +49,15 @@ class EncodeToBucket:
     exception of a type in `does_not_fit` moves on to the next one; otherwise the built-in encoder is used.
     """
 
-    def __init__(self, buckets, tokenizer, encoding: EncodingConfig | None, encode_fn: Callable | None,
-                 does_not_fit: tuple[type[Exception], ...], too_long: str):
+    def __init__(
+        self,
+        buckets,
+        tokenizer,
+        encoding: EncodingConfig | None,
+        encode_fn: Callable | None,
+        does_not_fit: tuple[type[Exception], ...],
+        too_long: str,
+    ):
         self.buckets, self.tokenizer, self.encoding = buckets, tokenizer, encoding
         self.encode_fn, self.does_not_fit, self.too_long = encode_fn, does_not_fit, too_long
 
@@ -60,8 +69,9 @@ class EncodeToBucket:
                 return k, self.encode_fn(example, seq_len=seq_len, patch_budget=patch_budget)
             except self.does_not_fit:
                 continue
-        raise DoesNotFit(f"example {example.example_id}: fits no bucket (seq_len, patch_budget) in "
-                         f"{list(self.buckets)}")
+        raise DoesNotFit(
+            f"example {example.example_id}: fits no bucket (seq_len, patch_budget) in {list(self.buckets)}"
+        )
 
     def __call__(self, item: Any) -> Encoded:
         example = as_example(item)
@@ -74,12 +84,25 @@ class EncodeToBucket:
         return Encoded(bucket, example.example_id, row)
 
 
-def make_dataset(source: Sequence, *, batch_size: int, buckets: Sequence[Sequence[int]], tokenizer=None,
-                 encoding: EncodingConfig | None = None, encode_fn: Callable | None = None,
-                 does_not_fit: tuple[type[Exception], ...] = (DoesNotFit,), seed: int = 0, shuffle: bool = True,
-                 num_epochs: int | None = 1, shard_index: int = 0, shard_count: int = 1, worker_count: int = 0,
-                 too_long: str = "raise", remainder: str = "drop",
-                 read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+def make_dataset(
+    source: Sequence,
+    *,
+    batch_size: int,
+    buckets: Sequence[Sequence[int]],
+    tokenizer=None,
+    encoding: EncodingConfig | None = None,
+    encode_fn: Callable | None = None,
+    does_not_fit: tuple[type[Exception], ...] = (DoesNotFit,),
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = 1,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    worker_count: int = 0,
+    too_long: str = "raise",
+    remainder: str = "drop",
+    read_options: grain.ReadOptions | None = None,
+) -> grain.IterDataset:
     """A grain IterDataset of (arrays, meta) batches whose arrays have one of the bucket shapes.
 
     source: random access (len / getitem) of Examples or dmx tfds records (tfds.data_source, SyntheticSource,
@@ -108,8 +131,9 @@ def make_dataset(source: Sequence, *, batch_size: int, buckets: Sequence[Sequenc
         ds = ds.shuffle(seed=seed)  # reading past one epoch's length reshuffles with seed + epoch
     ds = ds.repeat(num_epochs)
     ds = ds.map(EncodeToBucket(buckets, tokenizer, encoding, encode_fn, tuple(does_not_fit), too_long))
-    batches = BucketBatchIterDataset(ds, buckets=buckets, batch_size=batch_size, remainder=remainder,
-                                     read_options=read_options)
+    batches = BucketBatchIterDataset(
+        ds, buckets=buckets, batch_size=batch_size, remainder=remainder, read_options=read_options
+    )
     if worker_count:
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return batches

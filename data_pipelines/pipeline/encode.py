@@ -6,6 +6,7 @@ prompt rows (prompt_only) left-padded with a zero loss mask; M-RoPE positions an
 padded to the bucket too, and host-side fields travel in row['meta']. An `image_cache` dict shares one
 decoded, preprocessed pixel array between the rows of one example (its SFT, reasoning and prompt rows).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,13 +69,25 @@ def image_array(image: Any, name: str) -> np.ndarray:
 def _pixels(example: Example, cfg: EncodingConfig, cache: dict | None) -> tuple:
     """(images, grid [N, 3], pixel_values [P, D]) of an example, looked up in / stored to `cache` by example id."""
     v = cfg.vision
-    key = (example.example_id, cfg.min_pixels, cfg.max_pixels, v.patch_size, v.temporal_patch_size,
-           v.spatial_merge_size)
+    key = (
+        example.example_id,
+        cfg.min_pixels,
+        cfg.max_pixels,
+        v.patch_size,
+        v.temporal_patch_size,
+        v.spatial_merge_size,
+    )
     if cache is not None and key in cache:
         return cache[key]
     images = [image_array(im, f"{example.example_id} image {k}") for k, im in enumerate(example.images)]
-    proc = preprocess_images(images, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=v.patch_size,
-                             temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
+    proc = preprocess_images(
+        images,
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+        patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size,
+        merge_size=v.spatial_merge_size,
+    )
     out = (images, proc["image_grid_thw"], proc["pixel_values"])
     if cache is not None:
         cache[key] = out
@@ -86,8 +99,15 @@ def _measure(example: Example, tokenizer, cfg: EncodingConfig, cache: dict | Non
     v = cfg.vision
     images, grid, pixel_values = _pixels(example, cfg, cache)
     resized = [(int(g[2]) * v.patch_size, int(g[1]) * v.patch_size) for g in grid]
-    r = render(example, tokenizer, list(num_image_tokens(grid, v.spatial_merge_size)), resized,
-               reasoning=cfg.reasoning, with_answer=not cfg.prompt_only, instruction_first=cfg.instruction_first)
+    r = render(
+        example,
+        tokenizer,
+        list(num_image_tokens(grid, v.spatial_merge_size)),
+        resized,
+        reasoning=cfg.reasoning,
+        with_answer=not cfg.prompt_only,
+        instruction_first=cfg.instruction_first,
+    )
     return images, grid, pixel_values, r, resized
 
 
@@ -106,17 +126,37 @@ def _pad(example: Example, tokenizer, cfg: EncodingConfig, measured: tuple, buck
         ids = np.concatenate([r["input_ids"], fill])
         mask = np.concatenate([np.ones(n, np.int32), np.zeros(pad, np.int32)])
         loss_mask = np.concatenate([r["loss_mask"], np.zeros(pad, np.int32)])
-    pos, delta = rope_index(ids[None], grid, mask[None], spatial_merge_size=cfg.vision.spatial_merge_size,
-                            image_token_id=tokenizer.image_pad_id)
+    pos, delta = rope_index(
+        ids[None],
+        grid,
+        mask[None],
+        spatial_merge_size=cfg.vision.spatial_merge_size,
+        image_token_id=tokenizer.image_pad_id,
+    )
     (w, h), (rw, rh) = example.image_sizes[example.box_image_index], resized[example.box_image_index]
     boxes = [(b.x_min * rw / w, b.y_min * rh / h, b.x_max * rw / w, b.y_max * rh / h) for b in example.boxes]
-    return {"input_ids": ids, "attention_mask": mask, "loss_mask": loss_mask, "positions": pos[:, 0],
-            "deltas": delta[0], "pixel_values": pv,
-            "vision_inputs": vision_inputs(grid, cfg.vision, pad_to=patch_budget),
-            "meta": {"example_id": example.example_id, "task": example.task, "question_type": example.question_type,
-                     "target": example.target if cfg.prompt_only else r["answer"], "prompt": example.prompt,
-                     "boxes": boxes, "image_size": (rw, rh), "labels": example.labels, "image": images[-1],
-                     "reference_trace": example.meta.get("reasoning", ""), "bucket": bucket}}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "loss_mask": loss_mask,
+        "positions": pos[:, 0],
+        "deltas": delta[0],
+        "pixel_values": pv,
+        "vision_inputs": vision_inputs(grid, cfg.vision, pad_to=patch_budget),
+        "meta": {
+            "example_id": example.example_id,
+            "task": example.task,
+            "question_type": example.question_type,
+            "target": example.target if cfg.prompt_only else r["answer"],
+            "prompt": example.prompt,
+            "boxes": boxes,
+            "image_size": (rw, rh),
+            "labels": example.labels,
+            "image": images[-1],
+            "reference_trace": example.meta.get("reasoning", ""),
+            "bucket": bucket,
+        },
+    }
 
 
 def measure(example: Example, tokenizer, cfg: EncodingConfig, image_cache: dict | None = None) -> tuple[int, int]:
@@ -125,8 +165,9 @@ def measure(example: Example, tokenizer, cfg: EncodingConfig, image_cache: dict 
     return len(measured[3]["input_ids"]), measured[2].shape[0]
 
 
-def encode_to_bucket(example: Example, tokenizer, cfg: EncodingConfig, buckets: Sequence[Bucket],
-                     image_cache: dict | None = None) -> tuple[int, dict]:
+def encode_to_bucket(
+    example: Example, tokenizer, cfg: EncodingConfig, buckets: Sequence[Bucket], image_cache: dict | None = None
+) -> tuple[int, dict]:
     """(index into buckets, row) for the first bucket (in the given order) holding the example's tokens and
     patches; DoesNotFit when none does."""
     measured = _measure(example, tokenizer, cfg, image_cache)
@@ -134,12 +175,21 @@ def encode_to_bucket(example: Example, tokenizer, cfg: EncodingConfig, buckets: 
     for k, (seq_len, patch_budget) in enumerate(buckets):
         if tokens <= seq_len and patches <= patch_budget:
             return k, _pad(example, tokenizer, cfg, measured, (seq_len, patch_budget))
-    raise DoesNotFit(f"example {example.example_id}: {tokens} tokens and {patches} patches fit no bucket "
-                     f"(seq_len, patch_budget) in {list(buckets)}")
+    raise DoesNotFit(
+        f"example {example.example_id}: {tokens} tokens and {patches} patches fit no bucket "
+        f"(seq_len, patch_budget) in {list(buckets)}"
+    )
 
 
-def encode_example(example: Example, tokenizer, cfg: EncodingConfig, *, seq_len: int, patch_budget: int,
-                   image_cache: dict | None = None) -> dict:
+def encode_example(
+    example: Example,
+    tokenizer,
+    cfg: EncodingConfig,
+    *,
+    seq_len: int,
+    patch_budget: int,
+    image_cache: dict | None = None,
+) -> dict:
     """One example padded to exactly (seq_len, patch_budget); DoesNotFit when it is longer."""
     return encode_to_bucket(example, tokenizer, cfg, [(seq_len, patch_budget)], image_cache)[1]
 
@@ -156,5 +206,6 @@ class RowEncoder:
 
     def __call__(self, example: Example, *, seq_len: int, patch_budget: int, image_cache: dict | None = None) -> dict:
         cfg = dataclasses.replace(self.cfg, reasoning=False) if example.example_id in self.plain_ids else self.cfg
-        return encode_example(example, self.tokenizer, cfg, seq_len=seq_len, patch_budget=patch_budget,
-                              image_cache=image_cache)
+        return encode_example(
+            example, self.tokenizer, cfg, seq_len=seq_len, patch_budget=patch_budget, image_cache=image_cache
+        )

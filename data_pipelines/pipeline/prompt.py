@@ -3,6 +3,7 @@
 It needs both encode.py (the row) and batching.py (the stacking), so it sits above them: they never import each
 other's callers.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -10,6 +10,7 @@ Module map: config (SyntheticConfig, splits, random streams) -> geometry, anatom
 -> reports, vqa, reasoning, grounding -> dataset (SyntheticStudy, sample, examples, SyntheticSource);
 preview writes contact sheets.
 """
+
 from data_pipelines.synthetic.config import SPLIT_OFFSETS, SPLITS, SyntheticConfig, global_index, split_of
 from data_pipelines.synthetic.dataset import SyntheticSource, SyntheticStudy, all_task_examples, examples, sample, study
 from data_pipelines.synthetic.findings import FINDING_NAMES, Finding

@@ -3,6 +3,7 @@
 All lengths are body units (1.0 = the image width at magnification 1 = FOV_MM). Patient RIGHT is image LEFT:
 the right lung has x < 0.5, the heart sits mostly at x > 0.5.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -118,8 +119,14 @@ class Anatomy:
 
     @property
     def heart(self) -> Heart:
-        return make_heart(self.ctr, self.thoracic_width, self.heart_top, self.left_lung.dome + 0.035,
-                          self.heart_tilt, self.heart_right_fraction)
+        return make_heart(
+            self.ctr,
+            self.thoracic_width,
+            self.heart_top,
+            self.left_lung.dome + 0.035,
+            self.heart_tilt,
+            self.heart_right_fraction,
+        )
 
     def lung(self, side: str) -> Lung:
         side_sign(side)
@@ -138,8 +145,9 @@ class Anatomy:
         return self.heart.extent()[1] + 0.04
 
 
-def make_heart(ctr: float, thoracic_width: float, top: float, bottom: float, tilt: float,
-               right_fraction: float) -> Heart:
+def make_heart(
+    ctr: float, thoracic_width: float, top: float, bottom: float, tilt: float, right_fraction: float
+) -> Heart:
     """A tilted ellipse spanning [top, bottom] whose projected width is ctr * thoracic width, `right_fraction`
     of it right of the midline (the heart apex points to the patient's left and down)."""
     hx, hy = 0.5 * ctr * thoracic_width, 0.5 * (bottom - top)
@@ -160,23 +168,47 @@ def sample_anatomy(rng: np.random.Generator, *, view: str, ctr: float, mediastin
     dome_right = rng.uniform(0.66, 0.73) - (0.03 if view == "AP" else 0.0)  # AP: supine, shallower inspiration
     dome_left = dome_right + rng.uniform(0.015, 0.035)  # the right hemidiaphragm sits higher
     cp_depth = rng.uniform(0.05, 0.075)
-    right = Lung("right", medial=0.5 - rng.uniform(0.035, 0.05), lateral=0.5 - half_thorax,
-                 apex=apex + rng.uniform(-0.01, 0.01), dome=dome_right, base=dome_right + cp_depth)
-    left = Lung("left", medial=0.5 + rng.uniform(0.045, 0.06), lateral=0.5 + half_thorax + rng.uniform(-0.01, 0.01),
-                apex=apex + rng.uniform(-0.01, 0.01), dome=dome_left, base=dome_left + cp_depth)
+    right = Lung(
+        "right",
+        medial=0.5 - rng.uniform(0.035, 0.05),
+        lateral=0.5 - half_thorax,
+        apex=apex + rng.uniform(-0.01, 0.01),
+        dome=dome_right,
+        base=dome_right + cp_depth,
+    )
+    left = Lung(
+        "left",
+        medial=0.5 + rng.uniform(0.045, 0.06),
+        lateral=0.5 + half_thorax + rng.uniform(-0.01, 0.01),
+        apex=apex + rng.uniform(-0.01, 0.01),
+        dome=dome_left,
+        base=dome_left + cp_depth,
+    )
     hilum_y = rng.uniform(0.37, 0.42)
     n_ribs = rng.uniform(9.0, 10.5)  # posterior ribs above the dome: depth of inspiration
     return Anatomy(
-        right_lung=right, left_lung=left, ctr=ctr, heart_top=hilum_y + rng.uniform(0.03, 0.06),
-        heart_tilt=rng.uniform(0.3, 0.5), heart_right_fraction=rng.uniform(0.28, 0.36),
-        body_half_width=half_thorax + rng.uniform(0.05, 0.10), soft_tissue=rng.uniform(0.85, 1.15),
-        mediastinum_half_width=mediastinum_half_width, trachea_x=0.5 - rng.uniform(0.0, 0.01),
-        carina_y=rng.uniform(0.29, 0.33), hilum_y=hilum_y,
+        right_lung=right,
+        left_lung=left,
+        ctr=ctr,
+        heart_top=hilum_y + rng.uniform(0.03, 0.06),
+        heart_tilt=rng.uniform(0.3, 0.5),
+        heart_right_fraction=rng.uniform(0.28, 0.36),
+        body_half_width=half_thorax + rng.uniform(0.05, 0.10),
+        soft_tissue=rng.uniform(0.85, 1.15),
+        mediastinum_half_width=mediastinum_half_width,
+        trachea_x=0.5 - rng.uniform(0.0, 0.01),
+        carina_y=rng.uniform(0.29, 0.33),
+        hilum_y=hilum_y,
         clavicle_y=rng.uniform(0.15, 0.18) - (0.03 if view == "AP" else 0.0),
-        rib_phase=apex - rng.uniform(0.0, 0.03), rib_spacing=(dome_right - apex) / n_ribs,
+        rib_phase=apex - rng.uniform(0.0, 0.03),
+        rib_spacing=(dome_right - apex) / n_ribs,
         rib_curve=rng.uniform(0.9, 1.2),
-        bubble=(0.5 + half_thorax * rng.uniform(0.3, 0.55), dome_left + rng.uniform(0.04, 0.06),
-                rng.uniform(0.03, 0.05), rng.uniform(0.02, 0.03)),
+        bubble=(
+            0.5 + half_thorax * rng.uniform(0.3, 0.55),
+            dome_left + rng.uniform(0.04, 0.06),
+            rng.uniform(0.03, 0.05),
+            rng.uniform(0.02, 0.03),
+        ),
     )
 
 

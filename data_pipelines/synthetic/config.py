@@ -1,12 +1,13 @@
 """Configuration of the synthetic CXR benchmark and its fixed split layout."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 
-GROUNDING_TRACES = ("anatomy_first", "phrase_first", "box_first")   # reasoning-trace styles of grounding items
-VQA_TRACES = ("evidence", "question_first")                          # reasoning-trace styles of VQA items
+GROUNDING_TRACES = ("anatomy_first", "phrase_first", "box_first")  # reasoning-trace styles of grounding items
+VQA_TRACES = ("evidence", "question_first")  # reasoning-trace styles of VQA items
 
 # Detector field of view across the image width at magnification 1; sets the mm per pixel (2.81 mm at 128^2).
 FOV_MM = 360.0
@@ -17,15 +18,24 @@ SPLITS: tuple[str, ...] = ("train", "val", "test", "heldout")
 SPLIT_OFFSETS: dict[str, int] = {name: k * SPLIT_STRIDE for k, name in enumerate(SPLITS)}
 
 DEFAULT_TASK_MIX: tuple[tuple[str, float], ...] = (
-    ("findings", 0.15), ("impression", 0.10), ("vqa", 0.35), ("difference", 0.10),
-    ("grounding", 0.12), ("referring", 0.08), ("classification", 0.10),
+    ("findings", 0.15),
+    ("impression", 0.10),
+    ("vqa", 0.35),
+    ("difference", 0.10),
+    ("grounding", 0.12),
+    ("referring", 0.08),
+    ("classification", 0.10),
 )
 
 # Tasks of the test split (held-out evaluation), assigned in a fixed stratified cycle (exact shares over every
 # 50 consecutive indices): 600 test examples give 216 grounding, 312 VQA-type (vqa 276, classification 36)
 # and 72 report prompts, enough to resolve stage differences of ~0.1 with paired CIs.
 DEFAULT_TEST_TASK_MIX: tuple[tuple[str, float], ...] = (
-    ("findings", 0.06), ("impression", 0.06), ("vqa", 0.46), ("grounding", 0.36), ("classification", 0.06),
+    ("findings", 0.06),
+    ("impression", 0.06),
+    ("vqa", 0.46),
+    ("grounding", 0.36),
+    ("classification", 0.06),
 )
 TEST_CYCLE = 50
 
@@ -35,6 +45,7 @@ DEFAULT_HELDOUT = ("Lung Lesion", "left", "upper")
 
 # findings placed in one lung zone (data_pipelines.synthetic.findings draws them; a held-out combination names one)
 ZONED = ("Lung Lesion", "Consolidation", "Pneumonia", "Lung Opacity", "Atelectasis")
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
@@ -124,14 +135,21 @@ class SyntheticConfig:
             raise ValueError(f"{where}.vqa_family_weights must be non-negative, got {self.vqa_family_weights}")
         if self.test_task_mix is not None:
             mix = self.test_task_mix
-            if not mix or any(w < 0 for _, w in mix) or sum(w for _, w in mix) <= 0 or \
-                    any(t not in TASKS for t, _ in mix):
-                raise ValueError(f"{where}.test_task_mix needs known tasks with non-negative weights and a "
-                                 f"positive sum, got {mix}")
+            if (
+                not mix
+                or any(w < 0 for _, w in mix)
+                or sum(w for _, w in mix) <= 0
+                or any(t not in TASKS for t, _ in mix)
+            ):
+                raise ValueError(
+                    f"{where}.test_task_mix needs known tasks with non-negative weights and a positive sum, got {mix}"
+                )
         name, side, zone = self.heldout
         if name not in ZONED or side not in ("right", "left") or zone not in ("upper", "middle", "lower"):
-            raise ValueError(f"{where}.heldout must be (zone-placed finding in {ZONED}, right|left, "
-                             f"upper|middle|lower), got {self.heldout}")
+            raise ValueError(
+                f"{where}.heldout must be (zone-placed finding in {ZONED}, right|left, "
+                f"upper|middle|lower), got {self.heldout}"
+            )
         for split in SPLITS:
             if not 0 < self.split_size(split) <= SPLIT_STRIDE:
                 raise ValueError(f"{where}.{split}_size must be in (0, 2**40], got {self.split_size(split)}")
@@ -155,7 +173,7 @@ class SyntheticConfig:
         w = np.array([w for _, w in self.test_task_mix], dtype=np.float64)
         quota = w / w.sum() * TEST_CYCLE
         counts = np.floor(quota).astype(int)
-        for k in np.argsort(-(quota - counts), kind="stable")[:TEST_CYCLE - counts.sum()]:
+        for k in np.argsort(-(quota - counts), kind="stable")[: TEST_CYCLE - counts.sum()]:
             counts[k] += 1
         cycle = [n for n, c in zip(names, counts) for _ in range(c)]
         order = np.random.default_rng(np.random.SeedSequence([int(self.seed), 20261203])).permutation(TEST_CYCLE)
@@ -189,9 +207,22 @@ def split_of(global_idx: int) -> str:
 
 
 # Independent random streams of one study, so that adding a prior or a question never changes the current image.
-STREAMS = {"findings": 1, "prior": 2, "anatomy": 3, "placement": 4, "nuisance": 5, "texture": 6,
-           "prior_placement": 7, "prior_nuisance": 8, "prior_texture": 9, "report": 10, "prior_report": 11,
-           "task": 12, "question": 13, "trace_jitter": 14}
+STREAMS = {
+    "findings": 1,
+    "prior": 2,
+    "anatomy": 3,
+    "placement": 4,
+    "nuisance": 5,
+    "texture": 6,
+    "prior_placement": 7,
+    "prior_nuisance": 8,
+    "prior_texture": 9,
+    "report": 10,
+    "prior_report": 11,
+    "task": 12,
+    "question": 13,
+    "trace_jitter": 14,
+}
 
 
 def rng_for(seed: int, index: int, stream: str, variant: int = 0) -> np.random.Generator:

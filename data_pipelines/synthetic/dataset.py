@@ -8,6 +8,7 @@
 Splits are disjoint global index ranges (config.SPLIT_OFFSETS). In train/val/test the held-out combination
 (config.heldout, e.g. a lung lesion in the left upper zone) never appears; every heldout study shows it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,14 +24,20 @@ from data_pipelines.synthetic.reports import make_report
 from data_pipelines.synthetic.scene import Plan, Scene, plan_study, realize, render_scene
 
 DATASET = "synthetic"
-FINDINGS_PROMPTS = ("Generate the FINDINGS section of the radiology report for this chest X-ray.",
-                    "Describe the findings of this chest X-ray as a radiologist would.",
-                    "Write the findings section for this chest radiograph.")
-IMPRESSION_PROMPTS = ("Generate the IMPRESSION section of the radiology report for this chest X-ray.",
-                      "What is the impression for this chest X-ray?",
-                      "Summarise this chest radiograph in an impression.")
-CLASSIFICATION_PROMPTS = ("Which findings are present in this chest X-ray? List them separated by '|'.",
-                          "List the CheXpert findings present in this image, separated by '|'.")
+FINDINGS_PROMPTS = (
+    "Generate the FINDINGS section of the radiology report for this chest X-ray.",
+    "Describe the findings of this chest X-ray as a radiologist would.",
+    "Write the findings section for this chest radiograph.",
+)
+IMPRESSION_PROMPTS = (
+    "Generate the IMPRESSION section of the radiology report for this chest X-ray.",
+    "What is the impression for this chest X-ray?",
+    "Summarise this chest radiograph in an impression.",
+)
+CLASSIFICATION_PROMPTS = (
+    "Which findings are present in this chest X-ray? List them separated by '|'.",
+    "List the CheXpert findings present in this image, separated by '|'.",
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -71,16 +78,29 @@ class SyntheticStudy:
 def _render_study(scene: Scene, config: SyntheticConfig, report_stream: str, changes) -> SyntheticStudy:
     plan = scene.plan
     out = render_scene(scene, config)
-    report = make_report(out.findings, scene.view, changes,
-                         rng_for(plan.seed, plan.index, report_stream, plan.variant), config)
+    report = make_report(
+        out.findings, scene.view, changes, rng_for(plan.seed, plan.index, report_stream, plan.variant), config
+    )
     split = split_of(plan.index)
     suffix = "" if report_stream == "report" else "-prior"
     return SyntheticStudy(
-        study_id=f"synthetic-{plan.seed}-{plan.index}-{plan.variant}{suffix}", split=split, index=plan.index,
-        variant=plan.variant, image=out.image, view=scene.view, ctr=float(round(scene.anatomy.ctr, 3)),
-        findings=out.findings, masks=out.masks, labels=report.labels, findings_text=report.findings,
-        impression_text=report.impression, anatomy_boxes=out.anatomy_boxes,
-        pixel_spacing_mm=config.pixel_spacing_mm, changes=tuple(changes), scene=scene)
+        study_id=f"synthetic-{plan.seed}-{plan.index}-{plan.variant}{suffix}",
+        split=split,
+        index=plan.index,
+        variant=plan.variant,
+        image=out.image,
+        view=scene.view,
+        ctr=float(round(scene.anatomy.ctr, 3)),
+        findings=out.findings,
+        masks=out.masks,
+        labels=report.labels,
+        findings_text=report.findings,
+        impression_text=report.impression,
+        anatomy_boxes=out.anatomy_boxes,
+        pixel_spacing_mm=config.pixel_spacing_mm,
+        changes=tuple(changes),
+        scene=scene,
+    )
 
 
 def render_plan(plan: Plan, config: SyntheticConfig) -> SyntheticStudy:
@@ -92,8 +112,9 @@ def render_plan(plan: Plan, config: SyntheticConfig) -> SyntheticStudy:
     return dataclasses.replace(current, prior=prior)
 
 
-def sample(seed: int, index: int, config: SyntheticConfig | None = None, *, variant: int = 0,
-           with_prior: bool | None = None) -> SyntheticStudy:
+def sample(
+    seed: int, index: int, config: SyntheticConfig | None = None, *, variant: int = 0, with_prior: bool | None = None
+) -> SyntheticStudy:
     """The study at global `index`: same (seed, index, config, variant, with_prior) -> identical bytes and text."""
     config = config or SyntheticConfig()
     return render_plan(plan_study(seed, index, config, variant=variant, with_prior=with_prior), config)
@@ -107,8 +128,9 @@ def study(split: str, index: int, config: SyntheticConfig | None = None, **kwarg
 # -------------------------------------------------------------------------------------------- examples
 
 
-def balanced_question(config: SyntheticConfig, gidx: int, family: str, rng: np.random.Generator,
-                      with_prior: bool) -> tuple[vqa.Question, Plan, str | None]:
+def balanced_question(
+    config: SyntheticConfig, gidx: int, family: str, rng: np.random.Generator, with_prior: bool
+) -> tuple[vqa.Question, Plan, str | None]:
     """Answer first (uniform over the family's answer space), then the first study variant that can ask a
     question with that answer (CLEVR-style rejection). Falls back to any answer if none turns up within
     config.max_rejections variants. Returns (question, plan, the drawn target answer or None)."""
@@ -139,8 +161,16 @@ def _box(f: Finding) -> Box:
 
 
 def _finding_meta(f: Finding) -> dict:
-    return {"name": f.name, "side": f.side, "zone": f.zone, "bbox": list(f.bbox), "severity": f.severity,
-            "size_mm": f.size_mm, "kind": f.kind, "hedged": f.hedged}
+    return {
+        "name": f.name,
+        "side": f.side,
+        "zone": f.zone,
+        "bbox": list(f.bbox),
+        "severity": f.severity,
+        "size_mm": f.size_mm,
+        "kind": f.kind,
+        "hedged": f.hedged,
+    }
 
 
 def classification_target(findings) -> str:
@@ -155,7 +185,7 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
     gidx = global_index(split, index, config)
     rng = rng_for(config.seed, gidx, "task")
     names, probs = config.task_probabilities()
-    chosen = names[int(rng.choice(len(names), p=probs))]     # drawn in every split (keeps the random streams)
+    chosen = names[int(rng.choice(len(names), p=probs))]  # drawn in every split (keeps the random streams)
     if split == "test" and config.test_task_mix is not None:
         chosen = config.task_cycle()[index % TEST_CYCLE]
     task = task or chosen
@@ -175,8 +205,10 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
         s = render_plan(plan, config)
         answer = vqa.execute(question.program, s.facts())
         if answer != question.answer:
-            raise RuntimeError(f"data_pipelines/synthetic/dataset.py: program {question.program} answers "
-                               f"{answer!r} on the rendered study but {question.answer!r} on its plan")
+            raise RuntimeError(
+                f"data_pipelines/synthetic/dataset.py: program {question.program} answers "
+                f"{answer!r} on the rendered study but {question.answer!r} on its plan"
+            )
         prompt, target, program, question_type = question.text, answer, question.program, question.question_type
         family = question.family
         if task == "difference":
@@ -192,23 +224,32 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
         s = sample(config.seed, gidx, config)
         answer_is_box = False
         if task in ("findings", "impression", "classification"):
-            prompts = {"findings": FINDINGS_PROMPTS, "impression": IMPRESSION_PROMPTS,
-                       "classification": CLASSIFICATION_PROMPTS}[task]
+            prompts = {
+                "findings": FINDINGS_PROMPTS,
+                "impression": IMPRESSION_PROMPTS,
+                "classification": CLASSIFICATION_PROMPTS,
+            }[task]
             prompt = prompts[int(qrng.integers(len(prompts)))]
-            target = {"findings": s.findings_text, "impression": s.impression_text,
-                      "classification": classification_target(s.findings)}[task]
+            target = {
+                "findings": s.findings_text,
+                "impression": s.impression_text,
+                "classification": classification_target(s.findings),
+            }[task]
             steps = reasoning.survey_steps(s)
             boxes = tuple(_box(f) for f in s.findings)
         else:  # grounding / referring
-            item = (grounding.grounding_item(s, qrng, located=config.grounding_locations,
-                                             trace=config.grounding_trace) if task == "grounding"
-                    else grounding.referring_item(s, qrng))
+            item = (
+                grounding.grounding_item(s, qrng, located=config.grounding_locations, trace=config.grounding_trace)
+                if task == "grounding"
+                else grounding.referring_item(s, qrng)
+            )
             prompt, target, steps, answer_is_box = item.prompt, item.target, list(item.steps), item.answer_is_box
             boxes = tuple(Box(*map(float, b), label=item.phrase) for b in item.boxes)
             question_type = task
-            if task == "grounding" and config.trace_box_jitter:     # the trace's answer can only be a copy
-                moved = reasoning.jitter_boxes(steps, rng_for(config.seed, gidx, "trace_jitter"),
-                                               config.trace_box_jitter, s.image_size[0])
+            if task == "grounding" and config.trace_box_jitter:  # the trace's answer can only be a copy
+                moved = reasoning.jitter_boxes(
+                    steps, rng_for(config.seed, gidx, "trace_jitter"), config.trace_box_jitter, s.image_size[0]
+                )
                 steps = [reasoning.Step(st.text, tuple(moved[b] for b in st.boxes)) for st in steps]
                 trace_answer = format_boxes_text([moved[tuple(b)] for b in item.boxes])
     images = (s.prior.image, s.image) if task == "difference" else (s.image,)
@@ -218,8 +259,12 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
         "reasoning": reasoning.render_trace(steps, trace_answer),
         "reasoning_steps": tuple((st.text, st.boxes) for st in steps),
         "reasoning_negatives": reasoning.negatives(steps, trace_answer, size[0], answer_is_box),
-        "study_index": gidx, "variant": s.variant, "view": s.view, "ctr": s.ctr,
-        "findings": [_finding_meta(f) for f in s.findings], "pixel_spacing_mm": s.pixel_spacing_mm,
+        "study_index": gidx,
+        "variant": s.variant,
+        "view": s.view,
+        "ctr": s.ctr,
+        "findings": [_finding_meta(f) for f in s.findings],
+        "pixel_spacing_mm": s.pixel_spacing_mm,
         "box_convention": "pixel xyxy of the stored image; x_max, y_max are exclusive pixel edges",
     }
     if program is not None:
@@ -228,9 +273,20 @@ def examples(split: str, index: int, config: SyntheticConfig | None = None, *, t
     if task == "difference":
         meta["changes"] = s.changes
         meta["prior_findings"] = [_finding_meta(f) for f in s.prior.findings]
-    return Example(example_id=f"{DATASET}/{split}/{index}/{task}", dataset=DATASET, task=task, images=images,
-                   image_sizes=tuple(size for _ in images), prompt=prompt, target=target, boxes=boxes,
-                   labels=s.labels.copy(), question_type=question_type, split=split, meta=meta)
+    return Example(
+        example_id=f"{DATASET}/{split}/{index}/{task}",
+        dataset=DATASET,
+        task=task,
+        images=images,
+        image_sizes=tuple(size for _ in images),
+        prompt=prompt,
+        target=target,
+        boxes=boxes,
+        labels=s.labels.copy(),
+        question_type=question_type,
+        split=split,
+        meta=meta,
+    )
 
 
 def all_task_examples(split: str, index: int, config: SyntheticConfig | None = None) -> tuple[Example, ...]:

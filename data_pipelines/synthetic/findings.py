@@ -4,6 +4,7 @@ A FindingSpec is one lesion instance (a bilateral effusion is two specs; multipl
 pulmonary edema is one bilateral spec). Its zone is planned for zone-placed findings and the renderer
 guarantees that the mask centroid falls in that zone; for the others the zone is measured after rendering.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,19 +20,39 @@ from data_pipelines.synthetic.geometry import ellipse_extent
 FINDING_NAMES: tuple[str, ...] = CHEXPERT_LABELS[1:]  # every CheXpert observation except "No Finding"
 
 PHRASES = {
-    "Enlarged Cardiomediastinum": "enlarged cardiomediastinum", "Cardiomegaly": "cardiomegaly",
-    "Lung Opacity": "lung opacity", "Lung Lesion": "lung nodule", "Edema": "pulmonary edema",
-    "Consolidation": "consolidation", "Pneumonia": "pneumonia", "Atelectasis": "atelectasis",
-    "Pneumothorax": "pneumothorax", "Pleural Effusion": "pleural effusion", "Pleural Other": "pleural thickening",
-    "Fracture": "rib fracture", "Support Devices": "support device",
+    "Enlarged Cardiomediastinum": "enlarged cardiomediastinum",
+    "Cardiomegaly": "cardiomegaly",
+    "Lung Opacity": "lung opacity",
+    "Lung Lesion": "lung nodule",
+    "Edema": "pulmonary edema",
+    "Consolidation": "consolidation",
+    "Pneumonia": "pneumonia",
+    "Atelectasis": "atelectasis",
+    "Pneumothorax": "pneumothorax",
+    "Pleural Effusion": "pleural effusion",
+    "Pleural Other": "pleural thickening",
+    "Fracture": "rib fracture",
+    "Support Devices": "support device",
 }
-KIND_PHRASES = {"nodule": "lung nodule", "mass": "lung mass", "pacemaker": "pacemaker",
-                "venous catheter": "venous catheter", "enteric tube": "enteric tube"}
+KIND_PHRASES = {
+    "nodule": "lung nodule",
+    "mass": "lung mass",
+    "pacemaker": "pacemaker",
+    "venous catheter": "venous catheter",
+    "enteric tube": "enteric tube",
+}
 KINDS = {"Lung Lesion": ("nodule", "mass"), "Support Devices": ("pacemaker", "venous catheter", "enteric tube")}
 LEVEL_WORDS = ("mild", "moderate", "severe")
 SIZE_WORDS = ("small", "moderate", "large")
-LEVELED = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Edema", "Consolidation", "Pneumonia",
-           "Atelectasis")
+LEVELED = (
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+)
 SIZED = ("Lung Lesion", "Pneumothorax", "Pleural Effusion")
 NOT_LATERAL = ("Enlarged Cardiomediastinum", "Cardiomegaly")
 NODULE_MAX_MM = 30.0  # a lung lesion up to 3 cm is a nodule, larger is a mass
@@ -131,17 +152,21 @@ def plan_findings(rng: np.random.Generator, config: SyntheticConfig, heldout_spl
         names.append(held_name)
     if rng.random() >= config.p_normal or heldout_split:
         k = int(rng.integers(1, config.max_finding_types + 1))
-        pool = [str(n) for n in rng.choice(FINDING_NAMES, size=len(FINDING_NAMES), replace=False,
-                                           p=_weights(config)) if n not in names]
-        names += pool[:max(k - len(names), 0)]
+        pool = [
+            str(n)
+            for n in rng.choice(FINDING_NAMES, size=len(FINDING_NAMES), replace=False, p=_weights(config))
+            if n not in names
+        ]
+        names += pool[: max(k - len(names), 0)]
     specs: list[FindingSpec] = []
     for name in sorted(names, key=FINDING_NAMES.index):
         specs += plan_instances(rng, name, config, heldout_split and name == held_name)
     return tuple(specs)
 
 
-def plan_instances(rng: np.random.Generator, name: str, config: SyntheticConfig,
-                   force_heldout: bool = False) -> list[FindingSpec]:
+def plan_instances(
+    rng: np.random.Generator, name: str, config: SyntheticConfig, force_heldout: bool = False
+) -> list[FindingSpec]:
     """The instances of one finding type: sides, planned zones, extents, kinds, hedging."""
     hedged = name != "Support Devices" and rng.random() < config.hedge_rate
     tex = int(rng.integers(1 << 31))
@@ -161,30 +186,40 @@ def plan_instances(rng: np.random.Generator, name: str, config: SyntheticConfig,
         kind = "nodule" if rng.random() < 0.5 else "mass"
         count = int(rng.choice([1, 2, 3], p=[0.45, 0.35, 0.2])) if kind == "nodule" else 1
         sides = [str(rng.choice(SIDES)) for _ in range(count)]
-        return [FindingSpec(name, *zone_for(side, i == 0), rng.random() * top, kind, hedged, texture=tex + i)
-                for i, side in enumerate(sides)]
+        return [
+            FindingSpec(name, *zone_for(side, i == 0), rng.random() * top, kind, hedged, texture=tex + i)
+            for i, side in enumerate(sides)
+        ]
     if name in ("Consolidation", "Pneumonia", "Lung Opacity", "Atelectasis"):
-        return [FindingSpec(name, *zone_for(side, i == 0), rng.random() * top, "", hedged, texture=tex + i)
-                for i, side in enumerate(_sides(rng, 0.2))]
+        return [
+            FindingSpec(name, *zone_for(side, i == 0), rng.random() * top, "", hedged, texture=tex + i)
+            for i, side in enumerate(_sides(rng, 0.2))
+        ]
     if name == "Pleural Effusion":
-        return [FindingSpec(name, side, "", rng.random() * top, "", hedged, texture=tex + i)
-                for i, side in enumerate(_sides(rng, 0.3))]
+        return [
+            FindingSpec(name, side, "", rng.random() * top, "", hedged, texture=tex + i)
+            for i, side in enumerate(_sides(rng, 0.3))
+        ]
     if name in ("Pneumothorax", "Fracture", "Pleural Other"):
         return [FindingSpec(name, str(rng.choice(SIDES)), "", rng.random() * top, "", hedged, texture=tex)]
     if name == "Edema":
         return [FindingSpec(name, "bilateral", "", rng.random() * top, "", hedged, texture=tex)]
     if name == "Support Devices":
         kind = str(rng.choice(KINDS[name]))
-        side = {"pacemaker": "left" if rng.random() < 0.8 else "right",
-                "venous catheter": "right" if rng.random() < 0.7 else "left", "enteric tube": ""}[kind]
+        side = {
+            "pacemaker": "left" if rng.random() < 0.8 else "right",
+            "venous catheter": "right" if rng.random() < 0.7 else "left",
+            "enteric tube": "",
+        }[kind]
         return [FindingSpec(name, side, "", rng.random(), kind, False, texture=tex)]
     if name in NOT_LATERAL:
         return [FindingSpec(name, "", "", rng.random() * top, "", hedged, texture=tex)]
     raise ValueError(f"data_pipelines/synthetic/findings.py: no planner for finding {name!r}")
 
 
-def apply_to_anatomy(anatomy: Anatomy, specs: tuple[FindingSpec, ...], normal_ctr: float,
-                     normal_mediastinum: float) -> Anatomy:
+def apply_to_anatomy(
+    anatomy: Anatomy, specs: tuple[FindingSpec, ...], normal_ctr: float, normal_mediastinum: float
+) -> Anatomy:
     """Findings that change the anatomy: cardiomegaly (CTR), widened mediastinum, atelectatic volume loss."""
     ctr, mw = normal_ctr, normal_mediastinum
     lungs = {"right": anatomy.right_lung, "left": anatomy.left_lung}
@@ -196,8 +231,9 @@ def apply_to_anatomy(anatomy: Anatomy, specs: tuple[FindingSpec, ...], normal_ct
         elif s.name == "Atelectasis" and s.extent > 1 / 3:  # volume loss raises the hemidiaphragm
             lung = lungs[s.side]  # (the dome only: zones, which use the base, stay put)
             lungs[s.side] = dataclasses.replace(lung, dome=lung.dome - (0.01 + 0.02 * s.extent))
-    return dataclasses.replace(anatomy, ctr=ctr, mediastinum_half_width=mw, right_lung=lungs["right"],
-                               left_lung=lungs["left"])
+    return dataclasses.replace(
+        anatomy, ctr=ctr, mediastinum_half_width=mw, right_lung=lungs["right"], left_lung=lungs["left"]
+    )
 
 
 def lesion_diameter_mm(spec: FindingSpec, config: SyntheticConfig) -> float:
@@ -230,7 +266,8 @@ def _place_in_zone(rng, anatomy: Anatomy, side: str, zone: str, r: float, ry: fl
         strict = attempt < 200
         x, y = rng.uniform(lo, hi), rng.uniform(y0 + margin, y1 - margin)
         if _inside(anatomy, side, x, y, r if strict else 0.5 * r, 0.15 if strict else 0.05, strict) and (
-                not strict or all(math.hypot(x - tx, y - ty) > r + tr + 0.015 for tx, ty, tr in taken)):
+            not strict or all(math.hypot(x - tx, y - ty) > r + tr + 0.015 for tx, ty, tr in taken)
+        ):
             return float(x), float(y)
     return float(0.5 * (lung.lateral + lung.centre_x)), float(0.5 * (y0 + y1))
 
@@ -255,8 +292,9 @@ def sized(spec: FindingSpec, config: SyntheticConfig) -> FindingSpec:
     return dataclasses.replace(spec, size=float(size[spec.name]()), core=core)
 
 
-def place_findings(rng: np.random.Generator, specs: tuple[FindingSpec, ...], anatomy: Anatomy,
-                   config: SyntheticConfig) -> tuple[FindingSpec, ...]:
+def place_findings(
+    rng: np.random.Generator, specs: tuple[FindingSpec, ...], anatomy: Anatomy, config: SyntheticConfig
+) -> tuple[FindingSpec, ...]:
     """Positions and sizes in the body frame, consistent with the planned side and zone."""
     taken: list[tuple[float, float, float]] = []
     out = []
@@ -288,6 +326,3 @@ def atelectasis_thickness(extent: float) -> float:
 def airspace_core(spec: FindingSpec) -> float:
     """Radius of the disk every airspace opacity contains (visible part >= min_diameter across)."""
     return spec.core
-
-
-

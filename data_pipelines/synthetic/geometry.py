@@ -4,6 +4,7 @@ Body frame: x, y in [0, 1] across the image at zero pose (x right = patient LEFT
 Pixel frame: the rendered image; pixel (col, row) has its centre at ((col + 0.5) / W, (row + 0.5) / H) in
 normalised image units. The pose (rotation about the image centre, shift, magnification) maps body -> image.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,8 +96,9 @@ def segment_distance(x, y, ax: float, ay: float, bx: float, by: float):
     """Euclidean distance from points to the segment a-b (body units)."""
     vx, vy = bx - ax, by - ay
     length2 = max(vx * vx + vy * vy, 1e-12)
-    t = np.clip(((x - np.float32(ax)) * np.float32(vx) + (y - np.float32(ay)) * np.float32(vy)) / np.float32(length2),
-                0.0, 1.0)
+    t = np.clip(
+        ((x - np.float32(ax)) * np.float32(vx) + (y - np.float32(ay)) * np.float32(vy)) / np.float32(length2), 0.0, 1.0
+    )
     return np.hypot(x - np.float32(ax) - t * np.float32(vx), y - np.float32(ay) - t * np.float32(vy))
 
 

@@ -6,6 +6,7 @@ only ("pleural effusion"): its side and zone must come from the image, and the a
 it. `located=True` names them as well ("pleural effusion in the right lower zone"; the benchmark before
 2026-12-04), which lets a model that ignores the image guess the box from the question.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,9 @@ def finding_groups(findings: Sequence, by_side: bool = True) -> list[list]:
     return list(groups.values())
 
 
-def grounding_item(study, rng: np.random.Generator, located: bool = False,
-                   trace: str = "anatomy_first") -> GroundingItem:
+def grounding_item(
+    study, rng: np.random.Generator, located: bool = False, trace: str = "anatomy_first"
+) -> GroundingItem:
     """A phrase -> boxes item; `located`: the phrase names side and zone (module docstring). `trace`:
     "anatomy_first" opens on both lungs' boxes and ends each step on the phrase ("... at [box] in the right
     upper zone matches the lung nodule"); "phrase_first" starts each step from the asked phrase and ends it on
@@ -85,8 +87,7 @@ def grounding_item(study, rng: np.random.Generator, located: bool = False,
     elif trace == "box_first":
         steps = tuple(Step(f"the {phrase} lies at {{0}} and shows {describe(f)}{where(f)}", (f.bbox,)) for f in group)
     else:
-        steps = first + tuple(Step(f"{describe(f)} at {{0}}{where(f)} matches the {phrase}", (f.bbox,))
-                              for f in group)
+        steps = first + tuple(Step(f"{describe(f)} at {{0}}{where(f)} matches the {phrase}", (f.bbox,)) for f in group)
     return GroundingItem(template.format(phrase=phrase), format_boxes_text(boxes), phrase, boxes, steps, True)
 
 
@@ -99,6 +100,5 @@ def referring_item(study, rng: np.random.Generator) -> GroundingItem:
         return GroundingItem(template.format(box=format_box_text(box)), name, name, (box,), steps, False)
     f = study.findings[int(rng.integers(len(study.findings)))]
     where = f.where or (" over the heart" if f.name == "Cardiomegaly" else " in the mediastinum")
-    steps = (Step(f"the region {{0}} lies{where}", (f.bbox,)),
-             Step(f"it contains {describe(f)} {{0}}", (f.bbox,)))
+    steps = (Step(f"the region {{0}} lies{where}", (f.bbox,)), Step(f"it contains {describe(f)} {{0}}", (f.bbox,)))
     return GroundingItem(template.format(box=format_box_text(f.bbox)), f.phrase, f.phrase, (f.bbox,), steps, False)

@@ -4,6 +4,7 @@ Every lesion adds (or removes) density only where its mask is true, so the tight
 tight box of what was drawn. Texture comes from a per-lesion generator seeded by spec.texture, so the
 same lesion looks the same in a prior and a current study.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -211,14 +212,28 @@ def _device_path(s: FindingSpec, anatomy: Anatomy) -> list[tuple[float, float]]:
     h = anatomy.heart
     cl, ca = anatomy.clavicle_y, anatomy.carina_y
     if s.kind == "pacemaker":
-        return [(0.5 + sign * 0.21, cl + 0.05), (0.5 + sign * 0.1, cl + 0.03), (0.49, ca + 0.02),
-                (0.485, h.cy - 0.03), (h.cx + 0.35 * h.rx, h.cy + 0.6 * h.ry)]
+        return [
+            (0.5 + sign * 0.21, cl + 0.05),
+            (0.5 + sign * 0.1, cl + 0.03),
+            (0.49, ca + 0.02),
+            (0.485, h.cy - 0.03),
+            (h.cx + 0.35 * h.rx, h.cy + 0.6 * h.ry),
+        ]
     if s.kind == "venous catheter":
-        return [(0.5 + sign * 0.27, cl - 0.02), (0.5 + sign * 0.09, cl + 0.025), (0.48, ca - 0.02),
-                (0.475, ca + 0.07 + 0.03 * s.extent)]
+        return [
+            (0.5 + sign * 0.27, cl - 0.02),
+            (0.5 + sign * 0.09, cl + 0.025),
+            (0.48, ca - 0.02),
+            (0.475, ca + 0.07 + 0.03 * s.extent),
+        ]
     bx, by, _, _ = anatomy.bubble  # enteric tube: from the neck (below any collimation) down the oesophagus
-    return [(anatomy.trachea_x + 0.008, 0.07), (0.5 + 0.006, ca), (0.5 + 0.015, anatomy.left_lung.dome),
-            (bx - 0.02, by + 0.01), (bx + 0.03, by + 0.05)]
+    return [
+        (anatomy.trachea_x + 0.008, 0.07),
+        (0.5 + 0.006, ca),
+        (0.5 + 0.015, anatomy.left_lung.dome),
+        (bx - 0.02, by + 0.01),
+        (bx + 0.03, by + 0.05),
+    ]
 
 
 def _device(canvas, s: FindingSpec, anatomy, rng, c):
@@ -263,8 +278,17 @@ def _pleural_thickening(canvas, s: FindingSpec, anatomy, rng, c):
 
 
 _RENDERERS = {
-    "Lung Lesion": _nodule, "Consolidation": _airspace, "Pneumonia": _airspace, "Lung Opacity": _airspace,
-    "Atelectasis": _atelectasis, "Pleural Effusion": _effusion, "Pneumothorax": _pneumothorax, "Edema": _edema,
-    "Cardiomegaly": _cardiomegaly, "Enlarged Cardiomediastinum": _mediastinum, "Fracture": _fracture,
-    "Support Devices": _device, "Pleural Other": _pleural_thickening,
+    "Lung Lesion": _nodule,
+    "Consolidation": _airspace,
+    "Pneumonia": _airspace,
+    "Lung Opacity": _airspace,
+    "Atelectasis": _atelectasis,
+    "Pleural Effusion": _effusion,
+    "Pneumothorax": _pneumothorax,
+    "Edema": _edema,
+    "Cardiomegaly": _cardiomegaly,
+    "Enlarged Cardiomediastinum": _mediastinum,
+    "Fracture": _fracture,
+    "Support Devices": _device,
+    "Pleural Other": _pleural_thickening,
 }

@@ -17,6 +17,7 @@ convention ('[x1, y1, x2, y2]' in pixels of the image the model sees; the row en
 A CorpusMix sets the task weights and how often a detection prompt names a present finding; the shipped
 base reads the general mix (CORPUS_MIX) and then a detection-heavy one (FOCUS_MIX) on fresh studies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,6 +40,7 @@ TASKS = ("describe", "detect", "presence", "count", "side", "view")
 class CorpusMix:
     """Which task a pretraining row asks: (task, weight) pairs, and the chance that a detection prompt names a
     phrase present on the study (when it has one) rather than an absent one."""
+
     task_weights: tuple[tuple[str, float], ...]
     detect_present: float = 0.5
 
@@ -50,16 +52,23 @@ class CorpusMix:
             raise ValueError(f"CorpusMix.detect_present={self.detect_present} must lie in [0, 1]")
 
 
-CORPUS_MIX = CorpusMix((("describe", 0.22), ("detect", 0.34), ("presence", 0.26), ("count", 0.06),
-                        ("side", 0.07), ("view", 0.05)))
+CORPUS_MIX = CorpusMix(
+    (("describe", 0.22), ("detect", 0.34), ("presence", 0.26), ("count", 0.06), ("side", 0.07), ("view", 0.05))
+)
 FOCUS_MIX = CorpusMix((("describe", 0.2), ("detect", 0.5), ("presence", 0.2), ("side", 0.1)), detect_present=0.8)
 PROMPTS = {
-    "describe": ("Report every abnormality you can see, each with its location and box.",
-                 "Survey this radiograph: name each abnormality, where it lies, and its box."),
-    "detect": ("Detect all instances of {phrase}. Reply with boxes, or none.",
-               "Mark every {phrase} on this film with a box (none if absent)."),
-    "presence": ("Does this film show {a_phrase}? Reply yes or no.",
-                 "Yes or no: is {a_phrase} visible on this radiograph?"),
+    "describe": (
+        "Report every abnormality you can see, each with its location and box.",
+        "Survey this radiograph: name each abnormality, where it lies, and its box.",
+    ),
+    "detect": (
+        "Detect all instances of {phrase}. Reply with boxes, or none.",
+        "Mark every {phrase} on this film with a box (none if absent).",
+    ),
+    "presence": (
+        "Does this film show {a_phrase}? Reply yes or no.",
+        "Yes or no: is {a_phrase} visible on this radiograph?",
+    ),
     "count": ("Count the instances of {phrase} on this film.",),
     "side": ("On which side of the patient is the {phrase}?",),
     "view": ("Is this projection PA or AP?",),
@@ -131,19 +140,35 @@ def pretrain_example(index: int, image_size: int = 128, mix: CorpusMix = CORPUS_
         hits = [g for g in s.findings if g.phrase == f.phrase]
         prompt = _pick(rng, PROMPTS["side"]).format(phrase=f.phrase)
         target = "bilateral" if "bilateral" in sides or sides == {"right", "left"} else f.side
-    else:                                             # view (also the side task of a study without findings)
+    else:  # view (also the side task of a study without findings)
         task, prompt, target = "view", PROMPTS["view"][0], s.view
-    return Example(example_id=f"{DATASET}/{index}/{task}", dataset=DATASET, task="vqa", images=(s.image,),
-                   image_sizes=(s.image_size,), prompt=prompt, target=target,
-                   boxes=_boxes(hits), labels=s.labels.copy(),
-                   question_type=task, split="train",
-                   meta={"study_index": gidx, "variant": s.variant, "view": s.view, "pretrain_task": task,
-                         "findings": [{"name": f.name, "phrase": f.phrase, "side": f.side, "zone": f.zone,
-                                       "bbox": list(f.bbox)} for f in s.findings]})
+    return Example(
+        example_id=f"{DATASET}/{index}/{task}",
+        dataset=DATASET,
+        task="vqa",
+        images=(s.image,),
+        image_sizes=(s.image_size,),
+        prompt=prompt,
+        target=target,
+        boxes=_boxes(hits),
+        labels=s.labels.copy(),
+        question_type=task,
+        split="train",
+        meta={
+            "study_index": gidx,
+            "variant": s.variant,
+            "view": s.view,
+            "pretrain_task": task,
+            "findings": [
+                {"name": f.name, "phrase": f.phrase, "side": f.side, "zone": f.zone, "bbox": list(f.bbox)}
+                for f in s.findings
+            ],
+        },
+    )
 
 
-FOCUS_START = 1 << 37          # the focus stage's studies: past any corpus-stage index
-PROBE_START = 1 << 39          # probe studies: far past any index a pretraining run reaches
+FOCUS_START = 1 << 37  # the focus stage's studies: past any corpus-stage index
+PROBE_START = 1 << 39  # probe studies: far past any index a pretraining run reaches
 
 
 def probe_examples(n_studies: int, image_size: int = 128) -> list[Example]:
@@ -161,16 +186,31 @@ def probe_examples(n_studies: int, image_size: int = 128) -> list[Example]:
         present = sorted({f.name for f in s.findings}, key=FINDING_NAMES.index)
         pool = present if j % 2 == 0 and present else [n for n in FINDING_NAMES if n not in present]
         name = _pick(rng, pool)
-        common = dict(dataset=DATASET, images=(s.image,), image_sizes=(s.image_size,), labels=s.labels.copy(),
-                      split="test")
-        out.append(Example(example_id=f"{DATASET}/probe/{j}/presence/{name}", task="vqa",
-                           prompt=PROMPTS["presence"][0].format(a_phrase=_with_article(name_phrase(name))),
-                           target="yes" if name in present else "no", question_type="presence", **common))
+        common = dict(
+            dataset=DATASET, images=(s.image,), image_sizes=(s.image_size,), labels=s.labels.copy(), split="test"
+        )
+        out.append(
+            Example(
+                example_id=f"{DATASET}/probe/{j}/presence/{name}",
+                task="vqa",
+                prompt=PROMPTS["presence"][0].format(a_phrase=_with_article(name_phrase(name))),
+                target="yes" if name in present else "no",
+                question_type="presence",
+                **common,
+            )
+        )
         if s.findings:
             f = _pick(rng, list(s.findings))
             hits = _detect_groups(s.findings)[f.phrase]
-            detect.append(Example(example_id=f"{DATASET}/probe/{j}/detect/{f.name}", task="grounding",
-                               prompt=PROMPTS["detect"][0].format(phrase=f.phrase),
-                               target=format_boxes_text([h.bbox for h in hits]), question_type="detect",
-                               boxes=_boxes(hits), **common))
+            detect.append(
+                Example(
+                    example_id=f"{DATASET}/probe/{j}/detect/{f.name}",
+                    task="grounding",
+                    prompt=PROMPTS["detect"][0].format(phrase=f.phrase),
+                    target=format_boxes_text([h.bbox for h in hits]),
+                    question_type="detect",
+                    boxes=_boxes(hits),
+                    **common,
+                )
+            )
     return out + detect

@@ -1,4 +1,5 @@
 """Contact sheet of rendered studies with their finding boxes drawn (for looking at the generator)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,11 @@ def contact_sheet(studies: Sequence, path: str, *, columns: int = 4, zoom: int =
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=color)
             label = f"{f.phrase} {f.side}{' ' + f.zone if f.zone else ''}".strip()
             draw.text((x0 + 2, max(y0 - 11, 0)), label, fill=color)
-        draw.text((4, tile.height - 12), f"{getattr(study, 'view', '')} CTR {getattr(study, 'ctr', 0):.2f}",
-                  fill=(255, 255, 0))
+        draw.text(
+            (4, tile.height - 12),
+            f"{getattr(study, 'view', '')} CTR {getattr(study, 'ctr', 0):.2f}",
+            fill=(255, 255, 0),
+        )
         tiles.append(np.asarray(tile))
     if not tiles:
         raise ValueError("data_pipelines/synthetic/preview.py: contact_sheet needs at least one study")
@@ -36,7 +40,7 @@ def contact_sheet(studies: Sequence, path: str, *, columns: int = 4, zoom: int =
     sheet = np.zeros((rows * h, columns * w, 3), np.uint8)
     for k, tile in enumerate(tiles):
         r, c = divmod(k, columns)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = tile
+        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
     Image.fromarray(sheet).save(path)
     return sheet
 

@@ -7,6 +7,7 @@ Steps keep their boxes apart from their text ({0}, {1} placeholders), so a forma
 with boxes converted to another frame (e.g. the resized Qwen2.5-VL input). Corrupted variants (wrong side,
 shifted boxes) serve as negatives for reward tests.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,14 +23,20 @@ from dmx_jax.rewards.paper import last_boxed
 BoxT = tuple[int, int, int, int]
 
 DESCRIPTIONS = {
-    "nodule": "a round well-defined opacity", "mass": "a large round opacity",
-    "Consolidation": "a dense airspace opacity", "Pneumonia": "a patchy airspace opacity",
-    "Lung Opacity": "a hazy ground-glass opacity", "Atelectasis": "a plate-like linear opacity",
+    "nodule": "a round well-defined opacity",
+    "mass": "a large round opacity",
+    "Consolidation": "a dense airspace opacity",
+    "Pneumonia": "a patchy airspace opacity",
+    "Lung Opacity": "a hazy ground-glass opacity",
+    "Atelectasis": "a plate-like linear opacity",
     "Pleural Effusion": "basal fluid with a meniscus blunting the costophrenic angle",
     "Pneumothorax": "a lucent rim without lung markings beyond a visceral pleural line",
-    "Edema": "perihilar haze with indistinct vessels", "Cardiomegaly": "an enlarged cardiac silhouette",
-    "Enlarged Cardiomediastinum": "a widened upper mediastinum", "Fracture": "a gap and step-off in a posterior rib",
-    "Pleural Other": "a soft-tissue cap along the lung apex", "pacemaker": "a pacemaker generator with a lead",
+    "Edema": "perihilar haze with indistinct vessels",
+    "Cardiomegaly": "an enlarged cardiac silhouette",
+    "Enlarged Cardiomediastinum": "a widened upper mediastinum",
+    "Fracture": "a gap and step-off in a posterior rib",
+    "Pleural Other": "a soft-tissue cap along the lung apex",
+    "pacemaker": "a pacemaker generator with a lead",
     "venous catheter": "a radiopaque catheter ending in the superior vena cava",
     "enteric tube": "a radiopaque tube ending in the stomach",
 }
@@ -41,8 +48,7 @@ class Step:
     boxes: tuple[BoxT, ...] = ()
 
 
-def render_trace(steps: Sequence[Step], answer: str,
-                 box_format: Callable[[BoxT], str] = format_box_text) -> str:
+def render_trace(steps: Sequence[Step], answer: str, box_format: Callable[[BoxT], str] = format_box_text) -> str:
     body = "; ".join(f"{k}. {s.text.format(*(box_format(b) for b in s.boxes))}" for k, s in enumerate(steps, 1))
     return f"<think>{body}</think>\nThe answer is: \\boxed{{{answer}}}"
 
@@ -82,23 +88,26 @@ def lungs_step(study, text: str = "inspect the right lung {0} and the left lung 
 
 def heart_step(study) -> Step:
     state = "enlarged" if study.ctr > 0.5 else "normal in size"
-    return Step(f"the heart {{0}} spans {study.ctr:.2f} of the thoracic width so it is {state}",
-                (study.anatomy_boxes["heart"],))
+    return Step(
+        f"the heart {{0}} spans {study.ctr:.2f} of the thoracic width so it is {state}", (study.anatomy_boxes["heart"],)
+    )
 
 
 def side_step(f, width: int) -> Step:
     cx = (f.bbox[0] + f.bbox[2]) / 2
     half = "left" if cx < width / 2 else "right"
     patient = "right" if half == "left" else "left"
-    return Step(f"its centre x = {cx:.0f} lies in the image {half} half {{0}} which is the patient's {patient}",
-                (f.bbox,))
+    return Step(
+        f"its centre x = {cx:.0f} lies in the image {half} half {{0}} which is the patient's {patient}", (f.bbox,)
+    )
 
 
 def survey_steps(study) -> list[Step]:
     """Lungs, every finding with its box, heart: the basis of reports, lists and counts."""
     steps = [lungs_step(study)]
     steps += [finding_step(f) for f in study.findings] or [
-        lungs_step(study, "no focal abnormality in the right lung {0} or the left lung {1}")]
+        lungs_step(study, "no focal abnormality in the right lung {0} or the left lung {1}")
+    ]
     if not any(f.name == "Cardiomegaly" for f in study.findings):
         steps.append(heart_step(study))
     return steps
@@ -111,8 +120,9 @@ def question_steps(study, question, width: int, style: str = "evidence") -> list
     if style == "question_first":
         return _question_first_steps(study, question, width)
     if style != "evidence":
-        raise ValueError(f"data_pipelines/synthetic/reasoning.py: VQA trace style {style!r}; "
-                         "expected 'evidence' or 'question_first'")
+        raise ValueError(
+            f"data_pipelines/synthetic/reasoning.py: VQA trace style {style!r}; expected 'evidence' or 'question_first'"
+        )
     family = question.family
     prog = dict(question.program)
     name = prog.get("filter_name")
@@ -128,20 +138,27 @@ def question_steps(study, question, width: int, style: str = "evidence") -> list
         f = next(f for f in hits if f.side == prog["filter_side"])
         lung = study.anatomy_boxes[f"{f.side} lung"]
         cy = (f.bbox[1] + f.bbox[3]) / 2
-        return [Step(f"the {f.side} lung {{0}} spans rows {lung[1]} to {lung[3]}", (lung,)), finding_step(f),
-                Step(f"its centre row {cy:.0f} lies in the {f.zone} third of the lung {{0}}", (lung,))]
+        return [
+            Step(f"the {f.side} lung {{0}} spans rows {lung[1]} to {lung[3]}", (lung,)),
+            finding_step(f),
+            Step(f"its centre row {cy:.0f} lies in the {f.zone} third of the lung {{0}}", (lung,)),
+        ]
     if family in ("level", "size"):
         steps = [finding_step(f) for f in hits]
         if name == "Cardiomegaly":
             steps.append(heart_step(study))
         else:
-            steps.append(Step(f"the largest extent is {max(f.size_mm for f in hits):.0f} mm at {{0}}",
-                              (hits[0].bbox,)))
+            steps.append(Step(f"the largest extent is {max(f.size_mm for f in hits):.0f} mm at {{0}}", (hits[0].bbox,)))
         return steps
     if family == "view":
         clav = "high above the apices" if study.view == "AP" else "over the lung apices"
-        return [heart_step(study), Step(f"the clavicles project {clav} near {{0}} consistent with a {study.view} "
-                                        "projection", (study.anatomy_boxes["right lung"],))]
+        return [
+            heart_step(study),
+            Step(
+                f"the clavicles project {clav} near {{0}} consistent with a {study.view} projection",
+                (study.anatomy_boxes["right lung"],),
+            ),
+        ]
     if family == "type":
         return [finding_step(f) for f in hits]
     if family in ("count", "abnormality"):
@@ -154,10 +171,10 @@ def _question_first_steps(study, question, width: int) -> list[Step]:
     name = dict(question.program).get("filter_name")
     evidence = question_steps(study, question, width)
     if family == "view":
-        return evidence[::-1]                   # the clavicle step states the projection
-    if family in ("count", "abnormality"):     # the survey, its opening lungs step replaced
+        return evidence[::-1]  # the clavicle step states the projection
+    if family in ("count", "abnormality"):  # the survey, its opening lungs step replaced
         return [Step(f"{'count' if family == 'count' else 'list'} the abnormal findings")] + evidence[1:]
-    look = Step(f"look for the {name_phrase(name)}")   # short: the evidence stays next to the question
+    look = Step(f"look for the {name_phrase(name)}")  # short: the evidence stays next to the question
     return [look] + (evidence[1:] if family == "presence" else evidence)
 
 
@@ -180,8 +197,12 @@ def difference_steps(study, question) -> list[Step]:
                 steps.append(Step(f"the {label} image shows {noun_phrase(f)}{f.where} at {{0}}{size}", (f.bbox,)))
             else:
                 boxes = (study if label == "current" else prior).anatomy_boxes
-                steps.append(Step(f"the {label} image shows no {phrase} in the lungs {{0}} {{1}}",
-                                  (boxes["right lung"], boxes["left lung"])))
+                steps.append(
+                    Step(
+                        f"the {label} image shows no {phrase} in the lungs {{0}} {{1}}",
+                        (boxes["right lung"], boxes["left lung"]),
+                    )
+                )
         steps.append(Step(f"so the {phrase} is {change}"))
     return steps or [lungs_step(study, "no interval change in the right lung {0} or the left lung {1}")]
 

@@ -5,6 +5,7 @@ Density D = sum_i mu_i * t_i(x, y), with t_i the projected thickness profile of 
 Lung air subtracts from the soft-tissue slab, the heart and mediastinum add back, bones add more; overlaps
 therefore look like a radiograph (heart over lung, ribs over everything). Display = tone(window(1 - exp(-k D))).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,10 +58,15 @@ def sample_nuisance(rng: np.random.Generator, view: str, difficulty: float) -> N
     max_rot = math.radians(2.0 + 3.0 * difficulty)  # at most +-5 degrees
     collimate = rng.random() < 0.3
     return Nuisance(
-        view=view, rotation=rng.uniform(-max_rot, max_rot),
-        shift_x=rng.uniform(-0.02, 0.02), shift_y=rng.uniform(-0.02, 0.02), scale=rng.uniform(0.96, 1.04),
-        exposure=rng.uniform(0.8, 1.4), gamma=rng.uniform(0.85, 1.2),
-        window_low=rng.uniform(0.0, 0.06), window_high=rng.uniform(0.9, 1.0),
+        view=view,
+        rotation=rng.uniform(-max_rot, max_rot),
+        shift_x=rng.uniform(-0.02, 0.02),
+        shift_y=rng.uniform(-0.02, 0.02),
+        scale=rng.uniform(0.96, 1.04),
+        exposure=rng.uniform(0.8, 1.4),
+        gamma=rng.uniform(0.85, 1.2),
+        window_low=rng.uniform(0.0, 0.06),
+        window_high=rng.uniform(0.9, 1.0),
         noise=(0.008 + 0.03 * difficulty) * rng.uniform(0.6, 1.4) * (1.3 if view == "AP" else 1.0),
         blur=float(rng.uniform(0.2, 0.6) if rng.random() < 0.5 else 0.0),
         collimation=tuple(float(v) for v in (rng.uniform(0.0, 0.035, 4) * collimate)),  # type: ignore[arg-type]
@@ -161,7 +167,7 @@ def _vessel_atlas(size: int, k: int) -> np.ndarray:
         branch = (np.float32(0.5) + np.float32(0.5) * np.cos(np.float32(2 * n) * theta + 2 * phase + 0.7)) ** 14
         grow = smoothstep((r - np.float32(0.06)) / np.float32(0.08))
         taper = np.exp(-r / np.float32(0.13)) * smoothstep((r - np.float32(0.02)) / np.float32(0.04))
-        hilar = np.exp(-(r / np.float32(0.04)) ** 2)
+        hilar = np.exp(-((r / np.float32(0.04)) ** 2))
         side = (x - np.float32(0.5)) * np.float32(sign) > 0  # each hilum feeds its own lung
         out += (np.float32(0.18) * (trunk + np.float32(0.7) * grow * branch) * taper + np.float32(0.18) * hilar) * side
     out.setflags(write=False)
@@ -177,7 +183,7 @@ def _vessel_layer(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) ->
     col, row = canvas.frame.to_pixel(hx, anatomy.hilum_y)
     dc = int(np.clip(round(0.5 * size - float(col)), -m, m))  # atlas hila midpoint is at (0.5, ~0.39)
     dr = int(np.clip(round(0.39 * size - float(row)), -m, m))
-    canvas.vessels += atlas[m + dr:m + dr + size, m + dc:m + dc + size]
+    canvas.vessels += atlas[m + dr : m + dr + size, m + dc : m + dc + size]
     canvas.vessels *= np.minimum(canvas.lung * np.float32(3.0), np.float32(1.0))
 
 
@@ -286,7 +292,8 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -
         xs, ys = x[win], y[win]
         body = np.sqrt(np.clip(1.0 - ((xs - np.float32(0.5)) / np.float32(sw)) ** 2, 0.0, 1.0))
         vert = np.float32(0.7) + np.float32(0.3) * np.cos(
-            np.float32(2 * math.pi / anatomy.rib_spacing) * (ys - np.float32(anatomy.rib_phase)))
+            np.float32(2 * math.pi / anatomy.rib_spacing) * (ys - np.float32(anatomy.rib_phase))
+        )
         d[win] += np.float32(0.14) * body * vert
     # trachea and main bronchi (air)
     tx, cy = anatomy.trachea_x, anatomy.carina_y
@@ -297,8 +304,10 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, rng: np.random.Generator) -
     win = canvas.win(tx - 0.09, cy - 0.01, tx + 0.09, cy + 0.08)
     if win is not None:
         xs, ys = x[win], y[win]
-        dist = np.minimum(segment_distance(xs, ys, tx, cy, tx - 0.075, cy + 0.06),
-                          segment_distance(xs, ys, tx, cy, tx + 0.07, cy + 0.075))
+        dist = np.minimum(
+            segment_distance(xs, ys, tx, cy, tx - 0.075, cy + 0.06),
+            segment_distance(xs, ys, tx, cy, tx + 0.07, cy + 0.075),
+        )
         d[win] -= np.float32(0.18) * np.sqrt(np.clip(1.0 - (dist / np.float32(0.017)) ** 2, 0.0, 1.0))
     # ribs and clavicles
     _rib_layer(canvas, anatomy)
@@ -341,7 +350,7 @@ def _burn_marker(image: np.ndarray, letter: str) -> None:
     gh, gw = glyph.shape
     top = max(2, size // 40)
     left = top if letter == "R" else size - top - gw
-    image[top:top + gh, left:left + gw][glyph] = 1.0
+    image[top : top + gh, left : left + gw][glyph] = 1.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -356,9 +365,9 @@ def _white_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     """Unit white noise [size, size]: a random crop of the atlas, randomly flipped and signed (cheaper than
     drawing size^2 normals per image)."""
     r, c = rng.integers(0, size, 2)
-    crop = _noise_atlas(size)[r:r + size, c:c + size]
+    crop = _noise_atlas(size)[r : r + size, c : c + size]
     flip_r, flip_c, negate = rng.integers(0, 2, 3)
-    crop = crop[::-1 if flip_r else 1, ::-1 if flip_c else 1]
+    crop = crop[:: -1 if flip_r else 1, :: -1 if flip_c else 1]
     return -crop if negate else crop
 
 
@@ -384,11 +393,11 @@ def to_display(canvas: Canvas, nuisance: Nuisance, rng: np.random.Generator) -> 
     if left:
         img[:, :left] = 0.9
     if right:
-        img[:, size - right:] = 0.9
+        img[:, size - right :] = 0.9
     if top:
         img[:top] = 0.9
     if bottom:
-        img[size - bottom:] = 0.9
+        img[size - bottom :] = 0.9
     if nuisance.marker:
         _burn_marker(img, nuisance.marker)
     return np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)

@@ -5,6 +5,7 @@ and the label vector is aggregated from those mentions with the chexpert-labeler
 conflicting mentions resolve 1 > -1 > 0 except that 0 with -1 gives -1; unmentioned -> NaN; "No Finding" is 1
 exactly when no observation other than Support Devices is 1 or -1 (else NaN).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,11 @@ from data_pipelines.synthetic.findings import FINDING_NAMES, Finding
 
 Sentence = tuple[str, dict]  # (text, {CheXpert name: 1.0 | 0.0 | -1.0})
 
-ZONE_WORDS = {"upper": ("upper zone", "upper lung"), "middle": ("mid zone", "middle zone"),
-              "lower": ("lower zone", "lung base")}
+ZONE_WORDS = {
+    "upper": ("upper zone", "upper lung"),
+    "middle": ("mid zone", "middle zone"),
+    "lower": ("lower zone", "lung base"),
+}
 NEGATIVES: dict[str, tuple[str, ...]] = {
     "Pleural Effusion": ("No pleural effusion.", "There is no pleural effusion."),
     "Pneumothorax": ("No pneumothorax.", "There is no pneumothorax."),
@@ -33,8 +37,11 @@ NEGATIVES: dict[str, tuple[str, ...]] = {
     "Atelectasis": ("No atelectasis.", "There is no atelectasis."),
     "Lung Opacity": ("No focal opacity.", "No focal airspace opacity."),
 }
-NORMAL_IMPRESSIONS = ("No acute cardiopulmonary process.", "No acute cardiopulmonary abnormality.",
-                      "No acute intrathoracic process.")
+NORMAL_IMPRESSIONS = (
+    "No acute cardiopulmonary process.",
+    "No acute cardiopulmonary abnormality.",
+    "No acute intrathoracic process.",
+)
 HEDGES = ("Possible", "Questionable")
 
 
@@ -92,12 +99,18 @@ def describe(name: str, group: Sequence[Finding], rng: np.random.Generator) -> S
         if hedged:
             text = f"{hedge} pulmonary {f.kind}{'s' if len(group) > 1 else ''} in the {locs}."
         elif len(group) > 1:
-            text = _pick(rng, (f"There are {len(group)} pulmonary nodules, in the {locs}.",
-                               f"{len(group)} pulmonary nodules are seen in the {locs}."))
+            text = _pick(
+                rng,
+                (
+                    f"There are {len(group)} pulmonary nodules, in the {locs}.",
+                    f"{len(group)} pulmonary nodules are seen in the {locs}.",
+                ),
+            )
         else:
             size = f"{f.size_mm / 10:.1f} cm"
-            text = _pick(rng, (f"There is a {size} {f.kind} in the {locs}.",
-                               f"A {size} {f.kind} is seen in the {locs}."))
+            text = _pick(
+                rng, (f"There is a {size} {f.kind} in the {locs}.", f"A {size} {f.kind} is seen in the {locs}.")
+            )
     elif name in ("Consolidation", "Atelectasis"):
         word = name.lower()
         if hedged:
@@ -105,42 +118,81 @@ def describe(name: str, group: Sequence[Finding], rng: np.random.Generator) -> S
         else:
             text = _pick(rng, (f"{_cap(sev)} {word} in the {locs}.", f"There is {sev} {word} in the {locs}."))
     elif name == "Pneumonia":
-        text = (_pick(rng, (f"{hedge} pneumonia in the {locs}.", f"Pneumonia in the {locs} cannot be excluded."))
-                if hedged else _pick(rng, (f"Findings are consistent with {sev} pneumonia in the {locs}.",
-                                           f"There is {sev} pneumonia in the {locs}.")))
+        text = (
+            _pick(rng, (f"{hedge} pneumonia in the {locs}.", f"Pneumonia in the {locs} cannot be excluded."))
+            if hedged
+            else _pick(
+                rng,
+                (
+                    f"Findings are consistent with {sev} pneumonia in the {locs}.",
+                    f"There is {sev} pneumonia in the {locs}.",
+                ),
+            )
+        )
     elif name == "Lung Opacity":
-        text = (f"{hedge} opacity in the {locs}." if hedged
-                else _pick(rng, (f"{_cap(sev)} opacity in the {locs}.", f"There is a {sev} opacity in the {locs}.")))
+        text = (
+            f"{hedge} opacity in the {locs}."
+            if hedged
+            else _pick(rng, (f"{_cap(sev)} opacity in the {locs}.", f"There is a {sev} opacity in the {locs}."))
+        )
     elif name == "Pleural Effusion":
         sizes = sorted({g.severity for g in group})
         size = sizes[0] if len(sizes) == 1 else "small to moderate" if "large" not in sizes else "moderate to large"
         noun = "pleural effusions" if side == "bilateral" else "pleural effusion"
-        text = (f"{hedge} {size} {side} {noun}." if hedged
-                else _pick(rng, (f"{_cap(size)} {side} {noun}.", f"There is a {size} {side} {noun}."
-                                 if side != "bilateral" else f"There are {size} bilateral {noun}.")))
+        text = (
+            f"{hedge} {size} {side} {noun}."
+            if hedged
+            else _pick(
+                rng,
+                (
+                    f"{_cap(size)} {side} {noun}.",
+                    f"There is a {size} {side} {noun}."
+                    if side != "bilateral"
+                    else f"There are {size} bilateral {noun}.",
+                ),
+            )
+        )
     elif name == "Pneumothorax":
-        text = (f"A {side} pneumothorax cannot be excluded." if hedged
-                else _pick(rng, (f"{_cap(sev)} {side} pneumothorax.", f"There is a {sev} {side} pneumothorax.")))
+        text = (
+            f"A {side} pneumothorax cannot be excluded."
+            if hedged
+            else _pick(rng, (f"{_cap(sev)} {side} pneumothorax.", f"There is a {sev} {side} pneumothorax."))
+        )
     elif name == "Edema":
-        text = (f"{hedge} {sev} pulmonary edema." if hedged
-                else _pick(rng, (f"{_cap(sev)} pulmonary edema.", f"Perihilar haziness consistent with {sev} pulmonary "
-                                                                 "edema.")))
+        text = (
+            f"{hedge} {sev} pulmonary edema."
+            if hedged
+            else _pick(
+                rng, (f"{_cap(sev)} pulmonary edema.", f"Perihilar haziness consistent with {sev} pulmonary edema.")
+            )
+        )
     elif name == "Cardiomegaly":
         adverb = {"mild": "mildly", "moderate": "moderately", "severe": "severely"}[sev]
-        text = (f"{hedge} cardiomegaly." if hedged
-                else _pick(rng, (f"{_cap(sev)} cardiomegaly.", f"The cardiac silhouette is {adverb} enlarged.")))
+        text = (
+            f"{hedge} cardiomegaly."
+            if hedged
+            else _pick(rng, (f"{_cap(sev)} cardiomegaly.", f"The cardiac silhouette is {adverb} enlarged."))
+        )
     elif name == "Enlarged Cardiomediastinum":
-        text = ("Possible widening of the mediastinum." if hedged
-                else _pick(rng, ("The mediastinum is widened.", "Widened mediastinal contour.")))
+        text = (
+            "Possible widening of the mediastinum."
+            if hedged
+            else _pick(rng, ("The mediastinum is widened.", "Widened mediastinal contour."))
+        )
     elif name == "Fracture":
-        text = (f"{hedge} nondisplaced {side} rib fracture." if hedged
-                else _pick(rng, (f"Displaced fracture of a {side} posterior rib.", f"There is a {side} rib fracture.")))
+        text = (
+            f"{hedge} nondisplaced {side} rib fracture."
+            if hedged
+            else _pick(rng, (f"Displaced fracture of a {side} posterior rib.", f"There is a {side} rib fracture."))
+        )
     elif name == "Pleural Other":
         text = f"{hedge} {side} apical pleural thickening." if hedged else f"{_cap(side)} apical pleural thickening."
     elif name == "Support Devices":
-        text = {"pacemaker": f"{_cap(side)}-sided pacemaker with its lead projecting over the heart.",
-                "venous catheter": f"{_cap(side)} subclavian central venous catheter with its tip in the SVC.",
-                "enteric tube": "Enteric tube courses below the diaphragm into the stomach."}[f.kind]
+        text = {
+            "pacemaker": f"{_cap(side)}-sided pacemaker with its lead projecting over the heart.",
+            "venous catheter": f"{_cap(side)} subclavian central venous catheter with its tip in the SVC.",
+            "enteric tube": "Enteric tube courses below the diaphragm into the stomach.",
+        }[f.kind]
     else:
         raise ValueError(f"data_pipelines/synthetic/reports.py: no sentence for finding {name!r}")
     return text, {name: value}
@@ -149,10 +201,15 @@ def describe(name: str, group: Sequence[Finding], rng: np.random.Generator) -> S
 def impression_line(name: str, group: Sequence[Finding], change: str | None, rng) -> Sentence:
     """A short IMPRESSION item, prefixed with the interval change when there is a prior."""
     f = group[0]
-    phrase = {"Lung Lesion": f"pulmonary {f.kind}" + ("s" if len(group) > 1 else ""),
-              "Support Devices": f.phrase, "Enlarged Cardiomediastinum": "widened mediastinum",
-              "Fracture": "rib fracture", "Pleural Other": "apical pleural thickening",
-              "Lung Opacity": "opacity", "Edema": "pulmonary edema"}.get(name, name.lower())
+    phrase = {
+        "Lung Lesion": f"pulmonary {f.kind}" + ("s" if len(group) > 1 else ""),
+        "Support Devices": f.phrase,
+        "Enlarged Cardiomediastinum": "widened mediastinum",
+        "Fracture": "rib fracture",
+        "Pleural Other": "apical pleural thickening",
+        "Lung Opacity": "opacity",
+        "Edema": "pulmonary edema",
+    }.get(name, name.lower())
     sides = sorted({g.side for g in group if g.side})
     where = "bilateral" if sides == ["left", "right"] else (sides[0] if sides else "")
     if len(group) == 1 and name in ZONED and f.side in ("right", "left"):
@@ -164,26 +221,45 @@ def impression_line(name: str, group: Sequence[Finding], change: str | None, rng
     return (f"{prefix} {text}." if prefix else f"{_cap(text)}."), {name: 1.0}
 
 
-def make_report(findings: Sequence[Finding], view: str, changes: Sequence[tuple[str, str]],
-                rng: np.random.Generator, config: SyntheticConfig) -> Report:
+def make_report(
+    findings: Sequence[Finding],
+    view: str,
+    changes: Sequence[tuple[str, str]],
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+) -> Report:
     groups: dict[str, list[Finding]] = {}
     for f in findings:
         groups.setdefault(f.name, []).append(f)
     change_of = dict(changes)
-    header = _pick(rng, {"PA": ("PA view of the chest.", "Frontal PA radiograph of the chest."),
-                         "AP": ("Single portable AP view of the chest.", "AP upright view of the chest.")}[view])
+    header = _pick(
+        rng,
+        {
+            "PA": ("PA view of the chest.", "Frontal PA radiograph of the chest."),
+            "AP": ("Single portable AP view of the chest.", "AP upright view of the chest."),
+        }[view],
+    )
     lead: list[Sentence] = [(header, {})]
     if changes:
-        lead.append((_pick(rng, ("Comparison is made with the prior study.", "Compared with the prior radiograph.")),
-                     {}))
+        lead.append(
+            (_pick(rng, ("Comparison is made with the prior study.", "Compared with the prior radiograph.")), {})
+        )
     devices = [describe(n, g, rng) for n, g in groups.items() if n == "Support Devices"]
-    lungs = [describe(n, g, rng) for n, g in groups.items()
-             if n not in ("Support Devices", "Cardiomegaly", "Enlarged Cardiomediastinum", "Fracture")]
+    lungs = [
+        describe(n, g, rng)
+        for n, g in groups.items()
+        if n not in ("Support Devices", "Cardiomegaly", "Enlarged Cardiomediastinum", "Fracture")
+    ]
     heart = [describe(n, g, rng) for n, g in groups.items() if n in ("Cardiomegaly", "Enlarged Cardiomediastinum")]
     bones = [describe(n, g, rng) for n, g in groups.items() if n == "Fracture"]
     parenchymal = {"Lung Lesion", "Consolidation", "Pneumonia", "Lung Opacity", "Atelectasis", "Edema"}
-    absent = [n for n in NEGATIVES if n not in groups and rng.random() < config.negative_rate
-              and not (n == "Lung Opacity" and parenchymal & set(groups))]  # "no opacity" would contradict
+    absent = [
+        n
+        for n in NEGATIVES
+        if n not in groups
+        and rng.random() < config.negative_rate
+        and not (n == "Lung Opacity" and parenchymal & set(groups))
+    ]  # "no opacity" would contradict
     if "Pleural Effusion" in absent and "Pneumothorax" in absent and rng.random() < 0.5:
         absent = [n for n in absent if n not in ("Pleural Effusion", "Pneumothorax")]
         lungs.append(("No pleural effusion or pneumothorax.", {"Pleural Effusion": 0.0, "Pneumothorax": 0.0}))
@@ -198,8 +274,9 @@ def make_report(findings: Sequence[Finding], view: str, changes: Sequence[tuple[
     rng.shuffle(lungs)
     body = lead + devices + order[0] + order[1] + bones
     # IMPRESSION: positive findings by importance, interval changes, resolved findings; else a normal line
-    impression: list[Sentence] = [impression_line(n, g, change_of.get(n), rng) for n, g in groups.items()
-                                  if n != "Support Devices"]
+    impression: list[Sentence] = [
+        impression_line(n, g, change_of.get(n), rng) for n, g in groups.items() if n != "Support Devices"
+    ]
     for name, change in changes:
         if change == "resolved":
             impression.append((f"Interval resolution of the previously seen {name.lower()}.", {name: 0.0}))
@@ -208,5 +285,9 @@ def make_report(findings: Sequence[Finding], view: str, changes: Sequence[tuple[
     if "Support Devices" in groups:
         impression.append((f"{_cap(groups['Support Devices'][0].phrase)} in place.", {"Support Devices": 1.0}))
     mentions = tuple((n, v) for _, m in body + impression for n, v in m.items())
-    return Report(findings=" ".join(t for t, _ in body), impression=" ".join(t for t, _ in impression),
-                  labels=aggregate(mentions), mentions=mentions)
+    return Report(
+        findings=" ".join(t for t, _ in body),
+        impression=" ".join(t for t, _ in impression),
+        labels=aggregate(mentions),
+        mentions=mentions,
+    )

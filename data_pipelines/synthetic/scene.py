@@ -4,6 +4,7 @@ Sampling a scene is cheap (no pixels), so question generators can reject-sample 
 accepted one. Each part of a scene draws from its own random stream (config.rng_for), so asking for a prior
 never changes the current study.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,7 @@ from data_pipelines.synthetic.lesions import render_finding
 from data_pipelines.synthetic.render import Canvas, Nuisance, render_anatomy, sample_nuisance, to_display
 
 CHANGES = ("new", "resolved", "increased", "decreased", "unchanged")
-RESOLVABLE = ("Lung Opacity", "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
-              "Pleural Effusion")
+RESOLVABLE = ("Lung Opacity", "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +68,9 @@ class Scene:
         return self.plan.changes
 
 
-def plan_study(seed: int, index: int, config: SyntheticConfig, *, variant: int = 0,
-               with_prior: bool | None = None) -> Plan:
+def plan_study(
+    seed: int, index: int, config: SyntheticConfig, *, variant: int = 0, with_prior: bool | None = None
+) -> Plan:
     """The plan of global study `index` (variant > 0: alternative studies of the same split, for rejection
     sampling). with_prior None draws a prior with probability config.prior_rate."""
     rng = rng_for(seed, index, "findings", variant)
@@ -118,27 +119,38 @@ def realize(plan: Plan, config: SyntheticConfig) -> Scene:
     """Patient, pose and lesion geometry of a plan (and of its prior, sharing the patient and lesion sites)."""
     seed, index, variant, view = plan.seed, plan.index, plan.variant, plan.view
     anat_rng = rng_for(seed, index, "anatomy", variant)
-    base = sample_anatomy(anat_rng, view=view, ctr=normal_ctr(anat_rng, view),
-                          mediastinum_half_width=normal_mediastinum(anat_rng))
+    base = sample_anatomy(
+        anat_rng, view=view, ctr=normal_ctr(anat_rng, view), mediastinum_half_width=normal_mediastinum(anat_rng)
+    )
     anatomy = apply_to_anatomy(base, plan.findings, base.ctr, base.mediastinum_half_width)
     specs = place_findings(rng_for(seed, index, "placement", variant), plan.findings, anatomy, config)
-    scene = Scene(plan=plan, anatomy=anatomy, findings=specs,
-                  nuisance=sample_nuisance(rng_for(seed, index, "nuisance", variant), view, config.difficulty),
-                  texture_seed=int(rng_for(seed, index, "texture", variant).integers(1 << 62)))
+    scene = Scene(
+        plan=plan,
+        anatomy=anatomy,
+        findings=specs,
+        nuisance=sample_nuisance(rng_for(seed, index, "nuisance", variant), view, config.difficulty),
+        texture_seed=int(rng_for(seed, index, "texture", variant).integers(1 << 62)),
+    )
     if not plan.has_prior:
         return scene
-    kept = tuple(sized(dataclasses.replace(s, extent=e), config) for s, e in zip(specs, plan.prior_extents)
-                 if e is not None)
+    kept = tuple(
+        sized(dataclasses.replace(s, extent=e), config) for s, e in zip(specs, plan.prior_extents) if e is not None
+    )
     prior_anatomy = apply_to_anatomy(base, kept + plan.resolved, base.ctr, base.mediastinum_half_width)
     resolved = place_findings(rng_for(seed, index, "prior_placement", variant), plan.resolved, prior_anatomy, config)
-    prior = Scene(plan=plan, anatomy=prior_anatomy, findings=kept + resolved,
-                  nuisance=sample_nuisance(rng_for(seed, index, "prior_nuisance", variant), view, config.difficulty),
-                  texture_seed=int(rng_for(seed, index, "prior_texture", variant).integers(1 << 62)))
+    prior = Scene(
+        plan=plan,
+        anatomy=prior_anatomy,
+        findings=kept + resolved,
+        nuisance=sample_nuisance(rng_for(seed, index, "prior_nuisance", variant), view, config.difficulty),
+        texture_seed=int(rng_for(seed, index, "prior_texture", variant).integers(1 << 62)),
+    )
     return dataclasses.replace(scene, prior=prior)
 
 
-def sample_scene(seed: int, index: int, config: SyntheticConfig, *, variant: int = 0,
-                 with_prior: bool | None = None) -> Scene:
+def sample_scene(
+    seed: int, index: int, config: SyntheticConfig, *, variant: int = 0, with_prior: bool | None = None
+) -> Scene:
     return realize(plan_study(seed, index, config, variant=variant, with_prior=with_prior), config)
 
 
@@ -179,8 +191,18 @@ def _measure(spec: FindingSpec, mask: np.ndarray, anatomy: Anatomy, frame, confi
     elif spec.side == "bilateral":
         zone = anatomy.right_lung.zone_of(float(by))
     if spec.name in ZONED and zone != spec.zone:
-        raise RuntimeError(f"data_pipelines/synthetic/scene.py: {spec.name} planned in the {spec.zone} zone "
-                           f"rendered with its centroid in the {zone} zone")
+        raise RuntimeError(
+            f"data_pipelines/synthetic/scene.py: {spec.name} planned in the {spec.zone} zone "
+            f"rendered with its centroid in the {zone} zone"
+        )
     size_mm = max(box[2] - box[0], box[3] - box[1]) * config.pixel_spacing_mm
-    return Finding(name=spec.name, side=spec.side, zone=zone, bbox=box, severity=spec.severity,
-                   size_mm=float(round(size_mm, 1)), kind=spec.kind, hedged=spec.hedged)
+    return Finding(
+        name=spec.name,
+        side=spec.side,
+        zone=zone,
+        bbox=box,
+        severity=spec.severity,
+        size_mm=float(round(size_mm, 1)),
+        kind=spec.kind,
+        hedged=spec.hedged,
+    )

@@ -7,6 +7,7 @@ question with that answer (done in dataset.py, which owns the study stream).
 
 Answer grammar (paper.md §3): short answers of at most two words, `|`-joined lists, or a sentence.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -155,12 +156,21 @@ def describe_changes(facts: Facts) -> str:
 # ------------------------------------------------------------------------------------------ templates
 
 _T = {
-    "presence": ("Is there {phrase} in this image?", "Does this chest X-ray show {phrase}?",
-                 "Is there evidence of {phrase}?"),
-    "abnormality": ("What abnormalities are seen in this image?", "List the abnormal findings in this chest X-ray.",
-                    "Which abnormalities are present?"),
-    "location": ("Which side is the {phrase} on?", "Where is the {phrase}: on the left, on the right, or both?",
-                 "On which side of the patient is the {phrase}?"),
+    "presence": (
+        "Is there {phrase} in this image?",
+        "Does this chest X-ray show {phrase}?",
+        "Is there evidence of {phrase}?",
+    ),
+    "abnormality": (
+        "What abnormalities are seen in this image?",
+        "List the abnormal findings in this chest X-ray.",
+        "Which abnormalities are present?",
+    ),
+    "location": (
+        "Which side is the {phrase} on?",
+        "Where is the {phrase}: on the left, on the right, or both?",
+        "On which side of the patient is the {phrase}?",
+    ),
     "zone": ("In which zone of the {side} lung is the {phrase}?", "Which zone of the {side} lung has the {phrase}?"),
     "level": ("How severe is the {phrase}?", "What is the severity of the {phrase}?", "What level is the {phrase}?"),
     "size": ("What is the size of the {phrase}?", "How large is the {phrase}?"),
@@ -168,15 +178,28 @@ _T = {
     "count": ("How many different abnormalities are present?", "How many abnormal findings are in this image?"),
     "type_device": ("What type of support device is present?", "Which device is seen in this image?"),
     "type_lesion": ("Is the lung lesion a nodule or a mass?", "What type of lung lesion is present?"),
-    "change": ("How has the {phrase} changed compared with the prior image?",
-               "What is the change in the {phrase} since the prior study?"),
-    "new_findings": ("What new findings are seen compared with the prior image?",
-                     "Which findings are new since the prior study?"),
-    "describe_changes": ("What has changed compared with the prior image?",
-                         "Describe the interval change between the two images."),
+    "change": (
+        "How has the {phrase} changed compared with the prior image?",
+        "What is the change in the {phrase} since the prior study?",
+    ),
+    "new_findings": (
+        "What new findings are seen compared with the prior image?",
+        "Which findings are new since the prior study?",
+    ),
+    "describe_changes": (
+        "What has changed compared with the prior image?",
+        "Describe the interval change between the two images.",
+    ),
 }
-MASS_NOUNS = ("cardiomegaly", "atelectasis", "consolidation", "pneumonia", "pulmonary edema",
-                 "enlarged cardiomediastinum", "pleural thickening")
+MASS_NOUNS = (
+    "cardiomegaly",
+    "atelectasis",
+    "consolidation",
+    "pneumonia",
+    "pulmonary edema",
+    "enlarged cardiomediastinum",
+    "pleural thickening",
+)
 
 
 def name_phrase(name: str) -> str:
@@ -218,8 +241,13 @@ def instantiate(family: str, facts: Facts) -> list[Question]:
             if name not in ZONED:
                 continue
             for side in SIDES:
-                prog = (("scene", None), ("filter_name", name), ("filter_side", side), ("unique", None),
-                        ("query_zone", None))
+                prog = (
+                    ("scene", None),
+                    ("filter_name", name),
+                    ("filter_side", side),
+                    ("unique", None),
+                    ("query_zone", None),
+                )
                 phrase = next(f.phrase for f in facts.findings if f.name == name)
                 out += _q(family, "location", _T["zone"], prog, facts, phrase=phrase, side=side)
     elif family in ("level", "size"):

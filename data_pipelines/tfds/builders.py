@@ -12,6 +12,7 @@ Records keep generation order (disable_shuffling): synthetic record i of a split
 Adapter splits are the Example.split values the adapter yields (restricted to config.splits when given).
 `build(...)` does both steps and always asks for array_record (TFRECORD, tfds' default, needs TensorFlow).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,14 @@ class DmxSyntheticConfig(tfds.core.BuilderConfig):
     splits: tuple[str, ...] = SPLITS
 
 
-def synthetic_config(*, name: str | None = None, task: str | None = None, bit_depth: int | str = 16,
-                     splits: tuple[str, ...] = SPLITS, **synthetic_fields) -> DmxSyntheticConfig:
+def synthetic_config(
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    bit_depth: int | str = 16,
+    splits: tuple[str, ...] = SPLITS,
+    **synthetic_fields,
+) -> DmxSyntheticConfig:
     """A DmxSyntheticConfig from SyntheticConfig fields (seed, image_size, train_size, ...).
 
     The default name encodes seed, image size, split sizes, task and bit depth, plus a digest of the whole
@@ -74,8 +81,14 @@ def synthetic_config(*, name: str | None = None, task: str | None = None, bit_de
         sizes = "-".join(str(syn.split_size(s)) for s in splits)
         fields = {**dataclasses.asdict(syn), "task": task, "bit_depth": bit_depth, "splits": list(splits)}
         name = f"seed{syn.seed}_{syn.image_size}px_n{sizes}_{task or 'mix'}_{bit_depth}bit_{_digest(fields)}"
-    return DmxSyntheticConfig(name=name, synthetic=syn, task=task, bit_depth=bit_depth, splits=tuple(splits),
-                              description=f"synthetic CXR benchmark {syn!r}, task={task}, bit_depth={bit_depth}")
+    return DmxSyntheticConfig(
+        name=name,
+        synthetic=syn,
+        task=task,
+        bit_depth=bit_depth,
+        splits=tuple(splits),
+        description=f"synthetic CXR benchmark {syn!r}, task={task}, bit_depth={bit_depth}",
+    )
 
 
 class DmxSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -83,13 +96,18 @@ class DmxSynthetic(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version(VERSION)
     code_path = _CODE_PATH
-    BUILDER_CONFIGS = [synthetic_config(name="tiny", image_size=64, train_size=64, val_size=16, test_size=16,
-                                        heldout_size=16)]
+    BUILDER_CONFIGS = [
+        synthetic_config(name="tiny", image_size=64, train_size=64, val_size=16, test_size=16, heldout_size=16)
+    ]
 
     def _info(self) -> tfds.core.DatasetInfo:
         # DatasetInfo(builder=self): dataset_info_from_configs looks for README files beside the class
-        return tfds.core.DatasetInfo(builder=self, features=features(), disable_shuffling=True,
-                                     description="dmx-jax synthetic chest X-ray benchmark")
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=features(),
+            disable_shuffling=True,
+            description="dmx-jax synthetic chest X-ray benchmark",
+        )
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split) for split in self.builder_config.splits}
@@ -116,9 +134,15 @@ class DmxAdapterConfig(tfds.core.BuilderConfig):
     bit_depth: int | str = "auto"
 
 
-def adapter_config(adapter: str, root: str | os.PathLike, *, name: str | None = None,
-                   splits: tuple[str, ...] | None = None, bit_depth: int | str = "auto",
-                   **adapter_kwargs) -> DmxAdapterConfig:
+def adapter_config(
+    adapter: str,
+    root: str | os.PathLike,
+    *,
+    name: str | None = None,
+    splits: tuple[str, ...] | None = None,
+    bit_depth: int | str = "auto",
+    **adapter_kwargs,
+) -> DmxAdapterConfig:
     """A DmxAdapterConfig. The default name is the adapter name plus a digest of its keywords and splits
     (the root is left out so a moved dataset keeps its name; pass `name` to tell two roots apart)."""
     from data_pipelines.adapters import ADAPTERS
@@ -130,9 +154,15 @@ def adapter_config(adapter: str, root: str | os.PathLike, *, name: str | None = 
     if name is None:
         extra = {"kwargs": [list(kv) for kv in kwargs], "splits": splits, "bit_depth": bit_depth}
         name = adapter if not kwargs and splits is None and bit_depth == "auto" else f"{adapter}_{_digest(extra)}"
-    return DmxAdapterConfig(name=name, adapter=adapter, root=os.fspath(root), kwargs=kwargs,
-                            splits=None if splits is None else tuple(splits), bit_depth=bit_depth,
-                            description=f"{adapter} from {os.fspath(root)} with {dict(kwargs)}")
+    return DmxAdapterConfig(
+        name=name,
+        adapter=adapter,
+        root=os.fspath(root),
+        kwargs=kwargs,
+        splits=None if splits is None else tuple(splits),
+        bit_depth=bit_depth,
+        description=f"{adapter} from {os.fspath(root)} with {dict(kwargs)}",
+    )
 
 
 class DmxAdapter(tfds.core.GeneratorBasedBuilder):
@@ -142,8 +172,12 @@ class DmxAdapter(tfds.core.GeneratorBasedBuilder):
     code_path = _CODE_PATH
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=features(), disable_shuffling=True,
-                                     description="dmx-jax real-dataset adapter records")
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=features(),
+            disable_shuffling=True,
+            description="dmx-jax real-dataset adapter records",
+        )
 
     def _examples(self) -> Iterator[Example]:
         from data_pipelines.adapters import load_dataset
@@ -160,8 +194,10 @@ class DmxAdapter(tfds.core.GeneratorBasedBuilder):
             if ex.split not in present and (cfg.splits is None or ex.split in cfg.splits):
                 present.append(ex.split)
         if not present:
-            raise ValueError(f"DmxAdapter {cfg.name}: adapter {cfg.adapter!r} at {cfg.root} yielded no examples"
-                             f"{'' if cfg.splits is None else f' in splits {cfg.splits}'}")
+            raise ValueError(
+                f"DmxAdapter {cfg.name}: adapter {cfg.adapter!r} at {cfg.root} yielded no examples"
+                f"{'' if cfg.splits is None else f' in splits {cfg.splits}'}"
+            )
         return {split: self._generate_examples(split) for split in present}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict]]:
@@ -174,10 +210,10 @@ class DmxAdapter(tfds.core.GeneratorBasedBuilder):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def build(builder_cls: type[tfds.core.GeneratorBasedBuilder], config: tfds.core.BuilderConfig,
-          data_dir: str | os.PathLike) -> tfds.core.GeneratorBasedBuilder:
+def build(
+    builder_cls: type[tfds.core.GeneratorBasedBuilder], config: tfds.core.BuilderConfig, data_dir: str | os.PathLike
+) -> tfds.core.GeneratorBasedBuilder:
     """Prepare (or reuse) the dataset in array_record format and return the builder."""
     builder = builder_cls(data_dir=os.fspath(data_dir), config=config, file_format=FILE_FORMAT)
     builder.download_and_prepare()
     return builder
-

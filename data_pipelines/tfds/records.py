@@ -8,6 +8,7 @@ images are quantised to 1/65535 (error <= 0.5/65535). Boxes are stored as float3
 dyadic pixel coordinates below 2**24). `meta` is JSON with tagged tuples / numpy arrays so it round-trips
 with its container types; `question_type` None is stored as "" (an empty question type is rejected).
 """
+
 from __future__ import annotations
 
 import io
@@ -30,18 +31,25 @@ def features():
 
     f = tfds.features
     text = f.Text
-    return f.FeaturesDict({
-        "example_id": text(), "dataset": text(), "task": text(), "split": text(),
-        "prompt": text(), "target": text(), "question_type": text(),
-        "images": f.Sequence(f.Tensor(shape=(), dtype=np.object_)),  # encoded grayscale PNG bytes
-        "image_sizes": f.Tensor(shape=(None, 2), dtype=np.int32),  # (width, height) per image
-        "boxes": f.Tensor(shape=(None, 4), dtype=np.float32),  # pixel xyxy of image box_image_index
-        "box_labels": f.Sequence(text()),
-        "labels": f.Tensor(shape=(len(CHEXPERT_LABELS),), dtype=np.float32),  # NaN = not mentioned
-        "has_labels": f.Scalar(dtype=np.bool_),
-        "box_image_index": f.Scalar(dtype=np.int32),
-        "meta": text(),  # JSON (see encode_meta)
-    })
+    return f.FeaturesDict(
+        {
+            "example_id": text(),
+            "dataset": text(),
+            "task": text(),
+            "split": text(),
+            "prompt": text(),
+            "target": text(),
+            "question_type": text(),
+            "images": f.Sequence(f.Tensor(shape=(), dtype=np.object_)),  # encoded grayscale PNG bytes
+            "image_sizes": f.Tensor(shape=(None, 2), dtype=np.int32),  # (width, height) per image
+            "boxes": f.Tensor(shape=(None, 4), dtype=np.float32),  # pixel xyxy of image box_image_index
+            "box_labels": f.Sequence(text()),
+            "labels": f.Tensor(shape=(len(CHEXPERT_LABELS),), dtype=np.float32),  # NaN = not mentioned
+            "has_labels": f.Scalar(dtype=np.bool_),
+            "box_image_index": f.Scalar(dtype=np.int32),
+            "meta": text(),  # JSON (see encode_meta)
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -150,17 +158,31 @@ def example_to_record(example: Example, bit_depth: int | str = "auto") -> dict[s
     eid = example.example_id
     if example.question_type == "":
         raise ValueError(f"example {eid}: question_type '' is reserved for None")
-    images = [encode_png(_image_array(im, f"example {eid} image {k}"), bit_depth, name=f"example {eid} image {k}")
-              for k, im in enumerate(example.images)]
+    images = [
+        encode_png(_image_array(im, f"example {eid} image {k}"), bit_depth, name=f"example {eid} image {k}")
+        for k, im in enumerate(example.images)
+    ]
     boxes = np.asarray([b.as_tuple() for b in example.boxes], np.float32).reshape(-1, 4)
-    labels = (np.full(len(CHEXPERT_LABELS), np.nan, np.float32) if example.labels is None
-              else np.asarray(example.labels, np.float32))
+    labels = (
+        np.full(len(CHEXPERT_LABELS), np.nan, np.float32)
+        if example.labels is None
+        else np.asarray(example.labels, np.float32)
+    )
     return {
-        "example_id": eid, "dataset": example.dataset, "task": example.task, "split": example.split,
-        "prompt": example.prompt, "target": example.target, "question_type": example.question_type or "",
-        "images": images, "image_sizes": np.asarray(example.image_sizes, np.int32).reshape(-1, 2),
-        "boxes": boxes, "box_labels": [b.label for b in example.boxes], "labels": labels,
-        "has_labels": example.labels is not None, "box_image_index": int(example.box_image_index),
+        "example_id": eid,
+        "dataset": example.dataset,
+        "task": example.task,
+        "split": example.split,
+        "prompt": example.prompt,
+        "target": example.target,
+        "question_type": example.question_type or "",
+        "images": images,
+        "image_sizes": np.asarray(example.image_sizes, np.int32).reshape(-1, 2),
+        "boxes": boxes,
+        "box_labels": [b.label for b in example.boxes],
+        "labels": labels,
+        "has_labels": example.labels is not None,
+        "box_image_index": int(example.box_image_index),
         "meta": encode_meta(example.meta, eid),
     }
 
@@ -176,18 +198,26 @@ def record_to_example(record: Mapping[str, Any], *, decode_images: bool = True) 
     """
     eid = _text(record["example_id"])
     raw = list(record["images"])
-    images = tuple(decode_image_bytes(bytes(b), name=f"{eid} image {k}") if decode_images else bytes(b)
-                   for k, b in enumerate(raw))
+    images = tuple(
+        decode_image_bytes(bytes(b), name=f"{eid} image {k}") if decode_images else bytes(b) for k, b in enumerate(raw)
+    )
     boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
     box_labels = [_text(s) for s in record["box_labels"]]
     if len(box_labels) != len(boxes):
         raise ValueError(f"record {eid}: {len(boxes)} boxes but {len(box_labels)} box_labels")
     qtype = _text(record["question_type"])
     return Example(
-        example_id=eid, dataset=_text(record["dataset"]), task=_text(record["task"]), images=images,
+        example_id=eid,
+        dataset=_text(record["dataset"]),
+        task=_text(record["task"]),
+        images=images,
         image_sizes=tuple((int(w), int(h)) for w, h in np.asarray(record["image_sizes"]).reshape(-1, 2)),
-        prompt=_text(record["prompt"]), target=_text(record["target"]),
+        prompt=_text(record["prompt"]),
+        target=_text(record["target"]),
         boxes=tuple(Box(*(float(v) for v in b), label=lab) for b, lab in zip(boxes, box_labels)),
         labels=np.asarray(record["labels"], np.float32).copy() if bool(record["has_labels"]) else None,
-        question_type=qtype or None, split=_text(record["split"]), meta=decode_meta(record["meta"]),
-        box_image_index=int(record["box_image_index"]))
+        question_type=qtype or None,
+        split=_text(record["split"]),
+        meta=decode_meta(record["meta"]),
+        box_image_index=int(record["box_image_index"]),
+    )

@@ -1,11 +1,13 @@
 """Validation shared by the text metrics: predictions as strings, references as non-empty lists of strings."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 
-def reference_lists(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
-                    where: str) -> tuple[list[str], list[list[str]]]:
+def reference_lists(
+    predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], where: str
+) -> tuple[list[str], list[list[str]]]:
     """(predictions, references as one list of strings per prediction); ValueError naming the bad field."""
     if isinstance(predictions, str) or isinstance(references, str):
         raise TypeError(f"{where}: predictions and references must be sequences of strings, not one string")

@@ -8,6 +8,7 @@
   1e-9 to guesses and to the reference length) are kept so that scores agree to rounding.
 Per-sample scores apply the same formula to one sample at a time.
 """
+
 from __future__ import annotations
 
 import math

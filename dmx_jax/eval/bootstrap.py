@@ -1,4 +1,5 @@
 """Percentile bootstrap confidence intervals, and the {mean, ci, n} summaries every reported figure uses."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -6,15 +7,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 
-def bootstrap_ci(values, statistic: Callable[..., float] = np.mean, n: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_ci(
+    values, statistic: Callable[..., float] = np.mean, n: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
     """(lo, hi) percentile interval of `statistic` over `n` resamples of the samples (with replacement).
 
     values: one array [N, ...], or a tuple/list of arrays sharing the leading axis N (resampled jointly,
       e.g. (predicted_labels, reference_labels)); statistic is called with the resampled array(s).
     """
-    arrays = [np.asarray(v) for v in values] if isinstance(values, (tuple, list)) and values and \
-        not np.isscalar(values[0]) else [np.asarray(values)]
+    arrays = (
+        [np.asarray(v) for v in values]
+        if isinstance(values, (tuple, list)) and values and not np.isscalar(values[0])
+        else [np.asarray(values)]
+    )
     size = arrays[0].shape[0] if arrays[0].ndim else 0
     if size == 0:
         raise ValueError("bootstrap_ci: no samples")
@@ -43,8 +48,9 @@ def summarise(values: Sequence[float] | np.ndarray, n_bootstrap: int = 1000, see
     return {"mean": float(values.mean()), "ci": [lo, hi], "n": int(values.size)}
 
 
-def grouped_summaries(values: np.ndarray, groups: Sequence[str], n_bootstrap: int = 1000,
-                      seed: int = 0) -> dict[str, dict]:
+def grouped_summaries(
+    values: np.ndarray, groups: Sequence[str], n_bootstrap: int = 1000, seed: int = 0
+) -> dict[str, dict]:
     """summarise() of the samples of each distinct group, in first-seen order."""
     values = np.asarray(values, dtype=np.float64)
     groups = list(groups)

@@ -21,6 +21,7 @@ Host-side Python, NegEx style, with the phrase tables in `chexpert_phrases`:
    Support Devices is 1 or -1, else NaN.
 Report F1 from these labels as "rule-CheXpert F1", not CheXbert F1.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -33,9 +34,20 @@ import numpy as np
 from dmx_jax.eval import chexpert_phrases as P
 
 CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )  # CheXpert train.csv column order (same tuple as data_pipelines.schema.CHEXPERT_LABELS)
 HEART_FAILURE = "heart failure"
 WINDOW = 6  # words a state may be away from its anatomy mention (other mentions and list words not counted)
@@ -49,15 +61,19 @@ def _compile(pattern: str) -> re.Pattern:
     return re.compile(rf"(?<![\w/-])(?:{pattern})(?![\w/-])")
 
 
-_MENTIONS = ([(_compile(p), "mention", label) for label, ps in P.MENTIONS.items() for p in ps]
-             + [(_compile(p), "anatomy", label) for label, ps in P.ANATOMY.items() for p in ps]
-             + [(_compile(p), "blocker", "") for p in P.BLOCKERS]
-             + [(_compile(p), "mention", HEART_FAILURE) for p in P.HEART_FAILURE])
-_CUES = ([(_compile(p), 0.0, "forward") for p in P.NEGATION_FORWARD]
-         + [(_compile(p), 0.0, "backward") for p in P.NEGATION_BACKWARD]
-         + [(_compile(p), -1.0, "forward") for p in P.UNCERTAIN_FORWARD]
-         + [(_compile(p), -1.0, "backward") for p in P.UNCERTAIN_BACKWARD]
-         + [(_compile(p), None, "none") for p in P.PSEUDO])
+_MENTIONS = (
+    [(_compile(p), "mention", label) for label, ps in P.MENTIONS.items() for p in ps]
+    + [(_compile(p), "anatomy", label) for label, ps in P.ANATOMY.items() for p in ps]
+    + [(_compile(p), "blocker", "") for p in P.BLOCKERS]
+    + [(_compile(p), "mention", HEART_FAILURE) for p in P.HEART_FAILURE]
+)
+_CUES = (
+    [(_compile(p), 0.0, "forward") for p in P.NEGATION_FORWARD]
+    + [(_compile(p), 0.0, "backward") for p in P.NEGATION_BACKWARD]
+    + [(_compile(p), -1.0, "forward") for p in P.UNCERTAIN_FORWARD]
+    + [(_compile(p), -1.0, "backward") for p in P.UNCERTAIN_BACKWARD]
+    + [(_compile(p), None, "none") for p in P.PSEUDO]
+)
 _STATES = [(_compile(p), value) for value, ps in P.STATES.items() for p in ps]
 _CLAUSE_END = re.compile("|".join([_compile(p).pattern for p in P.TERMINATORS] + list(P.CLAUSE_PUNCTUATION)))
 _CLAUSE_END_AFTER = re.compile("|".join(P.CLAUSE_END_AFTER))
@@ -80,7 +96,7 @@ class _Span:
     start: int
     end: int
     kind: object  # mention kind, cue polarity, or state value
-    tag: object   # label, or the cue's set of directions
+    tag: object  # label, or the cue's set of directions
 
 
 def _longest_first(spans: list[_Span], blocked: Sequence[_Span] = ()) -> list[_Span]:
@@ -92,8 +108,11 @@ def _longest_first(spans: list[_Span], blocked: Sequence[_Span] = ()) -> list[_S
         clash = [k for k in kept if s.start < k.end and k.start < s.end]
         if not clash:
             kept.append(s)
-        elif len(clash) == 1 and (clash[0].start, clash[0].end, clash[0].kind) == (s.start, s.end, s.kind) \
-                and isinstance(s.tag, frozenset):
+        elif (
+            len(clash) == 1
+            and (clash[0].start, clash[0].end, clash[0].kind) == (s.start, s.end, s.kind)
+            and isinstance(s.tag, frozenset)
+        ):
             kept[kept.index(clash[0])] = dataclasses.replace(clash[0], tag=clash[0].tag | s.tag)
     return sorted(kept, key=lambda s: s.start)
 
@@ -108,8 +127,11 @@ class _Document:
 
     def __init__(self, text: str, mentions: list[_Span]):
         self.text = text
-        cuts = ({m.end() for m in _SENTENCE_END.finditer(text)} | {m.start() for m in _CLAUSE_END.finditer(text)}
-                | {m.end() for m in _CLAUSE_END_AFTER.finditer(text)})
+        cuts = (
+            {m.end() for m in _SENTENCE_END.finditer(text)}
+            | {m.start() for m in _CLAUSE_END.finditer(text)}
+            | {m.end() for m in _CLAUSE_END_AFTER.finditer(text)}
+        )
         self.cuts = sorted(cuts)
         self.covered = mentions
 
@@ -128,9 +150,11 @@ class _Document:
 
     def gap(self, a: int, b: int) -> int:
         """Words in text[a:b] outside mentions and not list words."""
-        return sum(1 for w in _WORD.finditer(self.text, a, b)
-                   if w.group() not in _LIST_WORDS
-                   and not any(m.start <= w.start() < m.end for m in self.covered))
+        return sum(
+            1
+            for w in _WORD.finditer(self.text, a, b)
+            if w.group() not in _LIST_WORDS and not any(m.start <= w.start() < m.end for m in self.covered)
+        )
 
     def reach(self, a: int, b: int) -> int:
         """Longest hop, in words, from a to b stepping over the mentions in between (a cue reaches along a list)."""
@@ -153,8 +177,9 @@ def extract_mentions(text: str) -> list[Mention]:
     mentions = _longest_first(_find(text, _MENTIONS))
     doc = _Document(text, mentions)
     cues = _longest_first(_find(text, [(p, pol, frozenset([d])) for p, pol, d in _CUES]), blocked=mentions)
-    states = _longest_first([_Span(m.start(), m.end(), value, None) for p, value in _STATES
-                             for m in p.finditer(text)], blocked=mentions)
+    states = _longest_first(
+        [_Span(m.start(), m.end(), value, None) for p, value in _STATES for m in p.finditer(text)], blocked=mentions
+    )
     out = []
     for m in mentions:
         if m.kind == "blocker":
@@ -215,7 +240,7 @@ def aggregate(mentions: Iterable[Mention]) -> np.ndarray:
     cardiomegaly = CHEXPERT_LABELS.index("Cardiomegaly")
     if np.isnan(out[cardiomegaly]) and values.get(HEART_FAILURE, set()) & {1.0, -1.0}:
         out[cardiomegaly] = -1.0
-    findings = out[1:CHEXPERT_LABELS.index("Support Devices")]
+    findings = out[1 : CHEXPERT_LABELS.index("Support Devices")]
     if not np.any((findings == 1.0) | (findings == -1.0)):
         out[0] = 1.0
     return out

@@ -8,6 +8,7 @@
   counts bigrams, len - 1, which gives the same delta whenever the similarity can be non-zero);
 - mean over orders, mean over references, times 10. Corpus score is the mean over samples.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def _tfidf(counts: Counter, log_n: float, doc_freq: Counter, max_n: int):
 def _similarity(hyp, ref, max_n: int, sigma: float) -> float:
     """Sum over orders of the clipped, length-penalised cosine between one hypothesis and one reference."""
     (h_vec, h_norm, h_len), (r_vec, r_norm, r_len) = hyp, ref
-    penalty = math.exp(-float(h_len - r_len) ** 2 / (2 * sigma ** 2))
+    penalty = math.exp(-(float(h_len - r_len) ** 2) / (2 * sigma**2))
     total = 0.0
     for k in range(max_n):
         dot = sum(min(w, r_vec[k].get(g, 0.0)) * r_vec[k].get(g, 0.0) for g, w in h_vec[k].items())
@@ -49,8 +50,9 @@ def _similarity(hyp, ref, max_n: int, sigma: float) -> float:
     return total
 
 
-def cider_d(predictions: Sequence[str], references, max_n: int = MAX_N,
-            sigma: float = SIGMA) -> tuple[float, np.ndarray]:
+def cider_d(
+    predictions: Sequence[str], references, max_n: int = MAX_N, sigma: float = SIGMA
+) -> tuple[float, np.ndarray]:
     """(corpus CIDEr-D, per-sample CIDEr-D [N])."""
     predictions, references = reference_lists(predictions, references, "cider_d")
     hyp_counts = [ngram_counts(p.split(), max_n) for p in predictions]

@@ -10,6 +10,7 @@ Per sample (a phrase / question with one or more reference boxes):
 A sample with no reference and no predicted box scores 1 everywhere; no reference but some prediction
 scores 0. Areas are (x_max - x_min) * (y_max - y_min) with widths clipped at 0 (continuous coordinates).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,9 +19,11 @@ import numpy as np
 
 from dmx_jax.eval.bootstrap import grouped_summaries, summarise
 
-RULE = ("top1_iou / acc_at_0_5: first predicted box vs its best-overlapping reference box (IoU >= 0.5); "
-        "miou: greedy max-IoU one-to-one matching, matched IoU sum / max(#pred, #ref); f1_at_0_5: F1 of matched "
-        "pairs with IoU >= 0.5; boxes pixel xyxy, area without +1")
+RULE = (
+    "top1_iou / acc_at_0_5: first predicted box vs its best-overlapping reference box (IoU >= 0.5); "
+    "miou: greedy max-IoU one-to-one matching, matched IoU sum / max(#pred, #ref); f1_at_0_5: F1 of matched "
+    "pairs with IoU >= 0.5; boxes pixel xyxy, area without +1"
+)
 METRICS = ("top1_iou", "acc_at_0_5", "miou", "f1_at_0_5")
 
 
@@ -32,8 +35,9 @@ def as_boxes(boxes, where: str) -> np.ndarray:
     if arr.ndim == 1 and arr.shape[0] == 4:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != 4 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{where}: expected finite boxes of shape [K, 4] (x_min, y_min, x_max, y_max), "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"{where}: expected finite boxes of shape [K, 4] (x_min, y_min, x_max, y_max), got shape {arr.shape}"
+        )
     return arr
 
 
@@ -75,13 +79,23 @@ def grounding_sample_scores(predicted, reference) -> dict[str, float]:
     top1 = float(iou[0].max())
     pairs = greedy_match(iou)
     hits = sum(1 for _, _, v in pairs if v >= 0.5)
-    return {"top1_iou": top1, "acc_at_0_5": float(top1 >= 0.5),
-            "miou": sum(v for _, _, v in pairs) / max(len(pred), len(ref)),
-            "f1_at_0_5": 2 * hits / (len(pred) + len(ref))}
+    return {
+        "top1_iou": top1,
+        "acc_at_0_5": float(top1 >= 0.5),
+        "miou": sum(v for _, _, v in pairs) / max(len(pred), len(ref)),
+        "f1_at_0_5": 2 * hits / (len(pred) + len(ref)),
+    }
 
 
-def grounding_scores(predicted: Sequence, reference: Sequence, *, datasets: Sequence[str] | None = None,
-                     groups: Sequence[str] | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def grounding_scores(
+    predicted: Sequence,
+    reference: Sequence,
+    *,
+    datasets: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
     """{"rule", "overall": {metric: summary}, "by_dataset": {ds: {metric: {group: summary}}}, "per_sample"}.
 
     predicted / reference: per sample a [K, 4] box list. groups: e.g. the finding class of each phrase.
@@ -106,5 +120,9 @@ def grounding_scores(predicted: Sequence, reference: Sequence, *, datasets: Sequ
         mask = np.array([d == ds for d in datasets])
         keys = [g for g, m in zip(groups, mask) if m]
         by_dataset[ds] = {k: grouped_summaries(v[mask], keys, n_bootstrap, seed) for k, v in per_sample.items()}
-    return {"rule": RULE, "overall": {k: summarise(v, n_bootstrap, seed) for k, v in per_sample.items()},
-            "by_dataset": by_dataset, "per_sample": per_sample}
+    return {
+        "rule": RULE,
+        "overall": {k: summarise(v, n_bootstrap, seed) for k, v in per_sample.items()},
+        "by_dataset": by_dataset,
+        "per_sample": per_sample,
+    }

@@ -5,6 +5,7 @@ convention of f1chexbert). Micro F1 pools TP/FP/FN over the classes; macro F1 av
 a class with no positive in either matrix scoring `zero_division` (0, as sklearn's default).
 With labels from `chexpert_labels` call the result "rule-CheXpert F1", never CheXbert F1.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,10 @@ def chexpert_f1(predicted: np.ndarray, reference: np.ndarray, *, zero_division: 
     """{micro_f1_14, macro_f1_14, micro_f1_5, macro_f1_5, per_class_f1, n, rule} from [N, 14] label arrays."""
     predicted, reference = np.asarray(predicted), np.asarray(reference)
     if predicted.shape != reference.shape or predicted.ndim != 2 or predicted.shape[1] != len(CHEXPERT_LABELS):
-        raise ValueError(f"chexpert_f1: predicted {predicted.shape} and reference {reference.shape} must both be "
-                         f"[N, {len(CHEXPERT_LABELS)}] in CheXpert train.csv column order")
+        raise ValueError(
+            f"chexpert_f1: predicted {predicted.shape} and reference {reference.shape} must both be "
+            f"[N, {len(CHEXPERT_LABELS)}] in CheXpert train.csv column order"
+        )
     p, r = binarise(predicted), binarise(reference)
     tp = (p & r).sum(0).astype(np.float64)
     fp = (p & ~r).sum(0).astype(np.float64)

@@ -3,6 +3,7 @@
 pycocoevalcap is not a dependency of dmx_jax; it is imported lazily here and only when present. The jar's
 line protocol forbids newlines and `|||` inside a sentence, so both are replaced by spaces first.
 """
+
 from __future__ import annotations
 
 import importlib.util

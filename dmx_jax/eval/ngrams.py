@@ -1,4 +1,5 @@
 """N-gram counting over whitespace tokens (the tokenisation pycocoevalcap's BLEU and CIDEr apply)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -9,5 +10,5 @@ def ngram_counts(tokens: list[str], max_n: int) -> Counter:
     counts: Counter = Counter()
     for n in range(1, max_n + 1):
         for i in range(len(tokens) - n + 1):
-            counts[tuple(tokens[i:i + n])] += 1
+            counts[tuple(tokens[i : i + n])] += 1
     return counts

@@ -4,6 +4,7 @@ All follow the COCO caption toolkit (pycocoevalcap) on the strings as given: whi
 lower-casing or punctuation splitting (normalise before calling if wanted). Only METEOR uses the toolkit
 itself (its Java jar); the others are implemented in this package.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -46,8 +47,9 @@ def _compute(predictions, references, meteor: bool | None):
     return corpus, per_sample
 
 
-def nlg_scores(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], *,
-               meteor: bool | None = None) -> dict[str, float]:
+def nlg_scores(
+    predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], *, meteor: bool | None = None
+) -> dict[str, float]:
     """Corpus scores {bleu_1..bleu_4, rouge_l, cider[, meteor]}.
 
     references: one string or a non-empty list of strings per prediction.
@@ -57,8 +59,9 @@ def nlg_scores(predictions: Sequence[str], references: Sequence[str] | Sequence[
     return _compute(predictions, references, meteor)[0]
 
 
-def nlg_sample_scores(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], *,
-                      meteor: bool | None = None) -> dict[str, np.ndarray]:
+def nlg_sample_scores(
+    predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], *, meteor: bool | None = None
+) -> dict[str, np.ndarray]:
     """Per-sample scores, same keys as `nlg_scores`, each a float64 array [N] (inputs for bootstrap_ci).
 
     The corpus BLEU and CIDEr are not means of these (BLEU pools counts; CIDEr's IDF is set-wide).

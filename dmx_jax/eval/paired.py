@@ -4,6 +4,7 @@ Two systems (two training stages, or one stage with real vs swapped images) scor
 compared by the mean of the per-example differences; resampling the examples keeps each pair together, so
 the interval is much narrower than the difference of two independent CIs when the systems agree on most items.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -30,8 +31,12 @@ def paired_by_key(a: Mapping[str, float], b: Mapping[str, float], n_bootstrap: i
     return paired_difference([a[k] for k in keys], [b[k] for k in keys], n_bootstrap, seed)
 
 
-def stage_differences(scores: Mapping[str, Mapping[str, Mapping[str, float]]], pairs: Sequence[tuple[str, str]],
-                      n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def stage_differences(
+    scores: Mapping[str, Mapping[str, Mapping[str, float]]],
+    pairs: Sequence[tuple[str, str]],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
     """scores: {stage: {metric: {example_id: value}}} -> {"later-earlier": {metric: paired summary}} for each
     (earlier, later) pair present; a metric is compared only when both stages scored it."""
     out = {}

@@ -5,6 +5,7 @@ maxima of each taken separately, then F = (1 + b^2) P R / (R + b^2 P) (0 when P 
 the mean over samples. Tokens are `str.split(" ")` (single spaces, as the toolkit does: repeated spaces give
 empty tokens and an empty string is one empty token).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ def rouge_l_sample(prediction: str, refs: Sequence[str], beta: float = BETA) -> 
         best_r = max(best_r, lcs / len(tokens))
     if best_p == 0 or best_r == 0:
         return 0.0
-    return (1 + beta ** 2) * best_p * best_r / (best_r + beta ** 2 * best_p)
+    return (1 + beta**2) * best_p * best_r / (best_r + beta**2 * best_p)
 
 
 def rouge_l(predictions: Sequence[str], references, beta: float = BETA) -> tuple[float, np.ndarray]:

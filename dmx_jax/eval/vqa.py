@@ -9,6 +9,7 @@ reward, with word-level text scores):
 Normalisation: lower-case, collapse whitespace, strip surrounding punctuation and quotes. Predictions are
 the extracted final answers (no <think> / \\boxed{} wrappers).
 """
+
 from __future__ import annotations
 
 import re
@@ -20,9 +21,11 @@ from dmx_jax.eval.bleu import bleu
 from dmx_jax.eval.bootstrap import grouped_summaries, summarise
 from dmx_jax.eval.rouge import rouge_l_sample
 
-RULE = ("list answers (reference contains '|'): item-set F1; short answers (<= 2 words): exact match after "
-        "lower-casing, whitespace collapsing and stripping surrounding punctuation; sentences: mean of BLEU-1 "
-        "and ROUGE-L (beta 1.2, pycocoevalcap definitions) on lower-cased, punctuation-split text")
+RULE = (
+    "list answers (reference contains '|'): item-set F1; short answers (<= 2 words): exact match after "
+    "lower-casing, whitespace collapsing and stripping surrounding punctuation; sentences: mean of BLEU-1 "
+    "and ROUGE-L (beta 1.2, pycocoevalcap definitions) on lower-cased, punctuation-split text"
+)
 _EDGE_PUNCT = " \t\n.,;:!?\"'`()[]{}"
 
 
@@ -65,8 +68,15 @@ def vqa_sample_score(prediction: str, reference: str) -> float:
     return text_similarity(prediction, reference)
 
 
-def vqa_scores(predictions: Sequence[str], references: Sequence[str], *, datasets: Sequence[str] | None = None,
-               question_types: Sequence[str | None] | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def vqa_scores(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    datasets: Sequence[str] | None = None,
+    question_types: Sequence[str | None] | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
     """{"rule", "overall", "by_kind", "by_dataset": {dataset: {"all", "by_question_type"}}, "per_sample"}.
 
     Every summary is {"mean", "ci": [lo, hi] (95% bootstrap over samples), "n"}.
@@ -75,8 +85,7 @@ def vqa_scores(predictions: Sequence[str], references: Sequence[str], *, dataset
         raise ValueError(f"vqa_scores: {len(predictions)} predictions but {len(references)} references")
     n = len(references)
     datasets = list(datasets) if datasets is not None else ["all"] * n
-    question_types = [q or "unspecified" for q in question_types] if question_types is not None \
-        else ["unspecified"] * n
+    question_types = [q or "unspecified" for q in question_types] if question_types is not None else ["unspecified"] * n
     for name, keys in (("datasets", datasets), ("question_types", question_types)):
         if len(keys) != n:
             raise ValueError(f"vqa_scores: {n} references but {len(keys)} {name}")
@@ -87,9 +96,16 @@ def vqa_scores(predictions: Sequence[str], references: Sequence[str], *, dataset
     by_dataset = {}
     for ds in dict.fromkeys(datasets):
         mask = np.array([d == ds for d in datasets])
-        by_dataset[ds] = {"all": summarise(scores[mask], n_bootstrap, seed),
-                          "by_question_type": grouped_summaries(
-                              scores[mask], [q for q, m in zip(question_types, mask) if m], n_bootstrap, seed)}
-    return {"rule": RULE, "overall": summarise(scores, n_bootstrap, seed),
-            "by_kind": grouped_summaries(scores, [answer_kind(r) for r in references], n_bootstrap, seed),
-            "by_dataset": by_dataset, "per_sample": scores}
+        by_dataset[ds] = {
+            "all": summarise(scores[mask], n_bootstrap, seed),
+            "by_question_type": grouped_summaries(
+                scores[mask], [q for q, m in zip(question_types, mask) if m], n_bootstrap, seed
+            ),
+        }
+    return {
+        "rule": RULE,
+        "overall": summarise(scores, n_bootstrap, seed),
+        "by_kind": grouped_summaries(scores, [answer_kind(r) for r in references], n_bootstrap, seed),
+        "by_dataset": by_dataset,
+        "per_sample": scores,
+    }

@@ -5,6 +5,7 @@ whose callback reads only the requested shard from the file (safetensors' lazy g
 table's transposes / head splits applied per slice by dmx_jax.hf.slicing) and casts it. A process therefore
 reads only what its own devices hold; without a sharding the whole tensor is read once.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,6 +65,7 @@ def tensor_index(path: str | Path) -> dict[str, Path]:
 
 def _keys(file: Path) -> list[str]:
     from safetensors import safe_open
+
     try:
         with safe_open(str(file), framework="numpy") as f:
             return list(f.keys())
@@ -76,6 +78,7 @@ class _Reader:
 
     def __init__(self, index: dict[str, Path]):
         from safetensors import safe_open
+
         self._open, self.index = safe_open, index
         self._handles: dict[Path, Any] = {}
         self._disk_names: dict[str, str] = {}
@@ -124,15 +127,19 @@ def _get(tree: dict, path: str) -> Any:
     return tree
 
 
-def _reader_for(reader: _Reader, names: list[str], hf_shape: tuple[int, ...], layout: slicing.Layout,
-                stacked: bool, dtype) -> Callable[[tuple[slice, ...]], np.ndarray]:
+def _reader_for(
+    reader: _Reader, names: list[str], hf_shape: tuple[int, ...], layout: slicing.Layout, stacked: bool, dtype
+) -> Callable[[tuple[slice, ...]], np.ndarray]:
     """index (target order, leading layer axis when stacked) -> that block, read from the file and cast."""
+
     def read(index: tuple[slice, ...]) -> np.ndarray:
         if not stacked:
             return slicing.read_block(lambda ix: reader.read(names[0], ix), hf_shape, layout, index).astype(dtype)
         lo, hi, _ = index[0].indices(len(names))
-        return np.stack([slicing.read_block(lambda ix, n=n: reader.read(n, ix), hf_shape, layout, index[1:])
-                         for n in names[lo:hi]]).astype(dtype)
+        return np.stack(
+            [slicing.read_block(lambda ix, n=n: reader.read(n, ix), hf_shape, layout, index[1:]) for n in names[lo:hi]]
+        ).astype(dtype)
+
     return read
 
 
@@ -148,12 +155,18 @@ def _place(shape: tuple[int, ...], read: Callable[[tuple[slice, ...]], np.ndarra
         if key not in cache:
             cache[key] = read(tuple(slice(*k) for k in key))
         return cache[key]
+
     return jax.make_array_from_callback(shape, sharding, shard, dtype=dtype)
 
 
-def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = None,
-                    param_sharding: Callable[[tuple[str, ...], tuple[int, ...]], Any] | None = None,
-                    config: ModelConfig | None = None) -> tuple[Qwen25VL, ModelConfig]:
+def load_pretrained(
+    path: str | Path,
+    *,
+    dtype: str | None = None,
+    mesh: Any = None,
+    param_sharding: Callable[[tuple[str, ...], tuple[int, ...]], Any] | None = None,
+    config: ModelConfig | None = None,
+) -> tuple[Qwen25VL, ModelConfig]:
     """(model, config) from a Hugging Face Qwen2.5-VL folder.
 
     dtype: parameter dtype (default float32). mesh: when given without `param_sharding`, parameters are
@@ -165,6 +178,7 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = N
         cfg = cfg.replace(param_dtype=dtype)
     if param_sharding is None and mesh is not None:
         from dmx_jax.sharding import param_sharding_fn
+
         param_sharding = param_sharding_fn(mesh)
     index = tensor_index(path)
     abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, nnx.Rngs(0)))
@@ -190,13 +204,15 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = N
             except (ValueError, IndexError, ZeroDivisionError):
                 got = None
             if got != per_tensor or (hf_shape is not None and shape != hf_shape):
-                raise CheckpointError(f"{index[name]}: tensor {name} has shape {shape}, "
-                                      f"which does not fit parameter {param_path} {per_tensor} of this config")
+                raise CheckpointError(
+                    f"{index[name]}: tensor {name} has shape {shape}, "
+                    f"which does not fit parameter {param_path} {per_tensor} of this config"
+                )
             hf_shape, layout = shape, lay
         read = _reader_for(reader, names, hf_shape, layout, stacked, pdt)
         sharding = param_sharding(tuple(param_path.split(".")), want) if param_sharding else None
         _set(target, param_path, _place(want, read, sharding, pdt))
-    if cfg.text.lora.rank:       # fresh adapters on the loaded base (B = 0: the checkpoint's own function)
+    if cfg.text.lora.rank:  # fresh adapters on the loaded base (B = 0: the checkpoint's own function)
         layers = target["text"]["layers"]
         kernels = {t: layers[lora.GROUP[t]][t]["kernel"] for t in cfg.text.lora.targets}
         for (group, name, leaf), value in lora.init_adapters(kernels, cfg.text.lora, jax.random.key(0)).items():
@@ -206,6 +222,8 @@ def load_pretrained(path: str | Path, *, dtype: str | None = None, mesh: Any = N
         expected.add("lm_head.weight")
     unexpected = sorted(set(index) - expected)
     if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
-                              f"in {index[unexpected[0]].name} (not part of a Qwen2.5-VL of this config)")
+        raise CheckpointError(
+            f"{path}: unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
+            f"in {index[unexpected[0]].name} (not part of a Qwen2.5-VL of this config)"
+        )
     return nnx.merge(graphdef, target), cfg

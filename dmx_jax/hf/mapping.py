@@ -4,6 +4,7 @@ Each row: (param path, HF name template with {i} for stacked layers or None for 
 to_jax(hf_array, cfg) -> param slice, to_hf(param_slice, cfg) -> hf_array). PyTorch Linear weights are
 [out, in]; dmx-jax kernels are [in, out] with head axes split out.
 """
+
 from __future__ import annotations
 
 from dmx_jax.hf import slicing
@@ -19,6 +20,7 @@ def _heads(n_attr, kv=False):
 
     def to_hf(k, c):
         return k.reshape(k.shape[0], -1).T
+
     return to_jax, to_hf
 
 
@@ -26,21 +28,28 @@ def _bias_heads(kv=False):
     def to_jax(b, c):
         n = c.text.num_key_value_heads if kv else c.text.num_attention_heads
         return b.reshape(n, -1)
+
     return to_jax, lambda b, c: b.reshape(-1)
 
 
 _q, _kv = _heads(0), _heads(0, kv=True)
 _qb, _kvb = _bias_heads(), _bias_heads(kv=True)
-_o = (lambda w, c: w.T.reshape(c.text.num_attention_heads, c.text.head_dim, -1),
-      lambda k, c: k.reshape(-1, k.shape[-1]).T)
-_qkv = (lambda w, c: w.T.reshape(w.shape[1], 3, c.vision.num_heads, c.vision.head_dim),
-        lambda k, c: k.reshape(k.shape[0], -1).T)
+_o = (
+    lambda w, c: w.T.reshape(c.text.num_attention_heads, c.text.head_dim, -1),
+    lambda k, c: k.reshape(-1, k.shape[-1]).T,
+)
+_qkv = (
+    lambda w, c: w.T.reshape(w.shape[1], 3, c.vision.num_heads, c.vision.head_dim),
+    lambda k, c: k.reshape(k.shape[0], -1).T,
+)
 _qkvb = (lambda b, c: b.reshape(3, c.vision.num_heads, c.vision.head_dim), lambda b, c: b.reshape(-1))
-_proj = (lambda w, c: w.T.reshape(c.vision.num_heads, c.vision.head_dim, -1),
-         lambda k, c: k.reshape(-1, k.shape[-1]).T)
-_patch = (lambda w, c: w.reshape(w.shape[0], -1).T,
-          lambda k, c: k.T.reshape(k.shape[1], c.vision.in_channels, c.vision.temporal_patch_size,
-                                   c.vision.patch_size, c.vision.patch_size))
+_proj = (lambda w, c: w.T.reshape(c.vision.num_heads, c.vision.head_dim, -1), lambda k, c: k.reshape(-1, k.shape[-1]).T)
+_patch = (
+    lambda w, c: w.reshape(w.shape[0], -1).T,
+    lambda k, c: k.T.reshape(
+        k.shape[1], c.vision.in_channels, c.vision.temporal_patch_size, c.vision.patch_size, c.vision.patch_size
+    ),
+)
 
 TL = "model.layers.{i}."
 VB = "visual.blocks.{i}."
@@ -86,15 +95,15 @@ ALIASES = (("model.language_model.", "model."), ("model.visual.", "visual."))
 
 # Slice layouts (dmx_jax.hf.slicing) of the transforms above, so a shard is read from the file without the full
 # tensor: layout(hf_shape, cfg) -> ((hf_axes, target_sizes), ...) in target order. Rows not listed are identity.
-def _split_rows(n_of):        # [n*h, d] -> [d, n, h]
+def _split_rows(n_of):  # [n*h, d] -> [d, n, h]
     return lambda s, c: (((1,), (s[1],)), ((0,), (n_of(c), s[0] // n_of(c))))
 
 
-def _split_cols(n_of):        # [d, n*h] -> [n, h, d]
+def _split_cols(n_of):  # [d, n*h] -> [n, h, d]
     return lambda s, c: (((1,), (n_of(c), s[1] // n_of(c))), ((0,), (s[0],)))
 
 
-def _split_vec(n_of):         # [n*h] -> [n, h]
+def _split_vec(n_of):  # [n*h] -> [n, h]
     return lambda s, c: (((0,), (n_of(c), s[0] // n_of(c))),)
 
 
@@ -112,8 +121,7 @@ LAYOUTS = {
     "text.layers.attn.o.kernel": _split_cols(_HEADS),
     **{f"text.layers.mlp.{n}.kernel": _transposed for n in ("gate", "up", "down")},
     "vision.patch_embed.kernel": lambda s, c: (((1, 2, 3, 4), (s[1] * s[2] * s[3] * s[4],)), ((0,), (s[0],))),
-    "vision.blocks.attn.qkv.kernel": lambda s, c: (((1,), (s[1],)),
-                                                   ((0,), (3, _VHEADS(c), s[0] // (3 * _VHEADS(c))))),
+    "vision.blocks.attn.qkv.kernel": lambda s, c: (((1,), (s[1],)), ((0,), (3, _VHEADS(c), s[0] // (3 * _VHEADS(c))))),
     "vision.blocks.attn.qkv.bias": lambda s, c: (((0,), (3, _VHEADS(c), s[0] // (3 * _VHEADS(c)))),),
     "vision.blocks.attn.proj.kernel": _split_cols(_VHEADS),
     **{f"vision.blocks.mlp.{n}.kernel": _transposed for n in ("gate", "up", "down")},
@@ -149,5 +157,5 @@ def hf_names(path_template: str, cfg, path: str) -> list[str]:
 def canonical(name: str) -> str:
     for old, new in ALIASES:
         if name.startswith(old):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return name

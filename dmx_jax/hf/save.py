@@ -3,6 +3,7 @@
 Writes config.json, generation_config.json and safetensors in the hub layout (`model.layers.*`,
 `visual.*`, PyTorch [out, in] weights), sharded with model.safetensors.index.json above max_shard_size.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,7 @@ from dmx_jax.hf import mapping
 from dmx_jax.model import lora
 from dmx_jax.model.config import ModelConfig, to_hf_config
 
-_UNITS = {"B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "KIB": 2 ** 10, "MIB": 2 ** 20, "GIB": 2 ** 30}
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 def parse_size(size: int | str) -> int:
@@ -34,6 +35,7 @@ def _host(value) -> np.ndarray:
     """A parameter as one host numpy array (gathers shards held by other processes)."""
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         value = multihost_utils.process_allgather(value, tiled=True)
     return np.asarray(value)
 
@@ -80,8 +82,9 @@ def plan_shards(sizes: list[tuple[str, int]], limit: int) -> list[list[str]]:
     return shards
 
 
-def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB",
-                    config: ModelConfig | None = None) -> Path:
+def save_pretrained(
+    model, path: str | Path, *, max_shard_size: int | str = "5GB", config: ModelConfig | None = None
+) -> Path:
     """Write `model` (a Qwen25VL, or a pure param dict with `config=`) as a Hugging Face folder; LoRA adapters
     are merged into their kernels (dmx_jax.hf.adapter.save_adapter writes them as a PEFT folder instead).
 
@@ -89,6 +92,7 @@ def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB
     one (stacked) parameter. In a multi-process run every process gathers and process 0 writes.
     """
     from safetensors.numpy import save_file
+
     path = Path(path)
     if isinstance(model, dict):
         if config is None:
@@ -97,7 +101,7 @@ def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB
     else:
         cfg = config or model.cfg
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    if cfg.text.lora.rank:          # a plain checkpoint: adapters folded into their kernels
+    if cfg.text.lora.rank:  # a plain checkpoint: adapters folded into their kernels
         params = lora.merge_adapters(params, cfg.text.lora)
         cfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=lora.LoraConfig()))
     writer = jax.process_index() == 0
@@ -105,8 +109,11 @@ def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB
         path.mkdir(parents=True, exist_ok=True)
     sizes = tensor_sizes(params, cfg)
     plan = plan_shards(sizes, parse_size(max_shard_size))
-    files = (["model.safetensors"] if len(plan) == 1 else
-             [f"model-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)])
+    files = (
+        ["model.safetensors"]
+        if len(plan) == 1
+        else [f"model-{i:05d}-of-{len(plan):05d}.safetensors" for i in range(1, len(plan) + 1)]
+    )
     shard_of = {name: i for i, names in enumerate(plan) for name in names}
     meta = {"format": "pt"}
     current: dict[str, np.ndarray] = {}
@@ -122,13 +129,23 @@ def save_pretrained(model, path: str | Path, *, max_shard_size: int | str = "5GB
     if not writer:
         return path
     if len(plan) > 1:
-        index = {"metadata": {"total_size": sum(n for _, n in sizes)},
-                 "weight_map": {name: files[i] for name, i in shard_of.items()}}
+        index = {
+            "metadata": {"total_size": sum(n for _, n in sizes)},
+            "weight_map": {name: files[i] for name, i in shard_of.items()},
+        }
         (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     hf_cfg = to_hf_config(cfg)
     hf_cfg["dtype"] = hf_cfg["text_config"]["dtype"] = hf_cfg["vision_config"]["dtype"] = dtype
     (path / "config.json").write_text(json.dumps(hf_cfg, indent=2))
-    (path / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
-         "do_sample": False}, indent=2))
+    (path / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": cfg.bos_token_id,
+                "eos_token_id": cfg.eos_token_id,
+                "pad_token_id": cfg.pad_token_id,
+                "do_sample": False,
+            },
+            indent=2,
+        )
+    )
     return path

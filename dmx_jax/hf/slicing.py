@@ -11,6 +11,7 @@ last partial dim (e.g. 3 ranges for the vision qkv kernel sharded over heads). A
 the one case that over-reads: it reads the covering rows of its leading HF axis and cuts (no table row is
 sharded on a merged dim today: the patch-embed input dim is replicated by the rule table).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-Group = tuple[tuple[int, ...], tuple[int, ...]]   # (HF axes, target sizes)
+Group = tuple[tuple[int, ...], tuple[int, ...]]  # (HF axes, target sizes)
 Layout = tuple[Group, ...]
 Reader = Callable[[tuple[slice, ...]], np.ndarray]  # HF-order index -> block of the on-disk tensor
 
@@ -55,14 +56,14 @@ def _split_pieces(n_hf: int, sizes: Sequence[int], ranges: Sequence[tuple[int, i
     """(hf slices, target-shaped piece shape, out index) for one HF axis split into `sizes`."""
     partial = [i for i, (r, n) in enumerate(zip(ranges, sizes)) if r != (0, n)]
     j = partial[-1] if partial else 0
-    inner = math.prod(sizes[j + 1:])
-    strides = [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
+    inner = math.prod(sizes[j + 1 :])
+    strides = [math.prod(sizes[i + 1 :]) for i in range(len(sizes))]
     lo_j, hi_j = ranges[j]
     pieces = []
     for outer in itertools.product(*(range(lo, hi) for lo, hi in ranges[:j])):
         base = sum(o * s for o, s in zip(outer, strides))
         hf = (slice(base + lo_j * inner, base + hi_j * inner),)
-        shape = (1,) * j + (hi_j - lo_j,) + tuple(sizes[j + 1:])
+        shape = (1,) * j + (hi_j - lo_j,) + tuple(sizes[j + 1 :])
         out = tuple(slice(o - lo, o - lo + 1) for o, (lo, _) in zip(outer, ranges)) + (slice(None),) * (len(sizes) - j)
         pieces.append((hf, shape, out, (slice(None),) * len(sizes)))
     return pieces
@@ -86,10 +87,13 @@ def read_block(read: Reader, hf_shape: Sequence[int], layout: Layout, index: Seq
     ranges = [_range(s, n) for s, n in zip(index, shape)]
     per_group, k = [], 0
     for hf_axes, sizes in layout:
-        rs = ranges[k:k + len(sizes)]
+        rs = ranges[k : k + len(sizes)]
         k += len(sizes)
-        per_group.append(_split_pieces(hf_shape[hf_axes[0]], sizes, rs) if len(hf_axes) == 1
-                         else _merge_pieces([hf_shape[a] for a in hf_axes], sizes[0], rs[0]))
+        per_group.append(
+            _split_pieces(hf_shape[hf_axes[0]], sizes, rs)
+            if len(hf_axes) == 1
+            else _merge_pieces([hf_shape[a] for a in hf_axes], sizes[0], rs[0])
+        )
     perm = [a for g, _ in layout for a in g]
     out = None
     for combo in itertools.product(*per_group):

@@ -1,4 +1,5 @@
 """Qwen2.5-VL in Flax NNX: config, vision encoder, M-RoPE text decoder, joint model."""
+
 from dmx_jax.model.config import (
     PRESETS,
     ModelConfig,

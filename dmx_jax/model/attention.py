@@ -12,6 +12,7 @@ implementation builds only what it needs:
 A fully masked query row (a left-padding position) gets the uniform average of its keys in "xla" and
 "chunked" alike, as transformers does; its output is never used.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,11 +28,12 @@ IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "splash")
 
 class Mask(NamedTuple):
     """Attention mask by structure. Leading B may be 1 (broadcast). None = no constraint of that kind."""
-    q_pos: jax.Array | None = None      # [B, T] int (slot of each query; causal only)
-    k_pos: jax.Array | None = None      # [B, S] int (slot of each key; causal only)
-    k_valid: jax.Array | None = None    # [B, S] bool/int (1 = real key)
-    q_seg: jax.Array | None = None      # [B, T] int segment ids
-    k_seg: jax.Array | None = None      # [B, S]
+
+    q_pos: jax.Array | None = None  # [B, T] int (slot of each query; causal only)
+    k_pos: jax.Array | None = None  # [B, S] int (slot of each key; causal only)
+    k_valid: jax.Array | None = None  # [B, S] bool/int (1 = real key)
+    q_seg: jax.Array | None = None  # [B, T] int segment ids
+    k_seg: jax.Array | None = None  # [B, S]
     causal: bool = False
 
 
@@ -50,12 +52,15 @@ def segment_mask(seg: jax.Array) -> Mask:
 
 def _allowed(mask: Mask, q_lo=None, k_lo=None, tq=None, tk=None) -> jax.Array | None:
     """Boolean [B|1, T, S'] for the (sub)block; None when nothing is masked."""
+
     def sl(x, lo, n):
         return x if lo is None else jax.lax.dynamic_slice_in_dim(x, lo, n, axis=1)
+
     out = None
 
     def conj(a, b):
         return b if a is None else a & b
+
     if mask.causal:
         out = conj(out, sl(mask.k_pos, k_lo, tk)[:, None, :] <= sl(mask.q_pos, q_lo, tq)[:, :, None])
     if mask.k_valid is not None:
@@ -70,7 +75,7 @@ def dense_attention(q, k, v, mask: Mask) -> jax.Array:
     b, t, n, h = q.shape
     kh = k.shape[2]
     qg = q.reshape(b, t, kh, n // kh, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * (h ** -0.5)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * (h**-0.5)
     allowed = _allowed(mask)
     if allowed is not None:
         scores = jnp.where(allowed[:, None, None], scores, NEG_INF)
@@ -101,13 +106,16 @@ def chunked_attention(q, k, v, mask: Mask, block: int = 512) -> jax.Array:
     pad = nb * block - s
     k, v = _pad_keys(k, pad), _pad_keys(v, pad)
     in_range = _pad_keys(jnp.ones((1, s), bool), pad, value=False)
-    mask = mask._replace(k_pos=_pad_keys(mask.k_pos, pad), k_valid=_pad_keys(mask.k_valid, pad),
-                         k_seg=_pad_keys(mask.k_seg, pad, value=-1))
-    qg = (q.reshape(b, t, kh, g, h) * jnp.asarray(h ** -0.5, q.dtype))
+    mask = mask._replace(
+        k_pos=_pad_keys(mask.k_pos, pad),
+        k_valid=_pad_keys(mask.k_valid, pad),
+        k_seg=_pad_keys(mask.k_seg, pad, value=-1),
+    )
+    qg = q.reshape(b, t, kh, g, h) * jnp.asarray(h**-0.5, q.dtype)
 
     @jax.checkpoint
     def step(carry, j):
-        m_prev, l_prev, acc = carry                                        # [B,K,G,T], [B,K,G,T], [B,T,K,G,H] f32
+        m_prev, l_prev, acc = carry  # [B,K,G,T], [B,K,G,T], [B,T,K,G,H] f32
         lo = j * block
         kb = jax.lax.dynamic_slice_in_dim(k, lo, block, axis=1)
         vb = jax.lax.dynamic_slice_in_dim(v, lo, block, axis=1)
@@ -115,7 +123,7 @@ def chunked_attention(q, k, v, mask: Mask, block: int = 512) -> jax.Array:
         allowed = _allowed(mask, k_lo=lo, tk=block)
         if allowed is not None:
             sc = jnp.where(allowed[:, None, None], sc, NEG_INF)
-        real = jax.lax.dynamic_slice_in_dim(in_range, lo, block, axis=1)   # padding past S counts for nothing
+        real = jax.lax.dynamic_slice_in_dim(in_range, lo, block, axis=1)  # padding past S counts for nothing
         sc = jnp.where(real[:, None, None, None], sc, -jnp.inf)
         m_new = jnp.maximum(m_prev, sc.max(-1))
         p = jnp.exp(sc - m_new[..., None])
@@ -125,8 +133,11 @@ def chunked_attention(q, k, v, mask: Mask, block: int = 512) -> jax.Array:
         acc = acc * jnp.moveaxis(corr, 3, 1)[..., None] + pv
         return (m_new, l_new, acc), None
 
-    init = (jnp.full((b, kh, g, t), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, t), jnp.float32),
-            jnp.zeros((b, t, kh, g, h), jnp.float32))
+    init = (
+        jnp.full((b, kh, g, t), -jnp.inf, jnp.float32),
+        jnp.zeros((b, kh, g, t), jnp.float32),
+        jnp.zeros((b, t, kh, g, h), jnp.float32),
+    )
     (m, l_sum, acc), _ = jax.lax.scan(step, init, jnp.arange(nb))
     out = acc / jnp.moveaxis(l_sum, 3, 1)[..., None]
     return out.astype(v.dtype).reshape(b, t, n, h)
@@ -134,8 +145,9 @@ def chunked_attention(q, k, v, mask: Mask, block: int = 512) -> jax.Array:
 
 def cudnn_attention(q, k, v, mask: Mask) -> jax.Array:
     allowed = _allowed(mask)
-    return jax.nn.dot_product_attention(q, k, v, mask=None if allowed is None else allowed[:, None],
-                                        implementation="cudnn")
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=None if allowed is None else allowed[:, None], implementation="cudnn"
+    )
 
 
 def _round_up(x: int, m: int) -> int:
@@ -146,22 +158,33 @@ def _splash_local(q, k, v, q_seg, k_seg, *, causal: bool, block: int, interpret:
     """Per-shard splash: q [b,T,N,H], k/v [b,S,K,H], segs [b,T]/[b,S] int32 -> [b,T,N,H]."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
     b, t, n, h = q.shape
     s, kh = k.shape[1], k.shape[2]
     g = n // kh
     base = sm.CausalMask((t, s)) if causal else sm.FullMask((t, s))
     bq, bk = math.gcd(block, t), math.gcd(block, s)
-    sizes = sk.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
-                          block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
-    kernel = sk.make_splash_mqa(sm.MultiHeadMask([base] * g), block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                                interpret=interpret)
-    qg = (q * jnp.asarray(h ** -0.5, q.dtype)).reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4)   # [b,K,G,T,H]
-    kk, vv = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)                                      # [b,K,S,H]
+    sizes = sk.BlockSizes(
+        block_q=bq,
+        block_kv=bk,
+        block_kv_compute=bk,
+        block_q_dkv=bq,
+        block_kv_dkv=bk,
+        block_kv_dkv_compute=bk,
+        block_q_dq=bq,
+        block_kv_dq=bk,
+    )
+    kernel = sk.make_splash_mqa(
+        sm.MultiHeadMask([base] * g), block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    )
+    qg = (q * jnp.asarray(h**-0.5, q.dtype)).reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4)  # [b,K,G,T,H]
+    kk, vv = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b,K,S,H]
 
-    def one(qx, kx, vx, qs, ks):                                      # qx [G,T,H], kx [S,H]
+    def one(qx, kx, vx, qs, ks):  # qx [G,T,H], kx [S,H]
         return kernel(qx, kx, vx, segment_ids=sk.SegmentIds(q=qs, kv=ks))
+
     per_kv = jax.vmap(one, in_axes=(0, 0, 0, None, None))
-    out = jax.vmap(per_kv)(qg, kk, vv, q_seg, k_seg)                   # [b,K,G,T,H]
+    out = jax.vmap(per_kv)(qg, kk, vv, q_seg, k_seg)  # [b,K,G,T,H]
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
@@ -197,11 +220,13 @@ def splash_attention(q, k, v, mask: Mask, block: int = 512, interpret: bool = Fa
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and mesh.size > 1:
         from jax.sharding import PartitionSpec as P
+
         batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape and mesh.shape[a] > 1)
         bsize = int(np.prod([mesh.shape[a] for a in batch_axes])) if batch_axes else 1
         bspec = (batch_axes if len(batch_axes) > 1 else batch_axes[0]) if batch_axes and b % bsize == 0 else None
-        hspec = "tensor" if "tensor" in mesh.shape and mesh.shape["tensor"] > 1 and kh % mesh.shape["tensor"] == 0 \
-            else None
+        hspec = (
+            "tensor" if "tensor" in mesh.shape and mesh.shape["tensor"] > 1 and kh % mesh.shape["tensor"] == 0 else None
+        )
         qkv = P(bspec, None, hspec, None)
         seg = P(bspec, None)
         fn = jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv, check_vma=False)
@@ -214,6 +239,7 @@ def _default_precision(fn):
     global `jax_default_matmul_precision`; under "highest" (the fp32 parity tests set it) bf16 operands get
     contract_precision<fp32> and Mosaic rejects the kernel ("Bad lhs type"). The backward is traced at transpose
     time, outside any context set here, so the vjp is taken inside a custom_vjp whose bwd re-enters the context."""
+
     @jax.custom_vjp
     def call(*args):
         with jax.default_matmul_precision("default"):
@@ -247,13 +273,13 @@ def local_segment_attention(q, k, v, seg, max_segment: int, block: int = 128) ->
     pad = nb * block - p
     idx = jnp.arange(p)
     change = jnp.concatenate([jnp.ones((1,), bool), seg[1:] != seg[:-1]])
-    start = jax.lax.cummax(jnp.where(change, idx, 0))                          # first index of each segment
+    start = jax.lax.cummax(jnp.where(change, idx, 0))  # first index of each segment
     first = jnp.minimum(jnp.arange(nb) * block, p - 1)
-    k_lo = jnp.clip(start[first], 0, p - width)                                # [nb]
-    qb = _pad_keys(q[None], pad, axis=1)[0].reshape(nb, block, n, h) * jnp.asarray(h ** -0.5, q.dtype)
+    k_lo = jnp.clip(start[first], 0, p - width)  # [nb]
+    qb = _pad_keys(q[None], pad, axis=1)[0].reshape(nb, block, n, h) * jnp.asarray(h**-0.5, q.dtype)
     qs = _pad_keys(seg[None], pad, axis=1, value=-1)[0].reshape(nb, block)
     take = jax.vmap(lambda x, lo: jax.lax.dynamic_slice_in_dim(x, lo, width, axis=0), in_axes=(None, 0))
-    kb, vb, ks = take(k, k_lo), take(v, k_lo), take(seg, k_lo)                 # [nb, W, n, h], [nb, W]
+    kb, vb, ks = take(k, k_lo), take(v, k_lo), take(seg, k_lo)  # [nb, W, n, h], [nb, W]
     sc = jnp.einsum("bqnh,bknh->bnqk", qb, kb, preferred_element_type=jnp.float32)
     sc = jnp.where((qs[:, :, None] == ks[:, None, :])[:, None], sc, NEG_INF)
     probs = jax.nn.softmax(sc, axis=-1).astype(v.dtype)

@@ -1,4 +1,5 @@
 """Building blocks as pure functions over arrays, and a module that holds a nested dict of Params."""
+
 from __future__ import annotations
 
 import jax
@@ -41,8 +42,7 @@ def activation(name: str):
     raise ValueError(f"unsupported activation {name!r}")
 
 
-def linear(x, p: dict, lora_scale: float = 0.0, lora_key: jax.Array | None = None,
-           lora_rate: float = 0.0) -> jax.Array:
+def linear(x, p: dict, lora_scale: float = 0.0, lora_key: jax.Array | None = None, lora_rate: float = 0.0) -> jax.Array:
     """x @ kernel, + bias and + the LoRA term (dmx_jax.model.lora, its input dropped out with lora_key at
     lora_rate) when p holds them."""
     y = x @ p["kernel"].astype(x.dtype)
@@ -52,8 +52,15 @@ def linear(x, p: dict, lora_scale: float = 0.0, lora_key: jax.Array | None = Non
     return y if d is None else y + d
 
 
-def swiglu(x, p: dict, act, hidden_axes: tuple | None = None, lora_scale: float = 0.0,
-           lora_key: jax.Array | None = None, lora_rate: float = 0.0) -> jax.Array:
+def swiglu(
+    x,
+    p: dict,
+    act,
+    hidden_axes: tuple | None = None,
+    lora_scale: float = 0.0,
+    lora_key: jax.Array | None = None,
+    lora_rate: float = 0.0,
+) -> jax.Array:
     """down(act(gate(x)) * up(x)); biases and adapters used when present. hidden_axes: logical axes of the
     hidden activation (sharding constraint under a context mesh). lora_key: the layer's adapter dropout key."""
     drop = lambda name: (lora.projection_key(lora_key, name), lora_rate)
@@ -70,6 +77,6 @@ def remat_policy(name: str):
         return jax.checkpoint_policies.nothing_saveable
     if name == "dots":
         return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
-    if name == "offload":   # save matmul outputs, but in host memory (TPU/GPU with pinned host memory)
+    if name == "offload":  # save matmul outputs, but in host memory (TPU/GPU with pinned host memory)
         return jax.checkpoint_policies.offload_dot_with_no_batch_dims(offload_src="device", offload_dst="pinned_host")
     raise ValueError(f"unknown remat policy {name!r}")

@@ -8,6 +8,7 @@ with B zeroed (`disable_adapters`: no second copy of the base); export merges th
 them in the PEFT layout (dmx_jax.hf). Dropout (PEFT's lora_dropout) acts on the adapter's input alone,
 (dropout(x) A) B, and only in a forward given a dropout key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,7 +65,7 @@ def init_adapters(kernels: dict, lora: LoraConfig, key: jax.Array, dtype=jnp.flo
         split = 1 + kernel_split(name)
         ins, outs = w.shape[1:split], w.shape[split:]
         fan_in = math.prod(ins)
-        a = jax.random.normal(jax.random.fold_in(key, i), (w.shape[0], *ins, lora.rank)) / fan_in ** 0.5
+        a = jax.random.normal(jax.random.fold_in(key, i), (w.shape[0], *ins, lora.rank)) / fan_in**0.5
         out[GROUP[name], name, "lora_a"] = a.astype(dtype)
         out[GROUP[name], name, "lora_b"] = jnp.zeros((w.shape[0], lora.rank, *outs), dtype)
     return out
@@ -81,8 +82,9 @@ def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 
-def delta(x: jax.Array, p: dict, n_in: int, scale: float, key: jax.Array | None = None,
-          rate: float = 0.0) -> jax.Array | None:
+def delta(
+    x: jax.Array, p: dict, n_in: int, scale: float, key: jax.Array | None = None, rate: float = 0.0
+) -> jax.Array | None:
     """The adapter's term (dropout(x) A) B * scale for one layer's projection dict p (None without adapters);
     x [..., in] with n_in input axes: a [in..., r], b [r, out...]. Dropout only with a key and rate > 0."""
     if "lora_a" not in p:
@@ -90,8 +92,8 @@ def delta(x: jax.Array, p: dict, n_in: int, scale: float, key: jax.Array | None 
     if key is not None and rate > 0:
         x = dropout(x, rate, key)
     a, b = p["lora_a"].astype(x.dtype), p["lora_b"].astype(x.dtype)
-    xa = jnp.tensordot(x, a, axes=n_in)                                   # [..., r]
-    return jnp.tensordot(xa, b, axes=1) * jnp.asarray(scale, x.dtype)      # [..., out...]
+    xa = jnp.tensordot(x, a, axes=n_in)  # [..., r]
+    return jnp.tensordot(xa, b, axes=1) * jnp.asarray(scale, x.dtype)  # [..., out...]
 
 
 def is_adapter(path: str) -> bool:
@@ -101,22 +103,31 @@ def is_adapter(path: str) -> bool:
 
 def disable_adapters(params: dict) -> dict:
     """The same tree with every lora_b zeroed: the base model's function, sharing the base arrays."""
+
     def visit(tree):
-        return {k: (jnp.zeros_like(v) if k == "lora_b" else visit(v) if isinstance(v, dict) else v)
-                for k, v in tree.items()}
+        return {
+            k: (jnp.zeros_like(v) if k == "lora_b" else visit(v) if isinstance(v, dict) else v) for k, v in tree.items()
+        }
+
     return visit(params)
 
 
 def merge_adapters(params: dict, lora: LoraConfig) -> dict:
     """Kernels with their adapters folded in (W + scale A B) and the adapter leaves removed: a plain model."""
+
     def visit(tree):
         if isinstance(tree, dict) and "lora_a" in tree:
-            a, b, w = tree["lora_a"], tree["lora_b"], tree["kernel"]          # [L, in..., r], [L, r, out...]
-            update = jnp.einsum("lir,lro->lio", a.reshape(a.shape[0], -1, a.shape[-1]),
-                                b.reshape(b.shape[0], b.shape[1], -1)) * lora.scale
+            a, b, w = tree["lora_a"], tree["lora_b"], tree["kernel"]  # [L, in..., r], [L, r, out...]
+            update = (
+                jnp.einsum(
+                    "lir,lro->lio", a.reshape(a.shape[0], -1, a.shape[-1]), b.reshape(b.shape[0], b.shape[1], -1)
+                )
+                * lora.scale
+            )
             merged = (w.astype(jnp.float32) + update.reshape(w.shape)).astype(w.dtype)
             return {**{k: v for k, v in tree.items() if k not in ADAPTER_LEAVES}, "kernel": merged}
         return {k: visit(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
     return visit(params)
 
 
@@ -124,8 +135,8 @@ def cast_base(params: dict, dtype) -> dict:
     """Every floating leaf but the adapters in `dtype` (the frozen base kept in the compute dtype)."""
     dtype = jnp.dtype(dtype)
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: x if _is_adapter_path(p) or not jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype),
-        params)
+        lambda p, x: x if _is_adapter_path(p) or not jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype), params
+    )
 
 
 def _is_adapter_path(path) -> bool:

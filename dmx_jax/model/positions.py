@@ -1,11 +1,13 @@
 """M-RoPE position ids (numpy), equivalent to transformers' Qwen2.5-VL get_rope_index for images."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, spatial_merge_size=2,
-               image_token_id=151655) -> tuple[np.ndarray, np.ndarray]:
+def rope_index(
+    input_ids, image_grid_thw=None, attention_mask=None, *, spatial_merge_size=2, image_token_id=151655
+) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(input_ids)
     b, t = ids.shape
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
@@ -25,13 +27,13 @@ def rope_index(input_ids, image_grid_thw=None, attention_mask=None, *, spatial_m
                 gt, gh, gw = (int(x) for x in grids[img])
                 lh, lw = gh // spatial_merge_size, gw // spatial_merge_size
                 n = gt * lh * lw
-                if i + n > len(row) or not np.all(row[i:i + n] == image_token_id):
+                if i + n > len(row) or not np.all(row[i : i + n] == image_token_id):
                     raise ValueError(f"row {r}: image {img} needs {n} consecutive image tokens at position {i}")
                 tt = np.zeros(n, np.int64)
                 hh = np.tile(np.repeat(np.arange(lh), lw), gt)
                 ww = np.tile(np.arange(lw), gt * lh)
-                out[:, i:i + n] = np.stack([tt, hh, ww]) + start
-                start = int(out[:, i:i + n].max()) + 1
+                out[:, i : i + n] = np.stack([tt, hh, ww]) + start
+                start = int(out[:, i : i + n].max()) + 1
                 i += n
                 img += 1
             else:

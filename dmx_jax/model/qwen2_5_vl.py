@@ -1,4 +1,5 @@
 """The joint Qwen2.5-VL model: vision encoder, image features scattered into image-token slots, decoder, head."""
+
 from __future__ import annotations
 
 import jax
@@ -13,8 +14,9 @@ from dmx_jax.model.text import TextDecoder, init_cache
 from dmx_jax.model.vision import VisionEncoder, vision_inputs
 
 
-def merge_image_features(embeds: jax.Array, input_ids: jax.Array, features: jax.Array,
-                         image_token_id: int) -> jax.Array:
+def merge_image_features(
+    embeds: jax.Array, input_ids: jax.Array, features: jax.Array, image_token_id: int
+) -> jax.Array:
     """Place features[k] at the k-th image token of the (flattened) batch. embeds [B,T,D], features [N,D]."""
     is_img = (input_ids == image_token_id).reshape(-1)
     idx = jnp.clip(jnp.cumsum(is_img) - 1, 0, max(features.shape[0] - 1, 0))
@@ -48,7 +50,7 @@ class Qwen25VL(nnx.Module):
         if not cfg.tie_word_embeddings:
             kernel = jax.random.normal(rngs.params(), (cfg.text.hidden_size, cfg.text.vocab_size)) * 0.02
             self.lm_head = ParamTree({"kernel": kernel.astype(pdt)})
-        if cfg.text.lora.rank:          # last, so the base weights are those of the same seed without adapters
+        if cfg.text.lora.rank:  # last, so the base weights are those of the same seed without adapters
             self.text.add_adapters(rngs.params())
 
     @property
@@ -79,19 +81,33 @@ class Qwen25VL(nnx.Module):
         where = input_ids if merge_ids is None else merge_ids
         if pixel_values.ndim == 3:
             from dmx_jax.sharding.rules import batch_axes_of_context_mesh
+
             feats = jax.vmap(self.encode_images, spmd_axis_name=batch_axes_of_context_mesh())(
-                pixel_values, vision_inputs)                                                   # [B, N, D]
+                pixel_values, vision_inputs
+            )  # [B, N, D]
             return merge_image_features_rowwise(x, where, feats, self.cfg.image_token_id)
         return merge_image_features(x, where, self.encode_images(pixel_values, vision_inputs), self.cfg.image_token_id)
 
-    def hidden_states(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None,
-                      cache=None, key_mask=None, merge_ids=None, dropout_key=None):
+    def hidden_states(
+        self,
+        input_ids,
+        positions,
+        attention_mask,
+        pixel_values=None,
+        vision_inputs=None,
+        cache=None,
+        key_mask=None,
+        merge_ids=None,
+        dropout_key=None,
+    ):
         """input_ids [B, T], positions [3, B, T] (axis-major; the pipeline's batch-major rows [B, 3, T] are
         swapped by the caller: the shape is checked, no layout is guessed) -> (final-norm hidden [B, T, D],
         new cache or None). dropout_key: the decoder adapters' dropout (training); None: deterministic."""
         if tuple(positions.shape) != (3, *input_ids.shape):
-            raise ValueError(f"positions must be [3, B, T] for input_ids {tuple(input_ids.shape)}, got "
-                             f"{tuple(positions.shape)} (batch-major rows [B, 3, T]: swap axes 0 and 1)")
+            raise ValueError(
+                f"positions must be [3, B, T] for input_ids {tuple(input_ids.shape)}, got "
+                f"{tuple(positions.shape)} (batch-major rows [B, 3, T]: swap axes 0 and 1)"
+            )
         x = self.embed(input_ids, pixel_values, vision_inputs, merge_ids)
         key_mask = attention_mask if key_mask is None else key_mask
         c = self.cfg
@@ -99,18 +115,38 @@ class Qwen25VL(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """hidden [B, T, D] -> logits [B, T, V] in fp32 (accumulated in fp32 whatever the compute dtype)."""
-        return jnp.einsum("btd,dv->btv", hidden, self.head_kernel().astype(hidden.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "btd,dv->btv", hidden, self.head_kernel().astype(hidden.dtype), preferred_element_type=jnp.float32
+        )
 
-    def forward(self, input_ids, positions, attention_mask, pixel_values=None, vision_inputs=None, cache=None,
-                key_mask=None, dropout_key=None):
+    def forward(
+        self,
+        input_ids,
+        positions,
+        attention_mask,
+        pixel_values=None,
+        vision_inputs=None,
+        cache=None,
+        key_mask=None,
+        dropout_key=None,
+    ):
         """-> (logits [B, T, V] fp32, new cache or None)."""
-        h, cache = self.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs, cache,
-                                      key_mask, dropout_key=dropout_key)
+        h, cache = self.hidden_states(
+            input_ids, positions, attention_mask, pixel_values, vision_inputs, cache, key_mask, dropout_key=dropout_key
+        )
         return self.logits(h), cache
 
-    def __call__(self, input_ids, *, pixel_values=None, image_grid_thw=None, attention_mask=None, position_ids=None,
-                 pixel_values_videos=None, video_grid_thw=None):
+    def __call__(
+        self,
+        input_ids,
+        *,
+        pixel_values=None,
+        image_grid_thw=None,
+        attention_mask=None,
+        position_ids=None,
+        pixel_values_videos=None,
+        video_grid_thw=None,
+    ):
         """Same inputs as transformers' Qwen2_5_VLForConditionalGeneration (images only) -> logits [B,T,V]."""
         if pixel_values_videos is not None or video_grid_thw is not None:
             raise NotImplementedError("dmx-jax handles images only; video inputs are not supported")
@@ -122,16 +158,24 @@ class Qwen25VL(nnx.Module):
         if image_grid_thw is not None:
             vin = vision_inputs(np.asarray(image_grid_thw), self.cfg.vision)
             n_tokens = int((ids == self.cfg.image_token_id).sum())
-            n_feats = int(np.prod(np.asarray(image_grid_thw), axis=-1).sum()) // self.cfg.vision.spatial_merge_size ** 2
+            n_feats = int(np.prod(np.asarray(image_grid_thw), axis=-1).sum()) // self.cfg.vision.spatial_merge_size**2
             if n_tokens != n_feats:
                 raise ValueError(f"input_ids hold {n_tokens} image tokens but the images give {n_feats} features")
         if position_ids is None:
-            position_ids, _ = rope_index(ids, image_grid_thw, mask,
-                                         spatial_merge_size=self.cfg.vision.spatial_merge_size,
-                                         image_token_id=self.cfg.image_token_id)
-        logits, _ = self.forward(jnp.asarray(ids), jnp.asarray(position_ids), jnp.asarray(mask),
-                                 None if pixel_values is None else jnp.asarray(pixel_values),
-                                 None if vin is None else jax.tree.map(jnp.asarray, vin))
+            position_ids, _ = rope_index(
+                ids,
+                image_grid_thw,
+                mask,
+                spatial_merge_size=self.cfg.vision.spatial_merge_size,
+                image_token_id=self.cfg.image_token_id,
+            )
+        logits, _ = self.forward(
+            jnp.asarray(ids),
+            jnp.asarray(position_ids),
+            jnp.asarray(mask),
+            None if pixel_values is None else jnp.asarray(pixel_values),
+            None if vin is None else jax.tree.map(jnp.asarray, vin),
+        )
         return logits
 
 

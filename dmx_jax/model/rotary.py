@@ -3,6 +3,7 @@
 Both return cos/sin tables over the full head dim (the reference's `rotate_half` layout: the first and
 second halves of the head dim share frequencies). Angles are computed in fp32 as in the reference.
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,9 +21,9 @@ def vision_cos_sin(rot_hw: jax.Array, head_dim: int, theta: float) -> tuple[jax.
 
     Rows and columns each use head_dim/4 frequencies; the angle layout is [rows, cols, rows, cols].
     """
-    inv_freq = inverse_frequencies(head_dim // 2, theta)                         # [hd/4]
-    freqs = rot_hw.astype(jnp.float32)[..., None] * inv_freq                     # [..., P, 2, hd/4]
-    freqs = freqs.reshape(*rot_hw.shape[:-1], -1)                                # [..., P, hd/2]
+    inv_freq = inverse_frequencies(head_dim // 2, theta)  # [hd/4]
+    freqs = rot_hw.astype(jnp.float32)[..., None] * inv_freq  # [..., P, 2, hd/4]
+    freqs = freqs.reshape(*rot_hw.shape[:-1], -1)  # [..., P, hd/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 
@@ -34,10 +35,10 @@ def mrope_axis_of_band(mrope_section) -> np.ndarray:
 
 def mrope_cos_sin(positions: jax.Array, head_dim: int, theta: float, mrope_section) -> tuple[jax.Array, jax.Array]:
     """positions [3, B, T] (t, h, w ids) -> cos, sin [B, T, head_dim]; band i takes its axis' angle."""
-    inv_freq = inverse_frequencies(head_dim, theta)                              # [hd/2]
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq                  # [3, B, T, hd/2]
+    inv_freq = inverse_frequencies(head_dim, theta)  # [hd/2]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [3, B, T, hd/2]
     axis = jnp.asarray(mrope_axis_of_band(mrope_section))
-    freqs = jnp.moveaxis(freqs, 0, -1)[..., jnp.arange(head_dim // 2), axis]     # [B, T, hd/2]
+    freqs = jnp.moveaxis(freqs, 0, -1)[..., jnp.arange(head_dim // 2), axis]  # [B, T, hd/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb), jnp.sin(emb)
 

@@ -4,6 +4,7 @@ KV cache: {"k", "v": [L, B, S, K, H], "index": int32 scalar (next slot to write)
 writes slots [index, index+T) and attends causally over slots <= its own, restricted by `key_mask`
 [B, S] (1 = real key). Prefill and single-token decode are the same code path with static shapes.
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,8 +30,7 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype=jnp.float32) -> 
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "index": jnp.zeros((), jnp.int32)}
 
 
-def _project(h, p: dict, eq: str, lora_scale: float, n_in: int = 1, key: jax.Array | None = None,
-             rate: float = 0.0):
+def _project(h, p: dict, eq: str, lora_scale: float, n_in: int = 1, key: jax.Array | None = None, rate: float = 0.0):
     """One projection of a layer: h @ kernel (+ bias) (+ the LoRA term when p holds adapters, its input dropped
     out at `rate` when given this projection's key)."""
     y = jnp.einsum(eq, h, p["kernel"].astype(h.dtype))
@@ -65,28 +65,46 @@ def _attend_mlp(x, p, q, k, v, mask, cfg: TextConfig, impl: str, block: int, key
     o = attention(q, k, v, mask, impl, block)
     o = _project(o, p["attn"]["o"], "btnh,nhd->btd", cfg.lora.scale, n_in=2, **_adapter_dropout(key, "o", cfg))
     x = constrain(x + o, RESIDUAL)
-    x = x + swiglu(rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), p["mlp"], activation(cfg.hidden_act),
-                   ("act_batch", "act_length", "act_mlp"), cfg.lora.scale, key, cfg.lora.dropout)
+    x = x + swiglu(
+        rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps),
+        p["mlp"],
+        activation(cfg.hidden_act),
+        ("act_batch", "act_length", "act_mlp"),
+        cfg.lora.scale,
+        key,
+        cfg.lora.dropout,
+    )
     return constrain(x, RESIDUAL)
 
 
 class TextDecoder(nnx.Module):
     def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.cfg = cfg
-        d, f, n, k, hd, L = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
-                             cfg.num_key_value_heads, cfg.head_dim, cfg.num_hidden_layers)
+        d, f, n, k, hd, L = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.num_hidden_layers,
+        )
         init = lambda *shape, scale=0.02: (jax.random.normal(rngs.params(), shape) * scale).astype(param_dtype)
         zeros = lambda *shape: jnp.zeros(shape, param_dtype)
         self.embed = ParamTree({"embedding": init(cfg.vocab_size, d)})
         layers = {
             "input_norm": {"scale": jnp.ones((L, d), param_dtype)},
             "post_attn_norm": {"scale": jnp.ones((L, d), param_dtype)},
-            "attn": {"q": {"kernel": init(L, d, n, hd), "bias": zeros(L, n, hd)},
-                     "k": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
-                     "v": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
-                     "o": {"kernel": init(L, n, hd, d)}},
-            "mlp": {"gate": {"kernel": init(L, d, f)}, "up": {"kernel": init(L, d, f)},
-                    "down": {"kernel": init(L, f, d)}},
+            "attn": {
+                "q": {"kernel": init(L, d, n, hd), "bias": zeros(L, n, hd)},
+                "k": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
+                "v": {"kernel": init(L, d, k, hd), "bias": zeros(L, k, hd)},
+                "o": {"kernel": init(L, n, hd, d)},
+            },
+            "mlp": {
+                "gate": {"kernel": init(L, d, f)},
+                "up": {"kernel": init(L, d, f)},
+                "down": {"kernel": init(L, f, d)},
+            },
         }
         self.layers = ParamTree(layers)
         self.norm = ParamTree({"scale": jnp.ones((d,), param_dtype)})
@@ -100,9 +118,17 @@ class TextDecoder(nnx.Module):
     def embed_tokens(self, input_ids: jax.Array, dtype=jnp.float32) -> jax.Array:
         return self.embed.embedding[...][input_ids].astype(dtype)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, key_mask: jax.Array, cache: dict | None = None,
-                 remat: str = "none", attention: str = "xla",
-                 attention_block: int = 512, dropout_key: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        key_mask: jax.Array,
+        cache: dict | None = None,
+        remat: str = "none",
+        attention: str = "xla",
+        attention_block: int = 512,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict | None]:
         """x [B,T,D], positions [3,B,T], key_mask [B,S] (S = T without cache) -> (hidden [B,T,D], cache).
 
         attention: "xla" | "chunked" | "cudnn" | "splash" (dmx_jax.model.attention); masks stay structural.
@@ -111,7 +137,7 @@ class TextDecoder(nnx.Module):
         b, t, _ = x.shape
         cos, sin = mrope_cos_sin(positions, cfg)
         index = jnp.zeros((), jnp.int32) if cache is None else cache["index"]
-        mask = causal_mask(key_mask, index, t)                      # queries at slots index.., keys [B, S]
+        mask = causal_mask(key_mask, index, t)  # queries at slots index.., keys [B, S]
         layers = jax.tree.map(lambda a: a.astype(x.dtype), values(self.layers))
         layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
         drop = dropout_key if cfg.lora.rank and cfg.lora.dropout > 0 else None
@@ -134,8 +160,9 @@ class TextDecoder(nnx.Module):
             q, k, v = _qkv(h, p, cos, sin, cfg, key)
             k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
             v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
-            k_att, v_att = (jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False).astype(h.dtype)
-                            for a in (k_all, v_all))
+            k_att, v_att = (
+                jax.lax.dynamic_index_in_dim(a, layer, 0, keepdims=False).astype(h.dtype) for a in (k_all, v_all)
+            )
             return (_attend_mlp(h, p, q, k_att, v_att, mask, cfg, attention, attention_block, key), k_all, v_all), None
 
         policy = remat_policy(remat)
@@ -147,7 +174,6 @@ class TextDecoder(nnx.Module):
         else:
             if policy is not None:
                 cached_body = jax.checkpoint(cached_body, policy=policy)
-            (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache["k"], cache["v"]),
-                                                (layers, layer_ids))
+            (x, k_all, v_all), _ = jax.lax.scan(cached_body, (x, cache["k"], cache["v"]), (layers, layer_ids))
             new_cache = {"k": k_all, "v": v_all, "index": index + t}
         return rms_norm(x, self.norm.scale[...].astype(x.dtype), cfg.rms_norm_eps), new_cache

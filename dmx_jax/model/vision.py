@@ -5,6 +5,7 @@ order, blocks run on a window-permuted sequence, and the merged output is permut
 Windows and images are expressed as segment ids (attention allowed within a segment), which keeps shapes
 static: padded patches form their own segment and are dropped after the merger.
 """
+
 from __future__ import annotations
 
 import jax
@@ -18,7 +19,7 @@ from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_poli
 from dmx_jax.model.rotary import vision_cos_sin
 from dmx_jax.sharding.rules import constrain
 
-PATCHES = ("act_patches", "act_embed")     # one row's packed patches (rows are the vmapped batch dimension)
+PATCHES = ("act_patches", "act_embed")  # one row's packed patches (rows are the vmapped batch dimension)
 
 
 def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -42,7 +43,7 @@ def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) 
         rows.append(np.tile(hh.reshape(block).transpose(0, 2, 1, 3).ravel(), t))
         cols.append(np.tile(ww.reshape(block).transpose(0, 2, 1, 3).ravel(), t))
         frames_before = int(grid[:img, 0].sum())
-        full_seg.append(np.repeat(np.arange(t) + frames_before, h * w))     # full attention: one segment per frame
+        full_seg.append(np.repeat(np.arange(t) + frames_before, h * w))  # full attention: one segment per frame
         lh, lw = h // m, w // m
         index = np.arange(t * lh * lw).reshape(t, lh, lw)
         ph, pw = win - lh % win, win - lw % win
@@ -87,25 +88,28 @@ def vision_inputs(image_grid_thw, cfg: VisionConfig, pad_to: int | None = None) 
 def _block(x, p, is_full, cos, sin, segs, cfg: VisionConfig, impl: str = "xla", block: int = 512):
     x = constrain(x, PATCHES)
     h = rms_norm(x, p["norm1"]["scale"], 1e-6)
-    qkv = (jnp.einsum("pd,dcnh->pcnh", h, p["attn"]["qkv"]["kernel"].astype(h.dtype))
-           + p["attn"]["qkv"]["bias"].astype(h.dtype))
+    qkv = jnp.einsum("pd,dcnh->pcnh", h, p["attn"]["qkv"]["kernel"].astype(h.dtype)) + p["attn"]["qkv"]["bias"].astype(
+        h.dtype
+    )
     qkv = constrain(qkv, ("act_patches", None, "act_vision_heads", None))
-    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]                       # [P, n, hd]
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # [P, n, hd]
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
-    window = (cfg.window_size // cfg.spatial_merge_size // cfg.patch_size) ** 2 * cfg.spatial_merge_size ** 2
+    window = (cfg.window_size // cfg.spatial_merge_size // cfg.patch_size) ** 2 * cfg.spatial_merge_size**2
 
-    def full_attention(q, k, v):        # one segment per image: the configured implementation
+    def full_attention(q, k, v):  # one segment per image: the configured implementation
         return attention(q[None], k[None], v[None], segment_mask(segs[1]), impl, block)[0]
 
-    def window_attention(q, k, v):      # windows of <= `window` patches: key blocks around each query block
+    def window_attention(q, k, v):  # windows of <= `window` patches: key blocks around each query block
         return local_segment_attention(q, k, v, segs[0], window)
 
-    o = jax.lax.cond(is_full, full_attention, window_attention, q, k, v)   # [P, n, hd]
-    o = (jnp.einsum("pnh,nhd->pd", o, p["attn"]["proj"]["kernel"].astype(o.dtype))
-         + p["attn"]["proj"]["bias"].astype(o.dtype))
+    o = jax.lax.cond(is_full, full_attention, window_attention, q, k, v)  # [P, n, hd]
+    o = jnp.einsum("pnh,nhd->pd", o, p["attn"]["proj"]["kernel"].astype(o.dtype)) + p["attn"]["proj"]["bias"].astype(
+        o.dtype
+    )
     x = constrain(x + o, PATCHES)
-    x = x + swiglu(rms_norm(x, p["norm2"]["scale"], 1e-6), p["mlp"], activation(cfg.hidden_act),
-                   ("act_patches", "act_vision_mlp"))
+    x = x + swiglu(
+        rms_norm(x, p["norm2"]["scale"], 1e-6), p["mlp"], activation(cfg.hidden_act), ("act_patches", "act_vision_mlp")
+    )
     return constrain(x, PATCHES)
 
 
@@ -113,38 +117,55 @@ class VisionEncoder(nnx.Module):
     def __init__(self, cfg: VisionConfig, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.cfg = cfg
         d, f, n, hd, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.head_dim, cfg.depth
-        m2 = cfg.spatial_merge_size ** 2
+        m2 = cfg.spatial_merge_size**2
         init = lambda *shape, scale=0.02: (jax.random.normal(rngs.params(), shape) * scale).astype(param_dtype)
         ones = lambda *shape: jnp.ones(shape, param_dtype)
         zeros = lambda *shape: jnp.zeros(shape, param_dtype)
         self.patch_embed = ParamTree({"kernel": init(cfg.patch_dim, d)})
-        self.blocks = ParamTree({
-            "norm1": {"scale": ones(L, d)}, "norm2": {"scale": ones(L, d)},
-            "attn": {"qkv": {"kernel": init(L, d, 3, n, hd), "bias": zeros(L, 3, n, hd)},
-                     "proj": {"kernel": init(L, n, hd, d), "bias": zeros(L, d)}},
-            "mlp": {"gate": {"kernel": init(L, d, f), "bias": zeros(L, f)},
+        self.blocks = ParamTree(
+            {
+                "norm1": {"scale": ones(L, d)},
+                "norm2": {"scale": ones(L, d)},
+                "attn": {
+                    "qkv": {"kernel": init(L, d, 3, n, hd), "bias": zeros(L, 3, n, hd)},
+                    "proj": {"kernel": init(L, n, hd, d), "bias": zeros(L, d)},
+                },
+                "mlp": {
+                    "gate": {"kernel": init(L, d, f), "bias": zeros(L, f)},
                     "up": {"kernel": init(L, d, f), "bias": zeros(L, f)},
-                    "down": {"kernel": init(L, f, d), "bias": zeros(L, d)}},
-        })
-        self.merger = ParamTree({"ln_q": {"scale": ones(d)},
-                                 "fc1": {"kernel": init(d * m2, d * m2), "bias": zeros(d * m2)},
-                                 "fc2": {"kernel": init(d * m2, cfg.out_hidden_size),
-                                         "bias": zeros(cfg.out_hidden_size)}})
+                    "down": {"kernel": init(L, f, d), "bias": zeros(L, d)},
+                },
+            }
+        )
+        self.merger = ParamTree(
+            {
+                "ln_q": {"scale": ones(d)},
+                "fc1": {"kernel": init(d * m2, d * m2), "bias": zeros(d * m2)},
+                "fc2": {"kernel": init(d * m2, cfg.out_hidden_size), "bias": zeros(cfg.out_hidden_size)},
+            }
+        )
 
     def rotary(self, rot_hw: jax.Array) -> tuple[jax.Array, jax.Array]:
         return vision_cos_sin(rot_hw, self.cfg.head_dim, self.cfg.rope_theta)
 
-    def __call__(self, pixel_values: jax.Array, vin: dict, dtype=jnp.float32, remat: str = "none",
-                 attention: str = "xla", attention_block: int = 512) -> jax.Array:
+    def __call__(
+        self,
+        pixel_values: jax.Array,
+        vin: dict,
+        dtype=jnp.float32,
+        remat: str = "none",
+        attention: str = "xla",
+        attention_block: int = 512,
+    ) -> jax.Array:
         """pixel_values [P, C*T*p*p] in merge-window order -> merged features [P/m^2, D] in the same order.
 
         attention "splash" runs "chunked" here (the tower is vmapped over rows; segments, not causal)."""
         cfg = self.cfg
-        unit = cfg.spatial_merge_size ** 2
+        unit = cfg.spatial_merge_size**2
         p_embed = values(self.patch_embed)
-        x = pixel_values.astype(dtype) @ p_embed["kernel"].astype(dtype)            # [P, d]
+        x = pixel_values.astype(dtype) @ p_embed["kernel"].astype(dtype)  # [P, d]
         P = x.shape[0]
-        x = x.reshape(P // unit, unit, -1)[vin["window_index"]].reshape(P, -1)      # window order
+        x = x.reshape(P // unit, unit, -1)[vin["window_index"]].reshape(P, -1)  # window order
         cos, sin = self.rotary(vin["rot_hw"])
         segs = (vin["window_seg"], vin["full_seg"])
         impl = "chunked" if attention == "splash" else attention
@@ -158,8 +179,9 @@ class VisionEncoder(nnx.Module):
         policy = remat_policy(remat)
         if policy is not None:
             body = jax.checkpoint(body, policy=policy)
-        blocks = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                              values(self.blocks))
+        blocks = jax.tree.map(
+            lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, values(self.blocks)
+        )
         x, _ = jax.lax.scan(body, x, (blocks, jnp.asarray(full)))
         mp = values(self.merger)
         x = rms_norm(x, mp["ln_q"]["scale"], 1e-6).reshape(P // unit, -1)

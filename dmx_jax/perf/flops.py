@@ -18,6 +18,7 @@ C = all packed patches for full-attention vision blocks (dense segment mask), an
 bounded key range of `local_segment_attention` (query blocks of 128 against 128 + 2 windows of keys).
 Executed FLOPs are what tests/test_flops.py checks, exactly, against the dot products in the jitted forward's jaxpr.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,15 @@ import numpy as np
 
 # Dense bf16 peak per device (FLOP/s), from vendor datasheets.
 PEAK_BF16 = {
-    "h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12,
-    "tpu v5p": 459e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12,
+    "h100": 989e12,
+    "h200": 989e12,
+    "a100": 312e12,
+    "tpu v4": 275e12,
+    "tpu v5 lite": 197e12,
+    "tpu v5e": 197e12,
+    "tpu v5p": 459e12,
+    "tpu v6 lite": 918e12,
+    "tpu v6e": 918e12,
 }
 
 
@@ -60,7 +68,7 @@ def _window_sizes(grid_thw: Sequence[int], vcfg) -> list[int]:
     return sizes * t
 
 
-LOCAL_QUERY_BLOCK = 128   # dmx_jax.model.attention.local_segment_attention's query block
+LOCAL_QUERY_BLOCK = 128  # dmx_jax.model.attention.local_segment_attention's query block
 
 
 def _executed_window(packed: int, vcfg) -> float:
@@ -74,9 +82,16 @@ def _executed_window(packed: int, vcfg) -> float:
     return 4.0 * vcfg.hidden_size * -(-packed // LOCAL_QUERY_BLOCK) * LOCAL_QUERY_BLOCK * width
 
 
-def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_grids: Sequence[Sequence[int]] = (),
-                  lm_head_tokens: int | None = None, attention: str = "model",
-                  vision_patches: int | None = None) -> FlopCount:
+def forward_flops(
+    cfg,
+    *,
+    text_tokens: int,
+    seq_len: int | None = None,
+    image_grids: Sequence[Sequence[int]] = (),
+    lm_head_tokens: int | None = None,
+    attention: str = "model",
+    vision_patches: int | None = None,
+) -> FlopCount:
     """Forward FLOPs for `text_tokens` decoder positions (image tokens included) and the given images.
 
     seq_len: the row length for causal attention (default: text_tokens, one sequence).
@@ -98,7 +113,7 @@ def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_gr
     if image_grids:
         vc = cfg.vision
         dv, fv, m = vc.hidden_size, vc.intermediate_size, vc.spatial_merge_size
-        patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+        patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
         full = set(vc.fullatt_block_indexes)
         packed = vision_patches or sum(int(np.prod(g)) for g in image_grids)
         n_full = sum(1 for blk in range(vc.depth) if blk in full)
@@ -106,9 +121,9 @@ def forward_flops(cfg, *, text_tokens: int, seq_len: int | None = None, image_gr
             patches = int(np.prod(grid))
             windows = _window_sizes(grid, vc)
             dense = 2 * dv * 3 * dv + 2 * dv * dv + 6 * dv * fv
-            attn_window = sum(4 * dv * s * s for s in windows)      # sum over patches of 4·Dv·window
+            attn_window = sum(4 * dv * s * s for s in windows)  # sum over patches of 4·Dv·window
             attn_full = 4 * dv * patches * patches
-            if attention == "executed":                             # attention added once for the packed row
+            if attention == "executed":  # attention added once for the packed row
                 attn_window = attn_full = 0
             for blk in range(vc.depth):
                 vis += dense * patches + (attn_full if blk in full else attn_window)

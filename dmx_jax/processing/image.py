@@ -5,6 +5,7 @@ Steps: to 8-bit RGB (grayscale CXRs are replicated to 3 channels) -> smart_resiz
 patch*merge within [min_pixels, max_pixels] -> bicubic resize in PIL -> x/255 -> CLIP mean/std ->
 patches in merge-window order, the single frame repeated temporal_patch_size times.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,12 +16,18 @@ from PIL import Image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_MAX_PIXELS = 262_144        # the DeepMedix-R1 checkpoint's processor setting (512^2)
+DEFAULT_MAX_PIXELS = 262_144  # the DeepMedix-R1 checkpoint's processor setting (512^2)
 DEFAULT_MIN_PIXELS = 56 * 56
 
 
-def smart_resize(height: int, width: int, *, factor: int = 28, min_pixels: int = DEFAULT_MIN_PIXELS,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def smart_resize(
+    height: int,
+    width: int,
+    *,
+    factor: int = 28,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
     """(height, width) rounded to multiples of `factor` with min_pixels <= h*w <= max_pixels, aspect kept.
 
     Python's round (banker's rounding) is used on purpose: it is what the reference does.
@@ -28,8 +35,9 @@ def smart_resize(height: int, width: int, *, factor: int = 28, min_pixels: int =
     if min(height, width) <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if max(height, width) / min(height, width) > 200:
-        raise ValueError("absolute aspect ratio must be smaller than 200, "
-                         f"got {max(height, width) / min(height, width)}")
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
+        )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -43,17 +51,32 @@ def smart_resize(height: int, width: int, *, factor: int = 28, min_pixels: int =
     return h_bar, w_bar
 
 
-def resized_size(height: int, width: int, *, patch_size: int = 14, merge_size: int = 2,
-                 min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def resized_size(
+    height: int,
+    width: int,
+    *,
+    patch_size: int = 14,
+    merge_size: int = 2,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
     """The (height, width) the model sees; boxes in model-input pixels live in this frame."""
     return smart_resize(height, width, factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def patch_rows(height: int, width: int, *, patch_size: int = 14, merge_size: int = 2,
-               min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+def patch_rows(
+    height: int,
+    width: int,
+    *,
+    patch_size: int = 14,
+    merge_size: int = 2,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> int:
     """Patches (rows of pixel_values) of one image of this size after the resize."""
-    h, w = resized_size(height, width, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels,
-                        max_pixels=max_pixels)
+    h, w = resized_size(
+        height, width, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels, max_pixels=max_pixels
+    )
     return (h // patch_size) * (w // patch_size)
 
 
@@ -68,7 +91,7 @@ def max_patch_rows(max_pixels: int, *, patch_size: int = 14, merge_size: int = 2
 def num_image_tokens(grid_thw, merge_size: int = 2) -> np.ndarray:
     """Image tokens per image: t*h*w / merge^2."""
     g = np.asarray(grid_thw).reshape(-1, 3)
-    return (g.prod(axis=1) // merge_size ** 2).astype(np.int64)
+    return (g.prod(axis=1) // merge_size**2).astype(np.int64)
 
 
 def to_rgb_uint8(image) -> Image.Image:
@@ -99,13 +122,20 @@ def _patchify(image_chw: np.ndarray, patch_size: int, merge_size: int, temporal_
     c, h, w = image_chw.shape
     gh, gw = h // patch_size, w // patch_size
     p = image_chw.reshape(c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size)
-    p = p.transpose(1, 4, 2, 5, 0, 3, 6)                                # (gh/m, gw/m, m, m, C, ph, pw)
+    p = p.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh/m, gw/m, m, m, C, ph, pw)
     p = np.broadcast_to(p[:, :, :, :, :, None], p.shape[:5] + (temporal_patch_size,) + p.shape[5:])
     return p.reshape(gh * gw, c * temporal_patch_size * patch_size * patch_size)
 
 
-def preprocess_images(images: Sequence, *, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int = DEFAULT_MAX_PIXELS,
-                      patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2) -> dict[str, np.ndarray]:
+def preprocess_images(
+    images: Sequence,
+    *,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    patch_size: int = 14,
+    temporal_patch_size: int = 2,
+    merge_size: int = 2,
+) -> dict[str, np.ndarray]:
     """-> {'pixel_values': float32 [num_patches, 3*T*p*p], 'image_grid_thw': int64 [num_images, 3]}."""
     mean = np.asarray(CLIP_MEAN, np.float32)[:, None, None]
     std = np.asarray(CLIP_STD, np.float32)[:, None, None]
@@ -116,8 +146,9 @@ def preprocess_images(images: Sequence, *, min_pixels: int = DEFAULT_MIN_PIXELS,
         except ValueError as e:
             raise ValueError(f"image {i}: {e}") from None
         h, w = pil.height, pil.width
-        rh, rw = resized_size(h, w, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels,
-                              max_pixels=max_pixels)
+        rh, rw = resized_size(
+            h, w, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels, max_pixels=max_pixels
+        )
         arr = np.asarray(pil.resize((rw, rh), resample=Image.Resampling.BICUBIC)).transpose(2, 0, 1)
         arr = (arr.astype(np.float64) * (1 / 255)).astype(np.float32)
         arr = (arr - mean) / std

@@ -9,17 +9,30 @@ Library entry points:
   `reward_byte_budget(max_new_tokens, table)` the decoder's byte budget;
 - `last_boxed(text)`: the project's one `\\boxed{}` brace matcher (host side).
 """
+
 from dmx_jax.rewards.combine import (
-                                     PRESETS,
-                                     RewardConfig,
-                                     ground_truth_arrays,
-                                     make_reward_fn,
-                                     reward_byte_budget,
-                                     score_bytes,
+    PRESETS,
+    RewardConfig,
+    ground_truth_arrays,
+    make_reward_fn,
+    reward_byte_budget,
+    score_bytes,
 )
 from dmx_jax.rewards.paper import boxed_content, last_boxed, paper_reward, paper_rewards
 from dmx_jax.rewards.text_bytes import token_bytes_table
 from dmx_jax.rewards.texts import score_texts
 
-__all__ = ["PRESETS", "RewardConfig", "ground_truth_arrays", "make_reward_fn", "reward_byte_budget", "score_bytes",
-           "boxed_content", "last_boxed", "paper_reward", "paper_rewards", "token_bytes_table", "score_texts"]
+__all__ = [
+    "PRESETS",
+    "RewardConfig",
+    "ground_truth_arrays",
+    "make_reward_fn",
+    "reward_byte_budget",
+    "score_bytes",
+    "boxed_content",
+    "last_boxed",
+    "paper_reward",
+    "paper_rewards",
+    "token_bytes_table",
+    "score_texts",
+]

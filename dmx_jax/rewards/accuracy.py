@@ -10,6 +10,7 @@ ROUGE-1 is rouge_score's: tokens are maximal [a-z0-9]+ runs after ASCII lower-ca
 bytes Porter-stemmed exactly as nltk's PorterStemmer (porter.py); `rouge="words"` skips the stemming.
 `bleu="word"` swaps character for word n-grams (a config option). List answers may hold any number of items.
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,7 +21,7 @@ from dmx_jax.rewards import porter
 from dmx_jax.rewards.paper import KIND_LIST, KIND_LONG, KIND_SHORT
 from dmx_jax.rewards.text_bytes import WHITESPACE_BYTES, byte_in, gather_or, kth_true
 
-_P1, _P2 = np.uint32(1_000_003), np.uint32(2_654_435_761)   # odd: invertible modulo 2**32
+_P1, _P2 = np.uint32(1_000_003), np.uint32(2_654_435_761)  # odd: invertible modulo 2**32
 
 
 def lower(text: jax.Array) -> jax.Array:
@@ -35,7 +36,7 @@ def _valid(text, length):
 def _pow_table(p: np.uint32, n: int) -> np.ndarray:
     out = np.ones(n + 1, np.uint32)
     for i in range(1, n + 1):
-        out[i] = np.uint32((int(out[i - 1]) * int(p)) % 2 ** 32)
+        out[i] = np.uint32((int(out[i - 1]) * int(p)) % 2**32)
     return out
 
 
@@ -43,7 +44,7 @@ def _span_hash(text, start, end, p: np.uint32):
     """Polynomial hash (mod 2**32) of text[b, start:end] for every (b, k): start/end int32 [B, K]."""
     n = text.shape[1]
     pw = jnp.asarray(_pow_table(p, n))
-    inv = jnp.asarray(_pow_table(np.uint32(pow(int(p), -1, 2 ** 32)), n))
+    inv = jnp.asarray(_pow_table(np.uint32(pow(int(p), -1, 2**32)), n))
     terms = text.astype(jnp.uint32) * pw[None, :n]
     prefix = jnp.concatenate([jnp.zeros_like(terms[:, :1]), jnp.cumsum(terms, axis=1, dtype=jnp.uint32)], axis=1)
     diff = jnp.take_along_axis(prefix, end, axis=1) - jnp.take_along_axis(prefix, start, axis=1)
@@ -68,16 +69,17 @@ def _clipped_overlap(hyp_id, hyp_ok, ref_id, ref_ok, distinct: bool = False):
     differs = invalid[:, 1:] != invalid[:, :-1]
     for k in keys:
         differs = differs | (k[:, 1:] != k[:, :-1])
-    first = jnp.pad(differs, ((0, 0), (1, 0)), constant_values=True)          # first element of its run
-    last = jnp.pad(differs, ((0, 0), (0, 1)), constant_values=True)           # last element of its run
+    first = jnp.pad(differs, ((0, 0), (1, 0)), constant_values=True)  # first element of its run
+    last = jnp.pad(differs, ((0, 0), (0, 1)), constant_values=True)  # last element of its run
     run_start = jax.lax.cummax(jnp.where(first, idx, 0), axis=1)
     run_end = jax.lax.cummin(jnp.where(last, idx, n - 1), axis=1, reverse=True)
     is_hyp, is_ref = tag == 1, tag == 2
-    hyp_before = jnp.cumsum(is_hyp, axis=1) - is_hyp                          # exclusive prefix counts
+    hyp_before = jnp.cumsum(is_hyp, axis=1) - is_hyp  # exclusive prefix counts
     ref_before = jnp.cumsum(is_ref, axis=1) - is_ref
-    rank = hyp_before - jnp.take_along_axis(hyp_before, run_start, axis=1)    # k-th copy in the hypothesis
-    ref_count = (jnp.take_along_axis(ref_before + is_ref, run_end, axis=1)
-                 - jnp.take_along_axis(ref_before, run_start, axis=1))
+    rank = hyp_before - jnp.take_along_axis(hyp_before, run_start, axis=1)  # k-th copy in the hypothesis
+    ref_count = jnp.take_along_axis(ref_before + is_ref, run_end, axis=1) - jnp.take_along_axis(
+        ref_before, run_start, axis=1
+    )
     hit = (rank == 0) & (ref_count > 0) if distinct else rank < ref_count
     return jnp.sum(is_hyp & hit, axis=1)
 
@@ -97,7 +99,7 @@ def _words(text, length):
     t = lower(text)
     is_word = (((t >= ord("a")) & (t <= ord("z"))) | ((t >= ord("0")) & (t <= ord("9")))) & _valid(text, length)
     pos = jnp.arange(text.shape[1])[None, :]
-    start = jax.lax.cummax(jnp.where(~is_word, pos + 1, 0), axis=1)          # first byte of the current run
+    start = jax.lax.cummax(jnp.where(~is_word, pos + 1, 0), axis=1)  # first byte of the current run
     nxt = jnp.pad(is_word[:, 1:], ((0, 0), (0, 1)))
     end_here = is_word & ~nxt
     start_i = start.astype(jnp.int32)
@@ -123,8 +125,9 @@ def _bleu(gram_fn, hyp, hyp_len, ref, ref_len, unit_hyp, unit_ref, weights):
             first_match = overlap
         p = _precision(overlap, total, n > 1)
         logs.append(w * jnp.log(jnp.maximum(p, 1e-30)))
-    bp = jnp.where(unit_hyp > unit_ref, 1.0, jnp.where(unit_hyp == 0, 0.0,
-                                                          jnp.exp(1.0 - unit_ref / jnp.maximum(unit_hyp, 1))))
+    bp = jnp.where(
+        unit_hyp > unit_ref, 1.0, jnp.where(unit_hyp == 0, 0.0, jnp.exp(1.0 - unit_ref / jnp.maximum(unit_hyp, 1)))
+    )
     return jnp.where(first_match > 0, bp * jnp.exp(sum(logs)), 0.0)
 
 
@@ -137,7 +140,7 @@ def _word_ngrams(text, length, n):
     """Word n-gram ids starting at each word index (words compacted to the front) and their validity."""
     ids, ends = _words(text, length)
     width = ends.shape[1]
-    src = kth_true(ends, width)                                               # [B, L] k-th word's last byte
+    src = kth_true(ends, width)  # [B, L] k-th word's last byte
     table = [gather_or(i, src) for i in ids]
     parts = tuple(jnp.pad(t[:, k:], ((0, 0), (0, k))) for k in range(n) for t in table)
     ok = jnp.arange(width)[None, :] + n <= jnp.sum(ends, axis=1)[:, None]
@@ -181,12 +184,12 @@ def stemmed_words(text, length):
     head_end = slots["start"] + slots["head_len"]
     # each long token's stemmed id is read back at its last byte by a gather from its slot (no scatter)
     long_end = end_here & (end - start >= porter.MIN_STEMMED)
-    slot = jnp.clip(jnp.cumsum(long_end, axis=1, dtype=jnp.int32) - 1, 0, s - 1)          # [B, L]
+    slot = jnp.clip(jnp.cumsum(long_end, axis=1, dtype=jnp.int32) - 1, 0, s - 1)  # [B, L]
     ids = []
     for p in (_P1, _P2):
         pw = jnp.asarray(_pow_table(p, width + w.shape[2]))
-        tail = jnp.sum(w * pw[None, None, :w.shape[2]], axis=2, dtype=jnp.uint32)
-        stemmed = _span_hash(t, slots["start"], head_end, p) + pw[slots["head_len"]] * tail           # [B, S]
+        tail = jnp.sum(w * pw[None, None, : w.shape[2]], axis=2, dtype=jnp.uint32)
+        stemmed = _span_hash(t, slots["start"], head_end, p) + pw[slots["head_len"]] * tail  # [B, S]
         ids.append(jnp.where(long_end, jnp.take_along_axis(stemmed, slot, axis=1), _span_hash(t, start, end, p)))
     ids.append(jnp.where(long_end, jnp.take_along_axis(slots["head_len"] + n, slot, axis=1), end - start))
     return tuple(ids), end_here
@@ -206,14 +209,14 @@ def _items(text, length):
     pipe = (t == ord("|")) & valid
     pos = jnp.arange(width + 1, dtype=jnp.int32)[None, :]
     ends_item = jnp.concatenate([pipe, jnp.zeros((batch, 1), bool)], axis=1) | (pos == length[:, None])
-    solid = jnp.pad(valid & ~pipe & ~byte_in(t, WHITESPACE_BYTES), ((0, 0), (0, 1)))       # [B, L + 1]
+    solid = jnp.pad(valid & ~pipe & ~byte_in(t, WHITESPACE_BYTES), ((0, 0), (0, 1)))  # [B, L + 1]
     # item_start[i]: one past the last pipe before position i (0 when none)
     item_start = jax.lax.cummax(jnp.pad(jnp.where(pipe, pos[:, :width] + 1, 0), ((0, 0), (1, 0))), axis=1)
     next_solid = jax.lax.cummin(jnp.where(solid, pos, width + 1), axis=1, reverse=True)
-    last_solid = jax.lax.cummax(jnp.where(solid, pos, -1), axis=1)                        # at or before i
+    last_solid = jax.lax.cummax(jnp.where(solid, pos, -1), axis=1)  # at or before i
     first = jnp.take_along_axis(next_solid, item_start, axis=1)
     before_end = jnp.take_along_axis(jnp.pad(last_solid, ((0, 0), (1, 0)), constant_values=-1), pos, axis=1)
-    empty = first >= pos                                      # no content between the previous pipe and here
+    empty = first >= pos  # no content between the previous pipe and here
     start = jnp.where(empty, 0, first)
     end = jnp.where(empty, 0, before_end + 1)
     tp = jnp.pad(t, ((0, 0), (0, 1)))
@@ -241,15 +244,19 @@ def short_exact(answer, answer_len, gt, gt_len) -> jax.Array:
     return ((answer_len == gt_len) & jnp.all(a == g, axis=1)).astype(jnp.float32)
 
 
-def accuracy_score(answer, answer_len, gt, gt_len, gt_kind, *, bleu: str = "char", rouge: str = "stemmed"
-                   ) -> jax.Array:
+def accuracy_score(answer, answer_len, gt, gt_len, gt_kind, *, bleu: str = "char", rouge: str = "stemmed") -> jax.Array:
     """1.5 x the branch score of each row (float32 [B]); bleu: "char" (published) or "word"; rouge: "stemmed"
     (published: rouge_score tokens, Porter stemmer) or "words" (the same tokens unstemmed, cheaper)."""
     bleu_fn = char_bleu if bleu == "char" else word_bleu
     rouge_fn = rouge1_stemmed if rouge == "stemmed" else rouge1_words
-    long = (bleu_fn(answer, answer_len, gt, gt_len, (1.0, 0.0, 0.0, 0.0))
-            + bleu_fn(answer, answer_len, gt, gt_len, (0.25, 0.25, 0.25, 0.25))
-            + rouge_fn(answer, answer_len, gt, gt_len)) / 3.0
-    score = jnp.where(gt_kind == KIND_LIST, list_f1(answer, answer_len, gt, gt_len),
-                      jnp.where(gt_kind == KIND_SHORT, short_exact(answer, answer_len, gt, gt_len), long))
+    long = (
+        bleu_fn(answer, answer_len, gt, gt_len, (1.0, 0.0, 0.0, 0.0))
+        + bleu_fn(answer, answer_len, gt, gt_len, (0.25, 0.25, 0.25, 0.25))
+        + rouge_fn(answer, answer_len, gt, gt_len)
+    ) / 3.0
+    score = jnp.where(
+        gt_kind == KIND_LIST,
+        list_f1(answer, answer_len, gt, gt_len),
+        jnp.where(gt_kind == KIND_SHORT, short_exact(answer, answer_len, gt, gt_len), long),
+    )
     return (1.5 * jnp.where(gt_kind == KIND_LONG, long, score)).astype(jnp.float32)

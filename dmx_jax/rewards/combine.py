@@ -10,6 +10,7 @@ arrays: token ids -> bytes (a table lookup) -> tag normalisation -> parsing -> s
 encoded once per prompt on the host (`ground_truth_arrays`). `host_reference=True` scores decoded strings with
 `paper.paper_reward` instead (exact string semantics, serial Python; for checking, not for speed).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,21 +31,21 @@ from dmx_jax.rewards.text_bytes import decode_texts, decode_tokens, encode_groun
 class RewardConfig:
     name: str = "paper"
     format_weight: float = 0.1
-    coordinate: bool = True               # the published +0.05 per box <= 512, -0.2 beyond, capped at 0.15
-    bleu: str = "char"                    # "char" (published) | "word"
-    rouge: str = "stemmed"                # "stemmed" (published: Porter, as rouge_score) | "words" (no stemming)
-    grounding_f1_weight: float = 0.0      # F1 at IoU 0.5 of the completion's boxes vs the truth boxes
-    grounding_iou_weight: float = 0.0     # mean IoU of greedily matched boxes
-    grounding_boxes: str = "text"         # boxes the two terms score: "text" (every box of the completion) |
-                                          # "answer" (those inside the boxed answer, what evaluation reads)
-    max_text_bytes: int | None = None     # decoded completion buffer; None: reward_byte_budget(max_new_tokens,
-                                          # table, bytes_per_token): max_new_tokens x longest token unless capped
-    bytes_per_token: int | None = None    # cap on that budget per generated token (None: the longest token, never
-                                          # cut). Qwen2.5's longest token is 128 bytes, its English text ~4-5 per
-                                          # token: a 16-byte cap costs 8x less and cuts only degenerate rows
-    max_answer_bytes: int = 1024          # ground-truth buffer: longer ground truths raise (reports: raise it)
-    answer_bytes: int | None = None       # boxed-answer buffer; None: the completion buffer (never cut); a
-                                          # longer answer is cut and counted in `truncated`
+    coordinate: bool = True  # the published +0.05 per box <= 512, -0.2 beyond, capped at 0.15
+    bleu: str = "char"  # "char" (published) | "word"
+    rouge: str = "stemmed"  # "stemmed" (published: Porter, as rouge_score) | "words" (no stemming)
+    grounding_f1_weight: float = 0.0  # F1 at IoU 0.5 of the completion's boxes vs the truth boxes
+    grounding_iou_weight: float = 0.0  # mean IoU of greedily matched boxes
+    grounding_boxes: str = "text"  # boxes the two terms score: "text" (every box of the completion) |
+    # "answer" (those inside the boxed answer, what evaluation reads)
+    max_text_bytes: int | None = None  # decoded completion buffer; None: reward_byte_budget(max_new_tokens,
+    # table, bytes_per_token): max_new_tokens x longest token unless capped
+    bytes_per_token: int | None = None  # cap on that budget per generated token (None: the longest token, never
+    # cut). Qwen2.5's longest token is 128 bytes, its English text ~4-5 per
+    # token: a 16-byte cap costs 8x less and cuts only degenerate rows
+    max_answer_bytes: int = 1024  # ground-truth buffer: longer ground truths raise (reports: raise it)
+    answer_bytes: int | None = None  # boxed-answer buffer; None: the completion buffer (never cut); a
+    # longer answer is cut and counted in `truncated`
     max_boxes: int = 8
     host_reference: bool = False
 
@@ -66,8 +67,13 @@ class RewardConfig:
 PRESETS = {
     "paper": RewardConfig(),
     "grounded": RewardConfig(name="grounded", bleu="word", grounding_f1_weight=0.25, grounding_iou_weight=0.25),
-    "grounded_answer": RewardConfig(name="grounded_answer", bleu="word", grounding_f1_weight=0.25,
-                                    grounding_iou_weight=0.25, grounding_boxes="answer"),
+    "grounded_answer": RewardConfig(
+        name="grounded_answer",
+        bleu="word",
+        grounding_f1_weight=0.25,
+        grounding_iou_weight=0.25,
+        grounding_boxes="answer",
+    ),
 }
 
 
@@ -77,13 +83,14 @@ def ground_truth_arrays(answers: Sequence[str], boxes: Sequence[Sequence[Sequenc
     box = np.zeros((len(answers), cfg.max_boxes, 4), np.float32)
     valid = np.zeros((len(answers), cfg.max_boxes), bool)
     for i, bs in enumerate(boxes):
-        for k, b in enumerate(list(bs)[:cfg.max_boxes]):
+        for k, b in enumerate(list(bs)[: cfg.max_boxes]):
             box[i, k], valid[i, k] = b, True
     return {"answer": gt, "answer_len": gt_len, "kind": kind, "boxes": box, "box_valid": valid}
 
 
-def reward_byte_budget(max_new_tokens: int, token_table: dict, cap: int | None = None,
-                       bytes_per_token: int | None = None) -> int:
+def reward_byte_budget(
+    max_new_tokens: int, token_table: dict, cap: int | None = None, bytes_per_token: int | None = None
+) -> int:
     """Bytes the reward decoder keeps per completion so that no completion of `max_new_tokens` tokens is cut:
     max_new_tokens x the tokenizer's longest token (`token_table` from text_bytes.token_bytes_table, or just
     its `length` column). `cap` (bytes) and `bytes_per_token` (x max_new_tokens) bound it; completions beyond
@@ -102,12 +109,23 @@ def score_bytes(text, text_len, truth: dict, cfg: RewardConfig, total_len=None) 
     completion's full byte length when `text` may be cut (default text_len); rows cut here or whose boxed
     answer exceeds cfg.answer_bytes get truncated = 1.0."""
     p = parse_completions(text, text_len, cfg.max_boxes, cfg.answer_bytes)
-    acc = accuracy_score(p["answer"], p["answer_len"], truth["answer"], truth["answer_len"], truth["kind"],
-                         bleu=cfg.bleu, rouge=cfg.rouge)
+    acc = accuracy_score(
+        p["answer"],
+        p["answer_len"],
+        truth["answer"],
+        truth["answer_len"],
+        truth["kind"],
+        bleu=cfg.bleu,
+        rouge=cfg.rouge,
+    )
     total_len = text_len if total_len is None else total_len
     truncated = (total_len > text_len) | p["answer_cut"]
-    out = {"accuracy": acc, "format": p["format"], "truncated": truncated.astype(jnp.float32),
-           "coordinate": p["coordinate"] if cfg.coordinate else jnp.zeros_like(acc)}
+    out = {
+        "accuracy": acc,
+        "format": p["format"],
+        "truncated": truncated.astype(jnp.float32),
+        "coordinate": p["coordinate"] if cfg.coordinate else jnp.zeros_like(acc),
+    }
     overall = (1 - cfg.format_weight) * acc + cfg.format_weight * p["format"] + out["coordinate"]
     if cfg.grounding_f1_weight or cfg.grounding_iou_weight:
         src, src_len = (p["text"], p["text_len"]) if cfg.grounding_boxes == "text" else (p["answer"], p["answer_len"])
@@ -118,8 +136,9 @@ def score_bytes(text, text_len, truth: dict, cfg: RewardConfig, total_len=None) 
         has_truth = jnp.any(truth["box_valid"], axis=1)
         out["grounding_f1"] = jnp.where(has_truth, g["f1"], 0.0)
         out["grounding_iou"] = jnp.where(has_truth, g["mean_iou"], 0.0)
-        overall = (overall + cfg.grounding_f1_weight * out["grounding_f1"]
-                   + cfg.grounding_iou_weight * out["grounding_iou"])
+        overall = (
+            overall + cfg.grounding_f1_weight * out["grounding_f1"] + cfg.grounding_iou_weight * out["grounding_iou"]
+        )
     out["overall"] = overall.astype(jnp.float32)
     return out
 
@@ -158,6 +177,7 @@ def make_reward_fn(cfg: RewardConfig, token_table: dict, max_new_tokens: int | N
     max_bytes = text_budget(cfg, token_table, max_new_tokens)
 
     if cfg.host_reference:
+
         def host(tokens, cmask, truth):
             text, n = decode_tokens(jnp.asarray(tokens), jnp.asarray(cmask), table, max_bytes)
             total = _total_bytes(jnp.asarray(tokens), jnp.asarray(cmask), table)
@@ -165,6 +185,7 @@ def make_reward_fn(cfg: RewardConfig, token_table: dict, max_new_tokens: int | N
             rows = [paper.paper_reward(t, a) for t, a in zip(decode_texts(np.asarray(text), np.asarray(n)), answers)]
             out = {k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in rows[0]}
             return {**out, "truncated": (total > n).astype(jnp.float32)}
+
         return host
 
     @jax.jit

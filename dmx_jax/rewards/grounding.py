@@ -5,6 +5,7 @@ Same matching as the evaluation (`dmx_jax.eval.grounding.greedy_match`): repeate
 Returns per row precision and recall at IoU >= threshold, their F1, and the mean IoU of matched pairs
 over max(#cited, #truth) (1.0 when both are empty, 0.0 when exactly one is).
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,10 +25,11 @@ def box_iou(a: jax.Array, b: jax.Array) -> jax.Array:
 def greedy_pairs(iou: jax.Array) -> jax.Array:
     """Matched IoU per cited box [B, N] (0 where unmatched) by greedy matching of iou [B, N, M]."""
     b, n, m = iou.shape
+
     def body(_, carry):
         avail, matched = carry
         score = jnp.where(avail, iou, -1.0).reshape(b, -1)
-        best = jnp.argmax(score, axis=1)                 # first max in row-major order = lowest (i, j) on ties
+        best = jnp.argmax(score, axis=1)  # first max in row-major order = lowest (i, j) on ties
         value = jnp.take_along_axis(score, best[:, None], axis=1)[:, 0]
         take = value > 0
         i, j = best // m, best % m

@@ -16,6 +16,7 @@ numbers on any input, with the published software's exact semantics:
 The BLEU and box extraction are written out here (no nltk / mathruler import); ROUGE-1 uses `rouge_score`
 (a runtime dependency), imported when a long-answer ground truth is first scored.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,12 +26,12 @@ from collections import Counter
 from collections.abc import Sequence
 
 FORMAT_WEIGHT = 0.1
-ANSWER_SCALE = 1.5            # every accuracy branch is scaled to [0, 1.5]
-BOX_REWARD = 0.05             # per cited box with all values <= BOX_LIMIT
-BOX_PENALTY = -0.2            # per cited box with some value > BOX_LIMIT
+ANSWER_SCALE = 1.5  # every accuracy branch is scaled to [0, 1.5]
+BOX_REWARD = 0.05  # per cited box with all values <= BOX_LIMIT
+BOX_PENALTY = -0.2  # per cited box with some value > BOX_LIMIT
 COORDINATE_CAP = 0.15
 BOX_LIMIT = 512
-NO_BOX_ANSWER = "None"        # what mathruler's extractor returns when there is no closed last box
+NO_BOX_ANSWER = "None"  # what mathruler's extractor returns when there is no closed last box
 
 THINK_OPEN, THINK_CLOSE, BOX_OPEN = "<think>", "</think>", "\\boxed{"
 
@@ -89,7 +90,7 @@ def last_boxed(text: str) -> str | None:
     text has no `\\boxed{` or the last one never closes (mathruler's `extract_boxed_content` semantics):
     the paper reward, the answer parser of data_pipelines.formatting and the synthetic traces all call it."""
     span = last_boxed_span(text)
-    return None if span is None else text[span[0] + len(BOX_OPEN):span[1] - 1]
+    return None if span is None else text[span[0] + len(BOX_OPEN) : span[1] - 1]
 
 
 def boxed_content(text: str) -> str:
@@ -136,8 +137,8 @@ def char_bleu(reference: str, hypothesis: str, weights: Sequence[float]) -> floa
     hyp_len, ref_len = len(hypothesis), len(reference)
     precisions = []
     for n in range(1, len(weights) + 1):
-        hyp_counts = Counter(hypothesis[i:i + n] for i in range(hyp_len - n + 1))
-        ref_counts = Counter(reference[i:i + n] for i in range(ref_len - n + 1))
+        hyp_counts = Counter(hypothesis[i : i + n] for i in range(hyp_len - n + 1))
+        ref_counts = Counter(reference[i : i + n] for i in range(ref_len - n + 1))
         clipped = sum(min(c, ref_counts[g]) for g, c in hyp_counts.items())
         total = max(1, sum(hyp_counts.values()))
         if n == 1:
@@ -158,6 +159,7 @@ def char_bleu(reference: str, hypothesis: str, weights: Sequence[float]) -> floa
 @functools.lru_cache(maxsize=1)
 def _rouge1_scorer():
     from rouge_score import rouge_scorer  # runtime dependency, imported only when a long answer is scored
+
     return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
 
 
@@ -185,7 +187,7 @@ def first_think_block(text: str) -> str | None:
     if start < 0:
         return None
     end = text.find(THINK_CLOSE, start + len(THINK_OPEN))
-    return None if end < 0 else text[start + len(THINK_OPEN):end]
+    return None if end < 0 else text[start + len(THINK_OPEN) : end]
 
 
 def cited_boxes(block: str) -> list[list[float]]:
@@ -207,18 +209,25 @@ def coordinate_score(text: str) -> float:
 def paper_reward(completion: str, ground_truth: str, format_weight: float = FORMAT_WEIGHT) -> dict[str, float]:
     """The published per-sample reward: dict(overall, format, accuracy, coordinate)."""
     if not isinstance(completion, str) or not isinstance(ground_truth, str):
-        raise TypeError(f"paper_reward: completion and ground_truth must be str, got "
-                        f"{type(completion).__name__} and {type(ground_truth).__name__}")
+        raise TypeError(
+            f"paper_reward: completion and ground_truth must be str, got "
+            f"{type(completion).__name__} and {type(ground_truth).__name__}"
+        )
     text = normalise_tags(completion)
     fmt = format_score(text)
     acc = accuracy_score(text, ground_truth)
     coord = coordinate_score(text)
-    return {"overall": (1 - format_weight) * acc + format_weight * fmt + coord,
-            "format": fmt, "accuracy": acc, "coordinate": coord}
+    return {
+        "overall": (1 - format_weight) * acc + format_weight * fmt + coord,
+        "format": fmt,
+        "accuracy": acc,
+        "coordinate": coord,
+    }
 
 
-def paper_rewards(completions: Sequence[str], ground_truths: Sequence[str],
-                  format_weight: float = FORMAT_WEIGHT) -> list[dict[str, float]]:
+def paper_rewards(
+    completions: Sequence[str], ground_truths: Sequence[str], format_weight: float = FORMAT_WEIGHT
+) -> list[dict[str, float]]:
     """`paper_reward` over paired lists (the published batch signature)."""
     if len(completions) != len(ground_truths):
         raise ValueError(f"paper_rewards: {len(completions)} completions but {len(ground_truths)} ground truths")

@@ -6,6 +6,7 @@ All functions take `text uint8 [B, L], text_len int32 [B]` that is ALREADY tag-n
 does the normalisation and everything else in one call. Results equal paper.py on ASCII text (tested); on
 non-ASCII text the differences are the ones text_bytes lists (bytes, ASCII-only whitespace and digits).
 """
+
 from __future__ import annotations
 
 import jax
@@ -54,7 +55,7 @@ def boxed_answer_span(text: jax.Array, text_len: jax.Array):
     when the content is empty or all whitespace (answer " ").
     """
     valid, idx = valid_mask(text, text_len), positions(text)
-    body = last_index(occurrences(text, text_len, BOX_OPEN)) + len(BOX_OPEN)            # [B]
+    body = last_index(occurrences(text, text_len, BOX_OPEN)) + len(BOX_OPEN)  # [B]
     in_body = valid & (idx >= body[:, None])
     step = (text == ord("{")).astype(jnp.int32) - (text == ord("}")).astype(jnp.int32)
     depth = jnp.cumsum(jnp.where(in_body, step, 0), axis=1)
@@ -79,7 +80,7 @@ def boxed_answer(text: jax.Array, text_len: jax.Array, max_len: int | None = Non
     src = jnp.clip(start[:, None] + cols, 0, text.shape[1] - 1)
     copied = jnp.where(cols < n[:, None], jnp.take_along_axis(text, src, axis=1), 0)
     none = np.zeros((length,), np.uint8)
-    none[:len(NO_BOX_ANSWER)] = np.frombuffer(NO_BOX_ANSWER, np.uint8)
+    none[: len(NO_BOX_ANSWER)] = np.frombuffer(NO_BOX_ANSWER, np.uint8)
     space = np.zeros((length,), np.uint8)
     space[0] = ord(" ")
     answer = jnp.where(~found[:, None], none, jnp.where((n == 0)[:, None], space, copied))
@@ -103,7 +104,7 @@ def _state(k: int, sub: int) -> int:
 
 def _transition_table() -> np.ndarray:
     """uint8 [8 classes, 21 states] -> next state."""
-    table = np.zeros((8, _N_STATES), np.uint8)                       # default: FAIL (0)
+    table = np.zeros((8, _N_STATES), np.uint8)  # default: FAIL (0)
     table[_OPEN, :] = _state(0, _START)
     for k in range(4):
         nxt = _state(k + 1, _START) if k < 3 else 0
@@ -120,11 +121,11 @@ def _transition_table() -> np.ndarray:
 
 _TRANSITIONS = _transition_table()
 # 2^-44 is half an ulp of float64 at 512: float(s) > 512 iff s > 512 + 2^-44 (the tie rounds to even, 512)
-_HALF_ULP_DIGITS = np.array([int(c) for c in ("%.44f" % 2.0 ** -44)[2:]] + [0], np.int32)   # 44 digits, then 0
+_HALF_ULP_DIGITS = np.array([int(c) for c in ("%.44f" % 2.0**-44)[2:]] + [0], np.int32)  # 44 digits, then 0
 _POW10_MIN, _POW10_MAX = -46, 39
-_MAX_SIGNIFICANT = 31          # mantissa digits kept; more are scaled down (values are float32 anyway)
+_MAX_SIGNIFICANT = 31  # mantissa digits kept; more are scaled down (values are float32 anyway)
 with np.errstate(over="ignore"):
-    _POW10 = (10.0 ** np.arange(_POW10_MIN, _POW10_MAX + 1, dtype=np.float64)).astype(np.float32)   # 1e39 -> inf
+    _POW10 = (10.0 ** np.arange(_POW10_MIN, _POW10_MAX + 1, dtype=np.float64)).astype(np.float32)  # 1e39 -> inf
 
 
 def _pow10(e: jax.Array) -> jax.Array:
@@ -143,9 +144,8 @@ def _byte_class(text: jax.Array, inside: jax.Array) -> jax.Array:
 
 def _states_after(byte_class: jax.Array) -> jax.Array:
     """int32 [B, L]: automaton state after each byte, from FAIL, by a parallel prefix over transition maps."""
-    maps = jnp.asarray(_TRANSITIONS)[byte_class]                                          # [B, L, 21]
-    prefix = jax.lax.associative_scan(lambda a, b: jnp.take_along_axis(b, a.astype(jnp.int32), axis=-1),
-                                      maps, axis=1)
+    maps = jnp.asarray(_TRANSITIONS)[byte_class]  # [B, L, 21]
+    prefix = jax.lax.associative_scan(lambda a, b: jnp.take_along_axis(b, a.astype(jnp.int32), axis=-1), maps, axis=1)
     return prefix[..., 0].astype(jnp.int32)
 
 
@@ -171,12 +171,12 @@ def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, *, who
     before = jnp.pad(after, ((0, 0), (1, 0)))[:, :-1]
     ends_match = (cls == _CLOSE) & ((before == _state(3, _INT)) | (before == _state(3, _FRAC)))
 
-    def at(values, where):          # values [B, L] read at columns `where` in [-1, L]; -1 and L read 0
+    def at(values, where):  # values [B, L] read at columns `where` in [-1, L]; -1 and L read 0
         padded = jnp.pad(values, ((0, 0), (1, 1)))
         return jnp.take_along_axis(padded, where + 1, axis=1)
 
     is_delim = (cls == _OPEN) | (cls == _COMMA)
-    number_start = jax.lax.cummax(jnp.where(is_delim, idx, -1), axis=1)               # '[' or ',' before
+    number_start = jax.lax.cummax(jnp.where(is_delim, idx, -1), axis=1)  # '[' or ',' before
     number_end = jax.lax.cummin(jnp.where((cls == _COMMA) | (cls == _CLOSE), idx, length), axis=1, reverse=True)
     last_open = jax.lax.cummax(jnp.where(cls == _OPEN, idx, -1), axis=1)
     close = jax.lax.cummin(jnp.where(cls == _CLOSE, idx, length), axis=1, reverse=True)
@@ -184,23 +184,23 @@ def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, *, who
 
     sub = (after - 1) % 5
     part = (after - 1) // 5
-    digit = (text.astype(jnp.int32) - ord("0"))
+    digit = text.astype(jnp.int32) - ord("0")
     is_int = in_match & (after > 0) & (sub == _INT)
     is_frac = in_match & (after > 0) & (sub == _FRAC)
     is_digit = is_int | is_frac
     is_minus = in_match & (after > 0) & (sub == _SIGN_S) & (text == ord("-"))
 
-    def count_between(flag, lo, hi):   # number of flagged columns in (lo, hi], lo and hi in [-1, L]
+    def count_between(flag, lo, hi):  # number of flagged columns in (lo, hi], lo and hi in [-1, L]
         c = jnp.cumsum(flag, axis=1, dtype=jnp.int32)
         c = jnp.concatenate([jnp.zeros_like(c[:, :1]), c, c[:, -1:]], axis=1)
         return jnp.take_along_axis(c, hi + 1, axis=1) - jnp.take_along_axis(c, lo + 1, axis=1)
 
-    digits_after = count_between(is_digit, idx, number_end)            # digits of the same number after p
+    digits_after = count_between(is_digit, idx, number_end)  # digits of the same number after p
     int_after = count_between(is_int, idx, number_end)
-    frac_pos = count_between(is_frac, number_start, idx) - 1            # 0-based place after the point
+    frac_pos = count_between(is_frac, number_start, idx) - 1  # 0-based place after the point
     significant = is_digit & (count_between(is_digit & (digit > 0), number_start, idx) > 0)
     n_significant = count_between(significant, number_start, number_end)
-    shift = jnp.maximum(n_significant - _MAX_SIGNIFICANT, 0)             # keeps the mantissa below 1e31
+    shift = jnp.maximum(n_significant - _MAX_SIGNIFICANT, 0)  # keeps the mantissa below 1e31
     mantissa = jnp.where(significant & (digit > 0), digit * _pow10(digits_after - shift), 0.0)
     int_value = jnp.where(significant & is_int & (digit > 0), digit * _pow10(int_after), 0.0)
     ref_digit = jnp.asarray(_HALF_ULP_DIGITS)[jnp.clip(frac_pos, 0, 44)]
@@ -210,26 +210,30 @@ def cited_boxes(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, *, who
 
     # per number: segment (close column, part) summed; everything else goes to a dump segment
     seg = jnp.where(in_match & (after > 0), close * 4 + part, 4 * length)
-    per_pos = jnp.stack([mantissa, is_frac, is_minus, significant & is_int, int_value, frac_above,
-                         significant], axis=-1)
+    per_pos = jnp.stack(
+        [mantissa, is_frac, is_minus, significant & is_int, int_value, frac_above, significant], axis=-1
+    )
     sums = jax.vmap(lambda d, s: jax.ops.segment_sum(d, s, num_segments=4 * length + 1))(
-        per_pos.astype(jnp.float32), seg)[:, :-1].reshape(batch, length, 4, per_pos.shape[-1])
+        per_pos.astype(jnp.float32), seg
+    )[:, :-1].reshape(batch, length, 4, per_pos.shape[-1])
     mant, frac_digits, minus, n_sig, int_val, above, n_all_sig = (sums[..., i] for i in range(per_pos.shape[-1]))
-    frac_shift = jnp.maximum(n_all_sig.astype(jnp.int32) - _MAX_SIGNIFICANT, 0)      # the same shift per number
+    frac_shift = jnp.maximum(n_all_sig.astype(jnp.int32) - _MAX_SIGNIFICANT, 0)  # the same shift per number
     sign = jnp.where(minus > 0, -1.0, 1.0)
-    values = sign * mant / _pow10(frac_digits.astype(jnp.int32) - frac_shift)                        # [B, L, 4]
+    values = sign * mant / _pow10(frac_digits.astype(jnp.int32) - frac_shift)  # [B, L, 4]
     over = (minus == 0) & ((n_sig > 3) | ((n_sig == 3) & ((int_val > 512) | ((int_val == 512) & (above > 0)))))
-    over_at_close = jnp.any(over, axis=-1) & ends_match                                   # [B, L]
+    over_at_close = jnp.any(over, axis=-1) & ends_match  # [B, L]
 
-    close_at = kth_true(ends_match, max_boxes)                      # [B, N] the first N closing brackets
+    close_at = kth_true(ends_match, max_boxes)  # [B, N] the first N closing brackets
     box_valid = close_at < length
     box_close = jnp.where(box_valid, close_at, 0)
     boxes = jnp.take_along_axis(values, box_close[..., None], axis=1)
-    return {"boxes": jnp.where(box_valid[..., None], boxes, 0.0),
-            "box_valid": box_valid,
-            "box_over_512": jnp.take_along_axis(over_at_close, box_close, axis=1) & box_valid,
-            "count": jnp.sum(ends_match, axis=1, dtype=jnp.int32),
-            "over_count": jnp.sum(over_at_close, axis=1, dtype=jnp.int32)}
+    return {
+        "boxes": jnp.where(box_valid[..., None], boxes, 0.0),
+        "box_valid": box_valid,
+        "box_over_512": jnp.take_along_axis(over_at_close, box_close, axis=1) & box_valid,
+        "count": jnp.sum(ends_match, axis=1, dtype=jnp.int32),
+        "over_count": jnp.sum(over_at_close, axis=1, dtype=jnp.int32),
+    }
 
 
 # float32(m / 20) for every reachable m = n_ok - 4 * n_over below the cap, by table: XLA rewrites division by
@@ -247,8 +251,9 @@ def coordinate_score(count: jax.Array, over_count: jax.Array) -> jax.Array:
     return jnp.where(m >= 3, jnp.float32(paper.COORDINATE_CAP), value)
 
 
-def parse_completions(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, max_answer_len: int | None = None
-                      ) -> dict:
+def parse_completions(
+    text: jax.Array, text_len: jax.Array, max_boxes: int = 8, max_answer_len: int | None = None
+) -> dict:
     """Everything the paper reward reads from raw completions: tag-normalise, then format, answer, boxes,
     coordinate. Returns dict(text, text_len (normalised), format, answer, answer_len, answer_cut (bool [B]: the
     boxed answer is longer than max_answer_len and was cut), coordinate, **cited_boxes)."""
@@ -257,6 +262,13 @@ def parse_completions(text: jax.Array, text_len: jax.Array, max_boxes: int = 8, 
     start, end, found = boxed_answer_span(text, text_len)
     answer_cut = found & (end - start > answer.shape[1])
     boxes = cited_boxes(text, text_len, max_boxes)
-    return {"text": text, "text_len": text_len, "format": format_score(text, text_len), "answer": answer,
-            "answer_len": answer_len, "answer_cut": answer_cut,
-            "coordinate": coordinate_score(boxes["count"], boxes["over_count"]), **boxes}
+    return {
+        "text": text,
+        "text_len": text_len,
+        "format": format_score(text, text_len),
+        "answer": answer,
+        "answer_len": answer_len,
+        "answer_cut": answer_cut,
+        "coordinate": coordinate_score(boxes["count"], boxes["over_count"]),
+        **boxes,
+    }

@@ -10,6 +10,7 @@ the ASCII set that Python's str `\\s` / `str.isspace` / `str.split` use (space, 
 \\x1c-\\x1f); the Unicode-only spaces (NBSP, NEL, em space, ...) are multi-byte in UTF-8 and are not
 whitespace here.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ import numpy as np
 from dmx_jax.rewards import paper
 
 WHITESPACE_BYTES = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
-TAG_BYTES = b"<>/"            # the characters the published pre-normalisation strips whitespace around
+TAG_BYTES = b"<>/"  # the characters the published pre-normalisation strips whitespace around
 # Qwen2 / Qwen2.5 byte-level BPE: 151,643 ranked tokens (+ 22 specials), the longest a run of 128 spaces, mean
 # 6.4 bytes; read from the published rank file. Sets the reward's uncapped byte budget at real scale.
 QWEN2_5_LONGEST_TOKEN_BYTES = 128
@@ -43,7 +44,7 @@ def token_bytes_table(tokenizer, vocab_size: int) -> dict[str, np.ndarray]:
     table = np.zeros((vocab_size, width), np.uint8)
     length = np.zeros((vocab_size,), np.int32)
     for i, p in enumerate(pieces):
-        table[i, :len(p)] = np.frombuffer(p, np.uint8)
+        table[i, : len(p)] = np.frombuffer(p, np.uint8)
         length[i] = len(p)
     return {"bytes": table, "length": length}
 
@@ -55,7 +56,7 @@ def encode_texts(texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.nda
     for i, d in enumerate(data):
         if len(d) > max_len:
             raise ValueError(f"encode_texts: texts[{i}] is {len(d)} UTF-8 bytes, more than max_len={max_len}")
-        text[i, :len(d)] = np.frombuffer(d, np.uint8)
+        text[i, : len(d)] = np.frombuffer(d, np.uint8)
     return text, np.array([len(d) for d in data], np.int32).reshape(len(data))
 
 
@@ -104,7 +105,7 @@ def occurrences(text: jax.Array, text_len: jax.Array, pattern: bytes) -> jax.Arr
     padded = jnp.pad(text, ((0, 0), (0, n)))
     hit = jnp.ones(text.shape, bool)
     for j, c in enumerate(pattern):
-        hit = hit & (padded[:, j:j + length] == c)
+        hit = hit & (padded[:, j : j + length] == c)
     return hit & (positions(text) + n <= text_len[:, None])
 
 
@@ -125,7 +126,7 @@ def kth_true(mask: jax.Array, n: int) -> jax.Array:
 
     Compaction by gathers (binary search over the running count) instead of a scatter: every output reads
     its own source, so the result cannot depend on the order in which a backend applies scattered writes."""
-    count = jnp.cumsum(mask, axis=-1, dtype=jnp.int32)                                   # [B, L]
+    count = jnp.cumsum(mask, axis=-1, dtype=jnp.int32)  # [B, L]
     want = jnp.arange(1, n + 1, dtype=jnp.int32)
     return jax.vmap(lambda c: jnp.searchsorted(c, want, side="left"))(count).astype(jnp.int32)
 
@@ -155,16 +156,17 @@ def normalise_tags(text: jax.Array, text_len: jax.Array) -> tuple[jax.Array, jax
     space = is_whitespace(text) & valid
     tag = byte_in(text, TAG_BYTES) & valid
     idx, length = positions(text), text.shape[-1]
-    prev_solid = jax.lax.cummax(jnp.where(space, -1, idx), axis=1)                  # -1: none
+    prev_solid = jax.lax.cummax(jnp.where(space, -1, idx), axis=1)  # -1: none
     next_solid = jax.lax.cummin(jnp.where(space, length, idx), axis=1, reverse=True)  # L: none
-    tag_padded = jnp.pad(tag, ((0, 0), (1, 1)))                                        # index i+1 <-> column i
+    tag_padded = jnp.pad(tag, ((0, 0), (1, 1)))  # index i+1 <-> column i
     tag_before = jnp.take_along_axis(tag_padded, prev_solid + 1, axis=1)
     tag_after = jnp.take_along_axis(tag_padded, next_solid + 1, axis=1)
     return compact(text, valid & ~(space & (tag_before | tag_after)))
 
 
-def decode_tokens(token_ids: jax.Array, mask: jax.Array, table: dict, max_len: int | None = None
-                  ) -> tuple[jax.Array, jax.Array]:
+def decode_tokens(
+    token_ids: jax.Array, mask: jax.Array, table: dict, max_len: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Concatenate the bytes of the unmasked tokens of each row.
 
     token_ids int [B, T], mask bool/int [B, T] (any pattern; masked tokens contribute nothing), table from
@@ -178,10 +180,10 @@ def decode_tokens(token_ids: jax.Array, mask: jax.Array, table: dict, max_len: i
     length = token_ids.shape[1] * width if max_len is None else int(max_len)
     in_vocab = (token_ids >= 0) & (token_ids < vocab)
     ids = jnp.where(in_vocab, token_ids, 0).astype(jnp.int32)
-    n_bytes = jnp.where(in_vocab & mask.astype(bool), token_len[ids], 0)                 # [B, T]
-    ends = jnp.cumsum(n_bytes, axis=1, dtype=jnp.int32)                                  # [B, T] exclusive end
+    n_bytes = jnp.where(in_vocab & mask.astype(bool), token_len[ids], 0)  # [B, T]
+    ends = jnp.cumsum(n_bytes, axis=1, dtype=jnp.int32)  # [B, T] exclusive end
     out_pos = jnp.arange(length, dtype=jnp.int32)
-    tok = jax.vmap(lambda e: jnp.searchsorted(e, out_pos, side="right"))(ends)           # [B, L]
+    tok = jax.vmap(lambda e: jnp.searchsorted(e, out_pos, side="right"))(ends)  # [B, L]
     tok = jnp.minimum(tok, token_ids.shape[1] - 1)
     tok_start = jnp.take_along_axis(ends - n_bytes, tok, axis=1)
     tok_id = jnp.take_along_axis(ids, tok, axis=1)

@@ -3,6 +3,7 @@ strings -> UTF-8 byte arrays sized from the inputs (bucketed to powers of two, s
 compile) -> `combine.score_bytes` under jit -> numpy arrays. Nothing is cut: the completion and answer
 buffers always hold the longest input.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,12 @@ def _jitted(cfg: RewardConfig):
     return jax.jit(lambda text, text_len, truth: score_bytes(text, text_len, truth, cfg))
 
 
-def score_texts(completions: Sequence[str], ground_truths: Sequence[str], preset: str | RewardConfig = "paper",
-                boxes: Sequence[Sequence[Sequence[float]]] | None = None) -> dict[str, np.ndarray]:
+def score_texts(
+    completions: Sequence[str],
+    ground_truths: Sequence[str],
+    preset: str | RewardConfig = "paper",
+    boxes: Sequence[Sequence[Sequence[float]]] | None = None,
+) -> dict[str, np.ndarray]:
     """Reward of each completion against its ground truth with the jitted preset (default the published
     `paper` reward). Returns float32 [N] arrays: overall, format, accuracy, coordinate (and the preset's
     grounding terms; truncated is always 0 here). boxes: truth boxes per row for the grounded preset."""

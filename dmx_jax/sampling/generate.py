@@ -8,6 +8,7 @@ sampling temperature, softmax(logits / T) (what the trainer recomputes; see sele
 With group_size G the prompts are prefilled once (vision tower and prompt forward run once per prompt) and
 the KV cache is broadcast to the G samples; prefill computes logits at the last position only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,7 +46,7 @@ class Decoding:
     micro_batches: int = 1
 
 
-PROMPT_KEYS = ("input_ids", "attention_mask", "positions", "deltas")   # + optional pixel_values, vision_inputs
+PROMPT_KEYS = ("input_ids", "attention_mask", "positions", "deltas")  # + optional pixel_values, vision_inputs
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "decoding"))
@@ -56,15 +57,22 @@ def generate_arrays(graphdef, params, prompts: dict, rng, decoding: Decoding):
     call it. -> (tokens, logps, completion_mask) [P * G, max_new_tokens], groups contiguous."""
     model = nnx.merge(graphdef, params)
     ids, mask = prompts["input_ids"].astype(jnp.int32), prompts["attention_mask"].astype(jnp.int32)
-    positions = jnp.swapaxes(prompts["positions"], 0, 1).astype(jnp.int32)       # rows [P, 3, T] -> [3, P, T]
+    positions = jnp.swapaxes(prompts["positions"], 0, 1).astype(jnp.int32)  # rows [P, 3, T] -> [3, P, T]
     deltas = prompts["deltas"].astype(jnp.int32).reshape(-1, 1)
     pixels, vin = prompts.get("pixel_values"), prompts.get("vision_inputs")
     k = decoding.micro_batches
     if k == 1:
         return _decode(model, ids, positions, mask, deltas, pixels, vin, rng, decoding)
     split = lambda x: None if x is None else jax.tree.map(lambda a: _strided_split(a, k, 0), x)
-    xs = (split(ids), _strided_split(positions, k, 1), split(mask), split(deltas), split(pixels), split(vin),
-          jax.random.split(rng, k))
+    xs = (
+        split(ids),
+        _strided_split(positions, k, 1),
+        split(mask),
+        split(deltas),
+        split(pixels),
+        split(vin),
+        jax.random.split(rng, k),
+    )
     outs = jax.lax.map(lambda args: _decode(model, *args, decoding), xs)
     return tuple(_strided_join(o, decoding.group_size) for o in outs)
 
@@ -74,7 +82,7 @@ def _strided_split(x, k: int, axis: int):
     b = x.shape[axis]
     if b % k:
         raise ValueError(f"batch of {b} rows does not split into {k} micro-batches")
-    x = x.reshape(x.shape[:axis] + (b // k, k) + x.shape[axis + 1:])
+    x = x.reshape(x.shape[:axis] + (b // k, k) + x.shape[axis + 1 :])
     return jnp.moveaxis(x, axis + 1, 0)
 
 
@@ -85,8 +93,7 @@ def _strided_join(x, group_size: int):
     return jnp.swapaxes(x, 0, 1).reshape((k * n,) + x.shape[3:])
 
 
-def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng,
-            decoding: Decoding):
+def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, vision_inputs, rng, decoding: Decoding):
     """Prefill P prompts once (vision tower included), logits at the last position only, then broadcast the
     KV cache to the G samples of each group and decode P * G rows."""
     d = decoding
@@ -96,14 +103,18 @@ def _decode(model, input_ids, positions, attention_mask, deltas, pixel_values, v
     b = p * group_size
     cache = init_cache(model.cfg.text, p, t + max_new_tokens, cache_dtype or model.dtype)
     key_mask = jnp.concatenate([attention_mask.astype(jnp.int32), jnp.ones((p, max_new_tokens), jnp.int32)], axis=1)
-    hidden, cache = model.hidden_states(input_ids, positions, attention_mask, pixel_values, vision_inputs,
-                                        cache=cache, key_mask=key_mask)
-    last = model.logits(hidden[:, -1:])[:, 0]                        # [P, V]: never [P, T, V]
-    offset = next_position_offset(deltas, attention_mask)            # [P, 1]: slot t + j -> position t + j + offset
-    if group_size > 1:                                               # the G samples share the prefilled cache
+    hidden, cache = model.hidden_states(
+        input_ids, positions, attention_mask, pixel_values, vision_inputs, cache=cache, key_mask=key_mask
+    )
+    last = model.logits(hidden[:, -1:])[:, 0]  # [P, V]: never [P, T, V]
+    offset = next_position_offset(deltas, attention_mask)  # [P, 1]: slot t + j -> position t + j + offset
+    if group_size > 1:  # the G samples share the prefilled cache
         rep = lambda x: jnp.repeat(x, group_size, axis=0)
-        cache = {"k": jnp.repeat(cache["k"], group_size, axis=1), "v": jnp.repeat(cache["v"], group_size, axis=1),
-                 "index": cache["index"]}
+        cache = {
+            "k": jnp.repeat(cache["k"], group_size, axis=1),
+            "v": jnp.repeat(cache["v"], group_size, axis=1),
+            "index": cache["index"],
+        }
         last, offset, key_mask = rep(last), rep(offset), rep(key_mask)
     stops = jnp.asarray(stop_token_ids if stop_token_ids else (-1,), jnp.int32)
 
@@ -143,7 +154,7 @@ def stop_token_ids(tokenizer=None, generation_config=None, extra=()) -> tuple[in
     def add(v):
         if v is None:
             return
-        for x in (v if isinstance(v, (list, tuple)) else [v]):
+        for x in v if isinstance(v, (list, tuple)) else [v]:
             if x is not None and int(x) >= 0 and int(x) not in ids:
                 ids.append(int(x))
 
@@ -160,14 +171,24 @@ def stop_token_ids(tokenizer=None, generation_config=None, extra=()) -> tuple[in
                 unk = getattr(tokenizer, "unk_token_id", None)
                 add(None if v == unk else v)
     if generation_config is not None:
-        add(generation_config.get("eos_token_id") if isinstance(generation_config, dict)
-            else getattr(generation_config, "eos_token_id", None))
+        add(
+            generation_config.get("eos_token_id")
+            if isinstance(generation_config, dict)
+            else getattr(generation_config, "eos_token_id", None)
+        )
     add(list(extra))
     return tuple(ids)
 
 
-def prepare_prompts(model_cfg, input_ids, attention_mask=None, image_grid_thw=None, positions=None, deltas=None,
-                    pad_patches_to: int | None = None):
+def prepare_prompts(
+    model_cfg,
+    input_ids,
+    attention_mask=None,
+    image_grid_thw=None,
+    positions=None,
+    deltas=None,
+    pad_patches_to: int | None = None,
+):
     """Host side: M-RoPE positions [3, B, T] + deltas [B, 1] (computed unless given, then in that layout) and vision
     inputs for a left-padded prompt batch -> (ids, mask, positions, deltas, vision_inputs)."""
     ids = np.asarray(input_ids)
@@ -178,16 +199,35 @@ def prepare_prompts(model_cfg, input_ids, attention_mask=None, image_grid_thw=No
     if image_grid_thw is not None and np.asarray(image_grid_thw).ndim == 2:
         vin = make_vision_inputs(np.asarray(image_grid_thw), model_cfg.vision, pad_to=pad_patches_to)
     if positions is None:
-        positions, deltas = rope_index(ids, image_grid_thw if vin is not None else None, mask,
-                                       spatial_merge_size=model_cfg.vision.spatial_merge_size,
-                                       image_token_id=model_cfg.image_token_id)
+        positions, deltas = rope_index(
+            ids,
+            image_grid_thw if vin is not None else None,
+            mask,
+            spatial_merge_size=model_cfg.vision.spatial_merge_size,
+            image_token_id=model_cfg.image_token_id,
+        )
     return ids, mask, positions, deltas, vin
 
 
-def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attention_mask=None, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, rng=None,
-             stop_token_ids: Sequence[int] = (), pad_id: int | None = None, return_logprobs: bool = False,
-             positions=None, deltas=None, vision_inputs=None):
+def generate(
+    model,
+    input_ids,
+    *,
+    pixel_values=None,
+    image_grid_thw=None,
+    attention_mask=None,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    rng=None,
+    stop_token_ids: Sequence[int] = (),
+    pad_id: int | None = None,
+    return_logprobs: bool = False,
+    positions=None,
+    deltas=None,
+    vision_inputs=None,
+):
     """Generate up to `max_new_tokens` per row -> tokens int32 [B, max_new_tokens] (+ (logprobs, mask)).
 
     Inputs are laid out as for the model's forward (transformers layout: left-padded input_ids, flat
@@ -197,10 +237,11 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
     """
     cfg = model.cfg
     if positions is not None:
-        positions = np.swapaxes(np.asarray(positions), 0, 1)                    # rows [B, 3, T] -> [3, B, T]
+        positions = np.swapaxes(np.asarray(positions), 0, 1)  # rows [B, 3, T] -> [3, B, T]
     if vision_inputs is None:
-        ids, mask, positions, deltas, vin = prepare_prompts(cfg, input_ids, attention_mask, image_grid_thw, positions,
-                                                            deltas)
+        ids, mask, positions, deltas, vin = prepare_prompts(
+            cfg, input_ids, attention_mask, image_grid_thw, positions, deltas
+        )
         if pixel_values is not None and np.ndim(pixel_values) == 2 and ids.shape[0] > 1:
             pixel_values, vin = rowwise_images(cfg, ids, pixel_values, image_grid_thw)
     else:
@@ -210,16 +251,27 @@ def generate(model, input_ids, *, pixel_values=None, image_grid_thw=None, attent
     if temperature > 0 and rng is None:
         raise ValueError("sampling with temperature > 0 needs rng=jax.random.key(...)")
     graphdef, params = nnx.split(model)
-    prompts = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
-               "positions": jnp.swapaxes(jnp.asarray(positions), 0, 1), "deltas": jnp.asarray(deltas)}
+    prompts = {
+        "input_ids": jnp.asarray(ids),
+        "attention_mask": jnp.asarray(mask),
+        "positions": jnp.swapaxes(jnp.asarray(positions), 0, 1),
+        "deltas": jnp.asarray(deltas),
+    }
     if pixel_values is not None:
         prompts["pixel_values"] = jnp.asarray(pixel_values)
     if vin is not None:
         prompts["vision_inputs"] = jax.tree.map(jnp.asarray, vin)
-    decoding = Decoding(int(max_new_tokens), float(temperature), int(top_k), float(top_p),
-                        tuple(int(s) for s in stop_token_ids), int(cfg.pad_token_id if pad_id is None else pad_id))
-    tokens, logps, cmask = generate_arrays(graphdef, params, prompts, rng if rng is not None else jax.random.key(0),
-                                           decoding)
+    decoding = Decoding(
+        int(max_new_tokens),
+        float(temperature),
+        int(top_k),
+        float(top_p),
+        tuple(int(s) for s in stop_token_ids),
+        int(cfg.pad_token_id if pad_id is None else pad_id),
+    )
+    tokens, logps, cmask = generate_arrays(
+        graphdef, params, prompts, rng if rng is not None else jax.random.key(0), decoding
+    )
     return (tokens, (logps, cmask)) if return_logprobs else tokens
 
 
@@ -231,11 +283,11 @@ def rowwise_images(model_cfg, input_ids, pixel_values, image_grid_thw):
     per row it is O(B * P_row^2) (at batch 8 with one 224 px image each: prefill 195 ms -> see BUILD_NOTES)."""
     ids = np.asarray(input_ids)
     grid = np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
-    unit = model_cfg.vision.spatial_merge_size ** 2
+    unit = model_cfg.vision.spatial_merge_size**2
     tokens_per_image = grid.prod(axis=1) // unit
     starts = np.concatenate([[0], np.cumsum(grid.prod(axis=1))])
     pv = np.asarray(pixel_values)
-    spans, row_grids, img = [], [], 0                      # spans: row b's patches are pv[first:last]
+    spans, row_grids, img = [], [], 0  # spans: row b's patches are pv[first:last]
     for b in range(ids.shape[0]):
         need, first = int((ids[b] == model_cfg.image_token_id).sum()), img
         while need > 0 and img < len(grid):
@@ -250,7 +302,7 @@ def rowwise_images(model_cfg, input_ids, pixel_values, image_grid_thw):
     p_max = int(max(last - first for first, last in spans))
     pixels = np.zeros((ids.shape[0], p_max, pv.shape[1]), pv.dtype)
     for b, (first, last) in enumerate(spans):
-        pixels[b, :last - first] = pv[first:last]
+        pixels[b, : last - first] = pv[first:last]
     vins = [_row_vision_inputs(tuple(map(tuple, g.tolist())), model_cfg.vision, p_max) for g in row_grids]
     return pixels, {k: np.stack([v[k] for v in vins]) for k in vins[0]}
 

@@ -8,6 +8,7 @@ pi_T (tokens outside the nucleus are never drawn) and the importance ratio does 
 in verl/EasyR1. `logprob_of="sampling"` returns the log-prob under the truncated distribution actually used.
 Greedy (temperature 0) returns log-probs at temperature 1.
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,8 +38,15 @@ def filter_logits(logits: jax.Array, *, temperature: float, top_k: int = 0, top_
     return logits
 
 
-def select_tokens(logits: jax.Array, rng: jax.Array | None, *, temperature: float = 0.0, top_k: int = 0,
-                  top_p: float = 1.0, logprob_of: str = "model") -> tuple[jax.Array, jax.Array]:
+def select_tokens(
+    logits: jax.Array,
+    rng: jax.Array | None,
+    *,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    logprob_of: str = "model",
+) -> tuple[jax.Array, jax.Array]:
     """logits [B, V] -> (tokens int32 [B], logprob float32 [B]). temperature 0 = greedy."""
     if temperature == 0.0:
         model_logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

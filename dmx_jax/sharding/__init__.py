@@ -1,4 +1,5 @@
 """Meshes, the logical-axis rule table, and multi-host helpers."""
+
 from dmx_jax.sharding.distributed import (
     DistributedConfig,
     global_array,

@@ -1,4 +1,5 @@
 """Multi-host: process-group start-up and global batches assembled from per-process shards."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,9 @@ def _from_env(cfg: DistributedConfig) -> DistributedConfig:
         cfg,
         coordinator_address=cfg.coordinator_address or env.get("DMX_COORDINATOR"),
         num_processes=cfg.num_processes or (int(env["DMX_NUM_PROCESSES"]) if "DMX_NUM_PROCESSES" in env else None),
-        process_id=cfg.process_id if cfg.process_id is not None else (
-            int(env["DMX_PROCESS_ID"]) if "DMX_PROCESS_ID" in env else None),
+        process_id=cfg.process_id
+        if cfg.process_id is not None
+        else (int(env["DMX_PROCESS_ID"]) if "DMX_PROCESS_ID" in env else None),
     )
 
 
@@ -50,11 +52,15 @@ def initialize(cfg: DistributedConfig = DistributedConfig()) -> bool:
         return False
     missing = [f for f in ("coordinator_address", "num_processes", "process_id") if getattr(cfg, f) is None]
     if missing:
-        raise ValueError("multi-process run needs coordinator_address, num_processes and process_id; "
-                         f"missing {missing}")
+        raise ValueError(
+            f"multi-process run needs coordinator_address, num_processes and process_id; missing {missing}"
+        )
     jax.distributed.initialize(
-        coordinator_address=cfg.coordinator_address, num_processes=cfg.num_processes, process_id=cfg.process_id,
-        local_device_ids=list(cfg.local_device_ids) if cfg.local_device_ids is not None else None)
+        coordinator_address=cfg.coordinator_address,
+        num_processes=cfg.num_processes,
+        process_id=cfg.process_id,
+        local_device_ids=list(cfg.local_device_ids) if cfg.local_device_ids is not None else None,
+    )
     return jax.process_count() > 1
 
 
@@ -83,8 +89,9 @@ def replicated_array(value: Any, mesh: Mesh) -> jax.Array:
 
 def global_batch(local_batch: dict[str, Any], mesh: Mesh, specs: dict[str, PartitionSpec]) -> dict[str, jax.Array]:
     """global_array over a dict batch; keys without a spec are replicated (must be equal on all processes)."""
-    return {k: global_array(v, mesh, specs[k]) if k in specs else replicated_array(v, mesh)
-            for k, v in local_batch.items()}
+    return {
+        k: global_array(v, mesh, specs[k]) if k in specs else replicated_array(v, mesh) for k, v in local_batch.items()
+    }
 
 
 def is_main_process() -> bool:

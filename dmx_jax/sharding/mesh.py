@@ -4,6 +4,7 @@ Sizes come from config; -1 means "all devices left over". Axes are Auto (GSPMD-s
 jax 0.10 `jax.make_mesh` defaults to Explicit axes, which would make shardings part of array types
 (stack.md §4), so we always ask for Auto.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,21 +28,25 @@ class MeshConfig:
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
         if any(s == 0 or s < -1 for s in sizes):
-            raise ValueError("mesh sizes must be positive or -1, "
-                             f"got data={self.data} fsdp={self.fsdp} tensor={self.tensor}")
+            raise ValueError(
+                f"mesh sizes must be positive or -1, got data={self.data} fsdp={self.fsdp} tensor={self.tensor}"
+            )
         n_fill = sum(s == -1 for s in sizes)
         if n_fill > 1:
-            raise ValueError("at most one mesh axis may be -1, "
-                             f"got data={self.data} fsdp={self.fsdp} tensor={self.tensor}")
+            raise ValueError(
+                f"at most one mesh axis may be -1, got data={self.data} fsdp={self.fsdp} tensor={self.tensor}"
+            )
         known = math.prod(s for s in sizes if s != -1)
         if n_fill:
             if num_devices % known:
-                raise ValueError(f"{num_devices} devices cannot be split into mesh {sizes} "
-                                 f"(fixed axes multiply to {known})")
+                raise ValueError(
+                    f"{num_devices} devices cannot be split into mesh {sizes} (fixed axes multiply to {known})"
+                )
             sizes = [num_devices // known if s == -1 else s for s in sizes]
         if math.prod(sizes) != num_devices:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                             f"found {num_devices}")
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, found {num_devices}"
+            )
         return tuple(sizes)
 
 

@@ -9,6 +9,7 @@ Two steps, in the MaxText spirit:
 A dimension whose size is not divisible by its mesh axes falls back to replicated (recorded by
 `explain`). Layers carry no annotations; both towers get their sharding from here.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,7 +62,7 @@ PARAM_LOGICAL_AXES: tuple[tuple[str, LogicalAxes], ...] = (
     (r"text\.layers\.mlp\.down\.lora_b", (_L, "lora_rank", "embed")),
     (r"text\.norm\.scale", (None,)),
     (r"lm_head\.kernel", ("embed", "vocab")),
-    (r"align_readout\.kernel", ("embed", None)),          # the alignment stage's decoder read-out head
+    (r"align_readout\.kernel", ("embed", None)),  # the alignment stage's decoder read-out head
     (r"align_readout\.bias", (None,)),
 )
 
@@ -96,7 +97,7 @@ ACTIVATION_RULES: Rules = {
     "act_kv_heads": "tensor",
     "act_mlp": "tensor",
     "act_vocab": "tensor",
-    "act_patches": None,            # packed patches of one row (the row is the vmapped batch dimension)
+    "act_patches": None,  # packed patches of one row (the row is the vmapped batch dimension)
     "act_vision_heads": "tensor",
     "act_vision_mlp": "tensor",
 }
@@ -151,13 +152,15 @@ def spec_for(axes: LogicalAxes, shape: Sequence[int], mesh: Mesh, rules: Rules) 
     return PartitionSpec(*out)
 
 
-def param_spec(path: Sequence[Any] | str, shape: Sequence[int], mesh: Mesh,
-               rules: Rules = TRAIN_RULES) -> PartitionSpec:
+def param_spec(
+    path: Sequence[Any] | str, shape: Sequence[int], mesh: Mesh, rules: Rules = TRAIN_RULES
+) -> PartitionSpec:
     return spec_for(logical_axes(path, len(shape)), shape, mesh, rules)
 
 
-def param_sharding_fn(mesh: Mesh,
-                      rules: Rules = TRAIN_RULES) -> Callable[[Sequence[Any], Sequence[int]], NamedSharding]:
+def param_sharding_fn(
+    mesh: Mesh, rules: Rules = TRAIN_RULES
+) -> Callable[[Sequence[Any], Sequence[int]], NamedSharding]:
     """The `param_sharding(path, shape)` callback `dmx_jax.hf.load_pretrained` places tensors with."""
     return lambda path, shape: NamedSharding(mesh, param_spec(path, shape, mesh, rules))
 
@@ -168,8 +171,11 @@ def tree_partition_specs(tree: Any, mesh: Mesh, rules: Rules = TRAIN_RULES) -> A
 
 
 def tree_shardings(tree: Any, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Any:
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), tree_partition_specs(tree, mesh, rules),
-                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s),
+        tree_partition_specs(tree, mesh, rules),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
 
 
 def shardings_like_params(tree: Any, param_tree: Any, mesh: Mesh, rules: Rules = TRAIN_RULES) -> Any:

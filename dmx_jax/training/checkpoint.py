@@ -7,6 +7,7 @@ shard): <directory>_data/<step>/process_<i>.json beside orbax's steps, process 0
 The directory may be remote (`gs://bucket/run/ckpt`): it is kept as an etils.epath path and handed to orbax
 unchanged; `remote_path_error` says in one line which extra a missing epath backend needs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +58,10 @@ def remote_path_error(path: str | os.PathLike) -> str | None:
     missing = [" or ".join(g) for g in groups if not any(_importable(m) for m in g)]
     if not missing:
         return None
-    return (f"{path}: {scheme}:// paths need {' and '.join(missing)} (orbax / etils.epath), not installed: "
-            f"pip install 'dmx-jax[{extra}]'")
+    return (
+        f"{path}: {scheme}:// paths need {' and '.join(missing)} (orbax / etils.epath), not installed: "
+        f"pip install 'dmx-jax[{extra}]'"
+    )
 
 
 def as_path(directory: str | os.PathLike) -> epath.Path:
@@ -75,8 +78,7 @@ def _as_tree(state: TrainState) -> dict:
 class Checkpointer:
     """CheckpointManager wrapper: save every `save_every` steps (and when forced), keep the last `keep`."""
 
-    def __init__(self, directory: str | os.PathLike, *, save_every: int = 100, keep: int = 3,
-                 async_save: bool = True):
+    def __init__(self, directory: str | os.PathLike, *, save_every: int = 100, keep: int = 3, async_save: bool = True):
         error = remote_path_error(directory)
         if error:
             raise ValueError(error)
@@ -84,8 +86,10 @@ class Checkpointer:
         self.save_every = save_every
         self._mngr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1,
-                                                 enable_async_checkpointing=async_save, create=True))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save, create=True
+            ),
+        )
 
     def all_steps(self) -> list[int]:
         return sorted(self._mngr.all_steps())
@@ -94,15 +98,18 @@ class Checkpointer:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
-    def save(self, step: int, state: TrainState, *, data_state: Any = None, config: Any = None,
-             force: bool = False) -> bool:
+    def save(
+        self, step: int, state: TrainState, *, data_state: Any = None, config: Any = None, force: bool = False
+    ) -> bool:
         """Save when `step` is on the interval or `force`; returns whether a save started."""
         if not force and (self.save_every <= 0 or step % self.save_every):
             return False
         if step in self._mngr.all_steps():
             return False
-        args = {"state": ocp.args.StandardSave(_as_tree(state)),
-                "extra": ocp.args.JsonSave({"data_state": data_state, "config": config, "step": int(step)})}
+        args = {
+            "state": ocp.args.StandardSave(_as_tree(state)),
+            "extra": ocp.args.JsonSave({"data_state": data_state, "config": config, "step": int(step)}),
+        }
         self._write_data_state(step, data_state)
         self._mngr.save(step, args=ocp.args.Composite(**args), force=True)
         return True
@@ -139,17 +146,28 @@ class Checkpointer:
         target = _as_tree(abstract_state)
         for s in steps:
             try:
-                r = self._mngr.restore(s, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
+                r = self._mngr.restore(
+                    s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore())
+                )
             except Exception as e:
                 if step is not None:
                     raise RuntimeError(f"checkpoint step {s} in {self.directory} could not be restored: {e}") from e
-                log.warning("checkpoint step %d in %s is unreadable (%s: %s); falling back to an earlier step",
-                            s, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                log.warning(
+                    "checkpoint step %d in %s is unreadable (%s: %s); falling back to an earlier step",
+                    s,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
                 continue
             tree = r["state"]
-            state = TrainState(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"], rng=tree["rng"],
-                               aux=tree.get("aux", {}))
+            state = TrainState(
+                params=tree["params"],
+                opt_state=tree["opt_state"],
+                step=tree["step"],
+                rng=tree["rng"],
+                aux=tree.get("aux", {}),
+            )
             extra = r["extra"] or {}
             return state, self._read_data_state(s, extra.get("data_state")), s
         return None
@@ -172,7 +190,8 @@ def abstract_like(state: TrainState, shardings: TrainState | None = None) -> Tra
     """ShapeDtypeStructs of `state` (optionally with target shardings) for `Checkpointer.restore`."""
     if shardings is None:
         return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state
+        )
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 

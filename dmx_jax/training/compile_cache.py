@@ -6,6 +6,7 @@ previous setting back afterwards, so a process that runs several runs (a noteboo
 into a finished run's directory. `CompileCounts` counts, over the block, the programs compiled and the ones
 loaded from the cache (jax's own monitoring events), for the run's closing line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,8 @@ _REQUEST, _HIT = "/jax/compilation_cache/compile_requests_use_cache", "/jax/comp
 
 @dataclasses.dataclass
 class CompileCounts:
-    loaded: int = 0         # programs read from the cache
-    compiled: int = 0       # programs compiled (and written to it)
+    loaded: int = 0  # programs read from the cache
+    compiled: int = 0  # programs compiled (and written to it)
 
     def line(self, path: Path) -> str:
         return f"[compile cache] {self.loaded} programs loaded from {path}, {self.compiled} compiled"
@@ -32,14 +33,18 @@ def persistent_compile_cache(path: Path | str, min_compile_secs: float = 0.0):
     """with persistent_compile_cache(run_dir / "xla_cache") as counts: ... (every program compiled in the block
     taking at least min_compile_secs is cached; 0 caches all of them)."""
     from jax.experimental.compilation_cache import compilation_cache as cache
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
+    keys = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     before = {k: getattr(jax.config, k) for k in keys}
     counts = CompileCounts()
 
-    def listen(event: str, **_):          # every cacheable compile asks the cache first; a hit skips the compile
+    def listen(event: str, **_):  # every cacheable compile asks the cache first; a hit skips the compile
         if event == _REQUEST:
             counts.compiled += 1
         elif event == _HIT:
@@ -50,7 +55,7 @@ def persistent_compile_cache(path: Path | str, min_compile_secs: float = 0.0):
     cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)     # no size floor
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor
     try:
         yield counts
     finally:

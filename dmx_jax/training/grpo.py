@@ -34,6 +34,7 @@ batch axes, so sampling, rewards, log-probs and the update run data-parallel. Wi
 `sampling_shardings`) the weights are re-laid out once per rollout phase for decoding (no FSDP gather per
 token). Every step logs time/rollout_s, time/reward_s, time/logprob_s (trainer + reference) and time/update_s.
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,17 +74,20 @@ def repeat_prompts(prompts: dict, group_size: int) -> dict:
 def sampling_shardings(params: Any, mesh) -> Any:
     """Decoding layout of the weights from the rule table (SAMPLE_RULES: no FSDP on weights)."""
     from dmx_jax.sharding import rules
+
     return rules.tree_shardings(params, mesh, rules.SAMPLE_RULES)
 
 
 def group_strided_split(tree: Any, k: int, group_size: int) -> Any:
     """[N, ...] -> [k, N/k, ...]: group g goes to slice g % k (groups kept whole, block-sharded rows stay local)."""
+
     def one(x):
         n = x.shape[0]
         if n % (k * group_size):
             raise ValueError(f"{n} rows do not split into {k} slices of whole groups of {group_size}")
         x = x.reshape((n // (k * group_size), k, group_size) + x.shape[1:])
         return jnp.swapaxes(x, 0, 1).reshape((k, n // k) + x.shape[3:])
+
     return jax.tree.map(one, tree)
 
 
@@ -107,9 +111,16 @@ def initial_aux(cfg: GRPOConfig) -> dict:
     return {"kl_reward_coef": jnp.float32(cfg.kl_reward_coef)} if cfg.kl_ctrl == "adaptive" else {}
 
 
-def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation,
-                       logprob: PolicyLogprob, *, grad_accum: int = 1, compute_dtype=None,
-                       trainable: Trainable | None = None):
+def make_policy_update(
+    graphdef: nnx.GraphDef,
+    cfg: GRPOConfig,
+    tx: optax.GradientTransformation,
+    logprob: PolicyLogprob,
+    *,
+    grad_accum: int = 1,
+    compute_dtype=None,
+    trainable: Trainable | None = None,
+):
     """Pure update step(state, mini_batch: Rollout) -> (state, metrics) minimising the GRPO objective (one
     optimizer update of the `trainable` parameters, see make_train_step; state.step is left to the learner, which
     counts rollout steps). Entropy is computed in
@@ -124,17 +135,25 @@ def make_policy_update(graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.Gradie
         is_weights = None
         if cfg.tis_cap:
             is_weights = jnp.minimum(jnp.exp(old - batch.sampler_logp), cfg.tis_cap)
-        num, den, metrics = policy_loss(logp, old, batch.ref_logp, batch.advantages, batch.loss_mask, cfg,
-                                        is_weights=is_weights, entropy=entropy)
-        if batch.old_logp is None:      # no pi_old pass: the sampler-trainer drift is measured here
+        num, den, metrics = policy_loss(
+            logp, old, batch.ref_logp, batch.advantages, batch.loss_mask, cfg, is_weights=is_weights, entropy=entropy
+        )
+        if batch.old_logp is None:  # no pi_old pass: the sampler-trainer drift is measured here
             metrics["drift/logp_abs_mean_sum"] = jnp.sum(jnp.abs(old - batch.sampler_logp) * batch.loss_mask)
         if is_weights is not None:
             metrics["tis/weight_sum"] = jnp.sum(is_weights * batch.loss_mask)
             metrics["tis/capped_sum"] = jnp.sum((is_weights >= cfg.tis_cap) * batch.loss_mask)
         return num, den, metrics
 
-    return make_train_step(graphdef, loss_fn, tx, grad_accum=grad_accum, compute_dtype=compute_dtype,
-                           counts_step=False, trainable=trainable)
+    return make_train_step(
+        graphdef,
+        loss_fn,
+        tx,
+        grad_accum=grad_accum,
+        compute_dtype=compute_dtype,
+        counts_step=False,
+        trainable=trainable,
+    )
 
 
 def rollout_loss_mask(batch: Rollout, cfg: GRPOConfig) -> jax.Array:
@@ -155,7 +174,7 @@ def _device_to_host(tree: Any) -> tuple[Any, Any]:
         host = jax.device_put(tree, jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), shardings))
     except Exception:
         if not all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
-            return tree, None                        # multi-process without host memory kinds: stay on device
+            return tree, None  # multi-process without host memory kinds: stay on device
         host = jax.device_get(tree)
     return host, shardings
 
@@ -165,6 +184,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -175,16 +195,30 @@ class GRPOLearner:
     dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings); trainable: the
     parameters the update differentiates (the optimizer's rule, see make_train_step)."""
 
-    def __init__(self, graphdef: nnx.GraphDef, cfg: GRPOConfig, tx: optax.GradientTransformation, *,
-                 sampler: Sampler, reward_fn: Callable, logprob: PolicyLogprob, reference: Reference | None = None,
-                 seed: int = 0, grad_accum: int = 1, compute_dtype=None,
-                 place: Callable[[dict], dict] | None = None,
-                 refill: Callable[[], dict] | None = None, sample_shardings: Any = None,
-                 mesh: Any = None, state_shardings: TrainState | None = None, trainable: Trainable | None = None):
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        cfg: GRPOConfig,
+        tx: optax.GradientTransformation,
+        *,
+        sampler: Sampler,
+        reward_fn: Callable,
+        logprob: PolicyLogprob,
+        reference: Reference | None = None,
+        seed: int = 0,
+        grad_accum: int = 1,
+        compute_dtype=None,
+        place: Callable[[dict], dict] | None = None,
+        refill: Callable[[], dict] | None = None,
+        sample_shardings: Any = None,
+        mesh: Any = None,
+        state_shardings: TrainState | None = None,
+        trainable: Trainable | None = None,
+    ):
         reference = reference or Reference()
-        self.mesh = mesh                # every program runs under it, so the activation constraints apply
+        self.mesh = mesh  # every program runs under it, so the activation constraints apply
         self.cfg, self.graphdef = cfg, graphdef
-        self.place = place              # host rollout batch -> global arrays on the mesh (None: default device)
+        self.place = place  # host rollout batch -> global arrays on the mesh (None: default device)
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
         self.sample_shardings, self.compute_dtype = sample_shardings, compute_dtype
         self.shared_prefill = sampler.group_size == cfg.group_size
@@ -192,8 +226,10 @@ class GRPOLearner:
         self.reference_is_base = reference.adapters_off and cfg.needs_reference
         if cfg.needs_reference and not reference.adapters_off:
             if reference.params is None:
-                raise ValueError("grpo.kl_coef / kl_reward_coef > 0 need a reference: Reference(params=...), or "
-                                 "Reference(adapters_off=True) for a model with LoRA adapters")
+                raise ValueError(
+                    "grpo.kl_coef / kl_reward_coef > 0 need a reference: Reference(params=...), or "
+                    "Reference(adapters_off=True) for a model with LoRA adapters"
+                )
             # own copy (the policy's buffers are donated to the update step), in the reference dtype
             ref = jax.tree.map(lambda x: jnp.array(x, copy=True), reference.params)
             ref = cast_floating(ref, None if reference.dtype is None else jnp.dtype(reference.dtype))
@@ -202,9 +238,12 @@ class GRPOLearner:
         # the state keeps its layout through the update and the step counter (state_shardings in and out), so
         # each program compiles once per run: left to the partitioner, the update's output layout differs from
         # its input's on an FSDP mesh and step 2 compiles the update and the log-prob pass again
-        self._update = jit_train_step(make_policy_update(graphdef, cfg, tx, logprob, grad_accum=grad_accum,
-                                                         compute_dtype=compute_dtype, trainable=trainable),
-                                      state_shardings)
+        self._update = jit_train_step(
+            make_policy_update(
+                graphdef, cfg, tx, logprob, grad_accum=grad_accum, compute_dtype=compute_dtype, trainable=trainable
+            ),
+            state_shardings,
+        )
         k = cfg.logprob_micro_batches
 
         def logp(params, inputs, with_entropy):
@@ -213,6 +252,7 @@ class GRPOLearner:
             def run(b):
                 lp, ent = logprob(model, b, entropy=with_entropy)
                 return lp, (jnp.zeros(lp.shape, jnp.float32) if ent is None else ent)
+
             return map_row_slices(run, inputs, k)
 
         def policy_logprobs(params, inputs):
@@ -223,24 +263,32 @@ class GRPOLearner:
 
         self._logp_policy, self._logp_ref = jax.jit(policy_logprobs), jax.jit(reference_logprobs)
         self._split = jax.jit(group_strided_split, static_argnums=(1, 2))
-        self._take_rows = jax.jit(lambda parts, idx: jax.tree.map(
-            lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts))
+        self._take_rows = jax.jit(
+            lambda parts, idx: jax.tree.map(lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts)
+        )
         self._loss_mask = jax.jit(functools.partial(rollout_loss_mask, cfg=cfg))
-        self._advantages = jax.jit(lambda scores, mask, token_rewards: compute_advantages(scores, mask, cfg,
-                                                                                          token_rewards))
+        self._advantages = jax.jit(
+            lambda scores, mask, token_rewards: compute_advantages(scores, mask, cfg, token_rewards)
+        )
 
         def advance(state):
             return state.replace(step=state.step + 1)
 
-        self._advance = jax.jit(advance, donate_argnums=(0,),
-                                **({} if state_shardings is None else {"in_shardings": (state_shardings,),
-                                                                       "out_shardings": state_shardings}))
+        self._advance = jax.jit(
+            advance,
+            donate_argnums=(0,),
+            **(
+                {}
+                if state_shardings is None
+                else {"in_shardings": (state_shardings,), "out_shardings": state_shardings}
+            ),
+        )
 
     # -- rollout ---------------------------------------------------------------------------------------------
     def _sample_and_score(self, params, prompts: dict, rng: jax.Array) -> tuple[Rollout, dict, float, float]:
         cfg = self.cfg
         rep = repeat_prompts(prompts, cfg.group_size)
-        if self.place is not None:      # sharded over the mesh's batch axes: rollouts are data-parallel
+        if self.place is not None:  # sharded over the mesh's batch axes: rollouts are data-parallel
             rep = self.place(rep)
         src = rep
         if self.shared_prefill:
@@ -253,39 +301,47 @@ class GRPOLearner:
         cmask = jnp.asarray(cmask, jnp.float32)
         overall = jnp.asarray(rewards["overall"], jnp.float32)
         if cfg.overlong_buffer_len:
-            pen = overlong_penalty(cmask.sum(axis=1), tokens.shape[1], cfg.overlong_buffer_len,
-                                   cfg.overlong_penalty_factor)
+            pen = overlong_penalty(
+                cmask.sum(axis=1), tokens.shape[1], cfg.overlong_buffer_len, cfg.overlong_penalty_factor
+            )
             rewards["overlong_penalty"] = pen
             overall = overall + pen
         rewards["overall"] = overall
         trunc = truncated_rows(jnp.asarray(tokens), cmask, self.sampler.stop_token_ids)
         inputs = {**jax.tree.map(jnp.asarray, rep), "completion": jnp.asarray(tokens), "completion_mask": cmask}
-        part = Rollout(inputs=inputs, sampler_logp=jnp.asarray(sampler_logp), scores=overall,
-                       truncated=trunc.astype(jnp.float32), loss_mask=cmask)
+        part = Rollout(
+            inputs=inputs,
+            sampler_logp=jnp.asarray(sampler_logp),
+            scores=overall,
+            truncated=trunc.astype(jnp.float32),
+            loss_mask=cmask,
+        )
         return part, rewards, t1 - t0, t2 - t1
 
-    def rollout(self, params: Any, prompts: dict, rng: jax.Array,
-                kl_reward_coef: float | None = None) -> tuple[Rollout, dict]:
+    def rollout(
+        self, params: Any, prompts: dict, rng: jax.Array, kl_reward_coef: float | None = None
+    ) -> tuple[Rollout, dict]:
         """Sample, score, select groups, run the pi_old / reference passes and the advantages: the update's batch
         and this step's rollout metrics. kl_reward_coef: the in-reward KL coefficient (default the config's;
         `step` passes the adaptive controller's)."""
         cfg = self.cfg
         kl_reward_coef = cfg.kl_reward_coef if kl_reward_coef is None else kl_reward_coef
         sample_params = params
-        if self.sample_shardings is not None:   # one re-layout per rollout phase, in the compute dtype
+        if self.sample_shardings is not None:  # one re-layout per rollout phase, in the compute dtype
             sample_params = jax.device_put(cast_floating(params, self.compute_dtype), self.sample_shardings)
         parts, t_roll, t_rew, kept = [], 0.0, 0.0, 0
         for attempt in range(cfg.dynamic_sampling_max_tries if cfg.dynamic_sampling else 1):
             if attempt and self.refill is None:
                 break
             src = prompts if attempt == 0 else self.refill()
-            part, rewards, tr, tw = self._sample_and_score(sample_params, src, rng if attempt == 0
-                                                           else jax.random.fold_in(rng, attempt))
+            part, rewards, tr, tw = self._sample_and_score(
+                sample_params, src, rng if attempt == 0 else jax.random.fold_in(rng, attempt)
+            )
             t_roll, t_rew = t_roll + tr, t_rew + tw
             if attempt == 0:
                 first, first_rewards = part, rewards
             signal = _to_host(group_has_signal(part.scores, cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
-            n_groups = len(signal)              # global prompt count (a process may hold only its own rows)
+            n_groups = len(signal)  # global prompt count (a process may hold only its own rows)
             parts.append((part, signal))
             kept += int(signal.sum())
             if kept >= n_groups:
@@ -302,45 +358,59 @@ class GRPOLearner:
             old_logp = trainer_logp if cfg.old_logp == "trainer" else batch.sampler_logp
             drift = jnp.abs(trainer_logp - batch.sampler_logp) * cmask
             n_tok = jnp.maximum(cmask.sum(), 1.0)
-            metrics.update({"drift/logp_abs_mean": float(drift.sum() / n_tok),
-                            "drift/logp_abs_max": float(drift.max()),
-                            "entropy": float((entropy * cmask).sum() / n_tok)})
+            metrics.update(
+                {
+                    "drift/logp_abs_mean": float(drift.sum() / n_tok),
+                    "drift/logp_abs_max": float(drift.max()),
+                    "entropy": float((entropy * cmask).sum() / n_tok),
+                }
+            )
         ref_logp = None
-        if self.reference_is_base:      # the policy's own base weights, adapters off: no second copy
+        if self.reference_is_base:  # the policy's own base weights, adapters off: no second copy
             ref_logp = self._logp_ref(params, batch.inputs)
         elif self.ref_params is not None:
             ref = self.ref_params
-            if self._ref_shardings is not None:     # offloaded: back on device for this pass only
+            if self._ref_shardings is not None:  # offloaded: back on device for this pass only
                 ref = jax.device_put(ref, self._ref_shardings)
             ref_logp = self._logp_ref(ref, batch.inputs)
             del ref
         token_rewards = None
-        if cfg.kl_reward_coef:      # verl apply_kl_penalty: token rewards - beta * KL(pi_old || ref)
+        if cfg.kl_reward_coef:  # verl apply_kl_penalty: token rewards - beta * KL(pi_old || ref)
             kld = kl_penalty(old_logp, ref_logp, cfg.kl_reward_estimator, cfg.kl_clamp) * cmask
             token_rewards = -kl_reward_coef * kld
             row_kl = kld.sum(axis=1) / jnp.maximum(cmask.sum(axis=1), 1.0)
             metrics.update({"kl_reward/kl": float(row_kl.mean()), "kl_reward/coef": float(kl_reward_coef)})
         advantages = self._advantages(batch.scores, loss_mask, token_rewards)
-        batch = batch.replace(loss_mask=loss_mask, advantages=advantages, old_logp=old_logp,
-                              ref_logp=ref_logp if cfg.kl_coef else None)
+        batch = batch.replace(
+            loss_mask=loss_mask, advantages=advantages, old_logp=old_logp, ref_logp=ref_logp if cfg.kl_coef else None
+        )
         jax.block_until_ready(batch)
         t3 = time.perf_counter()
         # metrics of the first rollout batch, before any dynamic-sampling or overlong mask
         lengths = first.completion_mask.sum(axis=1)
         overall = first_rewards["overall"]
         metrics.update({f"reward/{k}": float(jnp.mean(jnp.asarray(v, jnp.float32))) for k, v in first_rewards.items()})
-        metrics.update({
-            "reward/std_within_group": float(jnp.mean(jnp.std(overall.reshape(-1, cfg.group_size), axis=1))),
-            "frac_zero_std_groups": float(1.0 - jnp.mean(group_has_signal(overall, cfg.group_size))),
-            "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
-            "truncation_rate": float(first.truncated.mean()),
-            "advantages_abs_mean": float(jnp.sum(jnp.abs(advantages)) / jnp.maximum(loss_mask.sum(), 1.0)),
-            "loss_tokens_frac": float(loss_mask.sum() / jnp.maximum(cmask.sum(), 1.0)),
-            "time/rollout_s": t_roll, "time/reward_s": t_rew, "time/logprob_s": t3 - t2,
-        })
+        metrics.update(
+            {
+                "reward/std_within_group": float(jnp.mean(jnp.std(overall.reshape(-1, cfg.group_size), axis=1))),
+                "frac_zero_std_groups": float(1.0 - jnp.mean(group_has_signal(overall, cfg.group_size))),
+                "completion_len_mean": float(lengths.mean()),
+                "completion_len_max": float(lengths.max()),
+                "truncation_rate": float(first.truncated.mean()),
+                "advantages_abs_mean": float(jnp.sum(jnp.abs(advantages)) / jnp.maximum(loss_mask.sum(), 1.0)),
+                "loss_tokens_frac": float(loss_mask.sum() / jnp.maximum(cmask.sum(), 1.0)),
+                "time/rollout_s": t_roll,
+                "time/reward_s": t_rew,
+                "time/logprob_s": t3 - t2,
+            }
+        )
         if cfg.dynamic_sampling:
-            metrics.update({"dynamic_sampling/rollouts": float(len(parts)),
-                            "dynamic_sampling/groups_with_signal": float(min(kept, n_groups)) / n_groups})
+            metrics.update(
+                {
+                    "dynamic_sampling/rollouts": float(len(parts)),
+                    "dynamic_sampling/groups_with_signal": float(min(kept, n_groups)) / n_groups,
+                }
+            )
         return batch, metrics
 
     def _select_groups(self, parts: list, n_groups: int) -> Rollout:
@@ -351,7 +421,7 @@ class GRPOLearner:
             return parts[0][0]
         g = len(parts[0][0].completion) // n_groups
         order = [(i, j) for i, (_, s) in enumerate(parts) for j in np.flatnonzero(s)][:n_groups]
-        order += [(0, j) for j in np.flatnonzero(~parts[0][1])][:n_groups - len(order)]
+        order += [(0, j) for j in np.flatnonzero(~parts[0][1])][: n_groups - len(order)]
         idx = np.concatenate([np.arange(g) + (i * n_groups + j) * g for i, j in order]).astype(np.int32)
         return jax.block_until_ready(self._take_rows([p for p, _ in parts], idx))
 
@@ -374,8 +444,10 @@ class GRPOLearner:
         n_rows = batch.completion.shape[0]
         n_mb = n_rows // mini_batch_rows(n_rows, cfg)
         if cfg.old_logp == "current" and n_mb > 1:
-            raise ValueError(f"grpo.old_logp='current' is exact only with one mini-batch per step; this batch of "
-                             f"{n_rows} rows splits into {n_mb} (ppo_mini_batch_size={cfg.ppo_mini_batch_size})")
+            raise ValueError(
+                f"grpo.old_logp='current' is exact only with one mini-batch per step; this batch of "
+                f"{n_rows} rows splits into {n_mb} (ppo_mini_batch_size={cfg.ppo_mini_batch_size})"
+            )
         stacked = self._split(batch, n_mb, cfg.group_size) if n_mb > 1 else None
         sums: dict[str, float] = {}
         updates = 0
@@ -386,8 +458,8 @@ class GRPOLearner:
                 updates += 1
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
-        state = self._advance(state)        # one rollout step, however many updates it ran
-        if adaptive:                # the controller moves after the batch that used it (verl apply_kl_penalty)
+        state = self._advance(state)  # one rollout step, however many updates it ran
+        if adaptive:  # the controller moves after the batch that used it (verl apply_kl_penalty)
             new = adaptive_kl_coef(coef, metrics["kl_reward/kl"], n_rows, cfg.kl_target, cfg.kl_horizon)
             state = state.replace(aux={**state.aux, "kl_reward_coef": jnp.float32(new)})
         jax.block_until_ready(state.step)

@@ -20,6 +20,7 @@ Every loss returns (numerator, denominator) so micro-batches, mini-batches and s
 Numerics follow EasyR1: the log-ratio is clamped to [-20, 20] before exp, k3 clamps its log-ratio to [-20, 20]
 and its value to [-10, 10], so a masked token that overflows cannot turn the loss into NaN.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
-KL_ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}      # EasyR1/verl names
+KL_ALIASES = {"kl": "k1", "mse": "k2", "low_var_kl": "k3"}  # EasyR1/verl names
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 OLD_LOGP_SOURCES = ("trainer", "sampler", "current")
 ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus")
@@ -38,86 +39,98 @@ KL_CONTROLLERS = ("fixed", "adaptive")
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    group_size: int = 4                 # G samples per prompt (EasyR1 rollout.n)
-    scale_by_std: bool = True           # False = Dr.GRPO advantages (verl norm_adv_by_std_in_grpo)
+    group_size: int = 4  # G samples per prompt (EasyR1 rollout.n)
+    scale_by_std: bool = True  # False = Dr.GRPO advantages (verl norm_adv_by_std_in_grpo)
     std_eps: float = 1e-6
-    clip_ratio_low: float = 0.2         # ratio clipped to [1 - low, 1 + high]
-    clip_ratio_high: float = 0.3        # EasyR1 default (DAPO: 0.28)
-    clip_ratio_dual: float = 3.0        # dual-clip constant c (advantage < 0: loss <= -A * c); 0 disables
-    log_ratio_clamp: float = 20.0       # log pi/pi_old clamped before exp (EasyR1: 20)
-    kl_coef: float = 0.01               # KL loss weight; 0 = no reference model
-    kl_estimator: str = "k3"            # k1 | k2 | k3 | abs (aliases kl | mse | low_var_kl)
-    kl_clamp: float = 10.0              # |k3| clamp (EasyR1: 10); 0 disables
-    loss_agg: str = "token-mean"        # verl loss_agg_mode
-    norm_length: int = 0                # for seq-mean-token-sum-norm; 0 = completion length T
-    num_iterations: int = 1             # mu = ppo_epochs: passes over each rollout batch
-    ppo_mini_batch_size: int = 0        # prompts (groups) per optimizer update, as verl; 0 = the whole batch
-    old_logp: str = "trainer"           # pi_old: "trainer" recomputes (EasyR1) | "sampler" reuses rollout log-probs
-                                        # | "current": stop_gradient of the update's own log-probs, no pi_old pass
-                                        # (exact only on-policy: num_iterations 1, one mini-batch; verl's shortcut)
-    adv_estimator: str = "grpo"         # grpo | rloo | reinforce_plus_plus (verl algorithm.adv_estimator)
-    gamma: float = 1.0                  # reinforce_plus_plus discount (verl algorithm.gamma)
-    loss_mode: str = "vanilla"          # vanilla | gspo | cispo (verl actor.policy_loss.loss_mode)
-    entropy_coeff: float = 0.0          # entropy bonus: loss - coeff * entropy, aggregated as the loss
-    kl_reward_coef: float = 0.0         # KL(pi_old || ref) per token subtracted from the reward (verl use_kl_in_reward)
-    kl_reward_estimator: str = "k1"     # verl algorithm.kl_penalty ("kl")
-    kl_ctrl: str = "fixed"              # fixed | adaptive: the in-reward coefficient (verl algorithm.kl_ctrl.type)
-    kl_target: float = 0.1              # adaptive: the KL the coefficient steers toward (kl_ctrl.target_kl)
-    kl_horizon: int = 10_000            # adaptive: rows over which an error moves it by up to 20% (kl_ctrl.horizon)
-    tis_cap: float = 0.0                # truncated IS: token losses x min(pi_old / pi_sampler, cap); 0 = off
-    dynamic_sampling: bool = False      # DAPO: keep groups whose rewards differ, refill from further batches
-    dynamic_sampling_max_tries: int = 3 # rollout batches per step at most (verl filter_groups.max_num_gen_batches)
-    overlong_filtering: bool = False    # DAPO: truncated completions get no loss (still count for advantages)
-    overlong_buffer_len: int = 0        # DAPO soft overlong penalty over the last L_cache tokens; 0 = off
+    clip_ratio_low: float = 0.2  # ratio clipped to [1 - low, 1 + high]
+    clip_ratio_high: float = 0.3  # EasyR1 default (DAPO: 0.28)
+    clip_ratio_dual: float = 3.0  # dual-clip constant c (advantage < 0: loss <= -A * c); 0 disables
+    log_ratio_clamp: float = 20.0  # log pi/pi_old clamped before exp (EasyR1: 20)
+    kl_coef: float = 0.01  # KL loss weight; 0 = no reference model
+    kl_estimator: str = "k3"  # k1 | k2 | k3 | abs (aliases kl | mse | low_var_kl)
+    kl_clamp: float = 10.0  # |k3| clamp (EasyR1: 10); 0 disables
+    loss_agg: str = "token-mean"  # verl loss_agg_mode
+    norm_length: int = 0  # for seq-mean-token-sum-norm; 0 = completion length T
+    num_iterations: int = 1  # mu = ppo_epochs: passes over each rollout batch
+    ppo_mini_batch_size: int = 0  # prompts (groups) per optimizer update, as verl; 0 = the whole batch
+    old_logp: str = "trainer"  # pi_old: "trainer" recomputes (EasyR1) | "sampler" reuses rollout log-probs
+    # | "current": stop_gradient of the update's own log-probs, no pi_old pass
+    # (exact only on-policy: num_iterations 1, one mini-batch; verl's shortcut)
+    adv_estimator: str = "grpo"  # grpo | rloo | reinforce_plus_plus (verl algorithm.adv_estimator)
+    gamma: float = 1.0  # reinforce_plus_plus discount (verl algorithm.gamma)
+    loss_mode: str = "vanilla"  # vanilla | gspo | cispo (verl actor.policy_loss.loss_mode)
+    entropy_coeff: float = 0.0  # entropy bonus: loss - coeff * entropy, aggregated as the loss
+    kl_reward_coef: float = 0.0  # KL(pi_old || ref) per token subtracted from the reward (verl use_kl_in_reward)
+    kl_reward_estimator: str = "k1"  # verl algorithm.kl_penalty ("kl")
+    kl_ctrl: str = "fixed"  # fixed | adaptive: the in-reward coefficient (verl algorithm.kl_ctrl.type)
+    kl_target: float = 0.1  # adaptive: the KL the coefficient steers toward (kl_ctrl.target_kl)
+    kl_horizon: int = 10_000  # adaptive: rows over which an error moves it by up to 20% (kl_ctrl.horizon)
+    tis_cap: float = 0.0  # truncated IS: token losses x min(pi_old / pi_sampler, cap); 0 = off
+    dynamic_sampling: bool = False  # DAPO: keep groups whose rewards differ, refill from further batches
+    dynamic_sampling_max_tries: int = 3  # rollout batches per step at most (verl filter_groups.max_num_gen_batches)
+    overlong_filtering: bool = False  # DAPO: truncated completions get no loss (still count for advantages)
+    overlong_buffer_len: int = 0  # DAPO soft overlong penalty over the last L_cache tokens; 0 = off
     overlong_penalty_factor: float = 1.0
-    temperature: float = 1.0            # sampling temperature; log-probs are of softmax(logits / T)
+    temperature: float = 1.0  # sampling temperature; log-probs are of softmax(logits / T)
     top_p: float = 1.0
     top_k: int = 0
     max_new_tokens: int = 64
-    rollout_micro_batches: int = 1      # sequential slices of the rollout batch in the sampler
-    logprob_micro_batches: int = 1      # sequential slices in the pi_old / reference log-prob passes
+    rollout_micro_batches: int = 1  # sequential slices of the rollout batch in the sampler
+    logprob_micro_batches: int = 1  # sequential slices in the pi_old / reference log-prob passes
 
     def __post_init__(self):
         for name in ("kl_estimator", "kl_reward_estimator"):
             if getattr(self, name) not in KL_ESTIMATORS and getattr(self, name) not in KL_ALIASES:
-                raise ValueError(f"grpo.{name} must be one of {KL_ESTIMATORS + tuple(KL_ALIASES)}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"grpo.{name} must be one of {KL_ESTIMATORS + tuple(KL_ALIASES)}, got {getattr(self, name)!r}"
+                )
         if self.loss_agg not in AGGREGATIONS:
             raise ValueError(f"grpo.loss_agg must be one of {AGGREGATIONS}, got {self.loss_agg!r}")
         if self.group_size < 2:
-            raise ValueError("grpo.group_size must be >= 2 (advantages are relative within a group), "
-                             f"got {self.group_size}")
-        for name, allowed in (("old_logp", OLD_LOGP_SOURCES), ("adv_estimator", ADV_ESTIMATORS),
-                              ("loss_mode", LOSS_MODES)):
+            raise ValueError(
+                f"grpo.group_size must be >= 2 (advantages are relative within a group), got {self.group_size}"
+            )
+        for name, allowed in (
+            ("old_logp", OLD_LOGP_SOURCES),
+            ("adv_estimator", ADV_ESTIMATORS),
+            ("loss_mode", LOSS_MODES),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"grpo.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.loss_mode == "gspo" and self.loss_agg != "seq-mean-token-mean":
-            raise ValueError("grpo.loss_mode='gspo' averages its sequence-level ratio per row: it needs "
-                             f"loss_agg='seq-mean-token-mean', got {self.loss_agg!r} (GRPOConfig.gspo() sets both)")
+            raise ValueError(
+                "grpo.loss_mode='gspo' averages its sequence-level ratio per row: it needs "
+                f"loss_agg='seq-mean-token-mean', got {self.loss_agg!r} (GRPOConfig.gspo() sets both)"
+            )
         if self.old_logp == "current" and self.num_iterations != 1:
-            raise ValueError("grpo.old_logp='current' (no pi_old pass) is exact only on-policy: it needs "
-                             f"num_iterations=1, got {self.num_iterations}")
+            raise ValueError(
+                "grpo.old_logp='current' (no pi_old pass) is exact only on-policy: it needs "
+                f"num_iterations=1, got {self.num_iterations}"
+            )
         if self.kl_ctrl not in KL_CONTROLLERS:
             raise ValueError(f"grpo.kl_ctrl must be one of {KL_CONTROLLERS}, got {self.kl_ctrl!r}")
         if self.kl_ctrl == "adaptive" and not (self.kl_reward_coef > 0 and self.kl_target > 0 and self.kl_horizon > 0):
-            raise ValueError("grpo.kl_ctrl='adaptive' steers the in-reward KL coefficient: it needs kl_reward_coef > 0 "
-                             f"(the initial value), kl_target > 0 and kl_horizon > 0, got {self.kl_reward_coef}, "
-                             f"{self.kl_target}, {self.kl_horizon}")
+            raise ValueError(
+                "grpo.kl_ctrl='adaptive' steers the in-reward KL coefficient: it needs kl_reward_coef > 0 "
+                f"(the initial value), kl_target > 0 and kl_horizon > 0, got {self.kl_reward_coef}, "
+                f"{self.kl_target}, {self.kl_horizon}"
+            )
         if self.old_logp == "current" and self.kl_reward_coef:
-            raise ValueError("grpo.kl_reward_coef > 0 reads pi_old before the update: use old_logp='trainer' "
-                             "or 'sampler', not 'current'")
+            raise ValueError(
+                "grpo.kl_reward_coef > 0 reads pi_old before the update: use old_logp='trainer' "
+                "or 'sampler', not 'current'"
+            )
         if not self.temperature > 0:
-            raise ValueError(f"grpo.temperature must be > 0 (log-probs are of softmax(logits / T)), "
-                             f"got {self.temperature}")
+            raise ValueError(
+                f"grpo.temperature must be > 0 (log-probs are of softmax(logits / T)), got {self.temperature}"
+            )
         if not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
-            raise ValueError(f"grpo.top_p must be in (0, 1] and top_k >= 0, got top_p={self.top_p}, "
-                             f"top_k={self.top_k}")
+            raise ValueError(f"grpo.top_p must be in (0, 1] and top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}")
         for name in ("entropy_coeff", "kl_coef", "kl_reward_coef", "tis_cap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"grpo.{name} must be >= 0, got {getattr(self, name)}")
         if self.tis_cap and self.tis_cap < 1.0:
-            raise ValueError(f"grpo.tis_cap must be >= 1 (a cap on pi_old / pi_sampler) or 0 (off), "
-                             f"got {self.tis_cap}")
+            raise ValueError(f"grpo.tis_cap must be >= 1 (a cap on pi_old / pi_sampler) or 0 (off), got {self.tis_cap}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"grpo.gamma must be in (0, 1], got {self.gamma}")
         if self.clip_ratio_dual and self.clip_ratio_dual <= 1.0:
@@ -140,13 +153,30 @@ class GRPOConfig:
 
     @classmethod
     def dapo(cls, **kw) -> GRPOConfig:
-        return cls(**{"clip_ratio_high": 0.28, "kl_coef": 0.0, "loss_agg": "token-mean", "dynamic_sampling": True,
-                      "overlong_filtering": True, **kw})
+        return cls(
+            **{
+                "clip_ratio_high": 0.28,
+                "kl_coef": 0.0,
+                "loss_agg": "token-mean",
+                "dynamic_sampling": True,
+                "overlong_filtering": True,
+                **kw,
+            }
+        )
 
     @classmethod
     def gspo(cls, **kw) -> GRPOConfig:
-        return cls(**{"loss_mode": "gspo", "loss_agg": "seq-mean-token-mean", "clip_ratio_low": 3e-4,
-                      "clip_ratio_high": 4e-4, "clip_ratio_dual": 0.0, "kl_coef": 0.0, **kw})
+        return cls(
+            **{
+                "loss_mode": "gspo",
+                "loss_agg": "seq-mean-token-mean",
+                "clip_ratio_low": 3e-4,
+                "clip_ratio_high": 4e-4,
+                "clip_ratio_dual": 0.0,
+                "kl_coef": 0.0,
+                **kw,
+            }
+        )
 
     @property
     def needs_reference(self) -> bool:
@@ -159,7 +189,7 @@ def group_advantages(rewards: jax.Array, group_size: int, *, scale_by_std: bool 
     r = rewards.reshape(-1, group_size).astype(jnp.float32)
     centred = r - r.mean(axis=1, keepdims=True)
     if scale_by_std:
-        std = jnp.sqrt(jnp.sum(centred ** 2, axis=1, keepdims=True) / (group_size - 1))
+        std = jnp.sqrt(jnp.sum(centred**2, axis=1, keepdims=True) / (group_size - 1))
         centred = centred / (std + eps)
     return centred.reshape(-1)
 
@@ -183,12 +213,18 @@ def masked_whiten(x: jax.Array, mask: jax.Array) -> jax.Array:
 def discounted_returns(token_rewards: jax.Array, mask: jax.Array, gamma: float) -> jax.Array:
     """[B, T] -> returns[t] = r_t + gamma * returns[t + 1], the running return reset where mask is 0 (verl
     compute_reinforce_plus_plus_outcome_advantage)."""
+
     def back(running, xs):
         r, m = xs
         ret = r + gamma * running
         return ret * m, ret
-    _, rets = jax.lax.scan(back, jnp.zeros(token_rewards.shape[0], jnp.float32),
-                           (token_rewards.T.astype(jnp.float32), mask.T.astype(jnp.float32)), reverse=True)
+
+    _, rets = jax.lax.scan(
+        back,
+        jnp.zeros(token_rewards.shape[0], jnp.float32),
+        (token_rewards.T.astype(jnp.float32), mask.T.astype(jnp.float32)),
+        reverse=True,
+    )
     return rets.T
 
 
@@ -200,8 +236,9 @@ def outcome_at_last_token(scores: jax.Array, mask: jax.Array) -> jax.Array:
     return last * (scores.astype(jnp.float32) * (lengths > 0))[:, None]
 
 
-def compute_advantages(scores: jax.Array, mask: jax.Array, cfg: GRPOConfig,
-                       token_rewards: jax.Array | None = None) -> jax.Array:
+def compute_advantages(
+    scores: jax.Array, mask: jax.Array, cfg: GRPOConfig, token_rewards: jax.Array | None = None
+) -> jax.Array:
     """Advantages [B, T] (zero off the mask) of `cfg.adv_estimator` from sequence scores [B] (groups contiguous)
     and optional per-token rewards [B, T] (the KL-in-reward terms). Outcome estimators (grpo, rloo) score a row
     by its total reward, scores + sum of its token rewards, as verl sums token_level_rewards."""
@@ -264,7 +301,7 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str, clamp: floa
     if estimator == "abs":
         return jnp.abs(log_ratio)
     if estimator == "k2":
-        return 0.5 * log_ratio ** 2
+        return 0.5 * log_ratio**2
     if estimator == "k3":
         lr = jnp.clip(log_ratio, -20.0, 20.0)
         k3 = jnp.exp(lr) - lr - 1.0
@@ -314,8 +351,9 @@ def clipped_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array, cfg:
     return pg, {**ind, "ratio": ratio, "approx_kl": -log_ratio}
 
 
-def sequence_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array, mask: jax.Array,
-                       cfg: GRPOConfig) -> tuple[jax.Array, dict]:
+def sequence_surrogate(
+    logp: jax.Array, old_logp: jax.Array, adv: jax.Array, mask: jax.Array, cfg: GRPOConfig
+) -> tuple[jax.Array, dict]:
     """GSPO (verl compute_policy_loss_gspo): the row's length-normalised log-ratio s_i, applied per token as
     sg(s_i) * pi / sg(pi) (log-ratio clamped above at 10), clipped to [1 - low, 1 + high], no dual clip."""
     log_ratio = (logp - old_logp).astype(jnp.float32)
@@ -331,8 +369,9 @@ def sequence_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array, mas
     return jnp.maximum(pg1, pg2), {**ind, "ratio": ratio, "approx_kl": -log_ratio}
 
 
-def clipped_is_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array,
-                         cfg: GRPOConfig) -> tuple[jax.Array, dict]:
+def clipped_is_surrogate(
+    logp: jax.Array, old_logp: jax.Array, adv: jax.Array, cfg: GRPOConfig
+) -> tuple[jax.Array, dict]:
     """CISPO (MiniMax-M1; verl compute_policy_loss_cispo): -sg(clip(ratio, 1 - low, 1 + high)) * A * log pi, so
     clipped tokens keep their gradient; the log-ratio clamped to +-log_ratio_clamp before exp."""
     log_ratio = (logp - old_logp).astype(jnp.float32)
@@ -343,9 +382,17 @@ def clipped_is_surrogate(logp: jax.Array, old_logp: jax.Array, adv: jax.Array,
     return -weight * adv * logp.astype(jnp.float32), {**ind, "ratio": ratio, "approx_kl": -log_ratio}
 
 
-def policy_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: jax.Array | None, advantages: jax.Array,
-                mask: jax.Array, cfg: GRPOConfig, *, is_weights: jax.Array | None = None,
-                entropy: jax.Array | None = None) -> tuple[jax.Array, jax.Array, dict]:
+def policy_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    ref_logp: jax.Array | None,
+    advantages: jax.Array,
+    mask: jax.Array,
+    cfg: GRPOConfig,
+    *,
+    is_weights: jax.Array | None = None,
+    entropy: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, dict]:
     """Surrogate of `cfg.loss_mode` + KL - entropy bonus. logp/old_logp/ref_logp/mask [B, T], advantages [B] or
     [B, T]; is_weights [B, T]: truncated IS weights multiplying the surrogate (verl tis_imp_ratio); entropy [B, T]
     for the bonus. KL and entropy are aggregated as the loss (verl adds agg_loss of each).
@@ -385,7 +432,8 @@ def mini_batch_rows(num_rows: int, cfg: GRPOConfig) -> int:
     """Rows per optimizer update (groups kept whole); the rollout batch when ppo_mini_batch_size is 0."""
     rows = cfg.ppo_mini_batch_size * cfg.group_size if cfg.ppo_mini_batch_size else num_rows
     if num_rows % rows:
-        raise ValueError(f"rollout batch of {num_rows} rows does not split into mini-batches of "
-                         f"{cfg.ppo_mini_batch_size} prompts x G={cfg.group_size} = {rows} rows")
+        raise ValueError(
+            f"rollout batch of {num_rows} rows does not split into mini-batches of "
+            f"{cfg.ppo_mini_batch_size} prompts x G={cfg.group_size} = {rows} rows"
+        )
     return rows
-

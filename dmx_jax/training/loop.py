@@ -4,6 +4,7 @@ The data iterator yields `(arrays, meta)`: `arrays` is the jit-ready batch dict,
 facts such as `example_ids` (named in errors). It exposes `get_state()` / `set_state(state)` (grain
 iterators do) so a resumed run continues with exactly the batches an uninterrupted run would see.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,6 +46,7 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard_dir and is_main_process():
             from tensorboardX import SummaryWriter
+
             self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=10)
 
     def write(self, record: dict) -> None:
@@ -103,7 +105,7 @@ class LoopIO:
     run_config: Any = None
     prepare: Callable[[dict, dict], dict] | None = None
     flops_fn: Callable[[dict], float] | None = None
-    on_step: Callable[[int, dict, TrainState], None] | None = None   # (step, metrics, state) after each step
+    on_step: Callable[[int, dict, TrainState], None] | None = None  # (step, metrics, state) after each step
     guard: PreemptionGuard | None = None
 
 
@@ -113,6 +115,7 @@ def agreed_stop(local: bool) -> bool:
     if jax.process_count() == 1:
         return local
     from jax.experimental import multihost_utils
+
     return bool(np.any(multihost_utils.process_allgather(np.asarray([local], np.int32))))
 
 
@@ -120,8 +123,13 @@ def _bar_postfix(metrics: dict, fields) -> dict:
     return {label: f"{float(metrics[key]):.4g}" for label, key in fields if key in metrics}
 
 
-def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], state: TrainState,
-               data: StatefulIterator, cfg: LoopConfig, io: LoopIO = LoopIO()) -> tuple[TrainState, dict]:
+def train_loop(
+    step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]],
+    state: TrainState,
+    data: StatefulIterator,
+    cfg: LoopConfig,
+    io: LoopIO = LoopIO(),
+) -> tuple[TrainState, dict]:
     """Run `step_fn` until `state.step == cfg.num_steps`, resuming from `state` as given.
 
     Returns the final state and a summary {'steps_run', 'preempted', 'last_metrics'}.
@@ -133,6 +141,7 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
     bar = None
     if cfg.progress and is_main_process() and num_steps > start:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=num_steps, initial=start, desc=stage, dynamic_ncols=True, leave=False)
     preempted = False
     with guard.installed():
@@ -149,10 +158,11 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
                 raise NonFiniteLossError(
                     f"[{stage}] non-finite loss {loss} at step {step} (grad_norm "
                     f"{float(metrics.get('grad_norm', 0.0))}); batch example_ids {ids}; last good checkpoint: "
-                    f"{f'step {good} in {ck.directory}' if good is not None else 'none'}")
+                    f"{f'step {good} in {ck.directory}' if good is not None else 'none'}"
+                )
             last = {k: _to_py(v) for k, v in metrics.items()}
             last["step_time_s"] = time.perf_counter() - t0
-            if "skipped" in meta:           # streamed batches: examples dropped as too long since the last batch
+            if "skipped" in meta:  # streamed batches: examples dropped as too long since the last batch
                 last["data/skipped_too_long"] = len(meta["skipped"])
             if io.flops_fn is not None:
                 last.update(_throughput(io.flops_fn(arrays), last["step_time_s"], peak))
@@ -165,8 +175,7 @@ def train_loop(step_fn: Callable[[TrainState, dict], tuple[TrainState, dict]], s
                 bar.set_postfix(_bar_postfix(last, cfg.bar_metrics))
             stop = agreed_stop(guard.stop_requested)
             if ck:
-                ck.save(step, state, data_state=data.get_state(), config=io.run_config,
-                        force=step == num_steps or stop)
+                ck.save(step, state, data_state=data.get_state(), config=io.run_config, force=step == num_steps or stop)
             if stop:
                 preempted = True
                 break

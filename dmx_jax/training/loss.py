@@ -5,6 +5,7 @@ Conventions: `targets[b, t]` is the token predicted from position t (callers shi
 returned as (sum of token losses, number of weighted tokens) so micro-batches and data shards combine
 exactly: mean = total_sum / total_count.
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,8 +24,9 @@ def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return lse - target_logit
 
 
-def cross_entropy_from_hidden(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights: jax.Array,
-                              *, chunk_size: int = 0) -> tuple[jax.Array, jax.Array]:
+def cross_entropy_from_hidden(
+    hidden: jax.Array, head: jax.Array, targets: jax.Array, weights: jax.Array, *, chunk_size: int = 0
+) -> tuple[jax.Array, jax.Array]:
     """Sum and count of weighted token losses from final hidden states.
 
     hidden [B, T, D], head [D, V], targets/weights [B, T]. With chunk_size > 0 the sequence is processed in

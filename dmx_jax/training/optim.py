@@ -1,6 +1,7 @@
 """Optimizer: AdamW with warmup + cosine/constant schedule, global-norm clipping, decay mask; parameter groups at
 their own learning rates and frozen groups, both named by parameter-path prefixes ("vision", "vision.merger",
 "lm_head"; paths as in BUILD_NOTES' parameter tree)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,27 +26,37 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
-    clip_norm: float = 1.0           # <= 0 disables clipping
-    grad_accum: int = 1              # micro-batches per step (the step splits the batch)
+    clip_norm: float = 1.0  # <= 0 disables clipping
+    grad_accum: int = 1  # micro-batches per step (the step splits the batch)
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
     if cfg.schedule == "constant":
-        return optax.join_schedules(
-            [optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)),
-             optax.constant_schedule(cfg.learning_rate)],
-            [max(cfg.warmup_steps, 1)]) if cfg.warmup_steps else optax.constant_schedule(cfg.learning_rate)
+        return (
+            optax.join_schedules(
+                [
+                    optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)),
+                    optax.constant_schedule(cfg.learning_rate),
+                ],
+                [max(cfg.warmup_steps, 1)],
+            )
+            if cfg.warmup_steps
+            else optax.constant_schedule(cfg.learning_rate)
+        )
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(cfg.total_steps, cfg.warmup_steps + 1),
-            end_value=cfg.learning_rate * cfg.end_lr_fraction)
+            0.0,
+            cfg.learning_rate,
+            max(cfg.warmup_steps, 1),
+            max(cfg.total_steps, cfg.warmup_steps + 1),
+            end_value=cfg.learning_rate * cfg.end_lr_fraction,
+        )
     raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
 
 
 def _decay_mask(params):
     """Decay matrices only: no decay on norm scales and biases."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: not path_to_str(p).endswith((".scale", ".bias")), params)
+    return jax.tree_util.tree_map_with_path(lambda p, _: not path_to_str(p).endswith((".scale", ".bias")), params)
 
 
 def under(path: str, prefix: str) -> bool:
@@ -55,7 +66,7 @@ def under(path: str, prefix: str) -> bool:
 
 def _adamw(cfg: OptimConfig, updates_per_step: int = 1) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(cfg)
-    if updates_per_step > 1:                     # the schedule advances once per step, not once per update
+    if updates_per_step > 1:  # the schedule advances once per step, not once per update
         base, schedule = schedule, lambda count: base(count // updates_per_step)
     return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask)
 
@@ -84,8 +95,13 @@ class Trainable:
         return not any(under(path, f) for f in self.frozen)
 
 
-def make_optimizer(cfg: OptimConfig, *, lr_by_prefix: Mapping[str, float] | None = None,
-                   trainable: Trainable = Trainable(), updates_per_step: int = 1) -> optax.GradientTransformation:
+def make_optimizer(
+    cfg: OptimConfig,
+    *,
+    lr_by_prefix: Mapping[str, float] | None = None,
+    trainable: Trainable = Trainable(),
+    updates_per_step: int = 1,
+) -> optax.GradientTransformation:
     """AdamW (cfg) with global-norm clipping.
 
     updates_per_step: optimizer updates in one training step (GRPO: epochs x mini-batches); the learning-rate
@@ -111,8 +127,10 @@ def make_optimizer(cfg: OptimConfig, *, lr_by_prefix: Mapping[str, float] | None
 
     labels = lambda params: jax.tree_util.tree_map_with_path(label, params)
     is_frozen = lambda params: jax.tree.map(lambda lb: lb == "frozen", labels(params))
-    groups = {"default": _adamw(cfg, updates_per_step), **({"frozen": optax.set_to_zero()} if freezes else {}),
-              **{p: _adamw(dataclasses.replace(cfg, learning_rate=lr), updates_per_step)
-                 for p, lr in lr_by_prefix.items()}}
+    groups = {
+        "default": _adamw(cfg, updates_per_step),
+        **({"frozen": optax.set_to_zero()} if freezes else {}),
+        **{p: _adamw(dataclasses.replace(cfg, learning_rate=lr), updates_per_step) for p, lr in lr_by_prefix.items()},
+    }
     zero_frozen = [optax.masked(optax.set_to_zero(), is_frozen)] if freezes else []
     return optax.chain(*zero_frozen, *clip, optax.multi_transform(groups, labels))

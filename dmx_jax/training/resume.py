@@ -1,4 +1,5 @@
 """Start-or-resume: build the train state, restore the newest good checkpoint if the run has one."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,9 @@ from dmx_jax.training.state import TrainState
 log = logging.getLogger(__name__)
 
 
-def start_or_resume(state: TrainState, shardings: TrainState, checkpointer: Checkpointer,
-                    data: Any = None) -> tuple[TrainState, int]:
+def start_or_resume(
+    state: TrainState, shardings: TrainState, checkpointer: Checkpointer, data: Any = None
+) -> tuple[TrainState, int]:
     """Place `state` with `shardings`, then replace it by the newest restorable checkpoint if any.
 
     When a checkpoint is restored and `data` has `set_state`, the data iterator is moved to where the

@@ -6,6 +6,7 @@ sampling temperature T, so the sampler's log-probs and the trainer's agree to fp
 measures exactly that. Completion log-probs are computed in chunks of positions under a rematerialised scan:
 peak logits memory is [N, chunk, V] in the forward and the backward pass, never [N, Tn, V].
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,16 @@ from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.rollout import PolicyLogprob, Sampler
 
 
-def make_sampler(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...], pad_id: int,
-                   shared_prefill: bool = True, cache_dtype=None, greedy: bool = False) -> Sampler:
+def make_sampler(
+    graphdef,
+    algo: GRPOConfig,
+    *,
+    stop_token_ids: tuple[int, ...],
+    pad_id: int,
+    shared_prefill: bool = True,
+    cache_dtype=None,
+    greedy: bool = False,
+) -> Sampler:
     """The GRPOLearner's Sampler: sample(params, prompts, rng), where prompts (every leaf batch-major) carry
     input_ids, attention_mask, positions [N, 3, T], deltas [N, 1] and optionally pixel_values [N, P, F] +
     vision_inputs.
@@ -32,9 +41,17 @@ def make_sampler(graphdef, algo: GRPOConfig, *, stop_token_ids: tuple[int, ...],
     stops = tuple(int(s) for s in stop_token_ids)
     group = algo.group_size if shared_prefill else 1
 
-    decoding = Decoding(algo.max_new_tokens, 0.0 if greedy else algo.temperature, algo.top_k, algo.top_p, stops,
-                        pad_id, None if cache_dtype is None else jnp.dtype(cache_dtype), group,
-                        algo.rollout_micro_batches)
+    decoding = Decoding(
+        algo.max_new_tokens,
+        0.0 if greedy else algo.temperature,
+        algo.top_k,
+        algo.top_p,
+        stops,
+        pad_id,
+        None if cache_dtype is None else jnp.dtype(cache_dtype),
+        group,
+        algo.rollout_micro_batches,
+    )
 
     def sample_fn(params, prompts, rng):
         arrays = {k: prompts[k] for k in (*PROMPT_KEYS, "pixel_values", "vision_inputs") if k in prompts}
@@ -65,15 +82,16 @@ def _chunked_token_logprobs(hidden, head, targets, temperature: float, chunk: in
     if pad:
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
         targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    h_c = hidden.reshape(n, n_chunks, chunk, d).swapaxes(0, 1)          # [n_chunks, N, chunk, D]
+    h_c = hidden.reshape(n, n_chunks, chunk, d).swapaxes(0, 1)  # [n_chunks, N, chunk, D]
     t_c = targets.reshape(n, n_chunks, chunk).swapaxes(0, 1)
     lp, ent = jax.lax.map(lambda xs: jax.checkpoint(one)(*xs), (h_c, t_c))
     join = lambda x: x.swapaxes(0, 1).reshape(n, n_chunks * chunk)[:, :t]
     return join(lp), join(ent)
 
 
-def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_size: int = 0,
-                        return_entropy: bool = False):
+def completion_logprobs(
+    model, batch: dict, *, temperature: float = 1.0, chunk_size: int = 0, return_entropy: bool = False
+):
     """Per-token log-probs [N, Tn] of batch['completion'] given the prompt (and its images), under
     softmax(logits / temperature); with return_entropy also the per-token entropy [N, Tn] of that distribution.
     batch: the prompt arrays of make_sampler (positions [N, 3, T], batch-major) plus 'completion' [N, Tn].
@@ -81,21 +99,24 @@ def completion_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_s
     ids, comp = batch["input_ids"], batch["completion"]
     n, t = ids.shape
     tn = comp.shape[1]
-    prompt_positions = jnp.swapaxes(batch["positions"], 0, 1)                  # rows [N, 3, T] -> [3, N, T]
+    prompt_positions = jnp.swapaxes(batch["positions"], 0, 1)  # rows [N, 3, T] -> [3, N, T]
     positions = completion_positions(prompt_positions, batch["deltas"], tn, batch["attention_mask"])
     full = jnp.concatenate([ids, comp], axis=1)
     mask = jnp.concatenate([batch["attention_mask"], jnp.ones_like(comp)], axis=1)
     # image features go to the prompt's image tokens only (a sampled image-pad token is a plain token)
     merge_ids = jnp.concatenate([ids, jnp.full_like(comp, -1)], axis=1)
-    hidden, _ = model.hidden_states(full, positions, mask, batch.get("pixel_values"), batch.get("vision_inputs"),
-                                    merge_ids=merge_ids)
-    lp, ent = _chunked_token_logprobs(hidden[:, t - 1:-1], model.head_kernel(), comp, float(temperature),
-                                      int(chunk_size), return_entropy)
+    hidden, _ = model.hidden_states(
+        full, positions, mask, batch.get("pixel_values"), batch.get("vision_inputs"), merge_ids=merge_ids
+    )
+    lp, ent = _chunked_token_logprobs(
+        hidden[:, t - 1 : -1], model.head_kernel(), comp, float(temperature), int(chunk_size), return_entropy
+    )
     return (lp, ent) if return_entropy else lp
 
 
 def make_policy_logprob(algo: GRPOConfig, *, chunk_size: int = 0) -> PolicyLogprob:
     """The GRPOLearner's PolicyLogprob (completion_logprobs at the sampling temperature of `algo`, with entropy);
     chunk_size: positions per logits chunk (the runner passes MemoryConfig.loss_chunk)."""
-    return PolicyLogprob(functools.partial(completion_logprobs, temperature=algo.temperature, chunk_size=chunk_size),
-                         with_entropy=True)
+    return PolicyLogprob(
+        functools.partial(completion_logprobs, temperature=algo.temperature, chunk_size=chunk_size), with_entropy=True
+    )

@@ -3,6 +3,7 @@ model (PolicyLogprob), and one rollout batch (Rollout).
 
 N = prompts x G rows, groups contiguous (rows g*G .. g*G + G - 1 answer prompt g); Tn = completion slots.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@
 combine exactly: the step divides by the total count once. Every leaf of `batch` has the batch as its
 leading axis (so it splits into micro-batches and shards over (data, fsdp)).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +29,20 @@ def _split_micro(batch: dict, k: int) -> dict:
         if x.shape[0] % k:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum={k}")
         return x.reshape((k, x.shape[0] // k) + x.shape[1:])
+
     return jax.tree.map(one, batch)
 
 
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation, *,
-                    grad_accum: int = 1, compute_dtype=None, counts_step: bool = True,
-                    trainable: Trainable | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    grad_accum: int = 1,
+    compute_dtype=None,
+    counts_step: bool = True,
+    trainable: Trainable | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The pure step function (not jitted; see `jit_train_step`). counts_step=False leaves state.step alone (GRPO
     runs several updates per step and advances the step once). trainable (the optimizer's; None:
     `Trainable.of(params)`, the LoRA adapters alone when the parameters hold them, else everything): only those
@@ -73,8 +82,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = state.replace(params=params, opt_state=opt_state, step=state.step + int(counts_step),
-                                  rng=jax.random.key_data(rng))
+        new_state = state.replace(
+            params=params, opt_state=opt_state, step=state.step + int(counts_step), rng=jax.random.key_data(rng)
+        )
         metrics = {"loss": loss_sum / denom, "tokens": count, "grad_norm": grad_norm, **aux}
         return new_state, metrics
 
@@ -88,7 +98,7 @@ class _Split:
     lists, `join` puts them back. Without a predicate the tree passes whole: (params, []) and back."""
 
     treedef: Any
-    trained: tuple[bool, ...] | None        # None: every leaf, the tree itself
+    trained: tuple[bool, ...] | None  # None: every leaf, the tree itself
 
     @classmethod
     def of(cls, params, predicate: Callable[[str], bool] | None) -> _Split:
@@ -116,7 +126,10 @@ def state_shardings(state: TrainState, mesh: Mesh, rules=sharding_rules.TRAIN_RU
     return TrainState(
         params=sharding_rules.tree_shardings(state.params, mesh, rules),
         opt_state=sharding_rules.shardings_like_params(state.opt_state, state.params, mesh, rules),
-        step=replicated, rng=replicated, aux=jax.tree.map(lambda _: replicated, state.aux))
+        step=replicated,
+        rng=replicated,
+        aux=jax.tree.map(lambda _: replicated, state.aux),
+    )
 
 
 def batch_shardings(batch: dict, mesh: Mesh, rules=sharding_rules.TRAIN_RULES) -> dict:
@@ -138,13 +151,17 @@ class MeshProgram:
             return self.jitted(*args)
 
 
-def jit_train_step(step_fn, state_sharding: TrainState | None, batch_sharding: Any = None,
-                   mesh: Mesh | None = None) -> MeshProgram:
+def jit_train_step(
+    step_fn, state_sharding: TrainState | None, batch_sharding: Any = None, mesh: Mesh | None = None
+) -> MeshProgram:
     """The one way a train step is jitted (SFT, cold start, alignment, the GRPO update): `step(state, batch) ->
     (state, metrics)` with the state donated (updated in place) and, given `state_sharding`, taken and returned
     in those shardings, so every leaf keeps its layout and the step compiles once for the whole run (resumes
     included). batch_sharding None takes the placed batch's own shardings; state_sharding None leaves the
     state's layout to the arguments (single-device library use)."""
-    fixed = {} if state_sharding is None else {"in_shardings": (state_sharding, batch_sharding),
-                                               "out_shardings": (state_sharding, None)}
+    fixed = (
+        {}
+        if state_sharding is None
+        else {"in_shardings": (state_sharding, batch_sharding), "out_shardings": (state_sharding, None)}
+    )
     return MeshProgram(jax.jit(step_fn, donate_argnums=(0,), **fixed), mesh)

@@ -1,5 +1,6 @@
 """Every XLA compile in a block, from jax's own compile log line ("Compiling <module> with global shapes and
 types <avals>. Argument mapping: <shardings>."), so a test can fail on a program compiled twice."""
+
 from __future__ import annotations
 
 import collections
@@ -12,10 +13,10 @@ _LOGGER = "jax._src.interpreters.pxla"
 
 @dataclasses.dataclass(frozen=True)
 class Compile:
-    module: str          # e.g. jit(step)
-    avals: str           # global shapes and dtypes of the arguments
-    shardings: str       # their shardings
-    n_args: int          # flattened arguments
+    module: str  # e.g. jit(step)
+    avals: str  # global shapes and dtypes of the arguments
+    shardings: str  # their shardings
+    n_args: int  # flattened arguments
 
 
 class _Collect(logging.Handler):

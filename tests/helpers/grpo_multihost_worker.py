@@ -1,5 +1,6 @@
 """One process of the 2-process GRPO test: join via jax.distributed, run 2 data-parallel GRPO steps with this
 process's own prompts, write (metrics, parameter updates) from process 0."""
+
 import os
 import pickle
 import sys
@@ -15,8 +16,9 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.config.update("jax_default_matmul_precision", "highest")
 from dmx_jax.sharding import DistributedConfig, initialize  # noqa: E402
 
-initialize(DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
-                             process_id=process_id))
+initialize(
+    DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
+)
 assert jax.device_count() == 4 * num_processes, jax.devices()
 
 from tests.test_grpo_vlm import _two_steps  # noqa: E402

@@ -1,4 +1,5 @@
 """One process of the 2-process CPU test: join via jax.distributed, run 3 sharded train steps, print losses."""
+
 import json
 import os
 import sys
@@ -13,8 +14,9 @@ import jax  # noqa: E402
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from dmx_jax.sharding import DistributedConfig, initialize  # noqa: E402
 
-initialize(DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
-                             process_id=process_id))
+initialize(
+    DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
+)
 assert jax.device_count() == 4 * num_processes, jax.devices()
 
 from tests.helpers.train_common import run_steps  # noqa: E402

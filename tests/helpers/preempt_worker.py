@@ -3,6 +3,7 @@ receives SIGTERM (after step 2). Writes <out>/<phase>_<process>.json: steps run,
 
 usage: preempt_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR PHASE
 """
+
 import json
 import os
 import signal
@@ -28,8 +29,9 @@ from dmx_jax.training.state import init_train_state  # noqa: E402
 from dmx_jax.training.step import make_train_step, state_shardings  # noqa: E402
 from tests.helpers.toy_lm import ToyLM, toy_loss  # noqa: E402
 
-initialize(DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
-                             process_id=process_id))
+initialize(
+    DistributedConfig(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes, process_id=process_id)
+)
 
 
 class ShardBatches:
@@ -71,9 +73,22 @@ def on_step(step, metrics, state):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-state, summary = train_loop(step_fn, state, data, LoopConfig(num_steps=6, progress=False),
-                            LoopIO(checkpointer=ck, prepare=place, on_step=on_step))
+state, summary = train_loop(
+    step_fn,
+    state,
+    data,
+    LoopConfig(num_steps=6, progress=False),
+    LoopIO(checkpointer=ck, prepare=place, on_step=on_step),
+)
 ck.close()
 with open(os.path.join(out, f"{phase}_{process_id}.json"), "w") as f:
-    json.dump({"start": start, "final_step": int(state.step), "preempted": summary["preempted"],
-               "restored": getattr(data, "restored", None), "saved_steps": ck.all_steps()}, f)
+    json.dump(
+        {
+            "start": start,
+            "final_step": int(state.step),
+            "preempted": summary["preempted"],
+            "restored": getattr(data, "restored", None),
+            "saved_steps": ck.all_steps(),
+        },
+        f,
+    )

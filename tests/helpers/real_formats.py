@@ -3,6 +3,7 @@
 Formats follow /work/shared/notes/data.md §1 (headers, layouts, label strings). Nothing here is derived from
 the adapters under test; tests compare adapter output with the values passed to these writers.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,30 +21,127 @@ import numpy as np
 
 # ------------------------------------------------------------------------------------------- vocabularies
 
-CHEXPERT_TRAIN_ORDER = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-                        "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-                        "Pleural Other", "Fracture", "Support Devices")
-MIMIC_LABEL_ORDER = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
-                     "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
-                     "Pneumothorax", "Support Devices")
-MIMIC_METADATA_HEADER = ("dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
-                         "Rows", "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning",
-                         "ViewCodeSequence_CodeMeaning", "PatientOrientationCodeSequence_CodeMeaning")
-CXR14_ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-                      "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+CHEXPERT_TRAIN_ORDER = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+MIMIC_LABEL_ORDER = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+MIMIC_METADATA_HEADER = (
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "PerformedProcedureStepDescription",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+    "ProcedureCodeSequence_CodeMeaning",
+    "ViewCodeSequence_CodeMeaning",
+    "PatientOrientationCodeSequence_CodeMeaning",
+)
+CXR14_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 CXR14_BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
-VINDR_28 = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture", "Consolidation",
-            "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity", "Lung cavity", "Lung cyst",
-            "Mediastinal shift", "Nodule/Mass", "Pleural effusion", "Pleural thickening", "Pneumothorax",
-            "Pulmonary fibrosis", "Rib fracture", "Other lesion", "COPD", "Lung tumor", "Pneumonia", "Tuberculosis",
-            "Other diseases", "No finding")
-CHEXPERT_PLUS_HEADER = ("path_to_image", "path_to_dcm", "frontal_lateral", "ap_pa", "deid_patient_id",
-                        "patient_report_date_order", "report", "section_narrative", "section_clinical_history",
-                        "section_history", "section_comparison", "section_technique", "section_procedure_comments",
-                        "section_findings", "section_impression", "section_end_of_impression", "section_summary",
-                        "section_accession_number", "age", "sex", "race", "ethnicity", "split")
-MS_CXR_HEADER = ("dicom_id", "subject_id", "study_id", "category_name", "label_text", "path", "x", "y", "w", "h",
-                 "image_width", "image_height", "split")
+VINDR_28 = (
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Clavicle fracture",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Enlarged PA",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Lung cavity",
+    "Lung cyst",
+    "Mediastinal shift",
+    "Nodule/Mass",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "Rib fracture",
+    "Other lesion",
+    "COPD",
+    "Lung tumor",
+    "Pneumonia",
+    "Tuberculosis",
+    "Other diseases",
+    "No finding",
+)
+CHEXPERT_PLUS_HEADER = (
+    "path_to_image",
+    "path_to_dcm",
+    "frontal_lateral",
+    "ap_pa",
+    "deid_patient_id",
+    "patient_report_date_order",
+    "report",
+    "section_narrative",
+    "section_clinical_history",
+    "section_history",
+    "section_comparison",
+    "section_technique",
+    "section_procedure_comments",
+    "section_findings",
+    "section_impression",
+    "section_end_of_impression",
+    "section_summary",
+    "section_accession_number",
+    "age",
+    "sex",
+    "race",
+    "ethnicity",
+    "split",
+)
+MS_CXR_HEADER = (
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "category_name",
+    "label_text",
+    "path",
+    "x",
+    "y",
+    "w",
+    "h",
+    "image_width",
+    "image_height",
+    "split",
+)
 DIFF_VQA_HEADER = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
 
 
@@ -94,10 +192,19 @@ def write_jpeg(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def write_dicom(path: Path, stored: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 16,
-                window: tuple[float, float] | None = None, voi_function: str | None = None,
-                voi_lut: tuple[Sequence[int], Sequence[int]] | None = None,
-                rescale: tuple[float, float] | None = None, with_pixels: bool = True, lut_vr: str = "US") -> Path:
+def write_dicom(
+    path: Path,
+    stored: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 16,
+    window: tuple[float, float] | None = None,
+    voi_function: str | None = None,
+    voi_lut: tuple[Sequence[int], Sequence[int]] | None = None,
+    rescale: tuple[float, float] | None = None,
+    with_pixels: bool = True,
+    lut_vr: str = "US",
+) -> Path:
     """A single-frame CR DICOM. stored: uint16 / int16 stored values; voi_lut: (LUTDescriptor, LUTData) with
     LUTData written as VR US (a list) or OW (little-endian 16-bit words)."""
     import pydicom
@@ -150,31 +257,53 @@ def mimic_subject_dir(root: Path, subject: int, study: int) -> Path:
     return Path(root) / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}"
 
 
-def write_mimic_cxr(root: Path, studies: Sequence[dict], version: str = "2.0.0", labeler: str = "chexpert",
-                    reports_root: Path | None = None, write_images: bool = True) -> None:
+def write_mimic_cxr(
+    root: Path,
+    studies: Sequence[dict],
+    version: str = "2.0.0",
+    labeler: str = "chexpert",
+    reports_root: Path | None = None,
+    write_images: bool = True,
+) -> None:
     """studies: dicts with subject, study, split, images [(dicom_id, view, (w, h))], report (str or None),
     labels {name: value} (any subset of the 14). Writes the JPG tree, the gz CSVs and the report tree."""
     root = Path(root)
     meta_rows, split_rows, label_rows = [], [], []
     for s in studies:
         for dicom_id, view, (w, h) in s["images"]:
-            meta_rows.append((dicom_id, s["subject"], s["study"], "CHEST (PA AND LAT)", view, h, w, "21800506",
-                              "213014.531", "CHEST (PA AND LAT)", "postero-anterior", "Erect"))
+            meta_rows.append(
+                (
+                    dicom_id,
+                    s["subject"],
+                    s["study"],
+                    "CHEST (PA AND LAT)",
+                    view,
+                    h,
+                    w,
+                    "21800506",
+                    "213014.531",
+                    "CHEST (PA AND LAT)",
+                    "postero-anterior",
+                    "Erect",
+                )
+            )
             split_rows.append((dicom_id, s["study"], s["subject"], s["split"]))
             if write_images:
-                write_jpeg(mimic_subject_dir(root, s["subject"], s["study"]) / f"{dicom_id}.jpg",
-                           tiny_gray(w, h, seed=len(meta_rows)))
+                write_jpeg(
+                    mimic_subject_dir(root, s["subject"], s["study"]) / f"{dicom_id}.jpg",
+                    tiny_gray(w, h, seed=len(meta_rows)),
+                )
         if s.get("labels") is not None:
-            label_rows.append((s["subject"], s["study"],
-                               *(label_cell(s["labels"].get(n)) for n in MIMIC_LABEL_ORDER)))
+            label_rows.append((s["subject"], s["study"], *(label_cell(s["labels"].get(n)) for n in MIMIC_LABEL_ORDER)))
         if s.get("report") is not None:
             report = mimic_subject_dir(reports_root or root, s["subject"], s["study"]).with_suffix(".txt")
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(s["report"])
     write_csv(root / f"mimic-cxr-{version}-metadata.csv.gz", MIMIC_METADATA_HEADER, meta_rows)
     write_csv(root / f"mimic-cxr-{version}-split.csv.gz", ("dicom_id", "study_id", "subject_id", "split"), split_rows)
-    write_csv(root / f"mimic-cxr-{version}-{labeler}.csv.gz", ("subject_id", "study_id", *MIMIC_LABEL_ORDER),
-              label_rows)
+    write_csv(
+        root / f"mimic-cxr-{version}-{labeler}.csv.gz", ("subject_id", "study_id", *MIMIC_LABEL_ORDER), label_rows
+    )
 
 
 def mimic_report(findings: str | None, impression: str | None, width: int = 79) -> str:
@@ -199,10 +328,14 @@ def write_iu_report(folder: Path, number: int, sections: dict[str, str], image_i
     """One ecgen-radiology XML in the Open-i layout."""
     from xml.sax.saxutils import escape, quoteattr
 
-    abstract = "\n".join(f"            <AbstractText Label={quoteattr(k)}>{escape(v)}</AbstractText>"
-                         for k, v in sections.items())
-    images = "\n".join(f'   <parentImage id={quoteattr(i)}>\n      <figureId>F1</figureId>\n'
-                       f'      <caption>Xray Chest PA and Lateral</caption>\n   </parentImage>' for i in image_ids)
+    abstract = "\n".join(
+        f"            <AbstractText Label={quoteattr(k)}>{escape(v)}</AbstractText>" for k, v in sections.items()
+    )
+    images = "\n".join(
+        f"   <parentImage id={quoteattr(i)}>\n      <figureId>F1</figureId>\n"
+        f"      <caption>Xray Chest PA and Lateral</caption>\n   </parentImage>"
+        for i in image_ids
+    )
     xml = f"""<?xml version="1.0" encoding="utf-8"?>
 <eCitation>
    <meta type="rr"/>
@@ -256,8 +389,18 @@ def fetch_wheel(name: str) -> tuple[Path | None, str]:
     if wheel.is_file():
         return wheel, ""
     ASSET_CACHE.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", spec,
-           "-d", str(ASSET_CACHE)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--quiet",
+        spec,
+        "-d",
+        str(ASSET_CACHE),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -2,6 +2,7 @@
 
 usage: resume_worker.py RUN_DIR NUM_STEPS SLEEP_PER_STEP
 """
+
 import os
 import sys
 import time
@@ -57,8 +58,13 @@ def main(run_dir, num_steps, sleep):
     def slow(step, metrics, state):
         time.sleep(sleep)
 
-    train_loop(step_fn, state, data, LoopConfig(num_steps=num_steps, progress=False),
-               LoopIO(checkpointer=ck, writer=MetricsWriter(os.path.join(run_dir, "metrics.jsonl")), on_step=slow))
+    train_loop(
+        step_fn,
+        state,
+        data,
+        LoopConfig(num_steps=num_steps, progress=False),
+        LoopIO(checkpointer=ck, writer=MetricsWriter(os.path.join(run_dir, "metrics.jsonl")), on_step=slow),
+    )
     ck.close()
 
 

@@ -1,19 +1,85 @@
 """Random completions and ground truths for reward parity tests: mixtures of the pieces the published
 reward reacts to (think tags and their fragments, boxes, cited 4-number brackets, numbers near 512, pipes,
 braces, words and all kinds of whitespace)."""
+
 from __future__ import annotations
 
 import random
 import re
 
-WORDS = ("the", "lung", "lungs", "opacity", "opacities", "effusion", "pleural", "no", "Yes", "yes", "left",
-         "lower", "lobe", "cardiomegaly", "is", "seen", "clear", "None", "atelectasis", "right", "and")
-NUMBERS = ("0", "7", "12", "-3", "+7.25", ".5", "-.5", "512", "512.0", "513", "511.999", "512.0000001",
-           "1e3", "5.", "0512", "000513", "1.2.3", "99999", "-600", "+600", "3.14159", "1000000000000")
-TAG_PIECES = ("<think>", "</think>", "<think", "think>", "</", "<", ">", "/", "< think >", "</ think>",
-              "<  /think  >", "\\boxed{", "\\boxed", "boxed{", "{", "}", "[", "]", ",", ", ", "|", " | ")
+WORDS = (
+    "the",
+    "lung",
+    "lungs",
+    "opacity",
+    "opacities",
+    "effusion",
+    "pleural",
+    "no",
+    "Yes",
+    "yes",
+    "left",
+    "lower",
+    "lobe",
+    "cardiomegaly",
+    "is",
+    "seen",
+    "clear",
+    "None",
+    "atelectasis",
+    "right",
+    "and",
+)
+NUMBERS = (
+    "0",
+    "7",
+    "12",
+    "-3",
+    "+7.25",
+    ".5",
+    "-.5",
+    "512",
+    "512.0",
+    "513",
+    "511.999",
+    "512.0000001",
+    "1e3",
+    "5.",
+    "0512",
+    "000513",
+    "1.2.3",
+    "99999",
+    "-600",
+    "+600",
+    "3.14159",
+    "1000000000000",
+)
+TAG_PIECES = (
+    "<think>",
+    "</think>",
+    "<think",
+    "think>",
+    "</",
+    "<",
+    ">",
+    "/",
+    "< think >",
+    "</ think>",
+    "<  /think  >",
+    "\\boxed{",
+    "\\boxed",
+    "boxed{",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ", ",
+    "|",
+    " | ",
+)
 SPACES = (" ", "  ", "\n", "\t", " \n\t ", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f")
-UNICODE_PIECES = ("é", "\u00a0", "\u2003", "\u0663", "\u00b2", "\x85", "肺")   # NBSP, em space, Arabic 3, ², NEL
+UNICODE_PIECES = ("é", "\u00a0", "\u2003", "\u0663", "\u00b2", "\x85", "肺")  # NBSP, em space, Arabic 3, ², NEL
 
 
 def _number(rng: random.Random, strict: bool = False) -> str:
@@ -54,10 +120,26 @@ def completion(rng: random.Random, unicode: bool = False, max_pieces: int = 30) 
     """A random completion; about a third follow the target layout with noise inserted."""
     noise = lambda k: "".join(_piece(rng, unicode) for _ in range(rng.randint(0, k)))
     if rng.random() < 0.35:
-        answer = rng.choice([" | ".join(rng.sample(WORDS, rng.randint(1, 4))), rng.choice(WORDS),
-                             " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))])
-        return (rng.choice(["", " ", "\n"]) + "<think>" + noise(8) + cited_box(rng) + noise(6) + "</think>"
-                + noise(4) + "The answer is: \\boxed{" + answer + "}" + noise(3))
+        answer = rng.choice(
+            [
+                " | ".join(rng.sample(WORDS, rng.randint(1, 4))),
+                rng.choice(WORDS),
+                " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))),
+            ]
+        )
+        return (
+            rng.choice(["", " ", "\n"])
+            + "<think>"
+            + noise(8)
+            + cited_box(rng)
+            + noise(6)
+            + "</think>"
+            + noise(4)
+            + "The answer is: \\boxed{"
+            + answer
+            + "}"
+            + noise(3)
+        )
     return noise(max_pieces)
 
 
@@ -65,10 +147,10 @@ def ground_truth(rng: random.Random) -> str:
     """A list ("a|b"), short (<= 2 words) or long ground truth, sometimes with odd spacing."""
     r = rng.random()
     if r < 0.3:
-        items = [rng.choice(WORDS) for _ in range(rng.randint(1, 5))]           # duplicates on purpose
+        items = [rng.choice(WORDS) for _ in range(rng.randint(1, 5))]  # duplicates on purpose
         return rng.choice(["|", " | ", "|  "]).join(items)
     if r < 0.55:
         return rng.choice([" ", ""]) + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 2)))
     if r < 0.6:
-        return "a|" + " ".join(rng.choice(WORDS) for _ in range(25))             # '|' but > 20 words: long
+        return "a|" + " ".join(rng.choice(WORDS) for _ in range(25))  # '|' but > 20 words: long
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14)))

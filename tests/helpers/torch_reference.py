@@ -3,6 +3,7 @@
 Import `torch_float64` into a test module to run its references in float64: an autouse fixture that restores the
 previous default dtype afterwards, so other modules' torch models stay fp32.
 """
+
 import pytest
 import torch
 

@@ -3,6 +3,7 @@
 Used where a test exercises training machinery (steps, meshes, processes, checkpoints) independent of
 the Qwen2.5-VL architecture.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +51,7 @@ class ToyLM(nnx.Module):
 
 def toy_loss(model, batch, rng):
     from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
+
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
     s, c = cross_entropy_from_hidden(model.hidden(batch["input_ids"]), model.lm_head.kernel[...], targets, weights)
     return s, c, {}

@@ -1,4 +1,5 @@
 """Shared driver: N sharded train steps of the toy LM on a mesh, with per-process batch assembly."""
+
 import jax
 import numpy as np
 import optax
@@ -29,6 +30,8 @@ def run_steps(mesh_shape=(2, 2, 2), steps=3, grad_accum=1, batch_size=8):
         gb = global_batch(local, mesh, {k: batch_spec(2) for k in local})
         st, m = jitted(st, gb)
         losses.append(float(m["loss"]))
-    final = {k: np.asarray(jax.experimental.multihost_utils.process_allgather(v, tiled=True))
-             for k, v in [("embed", st.params["text"]["embed"]["embedding"])]}
+    final = {
+        k: np.asarray(jax.experimental.multihost_utils.process_allgather(v, tiled=True))
+        for k, v in [("embed", st.params["text"]["embed"]["embedding"])]
+    }
     return {"losses": losses, "embed_sum": float(final["embed"].sum())}

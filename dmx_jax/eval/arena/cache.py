@@ -6,6 +6,7 @@ prompt and the judge's sampling settings, so a changed report, template or setti
 Records hold the judge id, the raw response text and the parsed verdict; never credentials or headers.
 Failed calls (network errors, exhausted retries) are not cached; unparseable answers are.
 """
+
 from __future__ import annotations
 
 from dmx_jax.keyed_cache import KeyedJsonCache, sha256_key

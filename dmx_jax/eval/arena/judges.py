@@ -1,4 +1,5 @@
 """Arena judges: an OpenAI-compatible chat endpoint (stdlib HTTP only) and an offline rubric judge."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -48,10 +49,23 @@ class OpenAICompatibleJudge:
     exponential backoff (Retry-After honoured, capped). The API key is read from `api_key_env` at call time,
     sent only in the Authorization header, and never logged or cached."""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "DMX_JUDGE_API_KEY", concurrency: int = 4,
-                 timeout: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 temperature: float = 0.0, max_tokens: int = 512, prompt_path: str | os.PathLike | None = None,
-                 label: str | None = None, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "DMX_JUDGE_API_KEY",
+        concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        prompt_path: str | os.PathLike | None = None,
+        label: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("OpenAICompatibleJudge: need concurrency >= 1, max_retries >= 0, timeout > 0")
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -65,11 +79,20 @@ class OpenAICompatibleJudge:
         self._sleep = sleep
 
     def payload(self, request: JudgeRequest) -> dict:
-        fields = {"reference": request.reference.render(), "report_a": request.report_a.render(),
-                  "report_b": request.report_b.render()}
-        return {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                "messages": [{"role": "system", "content": self.system_template.safe_substitute(fields)},
-                             {"role": "user", "content": self.user_template.safe_substitute(fields)}]}
+        fields = {
+            "reference": request.reference.render(),
+            "report_a": request.report_a.render(),
+            "report_b": request.report_b.render(),
+        }
+        return {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "messages": [
+                {"role": "system", "content": self.system_template.safe_substitute(fields)},
+                {"role": "user", "content": self.user_template.safe_substitute(fields)},
+            ],
+        }
 
     def prompt_hash(self, request: JudgeRequest) -> str:
         return _sha256(self.payload(request))
@@ -86,7 +109,7 @@ class OpenAICompatibleJudge:
         return headers
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        delay = self.backoff_s * (2 ** attempt)
+        delay = self.backoff_s * (2**attempt)
         if retry_after:
             with contextlib.suppress(ValueError):
                 delay = max(delay, float(retry_after))
@@ -112,11 +135,23 @@ class OpenAICompatibleJudge:
                 problem = f"{type(e).__name__}: {reason}"
             if attempt < self.max_retries:
                 delay = self._backoff(attempt, retry_after)
-                log.warning("judge %s study %s: %s; retry %d/%d in %.2fs", self.judge_id, request.study_id,
-                            problem, attempt + 1, self.max_retries, delay)
+                log.warning(
+                    "judge %s study %s: %s; retry %d/%d in %.2fs",
+                    self.judge_id,
+                    request.study_id,
+                    problem,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 self._sleep(delay)
-        log.error("judge %s study %s: giving up after %d attempts (%s)", self.judge_id, request.study_id,
-                  self.max_retries + 1, problem)
+        log.error(
+            "judge %s study %s: giving up after %d attempts (%s)",
+            self.judge_id,
+            request.study_id,
+            self.max_retries + 1,
+            problem,
+        )
         return JudgeResponse(None, "", error=f"{problem} after {self.max_retries + 1} attempts")
 
 
@@ -136,9 +171,23 @@ def _response_from_body(body: bytes) -> JudgeResponse:
 
 _SIDES = {"left": "left", "right": "right", "bilateral": "bilateral", "bibasilar": "bilateral", "both": "bilateral"}
 # severity / size words -> level 1 (mild) .. 3 (severe), looked up in a finding's clause
-SEVERITY = {"trace": 1, "tiny": 1, "minimal": 1, "mild": 1, "small": 1, "subtle": 1, "slight": 1,
-            "moderate": 2, "medium": 2,
-            "severe": 3, "large": 3, "marked": 3, "extensive": 3, "massive": 3, "substantial": 3}
+SEVERITY = {
+    "trace": 1,
+    "tiny": 1,
+    "minimal": 1,
+    "mild": 1,
+    "small": 1,
+    "subtle": 1,
+    "slight": 1,
+    "moderate": 2,
+    "medium": 2,
+    "severe": 3,
+    "large": 3,
+    "marked": 3,
+    "extensive": 3,
+    "massive": 3,
+    "substantial": 3,
+}
 
 
 def _findings(text: str) -> dict[str, dict]:
@@ -153,7 +202,7 @@ def _findings(text: str) -> dict[str, dict]:
         if {"left", "right"} <= sides:
             sides = {"bilateral"}
         f = out.setdefault(m.label, {"value": m.value, "sides": set(), "severity": set()})
-        f["value"] = max(f["value"], m.value)            # 1 beats -1
+        f["value"] = max(f["value"], m.value)  # 1 beats -1
         f["sides"] |= sides
         f["severity"] |= {SEVERITY[w] for w in words if w in SEVERITY}
     return out
@@ -200,13 +249,17 @@ class RubricJudge:
 
     label = "offline rubric judge"
 
-    def __init__(self, label_weight: float = 0.5, side_weight: float = 0.15, severity_weight: float = 0.15,
-                 box_weight: float = 0.2, tie_margin: float = 1e-9):
-        self.weights = {"labels": label_weight, "sides": side_weight, "severity": severity_weight,
-                        "boxes": box_weight}
+    def __init__(
+        self,
+        label_weight: float = 0.5,
+        side_weight: float = 0.15,
+        severity_weight: float = 0.15,
+        box_weight: float = 0.2,
+        tie_margin: float = 1e-9,
+    ):
+        self.weights = {"labels": label_weight, "sides": side_weight, "severity": severity_weight, "boxes": box_weight}
         self.tie_margin = tie_margin
-        self.judge_id = (f"rubric-v2:{label_weight:g}/{side_weight:g}/{severity_weight:g}/{box_weight:g}/"
-                         f"{tie_margin:g}")
+        self.judge_id = f"rubric-v2:{label_weight:g}/{side_weight:g}/{severity_weight:g}/{box_weight:g}/{tie_margin:g}"
 
     def components(self, candidate: Report, reference: Report) -> dict[str, float]:
         """{labels, sides?, severity?, boxes?, total}: sides only when either report names a side of a finding,
@@ -228,8 +281,9 @@ class RubricJudge:
         return parts
 
     def prompt_hash(self, request: JudgeRequest) -> str:
-        return _sha256([self.judge_id, request.reference.render(), request.report_a.render(),
-                        request.report_b.render()])
+        return _sha256(
+            [self.judge_id, request.reference.render(), request.report_a.render(), request.report_b.render()]
+        )
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeResponse]:
         out = []

@@ -10,6 +10,7 @@ Each judge's outcomes are comparisons; several judges are combined by pooling th
 judge is also rated alone. Ratings: Bradley-Terry (ties as half wins) and Elo, with percentile bootstrap
 CIs over studies, plus the win-rate matrix. Verdicts are cached on disk (see cache.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,11 @@ from dmx_jax.eval.arena import rating
 from dmx_jax.eval.arena.cache import VerdictCache, cache_key
 from dmx_jax.eval.arena.records import Judge, JudgeRequest, Report
 
-RATING_METHOD = ("Bradley-Terry maximum likelihood, ties counted as half a win for each side (not Davidson), "
-                 "ridge 0.01; Elo K=4, base 10, scale 400, start 1000, mean of 16 shuffles; 95% percentile "
-                 "bootstrap CIs over studies")
+RATING_METHOD = (
+    "Bradley-Terry maximum likelihood, ties counted as half a win for each side (not Davidson), "
+    "ridge 0.01; Elo K=4, base 10, scale 400, start 1000, mean of 16 shuffles; 95% percentile "
+    "bootstrap CIs over studies"
+)
 
 
 def load_reports_jsonl(path: str | os.PathLike) -> dict[str, Report]:
@@ -73,8 +76,9 @@ class _Stats:
     cache_hits: int = 0
 
 
-def _judge_all(judge: Judge, requests: list[tuple[str, str, str, str, JudgeRequest]], cache: VerdictCache | None,
-               stats: _Stats) -> dict[tuple[str, str, str, str], str | None]:
+def _judge_all(
+    judge: Judge, requests: list[tuple[str, str, str, str, JudgeRequest]], cache: VerdictCache | None, stats: _Stats
+) -> dict[tuple[str, str, str, str], str | None]:
     """{(study, a, b, order): verdict or None}; cached verdicts reused, new answers (not failures) stored."""
     verdicts, todo = {}, []
     for study, a, b, order, request in requests:
@@ -93,8 +97,17 @@ def _judge_all(judge: Judge, requests: list[tuple[str, str, str, str, JudgeReque
             stats.errors += 1
             continue
         if cache is not None:
-            cache.put(key, {"judge_id": judge.judge_id, "study_id": ident[0], "systems": [ident[1], ident[2]],
-                            "order": ident[3], "verdict": response.verdict, "raw": response.raw})
+            cache.put(
+                key,
+                {
+                    "judge_id": judge.judge_id,
+                    "study_id": ident[0],
+                    "systems": [ident[1], ident[2]],
+                    "order": ident[3],
+                    "verdict": response.verdict,
+                    "raw": response.raw,
+                },
+            )
     for verdict in verdicts.values():
         if verdict is None:
             continue
@@ -122,15 +135,34 @@ def _ratings(comparisons: np.ndarray, study_index: np.ndarray, systems: list[str
     elo = rating.elo(comparisons, p, seed=seed)
     ci = rating.bootstrap_ratings(comparisons, study_index, p, n=n_bootstrap, seed=seed)
     bt_elo, bt_elo_ci = rating.bt_to_elo_scale(theta), rating.bt_to_elo_scale(ci["bt"])
-    table = {s: {"bt": float(theta[k]), "bt_ci": ci["bt"][k].tolist(), "bt_elo_scale": float(bt_elo[k]),
-                 "bt_elo_scale_ci": bt_elo_ci[k].tolist(), "elo": float(elo[k]), "elo_ci": ci["elo"][k].tolist()}
-             for k, s in enumerate(systems)}
-    return {"n_comparisons": int(len(comparisons)), "ranking": [systems[k] for k in np.argsort(-theta)],
-            "ratings": table, "win_rate": rating.win_rate_matrix(comparisons, p).tolist()}
+    table = {
+        s: {
+            "bt": float(theta[k]),
+            "bt_ci": ci["bt"][k].tolist(),
+            "bt_elo_scale": float(bt_elo[k]),
+            "bt_elo_scale_ci": bt_elo_ci[k].tolist(),
+            "elo": float(elo[k]),
+            "elo_ci": ci["elo"][k].tolist(),
+        }
+        for k, s in enumerate(systems)
+    }
+    return {
+        "n_comparisons": int(len(comparisons)),
+        "ranking": [systems[k] for k in np.argsort(-theta)],
+        "ratings": table,
+        "win_rate": rating.win_rate_matrix(comparisons, p).tolist(),
+    }
 
 
-def run_arena(references: Mapping[str, Report], systems: Mapping[str, Mapping[str, Report]], judges: Sequence[Judge],
-              *, cache: VerdictCache | str | os.PathLike | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def run_arena(
+    references: Mapping[str, Report],
+    systems: Mapping[str, Mapping[str, Report]],
+    judges: Sequence[Judge],
+    *,
+    cache: VerdictCache | str | os.PathLike | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
     """JSON-ready arena result: systems, judges (id, label, position-bias stats), combined and per-judge ratings."""
     names = sorted(systems)
     if len(names) < 2 or not judges:
@@ -165,7 +197,8 @@ def run_arena(references: Mapping[str, Report], systems: Mapping[str, Mapping[st
         decisive = stats.first + stats.second
         bias = dataclasses.asdict(stats) | {
             "first_position_win_rate": stats.first / decisive if decisive else None,
-            "inconsistent_rate": stats.inconsistent / max(stats.pairs - stats.left_out, 1)}
+            "inconsistent_rate": stats.inconsistent / max(stats.pairs - stats.left_out, 1),
+        }
         result["judges"].append({"id": judge.judge_id, "label": judge.label, "position_bias": bias})
         comparisons = np.asarray(comparisons, dtype=np.float64).reshape(-1, 3)
         result["per_judge"][judge.judge_id] = _ratings(comparisons, np.asarray(study_index), names, n_bootstrap, seed)

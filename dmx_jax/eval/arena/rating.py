@@ -9,6 +9,7 @@ A comparison is (i, j, s) with s the score of system i against system j: 1 win, 
   averaged over several shuffles (Elo depends on order; Bradley-Terry does not).
 - Bootstrap over studies: resample studies with replacement, refit, take percentile intervals.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,9 @@ def score_matrices(comparisons: np.ndarray, n_systems: int) -> tuple[np.ndarray,
     return wins, games
 
 
-def bradley_terry_from_matrices(wins: np.ndarray, games: np.ndarray, ridge: float = 0.01,
-                                max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
+def bradley_terry_from_matrices(
+    wins: np.ndarray, games: np.ndarray, ridge: float = 0.01, max_iter: int = 100, tol: float = 1e-10
+) -> np.ndarray:
     """theta [P] maximising sum_ij wins_ij log sigmoid(theta_i - theta_j) - ridge / 2 |theta|^2."""
     n = wins.shape[0]
     theta = np.zeros(n)
@@ -77,8 +79,9 @@ def elo(comparisons: np.ndarray, n_systems: int, k: float = 4.0, n_shuffles: int
     rng = np.random.default_rng(seed)
     order = np.stack([rng.permutation(len(comparisons)) for _ in range(n_shuffles)])  # [S, C]
     c = comparisons[order]  # [S, C, 3]
-    ratings = _elo_batch(c[..., 0].astype(int), c[..., 1].astype(int), c[..., 2],
-                         np.ones(order.shape, bool), n_systems, k)
+    ratings = _elo_batch(
+        c[..., 0].astype(int), c[..., 1].astype(int), c[..., 2], np.ones(order.shape, bool), n_systems, k
+    )
     return ratings.mean(axis=0)
 
 
@@ -89,8 +92,16 @@ def win_rate_matrix(comparisons: np.ndarray, n_systems: int) -> np.ndarray:
         return np.where(games > 0, wins / np.where(games > 0, games, 1), np.nan)
 
 
-def bootstrap_ratings(comparisons: np.ndarray, study_index: np.ndarray, n_systems: int, n: int = 1000,
-                      seed: int = 0, ridge: float = 0.01, elo_k: float = 4.0, alpha: float = 0.05) -> dict:
+def bootstrap_ratings(
+    comparisons: np.ndarray,
+    study_index: np.ndarray,
+    n_systems: int,
+    n: int = 1000,
+    seed: int = 0,
+    ridge: float = 0.01,
+    elo_k: float = 4.0,
+    alpha: float = 0.05,
+) -> dict:
     """Percentile CIs over studies: {"bt": [P, 2], "elo": [P, 2]} (rows: lo, hi per system).
 
     study_index [C]: the study each comparison belongs to (0..S-1).
@@ -114,7 +125,7 @@ def bootstrap_ratings(comparisons: np.ndarray, study_index: np.ndarray, n_system
     idx = np.zeros((n, length), dtype=int)
     valid = np.zeros((n, length), dtype=bool)
     for b, seq in enumerate(sequences):
-        idx[b, :len(seq)], valid[b, :len(seq)] = seq, True
+        idx[b, : len(seq)], valid[b, : len(seq)] = seq, True
     c = comparisons[idx]  # [n, T, 3]
     elo_draws = _elo_batch(c[..., 0].astype(int), c[..., 1].astype(int), c[..., 2], valid, n_systems, elo_k)
     q = [alpha / 2, 1 - alpha / 2]

@@ -1,4 +1,5 @@
 """Records shared by the arena: reports, judge requests / responses, the judge interface, verdict parsing."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,7 @@ class JudgeResponse:
 
 class Judge(Protocol):
     judge_id: str  # stable identity for the cache (model, endpoint, version; never a credential)
-    label: str     # shown in outputs, e.g. "offline rubric judge"
+    label: str  # shown in outputs, e.g. "offline rubric judge"
 
     def prompt_hash(self, request: JudgeRequest) -> str: ...
 
@@ -54,7 +55,7 @@ class Judge(Protocol):
 
 
 def parse_verdict(text: str) -> str | None:
-    """"A" / "B" / "TIE" when the last non-empty line is exactly `VERDICT: A|B|TIE`, else None."""
+    """ "A" / "B" / "TIE" when the last non-empty line is exactly `VERDICT: A|B|TIE`, else None."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     if not lines:
         return None
