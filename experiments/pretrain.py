@@ -7,6 +7,7 @@ held-out pretraining-style prompts with real and with swapped images (presence a
 finding) into DIR/probe.jsonl. Checkpoints every `save_every` steps; rerunning the same command resumes.
 At the end it writes a Hugging Face folder (config.json, model.safetensors, tokenizer.json, README.md card)
 to --out, which `dmx_jax.load_pretrained`, transformers and `experiments.run --set hf_checkpoint=` open.
+The config and the row sources live in `experiments.pretrain_data`.
 """
 
 from __future__ import annotations
@@ -23,170 +24,46 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from dmx_jax.training.optim import OptimConfig
+from data_pipelines.synthetic.pretrain import FOCUS_MIX, FOCUS_START, PROBE_START
+from data_pipelines.tokenizer import HFTokenizer, train_byte_level_bpe
+from dmx_jax.hf import save_pretrained
+from dmx_jax.model import Qwen25VL
+from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
+from dmx_jax.training.loop import MetricsWriter
+from dmx_jax.training.loss import shift_targets, token_losses
+from dmx_jax.training.optim import make_optimizer
+from experiments.evaluate import evaluate_stage, example_scores
+from experiments.overrides import ConfigError, apply_overrides
+from experiments.pretrain_data import (
+    PretrainConfig,
+    align_source,
+    model_config,
+    patch_budget,
+    probe_groups,
+    row_source,
+    task_rows,
+    tokenizer_corpus,
+)
+from experiments.stages import (
+    RunContext,
+    StageSpec,
+    align_recipe,
+    load_stage_params,
+    run_stage,
+    sft_recipe,
+    stage_done,
+    trimmed_stack,
+)
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "miniature_base"
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    seed: int = 0  # parameter init and nothing else: the corpus is fixed by its own seed
-    model: str = "base"  # dmx_jax.model preset
-    image_size: int = 128  # synthetic render size (the benchmark's)
-    min_pixels: int = 56 * 56
-    max_pixels: int = 168 * 168  # 128 px studies resized to 140 px: 10 x 10 patches, 25 image tokens
-    seq_len: int = 160  # rows: chat template + 36 image tokens + prompt + answer
-    vocab_size: int = 2048
-    tokenizer_studies: int = 1500  # studies whose texts (corpus + report-style texts) train the tokenizer
-    align_steps: int = 2400  # first: the tower learns the study's labels, sides and boxes
-    align_batch_size: int = 32
-    align_optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=20, total_steps=2400)
-    align_head_lr: float = 1e-2
-    align_readout: bool = False  # the decoder also reads the targets at a describe prompt's answer start
-    readout_len: int = 72  # the alignment read-out's prompt row (describe prompt), tokens
-    vision_lr: float = 1e-4  # tower + merger in the corpus stage: keep what the alignment taught
-    loss_weighting: str = "row"  # "row": each row's answer weighs alike (a yes/no answer as much as a
-    # 40-token box list); "token": every answer token alike
-    steps: int = 1200
-    batch_size: int = 32
-    optim: OptimConfig = OptimConfig(learning_rate=1e-3, warmup_steps=50, total_steps=1200, weight_decay=0.01)
-    focus_steps: int = 1500  # then the detection-heavy mix (FOCUS_MIX) on fresh studies; its cosine
-    # schedule spans focus_steps (focus_optim.total_steps is ignored)
-    focus_optim: OptimConfig = OptimConfig(learning_rate=5e-4, warmup_steps=50, total_steps=0, weight_decay=0.01)
-    focus_vision_lr: float = 3e-4  # the tower learns to localise in the focus stage
-    save_every: int = 200
-    probe_every: int = 150
-    probe_studies: int = 96
-    align_probe_studies: int = 256  # held-out studies whose pooled-head AUC per finding the align probe reads
-    probe_max_new_tokens: int = 48
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "save_every", "probe_every", "probe_studies", "seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"pretrain.{name}={getattr(self, name)} must be >= 1")
-        if self.focus_steps < 0:
-            raise ValueError(f"pretrain.focus_steps={self.focus_steps} must be >= 0")
-        if self.loss_weighting not in ("row", "token"):
-            raise ValueError(f"pretrain.loss_weighting={self.loss_weighting!r} must be 'row' or 'token'")
-
-
-def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
-    """Texts the tokenizer learns from: pretraining prompts and answers, plus report, VQA and reasoning texts
-    of benchmark-style examples rendered under the pretraining seed (never a benchmark study)."""
-    from data_pipelines.formatting import SYSTEM_PROMPT, reasoning_suffix
-    from data_pipelines.synthetic import SyntheticConfig, examples
-    from data_pipelines.synthetic.pretrain import PRETRAIN_SEED, pretrain_example
-
-    scfg = SyntheticConfig(image_size=cfg.image_size, seed=PRETRAIN_SEED)
-    out = [SYSTEM_PROMPT, reasoning_suffix(), "system\n", "user\n", "assistant\n"]
-    for i in range(cfg.tokenizer_studies):
-        e = pretrain_example(i, cfg.image_size)
-        b = examples("train", i, scfg)
-        out += [e.prompt, e.target, b.prompt, b.target, b.meta.get("reasoning", "")]
-    return out
-
-
-def model_config(cfg: PretrainConfig, tok):
-    """The preset with the tokenizer's vocabulary and special ids."""
-    from dmx_jax.model import preset
-    from experiments.datasets import with_tokenizer
-
-    return with_tokenizer(preset(cfg.model), tok, video_token_id=tok.token_to_id("<|video_pad|>"))
-
-
-def patch_budget(cfg: PretrainConfig) -> int:
-    from dmx_jax.processing import patch_rows
-
-    return patch_rows(cfg.image_size, cfg.image_size, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-
-
-def row_encoder(cfg: PretrainConfig, tok, mcfg, *, prompt_only: bool = False):
-    """The project's row encoder at the recipe's pixel limits (prompt_only: left-padded generation prompts)."""
-    from data_pipelines.pipeline import EncodingConfig, RowEncoder
-
-    return RowEncoder(
-        tok,
-        EncodingConfig(
-            vision=mcfg.vision, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, prompt_only=prompt_only
-        ),
-    )
-
-
-def row_source(cfg: PretrainConfig, tok, mcfg, mix=None, start: int = 0):
-    """IndexedSource of training rows: row i encodes pretrain_example(start + i, mix) (mix: CORPUS_MIX by
-    default); a row longer than seq_len (rare: many findings described) is replaced by the row of index
-    + 2**38, deterministically."""
-    from data_pipelines.pipeline import DoesNotFit
-    from data_pipelines.synthetic.pretrain import CORPUS_MIX, pretrain_example
-    from experiments.data import IndexedSource
-
-    mix = mix or CORPUS_MIX
-    encoder = row_encoder(cfg, tok, mcfg)
-    budget = patch_budget(cfg)
-
-    def row_fn(i: int) -> dict:
-        i += start
-        while True:
-            try:
-                return encoder(pretrain_example(i, cfg.image_size, mix), seq_len=cfg.seq_len, patch_budget=budget)
-            except DoesNotFit:
-                i += 1 << 38
-
-    return IndexedSource(row_fn)
-
-
-def align_source(cfg: PretrainConfig, tok, mcfg):
-    """IndexedSource of alignment rows: study i's pixels and label / side / box targets, plus the left-padded
-    describe prompt that the decoder read-out runs on (dmx_jax.training.align, decoder_readout=True)."""
-    import dataclasses as dc
-
-    from data_pipelines.pipeline.align import align_rows
-    from data_pipelines.synthetic.pretrain import PROMPTS, pretrain_example
-    from experiments.data import IndexedSource
-
-    encoder = row_encoder(cfg, tok, mcfg, prompt_only=True)
-    budget = patch_budget(cfg)
-
-    def prompt_row(ex):
-        return encoder(dc.replace(ex, prompt=PROMPTS["describe"][0]), seq_len=cfg.readout_len, patch_budget=budget)
-
-    def row_fn(i: int) -> dict:
-        return align_rows(
-            [pretrain_example(i, cfg.image_size)],
-            mcfg.vision,
-            patch_budget=budget,
-            min_pixels=cfg.min_pixels,
-            max_pixels=cfg.max_pixels,
-            dedupe=False,
-            prompt_row=prompt_row if cfg.align_readout else None,
-        )[0]
-
-    return IndexedSource(row_fn)
-
-
-def probe_groups(cfg: PretrainConfig, tok, mcfg, tasks: tuple[str, ...] = ("vqa", "grounding")) -> list:
-    """[(prompt arrays, rows, max_new_tokens)] of the held-out probe prompts of `tasks` (presence questions are
-    task 'vqa', detection prompts 'grounding'), one compiled shape."""
-    from data_pipelines.pipeline import stack_rows
-    from data_pipelines.synthetic.pretrain import probe_examples
-
-    encoder = row_encoder(cfg, tok, mcfg, prompt_only=True)
-    rows = [
-        encoder(e, seq_len=cfg.seq_len, patch_budget=patch_budget(cfg))
-        for e in probe_examples(cfg.probe_studies, cfg.image_size)
-        if e.task in tasks
-    ]
-    arrays, _ = stack_rows(rows)
-    arrays.pop("loss_mask")
-    return [(arrays, [r["meta"] for r in rows], cfg.probe_max_new_tokens)]
 
 
 def probe(graphdef, params, groups, tok, task_batch: tuple[dict, np.ndarray] | None = None) -> dict:
     """Presence accuracy and detection mIoU, real and with images swapped, overall and per CheXpert finding;
     with task_batch (task_rows), the teacher-forced answer loss per task, real vs swapped ("task_loss")."""
-    from experiments.evaluate import evaluate_stage, example_scores
-
     metrics, records = evaluate_stage(graphdef, params, groups, tok, n_bootstrap=200, control=True)
     real, swapped = example_scores(records), example_scores(records, "control_answer")
     control = metrics["image_control"]
@@ -210,24 +87,9 @@ def probe(graphdef, params, groups, tok, task_batch: tuple[dict, np.ndarray] | N
     return out
 
 
-def task_rows(cfg: PretrainConfig, tok, mcfg, n: int = 96) -> tuple[dict, np.ndarray]:
-    """Teacher-forcing rows of every task on held-out probe studies (index PROBE_START + i) and their task names."""
-    from data_pipelines.pipeline import stack_rows
-    from data_pipelines.synthetic.pretrain import PROBE_START
-
-    source = row_source(cfg, tok, mcfg)
-    rows = [source.row_fn(PROBE_START + i) for i in range(n)]
-    arrays, _ = stack_rows(rows)
-    return arrays, np.asarray([r["meta"]["question_type"] for r in rows])
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _row_answer_losses(graphdef, params, batch: dict):
     """[B]: each row's mean answer-token loss (teacher forcing), one compile per batch shape."""
-    from flax import nnx
-
-    from dmx_jax.training.loss import shift_targets, token_losses
-
     model = nnx.merge(graphdef, params)
     logits, _ = model.forward(
         batch["input_ids"],
@@ -260,10 +122,10 @@ def task_losses(graphdef, params, arrays: dict, tasks: np.ndarray) -> dict[str, 
 def plot_probe(probes: list[dict], path: Path) -> None:
     """Held-out probe over steps, real images vs images swapped: greedy presence accuracy, detection mIoU and
     the teacher-forced answer loss of the tasks whose answers depend most on the image."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 heavy
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 heavy
 
     steps = [p["step"] for p in probes]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
@@ -361,11 +223,6 @@ def align(cfg: PretrainConfig, graphdef, params, adir: Path, tok, mcfg, ctx):
     """The alignment stage: the tower + merger learn the study's labels, sides and boxes through a pooled head,
     and the decoder reads the same targets at the answer start of a describe prompt, so the decoder attends to
     the image before it learns any answer prior. Returns the full params with tower and decoder trained."""
-    from flax import nnx
-
-    from dmx_jax.training.align import AlignModel, merge_vision, stack_align_rows
-    from experiments.stages import StageSpec, align_recipe, load_stage_params, run_stage, stage_done
-
     if cfg.align_steps <= 0:
         return params
     agraph, astate = nnx.split(
@@ -374,16 +231,12 @@ def align(cfg: PretrainConfig, graphdef, params, adir: Path, tok, mcfg, ctx):
     aparams = nnx.to_pure_dict(astate)
     if stage_done(adir):
         return merge_vision(params, load_stage_params(adir, aparams, ctx.mesh))
-    from data_pipelines.synthetic.pretrain import PROBE_START
-
     source = align_source(cfg, tok, mcfg)
     held_out = stack_align_rows([source.row_fn(PROBE_START + j) for j in range(cfg.align_probe_studies)])
 
     def on_step(step: int, metrics: dict, state) -> None:
         if step % cfg.probe_every and step != cfg.align_steps:
             return
-        from dmx_jax.training.align import align_metrics
-
         m = align_metrics(agraph, state.params, held_out)
         with (adir.parent / "align_probe.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, "loss": metrics["loss"], **m}) + "\n")
@@ -411,22 +264,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from experiments.overrides import ConfigError, apply_overrides
-
     try:
         cfg = apply_overrides(PretrainConfig(), args.overrides)
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from flax import nnx
-
-    from data_pipelines.tokenizer import HFTokenizer, train_byte_level_bpe
-    from dmx_jax.hf import save_pretrained
-    from dmx_jax.model import Qwen25VL
-    from dmx_jax.sharding import MeshConfig, make_mesh
-    from dmx_jax.training.loop import MetricsWriter
-    from experiments.stages import RunContext, StageSpec, run_stage, sft_recipe, stage_done, trimmed_stack
-
     t0 = time.time()
     run_dir, out = Path(args.run_dir), Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -486,10 +328,6 @@ def main(argv=None) -> int:
                 run_probe(first_step + step, metrics["loss"], state.params)
 
         return on_step
-
-    from data_pipelines.synthetic.pretrain import FOCUS_MIX, FOCUS_START
-    from dmx_jax.training.optim import make_optimizer
-    from experiments.stages import load_stage_params
 
     total_steps = cfg.steps + cfg.focus_steps
     params = align(cfg, graphdef, params, run_dir / "align", tok, mcfg, ctx)

@@ -1,10 +1,10 @@
 """The jitted `paper` preset == the published compute_xray_score (nltk, rouge_score, mathruler) on thousands
-of fuzzed completions: report sentences over a generated vocabulary of inflected English and radiology words
-(every Porter step exercised), completions over 4,000 characters, and a 1,024-token completion decoded from
-token ids on device."""
+of fuzzed completions: report sentences over a generated vocabulary of inflected English and radiology words,
+completions over 4,000 characters, and a 1,024-token completion decoded from token ids on device."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import jax
@@ -16,395 +16,13 @@ pytest.importorskip("nltk")
 pytest.importorskip("rouge_score")
 pytest.importorskip("mathruler.grader")
 
-from nltk.stem.porter import PorterStemmer
-
-from dmx_jax.rewards import paper_reward, porter, score_texts
-from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn, reward_byte_budget
+from data_pipelines.tokenizer import train_sentencepiece
+from dmx_jax.rewards import paper_reward, score_texts
+from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn, reward_byte_budget, score_bytes
 from dmx_jax.rewards.text_bytes import encode_texts, token_bytes_table
 from tests.helpers import reward_fuzz as F
+from tests.helpers.report_vocabulary import report, vocabulary
 from tests.test_rewards_paper import published_reward
-
-STEMS = [
-    "relat",
-    "condit",
-    "valen",
-    "hesit",
-    "digit",
-    "conform",
-    "radic",
-    "differ",
-    "vil",
-    "analog",
-    "predic",
-    "oper",
-    "feud",
-    "decis",
-    "hope",
-    "callous",
-    "formal",
-    "sensit",
-    "sensib",
-    "triplic",
-    "electr",
-    "good",
-    "reviv",
-    "allow",
-    "infer",
-    "airlin",
-    "gyroscop",
-    "adjust",
-    "defens",
-    "irrit",
-    "replac",
-    "depend",
-    "adopt",
-    "homolog",
-    "commun",
-    "activ",
-    "angular",
-    "effect",
-    "bowdler",
-    "probat",
-    "rat",
-    "ceas",
-    "control",
-    "roll",
-    "agr",
-    "plaster",
-    "motor",
-    "hop",
-    "tan",
-    "fall",
-    "hiss",
-    "fizz",
-    "fail",
-    "fil",
-    "happ",
-    "enjoy",
-    "geo",
-    "theo",
-    "archaeo",
-    "philo",
-    "lung",
-    "opac",
-    "effus",
-    "pleur",
-    "cardi",
-    "atelect",
-    "consolid",
-    "edem",
-    "nodul",
-    "calcif",
-    "fract",
-    "hyper",
-    "ton",
-    "syzyg",
-    "pony",
-    "cat",
-    "caress",
-    "dilat",
-    "obstruct",
-    "infiltr",
-    "ventil",
-    "perfor",
-    "margin",
-    "thicken",
-    "widen",
-    "blunt",
-    "eleva",
-    "compress",
-    "collaps",
-    "aerat",
-    "expan",
-    "stabl",
-    "chang",
-    "interv",
-    "persist",
-    "resol",
-    "improv",
-    "worsen",
-    "demonstr",
-    "suggest",
-    "indic",
-    "visual",
-    "identif",
-    "evalu",
-    "compar",
-    "measur",
-    "local",
-    "associ",
-]
-SUFFIXES = (
-    "",
-    "s",
-    "es",
-    "ed",
-    "ing",
-    "ation",
-    "ational",
-    "tional",
-    "ness",
-    "ly",
-    "ies",
-    "ied",
-    "y",
-    "ize",
-    "izer",
-    "ization",
-    "ment",
-    "ement",
-    "ent",
-    "ence",
-    "ance",
-    "enci",
-    "anci",
-    "able",
-    "ible",
-    "bli",
-    "alli",
-    "entli",
-    "eli",
-    "ousli",
-    "ous",
-    "ousness",
-    "ive",
-    "iveness",
-    "fulness",
-    "ful",
-    "fulli",
-    "al",
-    "alism",
-    "aliti",
-    "iviti",
-    "biliti",
-    "logi",
-    "logy",
-    "icate",
-    "ative",
-    "alize",
-    "iciti",
-    "ical",
-    "er",
-    "ic",
-    "ant",
-    "ion",
-    "ou",
-    "ism",
-    "ate",
-    "iti",
-    "e",
-    "ll",
-    "sses",
-    "ss",
-    "eed",
-    "at",
-    "bl",
-    "iz",
-    "ated",
-    "ating",
-    "ying",
-)
-RADIOLOGY = [
-    "pneumothorax",
-    "pneumothoraces",
-    "effusion",
-    "effusions",
-    "atelectasis",
-    "atelectatic",
-    "cardiomegaly",
-    "cardiomediastinal",
-    "opacity",
-    "opacities",
-    "opacification",
-    "consolidation",
-    "consolidative",
-    "nodule",
-    "nodular",
-    "nodules",
-    "hilar",
-    "hila",
-    "mediastinum",
-    "mediastinal",
-    "pleural",
-    "pulmonary",
-    "vascular",
-    "vasculature",
-    "congestion",
-    "congested",
-    "edema",
-    "edematous",
-    "interstitial",
-    "infiltrate",
-    "infiltrates",
-    "infiltration",
-    "hyperinflation",
-    "hyperinflated",
-    "emphysema",
-    "emphysematous",
-    "fibrosis",
-    "fibrotic",
-    "granuloma",
-    "granulomas",
-    "calcified",
-    "calcification",
-    "calcifications",
-    "fracture",
-    "fractures",
-    "fractured",
-    "sternotomy",
-    "cardiac",
-    "silhouette",
-    "enlarged",
-    "enlargement",
-    "tortuous",
-    "tortuosity",
-    "aorta",
-    "aortic",
-    "degenerative",
-    "thoracic",
-    "lumbar",
-    "scoliosis",
-    "kyphosis",
-    "costophrenic",
-    "hemidiaphragm",
-    "hemidiaphragms",
-    "elevated",
-    "elevation",
-    "bibasilar",
-    "basilar",
-    "bilateral",
-    "bilaterally",
-    "unilateral",
-    "retrocardiac",
-    "perihilar",
-    "lingula",
-    "lingular",
-    "lobe",
-    "lobes",
-    "lobar",
-    "apical",
-    "apices",
-    "pacemaker",
-    "pacer",
-    "catheter",
-    "catheters",
-    "tube",
-    "tubes",
-    "endotracheal",
-    "enteric",
-    "nasogastric",
-    "terminating",
-    "terminates",
-    "projecting",
-    "projects",
-    "unchanged",
-    "unremarkable",
-    "stable",
-    "stably",
-    "improved",
-    "improving",
-    "worsening",
-    "worsened",
-    "increased",
-    "increasing",
-    "decreased",
-    "decreasing",
-    "redemonstrated",
-    "demonstrates",
-    "suggests",
-    "suggestive",
-    "compatible",
-    "consistent",
-    "possibly",
-    "probably",
-    "likely",
-    "minimal",
-    "minimally",
-    "mild",
-    "mildly",
-    "moderate",
-    "moderately",
-    "severe",
-    "severely",
-    "small",
-    "smaller",
-    "large",
-    "larger",
-    "layering",
-    "loculated",
-    "subsegmental",
-    "subpleural",
-    "dependent",
-    "airspace",
-    "airspaces",
-    "disease",
-    "diseases",
-    "process",
-    "processes",
-    "sky",
-    "skies",
-    "dying",
-    "lying",
-    "tying",
-    "news",
-    "innings",
-    "outings",
-    "cannings",
-    "howe",
-    "proceed",
-    "exceed",
-    "succeed",
-]
-
-
-def vocabulary() -> list[str]:
-    words = {s + x for s in STEMS for x in SUFFIXES} | set(RADIOLOGY)
-    return sorted(w for w in words if len(w) > 3)  # rouge_score stems only these
-
-
-def report(rng: random.Random, vocab: list[str], n_words: int) -> str:
-    filler = ["the", "a", "of", "is", "in", "no", "and", "with", "there", "at", "on", "right", "left"]
-    out = []
-    for _ in range(n_words):
-        w = rng.choice(vocab) if rng.random() < 0.6 else rng.choice(filler)
-        r = rng.random()
-        if r < 0.1:
-            w = w.capitalize()
-        elif r < 0.13:
-            w = w.upper()
-        out.append(w + rng.choice([" ", " ", " ", ", ", ". ", "; ", "-", "/", "\n", " (", ") "]))
-    return "".join(out).strip()
-
-
-def test_vocabulary_exercises_every_porter_step():
-    """The stemmer on device == nltk's PorterStemmer on every vocabulary word (and every word with a long
-    head); the vocabulary makes each nltk step change some word."""
-    vocab = vocabulary()
-    assert len(vocab) >= 3000
-    ps = PorterStemmer()
-    changed = dict.fromkeys(("_step1a", "_step1b", "_step1c", "_step2", "_step3", "_step4", "_step5a", "_step5b"), 0)
-    for w in vocab:
-        x = w
-        for name in changed:
-            y = getattr(ps, name)(x)
-            changed[name] += y != x
-            x = y
-    assert min(changed.values()) >= 5, changed
-    words = vocab + ["q" * 40 + w for w in vocab[::7]] + ["yay" * 15 + w for w in vocab[::11]]  # heads
-    text, length = encode_texts([" ".join(words[i : i + 40]) for i in range(0, len(words), 40)], 2560)
-    slots = jax.jit(porter.long_word_slots)(text, length)
-    keys = ("w", "n", "head_len", "head_m", "head_vowel", "prev_vowel")
-    w, n = jax.jit(jax.vmap(porter.stem_slots))(*(slots[k] for k in keys))
-    w, n, start, head, valid = (np.asarray(a) for a in (w, n, slots["start"], slots["head_len"], slots["valid"]))
-    got = []
-    for row in range(text.shape[0]):
-        for s in np.nonzero(valid[row])[0]:
-            head_bytes = bytes(text[row, start[row, s] : start[row, s] + head[row, s]])
-            got.append((head_bytes + bytes(w[row, s, : n[row, s]])).decode())
-    want = [ps.stem(x) for x in words]
-    assert len(got) == len(want)
-    bad = [(x, g, e) for x, g, e in zip(words, got, want) if g != e]
-    assert not bad, bad[:10]
 
 
 def _fuzz_rows(n: int, seed: int, long_chars: int = 0):
@@ -472,8 +90,6 @@ def test_paper_reward_has_no_overwriting_scatter():
     cfg = PRESETS["paper"]
     text, n = encode_texts(["<think>[1, 2, 3, 4]</think> \\boxed{left lung effusions}"], 128)
     truth = ground_truth_arrays(["small left pleural effusions"], [[]], cfg)
-    from dmx_jax.rewards.combine import score_bytes
-
     prims = _primitives(jax.make_jaxpr(lambda t, k, tr: score_bytes(t, k, tr, cfg))(text, n, truth).jaxpr)
     assert "scatter" not in prims, sorted(p for p in prims if "scatter" in p)
 
@@ -495,8 +111,6 @@ def test_fuzzed_completions_equal_published_quick():
 
 @pytest.mark.slow
 def test_1024_token_completion_on_device_equals_paper_reward(tmp_path):
-    from data_pipelines.tokenizer import train_sentencepiece
-
     rng = random.Random(5)
     vocab = vocabulary()
     gt = report(rng, vocab, 30)
@@ -526,6 +140,4 @@ def test_1024_token_completion_on_device_equals_paper_reward(tmp_path):
 
 
 def dataclass_replace(cfg, **kw):
-    import dataclasses
-
     return dataclasses.replace(cfg, **kw)
