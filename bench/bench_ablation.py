@@ -29,6 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, record_result
+from dmx_jax.eval.paired import paired_by_key
+from experiments.evaluate import citation_stats, example_scores
+from experiments.report import DIFF_PAIRS, stage_differences
 
 STAGES = ("sft", "cold_start", "grpo")
 BASE = "base"  # eval/base.json: the starting checkpoint zero-shot (runs from a pretrained base)
@@ -84,8 +87,6 @@ def diff_cell(d) -> str:
 
 def stage_tables(evals: dict) -> tuple[list[str], list[list], list[str], list[list]]:
     """evals {seed: {stage: eval json}} -> (header, rows) of the stage table and of the paired differences."""
-    from experiments.report import DIFF_PAIRS, stage_differences
-
     header = ["seed", "stage", *(name for name, _ in METRICS)]
     rows = []
     for seed, by_stage in evals.items():
@@ -109,9 +110,6 @@ def stage_tables(evals: dict) -> tuple[list[str], list[list], list[str], list[li
 
 def reward_rows(runs: dict) -> tuple[list[str], list[list], list[list]]:
     """runs {seed: {preset: grpo eval json}} -> (header, rows per seed/preset + means, paired rows)."""
-    from dmx_jax.eval.paired import paired_by_key
-    from experiments.evaluate import citation_stats, example_scores
-
     header = ["seed", "reward preset", "VQA", "mIoU", "Acc@0.5", "answers citing a box", "IoU of cited boxes"]
     rows, paired, by_preset = [], [], {}
     for seed, presets in runs.items():

@@ -20,18 +20,30 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, peak_rss_gb, record_result
+from data_pipelines.pipeline import stack_rows
+from data_pipelines.synthetic import SyntheticConfig, examples
+from data_pipelines.synthetic.vqa import FINDING_NAMES, _with_article, name_phrase
+from dmx_jax.eval.paired import paired_difference
+from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.training.loop import MetricsWriter
+from dmx_jax.training.loss import shift_targets, token_losses
+from dmx_jax.training.optim import OptimConfig
+from experiments.configs import tiny
+from experiments.datasets import encode_all
+from experiments.pipeline import alignment_entry, initial_model, run_entry
+from experiments.stages import RunContext, StageSpec, plan_stage, run_stage
 
 
 def presence_examples(split: str, start: int, n: int, findings: tuple[str, ...], seed: int) -> list:
     """Yes/no presence Examples on the images of studies start..start+n of a split, every positive kept and
     negatives subsampled to the positives' count per finding (truth: the study's CheXpert labels)."""
-    from data_pipelines.synthetic import SyntheticConfig, examples
-    from data_pipelines.synthetic.vqa import FINDING_NAMES, _with_article, name_phrase
-
     scfg = SyntheticConfig(image_size=128, seed=0)
     studies = [examples(split, start + i, scfg, task="classification") for i in range(n)]
     labels = np.stack([np.asarray(s.labels)[1:] == 1 for s in studies])  # [n, 13], "No Finding" dropped
@@ -59,10 +71,6 @@ def presence_examples(split: str, start: int, n: int, findings: tuple[str, ...],
 
 def make_row_nll(graphdef):
     """Jitted (params, batch) -> [B] summed answer NLL per row (teacher forced, answer tokens only)."""
-    import jax
-    from flax import nnx
-
-    from dmx_jax.training.loss import shift_targets, token_losses
 
     @jax.jit
     def row_nll(params, b):
@@ -78,11 +86,6 @@ def make_row_nll(graphdef):
 
 def answer_nll(row_nll, params, rows: list[dict], swap: bool, batch: int = 32) -> np.ndarray:
     """[len(rows)] answer NLL per row in batches of one shape (images rolled by 7 within each batch when swap)."""
-    import jax
-    import jax.numpy as jnp
-
-    from data_pipelines.pipeline import stack_rows
-
     out = []
     for k in range(0, len(rows), batch):
         chunk = rows[k : k + batch]
@@ -107,19 +110,6 @@ def main():
     ap.add_argument("--test-studies", type=int, default=1200)
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
-
-    import jax
-    import jax.numpy as jnp
-
-    from data_pipelines.synthetic.vqa import FINDING_NAMES
-    from dmx_jax.eval.paired import paired_difference
-    from dmx_jax.sharding import MeshConfig, make_mesh
-    from dmx_jax.training.loop import MetricsWriter
-    from dmx_jax.training.optim import OptimConfig
-    from experiments.configs import tiny
-    from experiments.datasets import encode_all
-    from experiments.pipeline import alignment_entry, initial_model, run_entry
-    from experiments.stages import RunContext, StageSpec, plan_stage, run_stage
 
     cfg = tiny()
     cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, steps=args.align_steps))

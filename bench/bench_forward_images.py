@@ -13,15 +13,21 @@ from __future__ import annotations
 import argparse
 import tempfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from PIL import Image
 
 from bench.common import machine, timed
+from dmx_jax.hf import load_pretrained, read_config
+from dmx_jax.model import rope_index, vision_inputs
 
 IMAGE, VSTART, VEND = 997, 995, 996
 
 
 def reference(depth=4, hidden=128, heads=2):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     cfg = Qwen2_5_VLConfig(
         text_config=dict(
@@ -66,8 +72,7 @@ def reference(depth=4, hidden=128, heads=2):
 
 
 def inputs(n_images: int, size: int, seed: int = 0):
-    from PIL import Image
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: PLC0415 heavy
 
     r = np.random.default_rng(seed)
     imgs = [
@@ -92,13 +97,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--attention", default="xla")
     args = ap.parse_args(argv)
-    import jax
-    import jax.numpy as jnp
-    import torch
-    from flax import nnx
-
-    from dmx_jax.hf import load_pretrained, read_config
-    from dmx_jax.model import rope_index, vision_inputs
+    import torch  # noqa: PLC0415 heavy
 
     torch.manual_seed(0)
     ref = reference()

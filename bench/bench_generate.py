@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
@@ -19,12 +20,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_train_step import hf_config
 from bench.common import markdown_table, record_result, timed
+from dmx_jax.hf import load_pretrained
+from dmx_jax.processing import preprocess_images
+from dmx_jax.sampling import generate
 
 
 def prompts(cfg, batch: int, prompt_len: int = 96, image_hw=(224, 224)):
     """Left-padded prompts of different lengths, one image each (HF layout: flat pixel_values)."""
-    from dmx_jax.processing import preprocess_images
-
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, image_hw, dtype=np.uint8) for _ in range(batch)]
     f = preprocess_images(imgs, max_pixels=image_hw[0] * image_hw[1])
@@ -49,14 +51,10 @@ def main():
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest")
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from dmx_jax.hf import load_pretrained, save_pretrained  # noqa: F401 - weights go through the HF files
-    from dmx_jax.sampling import generate
+    import torch  # noqa: PLC0415 heavy
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     torch.set_num_threads(os.cpu_count())
-    import tempfile
 
     rows = []
     for name in args.configs.split(","):

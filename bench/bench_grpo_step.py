@@ -20,21 +20,33 @@ usage: python -m bench.bench_grpo_step [--model small|qwen0_5b] [--steps 3] [--p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import machine, markdown_table, record_result
+from dmx_jax.model import Qwen25VL, rope_index, vision_inputs
+from dmx_jax.model.config import ModelConfig, TextConfig, VisionConfig, small
+from dmx_jax.processing import preprocess_images
+from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
+from dmx_jax.training.grpo import GRPOLearner
+from dmx_jax.training.grpo_loss import GRPOConfig
+from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
+from dmx_jax.training.rollout import Reference
+from dmx_jax.training.state import init_train_state
 
 PHASES = ("rollout", "reward", "logprob", "update")
 
 
 def model_config(name: str, layers: int | None = None):
-    import dataclasses
-
     cfg = _model_config(name)
     if layers:
         cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_hidden_layers=layers))
@@ -42,8 +54,6 @@ def model_config(name: str, layers: int | None = None):
 
 
 def _model_config(name: str):
-    from dmx_jax.model.config import ModelConfig, TextConfig, VisionConfig, small
-
     if name == "small":
         return small()
     if name == "qwen0_5b":
@@ -81,11 +91,6 @@ def _model_config(name: str):
 
 def prompt_batch(cfg, n: int, prompt_len: int = 96, image_hw=(224, 224)) -> dict:
     """Left-padded prompts of different lengths with one image each, per-row (batch-major) image layout."""
-    import jax
-
-    from dmx_jax.model import rope_index, vision_inputs
-    from dmx_jax.processing import preprocess_images
-
     rng = np.random.default_rng(1)
     f = preprocess_images([rng.integers(0, 256, image_hw, dtype=np.uint8)], max_pixels=image_hw[0] * image_hw[1])
     grid = f["image_grid_thw"]
@@ -120,21 +125,15 @@ def prompt_batch(cfg, n: int, prompt_len: int = 96, image_hw=(224, 224)) -> dict
 
 
 def toy_reward(tokens, mask, truth):
-    import jax.numpy as jnp
-
     return {"overall": jnp.mean((tokens % 7 == 0).astype(jnp.float32) * mask, axis=1)}
 
 
 def reward_setup(vocab: int, n: int, preset: str = "paper"):
     """The jitted `paper` reward over a synthetic byte table (1-4 printable bytes per token) and truths."""
-    from dmx_jax.rewards.combine import PRESETS, ground_truth_arrays, make_reward_fn
-
     rng = np.random.default_rng(0)
     length = rng.integers(1, 5, size=vocab).astype(np.int32)
     table = rng.integers(32, 127, size=(vocab, 4)).astype(np.uint8) * (np.arange(4)[None] < length[:, None])
     if preset == "toy":
-        import jax
-
         return jax.jit(toy_reward), {"answer": np.zeros((n, 1), np.uint8)}
     cfg = PRESETS[preset]
     truth = ground_truth_arrays(["no acute cardiopulmonary abnormality"] * n, [[]] * n, cfg)
@@ -154,16 +153,6 @@ def run(
     ref_dtype: str | None = None,
     layers: int | None = None,
 ) -> dict:
-    import optax
-    from flax import nnx
-
-    from dmx_jax.model import Qwen25VL
-    from dmx_jax.training.grpo import GRPOLearner
-    from dmx_jax.training.grpo_loss import GRPOConfig
-    from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
-    from dmx_jax.training.rollout import Reference
-    from dmx_jax.training.state import init_train_state
-
     cfg = model_config(model, layers)
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     params = nnx.to_pure_dict(state)
@@ -206,7 +195,6 @@ def main():
     ap.add_argument("--notes", default="", help="the table's notes column")
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
-    import jax
 
     modes = {"both": (False, True), "shared": (True,), "repeated": (False,)}[args.prefill]
     res = {

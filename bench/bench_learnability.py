@@ -15,16 +15,24 @@ import os
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, record_result
+from data_pipelines.schema import CHEXPERT_LABELS
+from data_pipelines.synthetic import SyntheticConfig, study
+from dmx_jax.model import vision_inputs
+from dmx_jax.model.config import small
+from dmx_jax.model.vision import VisionEncoder
+from dmx_jax.processing import preprocess_images
+from dmx_jax.training.align import label_auc
 
 
 def studies(split: str, n: int, scfg):
-    from data_pipelines.synthetic import study
-    from dmx_jax.processing import preprocess_images
-
     out = [study(split, i, scfg) for i in range(n)]
     proc = preprocess_images([s.image for s in out], min_pixels=56 * 56, max_pixels=scfg.image_size**2)
     grid = proc["image_grid_thw"]
@@ -43,16 +51,6 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from data_pipelines.schema import CHEXPERT_LABELS
-    from data_pipelines.synthetic import SyntheticConfig
-    from dmx_jax.model import vision_inputs
-    from dmx_jax.model.config import small
-    from dmx_jax.model.vision import VisionEncoder
 
     scfg = SyntheticConfig(image_size=128)
     t0 = time.perf_counter()
@@ -94,7 +92,6 @@ def main():
     score = np.concatenate(
         [np.asarray(jax.jit(logits_fn)(params, x_test[i : i + 100])) for i in range(0, args.test, 100)]
     )
-    from dmx_jax.training.align import label_auc
 
     per_label = label_auc(score, y_test)
     rows, aucs = [], {}

@@ -19,6 +19,19 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, record_result, timed
+from data_pipelines.tokenizer import train_sentencepiece
+from dmx_jax.model.config import PRESETS as MODELS
+from dmx_jax.rewards import paper
+from dmx_jax.rewards.combine import (
+    PRESETS,
+    RewardConfig,
+    ground_truth_arrays,
+    make_reward_fn,
+    reward_byte_budget,
+    text_budget,
+)
+from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES, token_bytes_table
+from experiments.configs import PRESETS as RUNS
 
 
 def completions(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
@@ -74,8 +87,6 @@ def qwen_size_table(table: dict, vocab_size: int, longest: int) -> dict:
 def time_reward(fn, cfg, ids, mask, gts) -> tuple[dict, float, float]:
     """(the reward dict, seconds of the first call: compile + run, seconds per later call) of a jitted reward on
     one batch whose prompts all carry the same truth box."""
-    from dmx_jax.rewards.combine import ground_truth_arrays
-
     truth = jax.tree.map(jax.numpy.asarray, ground_truth_arrays(gts, [[(10, 10, 200, 200)]] * len(gts), cfg))
     ids_d, mask_d = jax.numpy.asarray(ids), jax.numpy.asarray(mask)
     t0 = time.perf_counter()
@@ -86,11 +97,6 @@ def time_reward(fn, cfg, ids, mask, gts) -> tuple[dict, float, float]:
 
 def budgets(args, tok, ids, mask, gts):
     """ms per completion of the jitted reward at the byte budgets the scaled presets derive, uncapped and capped."""
-    from dmx_jax.model.config import PRESETS as MODELS
-    from dmx_jax.rewards.combine import PRESETS, RewardConfig, make_reward_fn, text_budget
-    from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES, token_bytes_table
-    from experiments.configs import PRESETS as RUNS
-
     run = RUNS["qwen2_5_vl_7b"]().rl
     table = qwen_size_table(
         token_bytes_table(tok, tok.vocab_size), MODELS["qwen2_5_vl_7b"]().text.vocab_size, QWEN2_5_LONGEST_TOKEN_BYTES
@@ -153,10 +159,6 @@ def main():
     ap.add_argument("--no-notes", action="store_true")
     ap.add_argument("--budgets", action="store_true", help="cost at the 3B/7B presets' byte budgets instead")
     args = ap.parse_args()
-    from data_pipelines.tokenizer import train_sentencepiece
-    from dmx_jax.rewards import paper
-    from dmx_jax.rewards.combine import PRESETS, RewardConfig, make_reward_fn, reward_byte_budget
-    from dmx_jax.rewards.text_bytes import token_bytes_table
 
     rng = random.Random(0)
     texts, gts = completions(args.batch, rng)

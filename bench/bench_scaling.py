@@ -19,20 +19,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
+import optax
+from flax import nnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import markdown_table, record_result, timed  # noqa: E402
+from dmx_jax.model import Qwen25VL, rope_index, vision_inputs  # noqa: E402
+from dmx_jax.model.config import PRESETS  # noqa: E402
+from dmx_jax.perf.flops import train_flops  # noqa: E402
+from dmx_jax.processing import preprocess_images  # noqa: E402
+from dmx_jax.sharding import MeshConfig, make_mesh  # noqa: E402
+from dmx_jax.training.sft import make_sft_loss  # noqa: E402
+from dmx_jax.training.state import init_train_state  # noqa: E402
+from dmx_jax.training.step import make_train_step, state_shardings  # noqa: E402
+from experiments.stages import place_batch  # noqa: E402
 
 MESHES = ((1, 1, 1), (8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (2, 4, 1))
 
 
 def make_batch(mcfg, batch: int, seq: int, image_side: int) -> dict:
     """batch rows of `seq` tokens, each with one square image (image tokens first after <vision_start>)."""
-    from dmx_jax.model import rope_index, vision_inputs
-    from dmx_jax.processing import preprocess_images
-
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (image_side, image_side), dtype=np.uint8)
     f = preprocess_images([img], min_pixels=image_side**2, max_pixels=image_side**2)
@@ -70,19 +79,6 @@ def make_batch(mcfg, batch: int, seq: int, image_side: int) -> dict:
 
 
 def step_time(preset: str, batch: int, seq: int, image_side: int, mesh_shape=(1, 1, 1)) -> dict:
-    import jax
-    import optax
-    from flax import nnx
-
-    from dmx_jax.model import Qwen25VL
-    from dmx_jax.model.config import PRESETS
-    from dmx_jax.perf.flops import train_flops
-    from dmx_jax.sharding import MeshConfig, make_mesh
-    from dmx_jax.training.sft import make_sft_loss
-    from dmx_jax.training.state import init_train_state
-    from dmx_jax.training.step import make_train_step, state_shardings
-    from experiments.stages import place_batch
-
     mcfg = PRESETS[preset]()
     n_dev = int(np.prod(mesh_shape))
     mesh = make_mesh(MeshConfig(*mesh_shape), devices=jax.devices()[:n_dev])
@@ -129,10 +125,10 @@ def _mesh_sweep(preset: str) -> list[dict]:
 
 
 def _plot(seq_rows, img_rows, mesh_rows, path: Path):
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 heavy
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 heavy
 
     fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     ax[0].loglog([r["seq"] for r in seq_rows], [r["step_ms"] for r in seq_rows], "o-", base=2)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, record_result
+from data_pipelines.synthetic import SyntheticConfig, examples, sample
+from data_pipelines.synthetic.preview import contact_sheet
 
 
 def main():
@@ -23,8 +25,6 @@ def main():
     ap.add_argument("--sheet", default="docs/synthetic_samples.png")
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
-    from data_pipelines.synthetic import SyntheticConfig, examples, sample
-    from data_pipelines.synthetic.preview import contact_sheet
 
     cfg = SyntheticConfig(image_size=args.size)
     sample(0, 0, cfg)  # warm caches

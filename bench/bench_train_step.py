@@ -15,11 +15,20 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import markdown_table, peak_rss_gb, record_result, timed
-from dmx_jax.perf.flops import mfu, peak_flops_per_device
+from dmx_jax.model import Qwen25VL, from_hf_config, rope_index, vision_inputs
+from dmx_jax.model.config import ModelConfig
+from dmx_jax.perf.flops import mfu, peak_flops_per_device, train_flops
+from dmx_jax.processing import preprocess_images
+from dmx_jax.training.optim import OptimConfig, make_optimizer
+from dmx_jax.training.sft import make_sft_loss
+from dmx_jax.training.state import init_train_state
+from dmx_jax.training.step import make_train_step
 
 SHAPES = {
     # text tower of Qwen2.5-0.5B (494M params with the 151,936 vocab) with a 4-block vision tower
@@ -51,7 +60,7 @@ SHAPES = {
 
 
 def hf_config(name):
-    from transformers import Qwen2_5_VLConfig
+    from transformers import Qwen2_5_VLConfig  # noqa: PLC0415 heavy
 
     s = SHAPES[name]
     t, v = s["text"], s["vision"]
@@ -85,16 +94,11 @@ def hf_config(name):
 
 def step_flops(hf_cfg, ids, grid) -> float:
     """Model FLOPs of one train step (dmx_jax.perf.flops: decoder, head, vision tower and merger)."""
-    from dmx_jax.model.config import ModelConfig
-    from dmx_jax.perf.flops import train_flops
-
     mcfg = ModelConfig.from_hf_config(hf_cfg.to_dict())
     return train_flops(mcfg, text_tokens=ids.size, seq_len=ids.shape[1], image_grids=np.asarray(grid).tolist()).total
 
 
 def make_batch(cfg, batch, seq, image_hw=(224, 224)):
-    from dmx_jax.processing import preprocess_images
-
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, image_hw, dtype=np.uint8) for _ in range(batch)]
     f = preprocess_images(imgs, max_pixels=image_hw[0] * image_hw[1])
@@ -107,8 +111,8 @@ def make_batch(cfg, batch, seq, image_hw=(224, 224)):
 
 
 def bench_torch(cfg, ids, mask, pv, grid, attn):
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import torch  # noqa: PLC0415 heavy
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, attn_implementation=attn).train()
@@ -131,15 +135,6 @@ def bench_torch(cfg, ids, mask, pv, grid, attn):
 
 
 def bench_jax(cfg, ids, mask, pv, grid):
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from dmx_jax.model import Qwen25VL, from_hf_config, rope_index, vision_inputs
-    from dmx_jax.training.optim import OptimConfig, make_optimizer
-    from dmx_jax.training.sft import make_sft_loss
-    from dmx_jax.training.state import init_train_state
-    from dmx_jax.training.step import make_train_step
-
     mcfg = from_hf_config(cfg.to_dict())
     model = Qwen25VL(mcfg, nnx.Rngs(0))
     graphdef, state = nnx.split(model)
@@ -176,7 +171,7 @@ def main():
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
     jax.config.update("jax_default_matmul_precision", "highest")
-    import torch
+    import torch  # noqa: PLC0415 heavy
 
     torch.set_num_threads(os.cpu_count())
     rows = []

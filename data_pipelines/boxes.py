@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dmx_jax.processing import smart_resize as resize
+
 QWEN_FACTOR = 28  # patch 14 x spatial merge 2
 QWEN_MIN_PIXELS = 56 * 56  # Qwen2.5-VL processor default
 QWEN_MAX_PIXELS = 262_144  # 512^2, the DeepMedix-R1 setting (paper.md §1)
@@ -116,8 +118,6 @@ def smart_resize(
     max_pixels: int = QWEN_MAX_PIXELS,
 ) -> tuple[int, int]:
     """(resized_height, resized_width) as Qwen2.5-VL's image processor computes it (dmx_jax.processing's)."""
-    from dmx_jax.processing import smart_resize as resize
-
     return resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 

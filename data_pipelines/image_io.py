@@ -14,6 +14,9 @@ import os
 from typing import Any, BinaryIO
 
 import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.pixels import apply_modality_lut
 
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _LUMA_601 = np.array([0.299, 0.587, 0.114], dtype=np.float64)
@@ -63,13 +66,10 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with open(path, "rb") as f:
             if _is_dicom(f, path):
-                import pydicom
-
                 ds = pydicom.dcmread(f, stop_before_pixels=True)
                 if "Rows" not in ds or "Columns" not in ds:
                     raise ImageReadError(path, "DICOM has no Rows/Columns")
                 return int(ds.Columns), int(ds.Rows)
-            from PIL import Image
 
             with Image.open(f) as im:
                 return tuple(int(v) for v in im.size)  # type: ignore[return-value]
@@ -99,8 +99,6 @@ def _decode(f: BinaryIO, name: str) -> np.ndarray:
 
 
 def _decode_pil(f: BinaryIO, name: str) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(f) as im:
         im.load()  # truncated or corrupt data fails here
         mode = im.mode
@@ -136,9 +134,6 @@ def _decode_pil(f: BinaryIO, name: str) -> np.ndarray:
 
 
 def _decode_dicom(f: BinaryIO, name: str) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
     ds = pydicom.dcmread(f)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(name, "DICOM has no pixel data")

@@ -11,6 +11,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+import sentencepiece as spm
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as _T
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
 
 
@@ -55,8 +59,6 @@ class HFTokenizer(_SpecialIds):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> HFTokenizer:
-        from tokenizers import Tokenizer as _T
-
         p = Path(path)
         if p.is_dir():
             p = p / "tokenizer.json"
@@ -99,8 +101,6 @@ class SentencePieceTokenizer(_SpecialIds):
     """SentencePiece BPE with byte fallback (any text round-trips) and the Qwen special tokens."""
 
     def __init__(self, model_proto: bytes):
-        import sentencepiece as spm
-
         self.model_proto = model_proto
         self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.vocab_size = self._sp.get_piece_size()
@@ -129,8 +129,6 @@ def train_sentencepiece(
     corpus: Iterable[str], vocab_size: int, cache_dir: str | os.PathLike | None = None
 ) -> SentencePieceTokenizer:
     """Train (or load from cache, keyed by corpus + settings hash) a BPE model with byte fallback."""
-    import sentencepiece as spm
-
     lines = [ln for ln in corpus if ln.strip()]
     # byte fallback needs 256 byte pieces + every corpus character + the special symbols
     vocab_size = max(vocab_size, 256 + len(set("".join(lines))) + len(SPECIAL_TOKENS) + 8)
@@ -177,9 +175,6 @@ QWEN_SPLIT = (
 def train_byte_level_bpe(corpus: Iterable[str], vocab_size: int, path: str | os.PathLike) -> HFTokenizer:
     """A Qwen2-style byte-level BPE `tokenizer.json` (Qwen2 split, the Qwen special tokens first) trained on
     `corpus` and written to `path`; deterministic in the corpus. Any text round-trips (256 byte symbols)."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
-    from tokenizers import Tokenizer as _T
-
     tok = _T(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

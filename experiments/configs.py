@@ -10,7 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from dmx_jax.model.config import ATTENTION_CHOICES, DTYPES, REMAT_CHOICES
 from dmx_jax.model.lora import LoraConfig
+from dmx_jax.rewards.combine import PRESETS as REWARD_PRESETS
 from dmx_jax.sharding import MeshConfig
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.optim import OptimConfig
@@ -108,10 +110,8 @@ class RLConfig:
 
     def reward_config(self):
         """The reward preset with this run's buffer caps (cut rows are counted in reward/truncated)."""
-        from dmx_jax.rewards.combine import PRESETS
-
         return dataclasses.replace(
-            PRESETS[self.reward_preset],
+            REWARD_PRESETS[self.reward_preset],
             bytes_per_token=self.reward_bytes_per_token,
             answer_bytes=self.reward_answer_bytes,
         )
@@ -149,8 +149,6 @@ class MemoryConfig:
     # the train layout (no copy; weights gathered layer by layer each token)
 
     def __post_init__(self):
-        from dmx_jax.model.config import ATTENTION_CHOICES, DTYPES, REMAT_CHOICES
-
         for name, allowed in (
             ("remat", REMAT_CHOICES),
             ("vision_remat", REMAT_CHOICES),

@@ -11,9 +11,10 @@ import concurrent.futures
 import dataclasses
 from collections.abc import Callable
 
+import jax
 import numpy as np
 
-from data_pipelines.pipeline import DoesNotFit, RowEncoder, stack_rows
+from data_pipelines.pipeline import DoesNotFit, RowEncoder, make_dataset, stack_rows
 
 
 class EncodedBatches:
@@ -54,10 +55,6 @@ class GrainBatches:
     per_process = True
 
     def __init__(self, source: GrainSource, batch_size: int, seed: int):
-        import jax
-
-        from data_pipelines.pipeline import make_dataset
-
         if batch_size % jax.process_count():
             raise ValueError(f"batch size {batch_size} is not divisible by {jax.process_count()} processes")
         ds = make_dataset(

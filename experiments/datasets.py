@@ -14,8 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.adapters import load_dataset
+from data_pipelines.formatting import SYSTEM_PROMPT, reasoning_suffix
 from data_pipelines.pipeline import DoesNotFit, EncodingConfig, RowEncoder
+from data_pipelines.pipeline.align import align_rows
+from data_pipelines.synthetic import SyntheticConfig, examples
+from data_pipelines.synthetic.dataset import CLASSIFICATION_PROMPTS
+from data_pipelines.tokenizer import HFTokenizer, train_sentencepiece
+from dmx_jax.model import preset
+from dmx_jax.processing import max_patch_rows, patch_rows
 from experiments.data import GrainSource
+from experiments.overrides import ConfigError
 
 TRAIN_TASKS = ("findings", "impression", "vqa", "grounding", "referring", "classification")
 
@@ -40,7 +49,6 @@ def patch_budget(cfg) -> int:
     d = cfg.data
     if d.patch_budget:
         return d.patch_budget
-    from dmx_jax.processing import max_patch_rows, patch_rows
 
     if d.source == "synthetic":
         return patch_rows(d.image_size, d.image_size, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
@@ -116,9 +124,6 @@ def _eval_rows(test_ex, tok, mcfg, cfg):
 
 
 def build_tokenizer(train_examples, vocab_size: int, cache_dir: Path):
-    from data_pipelines.formatting import SYSTEM_PROMPT, reasoning_suffix
-    from data_pipelines.tokenizer import train_sentencepiece
-
     corpus = []
     for e in train_examples:
         corpus += [e.prompt, e.target, e.meta.get("reasoning", "")]
@@ -145,8 +150,6 @@ def with_tokenizer(mcfg, tok, video_token_id: int | None = None):
 
 def model_config_for(cfg, tok):
     """The preset with the tokenizer's vocabulary and special ids (from-scratch runs); checkpoints keep theirs."""
-    from dmx_jax.model import preset
-
     mcfg = preset(cfg.model)
     if cfg.hf_checkpoint is None and cfg.model in ("tiny", "small"):
         mcfg = with_tokenizer(mcfg, tok)
@@ -157,8 +160,6 @@ def synthetic_examples(cfg) -> tuple[list, list]:
     """(train, test) synthetic Examples of the training tasks. data.vqa_family_weights and data.train_task_mix
     shape the train split only: the held-out split keeps the benchmark's tasks and uniform question families,
     so scores stay comparable."""
-    from data_pipelines.synthetic import SyntheticConfig, examples
-
     d = cfg.data
     scfg = SyntheticConfig(
         image_size=d.image_size,
@@ -179,8 +180,6 @@ def synthetic_examples(cfg) -> tuple[list, list]:
 def _readout_prompt(cfg, tok, mcfg):
     """example -> the left-padded prompt row (its study's image + the classification question) that the
     alignment stage's decoder read-out runs on."""
-    from data_pipelines.synthetic.dataset import CLASSIFICATION_PROMPTS
-
     encoder, budget = row_encoder(cfg, tok, mcfg, reasoning=False, prompt_only=True), patch_budget(cfg)
 
     def prompt_row(ex):
@@ -219,8 +218,6 @@ def synthetic_data(cfg, run_dir: Path, model_cfg=None) -> RunData:
     plain, reason = _eval_rows(test_ex, tok, mcfg, cfg)
     align = align_eval = None
     if cfg.align.steps > 0:
-        from data_pipelines.pipeline.align import align_rows
-
         kw = dict(
             patch_budget=patch_budget(cfg),
             min_pixels=d.min_pixels,
@@ -238,9 +235,6 @@ def synthetic_data(cfg, run_dir: Path, model_cfg=None) -> RunData:
 
 def checkpoint_tokenizer(cfg, model_cfg):
     """data.tokenizer, else the checkpoint's tokenizer.json, checked against the model's image token id."""
-    from data_pipelines.tokenizer import HFTokenizer
-    from experiments.overrides import ConfigError
-
     tok_path = cfg.data.tokenizer or (Path(cfg.hf_checkpoint) / "tokenizer.json" if cfg.hf_checkpoint else None)
     if tok_path is None or not Path(tok_path).is_file():
         raise ConfigError(
@@ -262,9 +256,6 @@ def real_data(cfg, run_dir: Path, model_cfg) -> RunData:
     Cold start reads `data.cold_start_file` (JSONL written by `python -m data_pipelines.cold_start`, teacher
     traces checked against the ground truth); without it the cold-start stage teaches the output format only.
     """
-    from data_pipelines.adapters import load_dataset
-    from experiments.overrides import ConfigError
-
     d = cfg.data
     if d.root is None:
         raise ConfigError(f"data.root must point at the {d.source} dataset (data.source={d.source!r})")

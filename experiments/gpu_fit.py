@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 
+from experiments.aot import markdown
 from experiments.tpu_compile import Row
 
 UNSLICED_STEPS = ("reward",)  # programs the runner runs over the whole batch at once
@@ -65,7 +66,6 @@ def read_rows(lines) -> list[Row]:
 
 
 def main(argv=None) -> int:
-    from experiments.aot import markdown
 
     ap = argparse.ArgumentParser(prog="python -m experiments.gpu_fit", description=__doc__.splitlines()[0])
     ap.add_argument("rows", help="a file of `python -m experiments.aot --json` lines")

@@ -13,6 +13,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
+
+from data_pipelines.formatting import parse_answer
+from data_pipelines.image_io import load_image
+from data_pipelines.pipeline import EncodingConfig, prompt_batch
+from data_pipelines.tokenizer import HFTokenizer, SentencePieceTokenizer
+from dmx_jax.hf import load_pretrained, read_config
+from dmx_jax.model import Qwen25VL
+from dmx_jax.sharding import MeshConfig, make_mesh
+from experiments.configs import PRESETS
+from experiments.evaluate import boxes_in, generate_texts, printable
+from experiments.overrides import config_from_dict
+from experiments.pipeline import model_config_for
+from experiments.stages import load_stage_params
 
 TASK_PROMPTS = {
     "findings": "Generate the FINDINGS section of the radiology report for this chest X-ray.",
@@ -27,8 +41,6 @@ class InferenceError(ValueError):
 
 
 def load_tokenizer(folder: Path):
-    from data_pipelines.tokenizer import HFTokenizer, SentencePieceTokenizer
-
     if (folder / "tokenizer.json").is_file():
         return HFTokenizer.from_file(folder / "tokenizer.json")
     if (folder / SP_MODEL).is_file():
@@ -40,10 +52,6 @@ def load_tokenizer(folder: Path):
 
 def load_checkpoint(path: Path, tokenizer_path: Path | None = None):
     """-> (graphdef, params, model config, tokenizer) from an HF folder or a finished run stage."""
-    from flax import nnx
-
-    from dmx_jax.hf import load_pretrained
-
     if not path.exists():
         raise InferenceError(f"checkpoint {path} does not exist")
     if (path / "final_params").is_dir():  # a finished stage of a run directory
@@ -62,29 +70,16 @@ def load_checkpoint(path: Path, tokenizer_path: Path | None = None):
 
 
 def _load_stage(stage_dir: Path, tokenizer_path: Path | None):
-    from flax import nnx
-
-    from dmx_jax.model import Qwen25VL
-    from dmx_jax.sharding import MeshConfig, make_mesh
-    from experiments.configs import PRESETS
-    from experiments.overrides import config_from_dict
-    from experiments.pipeline import model_config_for
-    from experiments.stages import load_stage_params
-
     run_dir = stage_dir.parent
     cfg = config_from_dict(PRESETS["tiny"](), json.loads((run_dir / "config.json").read_text()))
     tok_files = sorted((run_dir / "tokenizer").glob("*.model")) if tokenizer_path is None else []
     if cfg.hf_checkpoint:  # a run from a checkpoint: its config and tokenizer.json
-        from dmx_jax.hf import read_config
-
         given = Path(cfg.data.tokenizer).parent if cfg.data.tokenizer else Path(cfg.hf_checkpoint)
         tok, mcfg = load_tokenizer(tokenizer_path or given), read_config(cfg.hf_checkpoint)
     else:
         if tokenizer_path is not None:
             tok = load_tokenizer(tokenizer_path)
         elif tok_files:
-            from data_pipelines.tokenizer import SentencePieceTokenizer
-
             tok = SentencePieceTokenizer(tok_files[-1].read_bytes())
         else:
             raise InferenceError(f"{run_dir}/tokenizer has no SentencePiece model; pass --tokenizer")
@@ -115,10 +110,6 @@ def answer(
     min_pixels: int,
     instruction_first: bool = False,
 ) -> dict:
-    from data_pipelines.formatting import parse_answer
-    from data_pipelines.pipeline import EncodingConfig, prompt_batch
-    from experiments.evaluate import generate_texts
-
     enc = EncodingConfig(
         vision=mcfg.vision,
         min_pixels=min_pixels,
@@ -133,13 +124,11 @@ def answer(
 
 def draw_boxes(image: np.ndarray, model_size: tuple[int, int], text: str, out: Path, title: str) -> int:
     """Boxes cited in `text` (model-input pixels) drawn on `image` (stored pixels); returns how many."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 heavy
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    from experiments.evaluate import boxes_in, printable
+    import matplotlib.pyplot as plt  # noqa: PLC0415 heavy
+    from matplotlib.patches import Rectangle  # noqa: PLC0415 heavy
 
     mw, mh = model_size
     fig, ax = plt.subplots(figsize=(5, 5.6))
@@ -179,7 +168,6 @@ def main(argv=None) -> int:
             raise InferenceError("no --image given: every question needs at least one chest X-ray")
         if bool(args.question) == bool(args.task):
             raise InferenceError("give exactly one of --question or --task")
-        from data_pipelines.image_io import load_image
 
         images = [load_image(p) for p in args.image]
         ckpt = Path(args.checkpoint)

@@ -10,12 +10,19 @@ from typing import Any
 
 from flax import nnx
 
+from data_pipelines.blind import question_only_answers
+from data_pipelines.pipeline import stack_rows
+from dmx_jax.hf import load_pretrained, read_config
 from dmx_jax.model import Qwen25VL
+from dmx_jax.model.lora import cast_base
 from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
 from dmx_jax.training.loop import MetricsWriter
 from experiments.datasets import model_config_for, real_data, synthetic_data
-from experiments.evaluate import evaluate_stage
-from experiments.stages import RunContext, StageSpec, load_stage_params, plan_stage, run_stage, stage_done
+from experiments.evaluate import evaluate_stage, example_record, vqa_grounding_metrics
+from experiments.overrides import ConfigError
+from experiments.report import write_outputs
+from experiments.stages import RunContext, StageSpec, align_recipe, load_stage_params, plan_stage, run_stage, stage_done
 
 SEEN_AUC = 0.75  # alignment print-out: findings whose held-out head AUC reaches this are ones the tower sees
 
@@ -25,8 +32,6 @@ __all__ = ["model_config_for", "run_pipeline"]
 def initial_model(cfg, mesh, run_dir: Path):
     """(graphdef, params, RunData): pretrained weights placed on the mesh, or a from-scratch model."""
     if cfg.hf_checkpoint:
-        from dmx_jax.hf import load_pretrained, read_config
-
         print(f"[model] loading {cfg.hf_checkpoint} onto mesh {dict(mesh.shape)}", flush=True)
         mcfg = with_lora(
             read_config(cfg.hf_checkpoint).replace(dtype=cfg.dtype, **cfg.memory.model_overrides()), cfg.lora
@@ -36,8 +41,6 @@ def initial_model(cfg, mesh, run_dir: Path):
     else:
         data = synthetic_data(cfg, run_dir) if cfg.data.source == "synthetic" else None
         if data is None:
-            from experiments.overrides import ConfigError
-
             raise ConfigError(
                 f"data.source={cfg.data.source!r} needs hf_checkpoint (a Qwen2.5-VL folder with "
                 f"tokenizer.json); from-scratch models train on the synthetic benchmark only"
@@ -47,8 +50,6 @@ def initial_model(cfg, mesh, run_dir: Path):
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     if cfg.lora.rank:  # the frozen base in the compute dtype: no fp32 master copy, adapters stay fp32
-        from dmx_jax.model.lora import cast_base
-
         params = cast_base(params, mcfg.dtype)
     return graphdef, params, data, mcfg
 
@@ -104,9 +105,6 @@ def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected
 def alignment_entry(cfg, data, graphdef, params, run_dir: Path, writer) -> PlanEntry:
     """The alignment stage (before SFT) on the synthetic studies: trains the vision tower + merger (and the
     decoder with decoder_readout) beside a pooled head; its held-out head metrics go to eval/align.json."""
-    from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
-    from experiments.stages import align_recipe
-
     a = cfg.align
     agraph, astate = nnx.split(
         AlignModel(nnx.merge(graphdef, params), nnx.Rngs(cfg.seed), decoder_readout=a.decoder_readout)
@@ -165,8 +163,6 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
     results, outputs = {}, {}
 
     def arrays_of(rows):
-        from data_pipelines.pipeline import stack_rows
-
         a, _ = stack_rows(rows)
         return a, [r["meta"] for r in rows]
 
@@ -229,7 +225,6 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
             results[entry.name], outputs[entry.name] = evaluated
     writer.close()
     baseline = question_only_baseline(data.sft, eval_plain, run_dir, cfg.eval.bootstrap) if results else None
-    from experiments.report import write_outputs
 
     return write_outputs(
         cfg, run_dir, graphdef, params, mcfg, results, outputs, test_ex, export=cfg.export_hf, baseline=baseline
@@ -265,8 +260,6 @@ def question_only_baseline(
     data; None for streamed real data), saved as eval/question_only.json."""
     if not isinstance(train_rows, list):
         return None
-    from data_pipelines.blind import question_only_answers
-    from experiments.evaluate import example_record, vqa_grounding_metrics
 
     test = [r["meta"] for r in eval_rows]
     answers = question_only_answers([r["meta"] for r in train_rows], test)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
+
+from dmx_jax.eval.arena import RubricJudge, run_arena
+from dmx_jax.eval.arena.records import Report
+from dmx_jax.eval.paired import stage_differences as paired_stages
+from dmx_jax.hf import save_adapter, save_pretrained
+from experiments.evaluate import boxes_in, example_scores, printable
 
 STAGE_ORDER = ("base", "sft", "cold_start", "grpo")  # base: the starting checkpoint, zero-shot
 
@@ -106,9 +114,6 @@ DIFF_METRICS = (("vqa_score", "VQA"), ("grounding.miou", "mIoU"), ("grounding.ac
 def stage_differences(outputs: dict, n_bootstrap: int = 1000) -> dict:
     """{"later-earlier": {metric: paired summary}} from the stages' evaluation records (same prompts); the
     question-only baseline's records, when outputs holds them under BASELINE, pair with every stage."""
-    from dmx_jax.eval.paired import stage_differences as paired_stages
-    from experiments.evaluate import example_scores
-
     return paired_stages({st: example_scores(recs) for st, recs in outputs.items()}, DIFF_PAIRS, n_bootstrap)
 
 
@@ -173,9 +178,6 @@ def arena_line(arena: dict) -> str:
 
 
 def run_stage_arena(outputs: dict, run_dir: Path) -> dict | None:
-    from dmx_jax.eval.arena import RubricJudge, run_arena
-    from dmx_jax.eval.arena.records import Report
-
     systems = {}
     refs = {}
     for st in STAGE_ORDER:
@@ -248,10 +250,10 @@ def plots(
 ) -> list[str]:
     """plots/curves.png (SFT losses, GRPO reward with a moving average) and plots/stages.png (per-stage bars with
     CIs; x marks the images-swapped score, a dashed line the question-only baseline)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 heavy
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 heavy
 
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
@@ -323,13 +325,11 @@ def plots(
 
 def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str]:
     """One figure per stage: held-out grounded questions, truth boxes green, the model's cited boxes red."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 heavy
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    from experiments.evaluate import boxes_in, printable
+    import matplotlib.pyplot as plt  # noqa: PLC0415 heavy
+    from matplotlib.patches import Rectangle  # noqa: PLC0415 heavy
 
     out = run_dir / "gallery"
     out.mkdir(exist_ok=True)
@@ -364,15 +364,11 @@ def gallery(run_dir: Path, outputs: dict, test_ex: list, n: int = 6) -> list[str
 
 
 def _wrap(text: str, width: int) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(text, width)[:2])
 
 
 def metrics_csv(run_dir: Path, records: list[dict]) -> None:
     """metrics.jsonl's records -> metrics.csv (one column per key seen, blanks where a record lacks it)."""
-    import csv
-
     if not records:
         return
     keys = list(dict.fromkeys(k for r in records for k, v in r.items() if not isinstance(v, (list, dict))))
@@ -404,8 +400,6 @@ def write_outputs(
     gal = gallery(run_dir, outputs, test_ex)
     export_note = ""
     if export:
-        from dmx_jax.hf import save_pretrained
-
         save_pretrained(nnx.merge(graphdef, params), run_dir / "hf_export", config=mcfg)
         for model_file in sorted((run_dir / "tokenizer").glob("*.model"))[-1:]:  # tiny run: its SentencePiece
             (run_dir / "hf_export" / "dmx_tokenizer.model").write_bytes(model_file.read_bytes())
@@ -420,8 +414,6 @@ def write_outputs(
             (run_dir / "hf_export" / "tokenizer.json").write_bytes(tok_json.read_bytes())
         export_note = f"Hugging Face export: `{run_dir / 'hf_export'}` (opens with transformers' from_pretrained)."
         if mcfg.text.lora.rank:  # the adapters alone too, for peft on the base checkpoint
-            from dmx_jax.hf import save_adapter
-
             save_adapter(params, mcfg, run_dir / "hf_adapter", base_model=cfg.hf_checkpoint)
             export_note += (
                 f" LoRA adapters: `{run_dir / 'hf_adapter'}` (peft.PeftModel.from_pretrained on the base checkpoint)."

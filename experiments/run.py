@@ -19,6 +19,8 @@ from pathlib import Path
 
 from absl import flags as _absl_flags
 
+from experiments.overrides import ConfigError, apply_overrides
+
 _absl_flags.FLAGS.mark_as_parsed()
 
 
@@ -58,7 +60,7 @@ def _remote_run_dir_error(run_dir: str) -> str:
     """Why a remote --run-dir is refused, in one line: the missing epath backend (and the extra that installs
     it), else that only checkpoints take remote paths today (the stage runner writes its run directory with
     local file APIs)."""
-    from dmx_jax.training.checkpoint import remote_path_error
+    from dmx_jax.training.checkpoint import remote_path_error  # noqa: PLC0415 heavy
 
     missing = remote_path_error(run_dir)
     if missing:
@@ -72,9 +74,8 @@ def _remote_run_dir_error(run_dir: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from experiments.configs import PRESETS
-    from experiments.overrides import ConfigError, apply_overrides
-    from experiments.validate import parse_stages, validate
+    from experiments.configs import PRESETS  # noqa: PLC0415 heavy
+    from experiments.validate import parse_stages, validate  # noqa: PLC0415 heavy
 
     if args.config not in PRESETS:
         print(f"error: unknown --config {args.config!r}; choose from {sorted(PRESETS)}", file=sys.stderr)
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         print(f"error: --run-dir {_remote_run_dir_error(args.run_dir)}", file=sys.stderr)
         return 2
     if args.distributed != "off":
-        from dmx_jax.sharding import DistributedConfig, initialize
+        from dmx_jax.sharding import DistributedConfig, initialize  # noqa: PLC0415 heavy
 
         initialize(DistributedConfig(auto=args.distributed == "auto"))
     if args.dry_run:
@@ -97,8 +98,8 @@ def main(argv=None) -> int:
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from dmx_jax.training.compile_cache import persistent_compile_cache
-    from experiments.pipeline import run_pipeline
+    from dmx_jax.training.compile_cache import persistent_compile_cache  # noqa: PLC0415 heavy
+    from experiments.pipeline import run_pipeline  # noqa: PLC0415 heavy
 
     t0 = time.time()
     cache_dir = run_dir / "xla_cache"
@@ -117,9 +118,9 @@ def main(argv=None) -> int:
 
 def _dry_run(cfg, stages) -> int:
     """The plan without compute: the mesh over this host's devices, the stages and their batch shapes."""
-    import jax
+    import jax  # noqa: PLC0415 heavy
 
-    from dmx_jax.sharding import make_mesh
+    from dmx_jax.sharding import make_mesh  # noqa: PLC0415 heavy
 
     try:
         mesh = make_mesh(cfg.mesh)
@@ -148,11 +149,10 @@ def _dry_run(cfg, stages) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from data_pipelines.adapters import MissingColumnError
-    from data_pipelines.image_io import ImageReadError
-    from data_pipelines.pipeline import DoesNotFit
-    from dmx_jax.hf.load import CheckpointError
-    from experiments.overrides import ConfigError
+    from data_pipelines.adapters import MissingColumnError  # noqa: PLC0415 heavy
+    from data_pipelines.image_io import ImageReadError  # noqa: PLC0415 heavy
+    from data_pipelines.pipeline import DoesNotFit  # noqa: PLC0415 heavy
+    from dmx_jax.hf.load import CheckpointError  # noqa: PLC0415 heavy
 
     return (ConfigError, CheckpointError, ImageReadError, DoesNotFit, MissingColumnError, FileNotFoundError)
 

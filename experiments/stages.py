@@ -17,18 +17,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from data_pipelines.pipeline import stack_rows, trim_right_padding
 from dmx_jax.perf.flops import batch_train_flops
+from dmx_jax.rewards.combine import ground_truth_arrays, make_reward_fn
+from dmx_jax.rewards.text_bytes import token_bytes_table
+from dmx_jax.sampling.generate import stop_token_ids
+from dmx_jax.sharding import global_array, process_slice
+from dmx_jax.sharding.distributed import replicated_array
+from dmx_jax.sharding.rules import batch_spec, path_to_str, tree_shardings
+from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
 from dmx_jax.training.checkpoint import Checkpointer
+from dmx_jax.training.grpo import GRPOLearner, initial_aux, sampling_shardings
 from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
-from dmx_jax.training.optim import OptimConfig, Trainable, make_optimizer
+from dmx_jax.training.optim import OptimConfig, Trainable, make_optimizer, under
 from dmx_jax.training.resume import start_or_resume
+from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
+from dmx_jax.training.rollout import Reference
 from dmx_jax.training.sft import make_sft_loss
 from dmx_jax.training.state import init_train_state
 from dmx_jax.training.step import jit_train_step, make_train_step, state_shardings
 from experiments.configs import MemoryConfig
 from experiments.data import batches
+from experiments.overrides import ConfigError
 
 DONE = "DONE.json"
 
@@ -99,10 +111,6 @@ def stage_done(stage_dir: Path) -> dict | None:
 
 def load_stage_params(stage_dir: Path, params_like, mesh):
     """Final params of a finished stage, placed like `params_like` (their shardings under `mesh`)."""
-    import orbax.checkpoint as ocp
-
-    from dmx_jax.sharding.rules import tree_shardings
-
     shard = tree_shardings(params_like, mesh)
     target = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params_like, shard)
     with ocp.StandardCheckpointer() as loader:
@@ -113,17 +121,12 @@ def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
     """A host batch -> global arrays sharded over the mesh's batch axes. per_process=False: the batch is
     identical on every process and each contributes its slice of rows; True: each process holds only its
     own rows (the grain pipeline's shards). The same code runs on one CPU and on a multi-host TPU pod."""
-    from dmx_jax.sharding import global_array, process_slice
-    from dmx_jax.sharding.rules import batch_spec
-
     rows = slice(None) if per_process else process_slice(len(jax.tree.leaves(arrays)[0]))
     return jax.tree.map(lambda x: global_array(np.asarray(x)[rows], mesh, batch_spec(np.ndim(x))), arrays)
 
 
 def replicate(tree, mesh):
     """A host pytree equal on every process -> global arrays replicated over the mesh."""
-    from dmx_jax.sharding.distributed import replicated_array
-
     return jax.tree.map(lambda x: replicated_array(x, mesh), tree)
 
 
@@ -170,7 +173,6 @@ def run_stage(
         raise SystemExit(f"[{spec.name}] stopped by signal at step {int(state.step)}; rerun the same command to resume")
     ck.save(int(state.step), state, force=True)
     ck.close()
-    import orbax.checkpoint as ocp
 
     with ocp.StandardCheckpointer() as saver:  # what the next stage loads
         saver.save((stage_dir / "final_params").absolute(), state.params, force=True)
@@ -213,7 +215,6 @@ def sft_recipe(
 def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
     """The alignment stage (dmx_jax.training.align): the vision tower + merger and a pooled linear head learn the
     study's labels, sides and boxes from pixels; the head at its own learning rate."""
-    from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
 
     def build_step(tx, trainable, shardings, place, draw):
         return jit_train_step(make_train_step(align_graphdef, make_align_loss(), tx, trainable=trainable), shardings)
@@ -244,13 +245,6 @@ def grpo_recipe(
     sampling refills from the same stream. validation_rows (encoded held-out reasoning prompts): every
     rl.eval_every steps they are answered greedily and scored with the same reward (val/reward/<term>,
     val/grounding_miou over the prompts with boxes, val/completion_len_mean)."""
-    from dmx_jax.rewards.combine import ground_truth_arrays, make_reward_fn
-    from dmx_jax.rewards.text_bytes import token_bytes_table
-    from dmx_jax.sampling.generate import stop_token_ids
-    from dmx_jax.training.grpo import GRPOLearner, initial_aux, sampling_shardings
-    from dmx_jax.training.rl_vlm import make_policy_logprob, make_sampler
-    from dmx_jax.training.rollout import Reference
-
     algo, reward_cfg = rl_cfg.algo, rl_cfg.reward_config()
     table = token_bytes_table(tokenizer, model_cfg.text.vocab_size)
     jitted_reward = make_reward_fn(reward_cfg, table, max_new_tokens=algo.max_new_tokens)
@@ -382,8 +376,6 @@ def plan_stage(
     n_rollouts = stage_cfg.prompts_per_step * stage_cfg.algo.group_size
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if n_rollouts % shards:
-        from experiments.overrides import ConfigError
-
         raise ConfigError(
             f"rl.prompts_per_step x rl.algo.group_size = {n_rollouts} rollouts per step must be "
             f"divisible by the mesh's data x fsdp = {shards} devices (rollouts are data-parallel)"
@@ -421,14 +413,9 @@ def _with_param_groups(recipe: StageRecipe, stage_cfg, params, updates_per_step:
     if trainable.everything and not stage_cfg.vision_lr and updates_per_step == 1:
         return recipe
     if params is not None:
-        from dmx_jax.sharding.rules import path_to_str
-        from dmx_jax.training.optim import under
-
         paths = [path_to_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
         for prefix in trainable.frozen:
             if not any(under(p, prefix) for p in paths):
-                from experiments.overrides import ConfigError
-
                 tops = sorted({p.split(".")[0] for p in paths})
                 raise ConfigError(
                     f"frozen={prefix!r} names no parameter (paths start with {', '.join(tops)}, "

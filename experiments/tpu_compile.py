@@ -18,8 +18,11 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes on t
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import topologies
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from dmx_jax.sharding.rules import batch_spec
 
 GiB = 2**30
 
@@ -71,8 +74,6 @@ def resolve_topology(name: str) -> tuple[str, str, Chip]:
 
 
 def topology_devices(topo: str) -> list:
-    from jax.experimental import topologies
-
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topo).devices)
     except ImportError as e:
@@ -84,7 +85,7 @@ def topology_devices(topo: str) -> list:
 
 def libtpu_available() -> bool:
     try:
-        import libtpu  # noqa: F401
+        import libtpu  # noqa: F401, PLC0415 optional
 
         return True
     except ImportError:
@@ -99,8 +100,6 @@ def _sds(shape, dtype, mesh, spec=None):
 
 def batch_leaf(shape, dtype, mesh):
     """An abstract batch-major leaf, its rows split over data x fsdp (replicated when they do not divide)."""
-    from dmx_jax.sharding.rules import batch_spec
-
     spec = batch_spec(len(shape))
     n = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
     if shape[0] % n:

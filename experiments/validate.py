@@ -12,7 +12,11 @@ import types
 import typing
 from typing import Any
 
+from data_pipelines.adapters import ADAPTERS
+from data_pipelines.synthetic.vqa import VQA_FAMILIES
 from dmx_jax.model.config import DTYPES
+from dmx_jax.model.config import PRESETS as MODEL_PRESETS
+from dmx_jax.rewards.combine import PRESETS as REWARD_PRESETS
 from experiments.overrides import ConfigError
 
 STAGES = ("align", "sft", "cold_start", "grpo")
@@ -57,10 +61,6 @@ def _positive(fields: dict[str, Any]) -> None:
 
 def validate(cfg) -> Any:
     """Raise ConfigError on the first wrong value of an ExperimentConfig; return it unchanged otherwise."""
-    from data_pipelines.adapters import ADAPTERS
-    from dmx_jax.model.config import PRESETS as MODEL_PRESETS
-    from dmx_jax.rewards.combine import PRESETS as REWARD_PRESETS
-
     _literals(cfg)
     _choices("model", cfg.model, tuple(MODEL_PRESETS))
     _choices("dtype", cfg.dtype, DTYPES)
@@ -70,7 +70,6 @@ def validate(cfg) -> Any:
         _choices("eval.arena_judges", judge, ARENA_JUDGES)
     for task in cfg.data.reasoning_tasks:
         _choices("data.reasoning_tasks", task, SYNTHETIC_TASKS)
-    from data_pipelines.synthetic.vqa import VQA_FAMILIES
 
     for field, pairs, names in (
         ("data.train_task_mix", cfg.data.train_task_mix, SYNTHETIC_TASKS),

@@ -11,17 +11,26 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data_pipelines.formatting import SYSTEM_PROMPT
 from data_pipelines.pipeline.align import align_rows
+from data_pipelines.pipeline.encode import EncodingConfig, encode_example
 from data_pipelines.schema import CHEXPERT_LABELS
 from data_pipelines.synthetic import SyntheticConfig, examples
 from data_pipelines.synthetic.align import align_targets
+from data_pipelines.synthetic.dataset import CLASSIFICATION_PROMPTS
+from data_pipelines.tokenizer import train_sentencepiece
 from dmx_jax.model import Qwen25VL
 from dmx_jax.model.config import small
+from dmx_jax.model.config import tiny as tiny_model
 from dmx_jax.sharding.rules import logical_axes
 from dmx_jax.training.align import (
+    N_OUT,
     AlignModel,
+    _align_terms,
+    _head_metrics,
     align_metrics,
     align_optimizer,
+    label_auc,
     make_align_loss,
     merge_vision,
     stack_align_rows,
@@ -105,12 +114,6 @@ def test_learning_rates_of_tower_and_head_are_separate():
 def test_decoder_readout_trains_the_decoder_on_the_prompt_rows_and_merges_it_back(tmp_path):
     """align.decoder_readout: the text decoder runs over each study's prompt row and a second head reads the
     targets at the last prompt position; gradients reach the decoder, merge_vision takes it along."""
-    from data_pipelines.formatting import SYSTEM_PROMPT
-    from data_pipelines.pipeline.encode import EncodingConfig, encode_example
-    from data_pipelines.synthetic.dataset import CLASSIFICATION_PROMPTS
-    from data_pipelines.tokenizer import train_sentencepiece
-    from dmx_jax.model.config import tiny as tiny_model
-
     tok = train_sentencepiece(
         [CLASSIFICATION_PROMPTS[0], SYSTEM_PROMPT, "system\n", "user\n", "assistant\n"], 300, tmp_path
     )
@@ -161,8 +164,6 @@ def test_decoder_readout_trains_the_decoder_on_the_prompt_rows_and_merges_it_bac
 
 
 def test_label_auc_equals_the_pairwise_count_with_ties_half():
-    from dmx_jax.training.align import label_auc
-
     rng = np.random.default_rng(0)
     scores = np.round(rng.normal(size=(40, 5)), 1)  # rounded: ties within and across classes
     truth = (rng.random((40, 5)) < 0.3).astype(np.float32)
@@ -179,8 +180,6 @@ def test_label_auc_equals_the_pairwise_count_with_ties_half():
 def test_side_loss_counts_only_present_findings():
     """An absent finding has no side: its side target must not move the loss (else the head learns to answer
     'neither half' for every finding); a present finding's side target must."""
-    from dmx_jax.training.align import N_OUT, _align_terms
-
     rng = np.random.default_rng(0)
     out = jnp.asarray(rng.normal(size=(3, N_OUT)), jnp.float32)
     box_mask = np.zeros((3, 14), np.float32)
@@ -209,8 +208,6 @@ def test_side_loss_counts_only_present_findings():
 def test_head_metrics_name_each_findings_auc():
     """label_auc_by_finding: each CheXpert label with both classes present, keyed by name, equal to label_auc's
     column; a label with one class is left out; label_auc is their mean."""
-    from dmx_jax.training.align import N_OUT, _head_metrics, label_auc
-
     rng = np.random.default_rng(1)
     out = rng.normal(size=(30, N_OUT)).astype(np.float32)
     truth = (rng.random((30, 14)) < 0.4).astype(np.float32)

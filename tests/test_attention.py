@@ -8,7 +8,14 @@ import pytest
 from flax import nnx
 
 from dmx_jax.model import Qwen25VL, init_cache, rope_index, vision_inputs
-from dmx_jax.model.attention import Mask, attention, causal_mask, segment_mask
+from dmx_jax.model.attention import (
+    Mask,
+    attention,
+    causal_mask,
+    local_segment_attention,
+    segment_mask,
+    splash_attention,
+)
 from dmx_jax.model.config import tiny
 
 TOL = 1e-5
@@ -68,8 +75,6 @@ def test_unknown_implementation_and_config_validation():
 
 def test_splash_interpret_equals_dense_causal_padded():
     """The Pallas kernel in interpret mode (CPU): causal + left padding as segment ids, GQA."""
-    from dmx_jax.model.attention import splash_attention
-
     q, k, v = _qkv(2, 128, 128, 4, 2, 64, seed=4)
     key_mask = jnp.asarray(np.arange(128)[None] >= np.array([[0], [30]]), jnp.int32)
     mask = causal_mask(key_mask, 0, 128)
@@ -133,8 +138,6 @@ def test_model_forward_and_kv_cache_chunked_equals_xla():
 
 def test_local_segment_attention_equals_dense_on_vision_windows():
     """Window blocks of the vision tower computed per query block over a bounded key range == dense masked."""
-    from dmx_jax.model.attention import local_segment_attention
-
     cfg = tiny().vision
     vin = vision_inputs(np.array([[1, 8, 12], [1, 4, 8], [1, 12, 4]]), cfg, pad_to=256)
     seg = jnp.asarray(vin["window_seg"])

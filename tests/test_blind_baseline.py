@@ -9,7 +9,9 @@ import dataclasses
 import numpy as np
 
 from data_pipelines.blind import question_only_answers
+from data_pipelines.synthetic import SyntheticConfig, examples
 from dmx_jax.eval import grounding_scores
+from experiments.evaluate import boxes_in
 
 
 def _brute(train, row):
@@ -52,9 +54,6 @@ def test_question_only_answers_match_brute_force_on_fuzzed_rows():
 
 
 def test_location_words_let_the_question_alone_place_the_box():
-    from data_pipelines.synthetic import SyntheticConfig, examples
-    from experiments.evaluate import boxes_in
-
     def metas(cfg, split, n):
         out = []
         for i in range(n):

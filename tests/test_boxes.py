@@ -88,7 +88,7 @@ def test_chexinstruct_bins_match_reference_and_decode_within_a_bin():
 
 
 def test_smart_resize_matches_transformers():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize  # noqa: PLC0415 heavy
 
     rng = np.random.default_rng(RNG_SEED + 3)
     cases = [(int(rng.integers(1, 5000)), int(rng.integers(1, 5000))) for _ in range(400)]

@@ -22,6 +22,7 @@ from data_pipelines.cold_start import (
     REJECTIONS,
     TeacherConfig,
     answers_agree,
+    load_template,
     parse_reply,
     read_jsonl_columns,
     synthesize,
@@ -29,8 +30,11 @@ from data_pipelines.cold_start import (
 )
 from data_pipelines.cold_start.__main__ import main as cli_main
 from data_pipelines.cold_start.client import retry_after_seconds
+from data_pipelines.cold_start.prompt import messages, teacher_fields
+from data_pipelines.cold_start.trace import boxes_in_bounds
 from data_pipelines.formatting import rescale_box_text
 from data_pipelines.schema import Box, Example
+from data_pipelines.synthetic import SyntheticConfig, all_task_examples
 
 SECRET = "sk-test-SECRET-cold-start-0123456789"
 KEY_ENV = "DMX_TEACHER_API_KEY"
@@ -404,9 +408,6 @@ def test_cli_writes_generic_jsonl(server, image_path, tmp_path, capsys):
 
 def test_validator_accepts_the_synthetic_ground_truth_traces():
     """data_pipelines.synthetic writes traces from ground truth; seen in the resized frame, every one passes."""
-    from data_pipelines.cold_start.trace import boxes_in_bounds
-    from data_pipelines.synthetic import SyntheticConfig, all_task_examples
-
     checked = 0
     for index in range(2):
         for ex in all_task_examples("train", index, SyntheticConfig()):
@@ -421,9 +422,6 @@ def test_validator_accepts_the_synthetic_ground_truth_traces():
 
 
 def test_template_file_fields_are_checked(tmp_path):
-    from data_pipelines.cold_start import load_template
-    from data_pipelines.cold_start.prompt import messages, teacher_fields
-
     bad = tmp_path / "bad.txt"
     bad.write_text("sys\n---USER---\n${question} ${colour}")
     with pytest.raises(ValueError, match=r"bad\.txt.*colour"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.configs import tiny
+from experiments.configs import qwen2_5_vl_7b, tiny
 from experiments.overrides import ConfigError, apply_overrides, config_from_dict
 from experiments.run import main
 from experiments.validate import validate
@@ -86,8 +86,6 @@ def test_saved_config_with_a_bad_value_is_caught_by_validate():
 
 
 def test_setting_a_mesh_axis_to_minus_one_releases_the_presets_other():
-    from experiments.configs import qwen2_5_vl_7b
-
     cfg = apply_overrides(qwen2_5_vl_7b(), ["mesh.tensor=2", "mesh.data=-1"])
     assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (-1, 1, 2)
     cfg = apply_overrides(cfg, ["mesh.fsdp=-1"])  # the axis named last takes the rest

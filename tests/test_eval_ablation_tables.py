@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.bench_ablation import reward_rows, stage_tables
+from experiments.report import smoothed
 
 
 def _eval(good_every: int, cite: bool = True) -> dict:
@@ -60,8 +61,6 @@ def test_stage_and_reward_tables():
 
 
 def test_smoothed_reward_curve_is_a_trailing_moving_average():
-    from experiments.report import smoothed
-
     rng = np.random.default_rng(0)
     v = rng.normal(size=23)
     for window in (1, 4, 6, 30):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dmx_jax.eval.arena import JudgeResponse, Report, RubricJudge, load_reports_jsonl, run_arena
+from dmx_jax.eval.arena.__main__ import main
 
 
 class ScriptedJudge:
@@ -137,8 +138,6 @@ def test_rubric_arena_on_generated_reports_end_to_end(tmp_path):
 
 
 def test_command_line_runs_the_rubric_arena(tmp_path, capsys):
-    from dmx_jax.eval.arena.__main__ import main
-
     rows = {
         "ref": ["Small left pleural effusion.", "Mild cardiomegaly."],
         "good": ["Small left pleural effusion.", "Mild cardiomegaly."],

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 import random
+import tarfile
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from helpers import real_formats as rf
 
 from data_pipelines.schema import CHEXPERT5_LABELS as SCHEMA5
 from data_pipelines.schema import CHEXPERT_LABELS as SCHEMA14
 from dmx_jax.eval import chexpert_f1, chexpert_labels, rule_chexpert_f1
+from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS
 from dmx_jax.eval.label_f1 import CHEXPERT5_LABELS
 
 L = {name: i for i, name in enumerate(SCHEMA14)}
@@ -98,8 +102,6 @@ def test_hand_written_case(text, expected):
 
 
 def test_label_order_is_the_schema_order():
-    from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS
-
     assert CHEXPERT_LABELS == SCHEMA14 and CHEXPERT5_LABELS == SCHEMA5
     out = chexpert_labels(["No effusion.", "Cardiomegaly."])
     assert out.shape == (2, 14) and out.dtype == np.float32
@@ -196,11 +198,6 @@ def test_rule_chexpert_f1_on_reports():
 @pytest.fixture(scope="module")
 def iu_reports():
     """(FINDINGS + IMPRESSION text, MeSH major terms) of every IU-Xray report (torchxrayvision wheel)."""
-    import tarfile
-    import xml.etree.ElementTree as ET
-
-    from helpers import real_formats as rf
-
     wheel, reason = rf.fetch_wheel("torchxrayvision")
     if wheel is None:
         pytest.skip(f"IU-Xray reports unavailable: {reason}")
@@ -242,7 +239,7 @@ def test_recovers_the_synthetic_generators_labels():
     """The synthetic report generator (data_pipelines.synthetic) labels each report from the mentions it
     writes; the labeler must recover those labels from the text alone."""
     dataset = pytest.importorskip("data_pipelines.synthetic.dataset")
-    from data_pipelines.synthetic.config import SyntheticConfig
+    from data_pipelines.synthetic.config import SyntheticConfig  # noqa: PLC0415 optional
 
     config = SyntheticConfig()
     studies = []

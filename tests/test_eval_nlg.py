@@ -143,7 +143,7 @@ def test_meteor_matches_the_jar_when_available():
     ok, why = meteor_module.meteor_availability()
     if not ok:
         pytest.skip(f"METEOR unavailable: {why}")
-    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.meteor.meteor import Meteor  # noqa: PLC0415 optional
 
     rng = random.Random(3)
     preds = [synthetic_report(rng) for _ in range(6)]

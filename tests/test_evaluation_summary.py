@@ -1,7 +1,28 @@
 """Run summary and evaluation controls: the Report Arena line states ratings with CIs and whether any stage
 separated; the images-swapped control only swaps between rows with as many image tokens."""
 
-from experiments.report import arena_line
+import jax.numpy as jnp
+import numpy as np
+
+from dmx_jax.eval.paired import paired_difference
+from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
+from dmx_jax.training.state import TrainState
+from experiments.evaluate import (
+    _rolled_images,
+    citation_stats,
+    example_scores,
+    image_drop,
+    image_drop_by_question_type,
+    trace_box_copied,
+)
+from experiments.report import (
+    arena_line,
+    difference_table,
+    question_type_table,
+    read_metrics,
+    skipped_line,
+    stage_differences,
+)
 
 
 def _arena(cis):
@@ -22,10 +43,6 @@ def test_arena_line_says_when_stages_separate():
 
 
 def test_images_swapped_only_between_rows_with_as_many_image_tokens():
-    import numpy as np
-
-    from experiments.evaluate import _rolled_images
-
     img = 7
     ids = np.array([[img, 1, 1], [img, img, 1], [img, 2, 2], [img, img, 3], [img, 4, 4]])
     arrays = {
@@ -62,10 +79,6 @@ def _records(answers: dict, control: dict | None = None):
 
 
 def test_paired_difference_is_tighter_than_unpaired_and_flags_zero():
-    import numpy as np
-
-    from dmx_jax.eval.paired import paired_difference
-
     rng = np.random.default_rng(0)
     a = rng.random(300)
     b = a + 0.05 + 0.02 * rng.standard_normal(300)  # b better by 0.05 on every item, small noise
@@ -76,9 +89,6 @@ def test_paired_difference_is_tighter_than_unpaired_and_flags_zero():
 
 
 def test_stage_differences_and_image_drop_from_records():
-    from experiments.evaluate import citation_stats, example_scores, image_drop
-    from experiments.report import difference_table, stage_differences
-
     n = 60
     good = {**{f"v{i}": "yes" for i in range(n)}, **{f"g{i}": "[0, 0, 10, 10]" for i in range(n)}}
     bad = {
@@ -105,9 +115,6 @@ def test_stage_differences_and_image_drop_from_records():
 def test_image_drop_by_question_type_splits_the_vqa_drop():
     """Presence answers flip with swapped images, location answers do not: only presence shows a drop, each
     type's real / swapped means equal a plain count, grounding rows stay out, and the summary table shows both."""
-    from experiments.evaluate import image_drop_by_question_type
-    from experiments.report import question_type_table
-
     n = 40
     good = {**{f"v{i}": "yes" for i in range(2 * n)}, **{f"g{i}": "[0, 0, 10, 10]" for i in range(5)}}
     control = {
@@ -132,8 +139,6 @@ def test_image_drop_by_question_type_splits_the_vqa_drop():
 
 
 def test_trace_box_copy_rate_counts_answers_whose_box_the_trace_cites():
-    from experiments.evaluate import citation_stats, trace_box_copied
-
     copied = "<think>the effusion at [10, 20, 30, 40] on the left</think>\nThe answer is: \\boxed{[10, 20, 30, 40]}"
     moved = "<think>the effusion at [10, 20, 30, 40] on the left</think>\nThe answer is: \\boxed{[11, 20, 30, 40]}"
     assert trace_box_copied(copied) and not trace_box_copied(moved)
@@ -147,11 +152,6 @@ def test_trace_box_copy_rate_counts_answers_whose_box_the_trace_cites():
 def test_examples_skipped_as_too_long_reach_the_metrics_and_the_summary(tmp_path):
     """A streamed batch's meta['skipped'] (examples dropped as too long since the last batch) is logged per step as
     data/skipped_too_long, and summary.md totals it per stage."""
-    import jax.numpy as jnp
-
-    from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
-    from dmx_jax.training.state import TrainState
-    from experiments.report import read_metrics, skipped_line
 
     class Stream:  # three batches; the second follows two skipped examples
         def __init__(self):

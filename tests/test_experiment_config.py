@@ -1,8 +1,17 @@
 """--set overrides: nested fields, type coercion, and errors that name the key."""
 
+import pickle
+from types import SimpleNamespace
+
 import pytest
 
+import data_pipelines.pipeline.encode as encode_module
+from dmx_jax.model import preset
+from dmx_jax.rewards.combine import PRESETS as REWARDS
+from dmx_jax.rewards.combine import text_budget
+from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES
 from experiments.configs import PRESETS, tiny
+from experiments.datasets import replay_examples, row_encoder
 from experiments.overrides import ConfigError, apply_overrides
 
 
@@ -39,8 +48,6 @@ def test_bad_overrides_name_the_key(assignment, message):
 
 
 def test_presets_build():
-    from dmx_jax.model import preset
-
     expected_model = {
         "tiny": "small",
         "tiny_base": "base",
@@ -56,10 +63,6 @@ def test_presets_build():
 def test_scaled_presets_cap_the_reward_buffers_and_small_ones_do_not():
     """At Qwen2.5's 128-byte longest token the uncapped decoder keeps 131,072 bytes per 1,024-token completion;
     the 3B / 7B runs keep 16 per token and a 2,048-byte boxed answer (cut rows counted in reward/truncated)."""
-    from dmx_jax.rewards.combine import PRESETS as REWARDS
-    from dmx_jax.rewards.combine import text_budget
-    from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES
-
     qwen = {"length": [QWEN2_5_LONGEST_TOKEN_BYTES]}
     for name in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
         rl = PRESETS[name]().rl
@@ -72,11 +75,6 @@ def test_scaled_presets_cap_the_reward_buffers_and_small_ones_do_not():
 
 
 def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain(monkeypatch):
-    import pickle
-    from types import SimpleNamespace
-
-    from experiments.datasets import replay_examples, row_encoder
-
     cfg = apply_overrides(tiny(), ["data.cold_start_replay=0.5"])
     train = [
         SimpleNamespace(example_id=f"e{i}", task=t)
@@ -86,13 +84,9 @@ def test_cold_start_replay_picks_other_tasks_and_encodes_them_plain(monkeypatch)
     assert len(picked) == 5 and {e.task for e in picked} <= {"findings", "impression", "classification"}
     assert [e.example_id for e in picked] == [e.example_id for e in replay_examples(cfg, train, 10)]  # seeded
     assert replay_examples(apply_overrides(tiny(), ["data.cold_start_replay=0"]), train, 10) == []
-    from dmx_jax.model import preset
-
     enc = row_encoder(cfg, None, preset("tiny"), reasoning=True, plain_ids=frozenset({"e1"}))
     enc = pickle.loads(pickle.dumps(enc))  # grain workers receive it pickled
     seen = []
-    import data_pipelines.pipeline.encode as encode_module
-
     monkeypatch.setattr(
         encode_module, "encode_example", lambda ex, tok, c, **kw: seen.append((ex.example_id, c.reasoning))
     )

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import numpy as np
 import pytest
+from flax import nnx
 
+from data_pipelines.tokenizer import train_byte_level_bpe
+from dmx_jax.hf import load_pretrained, save_pretrained
+from dmx_jax.model import Qwen25VL, preset
 from experiments import run
+from experiments.datasets import with_tokenizer
+from experiments.pretrain import PretrainConfig, tokenizer_corpus
 
 MINI = [
     "--set",
@@ -77,13 +85,10 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     assert len(grpo) == 2 and max(r["dynamic_sampling/rollouts"] for r in grpo) > 1  # refilled from the stream
 
     # the export opens in transformers and computes the same logits as the run's final parameters
-    import numpy as np
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import torch  # noqa: PLC0415 heavy
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(run_dir / "hf_export").eval()
-    from dmx_jax.hf import load_pretrained
-
     model, _ = load_pretrained(run_dir / "hf_export")
     ids = np.array([[40, 41, 42, 43, 44]], np.int32)  # ordinary tokens (ids < 10 are specials)
     with torch.no_grad():
@@ -100,8 +105,6 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
 
     # rerunning one stage alone starts it from the earlier stages' final parameters (cold start: no sampler to
     # compile; GRPO's path is the same loop)
-    import shutil
-
     shutil.rmtree(run_dir / "cold_start")
     (run_dir / "eval" / "cold_start.json").unlink()
     assert run.main(["--run-dir", str(run_dir), "--stages", "cold_start", "--set", "export_hf=false", *MINI]) == 0
@@ -117,14 +120,6 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
 def test_synthetic_run_from_a_checkpoint_uses_its_tokenizer_and_scores_the_base(tmp_path, capsys):
     """--set hf_checkpoint=DIR on the synthetic benchmark: the checkpoint's tokenizer.json encodes the benchmark
     (no SentencePiece is trained), no alignment stage runs, and the checkpoint is scored zero-shot as `base`."""
-    from flax import nnx
-
-    from data_pipelines.tokenizer import train_byte_level_bpe
-    from dmx_jax.hf import save_pretrained
-    from dmx_jax.model import Qwen25VL, preset
-    from experiments.datasets import with_tokenizer
-    from experiments.pretrain import PretrainConfig, tokenizer_corpus
-
     ckpt = tmp_path / "ckpt"  # a tiny checkpoint whose BPE knows the benchmark's words
     tok = train_byte_level_bpe(tokenizer_corpus(PretrainConfig(tokenizer_studies=40)), 1024, ckpt / "tokenizer.json")
     m = with_tokenizer(preset("tiny"), tok)

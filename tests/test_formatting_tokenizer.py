@@ -3,8 +3,9 @@ expands image placeholders, masks only the answer, and rescales boxes to the mod
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from data_pipelines.formatting import parse_answer, render, rescale_box_text
+from data_pipelines.formatting import parse_answer, reasoning_suffix, render, rescale_box_text
 from data_pipelines.schema import Box, Example
 from data_pipelines.tokenizer import SPECIAL_TOKENS, HFTokenizer, train_sentencepiece
 
@@ -22,8 +23,6 @@ def spm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_tok(tmp_path_factory):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -84,8 +83,6 @@ def test_render_matches_the_chat_template(hf_tok):
     assert hf_tok.decode(gen["input_ids"]).endswith("<|im_start|>assistant\n") and gen["loss_mask"].sum() == 0
     assert "\\boxed{}" in hf_tok.decode(gen["input_ids"])
     # the paper's order: question, then the reasoning instruction; instruction_first swaps them
-    from data_pipelines.formatting import reasoning_suffix
-
     after = hf_tok.decode(gen["input_ids"])
     first = hf_tok.decode(
         render(ex, hf_tok, [4], [(112, 112)], with_answer=False, reasoning=True, instruction_first=True)["input_ids"]

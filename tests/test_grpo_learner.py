@@ -1,5 +1,7 @@
 """GRPO end to end on the toy LM: mean reward rises; sampler-vs-trainer drift is ~0; variants run."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,8 +205,6 @@ def test_dynamic_sampling_refills_groups_with_signal():
 def test_micro_batched_logprob_pass_and_sampler_old_logp_option():
     """logprob_micro_batches slices the pi_old / reference passes without changing them; old_logp='sampler'
     reuses the rollout's log-probs (drift still reported)."""
-    import dataclasses
-
     cfg = GRPOConfig(group_size=4, kl_coef=0.01, max_new_tokens=TN)
     prompts, rng = next(_Prompts())[0], jax.random.key(5)
     learner, state = _learner(cfg)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from flax import nnx
 
+from dmx_jax.training.checkpoint import Checkpointer, abstract_like
 from dmx_jax.training.grpo import GRPOLearner, initial_aux
 from dmx_jax.training.grpo_loss import (
     ADV_ESTIMATORS,
@@ -28,8 +29,11 @@ from dmx_jax.training.grpo_loss import (
     kl_penalty,
     policy_loss,
 )
+from dmx_jax.training.optim import OptimConfig, make_optimizer
 from dmx_jax.training.rollout import PolicyLogprob, Reference, Sampler
 from dmx_jax.training.state import init_train_state
+from experiments.configs import RLConfig
+from experiments.stages import grpo_updates_per_step
 from tests.helpers.torch_reference import ref_masked_mean, torch_float64  # noqa: F401 (autouse)
 from tests.helpers.toy_lm import ToyLM
 
@@ -400,10 +404,6 @@ def test_kl_in_reward_reaches_the_rollout_advantages():
 def test_learning_rate_schedule_steps_once_per_rollout():
     """verl and EasyR1 step their scheduler once per rollout: with 2 epochs x 2 mini-batches = 4 updates per GRPO
     step, a 4-step linear warmup reaches lr / 4 at the fifth update (the second step), not at the second."""
-    from dmx_jax.training.optim import OptimConfig, make_optimizer
-    from experiments.configs import RLConfig
-    from experiments.stages import grpo_updates_per_step
-
     rl = RLConfig(prompts_per_step=4, algo=GRPOConfig(num_iterations=2, ppo_mini_batch_size=2))
     assert grpo_updates_per_step(rl) == 4
     cfg = OptimConfig(learning_rate=1.0, warmup_steps=4, schedule="constant", clip_norm=0.0, eps=1e-12)
@@ -431,8 +431,6 @@ def test_adaptive_kl_coefficient_follows_verls_controller_on_fuzzed_batches():
 def test_adaptive_kl_in_reward_steers_the_coefficient_in_the_train_state_and_checkpoints_it(tmp_path):
     """Each rollout batch uses the controller's value, which then moves by verl's rule with the batch's KL and
     row count; the value lives in state.aux and a checkpoint round trip keeps it."""
-    from dmx_jax.training.checkpoint import Checkpointer, abstract_like
-
     cfg = GRPOConfig(
         group_size=4,
         max_new_tokens=TN,

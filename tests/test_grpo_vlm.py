@@ -1,20 +1,27 @@
 """GRPO with images through the real tiny Qwen2.5-VL: sampler log-probs == trainer log-probs (drift ~0),
 per-example image batches work end to end, and a few updates raise a toy reward."""
 
+import pickle
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from dmx_jax.model import ModelConfig, Qwen25VL, rope_index, tiny, vision_inputs
-from dmx_jax.training.grpo import GRPOLearner
+from dmx_jax.sharding import MeshConfig, make_mesh, process_slice
+from dmx_jax.training.grpo import GRPOLearner, sampling_shardings
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.rl_vlm import completion_logprobs, make_sampler
 from dmx_jax.training.rollout import PolicyLogprob, Reference
 from dmx_jax.training.state import init_train_state
+from dmx_jax.training.step import state_shardings
+from experiments.stages import place_batch
 from tests.helpers import hf_reference as R
+from tests.helpers.processes import run_workers
 
 
 def _prompt_batch(cfg: ModelConfig, n=2, patch_budget=64):
@@ -81,10 +88,6 @@ def test_vlm_grpo_drift_and_reward():
 
 def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
     """Two GRPO steps on the tiny model; per_process: this process holds only its share of the 4 prompts."""
-    from dmx_jax.sharding import MeshConfig, make_mesh
-    from dmx_jax.training.step import state_shardings
-    from experiments.stages import place_batch
-
     cfg = tiny()
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     algo = GRPOConfig(group_size=4, max_new_tokens=5, temperature=1.0, kl_coef=0.04)
@@ -101,8 +104,6 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
         st = jax.device_put(st, state_shardings(st, mesh))
         place = lambda rep: place_batch(rep, mesh, per_process=per_process)
         if sample_layout:
-            from dmx_jax.training.grpo import sampling_shardings
-
             sample_shardings = sampling_shardings(st.params, mesh)
     learner = GRPOLearner(
         graphdef,
@@ -118,15 +119,11 @@ def _two_steps(mesh_shape=None, per_process=False, sample_layout=False):
     )
     prompts = _prompt_batch(cfg, n=4)
     if per_process:
-        from dmx_jax.sharding import process_slice
-
         prompts = jax.tree.map(lambda x: x[process_slice(4)], prompts)
     hist = []
     for _ in range(2):
         st, m = learner.step(st, prompts)
         hist.append(m)
-    from jax.experimental import multihost_utils
-
     moved = jax.tree.map(
         lambda a, b: np.asarray(multihost_utils.process_allgather(a, tiled=True)) - b, st.params, start
     )
@@ -167,10 +164,6 @@ def test_sampling_layout_rollouts_equal_one_device(one_device_steps):
 @pytest.mark.slow
 def test_two_process_rollouts_equal_one_device(tmp_path, one_device_steps):
     """2 CPU processes x 4 devices, mesh (2,2,2), each process holding only its own 2 prompts."""
-    import pickle
-
-    from tests.helpers.processes import run_workers
-
     out = tmp_path / "grpo.pkl"
     run_workers("tests/helpers/grpo_multihost_worker.py", 2, out, timeout=400)
     _assert_same_steps(one_device_steps, pickle.loads(out.read_bytes()))

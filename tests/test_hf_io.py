@@ -1,14 +1,22 @@
 """HF round trip (dmx-jax -> save_pretrained -> transformers) and clear errors for bad folders."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from safetensors.numpy import load_file, save_file
+from safetensors.torch import load_file as load_torch
 
-from dmx_jax.hf import CheckpointError, load_pretrained, save_pretrained
+from dmx_jax.hf import CheckpointError, load_pretrained, mapping, read_config, save_pretrained
+from dmx_jax.model import PRESETS, ModelConfig, Qwen25VL, qwen2_5_vl_7b, rope_index
 from tests.helpers import hf_reference as R
 
 
@@ -28,7 +36,7 @@ def _inputs():
 
 @pytest.mark.parametrize("shard", [None, "40KB"])
 def test_round_trip_opens_in_transformers(hf_folder, tmp_path, shard):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     ref, src = hf_folder
     model, cfg = load_pretrained(src)
@@ -176,9 +184,7 @@ HUB_7B_FLAT = {
 
 def test_config_layouts_agree_with_transformers():
     """Old flat hub layout, transformers' own parse of it, and our transformers-5 export all give one config."""
-    from transformers import Qwen2_5_VLConfig
-
-    from dmx_jax.model import ModelConfig, qwen2_5_vl_7b
+    from transformers import Qwen2_5_VLConfig  # noqa: PLC0415 heavy
 
     flat = ModelConfig.from_hf_config(HUB_7B_FLAT)
     parsed_by_hf = ModelConfig.from_hf_config(Qwen2_5_VLConfig(**HUB_7B_FLAT).to_dict())
@@ -194,12 +200,7 @@ def test_config_layouts_agree_with_transformers():
 def test_full_size_presets_match_transformers_tensor_names_and_shapes(preset):
     """Every on-disk tensor of the real architectures (built on torch's meta device) is produced by the
     name table from our abstract parameters, with the same shape, and nothing else is."""
-    import jax
-    from flax import nnx
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from dmx_jax.hf import mapping
-    from dmx_jax.model import PRESETS, Qwen25VL
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     cfg = PRESETS[preset]()
     with torch.device("meta"):
@@ -222,18 +223,12 @@ def test_full_size_presets_match_transformers_tensor_names_and_shapes(preset):
 
 
 def test_non_qwen_config_dict_is_rejected():
-    from dmx_jax.model import ModelConfig
-
     with pytest.raises(ValueError, match="model_type is 'qwen2_vl', expected 'qwen2_5_vl'"):
         ModelConfig.from_hf_config({**HUB_7B_FLAT, "model_type": "qwen2_vl"})
 
 
 def test_import_without_torch_or_transformers(tmp_path):
     """dmx_jax.model and dmx_jax.hf import, build, save and load with torch/transformers unimportable."""
-    import os
-    import subprocess
-    import sys
-
     code = f"""
 import sys
 class Blocker:
@@ -268,8 +263,6 @@ def test_bfloat16_export_equals_torch_cast(hf_folder, tmp_path):
     assert cfg.param_dtype == "bfloat16"
     save_pretrained(model, tmp_path / "bf16")
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
-    from safetensors.torch import load_file as load_torch
-
     got = load_torch(str(tmp_path / "bf16" / "model.safetensors"))
     want = {k: v.to(torch.bfloat16) for k, v in load_torch(str(src / "model.safetensors")).items()}
     assert set(got) == set(want)
@@ -280,11 +273,6 @@ def test_bfloat16_export_equals_torch_cast(hf_folder, tmp_path):
 def test_model_from_checkpoint_computes_in_the_requested_dtype(hf_folder):
     """read_config -> replace(dtype=...) -> load_pretrained(config=...): master weights stay float32, the
     hidden states are bfloat16 (the runner's path for an HF start), and stay close to fp32."""
-    import jax.numpy as jnp
-
-    from dmx_jax.hf import read_config
-    from dmx_jax.model import rope_index
-
     _, hf_folder = hf_folder
     cfg = read_config(hf_folder).replace(dtype="bfloat16")
     model, got_cfg = load_pretrained(hf_folder, config=cfg)

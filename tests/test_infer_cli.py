@@ -13,13 +13,12 @@ from data_pipelines.tokenizer import train_sentencepiece
 from dmx_jax.hf import save_pretrained
 from dmx_jax.model import Qwen25VL
 from experiments import infer
+from experiments.configs import MemoryConfig
 from experiments.pipeline import model_config_for
 from tests.helpers.real_formats import write_dicom
 
 
 class _Cfg:  # the fields model_config_for reads
-    from experiments.configs import MemoryConfig
-
     hf_checkpoint, model, dtype, memory = None, "tiny", "float32", MemoryConfig()
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import run_workers
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests/helpers/resume_worker.py"
 
@@ -70,10 +72,6 @@ def test_sigkill_then_resume_is_exact_and_sigterm_saves(tmp_path):
 def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
     """Two processes; only process 1 is signalled. Both save the same step and stop; the rerun restores each
     process's own data-iterator state (not process 0's) and finishes."""
-    import json
-
-    from tests.helpers.processes import run_workers
-
     run_workers("tests/helpers/preempt_worker.py", 2, tmp_path, timeout=300, extra=("cut",))
     cut = [json.loads((tmp_path / f"cut_{i}.json").read_text()) for i in range(2)]
     assert [c["preempted"] for c in cut] == [True, True]

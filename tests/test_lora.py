@@ -12,10 +12,18 @@ import optax
 import pytest
 from flax import nnx
 
-from dmx_jax.hf import load_adapter, load_pretrained, save_adapter, save_pretrained
+from dmx_jax.hf import load_adapter, load_pretrained, read_config, save_adapter, save_pretrained
+from dmx_jax.model import Qwen25VL, tiny
 from dmx_jax.model.lora import LoraConfig, disable_adapters, is_adapter, merge_adapters
 from dmx_jax.sharding.rules import path_to_str
+from dmx_jax.training.checkpoint import Checkpointer, abstract_like
+from dmx_jax.training.grpo import GRPOLearner
+from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.optim import OptimConfig, Trainable, make_optimizer
+from dmx_jax.training.rl_vlm import make_policy_logprob
+from dmx_jax.training.rollout import Reference, Sampler
+from dmx_jax.training.state import init_train_state
+from dmx_jax.training.step import make_train_step
 from tests.helpers import hf_reference as R
 
 LORA = LoraConfig(rank=4, alpha=8.0)
@@ -39,8 +47,6 @@ def adapted(base):
 
 def _with_lora(path, lora=LORA):
     """The base folder loaded with fresh adapters, then every B set to random values (a trained adapter)."""
-    from dmx_jax.hf import read_config
-
     cfg = read_config(path)
     model, cfg = load_pretrained(path, config=cfg.replace(text=dataclasses.replace(cfg.text, lora=lora)))
     graphdef, state = nnx.split(model)
@@ -71,7 +77,7 @@ def test_fresh_adapters_give_the_base_logits_exactly_and_disabled_ones_too(base,
 
 
 def test_merged_export_gives_transformers_the_adapted_logits(base, adapted, tmp_path):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     _, path, inputs = base
     graphdef, _, trained, cfg = adapted
@@ -140,12 +146,6 @@ def test_merge_equals_the_adapter_forward_in_the_model_frame(base, adapted):
 
 def test_grpo_reference_is_the_base_with_adapters_off():
     """reference_is_base: no reference copy; the reference log-probs are the base model's (adapters zeroed)."""
-    from dmx_jax.model import Qwen25VL, tiny
-    from dmx_jax.training.grpo import GRPOLearner
-    from dmx_jax.training.grpo_loss import GRPOConfig
-    from dmx_jax.training.rl_vlm import make_policy_logprob
-    from dmx_jax.training.rollout import Reference, Sampler
-
     cfg = tiny()
     lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
     graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
@@ -183,9 +183,6 @@ def test_grpo_reference_is_the_base_with_adapters_off():
 
 
 def test_checkpoint_round_trip_keeps_adapters_and_their_optimizer_state(adapted, tmp_path):
-    from dmx_jax.training.checkpoint import Checkpointer, abstract_like
-    from dmx_jax.training.state import init_train_state
-
     _, _, trained, _ = adapted
     tx = make_optimizer(OptimConfig(learning_rate=1e-2), trainable=Trainable(adapters_only=True))
     state = init_train_state(trained, tx)
@@ -215,9 +212,6 @@ def test_train_step_differentiates_the_adapters_alone_with_the_same_update(base,
     """With adapters the train step takes gradients of the adapters only (the frozen base gets zeros without being
     differentiated, so no base gradient or accumulator exists: the accumulation carry holds adapter-sized arrays
     alone) and makes exactly the update of the full-gradient step."""
-    from dmx_jax.training.state import init_train_state
-    from dmx_jax.training.step import make_train_step
-
     _, _, inputs = base
     graphdef, _, fresh, _ = adapted
     ids, mask, pv, grid = inputs
@@ -252,9 +246,6 @@ def test_a_frozen_tower_in_full_fine_tuning_is_not_differentiated(base):
     """Full fine-tuning with the vision tower frozen (StageConfig.frozen / vision_lr=0): the step differentiates the
     rest only (the accumulation carry holds no vision-sized gradient) and makes the same update as differentiating
     everything and letting the optimizer drop the tower's gradients."""
-    from dmx_jax.training.state import init_train_state
-    from dmx_jax.training.step import make_train_step
-
     _, path, (ids, mask, pv, grid) = base
     model, _ = load_pretrained(path)
     graphdef, state = nnx.split(model)

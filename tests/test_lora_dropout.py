@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dmx_jax.hf import load_adapter, save_adapter
+from dmx_jax.hf.adapter import read_adapter_config
 from dmx_jax.model import lora
 from dmx_jax.model.config import tiny
 from dmx_jax.model.lora import LoraConfig, disable_adapters
 from dmx_jax.model.qwen2_5_vl import Qwen25VL
 from dmx_jax.training.sft import sft_loss
+from experiments.configs import ExperimentConfig
+from experiments.overrides import ConfigError, apply_overrides, config_from_dict, to_dict
 
 RATE = 0.25
 
@@ -111,9 +115,6 @@ def test_sft_loss_passes_its_rng_as_the_dropout_key(models):
 
 
 def test_peft_adapter_config_round_trips_the_dropout(models, tmp_path):
-    from dmx_jax.hf import load_adapter, save_adapter
-    from dmx_jax.hf.adapter import read_adapter_config
-
     _, p1, cfg = models[1]
     save_adapter(p1, cfg, tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["lora_dropout"] == RATE
@@ -124,9 +125,6 @@ def test_peft_adapter_config_round_trips_the_dropout(models, tmp_path):
 
 
 def test_dropout_override_round_trips_and_the_check_names_the_field():
-    from experiments.configs import ExperimentConfig
-    from experiments.overrides import ConfigError, apply_overrides, config_from_dict, to_dict
-
     cfg = apply_overrides(ExperimentConfig(), ["lora.rank=8", "lora.dropout=0.05"])
     assert cfg.lora == LoraConfig(rank=8, dropout=0.05)
     assert config_from_dict(ExperimentConfig(), json.loads(json.dumps(to_dict(cfg)))).lora == cfg.lora

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flax import nnx
+from PIL import Image
 
+from data_pipelines.synthetic.pretrain import probe_examples
+from data_pipelines.tokenizer import HFTokenizer
+from dmx_jax.hf import load_pretrained
 from experiments.configs import MINIATURE_BASE
+from experiments.pretrain import PretrainConfig, task_losses, task_rows
+from tests.helpers import hf_reference as R
 
 BASE = Path(MINIATURE_BASE)
 # Held-out rows (64, task_rows): answer loss per token with images swapped minus with real images (nats), per
@@ -30,20 +37,12 @@ def test_card_lists_the_sha256_of_every_shipped_file():
 
 
 def _probe_image(size: int):
-    from PIL import Image
-
-    from data_pipelines.synthetic.pretrain import probe_examples
-
     img = np.asarray(probe_examples(1, size)[0].images[0])
     return Image.fromarray(img.astype(np.uint8)).convert("RGB")
 
 
 def test_base_gives_the_same_logits_in_dmx_jax_and_transformers():
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from data_pipelines.tokenizer import HFTokenizer
-    from dmx_jax.hf import load_pretrained
-    from tests.helpers import hf_reference as R
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     cfg = json.loads((BASE / "config.json").read_text())
     model, mcfg = load_pretrained(BASE)
@@ -85,12 +84,6 @@ def test_base_describes_detects_and_answers_from_the_image_it_is_shown():
     """Teacher-forced answer loss on held-out pretraining rows: describing a study, boxing a named finding and
     answering whether a named finding is present cost less with the study's own image than with the next row's;
     a broken vision path (features zeroed, misplaced or ignored) closes every gap."""
-    from flax import nnx
-
-    from data_pipelines.tokenizer import HFTokenizer
-    from dmx_jax.hf import load_pretrained
-    from experiments.pretrain import PretrainConfig, task_losses, task_rows
-
     model, mcfg = load_pretrained(BASE)
     tok = HFTokenizer.from_file(BASE / "tokenizer.json")
     graphdef, state = nnx.split(model)

@@ -9,11 +9,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from dmx_jax.model import Qwen25VL
+from dmx_jax.model.config import tiny as tiny_model
 from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.sharding.rules import path_to_str
 from dmx_jax.training.optim import OptimConfig
+from dmx_jax.training.sft import make_sft_loss
 from experiments.configs import StageConfig, tiny
 from experiments.datasets import synthetic_examples
+from experiments.overrides import ConfigError
 from experiments.stages import plan_stage
 
 
@@ -63,12 +69,6 @@ def test_stage_vision_lr_moves_only_the_tower_at_its_rate():
 def test_row_weighted_sft_loss_is_the_mean_of_per_row_token_means():
     """loss_weighting="row": a 2-token answer weighs as much as a 9-token one (the mean of each row's token-mean
     NLL, computed row by row with the token-weighted loss)."""
-    from flax import nnx
-
-    from dmx_jax.model import Qwen25VL
-    from dmx_jax.model.config import tiny as tiny_model
-    from dmx_jax.training.sft import make_sft_loss
-
     model = Qwen25VL(tiny_model(), nnx.Rngs(0))
     rng = np.random.default_rng(0)
     b, t = 3, 16
@@ -101,8 +101,6 @@ def test_frozen_parameters_keep_no_state_stay_put_and_leave_the_clipping_norm():
     """StageConfig.frozen (and vision_lr=0, which freezes "vision"): the optimizer holds no moments for frozen
     leaves, they never move, and global-norm clipping sees the trained gradients only (a huge gradient on a frozen
     leaf does not shrink the others' step). A prefix naming no parameter is a one-line config error."""
-    from experiments.overrides import ConfigError
-
     params = {
         "vision": {"blocks": {"kernel": jnp.ones((3, 4))}, "merger": {"scale": jnp.ones(4)}},
         "text": {"layers": {"kernel": jnp.ones((4, 4))}},
@@ -132,6 +130,4 @@ def test_frozen_parameters_keep_no_state_stay_put_and_leave_the_clipping_norm():
 
 
 def _path(path) -> str:
-    from dmx_jax.sharding.rules import path_to_str
-
     return path_to_str(path)

@@ -14,7 +14,7 @@ import torch
 from flax import nnx
 
 from dmx_jax.hf import load_pretrained
-from dmx_jax.model import init_cache, rope_index, vision_inputs
+from dmx_jax.model import Qwen25VL, init_cache, rope_index, vision_inputs
 from tests.helpers import hf_reference as R
 
 TOL = 1e-4
@@ -175,8 +175,6 @@ def test_remat_policies_and_bf16_compute(pair):
     name, _, model, cfg = pair
     if name != "a":
         pytest.skip("one config is enough")
-    from dmx_jax.model import Qwen25VL
-
     pv, grid, n = _images(cfg, [(56, 84)], 9)
     ids, mask = R.left_pad([R.prompt_ids(n, [[1, 3], [4, 5]])])
     pos, _ = rope_index(ids, grid, mask, spatial_merge_size=2, image_token_id=R.IMAGE)
@@ -212,8 +210,6 @@ def test_remat_policies_and_bf16_compute(pair):
 def test_chunked_attention_keeps_transformers_parity(pair):
     """attention="chunked" (online softmax over key blocks of 8) against transformers: images, left padding."""
     name, ref, model, cfg = pair
-    from dmx_jax.model import Qwen25VL
-
     graphdef = nnx.graphdef(
         nnx.eval_shape(lambda: Qwen25VL(cfg.replace(attention="chunked", attention_block=8), nnx.Rngs(0)))
     )

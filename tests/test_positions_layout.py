@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from data_pipelines.pipeline.batching import stack_rows
+from dmx_jax.hf import save_pretrained
 from dmx_jax.model import Qwen25VL, rope_index, tiny, vision_inputs
 from dmx_jax.processing.image import preprocess_images
 from dmx_jax.sampling import generate
@@ -167,9 +168,7 @@ def test_batched_logits_equal_each_row_alone(alone, batched, n):
 @pytest.fixture(scope="module")
 def reference(model, tmp_path_factory):
     pytest.importorskip("transformers")
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from dmx_jax.hf import save_pretrained
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 optional
 
     folder = tmp_path_factory.mktemp("tiny_hf")
     save_pretrained(model, folder)
@@ -179,7 +178,7 @@ def reference(model, tmp_path_factory):
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_batched_logits_equal_transformers(model, rows, alone, batched, reference, n):
     """The same rows through transformers (flat pixel layout, its own positions): the rows' logits."""
-    import torch
+    import torch  # noqa: PLC0415 heavy
 
     raw, arrays = rows
     ids, mask = (torch.as_tensor(arrays[k][:n].astype(np.int64)) for k in ("input_ids", "attention_mask"))

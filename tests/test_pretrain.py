@@ -8,13 +8,13 @@ import signal
 
 import pytest
 
+import experiments.pretrain as pretrain
+
 
 @pytest.mark.slow
 def test_pretraining_resumes_exactly(tmp_path, monkeypatch):
     """Alignment (2 steps), four corpus steps and two focus steps straight, vs the same stopped by SIGTERM at
     corpus step 2 (the preemption path: save, stop) and rerun: the same weights, byte for byte."""
-    import experiments.pretrain as pretrain
-
     small = [
         "--set",
         "model=tiny",

@@ -7,7 +7,14 @@ import collections
 
 import pytest
 
-from data_pipelines.synthetic.pretrain import CORPUS_MIX, FOCUS_MIX, FOCUS_START, CorpusMix, pretrain_example
+from data_pipelines.synthetic.pretrain import (
+    CORPUS_MIX,
+    FOCUS_MIX,
+    FOCUS_START,
+    CorpusMix,
+    pretrain_example,
+    probe_examples,
+)
 
 
 def _detect_stats(mix: CorpusMix, start: int, n: int) -> tuple[collections.Counter, float]:
@@ -55,8 +62,6 @@ def test_malformed_mix_is_refused(kw):
 
 def test_probe_neighbours_are_different_studies():
     """The images-swapped control hands each probe prompt its neighbour's image: never its own study's."""
-    from data_pipelines.synthetic.pretrain import probe_examples
-
     study = [e.example_id.split("/")[2] for e in probe_examples(24)]
     assert len(study) > 30
     assert all(a != b for a, b in zip(study, study[1:]))

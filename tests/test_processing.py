@@ -8,7 +8,7 @@ from dmx_jax.processing import num_image_tokens, preprocess_images, smart_resize
 
 
 def _ref(min_pixels, max_pixels):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: PLC0415 heavy
 
     return Qwen2VLImageProcessorPil(
         patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=min_pixels, max_pixels=max_pixels
@@ -52,7 +52,7 @@ def test_errors_and_smart_resize():
         smart_resize(10, 2500)
     with pytest.raises(ValueError, match="image 1: image contains NaN"):
         preprocess_images([np.zeros((30, 30), np.float32), np.full((30, 30), np.nan, np.float32)])
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as ref_resize
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as ref_resize  # noqa: PLC0415 heavy
 
     rng = np.random.default_rng(2)
     for h, w in rng.integers(10, 4000, size=(300, 2)):

@@ -12,6 +12,7 @@ import optax
 import pytest
 from etils import epath
 from etils.epath import testing as epath_testing
+from orbax.checkpoint._src.path import gcs_utils
 
 from dmx_jax.training import checkpoint as ckpt
 from dmx_jax.training.checkpoint import Checkpointer, abstract_like, remote_path_error
@@ -76,8 +77,6 @@ def test_gs_checkpoint_path_reaches_orbax_unchanged(gcs_backend, tmp_path, monke
     """epath's gs backend redirected to a local folder (etils' own mock) and orbax's bucket query answered
     (google-cloud-storage stand-in): the URI is kept as given, orbax's manager holds the same URI and
     creates and lists the folder through epath."""
-    from orbax.checkpoint._src.path import gcs_utils
-
     monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
 
     def local(p):

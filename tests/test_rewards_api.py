@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dmx_jax.rewards import boxed_content, last_boxed, paper_reward, reward_byte_budget, score_texts
+from dmx_jax.rewards.combine import RewardConfig
+
 
 def test_package_exports():
-    from dmx_jax.rewards import (  # noqa: F401
+    from dmx_jax.rewards import (  # noqa: F401, PLC0415 tested
         PRESETS,
         ground_truth_arrays,
         last_boxed,
@@ -22,8 +25,6 @@ def test_package_exports():
 
 def test_last_boxed_is_mathrulers_matcher():
     grader = pytest.importorskip("mathruler.grader")
-    from dmx_jax.rewards import boxed_content, last_boxed
-
     cases = [
         "\\boxed{a}",
         "x \\boxed{a} \\boxed{ b{c}d }",
@@ -42,8 +43,6 @@ def test_last_boxed_is_mathrulers_matcher():
 
 
 def test_reward_byte_budget():
-    from dmx_jax.rewards import reward_byte_budget
-
     table = {"length": np.array([0, 1, 7, 3], np.int32)}
     assert reward_byte_budget(1024, table) == 7 * 1024
     assert reward_byte_budget(1024, table, cap=4096) == 4096
@@ -54,16 +53,12 @@ def test_reward_byte_budget():
 
 
 def test_reward_config_rejects_empty_buffers():
-    from dmx_jax.rewards.combine import RewardConfig
-
     for field in ("max_text_bytes", "bytes_per_token", "answer_bytes"):
         with pytest.raises(ValueError, match=field):
             RewardConfig(**{field: 0})
 
 
 def test_score_texts_shapes_and_errors():
-    from dmx_jax.rewards import paper_reward, score_texts
-
     out = score_texts([], [])
     assert set(out) >= {"overall", "format", "accuracy", "coordinate"} and out["overall"].shape == (0,)
     comps = ["<think>[1, 2, 3, 4]</think>\\boxed{Yes}", "\\boxed{a | b}", "x" * 300]

@@ -9,6 +9,7 @@ from fractions import Fraction
 import jax
 import numpy as np
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data_pipelines.tokenizer import SPECIAL_TOKENS, HFTokenizer, train_sentencepiece
 from dmx_jax.rewards import paper, parse
@@ -164,8 +165,6 @@ CORPUS = [
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     spm = train_sentencepiece(CORPUS, 320, tmp_path_factory.mktemp("spm"))
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data_pipelines.adapters import _common as prompts
 from data_pipelines.formatting import rescale_box_text
@@ -79,8 +80,6 @@ def tok(tmp_path_factory):
     given = os.environ.get("DMX_QWEN_TOKENIZER")
     if given:
         return HFTokenizer.from_file(given)
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -117,8 +116,6 @@ class QwenPieces:
     im_start_id, im_end_id, vision_start_id, vision_end_id, image_pad_id = 1, 2, 3, 4, 5
 
     def __init__(self):
-        from tokenizers import Regex, pre_tokenizers
-
         self._split = pre_tokenizers.Split(Regex(QWEN_SPLIT), "isolated")
 
     def encode(self, text: str) -> list[int]:

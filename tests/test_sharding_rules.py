@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -92,8 +93,6 @@ def test_size_one_axes_are_dropped_and_specs_apply_to_whole_tree():
 
 
 def test_optimizer_moments_follow_parameters():
-    import optax
-
     mesh = make_mesh(MeshConfig(1, 8, 1))
     params = _fake_params()
     opt_state = jax.eval_shape(optax.adamw(1e-3).init, params)

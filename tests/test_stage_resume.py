@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from data_pipelines.synthetic import SyntheticConfig, examples
 from dmx_jax.model import Qwen25VL
 from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.grpo_loss import GRPOConfig
@@ -30,8 +31,6 @@ STEPS, STOP_AT = 5, 3
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from data_pipelines.synthetic import SyntheticConfig, examples
-
     cfg = ExperimentConfig(
         model="tiny",
         data=DataConfig(

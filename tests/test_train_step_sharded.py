@@ -2,10 +2,13 @@
 
 import json
 
-import jax.experimental.multihost_utils  # noqa: F401  (used by train_common)
+import jax
+import jax.experimental.multihost_utils  # used by train_common
 import numpy as np
 import pytest
 
+import tests.helpers.train_common as tc
+from dmx_jax.sharding import MeshConfig, make_mesh
 from tests.helpers.processes import run_workers
 from tests.helpers.train_common import run_steps
 
@@ -21,11 +24,6 @@ def test_mesh_2x2x2_equals_one_device_and_grad_accum_equals_big_batch():
 
 
 def _on_one_device():
-    import jax
-
-    import tests.helpers.train_common as tc
-    from dmx_jax.sharding import MeshConfig, make_mesh
-
     orig = tc.make_mesh
     tc.make_mesh = lambda cfg: make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     try:

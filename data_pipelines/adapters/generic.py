@@ -48,7 +48,7 @@ class GenericColumns:
 def _records(path: Path) -> Iterator[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq  # lazy: only parquet dumps need it
+        import pyarrow.parquet as pq  # noqa: PLC0415 optional
 
         index = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=256):

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from data_pipelines.boxes import qwen_input_size
 from data_pipelines.formatting import format_box, rescale_box_text, scale_box
@@ -99,8 +100,6 @@ def teacher_fields(example: Example, size: Size, resized: Size) -> dict[str, str
 
 def image_data_url(image, resized: Size) -> str:
     """A stored image (path or [H, W] array in [0, 1]) resized to (w, h), as a base64 PNG data URL."""
-    from PIL import Image  # lazy: only needed when images are sent
-
     array = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image, np.float32)
     if array.ndim != 2:
         raise ValueError(f"image_data_url: expected a 2-D grey image, got shape {array.shape}")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from data_pipelines.cold_start import trace as tr
 from data_pipelines.cold_start.cache import ReplyCache, cache_key
@@ -167,8 +168,6 @@ def synthesize(
     requests, bad_inputs = 0, []
     bar = None
     if todo and _progress_enabled(progress):
-        from tqdm.auto import tqdm  # lazy: only for interactive runs
-
         bar = tqdm(total=len(todo), desc=f"teacher {config.model}", unit="req")
     with concurrent.futures.ThreadPoolExecutor(max_workers=config.concurrency) as pool:
         futures = {

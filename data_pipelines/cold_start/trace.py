@@ -21,6 +21,7 @@ import re
 import numpy as np
 
 from data_pipelines.formatting import format_box
+from dmx_jax.eval.chexpert_labeler import chexpert_labels
 from dmx_jax.rewards.paper import last_boxed_span
 
 Size = tuple[int, int]
@@ -79,8 +80,6 @@ def normalise_answer(text: str) -> str:
 
 def _label_states(texts: list[str]) -> np.ndarray:
     """[N, 14] of 1 (positive), -1 (uncertain), 0 (negative or not mentioned) from the rule labeler."""
-    from dmx_jax.eval.chexpert_labeler import chexpert_labels  # numpy-only; imported when a long answer needs it
-
     labels = chexpert_labels(texts)
     return np.where(np.isnan(labels), 0.0, labels)
 

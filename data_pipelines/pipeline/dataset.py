@@ -36,7 +36,7 @@ def as_example(item: Any) -> Example:
     if isinstance(item, Example):
         return item
     if isinstance(item, Mapping) and "example_id" in item and "images" in item:
-        from data_pipelines.tfds.records import record_to_example
+        from data_pipelines.tfds.records import record_to_example  # noqa: PLC0415 heavy
 
         return record_to_example(item)
     raise TypeError(f"make_dataset: source items must be Examples or dmx tfds records, got {type(item).__name__}")

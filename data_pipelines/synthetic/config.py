@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from data_pipelines.schema import TASKS
+
 GROUNDING_TRACES = ("anatomy_first", "phrase_first", "box_first")  # reasoning-trace styles of grounding items
 VQA_TRACES = ("evidence", "question_first")  # reasoning-trace styles of VQA items
 
@@ -126,7 +128,6 @@ class SyntheticConfig:
             raise ValueError(f"{where}.seed must be non-negative, got {self.seed}")
         if not self.task_mix or any(w < 0 for _, w in self.task_mix) or sum(w for _, w in self.task_mix) <= 0:
             raise ValueError(f"{where}.task_mix needs non-negative weights with a positive sum, got {self.task_mix}")
-        from data_pipelines.schema import TASKS  # local: keep config importable on its own
 
         unknown = [t for t, _ in self.task_mix if t not in TASKS]
         if unknown:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from data_pipelines.synthetic.config import SyntheticConfig
+from data_pipelines.synthetic.dataset import study as synthetic_study
 
 _COLORS = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 120, 255), (255, 150, 60))
 
@@ -13,8 +18,6 @@ def contact_sheet(studies: Sequence, path: str, *, columns: int = 4, zoom: int =
     """Writes a PNG grid of studies (anything with .image and .findings) with boxes and short labels.
 
     Returns the RGB sheet array [rows * H * zoom, columns * W * zoom, 3]."""
-    from PIL import Image, ImageDraw  # local: pillow is only needed to look at samples
-
     tiles = []
     for study in studies:
         img = np.asarray(study.image, np.float32)
@@ -47,11 +50,6 @@ def contact_sheet(studies: Sequence, path: str, *, columns: int = 4, zoom: int =
 
 def main(argv=None) -> None:
     """python -m data_pipelines.synthetic.preview [PATH] [--size N] [--difficulty D]: 8 train studies."""
-    import argparse
-
-    from data_pipelines.synthetic.config import SyntheticConfig
-    from data_pipelines.synthetic.dataset import study
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("path", nargs="?", default="/tmp/synthetic_sheet.png")
     parser.add_argument("--size", type=int, default=128)
@@ -61,7 +59,7 @@ def main(argv=None) -> None:
     config = SyntheticConfig(image_size=args.size, difficulty=args.difficulty)
     studies, index = [], args.start
     while len(studies) < 8:  # seven abnormal studies and one normal one
-        s = study("train", index, config)
+        s = synthetic_study("train", index, config)
         index += 1
         if bool(s.findings) != (len(studies) == 7):
             studies.append(s)

@@ -25,6 +25,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from etils import epath
 
+from data_pipelines.adapters import ADAPTERS, load_dataset
 from data_pipelines.schema import Example
 from data_pipelines.synthetic import SPLITS, SyntheticConfig, examples
 from data_pipelines.tfds.records import BIT_DEPTHS, example_to_record, features
@@ -145,8 +146,6 @@ def adapter_config(
 ) -> DmxAdapterConfig:
     """A DmxAdapterConfig. The default name is the adapter name plus a digest of its keywords and splits
     (the root is left out so a moved dataset keeps its name; pass `name` to tell two roots apart)."""
-    from data_pipelines.adapters import ADAPTERS
-
     if adapter not in ADAPTERS:
         raise KeyError(f"adapter_config: unknown adapter {adapter!r}; available: {sorted(ADAPTERS)}")
     _check_bit_depth(bit_depth, "adapter_config")
@@ -180,8 +179,6 @@ class DmxAdapter(tfds.core.GeneratorBasedBuilder):
         )
 
     def _examples(self) -> Iterator[Example]:
-        from data_pipelines.adapters import load_dataset
-
         cfg: DmxAdapterConfig = self.builder_config
         if cfg is None or not cfg.adapter:
             raise ValueError("DmxAdapter needs config=adapter_config(adapter, root, ...)")

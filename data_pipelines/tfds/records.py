@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from data_pipelines.image_io import ImageReadError, decode_image_bytes, load_image
 from data_pipelines.schema import CHEXPERT_LABELS, Box, Example
@@ -27,7 +28,7 @@ _TUPLE, _ARRAY, _ITEMS = "__tuple__", "__ndarray__", "__dict_items__"
 
 def features():
     """The tfds FeaturesDict of one record (text comes back as bytes, sequences as lists)."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # noqa: PLC0415 heavy
 
     f = tfds.features
     text = f.Text
@@ -60,8 +61,6 @@ def encode_png(image: np.ndarray, bit_depth: int | str = "auto", name: str = "im
 
     bit_depth 'auto' writes 8 bits when the image is exactly representable on the k/255 grid, else 16.
     """
-    from PIL import Image
-
     if bit_depth not in BIT_DEPTHS:
         raise ValueError(f"{name}: bit_depth must be one of {BIT_DEPTHS}, got {bit_depth!r}")
     arr = np.asarray(image)

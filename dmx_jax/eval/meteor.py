@@ -40,7 +40,7 @@ def meteor(predictions: Sequence[str], references) -> tuple[float, np.ndarray]:
     ok, why = meteor_availability()
     if not ok:
         raise RuntimeError(f"METEOR unavailable: {why}")
-    from pycocoevalcap.meteor.meteor import Meteor  # lazy: optional test-time dependency
+    from pycocoevalcap.meteor.meteor import Meteor  # noqa: PLC0415 optional
 
     gts = {i: [_clean(r) for r in refs] for i, refs in enumerate(references)}
     res = {i: [_clean(p)] for i, p in enumerate(predictions)}

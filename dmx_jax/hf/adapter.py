@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from dmx_jax.model.config import ModelConfig
 from dmx_jax.model.lora import GROUP, LoraConfig, kernel_split
@@ -48,8 +49,6 @@ def adapter_tensors(params: dict, lora: LoraConfig) -> dict[str, np.ndarray]:
 def save_adapter(params: dict, cfg: ModelConfig, path: str | Path, *, base_model: str | None = None) -> Path:
     """Write the adapters of `params` as a PEFT LoRA folder (loads with peft.PeftModel.from_pretrained onto the
     transformers Qwen2.5-VL that `base_model` names)."""
-    from safetensors.numpy import save_file
-
     lora = cfg.text.lora
     if not lora.rank:
         raise ValueError("save_adapter: the model has no LoRA adapters (text.lora.rank is 0)")
@@ -104,8 +103,6 @@ def read_adapter_config(path: str | Path) -> LoraConfig:
 
 def load_adapter(params: dict, cfg: ModelConfig, path: str | Path) -> tuple[dict, ModelConfig]:
     """(params with the PEFT folder's adapters, cfg with its LoraConfig): the base's own tensors are shared."""
-    from safetensors.numpy import load_file
-
     path = Path(path)
     lora = read_adapter_config(path)
     tensors = load_file(str(path / WEIGHTS_FILE))

@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
 
 from dmx_jax.hf import mapping, slicing
 from dmx_jax.model import lora
 from dmx_jax.model.config import ModelConfig, from_hf_config
 from dmx_jax.model.qwen2_5_vl import Qwen25VL
+from dmx_jax.sharding import param_sharding_fn
 
 
 class CheckpointError(ValueError):
@@ -64,8 +66,6 @@ def tensor_index(path: str | Path) -> dict[str, Path]:
 
 
 def _keys(file: Path) -> list[str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(file), framework="numpy") as f:
             return list(f.keys())
@@ -77,8 +77,6 @@ class _Reader:
     """Keeps one safetensors handle open per file; maps canonical names back to on-disk names."""
 
     def __init__(self, index: dict[str, Path]):
-        from safetensors import safe_open
-
         self._open, self.index = safe_open, index
         self._handles: dict[Path, Any] = {}
         self._disk_names: dict[str, str] = {}
@@ -177,8 +175,6 @@ def load_pretrained(
     if dtype is not None:
         cfg = cfg.replace(param_dtype=dtype)
     if param_sharding is None and mesh is not None:
-        from dmx_jax.sharding import param_sharding_fn
-
         param_sharding = param_sharding_fn(mesh)
     index = tensor_index(path)
     abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, nnx.Rngs(0)))

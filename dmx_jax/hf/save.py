@@ -14,6 +14,8 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors.numpy import save_file
 
 from dmx_jax.hf import mapping
 from dmx_jax.model import lora
@@ -34,8 +36,6 @@ def parse_size(size: int | str) -> int:
 def _host(value) -> np.ndarray:
     """A parameter as one host numpy array (gathers shards held by other processes)."""
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         value = multihost_utils.process_allgather(value, tiled=True)
     return np.asarray(value)
 
@@ -91,8 +91,6 @@ def save_pretrained(
     Shards are planned from shapes and written one at a time, so the host holds at most one shard plus
     one (stacked) parameter. In a multi-process run every process gathers and process 0 writes.
     """
-    from safetensors.numpy import save_file
-
     path = Path(path)
     if isinstance(model, dict):
         if config is None:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 NEG_INF = -1e30
 IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "splash")
@@ -156,8 +157,8 @@ def _round_up(x: int, m: int) -> int:
 
 def _splash_local(q, k, v, q_seg, k_seg, *, causal: bool, block: int, interpret: bool):
     """Per-shard splash: q [b,T,N,H], k/v [b,S,K,H], segs [b,T]/[b,S] int32 -> [b,T,N,H]."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk  # noqa: PLC0415 heavy
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm  # noqa: PLC0415 heavy
 
     b, t, n, h = q.shape
     s, kh = k.shape[1], k.shape[2]
@@ -219,8 +220,6 @@ def splash_attention(q, k, v, mask: Mask, block: int = 512, interpret: bool = Fa
     fn = lambda *a: _splash_local(*a, causal=mask.causal, block=blk, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty and mesh.size > 1:
-        from jax.sharding import PartitionSpec as P
-
         batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape and mesh.shape[a] > 1)
         bsize = int(np.prod([mesh.shape[a] for a in batch_axes])) if batch_axes else 1
         bspec = (batch_axes if len(batch_axes) > 1 else batch_axes[0]) if batch_axes and b % bsize == 0 else None

@@ -12,6 +12,7 @@ from dmx_jax.model.layers import ParamTree
 from dmx_jax.model.positions import rope_index
 from dmx_jax.model.text import TextDecoder, init_cache
 from dmx_jax.model.vision import VisionEncoder, vision_inputs
+from dmx_jax.sharding.rules import batch_axes_of_context_mesh
 
 
 def merge_image_features(
@@ -80,8 +81,6 @@ class Qwen25VL(nnx.Module):
             return x
         where = input_ids if merge_ids is None else merge_ids
         if pixel_values.ndim == 3:
-            from dmx_jax.sharding.rules import batch_axes_of_context_mesh
-
             feats = jax.vmap(self.encode_images, spmd_axis_name=batch_axes_of_context_mesh())(
                 pixel_values, vision_inputs
             )  # [B, N, D]

@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 
 from dmx_jax.eval.chexpert_labeler import CHEXPERT_LABELS
-from dmx_jax.model.qwen2_5_vl import Qwen25VL
+from dmx_jax.model.qwen2_5_vl import Qwen25VL, merge_image_features_rowwise
 from dmx_jax.training.optim import OptimConfig, make_optimizer
 
 N_LABELS = 14
@@ -74,7 +74,6 @@ class AlignModel(nnx.Module):
         pooled_out = self._pooled_head(feats.astype(jnp.float32), batch)
         if not self.decoder_readout:
             return pooled_out
-        from dmx_jax.model.qwen2_5_vl import merge_image_features_rowwise
 
         ids = batch["input_ids"]
         x = merge_image_features_rowwise(self.text.embed_tokens(ids, self.dtype), ids, feats, self.cfg.image_token_id)

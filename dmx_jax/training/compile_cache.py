@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 from jax import monitoring
+from jax.experimental.compilation_cache import compilation_cache as cache
 
 _REQUEST, _HIT = "/jax/compilation_cache/compile_requests_use_cache", "/jax/compilation_cache/cache_hits"
 
@@ -32,8 +33,6 @@ class CompileCounts:
 def persistent_compile_cache(path: Path | str, min_compile_secs: float = 0.0):
     """with persistent_compile_cache(run_dir / "xla_cache") as counts: ... (every program compiled in the block
     taking at least min_compile_secs is cached; 0 caches all of them)."""
-    from jax.experimental.compilation_cache import compilation_cache as cache
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     keys = (

@@ -47,8 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from dmx_jax.model.lora import disable_adapters
+from dmx_jax.sharding import rules
 from dmx_jax.training.grpo_loss import (
     GRPOConfig,
     adaptive_kl_coef,
@@ -73,8 +75,6 @@ def repeat_prompts(prompts: dict, group_size: int) -> dict:
 
 def sampling_shardings(params: Any, mesh) -> Any:
     """Decoding layout of the weights from the rule table (SAMPLE_RULES: no FSDP on weights)."""
-    from dmx_jax.sharding import rules
-
     return rules.tree_shardings(params, mesh, rules.SAMPLE_RULES)
 
 
@@ -183,7 +183,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
     """The whole array on this host (all-gathered across processes when it spans non-local devices)."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)
-    from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
 from dmx_jax.perf.flops import mfu, peak_flops_per_device
 from dmx_jax.sharding.distributed import is_main_process
@@ -45,7 +47,7 @@ class MetricsWriter:
         if self.path and is_main_process():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard_dir and is_main_process():
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # noqa: PLC0415 heavy
 
             self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=10)
 
@@ -114,7 +116,6 @@ def agreed_stop(local: bool) -> bool:
     all-gather per step when there are several processes; the local flag otherwise."""
     if jax.process_count() == 1:
         return local
-    from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.asarray([local], np.int32))))
 
@@ -140,8 +141,6 @@ def train_loop(
     last: dict = {}
     bar = None
     if cfg.progress and is_main_process() and num_steps > start:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=num_steps, initial=start, desc=stage, dynamic_ncols=True, leave=False)
     preempted = False
     with guard.installed():

@@ -55,7 +55,7 @@ CONFIGS = {
 
 
 def make_reference(name: str, seed: int = 0):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: PLC0415 heavy
 
     spec = CONFIGS[name]
     t, v = spec["text"], spec["vision"]
@@ -107,7 +107,7 @@ def make_reference(name: str, seed: int = 0):
 
 
 def processor(merge_size=2, min_pixels=56 * 56, max_pixels=28 * 28 * 1280):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: PLC0415 heavy
 
     return Qwen2VLImageProcessorPil(
         patch_size=14, temporal_patch_size=2, merge_size=merge_size, min_pixels=min_pixels, max_pixels=max_pixels

@@ -13,11 +13,18 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 # ------------------------------------------------------------------------------------------- vocabularies
 
@@ -175,8 +182,6 @@ def label_cell(v) -> str:
 
 
 def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array, mode=mode).save(path) if mode else Image.fromarray(array).save(path)
@@ -184,8 +189,6 @@ def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 
 
 def write_jpeg(path: Path, array: np.ndarray) -> Path:
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, quality=95)
@@ -207,11 +210,6 @@ def write_dicom(
 ) -> Path:
     """A single-frame CR DICOM. stored: uint16 / int16 stored values; voi_lut: (LUTDescriptor, LUTData) with
     LUTData written as VR US (a list) or OW (little-endian 16-bit words)."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = FileMetaDataset()
@@ -308,7 +306,6 @@ def write_mimic_cxr(
 
 def mimic_report(findings: str | None, impression: str | None, width: int = 79) -> str:
     """A MIMIC-CXR style report: title, capitalised headers, leading-space lines wrapped at 79 chars."""
-    import textwrap
 
     def block(header: str, text: str) -> str:
         lines = textwrap.wrap(text, width=width - 1)
@@ -326,8 +323,6 @@ def mimic_report(findings: str | None, impression: str | None, width: int = 79) 
 
 def write_iu_report(folder: Path, number: int, sections: dict[str, str], image_ids: Sequence[str]) -> Path:
     """One ecgen-radiology XML in the Open-i layout."""
-    from xml.sax.saxutils import escape, quoteattr
-
     abstract = "\n".join(
         f"            <AbstractText Label={quoteattr(k)}>{escape(v)}</AbstractText>" for k, v in sections.items()
     )

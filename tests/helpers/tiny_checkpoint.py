@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flax import nnx
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data_pipelines.tokenizer import SPECIAL_TOKENS, HFTokenizer
 from dmx_jax.hf import save_pretrained
@@ -18,8 +19,6 @@ FINDINGS = [
 
 def write_tiny_checkpoint(folder) -> None:
     """config.json + model.safetensors + tokenizer.json of the `tiny` preset with the tokenizer's ids."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
+
 
 class _Param(nnx.Module):
     def __init__(self, name, shape, rngs, scale=0.2):
@@ -50,8 +52,6 @@ class ToyLM(nnx.Module):
 
 
 def toy_loss(model, batch, rng):
-    from dmx_jax.training.loss import cross_entropy_from_hidden, shift_targets
-
     targets, weights = shift_targets(batch["input_ids"], batch["loss_mask"])
     s, c = cross_entropy_from_hidden(model.hidden(batch["input_ids"]), model.lm_head.kernel[...], targets, weights)
     return s, c, {}
