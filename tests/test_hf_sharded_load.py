@@ -118,7 +118,7 @@ def test_sharded_load_reads_only_each_devices_shard(folder, monkeypatch):
 
         return real_make(shape, sharding, wrapped, dtype=dtype)
 
-    monkeypatch.setattr(safetensors, "safe_open", CountingHandle)
+    monkeypatch.setattr(hf_load, "safe_open", CountingHandle)  # the loader binds safe_open at import
     monkeypatch.setattr(jax, "make_array_from_callback", counting_make)
     sharded, cfg = load_pretrained(path, mesh=mesh)
     monkeypatch.undo()
