@@ -52,8 +52,6 @@ from experiments.aot_grpo import (
     _update_row,
     grpo_step_summary,
 )
-from experiments.aot_grpo import _micro_batched as _micro_batched  # re-exported for callers of experiments.aot
-from experiments.aot_grpo import rollout_params as rollout_params  # re-exported for callers of experiments.aot
 from experiments.aot_plan import Plan, _image_grid, _row, _state, _weight_read_bytes
 from experiments.configs import PRESETS
 from experiments.datasets import patch_budget

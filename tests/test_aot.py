@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from dmx_jax.model.attention import attention, causal_mask
 from dmx_jax.model.lora import adapter_count
-from experiments import aot, tpu_compile
+from experiments import aot, aot_grpo, tpu_compile
 from experiments.configs import tiny
 from experiments.overrides import apply_overrides
 
@@ -139,8 +139,8 @@ def test_logprob_micro_batching_in_the_aot_check_equals_one_pass():
 
     batch = {"completion": jnp.arange(24.0).reshape(8, 3), "mask": jnp.ones((8, 3))}
     fn = lambda scale, b: b["completion"] * scale + b["mask"].cumsum(-1)
-    np.testing.assert_array_equal(aot._micro_batched(fn, 4)(2.0, batch), fn(2.0, batch))
-    assert aot._micro_batched(fn, 1) is fn
+    np.testing.assert_array_equal(aot_grpo._micro_batched(fn, 4)(2.0, batch), fn(2.0, batch))
+    assert aot_grpo._micro_batched(fn, 1) is fn
 
 
 def test_reward_row_compiles_the_runners_reward_at_its_byte_budget(monkeypatch):
@@ -172,11 +172,11 @@ def test_rollout_row_decodes_with_the_layout_the_runner_uses(monkeypatch):
     cfg = apply_overrides(tiny(), ["dtype=bfloat16", "mesh.data=1", "mesh.fsdp=-1"])
     plan = aot.make_plan(cfg, "v5e-8")
     train_bytes = tpu_compile.per_chip_bytes(plan.params)
-    copy, resident, label = aot.rollout_params(plan, cfg.memory)
+    copy, resident, label = aot_grpo.rollout_params(plan, cfg.memory)
     whole = sum(x.size for x in jax.tree.leaves(plan.params))
     assert cfg.memory.decode_layout == "sample" and "bfloat16 weights without FSDP" in label
     assert resident == train_bytes and tpu_compile.per_chip_bytes(copy) > 1.9 * whole >= 2 * train_bytes
-    same, none, _ = aot.rollout_params(plan, apply_overrides(cfg, ["memory.decode_layout=train"]).memory)
+    same, none, _ = aot_grpo.rollout_params(plan, apply_overrides(cfg, ["memory.decode_layout=train"]).memory)
     assert same is plan.params and none == 0
 
 
