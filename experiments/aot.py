@@ -3,11 +3,12 @@
     python -m experiments.aot --config qwen2_5_vl_7b --topology v5p-8 [--stage sft|cold_start|grpo|all]
                               [--set key=value ...] [--json]
 
-Builds the real jitted steps of each stage with the library functions the stage runner uses (SFT / cold start:
-`make_train_step` + `make_sft_loss(memory.loss_chunk)` with `state_shardings`; GRPO: the rollout through
-`make_sampler` (prefill + decode loop), the completion log-prob pass (`completion_logprobs`, policy and
-reference) and the update (`make_policy_update`)), feeds them abstract inputs (`jax.ShapeDtypeStruct` with
-`NamedSharding`s on a mesh over the slice's abstract TPU devices) and compiles them with libtpu on the CPU.
+Compiles the programs the stage runner itself runs, built by the same code (SFT / cold start: the recipe of
+`experiments.stages.plan_stage`, its optimizer and `state_shardings`; GRPO: `experiments.stages.grpo_programs`,
+the sampler (prefill + decode loop), the policy and reference log-prob passes and the update that GRPOLearner
+runs; tests/test_program_identity.py lowers both and compares them), feeds them abstract inputs
+(`jax.ShapeDtypeStruct` with `NamedSharding`s on a mesh over the slice's abstract TPU devices) and compiles them
+with libtpu on the CPU.
 Nothing is allocated. Per step it prints XLA's per-chip memory (arguments, outputs, aliases, temporaries),
 the buffers that stay resident between steps (`resident`: the optimizer state during GRPO sampling, the
 reference parameters), the peak = arguments + outputs - aliases + temporaries + resident, whether it fits HBM
@@ -16,7 +17,7 @@ time = max(FLOPs / (chips x peak bf16 FLOP/s), HBM bytes per chip / bandwidth), 
 forward), decode steps bandwidth-bound on the bf16 weights and the KV cache. Memory figures are GiB.
 
 The slice table, abstract inputs and the one-step compile live in `experiments.tpu_compile`, the plan and
-the abstract train state in `experiments.aot_plan`, the GRPO step programs in `experiments.aot_grpo`.
+the abstract train state in `experiments.aot_plan`, the GRPO rows in `experiments.aot_grpo`.
 libtpu: `pip install "jax[tpu]==<installed jax>"` (the `tpu` extra); works with JAX_PLATFORMS=cpu.
 """
 
@@ -43,8 +44,7 @@ from dmx_jax.model.config import PRESETS as MODEL_PRESETS
 from dmx_jax.model.lora import cast_base
 from dmx_jax.perf.flops import train_flops
 from dmx_jax.sharding.rules import tree_shardings
-from dmx_jax.training.sft import make_sft_loss
-from dmx_jax.training.step import make_train_step
+from dmx_jax.training.grpo import initial_aux
 from experiments.aot_grpo import (
     _logprob_rows,
     _reward_row,
@@ -57,7 +57,7 @@ from experiments.configs import PRESETS
 from experiments.datasets import patch_budget
 from experiments.overrides import apply_overrides
 from experiments.pipeline import with_lora
-from experiments.stages import grpo_updates_per_step, stage_trainable
+from experiments.stages import grpo_programs, grpo_updates_per_step, plan_stage, stage_optimizer, stage_trainable
 from experiments.tpu_compile import (
     AotError,
     Row,
@@ -75,25 +75,45 @@ STAGES = ("sft", "cold_start", "grpo")
 
 
 # ------------------------------------------------------------------------------------------------ plan
-def make_plan(cfg, topology: str) -> Plan:
+def make_plan(cfg, topology: str, model_cfg=None) -> Plan:
+    """The preset's abstract model on the slice's mesh. model_cfg: the model config the runner builds (default:
+    the preset's, with the run's dtype, memory overrides and LoRA), e.g. a from-scratch run's tokenizer vocab."""
     label, topo, chip = resolve_topology(topology)
     devices = topology_devices(topo)
     sizes = cfg.mesh.resolve(len(devices))
     mesh = Mesh(np.asarray(devices).reshape(sizes), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
-    if cfg.model not in MODEL_PRESETS:
-        raise AotError(f"model preset {cfg.model!r} is unknown (have {', '.join(MODEL_PRESETS)})")
-    mcfg = MODEL_PRESETS[cfg.model]().replace(dtype=cfg.dtype, **cfg.memory.model_overrides())
-    if cfg.lora.rank:
-        mcfg = with_lora(mcfg, cfg.lora)
+    mcfg = model_cfg
+    if mcfg is None:
+        if cfg.model not in MODEL_PRESETS:
+            raise AotError(f"model preset {cfg.model!r} is unknown (have {', '.join(MODEL_PRESETS)})")
+        mcfg = with_lora(MODEL_PRESETS[cfg.model]().replace(dtype=cfg.dtype, **cfg.memory.model_overrides()), cfg.lora)
     abstract = nnx.eval_shape(lambda: Qwen25VL(mcfg, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
     sh = tree_shardings(params, mesh)
-    if cfg.lora.rank:  # the frozen base in the compute dtype, adapters fp32 (as initial_model)
+    if mcfg.text.lora.rank:  # the frozen base in the compute dtype, adapters fp32 (as initial_model)
         params = jax.eval_shape(lambda p: cast_base(p, mcfg.dtype), params)
     params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, sh)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-    return Plan(cfg, mcfg, mesh, chip, label, patch_budget(cfg), graphdef, params, n_params)
+    return Plan(
+        cfg, mcfg, mesh, chip, label, patch_budget(cfg), graphdef, params, n_params, stop_ids=(mcfg.eos_token_id,)
+    )
+
+
+def supervised_program(plan: Plan, stage: str):
+    """(the runner's own step program for `stage`, its abstract (state, batch) inputs): the recipe, optimizer,
+    trainable parameters and state shardings come from experiments.stages (plan_stage, stage_state's layout),
+    as the stage runner builds them."""
+    cfg = plan.cfg
+    st = cfg.sft if stage == "sft" else cfg.cold_start
+    seq = cfg.data.max_seq_len if stage == "sft" else cfg.data.reasoning_seq_len
+    spec, recipe = plan_stage(stage, st, plan.graphdef, plan.mcfg, None, plan.params, mesh=plan.mesh, memory=cfg.memory)
+    tx = recipe.make_tx(spec.optim)
+    state, state_sh = _state(plan, tx, recipe.initial_aux)
+    program = recipe.programs(tx, recipe.trainable, state_sh)
+    b = spec.batch_size
+    batch = {**text_batch(b, seq, plan.mesh), **image_batch(plan.mcfg, b, plan.patches, plan.mesh)}
+    return program, (state, batch)
 
 
 def supervised_rows(plan: Plan, stage: str) -> list[Row]:
@@ -101,17 +121,7 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
     st = cfg.sft if stage == "sft" else cfg.cold_start
     seq = cfg.data.max_seq_len if stage == "sft" else cfg.data.reasoning_seq_len
     b = st.batch_size
-    tx, state, state_sh = _state(plan, st)
-    batch = {**text_batch(b, seq, plan.mesh), **image_batch(plan.mcfg, b, plan.patches, plan.mesh)}
-    batch_sh = jax.tree.map(lambda x: x.sharding, batch)
-    step = make_train_step(
-        plan.graphdef,
-        make_sft_loss(cfg.memory.loss_chunk),
-        tx,
-        grad_accum=st.optim.grad_accum,
-        compute_dtype=jnp.dtype(plan.mcfg.dtype),
-        trainable=stage_trainable(st, plan.params),
-    )
+    program, args = supervised_program(plan, stage)
     row = _row(
         plan,
         stage,
@@ -121,15 +131,7 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
         f"[{b},{seq}] + {plan.patches} patches/row"
         + (f", accum {st.optim.grad_accum}" if st.optim.grad_accum > 1 else ""),
     )
-    compile_row(
-        row,
-        step,
-        (state, batch),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, None),
-        donate=(0,),
-        mesh=plan.mesh,
-    )
+    compile_row(row, program.jitted, args, mesh=plan.mesh)
     grid = _image_grid(plan)
     f = train_flops(plan.mcfg, text_tokens=b * seq, seq_len=seq, image_grids=[grid] * b).total
     executed = f * (4 / 3 if plan.mcfg.remat != "none" else 1.0)
@@ -141,14 +143,37 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
 GRPO_STEPS = ("rollout", "logprob", "ref_logp", "update", "reward")
 
 
+def grpo_programs_of(plan: Plan):
+    """(the GRPO stage's programs as the runner builds them (experiments.stages.grpo_programs with the stage's
+    optimizer and trainable parameters), its optimizer, abstract train state and state shardings)."""
+    rl = plan.cfg.rl
+    tx = stage_optimizer(rl, plan.params, grpo_updates_per_step(rl) if rl.lr_schedule_unit == "rollout" else 1)(
+        rl.optim
+    )
+    state, state_sh = _state(plan, tx, initial_aux(rl.algo))
+    programs = grpo_programs(
+        plan.graphdef,
+        rl,
+        plan.mcfg,
+        plan.cfg.memory,
+        plan.mesh,
+        tx=tx,
+        trainable=stage_trainable(rl, plan.params),
+        shardings=state_sh,
+        stop_ids=plan.stop_ids,
+        pad_id=plan.mcfg.pad_token_id,
+    )
+    return programs, tx, state, state_sh
+
+
 def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
     cfg, mcfg = plan.cfg, plan.mcfg
     rl, algo, mem = cfg.rl, cfg.rl.algo, cfg.memory
     g, tn, t = algo.group_size, algo.max_new_tokens, cfg.data.reasoning_prompt_len
     n = rl.prompts_per_step * g
-    tx, state, state_sh = _state(plan, rl, grpo_updates_per_step(rl) if rl.lr_schedule_unit == "rollout" else 1)
+    programs, tx, state, state_sh = grpo_programs_of(plan)
     opt_bytes = per_chip_bytes(state.opt_state)
-    lora = bool(cfg.lora.rank)  # the reference is the base with the adapters off: no copy, no second program
+    lora = bool(mcfg.text.lora.rank)  # the reference is the base with the adapters off: no copy
     ref_dtype = jnp.dtype(mem.ref_dtype) if mem.ref_dtype and not lora else None
     ref = (
         plan.params
@@ -167,13 +192,13 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
     )
 
     if "rollout" in steps:
-        rows += _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, opt_bytes + ref_bytes)
+        rows += _rollout_row(plan, programs, algo, mem, n, t, tn, grid, kv_bytes_row, opt_bytes + ref_bytes)
     if "logprob" in steps or "ref_logp" in steps:
         rows += _logprob_rows(
-            plan, algo, mem, n, t, tn, grid, ref, ref_dtype, opt_bytes + ref_bytes, per_chip_bytes(state), steps
+            plan, programs, algo, n, t, tn, grid, ref, ref_dtype, opt_bytes + ref_bytes, per_chip_bytes(state), steps
         )
     if "update" in steps:
-        rows += _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref_bytes)
+        rows += _update_row(plan, programs, algo, rl, state, n, g, t, tn, grid, ref_bytes)
     if "reward" in steps:
         rows += _reward_row(plan, rl, n, tn, opt_bytes + per_chip_bytes(state.params) + ref_bytes)
     return rows

@@ -9,26 +9,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dmx_jax.perf.flops import forward_flops, train_flops
 from dmx_jax.rewards.combine import ground_truth_arrays, score_tokens, text_budget
 from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES
-from dmx_jax.training import rl_vlm
-from dmx_jax.training.grpo import make_policy_update, map_row_slices, sampling_shardings
 from dmx_jax.training.rollout import Rollout
 from experiments.aot_plan import Plan, _row, _weight_read_bytes
-from experiments.stages import stage_trainable
+from experiments.stages import decode_shardings
 from experiments.tpu_compile import Row, batch_leaf, compile_row, image_batch, per_chip_bytes, roofline, text_batch
 
 
 def rollout_params(plan: Plan, mem) -> tuple[Any, int, str]:
     """(the weights the rollout decodes with, bytes per chip resident beside them, a label) as the runner lays
-    them out: memory.decode_layout="sample" on an FSDP mesh decodes a compute-dtype copy without FSDP while the
-    fp32 train parameters stay resident; otherwise the train parameters themselves."""
-    if mem.decode_layout != "sample" or plan.mesh.shape["fsdp"] == 1:
+    them out (experiments.stages.decode_shardings): memory.decode_layout="sample" on an FSDP mesh decodes a
+    compute-dtype copy without FSDP while the fp32 train parameters stay resident; otherwise the train parameters
+    themselves."""
+    layout = decode_shardings(plan.params, plan.mesh, mem)
+    if layout is None:
         return plan.params, 0, ""
     dtype = jnp.dtype(plan.mcfg.dtype)
     copy = jax.tree.map(
@@ -36,45 +35,35 @@ def rollout_params(plan: Plan, mem) -> tuple[Any, int, str]:
             x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=sh
         ),
         plan.params,
-        sampling_shardings(plan.params, plan.mesh),
+        layout,
     )
     return copy, per_chip_bytes(plan.params), f", {dtype.name} weights without FSDP"
 
 
-def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
-    mesh, mcfg = plan.mesh, plan.mcfg
-    sampler = rl_vlm.make_sampler(
-        plan.graphdef,
-        algo,
-        stop_token_ids=(mcfg.eos_token_id,),
-        pad_id=mcfg.pad_token_id,
-        cache_dtype=mem.kv_cache_dtype,
-    )
+def rollout_inputs(plan: Plan, sampler, n: int, t: int):
+    """Abstract (prompts, rng) of one rollout: P prompts when the sampler shares a prefill per group, else the
+    N = P x G repeated rows."""
     rows_in = n // sampler.group_size
     prompts = {
-        **text_batch(rows_in, t, mesh, loss=False),
-        **image_batch(mcfg, rows_in, plan.patches, mesh),
-        "deltas": batch_leaf((rows_in, 1), jnp.int32, mesh),
+        **text_batch(rows_in, t, plan.mesh, loss=False),
+        **image_batch(plan.mcfg, rows_in, plan.patches, plan.mesh),
+        "deltas": batch_leaf((rows_in, 1), jnp.int32, plan.mesh),
     }
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(plan.mesh, P()))
+    return prompts, rng
+
+
+def _rollout_row(plan, programs, algo, mem, n, t, tn, grid, kv_bytes_row, resident):
+    mesh, mcfg = plan.mesh, plan.mcfg
+    sampler = programs.sampler
+    rows_in = n // sampler.group_size
+    prompts, rng = rollout_inputs(plan, sampler, n, t)
     params, extra, layout = rollout_params(plan, mem)
     resident += extra
     k = algo.rollout_micro_batches
     micro = f", {k} micro-batches" if k > 1 else ""
     row = _row(plan, "grpo", "rollout", n, t + tn, f"{rows_in} prompts [{t}] -> {n} x {tn} new{layout}{micro}")
-    compile_row(
-        row,
-        sampler.sample,
-        (params, prompts, rng),
-        in_shardings=(
-            jax.tree.map(lambda x: x.sharding, params),
-            jax.tree.map(lambda x: x.sharding, prompts),
-            rng.sharding,
-        ),
-        out_shardings=None,
-        mesh=mesh,
-        resident_bytes=resident,
-    )
+    compile_row(row, jax.jit(sampler.sample), (params, prompts, rng), mesh=mesh, resident_bytes=resident)
     prefill = forward_flops(mcfg, text_tokens=rows_in * t, seq_len=t, image_grids=[grid] * rows_in).total
     dec_tok = forward_flops(mcfg, text_tokens=n, seq_len=2 * t + tn, lm_head_tokens=n).total  # mean context
     decode = dec_tok * tn
@@ -86,71 +75,48 @@ def _rollout_row(plan, algo, mem, rl, n, t, tn, grid, kv_bytes_row, resident):
     return [row]
 
 
-def _logprob_fn(mem):
-    return lambda model, batch: rl_vlm.completion_logprobs(model, batch, chunk_size=mem.loss_chunk)
-
-
-def _micro_batched(fn, k: int):
-    """fn(params, batch) over k sequential row slices, as GRPOLearner runs its log-prob passes."""
-    if k <= 1:
-        return fn
-    return lambda params, batch: map_row_slices(lambda b: fn(params, b), batch, k)
-
-
-def _logprob_rows(plan, algo, mem, n, t, tn, grid, ref, ref_dtype, resident_policy, resident_ref, steps):
-    """Completion log-probs (policy = pi_old when recomputed, and the reference)."""
-    mesh, mcfg = plan.mesh, plan.mcfg
-    rows = []
-    comp = {
+def scored_inputs(plan: Plan, n: int, t: int, tn: int) -> dict:
+    """Abstract log-prob pass inputs: N prompt rows plus their completions [N, Tn] and completion masks."""
+    mesh = plan.mesh
+    return {
+        **text_batch(n, t, mesh, loss=False),
+        **image_batch(plan.mcfg, n, plan.patches, mesh),
+        "deltas": batch_leaf((n, 1), jnp.int32, mesh),
         "completion": batch_leaf((n, tn), jnp.int32, mesh),
         "completion_mask": batch_leaf((n, tn), jnp.float32, mesh),
     }
-    rollout = {
-        **text_batch(n, t, mesh, loss=False),
-        **image_batch(mcfg, n, plan.patches, mesh),
-        "deltas": batch_leaf((n, 1), jnp.int32, mesh),
-        **comp,
-    }
-    logprob_fn = _logprob_fn(mem)
+
+
+def _logprob_rows(plan, programs, algo, n, t, tn, grid, ref, ref_dtype, resident_policy, resident_ref, steps):
+    """Completion log-probs (policy = pi_old when recomputed, with the entropy the runner logs; the reference)."""
+    mesh, mcfg = plan.mesh, plan.mcfg
+    rows = []
+    rollout = scored_inputs(plan, n, t, tn)
     f_lp = forward_flops(
         mcfg, text_tokens=n * (t + tn), seq_len=t + tn, image_grids=[grid] * n, lm_head_tokens=n * tn
     ).total
-    for name, p_abs, resident in (("logprob", plan.params, resident_policy), ("ref_logp", ref, resident_ref)):
+    passes = (
+        ("logprob", programs.policy_logprob, plan.params, resident_policy),
+        ("ref_logp", programs.reference_logprob, ref, resident_ref),
+    )
+    for name, program, p_abs, resident in passes:
         if name not in steps or name == "ref_logp" and (not algo.kl_coef or ref_dtype is None):
-            continue  # same program as the policy pass (reference in the policy's dtype)
-        fn = _micro_batched(
-            lambda params, batch: logprob_fn(nnx.merge(plan.graphdef, params), batch), algo.logprob_micro_batches
-        )
+            continue  # the policy pass's memory (the reference in the policy's dtype, or the LoRA base)
         micro = f", {algo.logprob_micro_batches} micro-batches" if algo.logprob_micro_batches > 1 else ""
         row = _row(plan, "grpo", name, n, t + tn, f"[{n},{t}+{tn}]{micro}")
-        compile_row(
-            row,
-            fn,
-            (p_abs, rollout),
-            in_shardings=(jax.tree.map(lambda x: x.sharding, p_abs), jax.tree.map(lambda x: x.sharding, rollout)),
-            out_shardings=None,
-            mesh=mesh,
-            resident_bytes=resident,
-        )
+        compile_row(row, program, (p_abs, rollout), mesh=mesh, resident_bytes=resident)
         rows.append(roofline(row, plan.chip, flops=f_lp, executed=f_lp, hbm_bytes_per_chip=_weight_read_bytes(plan)))
     return rows
 
 
-def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref_bytes):
-    """The policy update (one optimizer step over the mini-batch)."""
-    mesh, mcfg = plan.mesh, plan.mcfg
+def update_inputs(plan: Plan, algo, n: int, g: int, t: int, tn: int) -> Rollout:
+    """One abstract update mini-batch (a Rollout of ppo_mini_batch_size x G rows, or the whole batch)."""
+    mesh = plan.mesh
     mini = n if not algo.ppo_mini_batch_size else algo.ppo_mini_batch_size * g
     tokens = lambda dtype=jnp.float32: batch_leaf((mini, tn), dtype, mesh)
     rows = lambda: batch_leaf((mini,), jnp.float32, mesh)
-    inputs = {
-        **text_batch(mini, t, mesh, loss=False),
-        **image_batch(mcfg, mini, plan.patches, mesh),
-        "deltas": batch_leaf((mini, 1), jnp.int32, mesh),
-        "completion": tokens(jnp.int32),
-        "completion_mask": tokens(),
-    }
-    upd = Rollout(
-        inputs=inputs,
+    return Rollout(
+        inputs=scored_inputs(plan, mini, t, tn),
         sampler_logp=tokens(),
         scores=rows(),
         truncated=rows(),
@@ -159,15 +125,13 @@ def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref
         old_logp=None if algo.old_logp == "current" else tokens(),
         ref_logp=tokens() if algo.kl_coef else None,
     )
-    step = make_policy_update(
-        plan.graphdef,
-        algo,
-        tx,
-        rl_vlm.make_policy_logprob(algo, chunk_size=mem.loss_chunk),
-        grad_accum=rl.optim.grad_accum,
-        compute_dtype=jnp.dtype(mcfg.dtype),
-        trainable=stage_trainable(rl, plan.params),
-    )
+
+
+def _update_row(plan, programs, algo, rl, state, n, g, t, tn, grid, ref_bytes):
+    """The policy update (one optimizer step over the mini-batch)."""
+    mesh, mcfg = plan.mesh, plan.mcfg
+    upd = update_inputs(plan, algo, n, g, t, tn)
+    mini = upd.scores.shape[0]
     row = _row(
         plan,
         "grpo",
@@ -176,16 +140,7 @@ def _update_row(plan, algo, mem, rl, tx, state, state_sh, n, g, t, tn, grid, ref
         t + tn,
         f"[{mini},{t}+{tn}]" + (f", accum {rl.optim.grad_accum}" if rl.optim.grad_accum > 1 else ""),
     )
-    compile_row(
-        row,
-        step,
-        (state, upd),
-        in_shardings=(state_sh, jax.tree.map(lambda x: x.sharding, upd)),
-        out_shardings=(state_sh, None),
-        donate=(0,),
-        mesh=mesh,
-        resident_bytes=ref_bytes,
-    )
+    compile_row(row, programs.update.jitted, (state, upd), mesh=mesh, resident_bytes=ref_bytes)
     f_up = train_flops(
         mcfg, text_tokens=mini * (t + tn), seq_len=t + tn, image_grids=[grid] * mini, lm_head_tokens=mini * tn
     ).total
@@ -220,15 +175,11 @@ def _reward_row(plan, rl, n, tn, resident):
     answer = "completion buffer" if cfg.answer_bytes is None else f"answer {cfg.answer_bytes} B"
     row = _row(plan, "grpo", "reward", n, tn, f"{cfg.name}: {n} x {budget} B, {answer}")
     args = (tokens, cmask, truth, table)
-    compile_row(
-        row,
+    program = jax.jit(
         lambda a, m, tr, tab: score_tokens(a, m, tr, tab, cfg, budget),
-        args,
         in_shardings=jax.tree.map(lambda x: x.sharding, args),
-        out_shardings=None,
-        mesh=mesh,
-        resident_bytes=resident,
     )
+    compile_row(row, program, args, mesh=mesh, resident_bytes=resident)
     if row.xla_bytes is not None:
         row.flops = 0.0  # integer and byte work: no matmul FLOPs for the MXU roofline
         row.step_time_s = max((row.xla_flops or 0.0) / plan.chip.peak_bf16, row.xla_bytes / plan.chip.hbm_bw)

@@ -15,7 +15,6 @@ from jax.sharding import PartitionSpec as P
 
 from dmx_jax.training.state import TrainState
 from dmx_jax.training.step import state_shardings
-from experiments.stages import stage_optimizer
 from experiments.tpu_compile import Chip, Row
 
 
@@ -30,12 +29,13 @@ class Plan:
     graphdef: Any
     params: Any  # abstract, sharded
     n_params: int
+    stop_ids: tuple[int, ...] = ()  # the rollout's stop tokens (the runner's come from the tokenizer)
 
 
-def _state(plan: Plan, stage_cfg, updates_per_step: int = 1):
-    """(optimizer, abstract train state, its shardings) of a stage, the optimizer built as the runner builds it
-    (frozen parts and LoRA: no state for what does not train)."""
-    tx = stage_optimizer(stage_cfg, plan.params, updates_per_step)(stage_cfg.optim)
+def _state(plan: Plan, tx, aux: dict | None = None):
+    """(abstract train state, its shardings) of a stage whose optimizer is `tx` (the one the runner builds: frozen
+    parts and LoRA hold no state) and whose algorithm state is `aux`, laid out as experiments.stages.stage_state
+    lays out the runner's."""
     opt = jax.eval_shape(tx.init, plan.params)
     rep = NamedSharding(plan.mesh, P())
     state = TrainState(
@@ -43,10 +43,11 @@ def _state(plan: Plan, stage_cfg, updates_per_step: int = 1):
         opt,
         jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
         jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), aux or {}),
     )
     sh = state_shardings(state, plan.mesh)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, sh)
-    return tx, state, sh
+    return state, sh
 
 
 def _row(plan: Plan, stage: str, step: str, batch: int, seq: int, shapes: str) -> Row:

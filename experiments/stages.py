@@ -30,6 +30,7 @@ from dmx_jax.sharding.rules import batch_spec, path_to_str, tree_shardings
 from dmx_jax.training.align import align_optimizer, make_align_loss, stack_align_rows
 from dmx_jax.training.checkpoint import Checkpointer
 from dmx_jax.training.grpo import GRPOLearner, initial_aux, sampling_shardings
+from dmx_jax.training.grpo_programs import GRPOPrograms, make_grpo_programs
 from dmx_jax.training.loop import LoopConfig, LoopIO, MetricsWriter, train_loop
 from dmx_jax.training.optim import OptimConfig, Trainable, make_optimizer, under
 from dmx_jax.training.resume import start_or_resume
@@ -73,6 +74,8 @@ class StageRecipe:
     prepare(arrays, meta, place) -> the step's inputs; `place` puts a host batch on the mesh (place_batch
     with the data source's per-process flag); draw() -> the next prepared batch of the stage's own stream (GRPO's
     dynamic-sampling refill: the stream's state is checkpointed after the step, so a resumed run draws the same).
+    programs(tx, trainable, state shardings) -> the device programs build_step runs (a MeshProgram for the
+    supervised steps, GRPOPrograms for GRPO): what the fit check (experiments.aot) compiles for a slice.
     bar_metrics label the progress bar, done_metric goes into DONE.json. validate(params, place) -> metrics of a
     fixed held-out slice, run every validate_every steps and logged as val/<key>."""
 
@@ -87,6 +90,7 @@ class StageRecipe:
     validate: Callable | None = None
     validate_every: int = 0
     initial_aux: dict | None = None  # the train state's algorithm state (GRPO's adaptive KL coefficient)
+    programs: Callable | None = None  # (tx, trainable, state shardings) -> the stage's device programs
 
 
 def _with_validation(
@@ -130,6 +134,14 @@ def replicate(tree, mesh):
     return jax.tree.map(lambda x: replicated_array(x, mesh), tree)
 
 
+def stage_state(spec: StageSpec, recipe: StageRecipe, params, mesh, seed: int = 0):
+    """(optimizer, initial train state, its shardings under `mesh`) of a stage starting from `params`; the
+    state's layout is the one the stage's programs take and return (`recipe.programs(tx, trainable, shardings)`)."""
+    tx = recipe.make_tx(spec.optim)
+    state = init_train_state(params, tx, seed=seed, aux=recipe.initial_aux)
+    return tx, state, state_shardings(state, mesh)
+
+
 def run_stage(
     spec: StageSpec,
     recipe: StageRecipe,
@@ -142,9 +154,7 @@ def run_stage(
     """Train one stage from `params` on `rows` (encoded rows, a GrainSource or an IndexedSource); resumable;
     returns final params. on_step(step, metrics, state) runs after every step (e.g. a periodic probe)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tx = recipe.make_tx(spec.optim)
-    state = init_train_state(params, tx, seed=ctx.seed, aux=recipe.initial_aux)
-    shardings = state_shardings(state, ctx.mesh)
+    tx, state, shardings = stage_state(spec, recipe, params, ctx.mesh, ctx.seed)
     ck = Checkpointer(stage_dir / "ckpt", save_every=spec.save_every, keep=2)
     data = batches(rows, spec.batch_size, seed=ctx.seed, stack=recipe.stack)
     state, start = start_or_resume(state, shardings, ck, data)
@@ -194,7 +204,7 @@ def sft_recipe(
     shardings in and out (donated) and the placed batch's shardings, under the mesh, so the model's activation
     constraints apply and the step compiles once for the run."""
 
-    def build_step(tx, trainable, shardings, place, draw):
+    def programs(tx, trainable, shardings):
         step = make_train_step(
             graphdef,
             make_sft_loss(loss_chunk, per_row),
@@ -205,11 +215,14 @@ def sft_recipe(
         )
         return jit_train_step(step, shardings, mesh=mesh)  # the batch keeps the shardings place_batch gave it
 
+    def build_step(tx, trainable, shardings, place, draw):
+        return programs(tx, trainable, shardings)
+
     def prepare(arrays, meta, place):
         return place({k: v for k, v in arrays.items() if k != "deltas"})
 
     flops = None if model_cfg is None else functools.partial(batch_train_flops, model_cfg)
-    return StageRecipe(build_step, prepare, flops)
+    return StageRecipe(build_step, prepare, flops, programs=programs)
 
 
 def align_recipe(align_graphdef, head_lr: float) -> StageRecipe:
@@ -252,23 +265,24 @@ def grpo_recipe(
     def reward_fn(tokens, cmask, rep):  # all on device: ids -> bytes -> parse -> scores
         return jitted_reward(tokens, cmask, rep["reward_truth"])
 
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    stops = stop_token_ids(tokenizer, generation_config)
+
+    def programs(tx, trainable, shardings):
+        return grpo_programs(
+            graphdef,
+            rl_cfg,
+            model_cfg,
+            memory,
+            mesh,
+            tx=tx,
+            trainable=trainable,
+            shardings=shardings,
+            stop_ids=stops,
+            pad_id=tokenizer.pad_id,
+        )
 
     def build_step(tx, trainable, shardings, place, draw):
-        # group-shared prefill places P prompts (not P x G rows): only when P divides over the batch axes
-        sampler = make_sampler(
-            graphdef,
-            algo,
-            stop_token_ids=stop_token_ids(tokenizer, generation_config),
-            pad_id=tokenizer.pad_id,
-            shared_prefill=rl_cfg.prompts_per_step % batch_shards == 0,
-            cache_dtype=memory.kv_cache_dtype,
-        )
-        decode_layout = (
-            sampling_shardings(ref_params, mesh)
-            if mesh.shape["fsdp"] > 1 and memory.decode_layout == "sample"
-            else None
-        )
+        progs = programs(tx, trainable, shardings)
         reference = (
             Reference(adapters_off=True)
             if model_cfg.text.lora.rank  # LoRA: the base, no copy
@@ -277,20 +291,16 @@ def grpo_recipe(
         learner = GRPOLearner(
             graphdef,
             algo,
-            tx,
-            sampler=sampler,
+            programs=progs,
             reward_fn=reward_fn,
-            logprob=make_policy_logprob(algo, chunk_size=memory.loss_chunk),
             reference=reference,
             seed=seed,
             place=place,
-            grad_accum=rl_cfg.optim.grad_accum,
             compute_dtype=model_cfg.dtype,
-            sample_shardings=decode_layout,
+            sample_shardings=decode_shardings(ref_params, mesh, memory),
             refill=draw if algo.dynamic_sampling else None,
             mesh=mesh,
             state_shardings=shardings,
-            trainable=trainable,
         )
         return learner.step
 
@@ -332,7 +342,46 @@ def grpo_recipe(
         validate=validate,
         validate_every=rl_cfg.eval_every,
         initial_aux=initial_aux(algo),
+        programs=programs,
     )
+
+
+def grpo_programs(
+    graphdef, rl_cfg, model_cfg, memory: MemoryConfig, mesh, *, tx, trainable, shardings, stop_ids, pad_id
+) -> GRPOPrograms:
+    """The GRPO stage's device programs (sampler, log-prob passes, update) from its config: what the runner's
+    learner runs and the fit check compiles. The group-shared prefill places P prompts (not P x G rows), so it is
+    used only when P divides over the mesh's batch axes; a LoRA model's reference is its base (adapters off)."""
+    algo = rl_cfg.algo
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    sampler = make_sampler(
+        graphdef,
+        algo,
+        stop_token_ids=stop_ids,
+        pad_id=pad_id,
+        shared_prefill=rl_cfg.prompts_per_step % shards == 0,
+        cache_dtype=memory.kv_cache_dtype,
+    )
+    return make_grpo_programs(
+        graphdef,
+        algo,
+        tx,
+        sampler,
+        make_policy_logprob(algo, chunk_size=memory.loss_chunk),
+        grad_accum=rl_cfg.optim.grad_accum,
+        compute_dtype=model_cfg.dtype,
+        trainable=trainable,
+        state_shardings=shardings,
+        reference_is_base=bool(model_cfg.text.lora.rank) and algo.needs_reference,
+    )
+
+
+def decode_shardings(params, mesh, memory: MemoryConfig):
+    """The weights' layout for decoding: memory.decode_layout="sample" on an FSDP mesh re-lays a compute-dtype
+    copy out without FSDP once per rollout (SAMPLE_RULES); None decodes in the train layout (no copy)."""
+    if mesh.shape["fsdp"] > 1 and memory.decode_layout == "sample":
+        return sampling_shardings(params, mesh)
+    return None
 
 
 def trimmed_stack(rows, multiple: int):

@@ -12,7 +12,6 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
 
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # other processes on this host may hold libtpu's lock
 
@@ -197,19 +196,14 @@ def _gib(value: str, unit: str) -> float:
     return float(value) * {"G": 1, "M": 1 / 1024, "K": 1 / 1024**2}[unit]
 
 
-def compile_row(
-    row: Row, fn: Callable, args: tuple, *, in_shardings, out_shardings, donate=(), mesh, resident_bytes: int = 0
-) -> Row:
-    """Compile `fn` for the abstract `args`; fill the memory columns (an OOM becomes a row, not a traceback)."""
+def compile_row(row: Row, jitted, args: tuple, *, mesh, resident_bytes: int = 0) -> Row:
+    """Compile the jitted program `jitted` (a jax.jit object: its own shardings and donation) for the abstract
+    `args` under `mesh`; fill the memory columns (an OOM becomes a row, not a traceback)."""
     t0 = time.perf_counter()
     row.resident_gb = resident_bytes / GiB
     try:
         with jax.set_mesh(mesh):
-            compiled = (
-                jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate)
-                .lower(*args)
-                .compile()
-            )
+            compiled = jitted.lower(*args).compile()
     except Exception as e:
         msg = str(e)
         m = _OOM.search(msg)

@@ -40,14 +40,7 @@ def test_step_that_does_not_fit_is_a_row_with_numbers():
     rep = jax.sharding.NamedSharding(plan_mesh, jax.sharding.PartitionSpec())
     x = jax.ShapeDtypeStruct((100_000,), jnp.float32, sharding=rep)
     row = tpu_compile.Row("sft", "train", "v5e-4", 4, 16.0, 0, 1, 1, "")
-    tpu_compile.compile_row(
-        row,
-        lambda v: jnp.cumsum(jnp.outer(v, v), axis=0)[-1],
-        (x,),
-        in_shardings=None,
-        out_shardings=None,
-        mesh=plan_mesh,
-    )
+    tpu_compile.compile_row(row, jax.jit(lambda v: jnp.cumsum(jnp.outer(v, v), axis=0)[-1]), (x,), mesh=plan_mesh)
     assert row.fits is False and row.peak_gb > row.hbm_gb and row.headroom < 0, row
     assert "DOES NOT FIT" in row.text() and "RESOURCE_EXHAUSTED" in row.text()
     js = json.loads(aot.row_json(row))
@@ -134,15 +127,6 @@ def test_splash_attention_compiles_for_v5p_at_7b_attention_shapes():
     assert compiled.memory_analysis().temp_size_in_bytes < 4 * 2**30
 
 
-def test_logprob_micro_batching_in_the_aot_check_equals_one_pass():
-    """The AOT log-prob row compiles the pass as GRPOLearner runs it: logprob_micro_batches sequential slices."""
-
-    batch = {"completion": jnp.arange(24.0).reshape(8, 3), "mask": jnp.ones((8, 3))}
-    fn = lambda scale, b: b["completion"] * scale + b["mask"].cumsum(-1)
-    np.testing.assert_array_equal(aot_grpo._micro_batched(fn, 4)(2.0, batch), fn(2.0, batch))
-    assert aot_grpo._micro_batched(fn, 1) is fn
-
-
 def test_reward_row_compiles_the_runners_reward_at_its_byte_budget(monkeypatch):
     """The fit check's reward row is the runner's program: `score_tokens` under `rl.reward_config()` at the
     budget the runner derives (max_new_tokens x min(Qwen2.5's longest token, the cap)), rows split over the
@@ -193,7 +177,7 @@ def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_reference_copy
     n_adapters = adapter_count(plan.params)
     dtypes = {str(x.dtype) for x in jax.tree.leaves(plan.params)}
     assert n_adapters > 0 and "bfloat16" in dtypes
-    _, state, _ = aot._state(plan, cfg.sft)
+    program, (state, _) = aot.supervised_program(plan, "sft")
     moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
     assert moments == 2 * n_adapters, (moments, n_adapters)  # Adam's mu and nu of the adapters only
     monkeypatch.setattr(aot, "_logprob_rows", lambda *a: [a[7], a[8], a[9]])  # (ref, ref_dtype, resident)

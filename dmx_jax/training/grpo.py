@@ -49,7 +49,6 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from dmx_jax.model.lora import disable_adapters
 from dmx_jax.sharding import rules
 from dmx_jax.training.grpo_loss import (
     GRPOConfig,
@@ -59,13 +58,12 @@ from dmx_jax.training.grpo_loss import (
     kl_penalty,
     mini_batch_rows,
     overlong_penalty,
-    policy_loss,
     truncated_rows,
 )
+from dmx_jax.training.grpo_programs import GRPOPrograms, group_strided_split, make_grpo_programs
 from dmx_jax.training.optim import Trainable
 from dmx_jax.training.rollout import PolicyLogprob, Reference, Rollout, Sampler
 from dmx_jax.training.state import TrainState, cast_floating
-from dmx_jax.training.step import jit_train_step, make_train_step
 
 
 def repeat_prompts(prompts: dict, group_size: int) -> dict:
@@ -78,82 +76,9 @@ def sampling_shardings(params: Any, mesh) -> Any:
     return rules.tree_shardings(params, mesh, rules.SAMPLE_RULES)
 
 
-def group_strided_split(tree: Any, k: int, group_size: int) -> Any:
-    """[N, ...] -> [k, N/k, ...]: group g goes to slice g % k (groups kept whole, block-sharded rows stay local)."""
-
-    def one(x):
-        n = x.shape[0]
-        if n % (k * group_size):
-            raise ValueError(f"{n} rows do not split into {k} slices of whole groups of {group_size}")
-        x = x.reshape((n // (k * group_size), k, group_size) + x.shape[1:])
-        return jnp.swapaxes(x, 0, 1).reshape((k, n // k) + x.shape[3:])
-
-    return jax.tree.map(one, tree)
-
-
-def group_strided_join(x: jax.Array, group_size: int) -> jax.Array:
-    """Inverse of group_strided_split for one array [k, N/k, ...] -> [N, ...]."""
-    k, m = x.shape[:2]
-    x = x.reshape((k, m // group_size, group_size) + x.shape[2:])
-    return jnp.swapaxes(x, 0, 1).reshape((k * m,) + x.shape[3:])
-
-
-def map_row_slices(fn: Callable, batch: Any, k: int) -> Any:
-    """fn(batch) run over k sequential row slices (lax.map of group_strided_split with groups of 1) and joined
-    back in row order; k <= 1 runs fn once. The log-prob passes' micro-batching (GRPOConfig.logprob_micro_batches)."""
-    if k <= 1:
-        return fn(batch)
-    return jax.tree.map(lambda o: group_strided_join(o, 1), jax.lax.map(fn, group_strided_split(batch, k, 1)))
-
-
 def initial_aux(cfg: GRPOConfig) -> dict:
     """The GRPO stage's train-state aux: the adaptive in-reward KL coefficient's starting value, else nothing."""
     return {"kl_reward_coef": jnp.float32(cfg.kl_reward_coef)} if cfg.kl_ctrl == "adaptive" else {}
-
-
-def make_policy_update(
-    graphdef: nnx.GraphDef,
-    cfg: GRPOConfig,
-    tx: optax.GradientTransformation,
-    logprob: PolicyLogprob,
-    *,
-    grad_accum: int = 1,
-    compute_dtype=None,
-    trainable: Trainable | None = None,
-):
-    """Pure update step(state, mini_batch: Rollout) -> (state, metrics) minimising the GRPO objective (one
-    optimizer update of the `trainable` parameters, see make_train_step; state.step is left to the learner, which
-    counts rollout steps). Entropy is computed in
-    the update when the bonus needs it or pi_old is 'current' (the rollout then ran no policy pass to log it)."""
-    with_entropy = logprob.with_entropy and (cfg.entropy_coeff > 0 or cfg.old_logp == "current")
-    if cfg.entropy_coeff > 0 and not logprob.with_entropy:
-        raise ValueError("grpo.entropy_coeff > 0 needs a log-prob function that computes the entropy")
-
-    def loss_fn(model, batch: Rollout, rng):
-        logp, entropy = logprob(model, batch.inputs, entropy=with_entropy)
-        old = jax.lax.stop_gradient(logp) if batch.old_logp is None else batch.old_logp
-        is_weights = None
-        if cfg.tis_cap:
-            is_weights = jnp.minimum(jnp.exp(old - batch.sampler_logp), cfg.tis_cap)
-        num, den, metrics = policy_loss(
-            logp, old, batch.ref_logp, batch.advantages, batch.loss_mask, cfg, is_weights=is_weights, entropy=entropy
-        )
-        if batch.old_logp is None:  # no pi_old pass: the sampler-trainer drift is measured here
-            metrics["drift/logp_abs_mean_sum"] = jnp.sum(jnp.abs(old - batch.sampler_logp) * batch.loss_mask)
-        if is_weights is not None:
-            metrics["tis/weight_sum"] = jnp.sum(is_weights * batch.loss_mask)
-            metrics["tis/capped_sum"] = jnp.sum((is_weights >= cfg.tis_cap) * batch.loss_mask)
-        return num, den, metrics
-
-    return make_train_step(
-        graphdef,
-        loss_fn,
-        tx,
-        grad_accum=grad_accum,
-        compute_dtype=compute_dtype,
-        counts_step=False,
-        trainable=trainable,
-    )
 
 
 def rollout_loss_mask(batch: Rollout, cfg: GRPOConfig) -> jax.Array:
@@ -190,19 +115,23 @@ def _to_host(x: jax.Array) -> np.ndarray:
 class GRPOLearner:
     """Host orchestration of one GRPO iteration per call; each piece inside is jitted.
 
-    reference: the KL reference (a Reference record); refill: () -> another prompt batch of the same shape, for
-    dynamic sampling; sample_shardings: weight shardings for decoding (see sampling_shardings); trainable: the
-    parameters the update differentiates (the optimizer's rule, see make_train_step)."""
+    programs: the step's device programs (make_grpo_programs; the stage runner and the fit check build them with
+    experiments.stages.grpo_programs); without them the learner builds them from tx, sampler, logprob, grad_accum,
+    compute_dtype, trainable and state_shardings. reference: the KL reference (a Reference record); refill: () ->
+    another prompt batch of the same shape, for dynamic sampling; sample_shardings: weight shardings for decoding
+    (see sampling_shardings); trainable: the parameters the update differentiates (the optimizer's rule, see
+    make_train_step)."""
 
     def __init__(
         self,
         graphdef: nnx.GraphDef,
         cfg: GRPOConfig,
-        tx: optax.GradientTransformation,
+        tx: optax.GradientTransformation | None = None,
         *,
-        sampler: Sampler,
         reward_fn: Callable,
-        logprob: PolicyLogprob,
+        sampler: Sampler | None = None,
+        logprob: PolicyLogprob | None = None,
+        programs: GRPOPrograms | None = None,
         reference: Reference | None = None,
         seed: int = 0,
         grad_accum: int = 1,
@@ -218,11 +147,33 @@ class GRPOLearner:
         self.mesh = mesh  # every program runs under it, so the activation constraints apply
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place  # host rollout batch -> global arrays on the mesh (None: default device)
+        self.reference_is_base = reference.adapters_off and cfg.needs_reference
+        if programs is None:
+            if tx is None or sampler is None or logprob is None:
+                raise ValueError("GRPOLearner needs programs=, or tx, sampler= and logprob= to build them")
+            programs = make_grpo_programs(
+                graphdef,
+                cfg,
+                tx,
+                sampler,
+                logprob,
+                grad_accum=grad_accum,
+                compute_dtype=compute_dtype,
+                trainable=trainable,
+                state_shardings=state_shardings,
+                reference_is_base=self.reference_is_base,
+            )
+        elif programs.reference_is_base != self.reference_is_base:
+            raise ValueError(
+                f"GRPOLearner: programs built with reference_is_base={programs.reference_is_base}, the learner's "
+                f"reference says {self.reference_is_base}"
+            )
+        self.programs = programs
+        sampler = programs.sampler
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
         self.sample_shardings, self.compute_dtype = sample_shardings, compute_dtype
         self.shared_prefill = sampler.group_size == cfg.group_size
         self.ref_params, self._ref_shardings = None, None
-        self.reference_is_base = reference.adapters_off and cfg.needs_reference
         if cfg.needs_reference and not reference.adapters_off:
             if reference.params is None:
                 raise ValueError(
@@ -234,33 +185,11 @@ class GRPOLearner:
             ref = cast_floating(ref, None if reference.dtype is None else jnp.dtype(reference.dtype))
             self.ref_params, self._ref_shardings = _device_to_host(ref) if reference.offload else (ref, None)
         self.seed = seed
-        # the state keeps its layout through the update and the step counter (state_shardings in and out), so
-        # each program compiles once per run: left to the partitioner, the update's output layout differs from
-        # its input's on an FSDP mesh and step 2 compiles the update and the log-prob pass again
-        self._update = jit_train_step(
-            make_policy_update(
-                graphdef, cfg, tx, logprob, grad_accum=grad_accum, compute_dtype=compute_dtype, trainable=trainable
-            ),
-            state_shardings,
+        self._update, self._logp_policy, self._logp_ref = (
+            programs.update,
+            programs.policy_logprob,
+            programs.reference_logprob,
         )
-        k = cfg.logprob_micro_batches
-
-        def logp(params, inputs, with_entropy):
-            model = nnx.merge(graphdef, cast_floating(params, compute_dtype))
-
-            def run(b):
-                lp, ent = logprob(model, b, entropy=with_entropy)
-                return lp, (jnp.zeros(lp.shape, jnp.float32) if ent is None else ent)
-
-            return map_row_slices(run, inputs, k)
-
-        def policy_logprobs(params, inputs):
-            return logp(params, inputs, logprob.with_entropy)
-
-        def reference_logprobs(params, inputs):
-            return logp(disable_adapters(params) if self.reference_is_base else params, inputs, False)[0]
-
-        self._logp_policy, self._logp_ref = jax.jit(policy_logprobs), jax.jit(reference_logprobs)
         self._split = jax.jit(group_strided_split, static_argnums=(1, 2))
         self._take_rows = jax.jit(
             lambda parts, idx: jax.tree.map(lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts)

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST, VARIANTS = "tests/test_grpo_mutants.py", "tests/test_grpo_variants.py"
 TESTS = (TEST, VARIANTS)
 GRPO, LOSS = "dmx_jax/training/grpo.py", "dmx_jax/training/grpo_loss.py"
+PROGRAMS = "dmx_jax/training/grpo_programs.py"
 
 # name -> (file, original text (must occur once), mutated text, the test (-k) that must fail[, its file])
 MUTANTS = {
@@ -33,7 +34,7 @@ MUTANTS = {
         "test_old_logp_is_the_trainers_recomputation_not_the_samplers",
     ),
     "update_ignores_loss_mask": (
-        GRPO,
+        PROGRAMS,
         "batch.advantages, batch.loss_mask, cfg,",
         "batch.advantages, batch.completion_mask, cfg,",
         "test_rows_masked_out_of_the_loss_do_not_reach_the_update",
@@ -105,7 +106,7 @@ MUTANTS = {
         VARIANTS,
     ),
     "shortcut_old_logp_keeps_gradient": (
-        GRPO,
+        PROGRAMS,
         "old = jax.lax.stop_gradient(logp) if batch.old_logp is None",
         "old = logp if batch.old_logp is None",
         "test_on_policy_shortcut_equals_the_recomputed_pi_old",
