@@ -47,6 +47,7 @@ from dmx_jax.sharding.rules import tree_shardings
 from dmx_jax.training.grpo import initial_aux
 from experiments.aot_grpo import (
     _logprob_rows,
+    _relayout_row,
     _reward_row,
     _rollout_row,
     _update_row,
@@ -57,7 +58,14 @@ from experiments.configs import PRESETS
 from experiments.datasets import patch_budget
 from experiments.overrides import apply_overrides
 from experiments.pipeline import with_lora
-from experiments.stages import grpo_programs, grpo_updates_per_step, plan_stage, stage_optimizer, stage_trainable
+from experiments.stages import (
+    decode_shardings,
+    grpo_programs,
+    grpo_updates_per_step,
+    plan_stage,
+    stage_optimizer,
+    stage_trainable,
+)
 from experiments.tpu_compile import (
     AotError,
     Row,
@@ -140,7 +148,7 @@ def supervised_rows(plan: Plan, stage: str) -> list[Row]:
     return [roofline(row, plan.chip, flops=f, executed=executed, hbm_bytes_per_chip=hbm)]
 
 
-GRPO_STEPS = ("rollout", "logprob", "ref_logp", "update", "reward")
+GRPO_STEPS = ("relayout", "rollout", "logprob", "ref_logp", "update", "reward")
 
 
 def grpo_programs_of(plan: Plan):
@@ -151,17 +159,19 @@ def grpo_programs_of(plan: Plan):
         rl.optim
     )
     state, state_sh = _state(plan, tx, initial_aux(rl.algo))
+    mem = plan.cfg.memory
     programs = grpo_programs(
         plan.graphdef,
         rl,
         plan.mcfg,
-        plan.cfg.memory,
+        mem,
         plan.mesh,
         tx=tx,
         trainable=stage_trainable(rl, plan.params),
         shardings=state_sh,
         stop_ids=plan.stop_ids,
         pad_id=plan.mcfg.pad_token_id,
+        decode=decode_shardings(plan.params, plan.mesh, mem),
     )
     return programs, tx, state, state_sh
 
@@ -171,7 +181,7 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
     rl, algo, mem = cfg.rl, cfg.rl.algo, cfg.memory
     g, tn, t = algo.group_size, algo.max_new_tokens, cfg.data.reasoning_prompt_len
     n = rl.prompts_per_step * g
-    programs, tx, state, state_sh = grpo_programs_of(plan)
+    programs, _, state, _ = grpo_programs_of(plan)
     opt_bytes = per_chip_bytes(state.opt_state)
     lora = bool(mcfg.text.lora.rank)  # the reference is the base with the adapters off: no copy
     ref_dtype = jnp.dtype(mem.ref_dtype) if mem.ref_dtype and not lora else None
@@ -191,6 +201,8 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
         * jnp.dtype(mem.kv_cache_dtype or mcfg.dtype).itemsize
     )
 
+    if "relayout" in steps and programs.relayout is not None:
+        rows += _relayout_row(plan, programs, opt_bytes + ref_bytes)
     if "rollout" in steps:
         rows += _rollout_row(plan, programs, algo, mem, n, t, tn, grid, kv_bytes_row, opt_bytes + ref_bytes)
     if "logprob" in steps or "ref_logp" in steps:

@@ -53,6 +53,19 @@ def rollout_inputs(plan: Plan, sampler, n: int, t: int):
     return prompts, rng
 
 
+def _relayout_row(plan, programs, resident):
+    """The weights' re-layout before each rollout (memory.decode_layout="sample" on an FSDP mesh): the fp32 train
+    parameters cast to the compute dtype and gathered into the decoding layout, the runner's own program. Roofline
+    from XLA's cost analysis (HBM bytes; the all-gather's interconnect time is not counted)."""
+    n_bytes = per_chip_bytes(jax.eval_shape(programs.relayout, plan.params))
+    row = _row(plan, "grpo", "relayout", 0, 0, f"train layout -> decoding layout, {n_bytes / 2**30:.2f} GiB a chip")
+    compile_row(row, programs.relayout, (plan.params,), mesh=plan.mesh, resident_bytes=resident)
+    if row.xla_bytes is not None:
+        row.flops = 0.0
+        row.step_time_s = row.xla_bytes / plan.chip.hbm_bw
+    return [row]
+
+
 def _rollout_row(plan, programs, algo, mem, n, t, tn, grid, kv_bytes_row, resident):
     mesh, mcfg = plan.mesh, plan.mcfg
     sampler = programs.sampler
@@ -193,6 +206,7 @@ def grpo_step_summary(rows: list[Row], algo, prompts_per_step: int) -> str | Non
     kl = bool(algo.kl_coef) or bool(algo.kl_reward_coef)
     mini = prompts_per_step // algo.ppo_mini_batch_size if algo.ppo_mini_batch_size else 1
     runs = {
+        "relayout": int(any(r.step == "relayout" for r in rows)),
         "rollout": 1,
         "logprob": int(algo.old_logp == "trainer"),
         "ref_logp": int(kl),
@@ -203,9 +217,9 @@ def grpo_step_summary(rows: list[Row], algo, prompts_per_step: int) -> str | Non
     for topo in dict.fromkeys(r.topology for r in rows):
         times = {r.step: r.step_time_s for r in rows if r.stage == "grpo" and r.topology == topo}
         times.setdefault("ref_logp", times.get("logprob"))
-        if any(times.get(k) is None for k in runs):
+        if any(times.get(k) is None for k in runs if runs[k]):
             continue
-        total = sum(runs[k] * times[k] for k in runs)
+        total = sum(runs[k] * times[k] for k in runs if runs[k])
         parts = ", ".join(f"{k} {runs[k]} x {times[k]:.2f}" for k in runs if runs[k])
         lines.append(
             f"grpo step on {topo}: roofline {total:.2f} s ({parts}); the reward is "

@@ -279,6 +279,7 @@ def grpo_recipe(
             shardings=shardings,
             stop_ids=stops,
             pad_id=tokenizer.pad_id,
+            decode=decode_shardings(ref_params, mesh, memory),
         )
 
     def build_step(tx, trainable, shardings, place, draw):
@@ -297,7 +298,6 @@ def grpo_recipe(
             seed=seed,
             place=place,
             compute_dtype=model_cfg.dtype,
-            sample_shardings=decode_shardings(ref_params, mesh, memory),
             refill=draw if algo.dynamic_sampling else None,
             mesh=mesh,
             state_shardings=shardings,
@@ -347,10 +347,11 @@ def grpo_recipe(
 
 
 def grpo_programs(
-    graphdef, rl_cfg, model_cfg, memory: MemoryConfig, mesh, *, tx, trainable, shardings, stop_ids, pad_id
+    graphdef, rl_cfg, model_cfg, memory: MemoryConfig, mesh, *, tx, trainable, shardings, stop_ids, pad_id, decode=None
 ) -> GRPOPrograms:
-    """The GRPO stage's device programs (sampler, log-prob passes, update) from its config: what the runner's
-    learner runs and the fit check compiles. The group-shared prefill places P prompts (not P x G rows), so it is
+    """The GRPO stage's device programs (sampler, log-prob passes, update, the weights' re-layout for decoding when
+    `decode` = decode_shardings(...) is given) from its config: what the runner's learner runs and the fit check
+    compiles. The group-shared prefill places P prompts (not P x G rows), so it is
     used only when P divides over the mesh's batch axes; a LoRA model's reference is its base (adapters off)."""
     algo = rl_cfg.algo
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -372,6 +373,7 @@ def grpo_programs(
         compute_dtype=model_cfg.dtype,
         trainable=trainable,
         state_shardings=shardings,
+        sample_shardings=decode,
         reference_is_base=bool(model_cfg.text.lora.rank) and algo.needs_reference,
     )
 

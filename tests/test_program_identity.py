@@ -126,6 +126,7 @@ def test_fit_check_lowers_the_runners_programs(name, tokenizer, monkeypatch):
         "logprob": (progs.policy_logprob, checked.policy_logprob, (plan.params, scored)),
         "ref_logp": (progs.reference_logprob, checked.reference_logprob, (plan.params, scored)),
         "update": (progs.update.jitted, checked.update.jitted, (abstract, update)),
+        "relayout": (progs.relayout, checked.relayout, (plan.params,)),  # FSDP mesh, decode_layout="sample"
     }
     for step, (run, fit, args) in pairs.items():
         assert _text(run, args, mesh) == _text(fit, args, mesh), step

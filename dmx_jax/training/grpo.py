@@ -117,10 +117,10 @@ class GRPOLearner:
 
     programs: the step's device programs (make_grpo_programs; the stage runner and the fit check build them with
     experiments.stages.grpo_programs); without them the learner builds them from tx, sampler, logprob, grad_accum,
-    compute_dtype, trainable and state_shardings. reference: the KL reference (a Reference record); refill: () ->
-    another prompt batch of the same shape, for dynamic sampling; sample_shardings: weight shardings for decoding
-    (see sampling_shardings); trainable: the parameters the update differentiates (the optimizer's rule, see
-    make_train_step)."""
+    compute_dtype, trainable, state_shardings and sample_shardings (the weights' decoding layout, see
+    sampling_shardings). trainable: the parameters the update differentiates (the optimizer's rule, see
+    make_train_step). reference: the KL reference (a Reference record); refill: () -> another prompt batch of the
+    same shape, for dynamic sampling."""
 
     def __init__(
         self,
@@ -161,6 +161,7 @@ class GRPOLearner:
                 compute_dtype=compute_dtype,
                 trainable=trainable,
                 state_shardings=state_shardings,
+                sample_shardings=sample_shardings,
                 reference_is_base=self.reference_is_base,
             )
         elif programs.reference_is_base != self.reference_is_base:
@@ -171,7 +172,7 @@ class GRPOLearner:
         self.programs = programs
         sampler = programs.sampler
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
-        self.sample_shardings, self.compute_dtype = sample_shardings, compute_dtype
+        self.compute_dtype = compute_dtype
         self.shared_prefill = sampler.group_size == cfg.group_size
         self.ref_params, self._ref_shardings = None, None
         if cfg.needs_reference and not reference.adapters_off:
@@ -255,8 +256,8 @@ class GRPOLearner:
         cfg = self.cfg
         kl_reward_coef = cfg.kl_reward_coef if kl_reward_coef is None else kl_reward_coef
         sample_params = params
-        if self.sample_shardings is not None:  # one re-layout per rollout phase, in the compute dtype
-            sample_params = jax.device_put(cast_floating(params, self.compute_dtype), self.sample_shardings)
+        if self.programs.relayout is not None:  # one re-layout per rollout phase, in the compute dtype
+            sample_params = self.programs.relayout(params)
         parts, t_roll, t_rew, kept = [], 0.0, 0.0, 0
         for attempt in range(cfg.dynamic_sampling_max_tries if cfg.dynamic_sampling else 1):
             if attempt and self.refill is None:

@@ -105,12 +105,15 @@ class GRPOPrograms:
     policy_logprob(params, inputs) -> (logp [N, Tn], entropy [N, Tn]; zeros when the log-prob computes none).
     reference_logprob(params, inputs) -> logp [N, Tn]; with reference_is_base the params are the policy's and
     its LoRA adapters are switched off inside the program.
-    update(state, mini_batch: Rollout) -> (state, metrics): the state donated, in and out in its shardings."""
+    update(state, mini_batch: Rollout) -> (state, metrics): the state donated, in and out in its shardings.
+    relayout(params) -> the weights the sampler decodes with: the compute-dtype copy in the decoding layout, made
+    once per rollout phase; None decodes the train parameters themselves."""
 
     sampler: Sampler
     policy_logprob: Any  # jax.jit
     reference_logprob: Any  # jax.jit
     update: MeshProgram
+    relayout: Any = None  # jax.jit, or None
     reference_is_base: bool = False
 
 
@@ -125,12 +128,15 @@ def make_grpo_programs(
     compute_dtype=None,
     trainable: Trainable | None = None,
     state_shardings: TrainState | None = None,
+    sample_shardings: Any = None,
     reference_is_base: bool = False,
 ) -> GRPOPrograms:
     """The GRPO step's programs. state_shardings: the train state's layout, kept through the update (so each
     program compiles once per run: left to the partitioner, the update's output layout differs from its
     input's on an FSDP mesh and step 2 compiles the update and the log-prob pass again). The log-prob passes run
-    `cfg.logprob_micro_batches` sequential row slices and cast the parameters to `compute_dtype` inside."""
+    `cfg.logprob_micro_batches` sequential row slices and cast the parameters to `compute_dtype` inside.
+    sample_shardings (see grpo.sampling_shardings): the decoding layout of the weights, which `relayout` casts to
+    the compute dtype and re-lays out into; None: no re-layout."""
     k = cfg.logprob_micro_batches
 
     def logp(params, inputs, with_entropy):
@@ -156,5 +162,8 @@ def make_grpo_programs(
         policy_logprob=jax.jit(policy_logprobs),
         reference_logprob=jax.jit(reference_logprobs),
         update=jit_train_step(update, state_shardings),
+        relayout=None
+        if sample_shardings is None
+        else jax.jit(lambda params: cast_floating(params, compute_dtype), out_shardings=sample_shardings),
         reference_is_base=reference_is_base,
     )
