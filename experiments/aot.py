@@ -1,6 +1,6 @@
 """Ahead-of-time TPU compile check: does every step of a preset fit a slice, before the slice is rented?
 
-    python -m experiments.aot --config qwen2_5_vl_7b --topology v5p-8 [--stage sft|cold_start|grpo|all]
+    python -m experiments.aot --config qwen2_5_vl_7b --topology v5p-8 [--stage sft|cold_start|grpo|eval|all]
                               [--set key=value ...] [--json]
 
 Compiles the programs the stage runner itself runs, built by the same code (SFT / cold start: the recipe of
@@ -45,6 +45,7 @@ from dmx_jax.model.lora import cast_base
 from dmx_jax.perf.flops import train_flops
 from dmx_jax.sharding.rules import tree_shardings
 from dmx_jax.training.grpo import initial_aux
+from experiments.aot_eval import eval_rows
 from experiments.aot_grpo import (
     _logprob_rows,
     _relayout_row,
@@ -79,7 +80,7 @@ from experiments.tpu_compile import (
 )
 from experiments.validate import validate
 
-STAGES = ("sft", "cold_start", "grpo")
+STAGES = ("sft", "cold_start", "grpo", "eval")
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -220,7 +221,9 @@ def run(cfg, topology: str, stages=STAGES, emit: Callable[[Row], None] | None = 
     plan = make_plan(cfg, topology)
     rows: list[Row] = []
     for stage in stages:
-        new = grpo_rows(plan) if stage == "grpo" else supervised_rows(plan, stage)
+        new = (
+            grpo_rows(plan) if stage == "grpo" else eval_rows(plan) if stage == "eval" else supervised_rows(plan, stage)
+        )
         for r in new:
             if emit:
                 emit(r)

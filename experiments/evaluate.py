@@ -28,8 +28,16 @@ from dmx_jax.sampling.generate import PROMPT_KEYS, Decoding, generate_arrays
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
 
 
+EVAL_BATCH = 16  # prompts per evaluation generate call (one compiled shape per prompt length and budget)
+
+
+def eval_decoding(max_new_tokens: int, stop_id: int, pad_id: int) -> Decoding:
+    """Greedy decoding of held-out prompts: what evaluation runs and the fit check's eval row compiles."""
+    return Decoding(max_new_tokens, stop_token_ids=(stop_id,), pad_id=pad_id)
+
+
 def generate_texts(
-    graphdef, params, arrays: dict, tokenizer, *, max_new_tokens: int, batch_size: int = 16
+    graphdef, params, arrays: dict, tokenizer, *, max_new_tokens: int, batch_size: int = EVAL_BATCH
 ) -> list[str]:
     """Greedy completions for left-padded prompt arrays (chunks of batch_size, one compiled shape)."""
     n = arrays["input_ids"].shape[0]
@@ -46,7 +54,7 @@ def generate_texts(
             params,
             part,
             jax.random.key(0),
-            Decoding(max_new_tokens, stop_token_ids=(tokenizer.im_end_id,), pad_id=tokenizer.pad_id),
+            eval_decoding(max_new_tokens, tokenizer.im_end_id, tokenizer.pad_id),
         )
         toks, cmask = np.asarray(toks), np.asarray(cmask)
         for r in range(min(batch_size, n - s)):

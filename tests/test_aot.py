@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from dmx_jax.model.attention import attention, causal_mask
 from dmx_jax.model.lora import adapter_count
-from experiments import aot, aot_grpo, tpu_compile
+from experiments import aot, aot_grpo, evaluate, tpu_compile
 from experiments.configs import tiny
 from experiments.overrides import apply_overrides
 
@@ -186,3 +186,26 @@ def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_reference_copy
     ref, ref_dtype, resident = aot.grpo_rows(plan, steps=("ref_logp",))
     assert ref is plan.params and ref_dtype is None
     assert resident == tpu_compile.per_chip_bytes(state.opt_state)  # optimizer state only: no reference copy
+
+
+@needs_libtpu
+def test_eval_row_compiles_the_evaluations_generate_call(capsys, monkeypatch):
+    """`--stage eval` compiles greedy generation of EVAL_BATCH held-out reasoning prompts with the decoding settings
+    experiments.evaluate.generate_texts passes (captured from a real call below), for a v5e-4 slice."""
+    seen = []
+
+    def fake_generate(graphdef, params, part, rng, decoding):
+        seen.append((part["input_ids"].shape[0], decoding))
+        n, t = part["input_ids"].shape[0], decoding.max_new_tokens
+        return np.zeros((n, t), np.int32), np.zeros((n, t)), np.zeros((n, t), np.int32)
+
+    monkeypatch.setattr(evaluate, "generate_arrays", fake_generate)
+    tok = type("Tok", (), {"im_end_id": 7, "pad_id": 0, "decode": lambda self, ids: ""})()
+    arrays = {"input_ids": np.zeros((3, 5), np.int32), "attention_mask": np.ones((3, 5), np.int32)}
+    evaluate.generate_texts(None, None, arrays, tok, max_new_tokens=9)
+    assert seen == [(evaluate.EVAL_BATCH, evaluate.eval_decoding(9, 7, 0))]
+
+    rc = aot.main(["--config", "tiny", "--topology", "v5e-4", "--stage", "eval", "--json", "--set", "model=tiny"])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert rc == 0 and [(r["stage"], r["step"]) for r in rows] == [("eval", "generate")], rows
+    assert rows[0]["fits"] and rows[0]["global_batch"] == evaluate.EVAL_BATCH and rows[0]["step_time_s"] > 0, rows
