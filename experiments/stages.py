@@ -142,6 +142,19 @@ def stage_state(spec: StageSpec, recipe: StageRecipe, params, mesh, seed: int = 
     return tx, state, state_shardings(state, mesh)
 
 
+def release_unshared(tree, keep) -> int:
+    """Delete the device buffers of `tree` that `keep` does not hold (the starting parameters of a resumed stage:
+    the restored state replaced them and the recipe has taken its copies, e.g. GRPO's reference), so no second
+    copy of the parameters lives through the stage. Returns the bytes released (per process, all shards)."""
+    held = {id(x) for x in jax.tree.leaves(keep)}
+    freed = 0
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array) and id(x) not in held and not x.is_deleted():
+            freed += sum(s.data.nbytes for s in x.addressable_shards)
+            x.delete()
+    return freed
+
+
 def run_stage(
     spec: StageSpec,
     recipe: StageRecipe,
@@ -152,7 +165,9 @@ def run_stage(
     on_step: Callable | None = None,
 ):
     """Train one stage from `params` on `rows` (encoded rows, a GrainSource or an IndexedSource); resumable;
-    returns final params. on_step(step, metrics, state) runs after every step (e.g. a periodic probe)."""
+    returns final params. `params` are consumed: their buffers are donated to the first step (or released when
+    the stage resumes from a checkpoint), so a caller must not read them afterwards. on_step(step, metrics,
+    state) runs after every step (e.g. a periodic probe)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     tx, state, shardings = stage_state(spec, recipe, params, ctx.mesh, ctx.seed)
     ck = Checkpointer(stage_dir / "ckpt", save_every=spec.save_every, keep=2)
@@ -165,6 +180,8 @@ def run_stage(
         return recipe.prepare(arrays, meta, place)
 
     step = recipe.build_step(tx, recipe.trainable, shardings, place, draw)
+    if start:  # resumed: the state holds restored buffers; the fresh path donates the starting ones at step 1
+        release_unshared(params, state.params)
     if recipe.validate is not None and recipe.validate_every > 0:
         # the validation prompts are the same on every process and few: replicated, any number of them
         on_step = _with_validation(on_step, recipe, spec, ctx.writer, functools.partial(replicate, mesh=ctx.mesh))

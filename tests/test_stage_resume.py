@@ -18,6 +18,7 @@ from flax import nnx
 from data_pipelines.synthetic import SyntheticConfig, examples
 from dmx_jax.model import Qwen25VL
 from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.sharding.rules import tree_shardings
 from dmx_jax.training.grpo_loss import GRPOConfig
 from dmx_jax.training.loop import MetricsWriter
 from dmx_jax.training.optim import OptimConfig
@@ -113,3 +114,42 @@ def test_stage_sigterm_then_rerun_is_exact(stage, setup, tmp_path, monkeypatch):
     if stage == "grpo":
         assert _per_step(tmp_path / "cut", "loss") == _per_step(tmp_path / "ref", "loss")
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), final_cut, final_ref)
+
+
+def _live_bytes() -> int:
+    return sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted())
+
+
+def test_a_resumed_stage_keeps_no_second_copy_of_its_starting_parameters(setup, tmp_path):
+    """Starting parameters placed on the mesh (as a loaded checkpoint or the previous stage leaves them): a fresh
+    stage donates them to its first step; a stage resumed from a checkpoint releases them once the restored state
+    holds its own. Either way the device holds one copy of the parameters (and the optimizer state) while it
+    trains: the live bytes of the resumed run equal the fresh run's."""
+    graphdef, params, rows, tok, mcfg = setup
+    mesh = make_mesh(MeshConfig(1, 2, 1), devices=jax.devices()[:2])
+    optim = OptimConfig(learning_rate=3e-3, warmup_steps=0, schedule="constant")
+    param_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(params))
+
+    def run(steps: int) -> list[int]:
+        start = jax.device_put(jax.tree.map(np.array, params), tree_shardings(params, mesh))
+        spec, recipe = stages.plan_stage(
+            "sft",
+            StageConfig(steps=steps, batch_size=2, save_every=2, optim=optim),
+            graphdef,
+            mcfg,
+            tok,
+            start,
+            mesh=mesh,
+        )
+        ctx = stages.RunContext(mesh=mesh, writer=MetricsWriter(tmp_path / "metrics.jsonl"), run_config={})
+        seen = []
+        stages.run_stage(
+            spec, recipe, tmp_path / "sft", start, rows["sft"], ctx, on_step=lambda *_: seen.append(_live_bytes())
+        )
+        del start
+        return seen
+
+    fresh = run(2)  # steps 1-2, a checkpoint at step 2
+    resumed = run(4)  # restores step 2, runs 3-4
+    assert len(fresh) == 2 and len(resumed) == 2
+    assert resumed[-1] - fresh[-1] < 0.25 * param_bytes, (resumed, fresh, param_bytes)
