@@ -110,13 +110,18 @@ def test_sharded_load_reads_only_each_devices_shard(folder, monkeypatch):
     real_make = jax.make_array_from_callback
 
     def counting_make(shape, sharding, cb, dtype=None):
+        made = []  # (index, reads) of each device callback of this parameter
+
         def wrapped(index):
             current[0] = []
             out = cb(index)
-            calls.append((shape, sharding, index, np.shape(out), current[0]))
+            assert np.shape(out) == tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
+            made.append((index, current[0]))
             return out
 
-        return real_make(shape, sharding, wrapped, dtype=dtype)
+        out = real_make(shape, sharding, wrapped, dtype=dtype)
+        calls.append((shape, sharding, made))
+        return out
 
     monkeypatch.setattr(hf_load, "safe_open", CountingHandle)  # the loader binds safe_open at import
     monkeypatch.setattr(jax, "make_array_from_callback", counting_make)
@@ -148,17 +153,29 @@ def test_sharded_load_reads_only_each_devices_shard(folder, monkeypatch):
         "vision.merger.fc1.kernel",
     } <= split
 
-    # 3. reads: each device callback of a sharded parameter reads its shard's elements and no whole tensor
-    assert len(calls) >= len(got)
+    # 3. reads: one process holds every shard, so each sharded parameter's tensor(s) are read once, whole, by the
+    # first device callback (one request per file tensor), and every other shard is cut from that block
     checked = 0
-    for shape, sharding, index, out_shape, reads in calls:
-        assert out_shape == tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
-        if sharding.is_fully_replicated or not reads:  # replicated, or a repeat of an index already read
+    for shape, sharding, made in calls:
+        reading = [reads for _, reads in made if reads]
+        if sharding.is_fully_replicated:
             continue
-        assert sum(n for _, n in reads) == math.prod(out_shape), (shape, index, reads)
-        assert all(n < sizes[name] for name, n in reads), (shape, index, reads)
+        assert len(made) == 8 and len(reading) == 1, (shape, [len(r) for _, r in made])
+        assert sum(n for _, n in reading[0]) == math.prod(shape), (shape, reading)
+        assert all(n == sizes[name] for name, n in reading[0]), (shape, reading)
         checked += 1
-    assert checked >= 8 * 2  # at least the 8 distinct shards of two fully split parameters
+    assert checked >= len(split)
+
+
+def test_a_process_reads_one_block_only_when_its_shards_tile_it():
+    """local_block: a process's shards that tile a block are read as that block; shards with a gap between them
+    (another process's rows in the middle) fall back to per-shard reads, never reading rows it does not hold."""
+    rows = lambda a, b: (slice(a, b), slice(0, 6))
+    assert hf_load.local_block((8, 6), [rows(0, 2), rows(2, 4)]) == ((0, 4), (0, 6))
+    assert hf_load.local_block((8, 6), [rows(0, 2), rows(0, 2), rows(2, 4)]) == ((0, 4), (0, 6))  # a replica
+    assert hf_load.local_block((8, 6), [rows(0, 2), rows(4, 6)]) is None
+    cols = [(slice(0, 8), slice(0, 3)), (slice(0, 8), slice(3, 6))]
+    assert hf_load.local_block((8, 6), cols) == ((0, 8), (0, 6))
 
 
 def test_bf16_sharded_load_equals_cast_of_unsharded(folder):

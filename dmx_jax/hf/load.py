@@ -3,12 +3,14 @@
 Shapes come from the safetensors headers; every parameter is then built with jax.make_array_from_callback,
 whose callback reads only the requested shard from the file (safetensors' lazy get_slice, with the mapping
 table's transposes / head splits applied per slice by dmx_jax.hf.slicing) and casts it. A process therefore
-reads only what its own devices hold; without a sharding the whole tensor is read once.
+reads only what its own devices hold, and when its shards tile one block (a single-host slice holds them all)
+that block is read once and cut in memory; without a sharding the whole tensor is read once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -141,17 +143,38 @@ def _reader_for(
     return read
 
 
+def local_block(shape: tuple[int, ...], indices) -> tuple[tuple[int, int], ...] | None:
+    """The one block covering this process's shards (indices: each local device's index tuple), when the
+    distinct shards tile it exactly (no element read that no local device holds); else None."""
+    keys = {tuple(s.indices(n)[:2] for s, n in zip(index, shape)) for index in indices}
+    lo = [min(k[d][0] for k in keys) for d in range(len(shape))]
+    hi = [max(k[d][1] for k in keys) for d in range(len(shape))]
+    held = sum(math.prod(b - a for a, b in k) for k in keys)
+    return tuple(zip(lo, hi)) if held == math.prod(b - a for a, b in zip(lo, hi)) else None
+
+
 def _place(shape: tuple[int, ...], read: Callable[[tuple[slice, ...]], np.ndarray], sharding, dtype) -> jax.Array:
     """A global array whose every addressable shard is read straight from the file: each process reads only
-    the slices its own devices hold (jax.make_array_from_callback), each distinct slice once."""
+    the slices its own devices hold (jax.make_array_from_callback). When those slices tile one block (one
+    process holding every shard, or a contiguous run of them) the block is read once, in one request per
+    tensor range, and cut in memory: few large reads instead of one strided read per shard (slow from a
+    mounted bucket); otherwise each distinct slice is read once."""
     if sharding is None:
         return jnp.asarray(read(tuple(slice(0, n) for n in shape)))
+    local = list(sharding.addressable_devices_indices_map(shape).values())
+    block = local_block(shape, local) if len(local) > 1 else None
     cache: dict[tuple, np.ndarray] = {}
 
     def shard(index):
         key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
-        if key not in cache:
+        if key in cache:
+            return cache[key]
+        if block is None:
             cache[key] = read(tuple(slice(*k) for k in key))
+            return cache[key]
+        if block not in cache:
+            cache[block] = read(tuple(slice(*k) for k in block))
+        cache[key] = cache[block][tuple(slice(a - b0, b - b0) for (a, b), (b0, _) in zip(key, block))]
         return cache[key]
 
     return jax.make_array_from_callback(shape, sharding, shard, dtype=dtype)
