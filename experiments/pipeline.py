@@ -22,6 +22,7 @@ from experiments.datasets import model_config_for, real_data, synthetic_data
 from experiments.evaluate import evaluate_stage, example_record, vqa_grounding_metrics
 from experiments.overrides import ConfigError
 from experiments.report import write_outputs
+from experiments.run_dir import RunDir
 from experiments.stages import RunContext, StageSpec, align_recipe, load_stage_params, plan_stage, run_stage, stage_done
 
 SEEN_AUC = 0.75  # alignment print-out: findings whose held-out head AUC reaches this are ones the tower sees
@@ -74,10 +75,14 @@ class PlanEntry:
     unit: str = ""  # what a batch counts, for the start line ("studies", "prompts x G=4")
 
 
-def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected: bool) -> tuple[Any, tuple | None]:
+def run_entry(
+    entry: PlanEntry, params, run_dir: RunDir | Path, ctx: RunContext, selected: bool
+) -> tuple[Any, tuple | None]:
     """(the run's params after the stage, its evaluation or None). A finished stage is loaded, selected or not
-    (later stages continue from it, as in a full run); a selected one is trained (resuming) and evaluated."""
-    name, sdir = entry.name, run_dir / entry.name
+    (later stages continue from it, as in a full run); a selected one is trained (resuming) and evaluated, and
+    the run directory's working copy is pushed (a remote run directory: experiments.run_dir)."""
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+    name, sdir, store = entry.name, rd.local / entry.name, rd.stage_store(entry.name)
     done = stage_done(sdir)
     if done:
         print(
@@ -89,7 +94,7 @@ def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected
             ),
             flush=True,
         )
-        stage_params = load_stage_params(sdir, entry.enter(params), ctx.mesh)
+        stage_params = load_stage_params(store, entry.enter(params), ctx.mesh)
         params = entry.leave(params, stage_params)
     if not selected:
         return params, None
@@ -97,9 +102,11 @@ def run_entry(entry: PlanEntry, params, run_dir: Path, ctx: RunContext, selected
         start = entry.enter(params)
         spec, recipe = entry.build(start)
         print(f"[{name}] {spec.steps} steps, batch {spec.batch_size} {entry.unit}".rstrip(), flush=True)
-        stage_params = run_stage(spec, recipe, sdir, start, entry.rows, ctx)
+        stage_params = run_stage(spec, recipe, sdir, start, entry.rows, ctx, store=store)
         params = entry.leave(params, stage_params)
-    return params, entry.evaluate(stage_params)
+    evaluated = entry.evaluate(stage_params)
+    rd.push()
+    return params, evaluated
 
 
 def alignment_entry(cfg, data, graphdef, params, run_dir: Path, writer) -> PlanEntry:
@@ -151,7 +158,10 @@ def alignment_line(metrics: dict) -> str:
     return line
 
 
-def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo")) -> str:
+def run_pipeline(cfg, run_dir: RunDir | Path, stages=("align", "sft", "cold_start", "grpo")) -> str:
+    """The whole run in `run_dir` (a local folder, or a RunDir whose files go to a bucket); returns summary.md."""
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(Path(run_dir))
+    run_dir = rd.local
     cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     (run_dir / "config.json").write_text(json.dumps(cfg_json, indent=2))
     writer = MetricsWriter(run_dir / "metrics.jsonl", tensorboard_dir=run_dir / "tensorboard")
@@ -220,7 +230,7 @@ def run_pipeline(cfg, run_dir: Path, stages=("align", "sft", "cold_start", "grpo
         stage_entry("grpo", data.rl, cfg.rl, True),
     ]
     for entry in plan:
-        params, evaluated = run_entry(entry, params, run_dir, ctx, entry.name in stages)
+        params, evaluated = run_entry(entry, params, rd, ctx, entry.name in stages)
         if evaluated is not None:
             results[entry.name], outputs[entry.name] = evaluated
     writer.close()

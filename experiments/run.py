@@ -4,6 +4,8 @@ Data -> stage 1 SFT -> stage 2 cold-start reasoning SFT -> stage 3 GRPO -> evalu
 Report Arena among the stages -> Hugging Face export. Every stage checkpoints; rerunning the same command
 on the same run directory resumes where it stopped and skips finished stages.
 Outputs: DIR/summary.md, DIR/metrics.jsonl, DIR/eval/*.json, DIR/plots/*.png, DIR/gallery/*.png, DIR/hf_export/.
+DIR may be a bucket (gs://...; experiments.run_dir): checkpoints are written there, everything else in a local
+working copy pushed after every stage and when the run stops, and pulled back when it restarts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from absl import flags as _absl_flags
 
 from experiments.overrides import ConfigError, apply_overrides
+from experiments.run_dir import RunDir
 
 _absl_flags.FLAGS.mark_as_parsed()
 
@@ -35,7 +38,18 @@ def parse_args(argv=None):
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set sft.steps=50 (repeatable)",
     )
-    ap.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    ap.add_argument(
+        "--run-dir",
+        default=None,
+        help="default: runs/<config name>; gs://bucket/path keeps checkpoints in the bucket and the other files in a "
+        "local working copy pushed after every stage (see --local-dir)",
+    )
+    ap.add_argument(
+        "--local-dir",
+        default=None,
+        help="the working copy of the run directory (default for gs://: ~/.cache/dmx-jax/runs/<bucket_path>); "
+        "with a local --run-dir (e.g. a slow shared filesystem) the run works here and pushes there",
+    )
     ap.add_argument(
         "--distributed",
         default="env",
@@ -56,22 +70,6 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def _remote_run_dir_error(run_dir: str) -> str:
-    """Why a remote --run-dir is refused, in one line: the missing epath backend (and the extra that installs
-    it), else that only checkpoints take remote paths today (the stage runner writes its run directory with
-    local file APIs)."""
-    from dmx_jax.training.checkpoint import remote_path_error  # noqa: PLC0415 heavy
-
-    missing = remote_path_error(run_dir)
-    if missing:
-        return f"{missing}; or use a mounted bucket (gcsfuse)"
-    return (
-        f"{run_dir}: the stage runner writes its run directory through local file APIs, so only checkpoints "
-        f"(dmx_jax.training.checkpoint.Checkpointer) take remote paths today; use a mounted bucket (gcsfuse) "
-        f"or a shared filesystem"
-    )
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from experiments.configs import PRESETS  # noqa: PLC0415 heavy
@@ -87,16 +85,24 @@ def main(argv=None) -> int:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     if "://" in str(args.run_dir or ""):
-        print(f"error: --run-dir {_remote_run_dir_error(args.run_dir)}", file=sys.stderr)
-        return 2
+        from dmx_jax.training.checkpoint import remote_path_error  # noqa: PLC0415 heavy
+
+        missing = remote_path_error(args.run_dir)
+        if missing:
+            print(f"error: --run-dir {missing}; or use a mounted bucket (gcsfuse)", file=sys.stderr)
+            return 2
     if args.distributed != "off":
         from dmx_jax.sharding import DistributedConfig, initialize  # noqa: PLC0415 heavy
 
         initialize(DistributedConfig(auto=args.distributed == "auto"))
     if args.dry_run:
         return _dry_run(cfg, stages)
-    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    import jax  # noqa: PLC0415 heavy (after the distributed start-up)
+
+    rd = RunDir.open(args.run_dir or Path("runs") / cfg.name, local=args.local_dir, pushes=jax.process_index() == 0)
+    if rd.pull():
+        print(f"[run dir] working copy {rd.local} of {rd}", flush=True)
+    run_dir = rd.local
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from dmx_jax.training.compile_cache import persistent_compile_cache  # noqa: PLC0415 heavy
     from experiments.pipeline import run_pipeline  # noqa: PLC0415 heavy
@@ -105,14 +111,16 @@ def main(argv=None) -> int:
     cache_dir = run_dir / "xla_cache"
     try:
         with persistent_compile_cache(cache_dir) if cfg.compile_cache else contextlib.nullcontext() as counts:
-            summary = run_pipeline(cfg, run_dir, stages=stages)
+            summary = run_pipeline(cfg, rd, stages=stages)
     except _user_errors() as e:  # bad input: one line naming the file / field, no traceback
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    finally:  # what the run wrote reaches the run directory however it stopped (a signal included)
+        rd.push()
     print(summary)
     if counts is not None:
         print(counts.line(cache_dir))
-    print(f"\nrun directory: {run_dir}  ({time.time() - t0:.0f} s)")
+    print(f"\nrun directory: {rd}  ({time.time() - t0:.0f} s)")
     return 0
 
 

@@ -113,12 +113,14 @@ def stage_done(stage_dir: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def load_stage_params(stage_dir: Path, params_like, mesh):
-    """Final params of a finished stage, placed like `params_like` (their shardings under `mesh`)."""
+def load_stage_params(stage_dir, params_like, mesh):
+    """Final params of a finished stage (stage_dir: where its final_params are, a local path or a bucket path),
+    placed like `params_like` (their shardings under `mesh`)."""
     shard = tree_shardings(params_like, mesh)
     target = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params_like, shard)
     with ocp.StandardCheckpointer() as loader:
-        return loader.restore((stage_dir / "final_params").absolute(), target)
+        where = stage_dir / "final_params"
+        return loader.restore(where if "://" in str(where) else where.absolute(), target)
 
 
 def place_batch(arrays: dict, mesh, per_process: bool = False) -> dict:
@@ -163,14 +165,17 @@ def run_stage(
     rows,
     ctx: RunContext,
     on_step: Callable | None = None,
+    store=None,
 ):
     """Train one stage from `params` on `rows` (encoded rows, a GrainSource or an IndexedSource); resumable;
     returns final params. `params` are consumed: their buffers are donated to the first step (or released when
     the stage resumes from a checkpoint), so a caller must not read them afterwards. on_step(step, metrics,
-    state) runs after every step (e.g. a periodic probe)."""
+    state) runs after every step (e.g. a periodic probe). store: where the checkpoints and final parameters go
+    (a bucket path of a remote run directory, see experiments.run_dir; default `stage_dir`)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     tx, state, shardings = stage_state(spec, recipe, params, ctx.mesh, ctx.seed)
-    ck = Checkpointer(stage_dir / "ckpt", save_every=spec.save_every, keep=2)
+    store = stage_dir.absolute() if store is None else store
+    ck = Checkpointer(store / "ckpt", save_every=spec.save_every, keep=2)
     data = batches(rows, spec.batch_size, seed=ctx.seed, stack=recipe.stack)
     state, start = start_or_resume(state, shardings, ck, data)
     place = functools.partial(place_batch, mesh=ctx.mesh, per_process=getattr(data, "per_process", False))
@@ -202,7 +207,7 @@ def run_stage(
     ck.close()
 
     with ocp.StandardCheckpointer() as saver:  # what the next stage loads
-        saver.save((stage_dir / "final_params").absolute(), state.params, force=True)
+        saver.save(store / "final_params", state.params, force=True)
     key, metric = recipe.done_metric
     info = {
         "stage": spec.name,

@@ -56,9 +56,14 @@ MINI = [
 
 @pytest.mark.slow
 def test_run_writes_everything_and_resumes(tmp_path, capsys):
+    """The run directory is a store the run pushes to from a local working copy (--local-dir), the code path of a
+    gs:// run directory: every assertion below reads the store, and each rerun starts from a new, empty working
+    copy that pulls what it needs (finished stages, evaluations, the compile cache)."""
     run_dir = tmp_path / "run"
-    assert run.main(["--run-dir", str(run_dir), *MINI]) == 0
+    work = lambda i: ["--local-dir", str(tmp_path / f"work{i}")]
+    assert run.main(["--run-dir", str(run_dir), *work(1), *MINI]) == 0
     first = capsys.readouterr().out
+    assert not (tmp_path / "work1" / "sft" / "ckpt").exists() and (run_dir / "sft" / "ckpt").is_dir()
     for stage in ("align", "sft", "cold_start", "grpo"):
         assert (run_dir / stage / "DONE.json").is_file()
         assert (run_dir / "eval" / f"{stage}.json").is_file()
@@ -97,8 +102,9 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     np.testing.assert_allclose(ours, ref, atol=2e-5)
 
     # rerun: nothing is retrained or re-evaluated
-    assert run.main(["--run-dir", str(run_dir), *MINI]) == 0
+    assert run.main(["--run-dir", str(run_dir), *work(2), *MINI]) == 0
     second = capsys.readouterr().out
+    assert f"[run dir] working copy {tmp_path / 'work2'} of {run_dir}" in second
     assert second.count("finished earlier") == 4 and "evaluating" not in second, second  # align + 3 stages
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_records
     assert "evaluating" in first
@@ -107,7 +113,10 @@ def test_run_writes_everything_and_resumes(tmp_path, capsys):
     # compile; GRPO's path is the same loop)
     shutil.rmtree(run_dir / "cold_start")
     (run_dir / "eval" / "cold_start.json").unlink()
-    assert run.main(["--run-dir", str(run_dir), "--stages", "cold_start", "--set", "export_hf=false", *MINI]) == 0
+    assert (
+        run.main(["--run-dir", str(run_dir), *work(3), "--stages", "cold_start", "--set", "export_hf=false", *MINI])
+        == 0
+    )
     third = capsys.readouterr().out
     assert "[sft] not selected; later stages start from its final parameters" in third, third
     assert "[cold_start] 2 steps" in third and (run_dir / "cold_start" / "DONE.json").is_file()

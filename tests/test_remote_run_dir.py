@@ -18,6 +18,7 @@ from dmx_jax.training import checkpoint as ckpt
 from dmx_jax.training.checkpoint import Checkpointer, abstract_like, remote_path_error
 from dmx_jax.training.state import init_train_state
 from experiments.run import main
+from experiments.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,12 +47,6 @@ def test_cli_refuses_a_gs_run_dir_without_the_backend_in_one_line(no_gcs_backend
     assert err.splitlines() == [err] and "Traceback" not in err
     assert err.startswith("error: --run-dir gs://bucket/x: gs:// paths need dmx_no_such_a or dmx_no_such_b (")
     assert "pip install 'dmx-jax[gcs]'" in err and "mounted bucket" in err
-
-
-def test_cli_with_the_backend_still_says_only_checkpoints_are_remote(gcs_backend, capsys):
-    assert main(["--run-dir", "gs://bucket/x", "--distributed", "off"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.splitlines() == [err] and "only checkpoints" in err and "gs://bucket/x" in err
 
 
 def test_unsupported_scheme_and_local_paths():
@@ -108,3 +103,48 @@ def test_save_and_restore_through_an_epath_path(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert (tmp_path / "ck_data" / "3" / "process_0.json").is_file()
     ck.close()
+
+
+def test_a_bucket_run_dir_syncs_through_epath(tmp_path, monkeypatch):
+    """RunDir on gs:// (epath's gs backend answered by a local folder, etils' own mock): the URI is kept, the
+    working copy defaults under ~/.cache, push copies what changed and skips the in-place checkpoint folders, and
+    a new working copy pulls the small files back."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    bucket = tmp_path / "bucket"
+
+    def local(p):
+        return str(p).replace("gs://bucket", str(bucket), 1)
+
+    def one(fn, path, *a, **k):
+        return fn(local(path), *a, **k)
+
+    with epath_testing.mock_epath(
+        exists=one, isdir=one, listdir=one, glob=one, makedirs=one, mkdir=one, stat=one, walk=one, open=one
+    ):
+        rd = RunDir.open("gs://bucket/run")
+        assert str(rd) == "gs://bucket/run" and str(rd.stage_store("sft")) == "gs://bucket/run/sft"
+        assert rd.local == tmp_path / "home" / ".cache" / "dmx-jax" / "runs" / "bucket_run"
+        assert rd.pull() == 0
+        (rd.local / "eval").mkdir(parents=True)
+        (rd.local / "eval" / "sft.json").write_text("{}")
+        (rd.local / "sft").mkdir()
+        (rd.local / "sft" / "DONE.json").write_text('{"steps": 3}')
+        (rd.local / "sft" / "ckpt").mkdir()
+        (rd.local / "sft" / "ckpt" / "x").write_text("orbax writes these in place")
+        assert rd.push() == 2 and rd.push() == 0  # nothing changed since
+        (rd.local / "eval" / "sft.json").write_text('{"a": 1}')
+        assert rd.push() == 1
+        assert (bucket / "run" / "eval" / "sft.json").read_text() == '{"a": 1}'
+        assert not (bucket / "run" / "sft" / "ckpt").exists()
+        (bucket / "run" / "sft" / "final_params").mkdir()  # a stage's parameters stay in the bucket
+        (bucket / "run" / "sft" / "final_params" / "p").write_text("big")
+        fresh = RunDir.open("gs://bucket/run", local=tmp_path / "other")
+        assert fresh.pull() == 2 and fresh.push() == 0
+        assert (tmp_path / "other" / "sft" / "DONE.json").read_text() == '{"steps": 3}'
+        assert not (tmp_path / "other" / "sft" / "final_params").exists()
+
+
+def test_a_local_run_dir_is_its_own_working_copy(tmp_path):
+    rd = RunDir.open(tmp_path / "run")
+    assert rd.store is None and rd.local == tmp_path / "run" and rd.push() == 0
+    assert rd.stage_store("sft") == (tmp_path / "run" / "sft").absolute()

@@ -39,6 +39,7 @@ def persistent_compile_cache(path: Path | str, min_compile_secs: float = 0.0):
         "jax_compilation_cache_dir",
         "jax_persistent_cache_min_compile_time_secs",
         "jax_persistent_cache_min_entry_size_bytes",
+        "jax_persistent_cache_enable_xla_caches",
     )
     before = {k: getattr(jax.config, k) for k in keys}
     counts = CompileCounts()
@@ -55,6 +56,10 @@ def persistent_compile_cache(path: Path | str, min_compile_secs: float = 0.0):
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor
+    # no XLA GPU autotune / kernel caches inside the cache directory: their paths enter every program's compile
+    # options, hence its cache key, so a cache copied to another directory (a bucket run's working copy on a new
+    # VM) would never hit, and on GPU pods process 0's key would differ from the others'
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
     try:
         yield counts
     finally:
