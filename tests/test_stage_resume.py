@@ -1,8 +1,9 @@
 """Each stage runner (the supervised recipe SFT and cold start share, and GRPO) stopped by SIGTERM mid-run and
 rerun resumes exactly: the same per-step losses / rewards and the same final parameters as an uninterrupted run
 (SIGKILL of the same machinery is covered by test_kill_resume). Cold start is SFT's recipe, runner and loop on
-reasoning rows, so SFT stands for both. Parameters and batches are split over 2 devices (FSDP), and no program
-of a run (first start, the interrupted one or the resume) compiles twice."""
+reasoning rows, so SFT stands for both. Parameters and batches are split over 2 devices (FSDP), no program of a
+run (first start, the interrupted one or the resume) compiles twice, and the interrupted run keeps its checkpoints
+in a store apart from its stage folder (a bucket run directory's layout) and resumes from there."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def setup(tmp_path_factory):
     return graphdef, nnx.to_pure_dict(state), rows, tok, mcfg
 
 
-def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
+def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None, store=None):
     graphdef, params, rows, tok, mcfg = setup
     params = jax.tree.map(np.array, params)  # fresh buffers: the train step donates its state
     mesh = make_mesh(MeshConfig(1, 2, 1), devices=jax.devices()[:2])  # params and batch split over 2 devices
@@ -88,7 +89,7 @@ def _run(stage, run_dir, setup, stop_at=None, monkeypatch=None):
     ctx = stages.RunContext(mesh=mesh, writer=writer, run_config={})
     with compiles() as log:
         try:
-            return stages.run_stage(spec, recipe, run_dir, params, rows[stage], ctx)
+            return stages.run_stage(spec, recipe, run_dir, params, rows[stage], ctx, store=store)
         finally:  # programs of 3+ arguments: the steps, log-prob passes, sampler, reward (not eager ops)
             assert compiled_again(log, min_args=3) == {}, f"{stage}: a program compiled twice in one run"
 
@@ -102,11 +103,14 @@ def _per_step(run_dir, key):
 @pytest.mark.parametrize("stage", ["sft", "grpo"])
 def test_stage_sigterm_then_rerun_is_exact(stage, setup, tmp_path, monkeypatch):
     final_ref = _run(stage, tmp_path / "ref", setup)
+    store = tmp_path / "bucket" / stage  # the interrupted run keeps its checkpoints in a store of their own
     with pytest.raises(SystemExit, match="stopped by signal"):
-        _run(stage, tmp_path / "cut", setup, stop_at=STOP_AT, monkeypatch=monkeypatch)
+        _run(stage, tmp_path / "cut", setup, stop_at=STOP_AT, monkeypatch=monkeypatch, store=store)
     assert not (tmp_path / "cut" / "DONE.json").exists()
+    assert (store / "ckpt").is_dir() and not (tmp_path / "cut" / "ckpt").exists()
     monkeypatch.undo()
-    final_cut = _run(stage, tmp_path / "cut", setup)
+    final_cut = _run(stage, tmp_path / "cut", setup, store=store)
+    assert (store / "final_params").is_dir()
     key = "reward/overall" if stage == "grpo" else "loss"
     ref, cut = _per_step(tmp_path / "ref", key), _per_step(tmp_path / "cut", key)
     assert sorted(ref) == list(range(1, STEPS + 1)) and set(cut) == set(ref)
