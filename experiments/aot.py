@@ -41,7 +41,7 @@ from jax.sharding import AxisType, Mesh
 
 from dmx_jax.model import Qwen25VL
 from dmx_jax.model.config import PRESETS as MODEL_PRESETS
-from dmx_jax.model.lora import cast_base
+from dmx_jax.model.lora import adapters_of, cast_base
 from dmx_jax.perf.flops import train_flops
 from dmx_jax.sharding.rules import tree_shardings
 from dmx_jax.training.grpo import initial_aux
@@ -184,14 +184,17 @@ def grpo_rows(plan: Plan, steps=GRPO_STEPS) -> list[Row]:
     n = rl.prompts_per_step * g
     programs, _, state, _ = grpo_programs_of(plan)
     opt_bytes = per_chip_bytes(state.opt_state)
-    lora = bool(mcfg.text.lora.rank)  # the reference is the base with the adapters off: no copy
+    lora = bool(mcfg.text.lora.rank)
     ref_dtype = jnp.dtype(mem.ref_dtype) if mem.ref_dtype and not lora else None
     ref = (
         plan.params
         if ref_dtype is None
         else jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, ref_dtype, sharding=x.sharding), plan.params)
     )
-    ref_bytes = 0 if (not algo.kl_coef or mem.ref_offload or lora) else per_chip_bytes(ref)
+    if lora:  # the reference is the policy's base with a copy of the starting adapters: adapter bytes only
+        ref_bytes = per_chip_bytes(adapters_of(plan.params)) if algo.needs_reference else 0
+    else:
+        ref_bytes = 0 if (not algo.kl_coef or mem.ref_offload) else per_chip_bytes(ref)
     rows = []
     grid = _image_grid(plan)
     kv_bytes_row = (

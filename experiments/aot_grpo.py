@@ -109,15 +109,15 @@ def _logprob_rows(plan, programs, algo, n, t, tn, grid, ref, ref_dtype, resident
         mcfg, text_tokens=n * (t + tn), seq_len=t + tn, image_grids=[grid] * n, lm_head_tokens=n * tn
     ).total
     passes = (
-        ("logprob", programs.policy_logprob, plan.params, resident_policy),
-        ("ref_logp", programs.reference_logprob, ref, resident_ref),
+        ("logprob", programs.policy_logprob, (plan.params, rollout), resident_policy),
+        ("ref_logp", programs.reference_logprob, (ref, rollout, None), resident_ref),
     )
-    for name, program, p_abs, resident in passes:
+    for name, program, args, resident in passes:
         if name not in steps or name == "ref_logp" and (not algo.kl_coef or ref_dtype is None):
-            continue  # the policy pass's memory (the reference in the policy's dtype, or the LoRA base)
+            continue  # the policy pass's memory (the reference in the policy's dtype, or the LoRA policy's base)
         micro = f", {algo.logprob_micro_batches} micro-batches" if algo.logprob_micro_batches > 1 else ""
         row = _row(plan, "grpo", name, n, t + tn, f"[{n},{t}+{tn}]{micro}")
-        compile_row(row, program, (p_abs, rollout), mesh=mesh, resident_bytes=resident)
+        compile_row(row, program, args, mesh=mesh, resident_bytes=resident)
         rows.append(roofline(row, plan.chip, flops=f_lp, executed=f_lp, hbm_bytes_per_chip=_weight_read_bytes(plan)))
     return rows
 

@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from data_pipelines.pipeline import stack_rows, trim_right_padding
+from dmx_jax.model.lora import adapters_of
 from dmx_jax.perf.flops import batch_train_flops
 from dmx_jax.rewards.combine import ground_truth_arrays, make_reward_fn
 from dmx_jax.rewards.text_bytes import token_bytes_table
@@ -307,8 +308,8 @@ def grpo_recipe(
     def build_step(tx, trainable, shardings, place, draw):
         progs = programs(tx, trainable, shardings)
         reference = (
-            Reference(adapters_off=True)
-            if model_cfg.text.lora.rank  # LoRA: the base, no copy
+            Reference(adapters=adapters_of(ref_params))  # LoRA: the shared base + the starting adapters
+            if model_cfg.text.lora.rank
             else Reference(ref_params, memory.ref_dtype, memory.ref_offload)
         )
         learner = GRPOLearner(
@@ -374,7 +375,8 @@ def grpo_programs(
     """The GRPO stage's device programs (sampler, log-prob passes, update, the weights' re-layout for decoding when
     `decode` = decode_shardings(...) is given) from its config: what the runner's learner runs and the fit check
     compiles. The group-shared prefill places P prompts (not P x G rows), so it is
-    used only when P divides over the mesh's batch axes; a LoRA model's reference is its base (adapters off)."""
+    used only when P divides over the mesh's batch axes; a LoRA model's reference is its own base with the
+    adapters the stage started from (a copy of the adapters alone)."""
     algo = rl_cfg.algo
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     sampler = make_sampler(
@@ -396,7 +398,7 @@ def grpo_programs(
         trainable=trainable,
         state_shardings=shardings,
         sample_shardings=decode,
-        reference_is_base=bool(model_cfg.text.lora.rank) and algo.needs_reference,
+        reference_kind="adapters" if model_cfg.text.lora.rank and algo.needs_reference else "params",
     )
 
 

@@ -12,7 +12,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dmx_jax.model.attention import attention, causal_mask
-from dmx_jax.model.lora import adapter_count
+from dmx_jax.model.lora import adapter_count, adapters_of
 from experiments import aot, aot_grpo, evaluate, tpu_compile
 from experiments.configs import tiny
 from experiments.overrides import apply_overrides
@@ -166,10 +166,10 @@ def test_rollout_row_decodes_with_the_layout_the_runner_uses(monkeypatch):
     assert same is plan.params and none == 0
 
 
-def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_reference_copy(monkeypatch):
+def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_base_copy_for_the_reference(monkeypatch):
     """With lora.rank > 0 the fit check builds what the runner trains: the base in the compute dtype, adapters in
     fp32, the stage optimizer holding moments for the adapters alone, and GRPO's reference as the policy's own
-    weights (no resident copy, no second log-prob program)."""
+    base with a copy of the starting adapters (no copy of the base, no log-prob row of its own)."""
 
     monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
     cfg = apply_overrides(
@@ -185,7 +185,8 @@ def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_reference_copy
     monkeypatch.setattr(aot, "_logprob_rows", lambda *a: [a[7], a[8], a[9]])  # (ref, ref_dtype, resident)
     ref, ref_dtype, resident = aot.grpo_rows(plan, steps=("ref_logp",))
     assert ref is plan.params and ref_dtype is None
-    assert resident == tpu_compile.per_chip_bytes(state.opt_state)  # optimizer state only: no reference copy
+    adapters = tpu_compile.per_chip_bytes(adapters_of(plan.params))
+    assert adapters > 0 and resident == tpu_compile.per_chip_bytes(state.opt_state) + adapters  # no base copy
 
 
 @needs_libtpu

@@ -390,7 +390,7 @@ def test_kl_in_reward_reaches_the_rollout_advantages():
     learner, state = _toy_learner(cfg)
     state, _ = learner.step(state, PROMPTS)
     batch, m = learner.rollout(state.params, PROMPTS, jax.random.key(3))
-    ref = learner._logp_ref(learner.ref_params, batch.inputs)
+    ref = learner._logp_ref(learner.ref_params, batch.inputs, None)
     kld = (batch.old_logp - ref) * batch.loss_mask
     assert float(jnp.abs(kld).max()) > 1e-3  # the fixture has a KL to penalise
     want = compute_advantages(batch.scores, batch.loss_mask, cfg, -0.5 * kld)

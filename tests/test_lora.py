@@ -14,7 +14,7 @@ from flax import nnx
 
 from dmx_jax.hf import load_adapter, load_pretrained, read_config, save_adapter, save_pretrained
 from dmx_jax.model import Qwen25VL, tiny
-from dmx_jax.model.lora import LoraConfig, disable_adapters, is_adapter, merge_adapters
+from dmx_jax.model.lora import LoraConfig, adapters_of, disable_adapters, is_adapter, merge_adapters
 from dmx_jax.sharding.rules import path_to_str
 from dmx_jax.training.checkpoint import Checkpointer, abstract_like
 from dmx_jax.training.grpo import GRPOLearner
@@ -145,7 +145,8 @@ def test_merge_equals_the_adapter_forward_in_the_model_frame(base, adapted):
 
 
 def test_grpo_reference_is_the_base_with_adapters_off():
-    """reference_is_base: no reference copy; the reference log-probs are the base model's (adapters zeroed)."""
+    """Reference(adapters_off=True): no reference copy; the reference log-probs are the base model's (adapters
+    zeroed)."""
     cfg = tiny()
     lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
     graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
@@ -174,7 +175,7 @@ def test_grpo_reference_is_the_base_with_adapters_off():
         "completion": rng.integers(10, 900, (2, tn)).astype(np.int32),
         "completion_mask": np.ones((2, tn), np.float32),
     }
-    got = learner._logp_ref(trained, inputs)
+    got = learner._logp_ref(trained, inputs, None)
     base_graphdef, base_state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     want, _ = logprob(nnx.merge(base_graphdef, base_state), inputs)
     policy, _ = logprob(nnx.merge(graphdef, trained), inputs)
@@ -274,3 +275,45 @@ def test_a_frozen_tower_in_full_fine_tuning_is_not_differentiated(base):
 
     assert carry_size(frozen) == total - vision_size + 2  # the text side's gradients, loss, token count
     assert carry_size(Trainable()) == total + 2
+
+
+def test_grpo_reference_is_the_policy_the_stage_started_from():
+    """Reference(adapters=adapters_of(start)): the reference log-probs are the starting policy's (base + the
+    adapters SFT and cold start trained), from the shared base and a copy of the adapters alone, however far the
+    policy's adapters have moved since; not the base's (adapters off), which KL would pull the policy back to."""
+    cfg = tiny()
+    lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
+    graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
+    bump = lambda by: lambda p, x: x + by if path_to_str(p).endswith("lora_b") else x
+    start = jax.tree_util.tree_map_with_path(bump(0.1), nnx.to_pure_dict(state))  # adapters trained before GRPO
+    moved = jax.tree_util.tree_map_with_path(bump(0.05), start)  # the policy after some GRPO updates
+    algo = GRPOConfig(group_size=2, max_new_tokens=4, kl_coef=0.05)
+    logprob = make_policy_logprob(algo)
+    learner = GRPOLearner(
+        graphdef,
+        algo,
+        optax.sgd(0.1),
+        sampler=Sampler(None, 2, ()),
+        reward_fn=None,
+        logprob=logprob,
+        reference=Reference(adapters=adapters_of(start)),
+    )
+    assert learner.ref_params is None and learner.programs.reference_kind == "adapters"
+    copied = jax.tree.leaves(learner.ref_adapters)
+    assert len(copied) == 2 * len(LORA.targets) and all(a is not b for a, b in zip(copied, jax.tree.leaves(start)))
+    rng = np.random.default_rng(1)
+    t, tn = 6, 4
+    inputs = {
+        "input_ids": rng.integers(10, 900, (2, t)).astype(np.int32),
+        "attention_mask": np.ones((2, t), np.int32),
+        "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (2, 3, t)).copy(),
+        "deltas": np.zeros((2, 1), np.int32),
+        "completion": rng.integers(10, 900, (2, tn)).astype(np.int32),
+        "completion_mask": np.ones((2, tn), np.float32),
+    }
+    got = learner._logp_ref(moved, inputs, learner.ref_adapters)
+    want, _ = logprob(nnx.merge(graphdef, start), inputs)
+    policy, _ = logprob(nnx.merge(graphdef, moved), inputs)
+    base, _ = logprob(nnx.merge(graphdef, disable_adapters(start)), inputs)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    assert float(jnp.abs(policy - want).max()) > 1e-3 and float(jnp.abs(base - want).max()) > 1e-3

@@ -16,7 +16,7 @@ from flax import nnx
 from data_pipelines.pipeline import stack_rows
 from data_pipelines.synthetic import SyntheticConfig, examples
 from dmx_jax.model import Qwen25VL
-from dmx_jax.model.lora import cast_base
+from dmx_jax.model.lora import adapters_of, cast_base
 from dmx_jax.sampling.generate import stop_token_ids
 from dmx_jax.sharding import make_mesh
 from experiments import aot, aot_grpo, stages
@@ -116,15 +116,16 @@ def test_fit_check_lowers_the_runners_programs(name, tokenizer, monkeypatch):
     algo, g = cfg.rl.algo, cfg.rl.algo.group_size
     n, t, tn = cfg.rl.prompts_per_step * g, cfg.data.reasoning_prompt_len, algo.max_new_tokens
     assert progs.sampler.group_size == checked.sampler.group_size
-    assert progs.reference_is_base == checked.reference_is_base
+    assert progs.reference_kind == checked.reference_kind == ("adapters" if cfg.lora.rank else "params")
     params, _, _ = aot_grpo.rollout_params(plan, cfg.memory)
     prompts, rng = aot_grpo.rollout_inputs(plan, checked.sampler, n, t)
     scored = aot_grpo.scored_inputs(plan, n, t, tn)
     update = aot_grpo.update_inputs(plan, algo, n, g, t, tn)
+    ref_adapters = adapters_of(plan.params) if cfg.lora.rank else None
     pairs = {
         "rollout": (jax.jit(progs.sampler.sample), jax.jit(checked.sampler.sample), (params, prompts, rng)),
         "logprob": (progs.policy_logprob, checked.policy_logprob, (plan.params, scored)),
-        "ref_logp": (progs.reference_logprob, checked.reference_logprob, (plan.params, scored)),
+        "ref_logp": (progs.reference_logprob, checked.reference_logprob, (plan.params, scored, ref_adapters)),
         "update": (progs.update.jitted, checked.update.jitted, (abstract, update)),
         "relayout": (progs.relayout, checked.relayout, (plan.params,)),  # FSDP mesh, decode_layout="sample"
     }

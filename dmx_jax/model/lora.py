@@ -112,6 +112,33 @@ def disable_adapters(params: dict) -> dict:
     return visit(params)
 
 
+def adapters_of(params: dict) -> dict:
+    """The adapter leaves alone (every lora_a / lora_b), nested as in `params`."""
+
+    def visit(tree):
+        out = {}
+        for k, v in tree.items():
+            if k in ("lora_a", "lora_b"):
+                out[k] = v
+            elif isinstance(v, dict) and (sub := visit(v)):
+                out[k] = sub
+        return out
+
+    return visit(params)
+
+
+def with_adapters(params: dict, adapters: dict) -> dict:
+    """`params` with its adapter leaves taken from `adapters` (adapters_of's nesting), sharing every base array."""
+
+    def visit(tree, ad):
+        return {
+            k: ad[k] if k in ("lora_a", "lora_b") else visit(v, ad.get(k, {})) if isinstance(v, dict) else v
+            for k, v in tree.items()
+        }
+
+    return visit(params, adapters)
+
+
 def merge_adapters(params: dict, lora: LoraConfig) -> dict:
     """Kernels with their adapters folded in (W + scale A B) and the adapter leaves removed: a plain model."""
 

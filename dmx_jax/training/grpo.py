@@ -147,7 +147,7 @@ class GRPOLearner:
         self.mesh = mesh  # every program runs under it, so the activation constraints apply
         self.cfg, self.graphdef = cfg, graphdef
         self.place = place  # host rollout batch -> global arrays on the mesh (None: default device)
-        self.reference_is_base = reference.adapters_off and cfg.needs_reference
+        self.reference_kind = reference.kind if cfg.needs_reference else "params"
         if programs is None:
             if tx is None or sampler is None or logprob is None:
                 raise ValueError("GRPOLearner needs programs=, or tx, sampler= and logprob= to build them")
@@ -162,24 +162,26 @@ class GRPOLearner:
                 trainable=trainable,
                 state_shardings=state_shardings,
                 sample_shardings=sample_shardings,
-                reference_is_base=self.reference_is_base,
+                reference_kind=self.reference_kind,
             )
-        elif programs.reference_is_base != self.reference_is_base:
+        elif programs.reference_kind != self.reference_kind:
             raise ValueError(
-                f"GRPOLearner: programs built with reference_is_base={programs.reference_is_base}, the learner's "
-                f"reference says {self.reference_is_base}"
+                f"GRPOLearner: programs built for a {programs.reference_kind!r} reference, the learner's reference "
+                f"is {self.reference_kind!r}"
             )
         self.programs = programs
         sampler = programs.sampler
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
         self.compute_dtype = compute_dtype
         self.shared_prefill = sampler.group_size == cfg.group_size
-        self.ref_params, self._ref_shardings = None, None
-        if cfg.needs_reference and not reference.adapters_off:
+        self.ref_params, self._ref_shardings, self.ref_adapters = None, None, None
+        if self.reference_kind == "adapters":  # own copy of the starting adapters (the policy's are donated)
+            self.ref_adapters = jax.tree.map(lambda x: jnp.array(x, copy=True), reference.adapters)
+        elif cfg.needs_reference and self.reference_kind == "params":
             if reference.params is None:
                 raise ValueError(
-                    "grpo.kl_coef / kl_reward_coef > 0 need a reference: Reference(params=...), or "
-                    "Reference(adapters_off=True) for a model with LoRA adapters"
+                    "grpo.kl_coef / kl_reward_coef > 0 need a reference: Reference(params=...), or for a model "
+                    "with LoRA adapters Reference(adapters=adapters_of(starting params)) / Reference(adapters_off=True)"
                 )
             # own copy (the policy's buffers are donated to the update step), in the reference dtype
             ref = jax.tree.map(lambda x: jnp.array(x, copy=True), reference.params)
@@ -295,13 +297,13 @@ class GRPOLearner:
                 }
             )
         ref_logp = None
-        if self.reference_is_base:  # the policy's own base weights, adapters off: no second copy
-            ref_logp = self._logp_ref(params, batch.inputs)
+        if self.reference_kind in ("base", "adapters"):  # the policy's own base weights: no second copy
+            ref_logp = self._logp_ref(params, batch.inputs, self.ref_adapters)
         elif self.ref_params is not None:
             ref = self.ref_params
             if self._ref_shardings is not None:  # offloaded: back on device for this pass only
                 ref = jax.device_put(ref, self._ref_shardings)
-            ref_logp = self._logp_ref(ref, batch.inputs)
+            ref_logp = self._logp_ref(ref, batch.inputs, None)
             del ref
         token_rewards = None
         if cfg.kl_reward_coef:  # verl apply_kl_penalty: token rewards - beta * KL(pi_old || ref)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dmx_jax.model.lora import disable_adapters
+from dmx_jax.model.lora import disable_adapters, with_adapters
 from dmx_jax.training.grpo_loss import GRPOConfig, policy_loss
 from dmx_jax.training.optim import Trainable
 from dmx_jax.training.rollout import PolicyLogprob, Rollout, Sampler
@@ -103,8 +103,9 @@ class GRPOPrograms:
 
     sampler: the rollout (sample(params, prompts, rng), jitted inside: prefill + decode loop).
     policy_logprob(params, inputs) -> (logp [N, Tn], entropy [N, Tn]; zeros when the log-prob computes none).
-    reference_logprob(params, inputs) -> logp [N, Tn]; with reference_is_base the params are the policy's and
-    its LoRA adapters are switched off inside the program.
+    reference_logprob(params, inputs, adapters) -> logp [N, Tn] under the reference: reference_kind 'params' takes
+    the reference's own parameters (adapters None); 'base' the policy's, its LoRA adapters switched off inside the
+    program; 'adapters' the policy's with `adapters` (the stage's starting adapter values) swapped in.
     update(state, mini_batch: Rollout) -> (state, metrics): the state donated, in and out in its shardings.
     relayout(params) -> the weights the sampler decodes with: the compute-dtype copy in the decoding layout, made
     once per rollout phase; None decodes the train parameters themselves."""
@@ -114,7 +115,7 @@ class GRPOPrograms:
     reference_logprob: Any  # jax.jit
     update: MeshProgram
     relayout: Any = None  # jax.jit, or None
-    reference_is_base: bool = False
+    reference_kind: str = "params"  # params | base | adapters (see Reference.kind)
 
 
 def make_grpo_programs(
@@ -129,7 +130,7 @@ def make_grpo_programs(
     trainable: Trainable | None = None,
     state_shardings: TrainState | None = None,
     sample_shardings: Any = None,
-    reference_is_base: bool = False,
+    reference_kind: str = "params",
 ) -> GRPOPrograms:
     """The GRPO step's programs. state_shardings: the train state's layout, kept through the update (so each
     program compiles once per run: left to the partitioner, the update's output layout differs from its
@@ -151,8 +152,12 @@ def make_grpo_programs(
     def policy_logprobs(params, inputs):
         return logp(params, inputs, logprob.with_entropy)
 
-    def reference_logprobs(params, inputs):
-        return logp(disable_adapters(params) if reference_is_base else params, inputs, False)[0]
+    def reference_logprobs(params, inputs, adapters):
+        if reference_kind == "base":
+            params = disable_adapters(params)
+        elif reference_kind == "adapters":
+            params = with_adapters(params, adapters)
+        return logp(params, inputs, False)[0]
 
     update = make_policy_update(
         graphdef, cfg, tx, logprob, grad_accum=grad_accum, compute_dtype=compute_dtype, trainable=trainable
@@ -165,5 +170,5 @@ def make_grpo_programs(
         relayout=None
         if sample_shardings is None
         else jax.jit(lambda params: cast_floating(params, compute_dtype), out_shardings=sample_shardings),
-        reference_is_base=reference_is_base,
+        reference_kind=reference_kind,
     )

@@ -47,13 +47,21 @@ class PolicyLogprob:
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """The KL reference of a GRPO learner. params: a frozen copy of them is kept, in `dtype` (None: as given),
-    in host memory between uses when `offload`. adapters_off: the reference is the policy's own parameters with
-    its LoRA adapters switched off (dmx_jax.model.lora.disable_adapters), and no copy exists."""
+    in host memory between uses when `offload`. adapters: the reference is the policy's own base with these LoRA
+    adapter values (dmx_jax.model.lora.adapters_of the stage's starting parameters): a copy of the adapters alone,
+    so the reference is the policy the stage started from. adapters_off: the policy's base with its adapters
+    switched off (dmx_jax.model.lora.disable_adapters): the model before any adapter training, and no copy."""
 
     params: Any = None
     dtype: Any = None
     offload: bool = False
+    adapters: Any = None
     adapters_off: bool = False
+
+    @property
+    def kind(self) -> str:
+        """'adapters', 'base' (adapters off) or 'params' (a copy of the reference parameters)."""
+        return "adapters" if self.adapters is not None else "base" if self.adapters_off else "params"
 
 
 @jax.tree_util.register_dataclass
