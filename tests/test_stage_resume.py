@@ -124,6 +124,7 @@ def _live_bytes() -> int:
     return sum(x.nbytes for x in jax.live_arrays() if not x.is_deleted())
 
 
+@pytest.mark.slow  # ~32 s on two workers
 def test_a_resumed_stage_keeps_no_second_copy_of_its_starting_parameters(setup, tmp_path):
     """Starting parameters placed on the mesh (as a loaded checkpoint or the previous stage leaves them): a fresh
     stage donates them to its first step; a stage resumed from a checkpoint releases them once the restored state
