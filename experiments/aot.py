@@ -4,7 +4,7 @@
                               [--set key=value ...] [--json]
 
 Compiles the programs the stage runner itself runs, built by the same code (SFT / cold start: the recipe of
-`experiments.stages.plan_stage`, its optimizer and `state_shardings`; GRPO: `experiments.stages.grpo_programs`,
+`experiments.stages.plan_stage`, its optimizer and `state_shardings`; GRPO: `experiments.stage_programs.grpo_programs`,
 the sampler (prefill + decode loop), the policy and reference log-prob passes and the update that GRPOLearner
 runs; tests/test_program_identity.py lowers both and compares them), feeds them abstract inputs
 (`jax.ShapeDtypeStruct` with `NamedSharding`s on a mesh over the slice's abstract TPU devices) and compiles them
@@ -59,14 +59,8 @@ from experiments.configs import PRESETS
 from experiments.datasets import patch_budget
 from experiments.overrides import apply_overrides
 from experiments.pipeline import with_lora
-from experiments.stages import (
-    decode_shardings,
-    grpo_programs,
-    grpo_updates_per_step,
-    plan_stage,
-    stage_optimizer,
-    stage_trainable,
-)
+from experiments.stage_programs import decode_shardings, grpo_programs
+from experiments.stages import grpo_updates_per_step, plan_stage, stage_optimizer, stage_trainable
 from experiments.tpu_compile import (
     AotError,
     Row,
@@ -153,7 +147,7 @@ GRPO_STEPS = ("relayout", "rollout", "logprob", "ref_logp", "update", "reward")
 
 
 def grpo_programs_of(plan: Plan):
-    """(the GRPO stage's programs as the runner builds them (experiments.stages.grpo_programs with the stage's
+    """(the GRPO stage's programs as the runner builds them (experiments.stage_programs.grpo_programs with the stage's
     optimizer and trainable parameters), its optimizer, abstract train state and state shardings)."""
     rl = plan.cfg.rl
     tx = stage_optimizer(rl, plan.params, grpo_updates_per_step(rl) if rl.lr_schedule_unit == "rollout" else 1)(

@@ -17,13 +17,13 @@ from dmx_jax.rewards.combine import ground_truth_arrays, score_tokens, text_budg
 from dmx_jax.rewards.text_bytes import QWEN2_5_LONGEST_TOKEN_BYTES
 from dmx_jax.training.rollout import Rollout
 from experiments.aot_plan import Plan, _row, _weight_read_bytes
-from experiments.stages import decode_shardings
+from experiments.stage_programs import decode_shardings
 from experiments.tpu_compile import Row, batch_leaf, compile_row, image_batch, per_chip_bytes, roofline, text_batch
 
 
 def rollout_params(plan: Plan, mem) -> tuple[Any, int, str]:
     """(the weights the rollout decodes with, bytes per chip resident beside them, a label) as the runner lays
-    them out (experiments.stages.decode_shardings): memory.decode_layout="sample" on an FSDP mesh decodes a
+    them out (experiments.stage_programs.decode_shardings): memory.decode_layout="sample" on an FSDP mesh decodes a
     compute-dtype copy without FSDP while the fp32 train parameters stay resident; otherwise the train parameters
     themselves."""
     layout = decode_shardings(plan.params, plan.mesh, mem)

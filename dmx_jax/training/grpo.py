@@ -116,8 +116,8 @@ class GRPOLearner:
     """Host orchestration of one GRPO iteration per call; each piece inside is jitted.
 
     programs: the step's device programs (make_grpo_programs; the stage runner and the fit check build them with
-    experiments.stages.grpo_programs); without them the learner builds them from tx, sampler, logprob, grad_accum,
-    compute_dtype, trainable, state_shardings and sample_shardings (the weights' decoding layout, see
+    experiments.stage_programs.grpo_programs); without them the learner builds them from tx, sampler, logprob,
+    grad_accum, compute_dtype, trainable, state_shardings and sample_shardings (the weights' decoding layout, see
     sampling_shardings). trainable: the parameters the update differentiates (the optimizer's rule, see
     make_train_step). reference: the KL reference (a Reference record); refill: () -> another prompt batch of the
     same shape, for dynamic sampling."""
