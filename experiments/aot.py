@@ -120,11 +120,9 @@ def supervised_program(plan: Plan, stage: str):
 
 
 def supervised_rows(plan: Plan, stage: str) -> list[Row]:
-    cfg = plan.cfg
-    st = cfg.sft if stage == "sft" else cfg.cold_start
-    seq = cfg.data.max_seq_len if stage == "sft" else cfg.data.reasoning_seq_len
-    b = st.batch_size
+    st = plan.cfg.sft if stage == "sft" else plan.cfg.cold_start
     program, args = supervised_program(plan, stage)
+    b, seq = args[1]["input_ids"].shape
     row = _row(
         plan,
         stage,

@@ -320,7 +320,6 @@ def grpo_recipe(
             reference=reference,
             seed=seed,
             place=place,
-            compute_dtype=model_cfg.dtype,
             refill=draw if algo.dynamic_sampling else None,
             mesh=mesh,
             state_shardings=shardings,

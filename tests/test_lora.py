@@ -144,14 +144,20 @@ def test_merge_equals_the_adapter_forward_in_the_model_frame(base, adapted):
     np.testing.assert_allclose(_logits(plain_graphdef, merged, inputs), _logits(graphdef, trained, inputs), atol=1e-4)
 
 
-def test_grpo_reference_is_the_base_with_adapters_off():
-    """Reference(adapters_off=True): no reference copy; the reference log-probs are the base model's (adapters
-    zeroed)."""
+def _lora_model():
+    """(base config, graphdef, params) of the tiny model with LORA adapters."""
     cfg = tiny()
     lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
     graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
-    params = nnx.to_pure_dict(state)
-    trained = jax.tree_util.tree_map_with_path(lambda p, x: x + 0.1 if path_to_str(p).endswith("lora_b") else x, params)
+    return cfg, graphdef, nnx.to_pure_dict(state)
+
+
+def _bump_adapters(params, by: float):
+    return jax.tree_util.tree_map_with_path(lambda p, x: x + by if path_to_str(p).endswith("lora_b") else x, params)
+
+
+def _reference_learner(graphdef, reference: Reference):
+    """(a GRPO learner with a KL term and `reference`, its log-prob function)."""
     algo = GRPOConfig(group_size=2, max_new_tokens=4, kl_coef=0.05)
     logprob = make_policy_logprob(algo)
     learner = GRPOLearner(
@@ -161,20 +167,32 @@ def test_grpo_reference_is_the_base_with_adapters_off():
         sampler=Sampler(None, 2, ()),
         reward_fn=None,
         logprob=logprob,
-        reference=Reference(adapters_off=True),
+        reference=reference,
     )
-    assert learner.ref_params is None
-    rng = np.random.default_rng(0)
-    t, tn = 6, 4
-    ids = rng.integers(10, 900, (2, t)).astype(np.int32)
-    inputs = {
-        "input_ids": ids,
+    return learner, logprob
+
+
+def _completion_inputs(seed: int, t: int = 6, tn: int = 4) -> dict:
+    """Two text-only prompts of t tokens and their tn-token completions."""
+    rng = np.random.default_rng(seed)
+    return {
+        "input_ids": rng.integers(10, 900, (2, t)).astype(np.int32),
         "attention_mask": np.ones((2, t), np.int32),
         "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (2, 3, t)).copy(),
         "deltas": np.zeros((2, 1), np.int32),
         "completion": rng.integers(10, 900, (2, tn)).astype(np.int32),
         "completion_mask": np.ones((2, tn), np.float32),
     }
+
+
+def test_grpo_reference_is_the_base_with_adapters_off():
+    """Reference(adapters_off=True): no reference copy; the reference log-probs are the base model's (adapters
+    zeroed)."""
+    cfg, graphdef, params = _lora_model()
+    trained = _bump_adapters(params, 0.1)
+    learner, logprob = _reference_learner(graphdef, Reference(adapters_off=True))
+    assert learner.ref_params is None
+    inputs = _completion_inputs(0)
     got = learner._logp_ref(trained, inputs, None)
     base_graphdef, base_state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     want, _ = logprob(nnx.merge(base_graphdef, base_state), inputs)
@@ -281,36 +299,14 @@ def test_grpo_reference_is_the_policy_the_stage_started_from():
     """Reference(adapters=adapters_of(start)): the reference log-probs are the starting policy's (base + the
     adapters SFT and cold start trained), from the shared base and a copy of the adapters alone, however far the
     policy's adapters have moved since; not the base's (adapters off), which KL would pull the policy back to."""
-    cfg = tiny()
-    lcfg = cfg.replace(text=dataclasses.replace(cfg.text, lora=LORA))
-    graphdef, state = nnx.split(Qwen25VL(lcfg, nnx.Rngs(0)))
-    bump = lambda by: lambda p, x: x + by if path_to_str(p).endswith("lora_b") else x
-    start = jax.tree_util.tree_map_with_path(bump(0.1), nnx.to_pure_dict(state))  # adapters trained before GRPO
-    moved = jax.tree_util.tree_map_with_path(bump(0.05), start)  # the policy after some GRPO updates
-    algo = GRPOConfig(group_size=2, max_new_tokens=4, kl_coef=0.05)
-    logprob = make_policy_logprob(algo)
-    learner = GRPOLearner(
-        graphdef,
-        algo,
-        optax.sgd(0.1),
-        sampler=Sampler(None, 2, ()),
-        reward_fn=None,
-        logprob=logprob,
-        reference=Reference(adapters=adapters_of(start)),
-    )
+    _, graphdef, params = _lora_model()
+    start = _bump_adapters(params, 0.1)  # adapters trained before GRPO
+    moved = _bump_adapters(start, 0.05)  # the policy after some GRPO updates
+    learner, logprob = _reference_learner(graphdef, Reference(adapters=adapters_of(start)))
     assert learner.ref_params is None and learner.programs.reference_kind == "adapters"
     copied = jax.tree.leaves(learner.ref_adapters)
     assert len(copied) == 2 * len(LORA.targets) and all(a is not b for a, b in zip(copied, jax.tree.leaves(start)))
-    rng = np.random.default_rng(1)
-    t, tn = 6, 4
-    inputs = {
-        "input_ids": rng.integers(10, 900, (2, t)).astype(np.int32),
-        "attention_mask": np.ones((2, t), np.int32),
-        "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (2, 3, t)).copy(),
-        "deltas": np.zeros((2, 1), np.int32),
-        "completion": rng.integers(10, 900, (2, tn)).astype(np.int32),
-        "completion_mask": np.ones((2, tn), np.float32),
-    }
+    inputs = _completion_inputs(1)
     got = learner._logp_ref(moved, inputs, learner.ref_adapters)
     want, _ = logprob(nnx.merge(graphdef, start), inputs)
     policy, _ = logprob(nnx.merge(graphdef, moved), inputs)

@@ -172,7 +172,6 @@ class GRPOLearner:
         self.programs = programs
         sampler = programs.sampler
         self.sampler, self.reward_fn, self.refill = sampler, reward_fn, refill
-        self.compute_dtype = compute_dtype
         self.shared_prefill = sampler.group_size == cfg.group_size
         self.ref_params, self._ref_shardings, self.ref_adapters = None, None, None
         if self.reference_kind == "adapters":  # own copy of the starting adapters (the policy's are donated)
