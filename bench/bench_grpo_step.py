@@ -5,13 +5,18 @@ Builds the production GRPO pieces directly (rl_vlm.make_sampler / make_policy_lo
 (`paper` by default) over a synthetic token-byte table, GRPOLearner) on random weights of the `small` preset
 or the ~0.5B shape
 (Qwen2.5-0.5B text tower + a 4-block vision tower), with P prompts of one 224 px image each. An untrained policy
-rarely stops early, so rollouts run to max_new_tokens. The first step (compilation) is left out; the table is
-the median over the rest.
+rarely stops early, so rollouts run to max_new_tokens; --stop-every N makes 1 in N of the vocabulary a stop id,
+so completions end after ~N tokens (geometric lengths), the decode loop exits when every row has stopped and
+--length-buckets 1,4 compares the log-prob passes and updates on all max_new_tokens slots against the slots cut
+to the bucket holding the longest completion (GRPOConfig.length_buckets), side by side in one process. The
+steps that compile (the first, and the first at each new slot count) are left out; the table is the median
+over `--steps` others.
 
 usage: python -m bench.bench_grpo_step [--model small|qwen0_5b] [--steps 3] [--prompts 4] [--group 8]
                                        [--max-new-tokens 128] [--prefill both|shared|repeated]
                                        [--reward paper|grounded|toy] [--optimizer adamw|sgd]
-                                       [--ref-dtype bfloat16] [--layers N] [--notes TEXT] [--no-notes]
+                                       [--ref-dtype bfloat16] [--layers N] [--stop-every N]
+                                       [--length-buckets 1,4] [--notes TEXT] [--no-notes]
 
 --layers N keeps N decoder layers of the text tower (CPU time); --notes fills the table's notes column
 (e.g. what else shared the machine).
@@ -152,11 +157,16 @@ def run(
     optimizer: str = "adamw",
     ref_dtype: str | None = None,
     layers: int | None = None,
+    length_buckets: int = 1,
+    stop_every: int = 0,
 ) -> dict:
     cfg = model_config(model, layers)
     graphdef, state = nnx.split(Qwen25VL(cfg, nnx.Rngs(0)))
     params = nnx.to_pure_dict(state)
-    algo = GRPOConfig(group_size=group, max_new_tokens=max_new, temperature=1.0, kl_coef=0.01)
+    algo = GRPOConfig(
+        group_size=group, max_new_tokens=max_new, temperature=1.0, kl_coef=0.01, length_buckets=length_buckets
+    )
+    stops = (2,) if not stop_every else tuple(range(10, 10 + cfg.text.vocab_size // stop_every))
     reward, truth = reward_setup(cfg.text.vocab_size, prompts, preset)
     batch = {**prompt_batch(cfg, prompts), "reward_truth": truth}
     tx = optax.adamw(1e-6) if optimizer == "adamw" else optax.sgd(1e-6)  # sgd: no moments (host RAM)
@@ -164,20 +174,24 @@ def run(
         graphdef,
         algo,
         tx,
-        sampler=make_sampler(graphdef, algo, stop_token_ids=(2,), pad_id=0, shared_prefill=shared),
+        sampler=make_sampler(graphdef, algo, stop_token_ids=stops, pad_id=0, shared_prefill=shared),
         reward_fn=lambda t, m, rep: reward(t, m, rep["reward_truth"]),
         logprob=make_policy_logprob(algo, chunk_size=64),
         reference=Reference(params, dtype=ref_dtype),
     )
     st = init_train_state(params, tx)
-    records = []
-    for _ in range(steps + 1):
+    records, seen = [], set()
+    for _ in range(4 * steps + 1):  # a step at a slot count not seen before compiles: it is not timed
         t0 = time.perf_counter()
         st, m = learner.step(st, batch)
         m["step_s"] = time.perf_counter() - t0
-        records.append(m)
-    records = records[1:]
-    return {k: float(np.median([r[k] for r in records])) for k in [f"time/{p}_s" for p in PHASES] + ["step_s"]}
+        if m["completion_slots"] in seen:
+            records.append(m)
+        seen.add(m["completion_slots"])
+        if len(records) == steps:
+            break
+    keys = [f"time/{p}_s" for p in PHASES] + ["step_s", "completion_slots", "completion_len_mean"]
+    return {k: float(np.median([r[k] for r in records])) for k in keys}
 
 
 def main():
@@ -192,13 +206,16 @@ def main():
     ap.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     ap.add_argument("--ref-dtype", default=None, help="reference copy dtype, e.g. bfloat16")
     ap.add_argument("--layers", type=int, default=None, help="text decoder layers kept (default: the preset's)")
+    ap.add_argument("--stop-every", type=int, default=0, help="1 in N token ids stops a completion (0: eos only)")
+    ap.add_argument("--length-buckets", default="1", help="comma-separated GRPOConfig.length_buckets to compare")
     ap.add_argument("--notes", default="", help="the table's notes column")
     ap.add_argument("--no-notes", action="store_true")
     args = ap.parse_args()
 
     modes = {"both": (False, True), "shared": (True,), "repeated": (False,)}[args.prefill]
+    buckets = [int(b) for b in args.length_buckets.split(",")]
     res = {
-        s: run(
+        (s, k): run(
             args.model,
             args.prompts,
             args.group,
@@ -209,33 +226,41 @@ def main():
             args.optimizer,
             args.ref_dtype,
             args.layers,
+            k,
+            args.stop_every,
         )
         for s in modes
+        for k in buckets
     }
     total = model_config(args.model).text.num_hidden_layers
     label = args.model if not args.layers or args.layers == total else f"{args.model} ({args.layers} of {total} layers)"
     n = args.prompts * args.group
+    stops = f"1 in {args.stop_every}" if args.stop_every else "eos"
     header = (
-        ["model", "prefill", "prompts x G", "new tokens", "reward"]
+        ["model", "prefill", "prompts x G", "new tokens", "reward", "stops", "length buckets"]
+        + ["mean length", "slots"]
         + [f"{p} ms" for p in PHASES]
         + ["step ms", "reward share", "notes"]
     )
     rows = [
         [label, "shared" if s else "repeated", f"{args.prompts} x {args.group}", args.max_new_tokens, args.reward]
+        + [stops, k, f"{r['completion_len_mean']:.1f}", f"{r['completion_slots']:.0f}"]
         + [f"{r[f'time/{p}_s'] * 1e3:,.1f}" for p in PHASES]
         + [f"{r['step_s'] * 1e3:,.1f}", f"{r['time/reward_s'] / r['step_s']:.1%}", args.notes]
-        for s, r in res.items()
+        for (s, k), r in res.items()
     ]
     note = (
-        f"Random weights, one 224 px image per prompt, {n} rollouts run to max_new_tokens, "
-        f"optimizer {args.optimizer}, reference dtype {args.ref_dtype or 'as policy'}, "
-        f"median of {args.steps} steps after the compiling one ({jax.devices()[0].device_kind}). `shared`: the G "
-        "samples of a prompt share one vision + prompt prefill (KV cache broadcast); `repeated`: the prompt "
-        "batch is repeated G times before prefill. log-prob = pi_old recomputation + reference."
+        f"Random weights, one 224 px image per prompt, {n} rollouts, optimizer {args.optimizer}, reference dtype "
+        f"{args.ref_dtype or 'as policy'}, median of {args.steps} steps that compiled nothing "
+        f"({jax.devices()[0].device_kind}). `shared`: the G samples of a prompt share one vision + prompt prefill "
+        "(KV cache broadcast); `repeated`: the prompt batch is repeated G times before prefill. stops `eos`: "
+        "rollouts run to max_new_tokens; `1 in N`: 1 in N token ids ends a completion and decoding stops when "
+        "every row has. slots: completion slots the log-prob passes and the update ran on (length buckets > 1 "
+        "cut them to the bucket holding the longest completion). log-prob = pi_old recomputation + reference."
     )
     print(markdown_table(header, rows) + "\n" + note + f"\n{machine()}")
     if not args.no_notes:
-        record_result("GRPO step breakdown", header, rows, note=note, key_columns=5)
+        record_result("GRPO step breakdown", header, rows, note=note, key_columns=7)
 
 
 if __name__ == "__main__":

@@ -344,7 +344,7 @@ def qwen2_5_vl_3b(accum: tuple[int, int, int] = (8, 8, 40), ref_offload: bool = 
         rl=RLConfig(
             steps=500,
             prompts_per_step=64,
-            algo=GRPOConfig(group_size=5, max_new_tokens=1024, logprob_micro_batches=8),
+            algo=GRPOConfig(group_size=5, max_new_tokens=1024, logprob_micro_batches=8, length_buckets=4),
             reward_bytes_per_token=16,
             reward_answer_bytes=2048,
             optim=OptimConfig(

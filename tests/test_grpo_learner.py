@@ -127,7 +127,7 @@ def _learner(cfg, **kw):
         graphdef,
         cfg,
         tx,
-        sampler=Sampler(sample_fn),
+        sampler=Sampler(kw.pop("wrap_sampler", lambda f: f)(sample_fn)),
         reward_fn=kw.pop("reward_fn", reward_fn),
         logprob=PolicyLogprob(logprob_fn),
         reference=Reference(params),
@@ -218,3 +218,44 @@ def test_micro_batched_logprob_pass_and_sampler_old_logp_option():
     assert float(jnp.abs(samp.old_logp - whole.old_logp).max()) == pytest.approx(m2["drift/logp_abs_max"])
     assert m["entropy"] == 0.0  # the toy log-prob function computes no entropy
     assert m["completion_len_max"] == TN and m["truncation_rate"] == 1.0
+
+
+def _stopping_early(sample_fn):
+    """Rows end after 1, 2 or 3 of the TN slots (the tokens and log-probs after the end are padding)."""
+
+    def sample(params, rep, rng):
+        comp, lp, _ = sample_fn(params, rep, rng)
+        lengths = 1 + jnp.arange(comp.shape[0]) % 3
+        mask = (jnp.arange(TN)[None] < lengths[:, None]).astype(jnp.float32)
+        return jnp.where(mask > 0, comp, 0), lp * mask, mask
+
+    return sample
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GRPOConfig(group_size=4, kl_coef=0.01, num_iterations=2, ppo_mini_batch_size=2, max_new_tokens=TN),
+        GRPOConfig.dr_grpo(group_size=4, kl_coef=0.01, max_new_tokens=TN),  # normalised by max_new_tokens
+    ],
+    ids=["grpo", "dr_grpo"],
+)
+def test_length_buckets_cut_padding_slots_without_changing_the_run(cfg):
+    """length_buckets cuts the completion slots after the longest completion (3 of 6 here) before the log-prob
+    passes and the updates: the same losses, metrics and parameters as the uncut run."""
+    runs = {}
+    for k in (1, 3, TN):
+        learner, state = _learner(dataclasses.replace(cfg, length_buckets=k), wrap_sampler=_stopping_early)
+        state, summary = _loop(learner.step, state, _Prompts(), 3)
+        runs[k] = state, summary["last_metrics"]
+    assert [runs[k][1]["completion_slots"] for k in (1, 3, TN)] == [TN, 4, 3]
+    full_state, full_metrics = runs[1]
+    for k in (3, TN):
+        state, metrics = runs[k]
+        for name, value in full_metrics.items():
+            if not name.startswith("time/") and name != "completion_slots":
+                assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), (k, name)
+        for a, b in zip(jax.tree.leaves(full_state.params), jax.tree.leaves(state.params)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
+    with pytest.raises(ValueError, match="length_buckets"):
+        GRPOConfig(max_new_tokens=8, length_buckets=9)

@@ -12,7 +12,10 @@ pi_old (`GRPOConfig.old_logp`): "trainer" recomputes it with the rollout's weigh
 ratio is exactly 1 whatever the sampler's numerics; "sampler" reuses the sampler's log-probs; "current" skips the
 pass and takes stop_gradient of the update's own log-probs, exact on-policy (one epoch, one mini-batch: verl's
 shortcut). Drift |log pi_sampler - log pi_trainer| is logged every step either way, and `tis_cap` corrects it
-by truncated importance sampling. Each rollout batch is a `Rollout` of static-shape arrays.
+by truncated importance sampling. Each rollout batch is a `Rollout` of static-shape arrays; with
+`length_buckets` > 1 its completion slots are cut, before the log-prob passes and the updates, to the bucket
+that holds the longest completion (the sampler stops once every row has finished, so short answers leave whole
+buckets of padding; each bucket length compiles its programs once).
 
 Advantages come after the log-prob passes, so a KL term in the reward (kl_reward_coef, verl use_kl_in_reward)
 sees pi_old and the reference; `adv_estimator` picks grpo, rloo or reinforce_plus_plus.
@@ -53,6 +56,7 @@ from dmx_jax.sharding import rules
 from dmx_jax.training.grpo_loss import (
     GRPOConfig,
     adaptive_kl_coef,
+    completion_bucket,
     compute_advantages,
     group_has_signal,
     kl_penalty,
@@ -90,6 +94,14 @@ def rollout_loss_mask(batch: Rollout, cfg: GRPOConfig) -> jax.Array:
     if cfg.overlong_filtering:
         loss_mask = loss_mask * (1.0 - batch.truncated)[:, None]
     return loss_mask
+
+
+def trim_completions(batch: Rollout, length: int) -> Rollout:
+    """The batch with its completion-slot arrays ([N, Tn]: completion, completion_mask, sampler_logp, loss_mask)
+    cut to their first `length` slots; the slots cut hold no completion token (GRPOConfig.length_buckets)."""
+    cut = lambda x: x[:, :length]
+    inputs = {**batch.inputs, "completion": cut(batch.completion), "completion_mask": cut(batch.completion_mask)}
+    return batch.replace(inputs=inputs, sampler_logp=cut(batch.sampler_logp), loss_mask=cut(batch.loss_mask))
 
 
 def _device_to_host(tree: Any) -> tuple[Any, Any]:
@@ -197,6 +209,7 @@ class GRPOLearner:
             lambda parts, idx: jax.tree.map(lambda *xs: jnp.take(jnp.concatenate(xs), idx, axis=0), *parts)
         )
         self._loss_mask = jax.jit(functools.partial(rollout_loss_mask, cfg=cfg))
+        self._trim = jax.jit(trim_completions, static_argnums=1)
         self._advantages = jax.jit(
             lambda scores, mask, token_rewards: compute_advantages(scores, mask, cfg, token_rewards)
         )
@@ -279,6 +292,11 @@ class GRPOLearner:
         del sample_params
         t2 = time.perf_counter()
         batch = self._select_groups(parts, n_groups) if cfg.dynamic_sampling else first
+        slots = batch.completion.shape[1]
+        if cfg.length_buckets > 1:  # no pass below reads the slots after the longest completion
+            slots = completion_bucket(int(jnp.max(jnp.sum(batch.completion_mask, axis=1))), cfg)
+            if slots < batch.completion.shape[1]:
+                batch = self._trim(batch, slots)
         cmask = batch.completion_mask
         loss_mask = self._loss_mask(batch)
         metrics = {}
@@ -327,6 +345,7 @@ class GRPOLearner:
                 "completion_len_mean": float(lengths.mean()),
                 "completion_len_max": float(lengths.max()),
                 "truncation_rate": float(first.truncated.mean()),
+                "completion_slots": float(slots),
                 "advantages_abs_mean": float(jnp.sum(jnp.abs(advantages)) / jnp.maximum(loss_mask.sum(), 1.0)),
                 "loss_tokens_frac": float(loss_mask.sum() / jnp.maximum(cmask.sum(), 1.0)),
                 "time/rollout_s": t_roll,

@@ -77,6 +77,9 @@ class GRPOConfig:
     max_new_tokens: int = 64
     rollout_micro_batches: int = 1  # sequential slices of the rollout batch in the sampler
     logprob_micro_batches: int = 1  # sequential slices in the pi_old / reference log-prob passes
+    # log-prob passes and updates run on the completion slots cut to the smallest of `length_buckets` equal steps
+    # of max_new_tokens that holds the batch's longest completion (each length compiles once); 1: never cut
+    length_buckets: int = 1
 
     def __post_init__(self):
         for name in ("kl_estimator", "kl_reward_estimator"):
@@ -133,6 +136,10 @@ class GRPOConfig:
             raise ValueError(f"grpo.tis_cap must be >= 1 (a cap on pi_old / pi_sampler) or 0 (off), got {self.tis_cap}")
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"grpo.gamma must be in (0, 1], got {self.gamma}")
+        if not 1 <= self.length_buckets <= self.max_new_tokens:
+            raise ValueError(
+                f"grpo.length_buckets must be in [1, max_new_tokens={self.max_new_tokens}], got {self.length_buckets}"
+            )
         if self.clip_ratio_dual and self.clip_ratio_dual <= 1.0:
             raise ValueError(f"grpo.clip_ratio_dual must be > 1 (or 0 to disable), got {self.clip_ratio_dual}")
         for name in ("num_iterations", "dynamic_sampling_max_tries", "rollout_micro_batches", "logprob_micro_batches"):
@@ -426,6 +433,13 @@ def policy_loss(
     for k, v in ind.items():
         metrics[f"{k}_sum"] = jnp.sum(jax.lax.stop_gradient(v.astype(jnp.float32)) * mask)
     return num, den, metrics
+
+
+def completion_bucket(longest: int, cfg: GRPOConfig) -> int:
+    """Completion slots the log-prob passes and the update run on: the smallest multiple of
+    ceil(max_new_tokens / length_buckets) that holds `longest` tokens, at most max_new_tokens."""
+    step = -(-cfg.max_new_tokens // cfg.length_buckets)
+    return min(cfg.max_new_tokens, max(1, -(-int(longest) // step)) * step)
 
 
 def mini_batch_rows(num_rows: int, cfg: GRPOConfig) -> int:

@@ -66,6 +66,8 @@ def make_policy_update(
     optimizer update of the `trainable` parameters, see make_train_step; state.step is left to the learner, which
     counts rollout steps). Entropy is computed in the update when the bonus needs it or pi_old is 'current' (the
     rollout then ran no policy pass to log it)."""
+    if cfg.length_buckets > 1 and not cfg.norm_length:  # a cut batch normalises by the full completion length
+        cfg = dataclasses.replace(cfg, norm_length=cfg.max_new_tokens)
     with_entropy = logprob.with_entropy and (cfg.entropy_coeff > 0 or cfg.old_logp == "current")
     if cfg.entropy_coeff > 0 and not logprob.with_entropy:
         raise ValueError("grpo.entropy_coeff > 0 needs a log-prob function that computes the entropy")
