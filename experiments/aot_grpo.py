@@ -202,7 +202,9 @@ def _reward_row(plan, rl, n, tn, resident):
 def grpo_step_summary(rows: list[Row], algo, prompts_per_step: int) -> str | None:
     """One line per topology: the GRPO step's roofline (rollout, the pi_old pass unless old_logp is 'sampler'
     or 'current', the reference pass when kl_coef > 0 (the policy program when the reference keeps its dtype),
-    num_iterations x mini-batches updates, the reward) and the reward's share of it."""
+    num_iterations x mini-batches updates, the reward), the reward's share of it, and the throughput it bounds:
+    tokens (prompt + every completion slot, the update row's rows x length) per second per chip, the unit of
+    EasyR1's perf/throughput (prompt + response tokens per second per GPU)."""
     kl = bool(algo.kl_coef) or bool(algo.kl_reward_coef)
     mini = prompts_per_step // algo.ppo_mini_batch_size if algo.ppo_mini_batch_size else 1
     runs = {
@@ -221,8 +223,11 @@ def grpo_step_summary(rows: list[Row], algo, prompts_per_step: int) -> str | Non
             continue
         total = sum(runs[k] * times[k] for k in runs if runs[k])
         parts = ", ".join(f"{k} {runs[k]} x {times[k]:.2f}" for k in runs if runs[k])
+        update = next(r for r in rows if r.stage == "grpo" and r.topology == topo and r.step == "update")
+        per_chip = update.global_batch * update.seq_len / total / update.chips
         lines.append(
             f"grpo step on {topo}: roofline {total:.2f} s ({parts}); the reward is "
-            f"{100 * times['reward'] / total:.1f}% of it"
+            f"{100 * times['reward'] / total:.1f}% of it; {per_chip:,.0f} tokens/s per chip "
+            f"({update.global_batch} x {update.seq_len} prompt + completion slots)"
         )
     return "\n".join(lines) or None

@@ -366,9 +366,10 @@ def qwen2_5_vl_7b() -> ExperimentConfig:
 
 def qwen2_5_vl_7b_lora() -> ExperimentConfig:
     """The 7B preset with LoRA adapters (rank 16, alpha 32, the seven decoder projections) for a 4-chip slice or
-    one GPU: the base frozen in bf16 with no optimizer state, the GRPO reference the base with the adapters off
-    (no copy), decoding in the train layout in two sequential halves (the KV cache of all 320 rollouts at once
-    outgrows a 16 GiB v5e chip); the 7B preset's batches and accumulation. Check the slice first:
+    one GPU: the base frozen in bf16 with no optimizer state, the GRPO reference the shared base with a copy of
+    the starting adapters (no base copy), decoding in the train layout in two sequential halves (the KV cache of
+    all 320 rollouts at once outgrows a 16 GiB v5e chip); the 7B preset's batches and accumulation. Check the
+    slice first:
     `python -m experiments.aot --config qwen2_5_vl_7b_lora --topology v5e-4,v6e-4`."""
     base = qwen2_5_vl_7b()
     rl = dataclasses.replace(base.rl, algo=dataclasses.replace(base.rl.algo, rollout_micro_batches=2))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +27,33 @@ from dmx_jax.eval import (
 )
 from dmx_jax.eval.paired import paired_by_key
 from dmx_jax.sampling.generate import PROMPT_KEYS, Decoding, generate_arrays
+from dmx_jax.sharding import batch_shards, host_array
+from experiments.stages import place_batch
 
 _BOX = re.compile(r"\[(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\]")
 
 
 EVAL_BATCH = 16  # prompts per evaluation generate call (one compiled shape per prompt length and budget)
+
+
+def eval_batch_size(mesh=None) -> int:
+    """Prompts per generate call on `mesh`: EVAL_BATCH rounded up to whole rows on each of its batch shards."""
+    n = 1 if mesh is None else batch_shards(mesh)
+    return -(-EVAL_BATCH // n) * n
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where evaluation prompts decode: batch_size prompts per generate call, put on devices by place(host
+    chunk) -> arrays (None: the default device, every row there)."""
+
+    batch_size: int = EVAL_BATCH
+    place: Callable[[dict], dict] | None = None
+
+    @classmethod
+    def on(cls, mesh) -> Placement:
+        """Rows split over the mesh's batch shards (each chip decodes its own), weights as the stage left them."""
+        return cls(eval_batch_size(mesh), functools.partial(place_batch, mesh=mesh))
 
 
 def eval_decoding(max_new_tokens: int, stop_id: int, pad_id: int) -> Decoding:
@@ -37,18 +62,28 @@ def eval_decoding(max_new_tokens: int, stop_id: int, pad_id: int) -> Decoding:
 
 
 def generate_texts(
-    graphdef, params, arrays: dict, tokenizer, *, max_new_tokens: int, batch_size: int = EVAL_BATCH
+    graphdef,
+    params,
+    arrays: dict,
+    tokenizer,
+    *,
+    max_new_tokens: int,
+    batch_size: int = EVAL_BATCH,
+    place: Callable[[dict], dict] | None = None,
 ) -> list[str]:
-    """Greedy completions for left-padded prompt arrays (chunks of batch_size, one compiled shape)."""
+    """Greedy completions for left-padded prompt arrays (chunks of batch_size, one compiled shape). place: host
+    prompt chunk -> arrays on the mesh (experiments.stages.place_batch: rows split over the batch shards, so
+    each chip decodes its own rows; batch_size then a multiple of them, eval_batch_size); None: default device."""
     n = arrays["input_ids"].shape[0]
     out = []
     for s in range(0, n, batch_size):
         idx = np.arange(s, s + batch_size) % n  # pad the last chunk by wrapping; extra rows dropped
         part = {
-            k: jax.tree.map(lambda x: jnp.asarray(x[idx]), arrays[k])
+            k: jax.tree.map(lambda x: np.asarray(x)[idx], arrays[k])
             for k in (*PROMPT_KEYS, "pixel_values", "vision_inputs")
             if k in arrays
         }
+        part = place(part) if place is not None else jax.tree.map(jnp.asarray, part)
         toks, _, cmask = generate_arrays(
             graphdef,
             params,
@@ -56,7 +91,7 @@ def generate_texts(
             jax.random.key(0),
             eval_decoding(max_new_tokens, tokenizer.im_end_id, tokenizer.pad_id),
         )
-        toks, cmask = np.asarray(toks), np.asarray(cmask)
+        toks, cmask = host_array(toks), host_array(cmask)
         for r in range(min(batch_size, n - s)):
             ids = [int(t) for t, m in zip(toks[r], cmask[r]) if m and t != tokenizer.im_end_id]
             out.append(tokenizer.decode(ids))
@@ -185,7 +220,9 @@ def trace_box_copied(output: str) -> bool:
     return bool(first) and first[0] in boxes_in(trace)
 
 
-def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> tuple[dict, dict[str, str]]:
+def image_control(
+    graphdef, params, groups, tokenizer, *, n_bootstrap: int, placement: Placement = Placement()
+) -> tuple[dict, dict[str, str]]:
     """VQA score and grounding mIoU with every image-dependent prompt given another prompt's image, and the
     swapped-image answer per example id.
 
@@ -201,6 +238,8 @@ def image_control(graphdef, params, groups, tokenizer, *, n_bootstrap: int) -> t
             _rolled_images(arrays, idx, tokenizer.image_pad_id),
             tokenizer,
             max_new_tokens=max_new_tokens,
+            batch_size=placement.batch_size,
+            place=placement.place,
         )
         rows += [group_rows[i] for i in idx]
     answers = [parse_answer(t) for t in texts]
@@ -247,7 +286,15 @@ def example_record(row: dict, output: str, answer: str) -> dict:
 
 
 def evaluate_stage(
-    graphdef, params, groups, tokenizer, *, n_bootstrap: int = 200, format_ids: set | None = None, control: bool = False
+    graphdef,
+    params,
+    groups,
+    tokenizer,
+    *,
+    n_bootstrap: int = 200,
+    format_ids: set | None = None,
+    control: bool = False,
+    placement: Placement = Placement(),
 ) -> tuple[dict, list[dict]]:
     """groups: [(prompt arrays, rows, max_new_tokens)] (one compiled shape each) -> (metrics, per-example records).
 
@@ -258,10 +305,19 @@ def evaluate_stage(
     its "drop" (paired real - swapped per metric, with CIs) and "drop_by_question_type" (VQA only); records get
     the swapped "control_answer".
     metrics["citations"]: share of image-task outputs citing a box and the IoU of the cited boxes.
+    placement: where the prompts decode (Placement.on(mesh): split over the mesh's batch shards).
     """
     texts, rows = [], []
     for arrays, group_rows, max_new_tokens in groups:
-        texts += generate_texts(graphdef, params, arrays, tokenizer, max_new_tokens=max_new_tokens)
+        texts += generate_texts(
+            graphdef,
+            params,
+            arrays,
+            tokenizer,
+            max_new_tokens=max_new_tokens,
+            batch_size=placement.batch_size,
+            place=placement.place,
+        )
         rows += group_rows
     answers = [parse_answer(t) for t in texts]
     records = [example_record(r, t, a) for r, t, a in zip(rows, texts, answers)]
@@ -281,7 +337,9 @@ def evaluate_stage(
     metrics["grounded_format_rate"] = float(np.mean(fmt)) if fmt else 0.0
     metrics["citations"] = citation_stats(records, n_bootstrap)
     if control:
-        metrics["image_control"], swapped = image_control(graphdef, params, groups, tokenizer, n_bootstrap=n_bootstrap)
+        metrics["image_control"], swapped = image_control(
+            graphdef, params, groups, tokenizer, n_bootstrap=n_bootstrap, placement=placement
+        )
         for rec in records:
             if rec["example_id"] in swapped:
                 rec["control_answer"] = swapped[rec["example_id"]]

@@ -19,7 +19,7 @@ from dmx_jax.sharding import MeshConfig, make_mesh
 from dmx_jax.training.align import AlignModel, align_metrics, merge_vision, stack_align_rows
 from dmx_jax.training.loop import MetricsWriter
 from experiments.datasets import model_config_for, real_data, synthetic_data
-from experiments.evaluate import evaluate_stage, example_record, vqa_grounding_metrics
+from experiments.evaluate import Placement, evaluate_stage, example_record, vqa_grounding_metrics
 from experiments.overrides import ConfigError
 from experiments.report import write_outputs
 from experiments.run_dir import RunDir
@@ -185,9 +185,19 @@ def run_pipeline(cfg, run_dir: RunDir | Path, stages=("align", "sft", "cold_star
         for rows, n in ((eval_reason, cfg.eval.reasoning_max_new_tokens), (plain_only, cfg.eval.max_new_tokens))
         if rows
     ]
+    placement = Placement.on(mesh)  # held-out prompts decode split over the mesh's batch shards
     if cfg.hf_checkpoint and "sft" in stages:  # the starting checkpoint, zero-shot on the plain prompts
         results["base"], outputs["base"] = _evaluate_once(
-            run_dir / "eval" / "base.json", "base", graphdef, params, [plain_group], tok, cfg, reasoning_ids, writer
+            run_dir / "eval" / "base.json",
+            "base",
+            graphdef,
+            params,
+            [plain_group],
+            tok,
+            cfg,
+            reasoning_ids,
+            writer,
+            placement,
         )
 
     def stage_entry(name, rows, scfg, reasoning) -> PlanEntry:
@@ -220,6 +230,7 @@ def run_pipeline(cfg, run_dir: RunDir | Path, stages=("align", "sft", "cold_star
                 cfg,
                 reasoning_ids,
                 writer,
+                placement,
             ),
             unit=f"prompts x G={cfg.rl.algo.group_size}" if name == "grpo" else "",
         )
@@ -242,7 +253,7 @@ def run_pipeline(cfg, run_dir: RunDir | Path, stages=("align", "sft", "cold_star
 
 
 def _evaluate_once(
-    eval_file: Path, name: str, graphdef, params, groups, tok, cfg, reasoning_ids, writer
+    eval_file: Path, name: str, graphdef, params, groups, tok, cfg, reasoning_ids, writer, placement: Placement
 ) -> tuple[dict, list[dict]]:
     """(metrics, records) of `params` on the held-out groups, read back from eval_file when a run wrote it."""
     if eval_file.is_file():
@@ -257,6 +268,7 @@ def _evaluate_once(
         n_bootstrap=cfg.eval.bootstrap,
         format_ids=reasoning_ids,
         control=cfg.eval.image_control,
+        placement=placement,
     )
     save_eval(eval_file, metrics, records)
     writer.write({"step": 0, "eval_stage": name, **_flat(metrics)})

@@ -13,7 +13,9 @@ from jax.sharding import PartitionSpec as P
 
 from dmx_jax.model.attention import attention, causal_mask
 from dmx_jax.model.lora import adapter_count, adapters_of
-from experiments import aot, aot_grpo, evaluate, tpu_compile
+from dmx_jax.sharding import MeshConfig, make_mesh
+from dmx_jax.sharding.rules import batch_spec
+from experiments import aot, aot_eval, aot_grpo, evaluate, tpu_compile
 from experiments.configs import tiny
 from experiments.overrides import apply_overrides
 
@@ -147,6 +149,8 @@ def test_reward_row_compiles_the_runners_reward_at_its_byte_budget(monkeypatch):
     line = aot.grpo_step_summary(rows, cfg.rl.algo, cfg.rl.prompts_per_step)
     total = 3.0 + row.step_time_s + (1.0 if cfg.rl.algo.kl_coef else 0.0)  # rollout, pi_old, update, reward
     assert f"roofline {total:.2f} s" in line and f"{100 * row.step_time_s / total:.1f}% of it" in line, line
+    per_chip = row.global_batch * row.seq_len / total / row.chips  # the update row's rows x length
+    assert f"{per_chip:,.0f} tokens/s per chip" in line, line
 
 
 def test_rollout_row_decodes_with_the_layout_the_runner_uses(monkeypatch):
@@ -193,10 +197,11 @@ def test_lora_plan_has_a_bf16_base_no_base_optimizer_state_and_no_base_copy_for_
 def test_eval_row_compiles_the_evaluations_generate_call(capsys, monkeypatch):
     """`--stage eval` compiles greedy generation of EVAL_BATCH held-out reasoning prompts with the decoding settings
     experiments.evaluate.generate_texts passes (captured from a real call below), for a v5e-4 slice."""
-    seen = []
+    seen, placed = [], []
 
     def fake_generate(graphdef, params, part, rng, decoding):
         seen.append((part["input_ids"].shape[0], decoding))
+        placed.append(part["input_ids"].sharding)
         n, t = part["input_ids"].shape[0], decoding.max_new_tokens
         return np.zeros((n, t), np.int32), np.zeros((n, t)), np.zeros((n, t), np.int32)
 
@@ -205,6 +210,19 @@ def test_eval_row_compiles_the_evaluations_generate_call(capsys, monkeypatch):
     arrays = {"input_ids": np.zeros((3, 5), np.int32), "attention_mask": np.ones((3, 5), np.int32)}
     evaluate.generate_texts(None, None, arrays, tok, max_new_tokens=9)
     assert seen == [(evaluate.EVAL_BATCH, evaluate.eval_decoding(9, 7, 0))]
+    # on a run's mesh the prompts are split over its batch shards, as the row below compiles them
+    mesh = make_mesh(MeshConfig(data=2, fsdp=-1, tensor=1))
+    placement = evaluate.Placement.on(mesh)
+    evaluate.generate_texts(
+        None, None, arrays, tok, max_new_tokens=9, batch_size=placement.batch_size, place=placement.place
+    )
+    assert seen[-1][0] == evaluate.eval_batch_size(mesh) == 16 and placed[-1].spec == batch_spec(2)
+    assert evaluate.eval_batch_size(make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1), devices=jax.devices()[:6])) == 18
+    monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())
+    plan = aot.make_plan(tiny(), "v5e-8")
+    abstract = aot_eval.eval_inputs(plan, 16, 5)
+    assert abstract["input_ids"].sharding.spec == batch_spec(2)
+    assert abstract["pixel_values"].sharding.spec == batch_spec(3)
 
     rc = aot.main(["--config", "tiny", "--topology", "v5e-4", "--stage", "eval", "--json", "--set", "model=tiny"])
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]

@@ -2,8 +2,10 @@
 
 from dmx_jax.sharding.distributed import (
     DistributedConfig,
+    batch_shards,
     global_array,
     global_batch,
+    host_array,
     initialize,
     is_main_process,
     process_slice,

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
@@ -92,6 +93,18 @@ def global_batch(local_batch: dict[str, Any], mesh: Mesh, specs: dict[str, Parti
     return {
         k: global_array(v, mesh, specs[k]) if k in specs else replicated_array(v, mesh) for k, v in local_batch.items()
     }
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """Devices a batch's rows are split over: the mesh's data x fsdp axes (rules.batch_spec)."""
+    return int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def host_array(x: Any) -> np.ndarray:
+    """The whole array on this host (all-gathered across processes when it spans non-local devices)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def is_main_process() -> bool:

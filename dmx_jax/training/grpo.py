@@ -50,9 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 
-from dmx_jax.sharding import rules
+from dmx_jax.sharding import host_array, rules
 from dmx_jax.training.grpo_loss import (
     GRPOConfig,
     adaptive_kl_coef,
@@ -114,14 +113,6 @@ def _device_to_host(tree: Any) -> tuple[Any, Any]:
             return tree, None  # multi-process without host memory kinds: stay on device
         host = jax.device_get(tree)
     return host, shardings
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """The whole array on this host (all-gathered across processes when it spans non-local devices)."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 class GRPOLearner:
@@ -283,7 +274,7 @@ class GRPOLearner:
             t_roll, t_rew = t_roll + tr, t_rew + tw
             if attempt == 0:
                 first, first_rewards = part, rewards
-            signal = _to_host(group_has_signal(part.scores, cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
+            signal = host_array(group_has_signal(part.scores, cfg.group_size)).reshape(-1, cfg.group_size)[:, 0]
             n_groups = len(signal)  # global prompt count (a process may hold only its own rows)
             parts.append((part, signal))
             kept += int(signal.sum())
