@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 host CPU devices for sharding tests, absl flags for grain workers.
+"""Test-wide setup: 8 host CPU devices for sharding tests (tests/helpers/xla_flags.py), absl flags for grain
+workers.
 
 This is the only place jax.config is touched in the suite. XLA_FLAGS must be set before jax
 initialises its backend, hence at import time of this file.
@@ -6,7 +7,9 @@ initialises its backend, hence at import time of this file.
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.helpers.xla_flags import host_devices
+
+os.environ.setdefault("XLA_FLAGS", host_devices(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -111,6 +111,7 @@ def test_peft_folder_loads_in_peft_with_the_adapted_logits_and_back_into_dmx(bas
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=0, err_msg=path_to_str(p))
 
 
+@pytest.mark.slow
 def test_only_adapters_train_and_the_base_has_no_optimizer_state(base, adapted):
     _, path, inputs = base
     graphdef, _, fresh, _ = adapted  # B != 0, so A takes a gradient too

@@ -120,6 +120,7 @@ def test_host_reference_mode_is_the_string_reward(batch):
     np.testing.assert_allclose(np.asarray(got["overall"]), want, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bytes_per_token_cap_scores_short_rows_unchanged_and_counts_cut_rows(batch):
     """The capped decoder (max_new_tokens x bytes_per_token) gives the uncapped scores to every completion that
     fits and flags exactly the ones that do not."""
