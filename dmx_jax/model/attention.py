@@ -9,6 +9,8 @@ implementation builds only what it needs:
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (GPU);
 - "splash": Pallas splash attention (TPU; causal text without a KV cache, padding as segment ids), placed per
   shard with shard_map over the context mesh. Other calls (cache prefill/decode) fall back to "chunked".
+Vision rows: `local_segment_attention` (windows of bounded length) and `segment_attention` (images: blocks no
+image spans are skipped) compute only within their segments, exactly.
 A fully masked query row (a left-padding position) gets the uniform average of its keys in "xla" and
 "chunked" alike, as transformers does; its output is never used.
 """
@@ -284,6 +286,58 @@ def local_segment_attention(q, k, v, seg, max_segment: int, block: int = 128) ->
     probs = jax.nn.softmax(sc, axis=-1).astype(v.dtype)
     out = jnp.einsum("bnqk,bknh->bqnh", probs, vb).reshape(nb * block, n, h)
     return out[:p]
+
+
+def segment_attention(q, k, v, seg, block: int = 256) -> jax.Array:
+    """Attention within segments whose ids never decrease along the sequence (a row's images in the vision
+    tower's full-attention blocks), skipping the blocks no segment spans.
+
+    q/k/v [P, n, hd] (one row), seg [P] non-decreasing -> [P, n, hd]. Query blocks of `block` run in sequence;
+    each scans the key blocks with an online softmax and computes only those whose segment range meets its
+    own (a cond, so a skipped block costs nothing), so k images of P/k patches cost ~P^2/k, not P^2, as
+    attending each image alone does. Exact to fp32 round-off against dense attention with segment_mask(seg).
+    """
+    p, n, h = q.shape
+    block = max(1, min(block, p))
+    nb = -(-p // block)
+    pad = nb * block - p
+    valid = _pad_keys(jnp.ones((1, p), bool), pad, value=False)[0].reshape(nb, block)
+    seg = _pad_keys(seg[None], pad, value=-1)[0].reshape(nb, block)
+    real_seg = jnp.where(valid, seg, seg[-1:, -1:] if pad == 0 else seg.max())  # padding inside the last range
+    lo, hi = real_seg.min(axis=1), real_seg.max(axis=1)  # [nb] segment range of each block
+    blocks = lambda x: _pad_keys(x[None], pad)[0].reshape(nb, block, n, h)
+    qb, kb, vb = blocks(q) * jnp.asarray(h**-0.5, q.dtype), blocks(k), blocks(v)
+
+    def query_block(i):
+        qi, qs = qb[i], seg[i]
+
+        @jax.checkpoint
+        def key_block(carry, j):
+            def attend(carry):
+                m_prev, l_prev, acc = carry  # [n, B], [n, B], [B, n, h] f32
+                sc = jnp.einsum("qnh,knh->nqk", qi, kb[j], preferred_element_type=jnp.float32)
+                ok = (qs[:, None] == seg[j][None, :]) & valid[j][None, :]
+                sc = jnp.where(ok[None], sc, -jnp.inf)
+                m_new = jnp.maximum(m_prev, sc.max(-1))
+                m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+                prob = jnp.exp(sc - m_safe[..., None])
+                corr = jnp.exp(jnp.where(jnp.isfinite(m_prev), m_prev, 0.0) - m_safe) * jnp.isfinite(m_prev)
+                pv = jnp.einsum("nqk,knh->qnh", prob.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
+                return m_new, l_prev * corr + prob.sum(-1), acc * corr.T[..., None] + pv
+
+            meets = (lo[j] <= hi[i]) & (hi[j] >= lo[i])
+            return jax.lax.cond(meets, attend, lambda c: c, carry), None
+
+        init = (
+            jnp.full((n, block), -jnp.inf, jnp.float32),
+            jnp.zeros((n, block), jnp.float32),
+            jnp.zeros((block, n, h), jnp.float32),
+        )
+        (_, l_sum, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nb))
+        return acc / jnp.maximum(l_sum, 1e-30).T[..., None]
+
+    out = jax.lax.map(query_block, jnp.arange(nb))  # [nb, B, n, h]
+    return out.reshape(nb * block, n, h)[:p].astype(v.dtype)
 
 
 def attention(q, k, v, mask: Mask, impl: str = "xla", block: int = 512) -> jax.Array:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dmx_jax.model.attention import attention, local_segment_attention, segment_mask
+from dmx_jax.model.attention import attention, local_segment_attention, segment_attention, segment_mask
 from dmx_jax.model.config import VisionConfig
 from dmx_jax.model.layers import ParamTree, activation, apply_rotary, remat_policy, rms_norm, swiglu, values
 from dmx_jax.model.rotary import vision_cos_sin
@@ -96,7 +96,9 @@ def _block(x, p, is_full, cos, sin, segs, cfg: VisionConfig, impl: str = "xla", 
     q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
     window = (cfg.window_size // cfg.spatial_merge_size // cfg.patch_size) ** 2 * cfg.spatial_merge_size**2
 
-    def full_attention(q, k, v):  # one segment per image: the configured implementation
+    def full_attention(q, k, v):  # one segment per image
+        if impl == "xla":  # exact, only the blocks an image spans (a row of k images costs ~P^2 / k)
+            return segment_attention(q, k, v, segs[1], min(block, 256))
         return attention(q[None], k[None], v[None], segment_mask(segs[1]), impl, block)[0]
 
     def window_attention(q, k, v):  # windows of <= `window` patches: key blocks around each query block
