@@ -138,7 +138,7 @@ def main(argv=None):
         "tower jit ms",
         "tower eager ms",
         "tower speed-up",
-        "max |d logits|",
+        "max abs d logits",
     ]
     row = [args.images, args.size, patches, ids.shape[1], args.attention] + [
         f"{1e3 * t_jax:.1f}",
