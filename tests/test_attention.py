@@ -165,7 +165,7 @@ def test_segment_attention_equals_dense_per_image_with_gradients_and_under_vmap(
     want = dense(q, k, v, seg)
     loss = lambda f: lambda q, k, v, s: (f(q, k, v, s) ** 2).sum()
     want_grads = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v, seg)
-    for block in (7, 32, 100, 256):
+    for block in (7, 32, 100, 256):  # 256: one block, the dense path
         got = segment_attention(q, k, v, seg, block)
         assert float(jnp.abs(got - want).max()) <= TOL, block
         sa = lambda q, k, v, s, b=block: segment_attention(q, k, v, s, b)
