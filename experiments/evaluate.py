@@ -68,12 +68,11 @@ def generate_texts(
     tokenizer,
     *,
     max_new_tokens: int,
-    batch_size: int = EVAL_BATCH,
-    place: Callable[[dict], dict] | None = None,
+    placement: Placement = Placement(),
 ) -> list[str]:
-    """Greedy completions for left-padded prompt arrays (chunks of batch_size, one compiled shape). place: host
-    prompt chunk -> arrays on the mesh (experiments.stages.place_batch: rows split over the batch shards, so
-    each chip decodes its own rows; batch_size then a multiple of them, eval_batch_size); None: default device."""
+    """Greedy completions for left-padded prompt arrays, in chunks of placement.batch_size (one compiled shape)
+    placed by placement.place (Placement.on(mesh): rows split over the mesh's batch shards)."""
+    batch_size, place = placement.batch_size, placement.place
     n = arrays["input_ids"].shape[0]
     out = []
     for s in range(0, n, batch_size):
@@ -238,8 +237,7 @@ def image_control(
             _rolled_images(arrays, idx, tokenizer.image_pad_id),
             tokenizer,
             max_new_tokens=max_new_tokens,
-            batch_size=placement.batch_size,
-            place=placement.place,
+            placement=placement,
         )
         rows += [group_rows[i] for i in idx]
     answers = [parse_answer(t) for t in texts]
@@ -315,8 +313,7 @@ def evaluate_stage(
             arrays,
             tokenizer,
             max_new_tokens=max_new_tokens,
-            batch_size=placement.batch_size,
-            place=placement.place,
+            placement=placement,
         )
         rows += group_rows
     answers = [parse_answer(t) for t in texts]

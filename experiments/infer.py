@@ -23,7 +23,7 @@ from dmx_jax.hf import load_pretrained, read_config
 from dmx_jax.model import Qwen25VL
 from dmx_jax.sharding import MeshConfig, make_mesh
 from experiments.configs import PRESETS
-from experiments.evaluate import boxes_in, generate_texts, printable
+from experiments.evaluate import Placement, boxes_in, generate_texts, printable
 from experiments.overrides import config_from_dict
 from experiments.pipeline import model_config_for
 from experiments.stages import load_stage_params
@@ -118,7 +118,7 @@ def answer(
         instruction_first=instruction_first,
     )
     arrays, meta = prompt_batch(images, prompt, tok, enc, task=task)
-    text = generate_texts(graphdef, params, arrays, tok, max_new_tokens=max_new_tokens, batch_size=1)[0]
+    text = generate_texts(graphdef, params, arrays, tok, max_new_tokens=max_new_tokens, placement=Placement(1))[0]
     return {"output": text, "answer": parse_answer(text), "model_size": tuple(meta["image_size"])}
 
 

@@ -213,9 +213,7 @@ def test_eval_row_compiles_the_evaluations_generate_call(capsys, monkeypatch):
     # on a run's mesh the prompts are split over its batch shards, as the row below compiles them
     mesh = make_mesh(MeshConfig(data=2, fsdp=-1, tensor=1))
     placement = evaluate.Placement.on(mesh)
-    evaluate.generate_texts(
-        None, None, arrays, tok, max_new_tokens=9, batch_size=placement.batch_size, place=placement.place
-    )
+    evaluate.generate_texts(None, None, arrays, tok, max_new_tokens=9, placement=placement)
     assert seen[-1][0] == evaluate.eval_batch_size(mesh) == 16 and placed[-1].spec == batch_spec(2)
     assert evaluate.eval_batch_size(make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1), devices=jax.devices()[:6])) == 18
     monkeypatch.setattr(aot, "topology_devices", lambda topo: jax.devices())

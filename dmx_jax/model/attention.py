@@ -304,7 +304,7 @@ def segment_attention(q, k, v, seg, block: int = 256) -> jax.Array:
     pad = nb * block - p
     valid = _pad_keys(jnp.ones((1, p), bool), pad, value=False)[0].reshape(nb, block)
     seg = _pad_keys(seg[None], pad, value=-1)[0].reshape(nb, block)
-    real_seg = jnp.where(valid, seg, seg[-1:, -1:] if pad == 0 else seg.max())  # padding inside the last range
+    real_seg = jnp.where(valid, seg, seg.max())  # padding (id -1) counts in the last segment's range
     lo, hi = real_seg.min(axis=1), real_seg.max(axis=1)  # [nb] segment range of each block
     blocks = lambda x: _pad_keys(x[None], pad)[0].reshape(nb, block, n, h)
     qb, kb, vb = blocks(q) * jnp.asarray(h**-0.5, q.dtype), blocks(k), blocks(v)
